@@ -1,0 +1,38 @@
+"""fusec: a graph-level operator fusion compiler for PyTorch."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _mount_source_tree() -> None:
+    # In the source tree, passes/ and kernels/ sit beside fusec/; installed,
+    # they are fusec/passes and fusec/kernels. Mount them under fusec when
+    # running from a checkout, so `fusec.passes` resolves the same either way.
+    here = Path(__file__).resolve().parent
+    for sub in ("passes", "kernels"):
+        name = f"{__name__}.{sub}"
+        if (here / sub).is_dir() or name in sys.modules:
+            continue
+        init = here.parent / sub / "__init__.py"
+        if not init.exists():
+            raise ImportError(f"fusec: cannot find {sub}/ beside {here}; reinstall fusec")
+        spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+_mount_source_tree()
+
+from fusec.api import compile, inspect, report_of  # noqa: E402
+from fusec.frontend import register as _register  # noqa: E402
+from fusec.options import Options  # noqa: E402
+from fusec.report import Report  # noqa: E402
+
+_register()
+
+__all__ = ["compile", "inspect", "report_of", "Options", "Report"]
+__version__ = "0.1.0"

@@ -1,0 +1,83 @@
+"""The public entry points: `fusec.compile` and `fusec.inspect`."""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Callable
+
+import torch
+
+from fusec.frontend import Backend
+from fusec.options import Options
+from fusec.report import Report
+
+
+def compile(model: Callable | None = None, **options: Any) -> Any:  # noqa: A001 - mirrors torch.compile
+    """Compile a function or nn.Module with fusec.
+
+    Works as `@fusec.compile`, `@fusec.compile(**options)` and
+    `fusec.compile(model, **options)`. Options are those of `fusec.Options`.
+    """
+    opts = Options.from_user(**options)
+    if model is None:
+        return lambda fn: _compile(fn, opts)
+    return _compile(model, opts)
+
+
+def _compile(model: Callable, options: Options) -> Any:
+    if not callable(model):
+        raise TypeError(f"fusec.compile expects a function or an nn.Module, got {type(model).__name__}")
+    backend = Backend(options)
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    compiled._fusec_backend = backend
+    return compiled
+
+
+def report_of(compiled: Any) -> Report:
+    """The report of what a `fusec.compile`d callable has compiled so far."""
+    backend = getattr(compiled, "_fusec_backend", None)
+    if backend is None:
+        raise TypeError("report_of expects the result of fusec.compile")
+    return Report(list(backend.records))
+
+
+def inspect(model: Callable, *args: Any, training: bool = False, options: dict | None = None,
+            **kwargs: Any) -> Report:
+    """Capture and plan `model(*args, **kwargs)` the way fusec.compile would, launching no kernel.
+
+    The model runs once through torch on the given inputs (with backward too
+    when `training`), which is how Dynamo sees the graphs it captures.
+    """
+    if not callable(model):
+        raise TypeError(f"fusec.inspect expects a function or an nn.Module, got {type(model).__name__}")
+    backend = Backend(Options.from_user(**(options or {})), launch=False)
+    entry = _fresh_entry(model)
+    compiled = torch.compile(entry, backend=backend, dynamic=False)
+    if training:
+        out = compiled(*args, **kwargs)
+        loss = sum(t.float().sum() for t in _tensors(out) if t.requires_grad)
+        if isinstance(loss, torch.Tensor):
+            loss.backward()
+    else:
+        with torch.no_grad():
+            compiled(*args, **kwargs)
+    return Report(list(backend.records))
+
+
+def _fresh_entry(model: Callable) -> Callable:
+    """A wrapper with a code object of its own, so Dynamo's cache for `model`
+    (from earlier compiles or inspects) is neither hit nor filled."""
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        return model(*args, **kwargs)
+    return types.FunctionType(entry.__code__.replace(), entry.__globals__, "fusec_inspect",
+                              None, entry.__closure__)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []

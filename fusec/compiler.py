@@ -1,0 +1,106 @@
+"""One captured ATen graph -> IR -> passes -> Plan -> kernels -> a Runtime."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+import torch.fx
+
+from fusec.ir import Graph
+from fusec.kernels.compile import load_kernel
+from fusec.kernels.pointwise import render_pointwise
+from fusec.lowering import Unsupported, to_ir
+from fusec.options import Options
+from fusec.pipeline import run_passes
+from fusec.plan import Kernel, Plan, build_plan
+from fusec.runtime import Runtime
+
+log = logging.getLogger("fusec")
+
+
+@dataclass
+class CompiledGraph:
+    """Everything fusec decided about one graph: what reports are made of."""
+
+    name: str
+    device: str
+    graph: Graph | None = None
+    plan: Plan | None = None
+    pass_seconds: list[tuple[str, float]] = field(default_factory=list)
+    compile_seconds: float = 0.0
+    fallback: str | None = None  # why the whole graph runs through torch
+    fallback_ops: int = 0  # ops it then runs through torch
+
+
+def graph_device(gm: torch.fx.GraphModule) -> str:
+    """The one device the graph's tensors live on; several devices are unsupported."""
+    devices = set()
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        for v in val if isinstance(val, (tuple, list)) else (val,):
+            if isinstance(v, torch.Tensor):
+                devices.add(v.device.type)
+    if len(devices) > 1:
+        raise Unsupported(f"tensors on several devices ({', '.join(sorted(devices))})")
+    device = devices.pop() if devices else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise Unsupported(f"tensors on {device}, which fusec does not generate code for")
+    return device
+
+
+def render(plan: Plan) -> Plan:
+    """The plan with every kernel's Triton source filled in."""
+    steps = []
+    for step in plan.steps:
+        if isinstance(step, Kernel):
+            source, fn_name = render_pointwise(plan.graph, step)
+            step = replace(step, source=source, fn_name=fn_name)
+        steps.append(step)
+    return replace(plan, steps=tuple(steps))
+
+
+def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[CompiledGraph, dict]:
+    """Capture-to-plan, without compiling a kernel (what `fusec.inspect` needs)."""
+    start = time.perf_counter()
+    record = CompiledGraph(name=name, device="cpu")
+    callables: dict[str, Callable] = {}
+    try:
+        record.device = graph_device(gm)
+        graph, callables = to_ir(gm, name=name)
+        graph, record.pass_seconds = run_passes(graph, options)
+        record.graph = graph
+        record.plan = render(build_plan(graph))
+    except Unsupported as exc:
+        record.fallback = str(exc)
+        record.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
+        log.warning("fusec: %s runs through torch: %s", name, exc)
+    record.compile_seconds = time.perf_counter() - start
+    return record, callables
+
+
+def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
+                  records: list[CompiledGraph]) -> Callable[..., Any]:
+    """A callable that computes what `gm` computes, with fusec's kernels."""
+    record, callables = plan_graph(gm, name, options)
+    records.append(record)
+    if record.plan is None:
+        return _boxed(gm)
+    start = time.perf_counter()
+    interpret = record.device == "cpu"
+    kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
+               for k in record.plan.kernels}
+    record.compile_seconds += time.perf_counter() - start
+    return Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward)
+
+
+def _boxed(gm: torch.fx.GraphModule) -> Callable[..., Any]:
+    def run(args: list[Any]) -> Any:
+        inputs = list(args)
+        args.clear()
+        return gm(*inputs)
+    run._boxed_call = True  # type: ignore[attr-defined]
+    return run

@@ -1,0 +1,39 @@
+"""The one decomposition table: what AOTAutograd lowers composite ops into.
+
+Ops are decomposed until what is left is either in fusec's primitive set
+(see fusec/lowering.py) or is better run by a library (attention,
+convolution, matmul), which stay whole.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._decomp import core_aten_decompositions, get_decompositions
+
+aten = torch.ops.aten
+
+# Composite ops decomposed beyond torch's core ATen set, into pointwise math
+# and reductions that fuse.
+_EXTRA = [
+    aten.gelu, aten.gelu_backward, aten.silu, aten.silu_backward, aten.hardtanh,
+    aten.hardswish, aten.hardsigmoid, aten.leaky_relu, aten.elu, aten.softplus,
+    aten.mish, aten._softmax, aten._log_softmax, aten.sigmoid_backward,
+    aten.tanh_backward, aten.threshold_backward,
+]
+
+# Kept whole: torch's fused kernels beat anything decomposed from them.
+_KEEP = {
+    aten.scaled_dot_product_attention.default,
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_attention_math.default,
+}
+
+
+def decomposition_table() -> dict:
+    table = {**core_aten_decompositions(), **get_decompositions(_EXTRA)}
+    for op in _KEEP:
+        table.pop(op, None)
+    return table
+
+
+DECOMPOSITIONS = decomposition_table()

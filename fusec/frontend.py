@@ -1,0 +1,63 @@
+"""Capture: Dynamo's FX graph -> AOTAutograd -> ATen graphs (forward, backward)."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any, Callable
+
+import torch
+from torch._dynamo.backends.common import aot_autograd
+
+from fusec.compiler import CompiledGraph, compile_graph, plan_graph
+from fusec.decompositions import DECOMPOSITIONS
+from fusec.options import Options
+
+_graph_ids = itertools.count()
+
+
+class Backend:
+    """A Dynamo backend: every graph Dynamo captures goes through AOTAutograd to fusec.
+
+    `records` collects what was decided for each graph (forward, backward,
+    inference), in the order they were compiled. With `launch=False` graphs
+    are planned and rendered but run through torch: that is `fusec.inspect`.
+    """
+
+    def __init__(self, options: Options, launch: bool = True) -> None:
+        self.options = options
+        self.launch = launch
+        self.records: list[CompiledGraph] = []
+
+    def _compiler(self, kind: str) -> Callable:
+        def compile_fn(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+            name = f"{kind}_{next(_graph_ids)}"
+            if self.launch:
+                return compile_graph(gm, name, self.options, self.records)
+            record, _ = plan_graph(gm, name, self.options)
+            self.records.append(record)
+            return gm.forward
+        return compile_fn
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        backend = aot_autograd(
+            fw_compiler=self._compiler("forward"),
+            bw_compiler=self._compiler("backward"),
+            inference_compiler=self._compiler("inference"),
+            decompositions=DECOMPOSITIONS,
+        )
+        return backend(gm, example_inputs)
+
+
+def fusec_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable:
+    """The `torch.compile(..., backend="fusec")` entry point."""
+    return Backend(Options.from_user(**options))(gm, example_inputs)
+
+
+@functools.cache
+def register() -> None:
+    """Make backend="fusec" work without the package's entry point being installed."""
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    if "fusec" not in _COMPILER_FNS:
+        register_backend(fusec_backend, name="fusec")

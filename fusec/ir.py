@@ -1,0 +1,248 @@
+"""The IR: a networkx DiGraph whose nodes each carry one frozen `Node`.
+
+Edges are data dependencies, producer -> consumer. A node names its tensor
+operands inside `args` with `Ref`s, so the edge set is derived from the nodes
+and can always be rebuilt. This module imports no torch: passes work on it
+with networkx alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable, Iterator
+
+import networkx as nx
+
+
+class Kind(str, Enum):
+    INPUT = "input"
+    OUTPUT = "output"
+    POINTWISE = "pointwise"
+    VIEW = "view"
+    REDUCTION = "reduction"
+    MATMUL = "matmul"
+    OPAQUE = "opaque"  # run by torch: an extern call
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A tensor operand: the value produced by node `name`."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"%{self.name}"
+
+
+ITEMSIZE = {
+    "bool": 1, "uint8": 1, "int8": 1, "int16": 2, "int32": 4, "int64": 8,
+    "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8,
+    "complex64": 8, "complex128": 16,
+}
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+INT_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64"})
+# A node whose value is a tuple of tensors (an extern op with several
+# results, read through `getitem` nodes) has this dtype and shape ().
+TUPLE_DTYPE = "tuple"
+
+# The primitive op set that generated kernels implement. Frontend lowering
+# targets it; classify reads it; kernels/ops.py implements every name in it.
+POINTWISE_OPS = frozenset({
+    "add", "sub", "mul", "div", "neg", "abs", "exp", "exp2", "log", "log2", "log1p",
+    "expm1", "sqrt", "rsqrt", "erf", "tanh", "sigmoid", "sin", "cos", "pow",
+    "reciprocal", "maximum", "minimum", "floor", "ceil", "trunc", "sign",
+    "relu", "clamp", "where", "eq", "ne", "lt", "le", "gt", "ge",
+    "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
+    "cast", "copy", "full",
+})
+# View ops become index math inside a kernel (or a torch view when alone).
+VIEW_OPS = frozenset({"reshape", "permute", "expand", "slice", "select", "alias"})
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op of the dataflow graph.
+
+    `args` is the op's argument list with tensor operands as `Ref`s and
+    everything else (scalars, dims, dtypes as strings) inline. `target` names
+    the torch callable for nodes run by torch (opaque) and is informative
+    elsewhere. `group` is the fusion group the fuse pass put the node in.
+    """
+
+    name: str
+    op: str
+    kind: Kind
+    shape: tuple[int, ...]
+    dtype: str
+    strides: tuple[int, ...] | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    target: str = ""
+    group: str | None = None
+    # A lowered node's original torch call (args, kwargs), for when it must run
+    # through torch after all (a view alone); opaque nodes run `args` as is.
+    torch_call: tuple[Any, ...] | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * ITEMSIZE.get(self.dtype, 0)
+
+    def operands(self) -> list[str]:
+        """Names of the tensor operands, in argument order, repeats kept."""
+        return [ref.name for ref in iter_refs((self.args, self.kwargs))]
+
+    def rename_operands(self, fn) -> Node:
+        """The node with every Ref r in its arguments replaced by fn(r)."""
+        call = map_refs(self.torch_call, fn) if self.torch_call is not None else None
+        return self.replace(args=map_refs(self.args, fn), kwargs=map_refs(self.kwargs, fn), torch_call=call)
+
+    def replace(self, **changes: Any) -> Node:
+        return dataclasses.replace(self, **changes)
+
+
+def iter_refs(value: Any) -> Iterator[Ref]:
+    """Every Ref inside a nested tuple/list/dict argument structure."""
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from iter_refs(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_refs(item)
+
+
+def map_refs(value: Any, fn) -> Any:
+    """The argument structure with every Ref replaced by fn(ref)."""
+    if isinstance(value, Ref):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(map_refs(item, fn) for item in value)
+    if isinstance(value, list):
+        return [map_refs(item, fn) for item in value]
+    if isinstance(value, dict):
+        return {key: map_refs(item, fn) for key, item in value.items()}
+    return value
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, running = [], 1
+    for size in reversed(shape):
+        strides.append(running)
+        running *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+class Graph:
+    """A dataflow graph: `nx.DiGraph` of `Node`s plus the ordered inputs/outputs.
+
+    Passes never mutate a Graph they are given: they call `copy()` and change
+    the copy. Node order (insertion order) is a topological order.
+    """
+
+    def __init__(self, nodes: Iterable[Node] = (), name: str = "graph") -> None:
+        self.name = name
+        self.nx = nx.DiGraph()
+        for node in nodes:
+            self.add(node)
+
+    # construction -----------------------------------------------------------
+    def add(self, node: Node) -> Node:
+        if node.name in self.nx:
+            raise ValueError(f"duplicate node name {node.name!r}")
+        self.nx.add_node(node.name, node=node)
+        for position, operand in enumerate(node.operands()):
+            if operand not in self.nx:
+                raise ValueError(f"{node.name} reads {operand!r}, which is not defined before it")
+            if self.nx.has_edge(operand, node.name):
+                self.nx.edges[operand, node.name]["positions"] += (position,)
+            else:
+                self.nx.add_edge(operand, node.name, positions=(position,))
+        return node
+
+    def copy(self) -> Graph:
+        new = Graph(name=self.name)
+        new.nx = self.nx.copy()
+        return new
+
+    def update(self, node: Node) -> None:
+        """Replace the node of the same name (its operands must not change)."""
+        self.nx.nodes[node.name]["node"] = node
+
+    def remove(self, name: str) -> None:
+        self.nx.remove_node(name)
+
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[Node], name: str = "graph") -> Graph:
+        return cls(nodes, name=name)
+
+    # queries ----------------------------------------------------------------
+    def __getitem__(self, name: str) -> Node:
+        return self.nx.nodes[name]["node"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nx
+
+    def __iter__(self) -> Iterator[Node]:
+        for name in self.nx.nodes:
+            yield self.nx.nodes[name]["node"]
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def users(self, name: str) -> list[str]:
+        return list(self.nx.successors(name))
+
+    def producers(self, name: str) -> list[str]:
+        return list(self.nx.predecessors(name))
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self if n.kind is Kind.INPUT]
+
+    @property
+    def output(self) -> Node:
+        outs = [n for n in self if n.kind is Kind.OUTPUT]
+        if len(outs) != 1:
+            raise ValueError(f"graph {self.name} has {len(outs)} output nodes, expected 1")
+        return outs[0]
+
+    def op_nodes(self) -> list[Node]:
+        """Nodes that do work: everything but inputs and the output."""
+        return [n for n in self if n.kind not in (Kind.INPUT, Kind.OUTPUT)]
+
+    def groups(self) -> dict[str, list[Node]]:
+        """Fusion groups in topological order of their first member."""
+        result: dict[str, list[Node]] = {}
+        for node in self:
+            if node.group is not None:
+                result.setdefault(node.group, []).append(node)
+        return result
+
+    def format(self) -> str:
+        """A readable listing, one node a line (used by FUSEC_DUMP and reports)."""
+        lines = [f"graph {self.name}"]
+        for n in self:
+            group = f"  [{n.group}]" if n.group else ""
+            args = ", ".join(repr(a) for a in n.args)
+            shape = "x".join(map(str, n.shape)) or "scalar"
+            lines.append(f"  {n.name}: {n.kind.value} {n.op}({args}) -> {n.dtype}[{shape}]{group}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        lines = [f'digraph "{self.name}" {{', "  node [shape=box, fontname=monospace];"]
+        for n in self:
+            label = f"{n.name}\\n{n.op} {n.dtype}{list(n.shape)}"
+            group = f"\\n{n.group}" if n.group else ""
+            lines.append(f'  "{n.name}" [label="{label}{group}"];')
+        for src, dst in self.nx.edges:
+            lines.append(f'  "{src}" -> "{dst}";')
+        lines.append("}")
+        return "\n".join(lines)

@@ -1,0 +1,274 @@
+"""ATen FX graph -> fusec IR: each ATen op becomes a primitive op or an extern call.
+
+A handler returns `(op, args)` for an ATen call fusec can generate code for,
+or None, in which case the node runs through torch. Handlers only translate:
+shapes, dtypes and strides come from the fake tensors in `node.meta["val"]`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.fx
+
+from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, Ref
+from fusec.passes.classify import kind_of
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+# Generated kernels handle these; complex and quantized types run through torch.
+SUPPORTED_DTYPES = frozenset(ITEMSIZE) - {"complex64", "complex128"}
+
+
+class Unsupported(Exception):
+    """The graph as a whole cannot be compiled (e.g. symbolic shapes); run it through torch."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+Lowered = tuple[str, tuple[Any, ...]] | None
+Handler = Callable[[tuple, dict, Any], Lowered]
+
+
+def _same(op: str) -> Handler:
+    def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
+        return (op, tuple(args)) if not kwargs else None
+    return handler
+
+
+def _alpha(op: str) -> Handler:
+    def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
+        if kwargs.get("alpha", 1) != 1 or len(args) > 2:
+            return None
+        return (op, tuple(args[:2]))
+    return handler
+
+
+def _div(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("div", tuple(args)) if kwargs.get("rounding_mode") is None else None
+
+
+def _clamp(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = args[2] if len(args) > 2 else kwargs.get("max")
+    if isinstance(lo, Ref) or isinstance(hi, Ref):
+        return None
+    return ("clamp", (args[0], lo, hi))
+
+
+def _clamp_min(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return None if isinstance(args[1], Ref) else ("clamp", (args[0], args[1], None))
+
+
+def _clamp_max(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return None if isinstance(args[1], Ref) else ("clamp", (args[0], None, args[1]))
+
+
+def _pow_scalar_base(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return None  # scalar ** tensor is rare; torch runs it
+
+
+def _bool_only(op: str) -> Handler:
+    def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
+        return (op, tuple(args)) if val.dtype == torch.bool else None
+    return handler
+
+
+def _to_copy(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    if set(kwargs) - {"dtype", "layout", "device", "memory_format", "non_blocking"}:
+        return None
+    return ("cast", (args[0],))
+
+
+def _convert(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("cast", (args[0],))
+
+
+def _clone(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("copy", (args[0],))
+
+
+def _full(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    value = args[1]
+    return None if isinstance(value, Ref) else ("full", (value,))
+
+
+def _scalar_tensor(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return None if isinstance(args[0], Ref) else ("full", (args[0],))
+
+
+def _where(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("where", tuple(args))
+
+
+def _reshape(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("reshape", (args[0],))
+
+
+def _permute(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("permute", (args[0], tuple(args[1])))
+
+
+def _transpose(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    rank = val.dim()
+    perm = list(range(rank))
+    if rank:
+        d0, d1 = args[1] % rank, args[2] % rank
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    return ("permute", (args[0], tuple(perm)))
+
+
+def _t(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("permute", (args[0], (1, 0) if val.dim() == 2 else (0,)))
+
+
+def _expand(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("expand", (args[0],))
+
+
+def _slice(args: tuple, kwargs: dict, val: Any, src_shape=None) -> Lowered:
+    return None  # replaced below by a shape-aware handler
+
+
+def _alias(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("alias", (args[0],))
+
+
+HANDLERS: dict[Any, Handler] = {
+    aten.add: _alpha("add"), aten.sub: _alpha("sub"), aten.mul: _same("mul"), aten.div: _div,
+    aten.neg: _same("neg"), aten.abs: _same("abs"), aten.exp: _same("exp"), aten.exp2: _same("exp2"),
+    aten.log: _same("log"), aten.log2: _same("log2"), aten.log1p: _same("log1p"),
+    aten.expm1: _same("expm1"), aten.sqrt: _same("sqrt"), aten.rsqrt: _same("rsqrt"),
+    aten.erf: _same("erf"), aten.tanh: _same("tanh"), aten.sigmoid: _same("sigmoid"),
+    aten.sin: _same("sin"), aten.cos: _same("cos"), aten.reciprocal: _same("reciprocal"),
+    aten.floor: _same("floor"), aten.ceil: _same("ceil"), aten.trunc: _same("trunc"),
+    aten.sign: _same("sign"), aten.relu: _same("relu"), aten.isnan: _same("isnan"),
+    aten.isinf: _same("isinf"), aten.maximum: _same("maximum"), aten.minimum: _same("minimum"),
+    aten.pow: _same("pow"), aten.clamp: _clamp, aten.clamp_min: _clamp_min,
+    aten.clamp_max: _clamp_max, aten.where: _where,
+    aten.eq: _same("eq"), aten.ne: _same("ne"), aten.lt: _same("lt"), aten.le: _same("le"),
+    aten.gt: _same("gt"), aten.ge: _same("ge"),
+    aten.logical_and: _same("logical_and"), aten.logical_or: _same("logical_or"),
+    aten.logical_xor: _same("logical_xor"), aten.logical_not: _same("logical_not"),
+    aten.bitwise_and: _bool_only("logical_and"), aten.bitwise_or: _bool_only("logical_or"),
+    aten.bitwise_xor: _bool_only("logical_xor"), aten.bitwise_not: _bool_only("logical_not"),
+    aten._to_copy: _to_copy, prims.convert_element_type: _convert, aten.clone: _clone,
+    aten.lift_fresh_copy: _clone, aten.full: _full, aten.scalar_tensor: _scalar_tensor,
+    aten.view: _reshape, aten._unsafe_view: _reshape, aten.reshape: _reshape,
+    aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
+    aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
+}
+
+
+def _slice_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    dim = args[1] % len(src_shape) if len(args) > 1 else 0
+    start = args[2] if len(args) > 2 and args[2] is not None else 0
+    step = args[4] if len(args) > 4 else 1
+    if not all(isinstance(v, int) for v in (dim, start, step)) or step < 1:
+        return None
+    size = src_shape[dim]
+    start = min(max(start + size if start < 0 else start, 0), size)
+    return ("slice", (args[0], dim, start, step))
+
+
+def _select_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    dim = args[1] % len(src_shape)
+    index = args[2]
+    if not isinstance(index, int):
+        return None
+    return ("select", (args[0], dim, index % src_shape[dim]))
+
+
+_SHAPE_AWARE = {aten.slice: _slice_handler, aten.select: _select_handler}
+
+
+def _static_shape(val: Any, what: str) -> tuple[int, ...]:
+    shape = tuple(val.shape)
+    if not all(isinstance(s, int) for s in shape):
+        raise Unsupported(f"{what} has a symbolic shape {shape}")
+    return shape
+
+
+def _describe(val: Any, what: str) -> dict:
+    """shape, dtype, strides of a node's value from its fake tensor."""
+    if isinstance(val, torch.Tensor):
+        strides = tuple(val.stride())
+        if not all(isinstance(s, int) for s in strides):
+            raise Unsupported(f"{what} has symbolic strides")
+        return {"shape": _static_shape(val, what), "dtype": dtype_name(val.dtype), "strides": strides}
+    return {"shape": (), "dtype": TUPLE_DTYPE, "strides": None}
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', repr(target))}".lstrip(".")
+
+
+def _convert_args(value: Any) -> Any:
+    """fx args -> IR args: fx nodes become Refs; every other value is kept as it is."""
+    if isinstance(value, torch.fx.Node):
+        return Ref(value.name)
+    if isinstance(value, tuple):
+        return tuple(_convert_args(v) for v in value)
+    if isinstance(value, list):
+        return [_convert_args(v) for v in value]
+    if isinstance(value, torch.SymInt | torch.SymFloat | torch.SymBool):
+        raise Unsupported("a symbolic scalar argument")
+    return value
+
+
+def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) -> Lowered:
+    target = node.target
+    val = node.meta.get("val")
+    if not isinstance(target, torch._ops.OpOverload) or not isinstance(val, torch.Tensor):
+        return None
+    tensors = [graph[r.name] for r in args if isinstance(r, Ref)] + [graph[r.name] for r in kwargs.values()
+                                                                  if isinstance(r, Ref)]
+    if dtype_name(val.dtype) not in SUPPORTED_DTYPES or any(t.dtype not in SUPPORTED_DTYPES for t in tensors):
+        return None
+    packet = target.overloadpacket
+    if packet in _SHAPE_AWARE:
+        return _SHAPE_AWARE[packet](args, kwargs, val, graph[args[0].name].shape)
+    handler = HANDLERS.get(packet)
+    return handler(args, kwargs, val) if handler else None
+
+
+def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[str, Callable]]:
+    """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name."""
+    graph = Graph(name=name)
+    callables: dict[str, Callable] = {}
+    for fx_node in gm.graph.nodes:
+        what = f"{fx_node.name} ({fx_node.target})"
+        if fx_node.op == "placeholder":
+            val = fx_node.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                raise Unsupported(f"input {fx_node.name} is not a tensor ({type(val).__name__})")
+            graph.add(Node(fx_node.name, "input", Kind.INPUT, **_describe(val, what)))
+        elif fx_node.op == "output":
+            outputs = _convert_args(fx_node.args[0])
+            graph.add(Node(fx_node.name, "output", Kind.OUTPUT, (), "bool", args=tuple(outputs)))
+        elif fx_node.op == "call_function":
+            args = tuple(_convert_args(fx_node.args))
+            kwargs = {k: _convert_args(v) for k, v in fx_node.kwargs.items()}
+            lowered = _lower_call(fx_node, graph, args, kwargs)
+            described = _describe(fx_node.meta.get("val"), what)
+            target = _target_name(fx_node.target)
+            if lowered is None:
+                op = "getitem" if fx_node.target is operator.getitem else target
+                callables[target] = fx_node.target
+                graph.add(Node(fx_node.name, op, Kind.OPAQUE, args=args, kwargs=tuple(kwargs.items()),
+                               target=target, **described))
+            else:
+                op, ir_args = lowered
+                callables[target] = fx_node.target
+                graph.add(Node(fx_node.name, op, kind_of(op), args=tuple(ir_args), target=target,
+                               torch_call=(args, tuple(kwargs.items())), **described))
+        else:
+            raise Unsupported(f"fx node kind {fx_node.op!r} ({fx_node.name})")
+    return graph, callables

@@ -1,0 +1,131 @@
+"""Plan: the ordered kernels and extern calls of one graph, with their buffers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import networkx as nx
+
+from fusec.ir import Graph, Kind, Node
+from fusec.passes.cost import group_bytes, op_bytes
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One generated kernel: a fusion group, its buffers and its source."""
+
+    id: str
+    kind: str
+    members: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    numel: int
+    bytes: int
+    source: str = ""
+    fn_name: str = ""
+    stream: int = 0
+    waits: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Extern:
+    """One op run by torch (an extern call); a view runs as a torch alias."""
+
+    id: str
+    node: str
+    target: str
+    bytes: int
+    is_view: bool = False
+    stream: int = 0
+    waits: tuple[str, ...] = ()
+
+
+Step = Kernel | Extern
+
+
+@dataclass(frozen=True)
+class Plan:
+    graph: Graph
+    steps: tuple[Step, ...]
+    frees: tuple[tuple[str, ...], ...] = field(default=())  # buffers dead after each step
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return [s for s in self.steps if isinstance(s, Kernel)]
+
+    @property
+    def externs(self) -> list[Extern]:
+        return [s for s in self.steps if isinstance(s, Extern)]
+
+    def reads(self, step: Step) -> list[str]:
+        if isinstance(step, Kernel):
+            return list(step.inputs)
+        return self.graph[step.node].operands()
+
+
+def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
+    names = {m.name for m in members}
+    inputs = [op for m in members for op in m.operands() if op not in names]
+    outputs = [m.name for m in members if any(u not in names for u in graph.users(m.name))]
+    return Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
+                  inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
+                  numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members))
+
+
+def _extern(graph: Graph, node: Node) -> Extern:
+    return Extern(id=node.name, node=node.name, target=node.target or node.op,
+                  bytes=op_bytes(graph, node), is_view=node.kind is Kind.VIEW)
+
+
+def build_plan(graph: Graph) -> Plan:
+    """Steps in a topological order of the grouped graph; each group is one kernel."""
+    groups = graph.groups()
+    vertex = {n.name: (n.group or n.name) for n in graph}
+    position = {name: i for i, name in enumerate(graph.nx.nodes)}
+    dag = nx.DiGraph()
+    for node in graph:
+        dag.add_node(vertex[node.name], first=position[node.name])
+    for src, dst in graph.nx.edges:
+        if vertex[src] != vertex[dst]:
+            dag.add_edge(vertex[src], vertex[dst])
+    order = nx.lexicographical_topological_sort(dag, key=lambda v: dag.nodes[v]["first"])
+    steps: list[Step] = []
+    for v in order:
+        if v in groups:
+            steps.append(_kernel(graph, v, groups[v]))
+        elif graph[v].kind not in (Kind.INPUT, Kind.OUTPUT):
+            steps.append(_extern(graph, graph[v]))
+    plan = Plan(graph=graph, steps=tuple(steps))
+    return replace(plan, frees=_frees(plan))
+
+
+def _frees(plan: Plan) -> tuple[tuple[str, ...], ...]:
+    """After each step, the buffers no later step reads (graph outputs stay alive)."""
+    keep = set(plan.graph.output.operands())
+    last: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        for name in plan.reads(step):
+            last[name] = i
+    frees: list[list[str]] = [[] for _ in plan.steps]
+    for name, i in last.items():
+        if name not in keep:
+            frees[i].append(name)
+    return tuple(tuple(f) for f in frees)
+
+
+def step_dag(plan: Plan) -> nx.DiGraph:
+    """Steps as a DAG of data dependencies (views excluded: they launch nothing)."""
+    producer: dict[str, str] = {}
+    dag = nx.DiGraph()
+    for step in plan.steps:
+        if isinstance(step, Extern) and step.is_view:
+            producer[step.node] = producer.get(plan.graph[step.node].operands()[0], "")
+            continue
+        dag.add_node(step.id, cost=float(max(step.bytes, 1)))
+        for name in plan.reads(step):
+            src = producer.get(name)
+            if src and src != step.id:
+                dag.add_edge(src, step.id)
+        for name in (step.outputs if isinstance(step, Kernel) else (step.node,)):
+            producer[name] = step.id
+    return dag

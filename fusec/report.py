@@ -1,0 +1,113 @@
+"""Report: a view of the compiled graphs, their kernels and fusion decisions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fusec.compiler import CompiledGraph
+from fusec.ir import Kind
+from fusec.passes.cost import bytes_fused, bytes_unfused
+from fusec.passes.parallel import dag_width
+from fusec.plan import Extern, Kernel, step_dag
+
+STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
+              "dag_width", "cross_stream_waits", "compile_seconds")
+
+
+def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
+    """Views are torch aliases and getitem unpacks a result: neither is a call that does work."""
+    return not step.is_view and record.graph[step.node].op != "getitem"
+
+
+@dataclass
+class Report:
+    """What fusec did with a model: one entry per captured graph."""
+
+    graphs: list[CompiledGraph]
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        planned = [g for g in self.graphs if g.plan is not None]
+        kernels = sum(len(g.plan.kernels) for g in planned)
+        externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
+        width = max((dag_width(step_dag(g.plan)) for g in planned), default=0)
+        return {
+            "nodes": sum(len(g.graph.op_nodes()) for g in planned),
+            "kernels": kernels,
+            "extern_calls": externs + sum(g.fallback_ops for g in self.graphs),
+            "bytes_unfused": sum(bytes_unfused(g.graph) for g in planned),
+            "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
+            "streams": 1,
+            "dag_width": width,
+            "cross_stream_waits": 0,
+            "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
+        }
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return [k for g in self.graphs if g.plan for k in g.plan.kernels]
+
+    def kernel(self, kernel_id: str, graph: int = 0) -> Kernel:
+        return next(k for k in self.graphs[graph].plan.kernels if k.id == kernel_id)
+
+    def edges(self) -> list[dict[str, str]]:
+        """Every edge between two different kernels or extern calls, with why it was not fused."""
+        rows = []
+        for g in self.graphs:
+            if g.graph is None:
+                continue
+            for src, dst, data in g.graph.nx.edges(data=True):
+                if "reason" not in data:
+                    continue
+                a, b = g.graph[src], g.graph[dst]
+                if Kind.INPUT in (a.kind, b.kind) or Kind.OUTPUT in (a.kind, b.kind):
+                    continue
+                rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": a.group or src,
+                             "dst_kernel": b.group or dst, "reason": data["reason"]})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        graphs = []
+        for g in self.graphs:
+            entry: dict[str, Any] = {"name": g.name, "device": g.device, "fallback": g.fallback,
+                                     "compile_seconds": g.compile_seconds}
+            if g.plan is not None:
+                entry["kernels"] = [_kernel_dict(g, k) for k in g.plan.kernels]
+                entry["extern_calls"] = [{"id": s.id, "target": s.target, "bytes": s.bytes,
+                                          "view": s.is_view} for s in g.plan.externs]
+                entry["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind.value,
+                                   "shape": list(n.shape), "dtype": n.dtype, "kernel": n.group}
+                                  for n in g.graph]
+            graphs.append(entry)
+        return {"stats": self.stats, "graphs": graphs, "edges": self.edges()}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+    def to_dot(self) -> str:
+        return "\n".join(g.graph.to_dot() for g in self.graphs if g.graph is not None)
+
+    def summary(self) -> str:
+        """A short plain-text account: stats, kernels, and why edges were not fused."""
+        lines = [f"{key}: {value}" for key, value in self.stats.items()]
+        for g in self.graphs:
+            if g.fallback:
+                lines.append(f"{g.name}: runs through torch ({g.fallback})")
+            for k in g.plan.kernels if g.plan else ():
+                ops = " ".join(g.graph[m].op for m in k.members)
+                lines.append(f"{g.name} {k.id} [{k.kind}] {ops}  ({k.bytes} bytes)")
+            for s in g.plan.externs if g.plan else ():
+                if counts_as_extern(s, g):
+                    lines.append(f"{g.name} {s.id} [extern] {s.target}")
+        for e in self.edges():
+            lines.append(f"not fused {e['src_kernel']} -> {e['dst_kernel']} ({e['src']} -> {e['dst']}): {e['reason']}")
+        return "\n".join(lines)
+
+
+def _kernel_dict(g: CompiledGraph, k: Kernel) -> dict[str, Any]:
+    return {"id": k.id, "kind": k.kind, "members": list(k.members),
+            "ops": [g.graph[m].op for m in k.members], "inputs": list(k.inputs),
+            "outputs": list(k.outputs), "numel": k.numel, "bytes": k.bytes, "stream": k.stream,
+            "source": k.source}

@@ -1,0 +1,114 @@
+"""Runs a Plan: allocates buffers, launches kernels, calls torch for extern ops."""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Any, Callable
+
+import torch
+import triton
+
+from fusec.ir import map_refs
+from fusec.plan import Extern, Kernel, Plan
+
+log = logging.getLogger("fusec")
+
+_DTYPES = {name: getattr(torch, name) for name in
+           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
+
+
+def launch_config(numel: int, interpret: bool) -> tuple[int, int]:
+    """BLOCK and num_warps for a pointwise kernel over `numel` elements.
+
+    On a GPU, 1024-element blocks with 4 warps keep loads 16 bytes wide and the
+    grid large; in the interpreter, each program costs Python overhead, so one
+    large block does the work of many.
+    """
+    cap = 1 << 16 if interpret else 1024
+    block = min(max(triton.next_power_of_2(numel), 16), cap)
+    return block, max(1, min(8, block // 256))
+
+
+class StrideMismatch(Exception):
+    """An input arrived with strides other than the ones the kernels were generated for."""
+
+
+class Runtime:
+    """The callable a compiled graph becomes (boxed: takes the list of inputs)."""
+
+    _boxed_call = True
+
+    def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
+                 interpret: bool, fallback: Callable[..., Any]) -> None:
+        self.plan = plan
+        self.kernels = kernels
+        self.callables = {**callables, "_operator.getitem": operator.getitem}
+        self.interpret = interpret
+        self.fallback = fallback
+        graph = plan.graph
+        self.input_names = [n.name for n in graph.inputs]
+        self.output_args = graph.output.args
+        self.launches = {k.id: launch_config(k.numel, interpret) for k in plan.kernels}
+
+    def __call__(self, args: list[Any]) -> Any:
+        inputs = list(args)
+        args.clear()  # boxed convention: let the caller's references go
+        try:
+            return self.run(inputs)
+        except StrideMismatch as exc:
+            log.warning("fusec: %s; running this call through torch", exc)
+            return self.fallback(*inputs)
+
+    def run(self, inputs: list[Any]) -> tuple[Any, ...]:
+        env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
+        for step, dead in zip(self.plan.steps, self.plan.frees, strict=True):
+            if isinstance(step, Kernel):
+                self._launch(step, env)
+            else:
+                env[step.node] = self._extern(step, env)
+            for name in dead:
+                env.pop(name, None)
+        return tuple(map_refs(self.output_args, lambda r: env[r.name]))
+
+    def _launch(self, kernel: Kernel, env: dict[str, Any]) -> None:
+        graph = self.plan.graph
+        args = []
+        for name in kernel.inputs:
+            tensor, node = env[name], graph[name]
+            if _strides(tensor) != _strides_of(node.shape, node.strides):
+                raise StrideMismatch(f"{name} has strides {tuple(tensor.stride())}, "
+                                     f"the kernel expects {node.strides}")
+            args.append(tensor)
+        device = args[0].device if args else None
+        for name in kernel.outputs:
+            node = graph[name]
+            out = torch.empty_strided(node.shape, node.strides, dtype=_DTYPES[node.dtype],
+                                      device=device or self._device())
+            env[name] = out
+            args.append(out)
+        if kernel.numel == 0:
+            return
+        block, warps = self.launches[kernel.id]
+        grid = (triton.cdiv(kernel.numel, block),)
+        self.kernels[kernel.id][grid](*args, kernel.numel, BLOCK=block, num_warps=warps)
+
+    def _device(self) -> torch.device:
+        return torch.device("cpu") if self.interpret else torch.device("cuda")
+
+    def _extern(self, step: Extern, env: dict[str, Any]) -> Any:
+        node = self.plan.graph[step.node]
+        fn = self.callables[node.target]
+        args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
+        args = map_refs(args, lambda r: env[r.name])
+        kwargs = dict(map_refs(kwargs, lambda r: env[r.name]))
+        return fn(*args, **kwargs)
+
+
+def _strides(tensor: torch.Tensor) -> tuple[int, ...]:
+    return _strides_of(tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _strides_of(shape: tuple[int, ...], strides: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Strides that matter for addressing: those of dims longer than 1."""
+    return tuple(st for s, st in zip(shape, strides or ()) if s > 1)

@@ -1,0 +1,1 @@
+"""Triton code generation: plan groups -> Triton source text -> compiled kernels."""

@@ -1,0 +1,136 @@
+"""The op table: primitive op -> Triton expression, one small function each.
+
+Every function takes its operands as Triton expressions already converted to
+the dtype the op computes in, and returns an expression. Only Triton builtins
+are used: Triton's interpreter cannot call the library's own @jit helpers
+(tl.sigmoid, libdevice.*) unless it was switched on before triton was imported.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from fusec.ir import POINTWISE_OPS
+
+
+def _nan_or(a: str, b: str, picked: str) -> str:
+    # torch.maximum/minimum propagate NaN; tl.maximum does not promise to.
+    return f"tl.where(({a} != {a}) | ({b} != {b}), {a} + {b}, {picked})"
+
+
+def add(a, b): return f"({a} + {b})"
+def sub(a, b): return f"({a} - {b})"
+def mul(a, b): return f"({a} * {b})"
+def div(a, b): return f"({a} / {b})"
+def neg(a): return f"(-{a})"
+def abs_(a): return f"tl.abs({a})"
+def exp(a): return f"tl.exp({a})"
+def exp2(a): return f"tl.exp2({a})"
+def log(a): return f"tl.log({a})"
+def log2(a): return f"tl.log2({a})"
+def sqrt(a): return f"tl.sqrt({a})"
+def rsqrt(a): return f"tl.math.rsqrt({a})"
+def erf(a): return f"tl.math.erf({a})"
+def sin(a): return f"tl.sin({a})"
+def cos(a): return f"tl.cos({a})"
+def floor(a): return f"tl.floor({a})"
+def ceil(a): return f"tl.ceil({a})"
+def trunc(a): return f"tl.where({a} < 0, tl.ceil({a}), tl.floor({a}))"
+def reciprocal(a): return f"(1.0 / {a})"
+def sigmoid(a): return f"(1.0 / (1.0 + tl.exp(-{a})))"
+def copy(a): return a
+def cast(a): return a  # the renderer converts operands and results
+def full(value): return value
+def isnan(a): return f"({a} != {a})"
+def isinf(a): return f"(tl.abs({a}) == float(\"inf\"))"
+def eq(a, b): return f"({a} == {b})"
+def ne(a, b): return f"({a} != {b})"
+def lt(a, b): return f"({a} < {b})"
+def le(a, b): return f"({a} <= {b})"
+def gt(a, b): return f"({a} > {b})"
+def ge(a, b): return f"({a} >= {b})"
+def logical_and(a, b): return f"(({a} != 0) & ({b} != 0))"
+def logical_or(a, b): return f"(({a} != 0) | ({b} != 0))"
+def logical_xor(a, b): return f"(({a} != 0) ^ ({b} != 0))"
+def logical_not(a): return f"({a} == 0)"
+def where(c, a, b): return f"tl.where({c}, {a}, {b})"
+def sign(a): return f"tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0)"
+
+
+def maximum(a, b, floating=True):
+    return _nan_or(a, b, f"tl.maximum({a}, {b})") if floating else f"tl.maximum({a}, {b})"
+
+
+def minimum(a, b, floating=True):
+    return _nan_or(a, b, f"tl.minimum({a}, {b})") if floating else f"tl.minimum({a}, {b})"
+
+
+def relu(a, floating=True):
+    return f"tl.where({a} > 0, {a}, 0)" + (f" + tl.where({a} != {a}, {a}, 0)" if floating else "")
+
+
+def clamp(a, lo, hi, floating=True):
+    out = a
+    if lo is not None:
+        out = f"tl.maximum({out}, {lo})"
+    if hi is not None:
+        out = f"tl.minimum({out}, {hi})"
+    return f"tl.where({a} != {a}, {a}, {out})" if floating else out
+
+
+def tanh(a):
+    # 1 - 2/(e^2x + 1) loses every digit near 0; switch to the series there.
+    big = f"(1.0 - 2.0 / (tl.exp(2.0 * {a}) + 1.0))"
+    series = f"({a} * (1.0 - {a} * {a} * (0.3333333333333333 - 0.13333333333333333 * {a} * {a})))"
+    return f"tl.where(tl.abs({a}) < 0.0625, {series}, {big})"
+
+
+def log1p(a):
+    # log(1+a) * a / ((1+a) - 1) cancels the rounding error of 1+a (Goldberg).
+    return f"tl.where((1.0 + {a}) == 1.0, {a}, tl.log(1.0 + {a}) * {a} / ((1.0 + {a}) - 1.0))"
+
+
+def expm1(a):
+    # (e^a - 1) * a / log(e^a), Kahan's trick, with its ends guarded.
+    u = f"tl.exp({a})"
+    body = f"tl.where({u} == 1.0, {a}, ({u} - 1.0) * {a} / tl.log({u}))"
+    return f"tl.where({a} > 80.0, {u}, tl.where({a} < -80.0, -1.0, {body}))"
+
+
+def pow_(a, b):
+    # a ** b via exp(b*log|a|), with the sign of a negative base restored for
+    # odd integer exponents and NaN for non-integer ones (as torch.pow).
+    mag = f"tl.exp({b} * tl.log(tl.abs({a})))"
+    b_int = f"(tl.floor({b}) == {b})"
+    odd = f"({b_int} & (tl.abs({b} - 2.0 * tl.floor({b} * 0.5)) == 1.0))"
+    signed = f"tl.where(({a} < 0) & {odd}, -{mag}, {mag})"
+    res = f"tl.where(({a} < 0) & ~{b_int}, float(\"nan\"), {signed})"
+    return f"tl.where({b} == 0, 1.0, {res})"
+
+
+def pow_scalar(a, exponent: float) -> str | None:
+    """Exact forms for the common scalar exponents; None means use pow_."""
+    if exponent == int(exponent) and 0 <= exponent <= 4:
+        return "(" + " * ".join([a] * int(exponent)) + ")" if exponent else "1.0"
+    return {0.5: f"tl.sqrt({a})", -0.5: f"tl.math.rsqrt({a})", -1.0: f"(1.0 / {a})",
+            -2.0: f"(1.0 / ({a} * {a}))"}.get(exponent)
+
+
+OPS: dict[str, Callable[..., str]] = {
+    "add": add, "sub": sub, "mul": mul, "div": div, "neg": neg, "abs": abs_, "exp": exp,
+    "exp2": exp2, "log": log, "log2": log2, "log1p": log1p, "expm1": expm1, "sqrt": sqrt,
+    "rsqrt": rsqrt, "erf": erf, "tanh": tanh, "sigmoid": sigmoid, "sin": sin, "cos": cos,
+    "pow": pow_, "reciprocal": reciprocal, "maximum": maximum, "minimum": minimum,
+    "floor": floor, "ceil": ceil, "trunc": trunc, "sign": sign, "relu": relu, "clamp": clamp,
+    "where": where, "eq": eq, "ne": ne, "lt": lt, "le": le, "gt": gt, "ge": ge,
+    "logical_and": logical_and, "logical_or": logical_or, "logical_not": logical_not,
+    "logical_xor": logical_xor, "isnan": isnan, "isinf": isinf, "cast": cast, "copy": copy,
+    "full": full,
+}
+
+# Ops whose result is bool while their operands compute in their own promoted type.
+PREDICATES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf"})
+# Ops that take a `floating` flag to skip NaN handling for integers.
+NAN_AWARE = frozenset({"maximum", "minimum", "relu", "clamp"})
+
+assert set(OPS) == POINTWISE_OPS, set(POINTWISE_OPS) ^ set(OPS)

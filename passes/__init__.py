@@ -1,0 +1,1 @@
+"""Graph passes (Graph -> Graph) and analyses (Graph -> result); no torch here."""

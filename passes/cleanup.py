@@ -1,0 +1,43 @@
+"""cleanup: dead code elimination and common subexpression elimination."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from fusec.ir import Graph, Kind, Ref
+
+# Only ops whose value depends on nothing but their arguments may be merged;
+# extern calls can be random (dropout, randn) or stateful.
+_CSE_KINDS = (Kind.POINTWISE, Kind.VIEW)
+
+
+def eliminate_dead_code(graph: Graph) -> Graph:
+    """Every node left is an input or reaches the output."""
+    live = nx.ancestors(graph.nx, graph.output.name) | {graph.output.name}
+    out = graph.copy()
+    for node in graph:
+        if node.name not in live and node.kind is not Kind.INPUT:
+            out.remove(node.name)
+    return out
+
+
+def eliminate_common_subexpressions(graph: Graph) -> Graph:
+    """No two pure nodes compute the same op on the same arguments."""
+    out = Graph(name=graph.name)
+    alias: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for node in graph:
+        node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
+        if node.kind in _CSE_KINDS:
+            key = (node.op, node.args, node.kwargs, node.shape, node.dtype, node.strides)
+            if key in seen:
+                alias[node.name] = seen[key]
+                continue
+            seen[key] = node.name
+        out.add(node)
+    return out
+
+
+def cleanup(graph: Graph) -> Graph:
+    """No dead node and no duplicated pure computation remains; values are unchanged."""
+    return eliminate_dead_code(eliminate_common_subexpressions(graph))

@@ -1,0 +1,45 @@
+"""Modeled memory traffic: what each kernel or extern call reads and writes."""
+
+from __future__ import annotations
+
+from fusec.ir import TUPLE_DTYPE, Graph, Kind, Node
+
+_FREE = (Kind.INPUT, Kind.OUTPUT, Kind.VIEW)
+
+
+def written_bytes(graph: Graph, node: Node) -> int:
+    """Bytes a node's op writes; a tuple-valued extern writes what its getitems read out."""
+    if node.dtype == TUPLE_DTYPE:
+        return sum(graph[user].nbytes for user in graph.users(node.name))
+    return node.nbytes
+
+
+def _reads(graph: Graph, names: list[str]) -> int:
+    return sum(graph[name].nbytes for name in dict.fromkeys(names) if graph[name].dtype != TUPLE_DTYPE)
+
+
+def op_bytes(graph: Graph, node: Node) -> int:
+    """Traffic of one op run as its own kernel: unique operands read once, result written once."""
+    if node.kind in _FREE or node.op == "getitem":
+        return 0
+    return _reads(graph, node.operands()) + written_bytes(graph, node)
+
+
+def group_bytes(graph: Graph, members: list[Node]) -> int:
+    """Traffic of one fused kernel: every outside operand read once, every escaping value written once."""
+    names = {m.name for m in members}
+    external = [op for m in members for op in m.operands() if op not in names]
+    escaping = [m for m in members if any(u not in names for u in graph.users(m.name))]
+    return _reads(graph, external) + sum(m.nbytes for m in escaping)
+
+
+def bytes_unfused(graph: Graph) -> int:
+    """Traffic if every op ran as its own kernel (views move nothing)."""
+    return sum(op_bytes(graph, node) for node in graph)
+
+
+def bytes_fused(graph: Graph) -> int:
+    """Traffic of the grouped graph: one term per kernel and per extern call."""
+    groups = graph.groups()
+    total = sum(group_bytes(graph, members) for members in groups.values())
+    return total + sum(op_bytes(graph, n) for n in graph if n.group is None)
