@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -12,7 +13,7 @@ from fusec.options import Options
 from fusec.report import Report
 
 
-def compile(model: Callable | None = None, **options: Any) -> Any:  # noqa: A001 - mirrors torch.compile
+def compile(model: Callable | None = None, **options: Any) -> Any:
     """Compile a function or nn.Module with fusec.
 
     Works as `@fusec.compile`, `@fusec.compile(**options)` and

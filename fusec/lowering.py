@@ -8,7 +8,8 @@ shapes, dtypes and strides come from the fake tensors in `node.meta["val"]`.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx

@@ -16,7 +16,7 @@ def _default_cache_dir() -> Path:
 class Options:
     """What a user can set on `fusec.compile` / `fusec.inspect`.
 
-    fuse: run the fusion pass (off: one kernel per op, for bisecting).
+    fuse: fuse ops into kernels (off: one kernel per op, for bisecting).
     fuel: cap on the number of fusion merges (to bisect a miscompile).
     dump_dir: write the graph after each pass there (FUSEC_DUMP).
     cache_dir: where generated kernel sources are cached (FUSEC_CACHE_DIR).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fusec.ir import Graph
 from fusec.options import Options
@@ -18,10 +18,8 @@ Pass = Callable[[Graph], Graph]
 
 
 def pass_list(options: Options) -> list[tuple[str, Pass]]:
-    passes: list[tuple[str, Pass]] = [("classify", classify), ("cleanup", cleanup)]
-    if options.fuse:
-        passes.append(("fuse", functools.partial(fuse, fuel=options.fuel)))
-    return passes
+    fuel = options.fuel if options.fuse else 0
+    return [("classify", classify), ("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
 
 
 def run_passes(graph: Graph, options: Options) -> tuple[Graph, list[tuple[str, float]]]:

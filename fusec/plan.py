@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 
 from fusec.ir import Graph, Kind, Node
-from fusec.passes.cost import group_bytes, op_bytes
+from fusec.passes.cost import group_bytes, group_flops, op_bytes
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Kernel:
     outputs: tuple[str, ...]
     numel: int
     bytes: int
+    flops: int = 0
     source: str = ""
     fn_name: str = ""
     stream: int = 0
@@ -69,7 +70,8 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     outputs = [m.name for m in members if any(u not in names for u in graph.users(m.name))]
     return Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
                   inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
-                  numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members))
+                  numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members),
+                  flops=group_flops(members))
 
 
 def _extern(graph: Graph, node: Node) -> Extern:

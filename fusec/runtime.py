@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -37,10 +38,11 @@ class StrideMismatch(Exception):
 class Runtime:
     """The callable a compiled graph becomes (boxed: takes the list of inputs)."""
 
-    _boxed_call = True
-
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
                  interpret: bool, fallback: Callable[..., Any]) -> None:
+        # On the instance, not the class: AOTAutograd wraps the backward with
+        # functools.wraps, which copies the instance __dict__ only.
+        self._boxed_call = True
         self.plan = plan
         self.kernels = kernels
         self.callables = {**callables, "_operator.getitem": operator.getitem}

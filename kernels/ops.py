@@ -8,7 +8,7 @@ are used: Triton's interpreter cannot call the library's own @jit helpers
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fusec.ir import POINTWISE_OPS
 

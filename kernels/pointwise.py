@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
-from fusec.plan import Kernel
-from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
+from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
+from fusec.plan import Kernel
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class _Renderer:
             return Index(tuple(dims))
         if node.op == "select":
             _, dim, index = node.args
-            return Index(idx.dims[:dim] + (str(index),) + idx.dims[dim:])
+            return Index((*idx.dims[:dim], str(index), *idx.dims[dim:]))
         if node.op == "alias":
             return idx
         raise NotImplementedError(f"view op {node.op}")
@@ -252,14 +252,14 @@ def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str
     return [dtype] * n
 
 
-def _convert(arg: object, operands: dict[str, Value], target: str | None) -> str:
+def _convert(arg: object, operands: dict[str, Value], target: str | None) -> str | None:
     if isinstance(arg, Ref):
         value = operands[arg.name]
         if target is None or value.dtype == target:
             return value.expr
         return _to(value.expr, target)
     if arg is None:
-        return "None"
+        return None  # an absent optional bound (clamp)
     return literal(arg, target or "float32")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fusec.ir import TUPLE_DTYPE, Graph, Kind, Node
 
 _FREE = (Kind.INPUT, Kind.OUTPUT, Kind.VIEW)
@@ -43,3 +45,29 @@ def bytes_fused(graph: Graph) -> int:
     groups = graph.groups()
     total = sum(group_bytes(graph, members) for members in groups.values())
     return total + sum(op_bytes(graph, n) for n in graph if n.group is None)
+
+
+def group_flops(members: list[Node]) -> int:
+    """Arithmetic of a pointwise group: one op per element per computing member."""
+    return sum(m.numel for m in members if m.kind is Kind.POINTWISE)
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """The numbers the roofline uses; defaults are an H100 SXM's datasheet values.
+
+    bandwidth in bytes/s, flops in FLOP/s (non-tensor-core fp32), launch in seconds.
+    """
+
+    name: str = "H100 (datasheet)"
+    bandwidth: float = 3.35e12
+    flops: float = 6.7e13
+    launch: float = 4e-6
+
+
+H100 = DeviceModel()
+
+
+def estimate_seconds(nbytes: int, flops: int, device: DeviceModel = H100) -> float:
+    """Roofline time of one kernel: the slower of moving its bytes and doing its math, plus a launch."""
+    return max(nbytes / device.bandwidth, flops / device.flops) + device.launch

@@ -80,7 +80,8 @@ def _boundary_reason(src: Node, dst: Node) -> str:
 
 def fuse(graph: Graph, fuel: int | None = None) -> Graph:
     """Each group is convex, holds only pointwise/view nodes, and all its outputs
-    share one shape; values are unchanged. `fuel` caps the number of merges."""
+    share one shape; values are unchanged. `fuel` caps the number of merges
+    (0: every op is its own kernel)."""
     state = _Grouping(graph)
     refused: dict[tuple[str, str], str] = {}
     merges = 0
@@ -92,7 +93,7 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             if src not in state.group_of or gu == gv:
                 continue
             if fuel is not None and merges >= fuel:
-                refused[src, dst.name] = f"out of fusion fuel ({fuel} merges)"
+                refused[src, dst.name] = f"out of fusion fuel ({fuel} merges)" if fuel else "fusion is off"
                 continue
             reason = state.refusal(gu, gv)
             if reason:

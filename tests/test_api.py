@@ -1,0 +1,158 @@
+"""The public surface: decorator forms, modules, backend name, inspect, options, fallbacks."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+import fusec
+import fusec.compiler
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(x + self.bias) * 0.5
+
+
+def test_bare_decorator_and_options_forms():
+    @fusec.compile
+    def f(x):
+        return torch.exp(x) + 1
+
+    @fusec.compile(fuse=False)
+    def g(x):
+        return torch.exp(x) + 1
+
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(f(x), torch.exp(x) + 1)
+    torch.testing.assert_close(g(x), torch.exp(x) + 1)
+    assert fusec.report_of(f).stats["kernels"] == 1
+    assert fusec.report_of(g).stats["kernels"] == 2  # fusion off: one kernel per op
+
+
+def test_module_compiles_and_matches_eager():
+    torch.manual_seed(0)
+    m = Block()
+    x = torch.randn(3, 16)
+    compiled = fusec.compile(m)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x))
+    assert fusec.report_of(compiled).stats["kernels"] == 1
+
+
+def test_torch_compile_backend_name():
+    m = Block()
+    x = torch.randn(3, 16)
+    compiled = torch.compile(m, backend="fusec")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_training_gradients_match_eager():
+    torch.manual_seed(0)
+    m = Block()
+    x = torch.randn(3, 16, requires_grad=True)
+    ref = m(x).sum()
+    ref.backward()
+    expected = (x.grad.clone(), m.bias.grad.clone())
+    x.grad, m.bias.grad = None, None
+    compiled = fusec.compile(m)
+    compiled(x).sum().backward()
+    torch.testing.assert_close(x.grad, expected[0])
+    torch.testing.assert_close(m.bias.grad, expected[1])
+    names = [g.name.split("_")[0] for g in fusec.report_of(compiled).graphs]
+    assert names == ["forward", "backward"]
+
+
+def test_inspect_launches_no_kernel(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("inspect compiled a kernel")
+    monkeypatch.setattr(fusec.compiler, "load_kernel", refuse)
+    x, b, y = torch.randn(4, 8), torch.randn(8), torch.randn(4, 8)
+    report = fusec.inspect(lambda x, b, y: torch.sigmoid(x + b) * y - torch.tanh(y) / 3, x, b, y)
+    assert report.stats["kernels"] == 1
+    assert set(report.stats) == {"nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused",
+                                 "streams", "dag_width", "cross_stream_waits", "compile_seconds"}
+    kernel = report.kernels[0]
+    assert "@triton.jit" in kernel.source and kernel.kind == "pointwise"
+    assert '"stats"' in report.to_json()
+
+
+def test_inspect_twice_and_after_compile_still_captures():
+    fn = lambda x: torch.exp(x) * 3
+    x = torch.randn(4)
+    fusec.compile(fn)(x)
+    for _ in range(10):  # more than Dynamo's recompile limit for one code object
+        assert fusec.inspect(fn, x).stats["kernels"] == 1
+
+
+def test_graph_break_runs_rest_through_torch_and_is_right(caplog):
+    def fn(x):
+        y = torch.exp(x) + 1
+        if y.sum() > 0:  # data-dependent branch: Dynamo breaks the graph here
+            return y * 2
+        return y - 2
+    x = torch.randn(5, 5)
+    compiled = fusec.compile(fn)
+    torch.testing.assert_close(compiled(x), fn(x))
+    torch.testing.assert_close(compiled(-x - 10), fn(-x - 10))
+
+
+def test_non_tensor_arguments():
+    def fn(x, scale, flag):
+        return torch.exp(x) * scale if flag else x
+    x = torch.randn(3, 3)
+    compiled = fusec.compile(fn)
+    torch.testing.assert_close(compiled(x, 2.5, True), fn(x, 2.5, True))
+    torch.testing.assert_close(compiled(x, 2.5, False), fn(x, 2.5, False))
+
+
+def test_exotic_op_is_extern_and_right():
+    fn = lambda x: torch.special.bessel_j0(torch.exp(x)) + 1
+    x = torch.randn(4, 4)
+    compiled = fusec.compile(fn)
+    torch.testing.assert_close(compiled(x), fn(x))
+    stats = fusec.report_of(compiled).stats
+    assert stats["extern_calls"] == 1 and stats["kernels"] == 2
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"unknown option.*fusee.*valid options are"):
+        fusec.compile(lambda x: x, fusee=True)
+    with pytest.raises(ValueError, match="fuel must be"):
+        fusec.compile(lambda x: x, fuel=-1)
+    with pytest.raises(TypeError, match=r"expects a function or an nn\.Module"):
+        fusec.compile(42)
+
+
+def test_dump_writes_graph_after_each_pass(tmp_path):
+    x = torch.randn(4)
+    fusec.compile(lambda x: torch.exp(x) + 1, dump_dir=tmp_path)(x)
+    (folder,) = tmp_path.iterdir()
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["00_capture.dot", "00_capture.txt", "01_classify.dot", "01_classify.txt",
+                     "02_cleanup.dot", "02_cleanup.txt", "03_fuse.dot", "03_fuse.txt"]
+    assert "[k0]" in (folder / "03_fuse.txt").read_text()
+
+
+def test_kernel_source_is_cached_on_disk(tmp_path):
+    x = torch.randn(4)
+    fusec.compile(lambda x: torch.cos(x) * 7 - 2, cache_dir=tmp_path)(x)
+    files = list(tmp_path.glob("*.py"))
+    assert len(files) == 1 and "@triton.jit" in files[0].read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_symbolic_shapes_fall_back_to_torch(caplog):
+    fn = lambda x: torch.exp(x) + 1
+    compiled = torch.compile(fn, backend="fusec", dynamic=True)
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        for n in (3, 5):
+            x = torch.randn(n, 4)
+            torch.testing.assert_close(compiled(x), fn(x))
+    assert "runs through torch" in caplog.text

@@ -1,0 +1,137 @@
+"""Pass tests on hand-built graphs: no torch, groups named by node."""
+
+import pytest
+
+from fusec.ir import Graph, Kind, Node, Ref
+from fusec.passes.classify import classify
+from fusec.passes.cleanup import cleanup
+from fusec.passes.cost import bytes_fused, bytes_unfused
+from fusec.passes.fuse import fuse
+from fusec.passes.verify import InvariantError, verify
+from tests.graphs import build
+
+
+def groups(graph: Graph) -> list[set[str]]:
+    return [{m.name for m in members} for members in graph.groups().values()]
+
+
+def reason(graph: Graph, src: str, dst: str) -> str:
+    return graph.nx.edges[src, dst]["reason"]
+
+
+def test_chain_of_ten_is_one_group():
+    spec = [("x", "input", [])] + [(f"a{i}", "exp" if i % 2 else "neg", [f"a{i-1}" if i else "x"]) for i in range(10)]
+    g = fuse(build(spec, ["a9"]))
+    assert groups(g) == [{f"a{i}" for i in range(10)}]
+    assert bytes_fused(g) == 2 * 4 * 8 * 4  # one read, one write
+    assert bytes_unfused(g) == 10 * 2 * 4 * 8 * 4
+
+
+def test_two_independent_chains_are_two_groups():
+    g = fuse(build([("x", "input", []), ("y", "input", []), ("a", "exp", ["x"]), ("b", "neg", ["a"]),
+                    ("c", "exp", ["y"]), ("d", "neg", ["c"])], ["b", "d"]))
+    assert sorted(map(sorted, groups(g))) == [["a", "b"], ["c", "d"]]
+
+
+def test_diamond_is_one_group():
+    g = fuse(build([("x", "input", []), ("a", "exp", ["x"]), ("b", "neg", ["a"]), ("c", "tanh", ["a"]),
+                    ("d", "add", ["b", "c"])], ["d"]))
+    assert groups(g) == [{"a", "b", "c", "d"}]
+
+
+def test_opaque_op_splits_chain_with_reason():
+    g = fuse(build([("x", "input", []), ("a", "exp", ["x"]), ("b", "neg", ["a"]), ("s", "cumsum", ["b"]),
+                    ("c", "exp", ["s"]), ("d", "neg", ["c"])], ["d"]))
+    assert sorted(map(sorted, groups(g))) == [["a", "b"], ["c", "d"]]
+    assert g["s"].group is None
+    assert reason(g, "b", "s") == "s runs through torch (aten.cumsum.default)"
+    assert reason(g, "s", "c") == "s runs through torch (aten.cumsum.default)"
+
+
+def test_merge_that_would_create_cycle_is_refused():
+    # a -> s(opaque) -> c and a -> c: fusing a with c would put s both before and after the group.
+    g = fuse(build([("x", "input", []), ("a", "exp", ["x"]), ("s", "cumsum", ["a"]), ("c", "add", ["a", "s"])],
+                   ["c"]))
+    assert g["a"].group != g["c"].group
+    assert reason(g, "a", "c") == "would create a cycle through s"
+    verify(g)
+
+
+def test_group_outputs_of_different_shapes_are_refused():
+    # b (shape [8]) is needed outside the group, so it cannot be recomputed per row of c.
+    g = fuse(build([("x", "input", [], (8,)), ("y", "input", []), ("b", "exp", ["x"], (8,)),
+                    ("c", "add", ["y", "b"]), ("s", "cumsum", ["b"], (8,))], ["c", "s"]))
+    assert g["b"].group != g["c"].group
+    assert reason(g, "b", "c") == "shapes differ: [4,8] vs [8]"
+
+
+def test_broadcast_producer_used_only_inside_is_fused():
+    g = fuse(build([("x", "input", [], (8,)), ("y", "input", []), ("b", "exp", ["x"], (8,)),
+                    ("c", "add", ["y", "b"])], ["c"]))
+    assert groups(g) == [{"b", "c"}]
+
+
+def test_view_alone_is_not_a_kernel():
+    g = fuse(build([("x", "input", []), ("v", "permute", ["x"], (8, 4)), ("s", "cumsum", ["v"], (8, 4))], ["s"]))
+    assert groups(g) == []
+    assert g["v"].group is None
+
+
+def test_fuel_caps_merges():
+    spec = [("x", "input", [])] + [(f"a{i}", "exp", [f"a{i-1}" if i else "x"]) for i in range(6)]
+    g = fuse(build(spec, ["a5"]), fuel=2)
+    assert len(groups(g)) == 4
+    assert "out of fusion fuel" in reason(g, "a2", "a3")
+
+
+def test_fuse_does_not_mutate_its_input():
+    g = build([("x", "input", []), ("a", "exp", ["x"]), ("b", "neg", ["a"])], ["b"])
+    before = [n for n in g]
+    fuse(g)
+    assert [n for n in g] == before
+
+
+def test_cleanup_removes_dead_and_duplicate_nodes():
+    g = build([("x", "input", []), ("a", "exp", ["x"]), ("a2", "exp", ["x"]), ("dead", "neg", ["x"]),
+               ("b", "add", ["a", "a2"])], ["b"])
+    out = cleanup(g)
+    assert [n.name for n in out] == ["x", "a", "b", "output"]
+    assert out["b"].operands() == ["a", "a"]
+
+
+def test_cleanup_keeps_opaque_duplicates():
+    g = build([("x", "input", []), ("r1", "rand_like", ["x"]), ("r2", "rand_like", ["x"]),
+               ("b", "add", ["r1", "r2"])], ["b"])
+    assert {"r1", "r2"} <= {n.name for n in cleanup(g)}
+
+
+def test_classify_sets_kinds_from_ops():
+    g = Graph()
+    g.add(Node("x", "input", Kind.INPUT, (4,), "float32", (1,)))
+    g.add(Node("a", "exp", Kind.OPAQUE, (4,), "float32", (1,), args=(Ref("x"),)))
+    g.add(Node("v", "permute", Kind.OPAQUE, (4,), "float32", (1,), args=(Ref("a"), (0,))))
+    g.add(Node("s", "aten.cumsum.default", Kind.POINTWISE, (4,), "float32", (1,), args=(Ref("v"),)))
+    g.add(Node("output", "output", Kind.OUTPUT, (), "bool", args=(Ref("s"),)))
+    out = classify(g)
+    assert [out[n].kind for n in ("x", "a", "v", "s")] == [Kind.INPUT, Kind.POINTWISE, Kind.VIEW, Kind.OPAQUE]
+
+
+def test_verify_rejects_non_convex_groups():
+    g = build([("x", "input", []), ("a", "exp", ["x"]), ("s", "cumsum", ["a"]), ("c", "add", ["a", "s"])], ["c"])
+    g.update(g["a"].replace(group="k0"))
+    g.update(g["c"].replace(group="k0"))
+    with pytest.raises(InvariantError, match="not convex"):
+        verify(g)
+
+
+def test_verify_rejects_missing_dtype():
+    g = build([("x", "input", []), ("a", "exp", ["x"])], ["a"])
+    g.update(g["a"].replace(dtype="mystery"))
+    with pytest.raises(InvariantError, match="dtype"):
+        verify(g)
+
+
+def test_graph_rejects_use_before_definition():
+    g = Graph()
+    with pytest.raises(ValueError, match="not defined"):
+        g.add(Node("a", "exp", Kind.POINTWISE, (4,), "float32", args=(Ref("x"),)))
