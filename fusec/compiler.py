@@ -14,6 +14,7 @@ import torch.fx
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.pointwise import render_pointwise
+from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
 from fusec.pipeline import run_passes
@@ -58,7 +59,8 @@ def render(plan: Plan) -> Plan:
     steps = []
     for step in plan.steps:
         if isinstance(step, Kernel):
-            source, fn_name = render_pointwise(plan.graph, step)
+            renderer = render_reduction if step.kind == "reduction" else render_pointwise
+            source, fn_name = renderer(plan.graph, step)
             step = replace(step, source=source, fn_name=fn_name)
         steps.append(step)
     return replace(plan, steps=tuple(steps))

@@ -18,7 +18,10 @@ _EXTRA = [
     aten.gelu, aten.gelu_backward, aten.silu, aten.silu_backward, aten.hardtanh,
     aten.hardswish, aten.hardsigmoid, aten.leaky_relu, aten.elu, aten.softplus,
     aten.mish, aten._softmax, aten._log_softmax, aten.sigmoid_backward,
-    aten.tanh_backward, aten.threshold_backward,
+    aten.tanh_backward, aten.threshold_backward, aten.native_layer_norm,
+    aten.native_layer_norm_backward, aten.var_mean, aten.var, aten.std, aten.logsumexp,
+    aten._log_softmax_backward_data, aten._softmax_backward_data, aten.native_dropout,
+    aten.native_dropout_backward, aten.mean,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.

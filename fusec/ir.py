@@ -59,8 +59,13 @@ POINTWISE_OPS = frozenset({
     "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
     "cast", "copy", "full",
 })
+# An indirect load: gather(src, dim, index) reads src at positions held in index.
+INDEXING_OPS = frozenset({"gather"})
 # View ops become index math inside a kernel (or a torch view when alone).
-VIEW_OPS = frozenset({"reshape", "permute", "expand", "slice", "select", "alias"})
+VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice", "select", "alias"})
+# Reductions take (x, dims, keepdim) and var also its correction; dims are
+# sorted and non-negative, and () means every dim.
+REDUCTION_OPS = frozenset({"sum", "prod", "amax", "amin", "argmax", "argmin", "any", "all", "var"})
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,13 @@ def map_refs(value: Any, fn) -> Any:
     if isinstance(value, dict):
         return {key: map_refs(item, fn) for key, item in value.items()}
     return value
+
+
+def reduction_domain(node: Node, graph: Graph) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input shape, reduced dims) of a reduction node."""
+    shape = graph[node.operands()[0]].shape
+    dims = node.args[1] or tuple(range(len(shape)))
+    return shape, tuple(dims)
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

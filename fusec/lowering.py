@@ -185,7 +185,65 @@ def _select_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, .
     return ("select", (args[0], dim, index % src_shape[dim]))
 
 
-_SHAPE_AWARE = {aten.slice: _slice_handler, aten.select: _select_handler}
+def _dims(dims: Any, rank: int) -> tuple[int, ...] | None:
+    """Reduced dims, sorted and non-negative; () means all. None when not static."""
+    if dims is None:
+        return ()
+    if isinstance(dims, int):
+        dims = (dims,)
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    if rank == 0:
+        return ()
+    return tuple(sorted({d % rank for d in dims}))
+
+
+def _reduction(op: str, dims_at: int | None, keepdim_at: int | None, kinds: str = "any") -> Callable:
+    """Handler for a reduction whose dims and keepdim sit at these argument positions."""
+    def handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+        if kwargs.get("dtype") is not None and op not in ("sum", "prod"):
+            return None
+        dims = args[dims_at] if dims_at is not None and len(args) > dims_at else kwargs.get("dim")
+        keepdim = args[keepdim_at] if keepdim_at is not None and len(args) > keepdim_at else kwargs.get("keepdim")
+        dims = _dims(dims, len(src_shape))
+        if dims is None or (kinds == "ordered" and val.dtype == torch.bool):
+            return None
+        return (op, (args[0], dims, bool(keepdim)))
+    return handler
+
+
+def _var(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    dims = _dims(args[1], len(src_shape))
+    correction = args[2] if len(args) > 2 else kwargs.get("correction", 1)
+    if dims is None or not isinstance(correction, (int, float)) or kwargs.get("output_dtype") is not None:
+        return None
+    return ("var", (args[0], dims, False, correction))
+
+
+def _prims_div(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    # prims.div truncates for integers; only true division is the primitive div.
+    return ("div", tuple(args)) if val.dtype.is_floating_point else None
+
+
+def _broadcast_in_dim(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    return ("broadcast_in_dim", (args[0], tuple(args[2])))
+
+
+def _gather(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    if kwargs.get("sparse_grad") or (len(args) > 3 and args[3]):
+        return None
+    return ("gather", (args[0], args[1] % max(len(src_shape), 1), args[2]))
+
+
+_SHAPE_AWARE = {
+    aten.slice: _slice_handler, aten.select: _select_handler,
+    aten.sum: _reduction("sum", 1, 2), prims.sum: _reduction("sum", 1, None),
+    aten.amax: _reduction("amax", 1, 2, "ordered"), aten.amin: _reduction("amin", 1, 2, "ordered"),
+    aten.prod: _reduction("prod", 1, 2), aten.argmax: _reduction("argmax", 1, 2, "ordered"),
+    aten.argmin: _reduction("argmin", 1, 2, "ordered"), aten.any: _reduction("any", 1, 2),
+    aten.all: _reduction("all", 1, 2), prims.var: _var, prims.div: _prims_div,
+    prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
+}
 
 
 def _static_shape(val: Any, what: str) -> tuple[int, ...]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Node
+from fusec.ir import Graph, Kind, Node, reduction_domain
 from fusec.passes.cost import group_bytes, group_flops, op_bytes
 
 
@@ -19,9 +20,12 @@ class Kernel:
     members: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    numel: int
+    numel: int  # elements (pointwise) or rows (reduction) the grid covers
     bytes: int
     flops: int = 0
+    rnumel: int = 1  # elements per row of a reduction kernel
+    persistent: bool = True  # a reduction's row fits one block (no loop over it)
+    reduce_inner: bool = True  # the reduced dims hold the contiguous one
     source: str = ""
     fn_name: str = ""
     stream: int = 0
@@ -64,14 +68,30 @@ class Plan:
         return self.graph[step.node].operands()
 
 
+# Rows up to this long stay in registers (one read of the input); longer rows loop.
+# Reductions over a non-contiguous dim keep fewer: their block is wide across rows.
+PERSISTENT_ROW = 4096
+PERSISTENT_COLUMN = 64
+
+
 def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     names = {m.name for m in members}
     inputs = [op for m in members for op in m.operands() if op not in names]
     outputs = [m.name for m in members if any(u not in names for u in graph.users(m.name))]
-    return Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
-                  inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
-                  numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members),
-                  flops=group_flops(members))
+    kernel = Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
+                    inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
+                    numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members),
+                    flops=group_flops(members))
+    reductions = [m for m in members if m.kind is Kind.REDUCTION]
+    if not reductions:
+        return kernel
+    shape, dims = reduction_domain(reductions[0], graph)
+    rnumel = math.prod(shape[d] for d in dims)
+    # Coalesced reads want the block's fast axis on the contiguous (last non-1) dim.
+    last = max((d for d, s in enumerate(shape) if s != 1), default=-1)
+    inner = last < 0 or last in dims
+    rows = math.prod(s for d, s in enumerate(shape) if d not in dims)
+    return replace(kernel, kind="reduction", numel=rows, rnumel=rnumel, persistent=rnumel <= PERSISTENT_ROW, reduce_inner=inner)
 
 
 def _extern(graph: Graph, node: Node) -> Extern:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import triton
 
+from fusec.kernels.launch import Launch, pointwise_launch, reduction_launch
 from fusec.ir import map_refs
 from fusec.plan import Extern, Kernel, Plan
 
@@ -19,16 +19,10 @@ _DTYPES = {name: getattr(torch, name) for name in
            ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
 
 
-def launch_config(numel: int, interpret: bool) -> tuple[int, int]:
-    """BLOCK and num_warps for a pointwise kernel over `numel` elements.
-
-    On a GPU, 1024-element blocks with 4 warps keep loads 16 bytes wide and the
-    grid large; in the interpreter, each program costs Python overhead, so one
-    large block does the work of many.
-    """
-    cap = 1 << 16 if interpret else 1024
-    block = min(max(triton.next_power_of_2(numel), 16), cap)
-    return block, max(1, min(8, block // 256))
+def _launch(kernel: Kernel, interpret: bool) -> Launch:
+    if kernel.kind == "reduction":
+        return reduction_launch(kernel.numel, kernel.rnumel, kernel.persistent, kernel.reduce_inner, interpret)
+    return pointwise_launch(kernel.numel, interpret)
 
 
 class StrideMismatch(Exception):
@@ -51,7 +45,7 @@ class Runtime:
         graph = plan.graph
         self.input_names = [n.name for n in graph.inputs]
         self.output_args = graph.output.args
-        self.launches = {k.id: launch_config(k.numel, interpret) for k in plan.kernels}
+        self.launches = {k.id: _launch(k, interpret) for k in plan.kernels}
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -91,9 +85,17 @@ class Runtime:
             args.append(out)
         if kernel.numel == 0:
             return
-        block, warps = self.launches[kernel.id]
-        grid = (triton.cdiv(kernel.numel, block),)
-        self.kernels[kernel.id][grid](*args, kernel.numel, BLOCK=block, num_warps=warps)
+        launch = self.launches[kernel.id]
+        flag = None
+        if "p_bad_index" in kernel.source:
+            flag = torch.zeros(1, dtype=torch.int32, device=args[0].device)
+            args.append(flag)
+        sizes = (kernel.numel,) if kernel.kind == "pointwise" else (kernel.numel, kernel.rnumel)
+        self.kernels[kernel.id][launch.grid](*args, *sizes, **launch.constants, num_warps=launch.num_warps)
+        if flag is not None and flag.item():
+            gathers = [m for m in kernel.members if self.plan.graph[m].op == "gather"]
+            raise IndexError(f"fusec: an index read by {', '.join(gathers)} is out of bounds "
+                             "(eager raises here too: check the targets or indices)")
 
     def _device(self) -> torch.device:
         return torch.device("cpu") if self.interpret else torch.device("cuda")

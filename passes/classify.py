@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fusec.ir import POINTWISE_OPS, VIEW_OPS, Graph, Kind
+from fusec.ir import INDEXING_OPS, POINTWISE_OPS, REDUCTION_OPS, VIEW_OPS, Graph, Kind
 
 _FIXED = (Kind.INPUT, Kind.OUTPUT)
 
 
 def kind_of(op: str) -> Kind:
-    if op in POINTWISE_OPS:
+    if op in POINTWISE_OPS or op in INDEXING_OPS:
         return Kind.POINTWISE
+    if op in REDUCTION_OPS:
+        return Kind.REDUCTION
     if op in VIEW_OPS:
         return Kind.VIEW
     return Kind.OPAQUE

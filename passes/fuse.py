@@ -10,13 +10,41 @@ from __future__ import annotations
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Node
+import math
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW)
+from fusec.ir import Graph, Kind, Node, reduction_domain
+
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION)
+# Views that keep a reduction kernel's rows intact (they only add or drop
+# size-1 dims or broadcast a per-row value back over the row).
+_ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
+
+Domain = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "[" + ",".join(map(str, shape)) + "]"
+
+
+def _domain_text(domain: Domain) -> str:
+    shape, dims = domain
+    return f"{_shape(shape)} over dims {_shape(dims)[1:-1] or 'all'}"
+
+
+def row_shapes(domain: Domain) -> tuple[int, int]:
+    """(elements per kernel = rows x row length, rows) of a reduction domain."""
+    shape, dims = domain
+    return math.prod(shape), math.prod(s for d, s in enumerate(shape) if d not in dims)
+
+
+def keepdim_shape(domain: Domain) -> tuple[int, ...]:
+    shape, dims = domain
+    return tuple(1 if d in dims else s for d, s in enumerate(shape))
+
+
+def outer_shape(domain: Domain) -> tuple[int, ...]:
+    shape, dims = domain
+    return tuple(s for d, s in enumerate(shape) if d not in dims)
 
 
 class _Grouping:
@@ -39,16 +67,48 @@ class _Grouping:
         return [self.graph[m] for m in sorted(members, key=self.position.__getitem__)
                 if any(user not in members for user in self.graph.users(m))]
 
+    def domain(self, group: str) -> Domain | None:
+        for name in self.members[group]:
+            node = self.graph[name]
+            if node.kind is Kind.REDUCTION:
+                return reduction_domain(node, self.graph)
+        return None
+
     def refusal(self, gu: str, gv: str) -> str | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
-        for succ in self.dag.successors(gu):
-            if succ != gv and nx.has_path(self.dag, succ, gv):
-                return f"would create a cycle through {self._first_member(succ)}"
+        for a, b in ((gu, gv), (gv, gu)):
+            for succ in self.dag.successors(a):
+                if succ != b and nx.has_path(self.dag, succ, b):
+                    return f"would create a cycle through {self._first_member(succ)}"
+        du, dv = self.domain(gu), self.domain(gv)
+        if du and dv and du != dv:
+            return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
         members = set(self.members[gu]) | set(self.members[gv])
-        shapes = {o.shape for o in self.outputs(members)}
-        if len(shapes) > 1:
-            a, b = sorted(shapes, key=lambda s: (len(s), s))[:2]
-            return f"shapes differ: {_shape(b)} vs {_shape(a)}"
+        domain = du or dv
+        if domain is None:
+            shapes = {o.shape for o in self.outputs(members)}
+            if len(shapes) > 1:
+                a, b = sorted(shapes, key=lambda s: (len(s), s))[:2]
+                return f"shapes differ: {_shape(b)} vs {_shape(a)}"
+            return None
+        return self._row_refusal(members, domain)
+
+    def _row_refusal(self, members: set[str], domain: Domain) -> str | None:
+        """A reduction kernel works row by row: its outputs are per element or per row,
+        and no view may move values between rows."""
+        per_element, per_row = row_shapes(domain)
+        for out in self.outputs(members):
+            if out.numel not in (per_element, per_row):
+                return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
+                        f"the reduction over {_domain_text(domain)}")
+        allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
+        for name in members:
+            node = self.graph[name]
+            if node.kind is not Kind.VIEW:
+                continue
+            src = self.graph[node.operands()[0]]
+            if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
+                return f"{name} ({node.op}) would move values between the rows of a reduction"
         return None
 
     def _first_member(self, vertex: str) -> str:
@@ -101,7 +161,25 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             else:
                 state.merge(gu, gv)
                 merges += 1
+    _merge_sibling_reductions(graph, state)
     return _apply(graph, state, refused)
+
+
+def _merge_sibling_reductions(graph: Graph, state: _Grouping) -> None:
+    """Reductions over the same rows of the same tensor share one kernel (one read):
+    mean and variance, or a sum and a max of one input."""
+    for node in graph:
+        readers: list[str] = []
+        for user in graph.users(node.name):
+            group = state.vertex(user)
+            if user in state.group_of and group not in readers and state.domain(group):
+                readers.append(group)
+        while len(readers) > 1:
+            first = readers.pop(0)
+            for other in list(readers):
+                if state.domain(other) == state.domain(first) and state.refusal(other, first) is None:
+                    state.merge(other, first)
+                    readers.remove(other)
 
 
 def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) -> Graph:

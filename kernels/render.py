@@ -1,0 +1,362 @@
+"""What every kernel renderer shares: scoped straight-line code, index math, values.
+
+A member's value is produced at an index (one expression per dimension of
+its own shape): broadcasts and views turn the consumer's index into the
+producer's, so views, expands and permutes cost index math, not copies.
+Renderers differ only in how they lay out the iteration space and where they
+store (pointwise.py, reduction.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
+from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
+from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
+from fusec.plan import Kernel
+
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class Index:
+    """Per-dimension index expressions; `linear` is the row-major offset when known."""
+
+    dims: tuple[str, ...]
+    linear: str | None = None
+
+
+@dataclass(frozen=True)
+class Value:
+    expr: str
+    dtype: str  # the compute dtype the expression has
+
+
+@dataclass
+class Scope:
+    """A block of code: a kernel body or a loop body, with what it has bound."""
+
+    parent: Scope | None = None
+    lines: list[str] = field(default_factory=list)
+    bound: dict[str, str] = field(default_factory=dict)
+    memo: dict[tuple[str, Index], Value] = field(default_factory=dict)
+
+    def find(self, table: str, key):
+        scope: Scope | None = self
+        while scope is not None:
+            found = getattr(scope, table).get(key)
+            if found is not None:
+                return found
+            scope = scope.parent
+        return None
+
+
+class Emitter:
+    """Straight-line code with common subexpressions bound once per scope.
+
+    `roots` maps the iteration variables (offs, xoffs, roffs, ...) to the mask
+    that guards them; every bound name remembers which roots it depends on, so
+    a load is masked by exactly what its address uses.
+    """
+
+    def __init__(self, roots: dict[str, str]) -> None:
+        self.scope = Scope()
+        self.count = 0
+        self.deps: dict[str, frozenset[str]] = {root: frozenset({root}) for root in roots}
+        self.roots = roots
+
+    def let(self, expr: str, prefix: str = "t") -> str:
+        if expr.isidentifier() or expr.lstrip("-").isdigit():
+            return expr
+        found = self.scope.find("bound", expr)
+        if found:
+            return found
+        name = f"{prefix}{self.count}"
+        self.count += 1
+        self.scope.bound[expr] = name
+        self.scope.lines.append(f"{name} = {expr}")
+        self.deps[name] = self.depends(expr)
+        return name
+
+    def emit(self, line: str) -> None:
+        self.scope.lines.append(line)
+
+    def depends(self, expr: str) -> frozenset[str]:
+        return frozenset().union(*(self.deps.get(n, frozenset()) for n in _NAME.findall(expr)))
+
+    def mask(self, expr: str) -> str | None:
+        masks = [self.roots[r] for r in sorted(self.depends(expr))]
+        return " & ".join(masks) if masks else None
+
+    @contextlib.contextmanager
+    def block(self, header: str) -> Iterator[None]:
+        """Lines emitted inside go under `header` (a for loop), bindings die with it."""
+        outer = self.scope
+        self.scope = Scope(parent=outer)
+        try:
+            yield
+        finally:
+            inner, self.scope = self.scope, outer
+            outer.lines.append(header)
+            outer.lines.extend("    " + line for line in inner.lines or ["pass"])
+
+    def bind_root(self, name: str, expr: str, roots: set[str]) -> None:
+        """Bind an iteration variable (e.g. the loop's r index) that depends on `roots`."""
+        self.scope.lines.append(f"{name} = {expr}")
+        self.deps[name] = frozenset(roots)
+
+
+def param(name: str) -> str:
+    return f"p_{name}"
+
+
+def term(index: str, stride: int) -> str:
+    if index == "0" or stride == 0:
+        return ""
+    return index if stride == 1 else f"{index} * {stride}"
+
+
+def live_lines(lines: list[str], roots: list[str]) -> list[str]:
+    """Drop top-level bindings nothing reads (index math for dims no load uses)."""
+    used = set(_NAME.findall(" ".join(roots)))
+    kept = []
+    for line in reversed(lines):
+        target, sep, expr = line.partition(" = ")
+        if not sep or line.startswith(" ") or not target.isidentifier() or target in used:
+            kept.append(line)
+            used.update(_NAME.findall(line))
+    return kept[::-1]
+
+
+def needs_int64(graph: Graph, kernel: Kernel) -> bool:
+    """Offsets overflow int32 once a tensor spans 2**31 elements."""
+    for name in kernel.inputs + kernel.outputs:
+        node = graph[name]
+        extent = sum((s - 1) * st for s, st in zip(node.shape, node.strides or ()) if s)
+        if max(extent, node.numel) >= 2**31:
+            return True
+    return kernel.numel >= 2**31
+
+
+# Ops whose Triton expression may come out in another type than the node's
+# (integer literals, `where` over scalars); every other op keeps its operands' type.
+_RETYPED = frozenset({"sign", "where", "cast", "pow", "full"})
+_LOGICAL = frozenset({"logical_and", "logical_or", "logical_xor", "logical_not"})
+
+
+class Renderer:
+    """Index math and value computation over one group; subclasses lay out the loops."""
+
+    def __init__(self, graph: Graph, kernel: Kernel, roots: dict[str, str]) -> None:
+        self.graph = graph
+        self.kernel = kernel
+        self.members = set(kernel.members)
+        self.out = Emitter(roots)
+
+    # index math -------------------------------------------------------------
+    def unravel(self, linear: str, shape: tuple[int, ...], order: list[int] | None = None) -> Index:
+        """Split a linear offset over `shape`, walking dims in `order` (innermost last)."""
+        order = list(range(len(shape))) if order is None else order
+        dims, divisor = ["0"] * len(shape), 1
+        total = math.prod(shape)
+        for d in reversed(order):
+            if shape[d] == 1:
+                continue
+            quotient = linear if divisor == 1 else self.out.let(f"{linear} // {divisor}", "x")
+            outermost = divisor * shape[d] >= total
+            dims[d] = quotient if outermost else self.out.let(f"{quotient} % {shape[d]}", "x")
+            divisor *= shape[d]
+        return Index(tuple(dims), linear if order == sorted(order) else None)
+
+    def linearize(self, idx: Index, shape: tuple[int, ...]) -> str:
+        if idx.linear is not None:
+            return idx.linear
+        terms = [term(i, s) for i, s in zip(idx.dims, contiguous_strides(shape))]
+        return self.out.let(" + ".join(t for t in terms if t) or "0", "x")
+
+    @staticmethod
+    def broadcast(idx: Index, to: tuple[int, ...], frm: tuple[int, ...]) -> Index:
+        """Index of an operand of shape `to` read by a consumer of shape `frm`."""
+        if to == frm:
+            return idx
+        lead = len(frm) - len(to)
+        dims = tuple("0" if size == 1 else idx.dims[lead + d] for d, size in enumerate(to))
+        return Index(dims)
+
+    def view_index(self, node: Node, idx: Index) -> Index:
+        """The index into a view's source that holds the view's element at `idx`."""
+        src = self.graph[node.operands()[0]]
+        if node.op == "reshape":
+            return self.unravel(self.linearize(idx, node.shape), src.shape)
+        if node.op == "permute":
+            dims = ["0"] * len(src.shape)
+            for out_dim, src_dim in enumerate(node.args[1]):
+                dims[src_dim] = idx.dims[out_dim]
+            return Index(tuple(dims))
+        if node.op == "expand":
+            return self.broadcast(idx, src.shape, node.shape)
+        if node.op == "broadcast_in_dim":
+            kept = node.args[1]
+            return Index(tuple("0" if src.shape[i] == 1 else idx.dims[d] for i, d in enumerate(kept)))
+        if node.op == "slice":
+            _, dim, start, step = node.args
+            dims = list(idx.dims)
+            if start or step != 1:
+                dims[dim] = self.out.let(f"{start} + {term(dims[dim], step) or '0'}", "x")
+            return Index(tuple(dims))
+        if node.op == "select":
+            _, dim, index = node.args
+            return Index((*idx.dims[:dim], str(index), *idx.dims[dim:]))
+        if node.op == "alias":
+            return idx
+        raise NotImplementedError(f"view op {node.op}")
+
+    def address(self, idx: Index, node: Node) -> str:
+        strides = node.strides or contiguous_strides(node.shape)
+        if idx.linear is not None and strides == contiguous_strides(node.shape):
+            return idx.linear
+        terms = [term(i, st) for i, s, st in zip(idx.dims, node.shape, strides) if s != 1]
+        return self.out.let(" + ".join(t for t in terms if t) or "0", "x")
+
+    # values -----------------------------------------------------------------
+    def value(self, name: str, idx: Index) -> Value:
+        key = (name, idx)
+        found = self.out.scope.find("memo", key)
+        if found is None:
+            found = self.compute(self.graph[name], idx)
+            self.out.scope.memo[key] = found
+        return found
+
+    def compute(self, node: Node, idx: Index) -> Value:
+        if node.name not in self.members:
+            return self.load(node, idx)
+        if node.kind is Kind.VIEW:
+            return self.value(node.operands()[0], self.view_index(node, idx))
+        if node.op == "gather":
+            return self.gather(node, idx)
+        return self.pointwise(node, idx)
+
+    def load(self, node: Node, idx: Index) -> Value:
+        addr = self.address(idx, node)
+        dtype = compute_dtype(node.dtype)
+        mask = self.out.mask(addr)
+        if mask is None:
+            raw = f"tl.load({param(node.name)} + {addr})"
+        else:
+            raw = f"tl.load({param(node.name)} + {addr}, mask={mask}, other=0)"
+        expr = raw if dtype == node.dtype else f"{raw}.to({TL_TYPE[dtype]})"
+        return Value(self.out.let(expr, "v"), dtype)
+
+    def gather(self, node: Node, idx: Index) -> Value:
+        """out[i..] = src[i.. with dim replaced by index[i..]] (an indirect load)."""
+        src_name, dim, index_name = node.args[0].name, node.args[1], node.args[2].name
+        src = self.graph[src_name]
+        where = self.value(index_name, self.broadcast(idx, self.graph[index_name].shape, node.shape))
+        bad = self.out.let(f"({where.expr} < 0) | ({where.expr} >= {src.shape[dim]})", "t")
+        # Flag an out-of-range index so the runtime raises as eager does; read index 0 instead.
+        self.flags_bad_index = True
+        mask = self.out.mask(bad)
+        flag_mask = bad if mask is None else f"({mask}) & {bad}"
+        self.out.emit(f"tl.store(p_bad_index + {bad}.to(tl.int32) * 0, {bad}.to(tl.int32), mask={flag_mask})")
+        safe = self.out.let(f"tl.where({bad}, 0, {where.expr})", "x")
+        dims = list(idx.dims)
+        dims[dim] = safe
+        return self.value(src_name, Index(tuple(dims)))
+
+    def pointwise(self, node: Node, idx: Index) -> Value:
+        dtype = compute_dtype(node.dtype)
+        operands = {ref.name: self.value(ref.name, self.broadcast(idx, self.graph[ref.name].shape, node.shape))
+                    for ref in node.args if isinstance(ref, Ref)}
+        targets = _operand_types(node, dtype, [v.dtype for v in operands.values()])
+        args = [_convert(a, operands, t) for a, t in zip(node.args, targets, strict=True)]
+        expr = self._expr(node, args, targets[0] if targets else dtype)
+        if node.op == "full":
+            # A 0-d constant: it broadcasts into whatever reads it; stores broadcast to the block.
+            expr = f"tl.full([], {expr}, {TL_TYPE[dtype]})"
+        if node.op in _RETYPED or dtype == "bool":
+            expr = to(expr, dtype)
+        return Value(self.out.let(expr), dtype)
+
+    def _expr(self, node: Node, args: list, work: str | None) -> str:
+        if node.op == "pow" and not isinstance(node.args[1], Ref):
+            exact = pow_scalar(args[0], float(node.args[1]))
+            if exact is not None:
+                return exact
+        fn = OPS[node.op]
+        if node.op in NAN_AWARE:
+            return fn(*args, floating=work in FLOAT_DTYPES)
+        return fn(*args)
+
+    flags_bad_index = False
+
+    def store(self, node: Node, idx: Index, value: Value, mask: str, shape: str) -> str:
+        """A store of `value` to the output buffer of `node` at `idx`, broadcast to `shape`."""
+        addr = self.address(idx, node)
+        expr = f"tl.broadcast_to({value.expr}, {shape})"
+        if addr == "0":
+            addr = f"tl.full({shape}, 0, tl.int32)"
+        elif self.out.mask(addr) != mask:
+            addr = f"tl.broadcast_to({addr}, {shape})"
+        return f"tl.store({param(node.name)} + {addr}, {to(expr, node.dtype)}, mask={mask})"
+
+    def params(self) -> list[str]:
+        k = self.kernel
+        return [param(n) for n in k.inputs + k.outputs] + (["p_bad_index"] if self.flags_bad_index else [])
+
+
+def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str | None]:
+    """The dtype each argument is converted to before the op (None: keep its own)."""
+    n = len(node.args)
+    if node.op in PREDICATES:
+        return [promote(tensor_dtypes)] * n
+    if node.op in _LOGICAL:
+        return ["bool"] * n
+    if node.op == "where":
+        return ["bool"] + [dtype] * (n - 1)
+    if node.op == "cast":
+        return [None]
+    return [dtype] * n
+
+
+def _convert(arg: object, operands: dict[str, Value], target: str | None) -> str | None:
+    if isinstance(arg, Ref):
+        value = operands[arg.name]
+        if target is None or value.dtype == target:
+            return value.expr
+        return to(value.expr, target)
+    if arg is None:
+        return None  # an absent optional bound (clamp)
+    return literal(arg, target or "float32")
+
+
+def to(expr: str, dtype: str) -> str:
+    """Convert an expression to `dtype`; to bool means 'is nonzero' as in torch."""
+    if dtype == "bool":
+        return f"({expr} != 0)"
+    return f"({expr}).to({TL_TYPE[dtype]})"
+
+
+def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
+                  prelude: str = "") -> str:
+    """A whole kernel module: imports, combine helpers, and the @triton.jit entry."""
+    return "\n".join([
+        "import triton",
+        "import triton.language as tl",
+        "",
+        prelude,
+        f"# members: {', '.join(members)}",
+        "@triton.jit",
+        f"def {fn_name}({', '.join(params)}):",
+        *("    " + line for line in body),
+        "",
+    ])
+
+
+def kernel_name(graph: Graph, kernel: Kernel) -> str:
+    ops = "_".join(dict.fromkeys(graph[m].op for m in kernel.members if graph[m].kind is not Kind.VIEW))
+    return f"{kernel.id}_{ops}"[:60]

@@ -1,0 +1,150 @@
+"""Reductions and normalizations: one kernel each, against eager, through the interpreter."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusec
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
+       torch.bfloat16: dict(rtol=2e-2, atol=2e-2), torch.float64: dict(rtol=1e-7, atol=1e-7)}
+
+
+def check(fn, *args, kernels=None, **tol):
+    expected = fn(*args)
+    compiled = fusec.compile(fn)
+    got = compiled(*args)
+    if isinstance(expected, torch.Tensor):
+        expected, got = (expected,), (got,)
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, e.shape, g.dtype, e.dtype)
+        torch.testing.assert_close(g, e, equal_nan=True, **(tol or TOL.get(e.dtype, {})))
+    report = fusec.report_of(compiled)
+    if kernels is not None:
+        assert report.stats["kernels"] == kernels, report.summary()
+    return report
+
+
+W, B = torch.randn(64), torch.randn(64)
+PATTERNS = {
+    "softmax": lambda x: torch.softmax(x, -1),
+    "log_softmax": lambda x: torch.log_softmax(x, -1),
+    "layer_norm": lambda x: F.layer_norm(x, (64,)),
+    "layer_norm_affine": lambda x: F.layer_norm(x, (64,), W, B),
+    "rms_norm": lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * W,
+    "var_mean": lambda x: torch.var_mean(x, -1),
+    "logsumexp": lambda x: torch.logsumexp(x, -1),
+    "mul_sum": lambda x: (x * W).sum(-1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_pattern_is_one_kernel(name):
+    torch.manual_seed(0)
+    check(PATTERNS[name], torch.randn(12, 64), kernels=1)
+
+
+def test_residual_add_layer_norm():
+    torch.manual_seed(0)
+    x, r = torch.randn(12, 64), torch.randn(12, 64)
+    check(lambda x, r: F.layer_norm(x + r, (64,), W, B), x, r, kernels=1)
+
+
+def test_softmax_moves_each_element_once():
+    x = torch.randn(16, 128)
+    report = check(lambda x: torch.softmax(x, -1), x, kernels=1)
+    assert report.stats["bytes_fused"] == 2 * x.numel() * 4
+
+
+def test_layer_norm_mean_and_rstd_come_out_of_the_same_kernel():
+    x = torch.randn(10, 64)
+    fn = lambda x: torch.ops.aten.native_layer_norm(x, [64], W, B, 1e-5)  # noqa: E731
+    report = check(fn, x, kernels=1)
+    assert len(report.kernels[0].outputs) == 3
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "amax", "amin", "prod", "argmax", "argmin", "any", "all", "var"])
+@pytest.mark.parametrize("dims,keepdim", [((-1,), False), ((0,), True), ((0, 2), False), (None, False)],
+                         ids=["last", "first-keep", "two", "all"])
+def test_reduction_ops_over_dims(op, dims, keepdim):
+    torch.manual_seed(1)
+    x = torch.randn(6, 5, 7) * 0.8
+    if op in ("any", "all"):
+        x = x > 0.3 if op == "any" else x > -1.5
+    if op in ("argmax", "argmin", "prod") and dims is not None and len(dims) > 1:
+        dims = dims[:1]  # these take one dim
+    if op in ("argmax", "argmin"):
+        fn = lambda x: getattr(torch, op)(x, dim=None if dims is None else dims[0], keepdim=keepdim)  # noqa: E731
+    elif op == "var":
+        fn = lambda x: torch.var(x, dim=dims, keepdim=keepdim, correction=1)  # noqa: E731
+    elif dims is None:
+        fn = lambda x: getattr(torch, op)(x)  # noqa: E731
+    elif op == "prod":
+        fn = lambda x: torch.prod(x, dim=dims[0], keepdim=keepdim)  # noqa: E731
+    else:
+        fn = lambda x: getattr(torch, op)(x, dim=dims, keepdim=keepdim)  # noqa: E731
+    check(fn, x, kernels=1)
+
+
+def test_long_row_loops_and_stays_accurate():
+    torch.manual_seed(2)
+    x = torch.randn(3, 50257) * 4
+    report = check(lambda x: torch.softmax(x, -1), x, kernels=1)
+    assert not report.kernels[0].persistent
+    check(lambda x: torch.var_mean(x + 1000.0, -1), x, kernels=1, rtol=1e-4, atol=1e-3)
+
+
+def test_reduction_over_batch_reads_coalesced():
+    x = torch.randn(300, 48)
+    report = check(lambda x: x.sum(0), x, kernels=1)
+    kernel = report.kernels[0]
+    assert not kernel.reduce_inner and "[None, :]" in kernel.source.split("xoffs =")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(dtype):
+    torch.manual_seed(3)
+    x = (torch.randn(8, 2000) + 3).to(dtype)
+    # Both reductions read the same rows of x: one kernel.
+    report = check(lambda x: (torch.softmax(x.float(), -1).to(dtype), x.sum(-1)), x, kernels=1,
+                   rtol=2e-2, atol=2e-2 if dtype is torch.bfloat16 else 1e-2)
+    assert all("tl.float32" in k.source for k in report.kernels)
+
+
+def test_strided_input():
+    x = torch.randn(40, 30).t()
+    check(lambda x: torch.softmax(x, -1), x, kernels=1)
+
+
+def test_cross_entropy_matches_eager():
+    torch.manual_seed(4)
+    logits, target = torch.randn(16, 100), torch.randint(0, 100, (16,))
+    target[3] = -100  # ignore_index
+    check(lambda x, t: F.cross_entropy(x, t), logits, target)
+
+
+def test_cross_entropy_target_out_of_range_raises():
+    logits, target = torch.randn(4, 10), torch.tensor([1, 2, 30, 4])
+    compiled = fusec.compile(lambda x, t: F.cross_entropy(x, t))
+    with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
+        compiled(logits, target)
+
+
+def test_reductions_over_zero_elements():
+    x = torch.randn(4, 0)
+    check(lambda x: x.sum(-1), x)
+    check(lambda x: x.mean(-1), x)
+    with pytest.raises(Exception, match="numel\\(\\) == 0|zero-size|empty"):
+        fusec.compile(lambda x: x.amax(-1))(x)
+
+
+def test_nan_propagates_through_max():
+    x = torch.randn(4, 9)
+    x[1, 4] = float("nan")
+    check(lambda x: (x.amax(-1), x.argmax(-1), torch.softmax(x, -1)), x)
+
+
+def test_reduction_feeding_reduction_of_another_shape_is_refused_with_reason():
+    x = torch.randn(8, 16)
+    report = check(lambda x: torch.softmax(x, -1).sum(0), x, kernels=2)
+    assert any("reduction feeds a reduction of another shape" in e["reason"] for e in report.edges())
