@@ -23,6 +23,7 @@ def _mount_source_tree() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+        setattr(sys.modules[__name__], sub, module)
 
 
 _mount_source_tree()

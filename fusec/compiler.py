@@ -77,10 +77,15 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
         record.plan = render(build_plan(graph))
-    except Unsupported as exc:
-        record.fallback = str(exc)
+    except Exception as exc:
+        if options.strict and not isinstance(exc, Unsupported):
+            raise
+        # An internal error must never cost the user a crash: torch runs the graph.
+        reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"
+        record.graph, record.plan = None, None
+        record.fallback = reason
         record.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
-        log.warning("fusec: %s runs through torch: %s", name, exc)
+        log.warning("fusec: %s runs through torch: %s", name, reason)
     record.compile_seconds = time.perf_counter() - start
     return record, callables
 
@@ -91,16 +96,24 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     record, callables = plan_graph(gm, name, options)
     records.append(record)
     if record.plan is None:
-        return _boxed(gm)
+        return boxed(gm)
     start = time.perf_counter()
     interpret = record.device == "cpu"
-    kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
-               for k in record.plan.kernels}
-    record.compile_seconds += time.perf_counter() - start
-    return Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward)
+    try:
+        kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
+                   for k in record.plan.kernels}
+    except Exception as exc:
+        if options.strict:
+            raise
+        record.fallback = f"internal error loading kernels: {type(exc).__name__}: {exc}"
+        log.warning("fusec: %s runs through torch: %s", name, record.fallback)
+        return boxed(gm)
+    finally:
+        record.compile_seconds += time.perf_counter() - start
+    return Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward, strict=options.strict)
 
 
-def _boxed(gm: torch.fx.GraphModule) -> Callable[..., Any]:
+def boxed(gm: torch.fx.GraphModule) -> Callable[..., Any]:
     def run(args: list[Any]) -> Any:
         inputs = list(args)
         args.clear()

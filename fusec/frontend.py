@@ -10,11 +10,9 @@ from typing import Any
 import torch
 from torch._dynamo.backends.common import aot_autograd
 
-from fusec.compiler import CompiledGraph, compile_graph, plan_graph
+from fusec.compiler import CompiledGraph, boxed, compile_graph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.options import Options
-
-_graph_ids = itertools.count()
 
 
 class Backend:
@@ -29,15 +27,16 @@ class Backend:
         self.options = options
         self.launch = launch
         self.records: list[CompiledGraph] = []
+        self.graph_ids = itertools.count()  # per backend: names are stable run to run
 
     def _compiler(self, kind: str) -> Callable:
         def compile_fn(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
-            name = f"{kind}_{next(_graph_ids)}"
+            name = f"{kind}_{next(self.graph_ids)}"
             if self.launch:
                 return compile_graph(gm, name, self.options, self.records)
             record, _ = plan_graph(gm, name, self.options)
             self.records.append(record)
-            return gm.forward
+            return boxed(gm)
         return compile_fn
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:

@@ -59,8 +59,9 @@ POINTWISE_OPS = frozenset({
     "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
     "cast", "copy", "full",
 })
-# An indirect load: gather(src, dim, index) reads src at positions held in index.
-INDEXING_OPS = frozenset({"gather"})
+# An indirect load: gather(src, dim, index) reads src at positions held in index;
+# rand(salt) draws uniform [0, 1) numbers from the call's seed (Philox).
+INDEXING_OPS = frozenset({"gather", "rand"})
 # View ops become index math inside a kernel (or a torch view when alone).
 VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice", "select", "alias"})
 # Reductions take (x, dims, keepdim) and var also its correction; dims are

@@ -136,6 +136,12 @@ def _slice(args: tuple, kwargs: dict, val: Any, src_shape=None) -> Lowered:
     return None  # replaced below by a shape-aware handler
 
 
+def _rand(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    if not val.dtype.is_floating_point or kwargs.get("generator") is not None:
+        return None
+    return ("rand", ())  # the salt that tells random nodes apart is added by to_ir
+
+
 def _alias(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return ("alias", (args[0],))
 
@@ -163,6 +169,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.view: _reshape, aten._unsafe_view: _reshape, aten.reshape: _reshape,
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
+    aten.rand_like: _rand, aten.rand: _rand,
 }
 
 
@@ -325,6 +332,8 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
                                target=target, **described))
             else:
                 op, ir_args = lowered
+                if op == "rand":
+                    ir_args = (sum(n.op == "rand" for n in graph),)  # distinct streams per node
                 callables[target] = fx_node.target
                 graph.add(Node(fx_node.name, op, kind_of(op), args=tuple(ir_args), target=target,
                                torch_call=(args, tuple(kwargs.items())), **described))

@@ -21,6 +21,8 @@ class Options:
     dump_dir: write the graph after each pass there (FUSEC_DUMP).
     cache_dir: where generated kernel sources are cached (FUSEC_CACHE_DIR).
     streams: CUDA streams to spread independent kernels over (1: off).
+    strict: raise fusec's own internal errors instead of running the graph
+      through torch (FUSEC_STRICT=1; for tests and bug reports).
     """
 
     fuse: bool = True
@@ -28,6 +30,7 @@ class Options:
     dump_dir: Path | None = None
     cache_dir: Path = Path()
     streams: int | str = 1
+    strict: bool = False
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -39,6 +42,8 @@ class Options:
                             f"valid options are {', '.join(sorted(known))}")
         dump = kwargs.pop("dump_dir", None) or os.environ.get("FUSEC_DUMP") or None
         cache = kwargs.pop("cache_dir", None) or _default_cache_dir()
+        if "strict" not in kwargs:
+            kwargs["strict"] = os.environ.get("FUSEC_STRICT", "") not in ("", "0")
         opts = replace(cls(), dump_dir=Path(dump) if dump else None, cache_dir=Path(cache), **kwargs)
         opts.validate()
         return opts

@@ -9,6 +9,7 @@ import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, reduction_domain
 from fusec.passes.cost import group_bytes, group_flops, op_bytes
+from fusec.passes.fuse import inlined, is_constant
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ PERSISTENT_COLUMN = 64
 
 def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     names = {m.name for m in members}
-    inputs = [op for m in members for op in m.operands() if op not in names]
+    inputs = [op for m in members for op in m.operands() if op not in names and not is_constant(graph[op])]
     outputs = [m.name for m in members if any(u not in names for u in graph.users(m.name))]
     kernel = Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
                     inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
@@ -115,7 +116,7 @@ def build_plan(graph: Graph) -> Plan:
     for v in order:
         if v in groups:
             steps.append(_kernel(graph, v, groups[v]))
-        elif graph[v].kind not in (Kind.INPUT, Kind.OUTPUT):
+        elif graph[v].kind not in (Kind.INPUT, Kind.OUTPUT) and not inlined(graph, v):
             steps.append(_extern(graph, graph[v]))
     plan = Plan(graph=graph, steps=tuple(steps))
     return replace(plan, frees=_frees(plan))

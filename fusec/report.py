@@ -53,7 +53,8 @@ class Report:
         return next(k for k in self.graphs[graph].plan.kernels if k.id == kernel_id)
 
     def edges(self) -> list[dict[str, str]]:
-        """Every edge between two different kernels or extern calls, with why it was not fused."""
+        """Every edge between two different kernels or extern calls, with why it was not fused;
+        `kind` is "kernels" when both ends are generated kernels, "torch" when one runs through torch."""
         rows = []
         for g in self.graphs:
             if g.graph is None:
@@ -64,8 +65,9 @@ class Report:
                 a, b = g.graph[src], g.graph[dst]
                 if Kind.INPUT in (a.kind, b.kind) or Kind.OUTPUT in (a.kind, b.kind):
                     continue
+                kind = "kernels" if a.group and b.group else "torch"
                 rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": a.group or src,
-                             "dst_kernel": b.group or dst, "reason": data["reason"]})
+                             "dst_kernel": b.group or dst, "kind": kind, "reason": data["reason"]})
         return rows
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,10 @@ def _launch(kernel: Kernel, interpret: bool) -> Launch:
     return pointwise_launch(kernel.numel, interpret)
 
 
+class KernelFailed(Exception):
+    """A generated kernel did not compile or run."""
+
+
 class StrideMismatch(Exception):
     """An input arrived with strides other than the ones the kernels were generated for."""
 
@@ -33,7 +37,7 @@ class Runtime:
     """The callable a compiled graph becomes (boxed: takes the list of inputs)."""
 
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
-                 interpret: bool, fallback: Callable[..., Any]) -> None:
+                 interpret: bool, fallback: Callable[..., Any], strict: bool = False) -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -42,6 +46,8 @@ class Runtime:
         self.callables = {**callables, "_operator.getitem": operator.getitem}
         self.interpret = interpret
         self.fallback = fallback
+        self.strict = strict
+        self.broken: str | None = None  # set once a kernel failed: torch runs every later call
         graph = plan.graph
         self.input_names = [n.name for n in graph.inputs]
         self.output_args = graph.output.args
@@ -50,10 +56,18 @@ class Runtime:
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
         args.clear()  # boxed convention: let the caller's references go
+        if self.broken:
+            return self.fallback(*inputs)
         try:
             return self.run(inputs)
         except StrideMismatch as exc:
             log.warning("fusec: %s; running this call through torch", exc)
+            return self.fallback(*inputs)
+        except KernelFailed as exc:
+            if self.strict:
+                raise
+            self.broken = str(exc)
+            log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)
             return self.fallback(*inputs)
 
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
@@ -90,8 +104,14 @@ class Runtime:
         if "p_bad_index" in kernel.source:
             flag = torch.zeros(1, dtype=torch.int32, device=args[0].device)
             args.append(flag)
+        if "seed" in kernel.source.split("):")[0].split("def ")[-1]:
+            # Drawn from torch's generator, so torch.manual_seed makes runs repeatable.
+            args.append(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
         sizes = (kernel.numel,) if kernel.kind == "pointwise" else (kernel.numel, kernel.rnumel)
-        self.kernels[kernel.id][launch.grid](*args, *sizes, **launch.constants, num_warps=launch.num_warps)
+        try:
+            self.kernels[kernel.id][launch.grid](*args, *sizes, **launch.constants, num_warps=launch.num_warps)
+        except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
+            raise KernelFailed(f"kernel {kernel.id} failed: {type(exc).__name__}: {exc}") from exc
         if flag is not None and flag.item():
             gathers = [m for m in kernel.members if self.plan.graph[m].op == "gather"]
             raise IndexError(f"fusec: an index read by {', '.join(gathers)} is out of bounds "

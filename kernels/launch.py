@@ -46,3 +46,24 @@ def reduction_launch(rows: int, rnumel: int, persistent: bool, inner: bool, inte
         xblock = min(_pow2(rows), max(1, (budget // rblock)), 1 << 12 if interpret else 64)
     return Launch((triton.cdiv(rows, xblock),), {"XBLOCK": xblock, "RBLOCK": rblock},
                   _warps(xblock * rblock) if not interpret else 1)
+
+
+def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:
+    """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes."""
+    if interpret:
+        # Every program and every K step costs Python time: few, large tiles.
+        block_m, block_n, block_k = (min(_pow2(size, 16), 64) for size in (m, n, k))
+        warps = 1
+    else:
+        # 128x128 tiles once there are enough to fill the SMs; a smaller problem
+        # gets 64x64 tiles so more programs run at once.
+        edge = 128 if batch * triton.cdiv(m, 128) * triton.cdiv(n, 128) >= 64 else 64
+        block_m, block_n = min(_pow2(m, 16), edge), min(_pow2(n, 16), edge)
+        # A K step of 128 bytes per row for either operand width.
+        block_k = min(_pow2(k, 16), 32 if dtype == "float32" else 64)
+        warps = 8 if block_m * block_n >= 128 * 128 else 4
+    grid = (batch * triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
+                 # The interpreter's bfloat16 dot is wrong; a float32 dot of 16-bit operands is exact.
+                 "DOT_F32": interpret}
+    return Launch(grid, constants, warps)

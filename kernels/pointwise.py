@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusec.ir import Graph, Node, contiguous_strides
-from fusec.kernels.render import Index, Renderer, kernel_name, live_lines, module_source, needs_int64
+from fusec.kernels.render import PRELUDE, Index, Renderer, kernel_name, live_lines, module_source, needs_int64
 from fusec.plan import Kernel
 
 
@@ -26,7 +26,8 @@ class PointwiseRenderer(Renderer):
         body += live_lines(self.out.scope.lines, stores) + stores
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), "numel", "BLOCK: tl.constexpr"]
-        return module_source(fn_name, params, body, k.members), fn_name
+        helpers = [PRELUDE[h] for h in sorted(self.prelude)]
+        return module_source(fn_name, params, body, k.members, helpers), fn_name
 
 
 def render_pointwise(graph: Graph, kernel: Kernel) -> tuple[str, str]:

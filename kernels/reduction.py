@@ -15,7 +15,17 @@ from typing import Callable, Iterator
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, reduction_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
-from fusec.kernels.render import Index, Renderer, Value, kernel_name, live_lines, module_source, needs_int64, to
+from fusec.kernels.render import (
+    PRELUDE,
+    Index,
+    Renderer,
+    Value,
+    kernel_name,
+    live_lines,
+    module_source,
+    needs_int64,
+    to,
+)
 from fusec.plan import Kernel
 
 COMBINE = {
@@ -209,9 +219,9 @@ class ReductionRenderer(Renderer):
                     self.out.emit(self.store(node, idx, self.value(name, idx), "xmask & rmask", self.block_shape))
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
-        prelude = "\n\n".join("@triton.jit\n" + COMBINE[c] for c in sorted(self.combines)) + "\n\n"
+        helpers = [COMBINE[c] for c in sorted(self.combines)] + [PRELUDE[h] for h in sorted(self.prelude)]
         body = live_lines(self.out.scope.lines, [])
-        return module_source(fn_name, params, body, k.members, prelude), fn_name
+        return module_source(fn_name, params, body, k.members, helpers), fn_name
 
     def _per_element(self, node: Node) -> bool:
         return node.numel != self.kernel.numel

@@ -157,6 +157,7 @@ class Renderer:
         self.kernel = kernel
         self.members = set(kernel.members)
         self.out = Emitter(roots)
+        self.prelude: set[str] = set()  # helper functions (PRELUDE) the kernel calls
 
     # index math -------------------------------------------------------------
     def unravel(self, linear: str, shape: tuple[int, ...], order: list[int] | None = None) -> Index:
@@ -234,12 +235,23 @@ class Renderer:
 
     def compute(self, node: Node, idx: Index) -> Value:
         if node.name not in self.members:
-            return self.load(node, idx)
+            return self.pointwise(node, idx) if node.op == "full" and not node.operands() else self.load(node, idx)
         if node.kind is Kind.VIEW:
             return self.value(node.operands()[0], self.view_index(node, idx))
         if node.op == "gather":
             return self.gather(node, idx)
+        if node.op == "rand":
+            return self.rand(node, idx)
         return self.pointwise(node, idx)
+
+    def rand(self, node: Node, idx: Index) -> Value:
+        """Uniform [0, 1) from Philox keyed by the call's seed, counted by element and node."""
+        self.uses_seed = True
+        self.prelude.add("_philox")
+        offset = self.linearize(idx, node.shape)
+        bits = self.out.let(f"_philox(seed, ({offset}).to(tl.uint32), {node.args[0]})", "t")
+        value = self.out.let(f"(({bits} >> 8).to(tl.float32) * {2.0 ** -24})", "t")
+        return Value(value, "float32")
 
     def load(self, node: Node, idx: Index) -> Value:
         addr = self.address(idx, node)
@@ -293,6 +305,7 @@ class Renderer:
         return fn(*args)
 
     flags_bad_index = False
+    uses_seed = False
 
     def store(self, node: Node, idx: Index, value: Value, mask: str, shape: str) -> str:
         """A store of `value` to the output buffer of `node` at `idx`, broadcast to `shape`."""
@@ -306,7 +319,8 @@ class Renderer:
 
     def params(self) -> list[str]:
         k = self.kernel
-        return [param(n) for n in k.inputs + k.outputs] + (["p_bad_index"] if self.flags_bad_index else [])
+        return ([param(n) for n in k.inputs + k.outputs] + (["p_bad_index"] if self.flags_bad_index else [])
+                + (["seed"] if self.uses_seed else []))
 
 
 def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str | None]:
@@ -341,12 +355,36 @@ def to(expr: str, dtype: str) -> str:
     return f"({expr}).to({TL_TYPE[dtype]})"
 
 
+PRELUDE = {
+    # Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
+    "_philox": """def _philox(seed, offset, salt):
+    c0 = offset
+    c1 = tl.full([], salt, tl.uint32) + offset * 0
+    c2 = offset * 0
+    c3 = offset * 0
+    k0 = tl.full([], seed, tl.int64).to(tl.uint32)
+    k1 = (tl.full([], seed, tl.int64) >> 32).to(tl.uint32)
+    for _ in tl.static_range(10):
+        a = c0
+        b = c2
+        c0 = tl.math.umulhi(b, tl.full([], 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0
+        c2 = tl.math.umulhi(a, tl.full([], 0xD2511F53, tl.uint32)) ^ c3 ^ k1
+        c1 = b * tl.full([], 0xCD9E8D57, tl.uint32)
+        c3 = a * tl.full([], 0xD2511F53, tl.uint32)
+        k0 = k0 + tl.full([], 0x9E3779B9, tl.uint32)
+        k1 = k1 + tl.full([], 0xBB67AE85, tl.uint32)
+    return c0""",
+}
+
+
 def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
-                  prelude: str = "") -> str:
-    """A whole kernel module: imports, combine helpers, and the @triton.jit entry."""
+                  helpers: list[str] = ()) -> str:
+    """A whole kernel module: imports, helper functions, and the @triton.jit entry."""
+    prelude = "".join(f"@triton.jit\n{h}\n\n\n" for h in helpers)
     return "\n".join([
         "import triton",
         "import triton.language as tl",
+        "",
         "",
         prelude,
         f"# members: {', '.join(members)}",

@@ -28,7 +28,7 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     seen: dict[tuple, str] = {}
     for node in graph:
         node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
-        if node.kind in _CSE_KINDS:
+        if node.kind in _CSE_KINDS and node.op != "rand":
             key = (node.op, node.args, node.kwargs, node.shape, node.dtype, node.strides)
             if key in seen:
                 alias[node.name] = seen[key]

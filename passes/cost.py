@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusec.ir import TUPLE_DTYPE, Graph, Kind, Node
+from fusec.passes.fuse import inlined, is_constant
 
 _FREE = (Kind.INPUT, Kind.OUTPUT, Kind.VIEW)
 
@@ -28,9 +29,10 @@ def op_bytes(graph: Graph, node: Node) -> int:
 
 
 def group_bytes(graph: Graph, members: list[Node]) -> int:
-    """Traffic of one fused kernel: every outside operand read once, every escaping value written once."""
+    """Traffic of one fused kernel: every outside operand read once (constants are
+    computed inline), every escaping value written once."""
     names = {m.name for m in members}
-    external = [op for m in members for op in m.operands() if op not in names]
+    external = [op for m in members for op in m.operands() if op not in names and not is_constant(graph[op])]
     escaping = [m for m in members if any(u not in names for u in graph.users(m.name))]
     return _reads(graph, external) + sum(m.nbytes for m in escaping)
 
@@ -44,7 +46,7 @@ def bytes_fused(graph: Graph) -> int:
     """Traffic of the grouped graph: one term per kernel and per extern call."""
     groups = graph.groups()
     total = sum(group_bytes(graph, members) for members in groups.values())
-    return total + sum(op_bytes(graph, n) for n in graph if n.group is None)
+    return total + sum(op_bytes(graph, n) for n in graph if n.group is None and not inlined(graph, n.name))
 
 
 def group_flops(members: list[Node]) -> int:

@@ -53,7 +53,7 @@ class _Grouping:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
-        self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE}
+        self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
         self.dag = nx.DiGraph()
         self.dag.add_nodes_from(self.vertex(n.name) for n in graph)
@@ -127,6 +127,16 @@ class _Grouping:
         self.dag.remove_node(gu)
 
 
+def is_constant(node: Node) -> bool:
+    """A filled tensor reads nothing: every kernel that needs it computes it inline."""
+    return node.op == "full" and not node.operands()
+
+
+def inlined(graph: Graph, name: str) -> bool:
+    """A constant every user of which is a kernel: it costs no launch and no memory."""
+    return is_constant(graph[name]) and all(graph[u].group is not None for u in graph.users(name))
+
+
 def _boundary_reason(src: Node, dst: Node) -> str:
     for node in (src, dst):
         if node.kind is Kind.OPAQUE:
@@ -135,6 +145,10 @@ def _boundary_reason(src: Node, dst: Node) -> str:
             return "graph output"
         if node.kind is Kind.INPUT:
             return "graph input"
+        if node.kind is Kind.VIEW and node.group is None:
+            return f"{node.name} is a view torch runs as an alias (no kernel reads it)"
+        if is_constant(node):
+            return f"{node.name} is a constant that torch fills (a graph output or read by torch)"
     return "not fused"
 
 
@@ -166,20 +180,21 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
 
 
 def _merge_sibling_reductions(graph: Graph, state: _Grouping) -> None:
-    """Reductions over the same rows of the same tensor share one kernel (one read):
-    mean and variance, or a sum and a max of one input."""
+    """Independent reductions over rows of the same shape share one kernel: mean and
+    variance read the input once; a weight grad and a bias grad launch once."""
+    by_domain: dict[Domain, list[str]] = {}
     for node in graph:
-        readers: list[str] = []
-        for user in graph.users(node.name):
-            group = state.vertex(user)
-            if user in state.group_of and group not in readers and state.domain(group):
-                readers.append(group)
-        while len(readers) > 1:
-            first = readers.pop(0)
-            for other in list(readers):
-                if state.domain(other) == state.domain(first) and state.refusal(other, first) is None:
+        group = state.group_of.get(node.name)
+        domain = state.domain(group) if group in state.members else None
+        if domain and group not in by_domain.setdefault(domain, []):
+            by_domain[domain].append(group)
+    for groups in by_domain.values():
+        while len(groups) > 1:
+            first = groups.pop(0)
+            for other in list(groups):
+                if state.refusal(other, first) is None:
                     state.merge(other, first)
-                    readers.remove(other)
+                    groups.remove(other)
 
 
 def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) -> Graph:
@@ -199,7 +214,7 @@ def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) 
     for src, dst in graph.nx.edges:
         a, b = out[src], out[dst]
         data = out.nx.edges[src, dst]
-        if a.group is not None and a.group == b.group:
+        if (a.group is not None and a.group == b.group) or (inlined(out, src) and b.group is not None):
             data.pop("reason", None)
             continue
         data["reason"] = refused.get((src, dst)) or _boundary_reason(a, b)

@@ -6,6 +6,8 @@ import torch
 
 # Kernels compiled by tests go to a scratch cache, never the user's.
 os.environ.setdefault("FUSEC_CACHE_DIR", tempfile.mkdtemp(prefix="fusec-test-cache-"))
+# Tests want fusec's own errors raised, not hidden behind a fallback to torch.
+os.environ.setdefault("FUSEC_STRICT", "1")
 
 
 def pytest_collection_modifyitems(config, items):

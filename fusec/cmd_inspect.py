@@ -1,0 +1,233 @@
+"""`fusec inspect`: capture and plan a model without running a kernel, then show every decision."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+import fusec
+from fusec.eager_check import check_runs_eagerly
+from fusec.examples import EXAMPLES
+from fusec.report_data import collect
+from fusec.report_html import to_html
+from fusec.report_svg import to_dot, to_svg
+from fusec.report_terminal import print_report
+from fusec.targets import (
+    Target,
+    UsageError,
+    describe_inputs,
+    example_target,
+    make_inputs,
+    one_line,
+    resolve_target,
+    signature_hint,
+)
+
+EPILOG = """\
+TARGET names NAME in a file or module: an nn.Module subclass (built with no
+arguments), a function that returns a module or (model, example_args), or a
+function of tensors. --input gives one argument each, in order, as SHAPE or
+SHAPE:DTYPE (8x128x768:float16); they replace the target's own example
+inputs. Inputs are numbered from 1 in error messages. With --training the
+model is put in train mode and floating inputs require grad.
+
+--kernels DIR writes one Triton source file per kernel: KERNEL.py, or
+GRAPH.KERNEL.py (forward_0.k0.py) when several graphs have kernels.
+--json follows the schema in docs/report-schema.md.
+
+Exit status: 0 done; 2 a mistake in the command, the target or its inputs
+(one line on stderr says what to change); 1 fusec itself failed (a bug).
+
+examples:
+  fusec inspect --example transformer --html report.html
+  fusec inspect model.py:Block --input 8x128x768:float16 --training
+  fusec inspect mypkg.models:make_block --json report.json --kernels kernels/
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="show how fusec would fuse a model: kernels, reasons, critical path",
+                       description="Capture and plan a model the way fusec.compile would, launching no "
+                                   "kernel, and report every fusion decision.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", nargs="?", metavar="TARGET", help="path/to/file.py:NAME or package.module:NAME")
+    p.add_argument("--example", metavar="NAME", help="inspect a bundled example instead of a TARGET")
+    p.add_argument("--list-examples", action="store_true", help="list the bundled examples and exit")
+    p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
+                   help="one model argument, e.g. 8x128x768:float16 (repeat per argument)")
+    p.add_argument("--training", action="store_true", help="inspect the forward and backward graphs")
+    p.add_argument("--streams", metavar="N", help="CUDA streams to plan for: a positive integer or 'auto'")
+    p.add_argument("--json", metavar="FILE", type=Path, help="write the whole report as JSON")
+    p.add_argument("--html", metavar="FILE", type=Path, help="write a self-contained HTML report")
+    p.add_argument("--dot", metavar="FILE", type=Path, help="write the dataflow graph as Graphviz DOT")
+    p.add_argument("--svg", metavar="FILE", type=Path, help="write the dataflow graph as SVG")
+    p.add_argument("--kernels", metavar="DIR", type=Path, help="write each kernel's Triton source into DIR")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks and compiler warnings")
+    p.set_defaults(run=run)
+
+
+class CompilerError(Exception):
+    """fusec itself failed on a model it could trace: a bug in fusec, reported as one line, exit status 1."""
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _inspect(args)
+    except (UsageError, CompilerError) as exc:
+        if args.debug:
+            raise
+        print(f"fusec inspect: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    console = Console()
+    if args.list_examples:
+        for name, (description, _) in EXAMPLES.items():
+            console.print(f"{name:12} {description}", highlight=False)
+        return 0
+    if bool(args.target) == bool(args.example):
+        raise UsageError("give either a TARGET (path/to/file.py:NAME or package.module:NAME) or --example NAME "
+                         "(fusec inspect --list-examples shows them)")
+    options = _options(args.streams)
+    target = example_target(args.example) if args.example else resolve_target(args.target)
+    inputs = _inputs(target, args.input, args.training)
+    if isinstance(target.model, nn.Module):
+        target.model.train(args.training)
+    check_runs_eagerly(target.model, inputs)
+    with contextlib.nullcontext() if args.debug else _quiet():
+        try:
+            report = fusec.inspect(target.model, *inputs, training=args.training, options=options)
+        except Exception as exc:
+            found = _compiler_failure(exc)
+            if found:
+                where, cause = found
+                raise CompilerError(f"fusec failed while planning {target.label}: {one_line(cause)} (at {where}); "
+                                    "this is a bug in fusec: please report it with the output of --debug") from exc
+            raise UsageError(f"fusec could not trace {target.label}: {one_line(exc)}; "
+                             "run with --debug for the traceback") from exc
+    data = collect(report, target.label, args.training, describe_inputs(inputs), options)
+    # Files first: they are what a script asked for, and must not depend on stdout staying open.
+    written = _write_outputs(args, data)
+    print_report(data, console)
+    for line in written:
+        console.print(line, highlight=False)
+    return 0
+
+
+def _options(streams: str | None) -> dict[str, Any]:
+    """fusec.inspect options, checked here so a bad value is a usage error, not a crash mid-run."""
+    if streams is None:
+        return {}
+    value: int | str = int(streams) if streams.lstrip("-").isdigit() else streams
+    try:
+        fusec.Options.from_user(streams=value)
+    except ValueError as exc:
+        raise UsageError(f"bad --streams: {str(exc).removeprefix('fusec: ')}") from exc
+    return {"streams": value}
+
+
+def _inputs(target: Target, specs: list[str], training: bool) -> tuple[Any, ...]:
+    if specs:
+        return make_inputs(specs, training)
+    if target.args is None:
+        raise UsageError(f"{target.label} brings no example inputs; pass --input SHAPE[:DTYPE] once per argument "
+                         f"of {signature_hint(target.model)}, e.g. --input 8x128:float32")
+    if not training:
+        return target.args
+    # As with --input: floating inputs require grad, so the backward graph has work even without parameters.
+    return tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in target.args)
+
+
+# Frames in these files are the user's side of the call: the CLI, the public API and the bundled models.
+_NOT_COMPILER = {"cmd_inspect.py", "api.py", "examples.py"}
+
+
+def _compiler_failure(exc: BaseException) -> tuple[str, BaseException] | None:
+    """Where fusec's compiler raised (`kernels/dtypes.py:33`) and what, or None when tracing failed.
+
+    Torch wraps the compiler's exception (BackendCompilerFailed, carrying the
+    original traceback), so the chain of causes is searched from the original
+    exception out, each innermost frame first.
+    """
+    roots = [Path(importlib.import_module(m).__file__).resolve().parent
+             for m in ("fusec", "fusec.passes", "fusec.kernels")]
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for cause in reversed(chain):
+        for frame in reversed(traceback.extract_tb(cause.__traceback__)):
+            path = Path(frame.filename).resolve()
+            if path.name not in _NOT_COMPILER and any(path.is_relative_to(root) for root in roots):
+                return f"{path.parent.name}/{path.name}:{frame.lineno}", cause
+    return None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence what the report already shows (a graph falling back to torch is logged as a warning
+    by the compiler) and AOTAutograd's warning that inspect's graphs are not boxed callables, which
+    is true and harmless: they run once, through torch."""
+    logger = logging.getLogger("fusec")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Your compiler for AOTAutograd is returning a function")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _write_outputs(args: argparse.Namespace, data: dict[str, Any]) -> list[str]:
+    """Write the files asked for; one line per output saying where it went."""
+    writers = [(args.json, lambda: json.dumps(data, indent=2) + "\n"), (args.html, lambda: to_html(data)),
+               (args.dot, lambda: to_dot(data)), (args.svg, lambda: to_svg(data))]
+    written = []
+    for path, render in writers:
+        if path is not None:
+            _write(path, render())
+            written.append(f"wrote {path}")
+    if args.kernels is not None:
+        files = _kernel_files(data)
+        for name, text in files.items():
+            _write(args.kernels / name, text)
+        written.append(f"wrote {len(files)} kernel sources to {args.kernels}")
+    return written
+
+
+def _kernel_files(data: dict[str, Any]) -> dict[str, str]:
+    """File name -> text for each kernel: KERNEL.py, or GRAPH.KERNEL.py when several graphs have kernels."""
+    several = len({k["graph"] for k in data["kernels"]}) > 1
+    files = {}
+    for k in data["kernels"]:
+        name = f"{k['graph']}.{k['id']}.py" if several else f"{k['id']}.py"
+        header = (f"# fusec kernel {k['id']} of graph {k['graph']}, from {data['target']}\n"
+                  f"# ops: {' '.join(k['ops'])}\n"
+                  f"# reads: {', '.join(k['inputs'])}; writes: {', '.join(k['outputs'])}\n"
+                  f"# modeled: {k['bytes']} bytes, {k['flops']} FLOPs, stream {k['stream']}\n")
+        files[name] = header + k["source"]
+    return files
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}; choose a path you can write to") from exc

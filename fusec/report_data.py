@@ -1,0 +1,120 @@
+"""The inspection report as plain data: what `--json` writes and every other view draws from.
+
+The schema is documented in docs/report-schema.md; bump SCHEMA when a field
+changes meaning or goes away (adding a field does not need a bump).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fusec.compiler import CompiledGraph
+from fusec.ir import Kind
+from fusec.passes.cost import H100, estimate_seconds
+from fusec.passes.parallel import critical_path, dag_width
+from fusec.plan import Extern, Kernel, Step, step_dag
+from fusec.report import Report, counts_as_extern
+
+SCHEMA = 1
+
+
+def collect(report: Report, target: str, training: bool, inputs: list[dict[str, Any]],
+            options: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report knows, as JSON-ready data (see docs/report-schema.md)."""
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "target": target,
+        "training": training,
+        "inputs": inputs,
+        "options": options,
+        "cost_model": asdict(H100),
+        "stats": report.stats,
+        "graphs": [],
+        "nodes": [],
+        "kernels": [],
+        "extern_calls": [],
+        "edges": report.edges(),
+        "streams": [],
+        "waits": [],
+    }
+    for record in report.graphs:
+        data["graphs"].append(_graph_row(record))
+        if record.plan is None:
+            continue
+        steps = {s.id: s for s in record.plan.steps}
+        data["nodes"] += _node_rows(record)
+        data["kernels"] += [_kernel_row(record, k) for k in record.plan.kernels]
+        data["extern_calls"] += [_extern_row(record, e) for e in record.plan.externs]
+        launched = [s for s in record.plan.steps if step_seconds(record, s) > 0]
+        for stream in sorted({s.stream for s in launched}):
+            data["streams"].append({"graph": record.name, "stream": stream,
+                                    "steps": [s.id for s in launched if s.stream == stream]})
+        data["waits"] += [{"graph": record.name, "step": s.id, "stream": s.stream, "on": w,
+                           "on_stream": steps[w].stream if w in steps else None}
+                          for s in record.plan.steps for w in s.waits]
+    return data
+
+
+def step_seconds(record: CompiledGraph, step: Step) -> float:
+    """Modeled time of one step; views and getitems launch nothing and cost nothing.
+
+    Extern calls are modeled by their bytes alone: the plan has no FLOP count
+    for them, so a matmul run by torch is modeled as memory-bound.
+    """
+    if isinstance(step, Kernel):
+        return estimate_seconds(step.bytes, step.flops)
+    return estimate_seconds(step.bytes, 0) if counts_as_extern(step, record) else 0.0
+
+
+def _graph_row(record: CompiledGraph) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": record.name, "device": record.device, "fallback": record.fallback,
+                           "fallback_ops": record.fallback_ops, "compile_seconds": record.compile_seconds,
+                           "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds]}
+    if record.plan is None:
+        return row
+    dag = step_dag(record.plan)
+    steps = {s.id: s for s in record.plan.steps}
+    for step_id in dag:
+        dag.nodes[step_id]["cost"] = step_seconds(record, steps[step_id])
+    path, seconds = critical_path(dag)
+    row.update({"ops": len(record.graph.op_nodes()), "kernels": len(record.plan.kernels),
+                "dag_width": dag_width(dag),
+                "serial_seconds": sum(step_seconds(record, s) for s in record.plan.steps),
+                "critical_path": {"steps": list(path), "seconds": seconds}})
+    return row
+
+
+def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
+    graph, plan = record.graph, record.plan
+    step_of: dict[str, Step] = {}
+    for step in plan.steps:
+        for name in step.members if isinstance(step, Kernel) else (step.node,):
+            step_of[name] = step
+    rows = []
+    for n in graph:
+        step = step_of.get(n.name)
+        rows.append({"graph": record.name, "name": n.name, "op": n.op, "kind": n.kind.value,
+                     "shape": list(n.shape), "dtype": n.dtype, "target": n.target, "kernel": n.group,
+                     "step": step.id if step else None, "stream": step.stream if step else None,
+                     "extern": isinstance(step, Extern) and counts_as_extern(step, record),
+                     "inputs": graph.producers(n.name)})
+    return rows
+
+
+def _kernel_row(record: CompiledGraph, k: Kernel) -> dict[str, Any]:
+    return {"graph": record.name, "id": k.id, "kind": k.kind, "members": list(k.members),
+            "ops": [record.graph[m].op for m in k.members], "inputs": list(k.inputs), "outputs": list(k.outputs),
+            "numel": k.numel, "bytes": k.bytes, "flops": k.flops, "seconds": step_seconds(record, k),
+            "stream": k.stream, "waits": list(k.waits), "fn_name": k.fn_name, "source": k.source}
+
+
+def _extern_row(record: CompiledGraph, e: Extern) -> dict[str, Any]:
+    return {"graph": record.name, "id": e.id, "node": e.node, "target": e.target, "bytes": e.bytes,
+            "view": e.is_view, "counted": counts_as_extern(e, record), "seconds": step_seconds(record, e),
+            "stream": e.stream, "waits": list(e.waits)}
+
+
+def is_op(node: dict[str, Any]) -> bool:
+    """An op node, as `stats["nodes"]` counts them (inputs and the output are not ops)."""
+    return node["kind"] not in (Kind.INPUT.value, Kind.OUTPUT.value)
