@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from fusec import cmd_bench, cmd_demo, cmd_inspect
+COMMANDS = {
+    "demo": ("fusec.cmd_demo", "compile a bundled example, check it against eager, show the report"),
+    "inspect": ("fusec.cmd_inspect", "show a model's kernels, streams and fusion decisions"),
+    "bench": ("fusec.cmd_bench", "time fusec against eager PyTorch and torch.compile"),
+}
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that subcommand's module is imported
+    (so `fusec bench` runs where the terminal libraries of the others are missing)."""
     p = argparse.ArgumentParser(prog="fusec", description="A graph-level operator fusion compiler for PyTorch.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cmd_demo.add_parser(sub)
-    cmd_inspect.add_parser(sub)
-    cmd_bench.add_parser(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    args = parser(chosen).parse_args(argv)
     return args.run(args)
 
 

@@ -28,12 +28,16 @@ from fusec.kernels.render import (
 )
 from fusec.plan import Kernel
 
+# Elementwise combines for the accumulators of looped rows; NaN wins, as in torch.amax.
+_ELEMENTWISE = {
+    "sum": "{a} + {b}",
+    "prod": "{a} * {b}",
+    "max": "tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})",
+    "min": "tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})",
+}
+
 COMBINE = {
-    "_sum": "def _sum(a, b):\n    return a + b",
     "_prod": "def _prod(a, b):\n    return a * b",
-    # NaN wins, as in torch.amax/amin.
-    "_max": "def _max(a, b):\n    return tl.where((a > b) | (a != a), a, b)",
-    "_min": "def _min(a, b):\n    return tl.where((a < b) | (a != a), a, b)",
     # NaN counts as the largest (argmax) or smallest (argmin); ties take the first index.
     "_argmax": ("def _argmax(v1, i1, v2, i2):\n"
                 "    first = (v1 > v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
@@ -125,26 +129,25 @@ class ReductionRenderer(Renderer):
             return self._var(node, src, dtype)
         if node.op in ("argmax", "argmin"):
             return self._arg(node, src)
-        combine, identity, acc = {
-            "sum": lambda: ("_sum", "0", dtype), "prod": lambda: ("_prod", "1", dtype),
-            "amax": lambda: ("_max", _lowest(dtype), dtype), "amin": lambda: ("_min", _highest(dtype), dtype),
-            "any": lambda: ("_max", "0", "int32"), "all": lambda: ("_min", "1", "int32"),
+        kind, identity, acc = {
+            "sum": lambda: ("sum", "0", dtype), "prod": lambda: ("prod", "1", dtype),
+            "amax": lambda: ("max", _lowest(dtype), dtype), "amin": lambda: ("min", _highest(dtype), dtype),
+            "any": lambda: ("max", "0", "int32"), "all": lambda: ("min", "1", "int32"),
         }[node.op]()
         convert = (lambda v: to(f"{v} != 0", "int32")) if node.op in ("any", "all") else (lambda v: to(v, acc))
-        result = self._fold(src, combine, identity, acc, convert)
+        result = self._fold(src, kind, identity, acc, convert)
         return Value(self.out.let(to(result, dtype) if node.op in ("any", "all") else result), dtype)
 
     def _var(self, node: Node, src: str, dtype: str) -> Value:
         n = self.kernel.rnumel
-        total = self._fold(src, "_sum", "0", dtype, lambda v: to(v, dtype))
+        total = self._fold(src, "sum", "0", dtype, lambda v: to(v, dtype))
         mean = self.out.let(f"{total} / {float(max(n, 1))}", "m")
-        squares = self._fold(src, "_sum", "0", dtype, lambda v: f"(({to(v, dtype)} - {mean}) * ({to(v, dtype)} - {mean}))")
+        squares = self._fold(src, "sum", "0", dtype, lambda v: f"(({to(v, dtype)} - {mean}) * ({to(v, dtype)} - {mean}))")
         divisor = float(max(n - node.args[3], 0))
         return Value(self.out.let(f"{squares} / {divisor}"), dtype)
 
-    def _fold(self, src: str, combine: str, identity: str, acc: str, convert: Callable[[str], str]) -> str:
+    def _fold(self, src: str, kind: str, identity: str, acc: str, convert: Callable[[str], str]) -> str:
         """The row-wise combine of `convert(src)`: an expression of shape row_shape."""
-        self.combines.add(combine)
         if not self.kernel.persistent:
             name = self._accumulator(identity, acc)
         with self.over_row():
@@ -152,39 +155,61 @@ class ReductionRenderer(Renderer):
             lanes = self.out.let(f"tl.where(xmask & rmask, tl.broadcast_to({convert(value.expr)}, "
                                  f"{self.block_shape}), {identity})")
             if self.kernel.persistent:
-                return self.out.let(f"tl.reduce({lanes}, {self.axis}, {combine}){self._keep()}", "r")
-            self.out.emit(f"{name} = {combine}({name}, {lanes})")
-        return self.out.let(f"tl.reduce({name}, {self.axis}, {combine}){self._keep()}", "r")
+                return self._across(lanes, kind, acc)
+            self.out.emit(f"{name} = {_ELEMENTWISE[kind].format(a=name, b=lanes)}")
+        return self._across(name, kind, acc)
+
+    def _across(self, lanes: str, kind: str, dtype: str) -> str:
+        """Reduce a block along the row axis with the library's combine functions, which
+        Triton's interpreter runs as one numpy call (its own would run per element)."""
+        if kind == "prod":
+            self.combines.add("_prod")
+            return self.out.let(f"tl.reduce({lanes}, {self.axis}, _prod){self._keep()}", "r")
+        combine = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[kind]
+        result = self.out.let(f"tl.reduce({lanes}, {self.axis}, tl.standard.{combine}){self._keep()}", "r")
+        if kind == "sum" or dtype not in FLOAT_DTYPES:
+            return result
+        # tl.maximum may drop NaN (and the interpreter's nanmax does); torch.amax keeps it.
+        nans = self.out.let(f"tl.reduce(({lanes} != {lanes}).to(tl.int32), {self.axis}, "
+                            f"tl.standard._sum_combine){self._keep()}", "r")
+        return self.out.let(f'tl.where({nans} > 0, float("nan"), {result})', "r")
 
     def _arg(self, node: Node, src: str) -> Value:
-        combine = "_" + node.op
-        self.combines.add(combine)
+        """Index of the first max (min) of each row, NaN counting as the extreme, as torch."""
         dtype = compute_dtype(self.graph[src].dtype)
-        identity = _lowest(dtype) if node.op == "argmax" else _highest(dtype)
-        if not self.kernel.persistent:
-            vals = self._accumulator(identity, dtype)
-            idxs = self._accumulator(str(self.kernel.rnumel), "int64")
+        extreme = "max" if node.op == "argmax" else "min"
+        identity = _lowest(dtype) if extreme == "max" else _highest(dtype)
+        looped = not self.kernel.persistent
+        if looped:
+            self.combines.add("_" + node.op)
+            best_v = self._accumulator(identity, dtype, self.row_shape)
+            best_i = self._accumulator(str(self.kernel.rnumel), "int64", self.row_shape)
         with self.over_row():
             value = self.value(src, self.row_index())
             lanes = self.out.let(f"tl.where(xmask & rmask, tl.broadcast_to({value.expr}, {self.block_shape}), "
                                  f"{identity})")
-            where = self.out.let(f"tl.broadcast_to(roffs, {self.block_shape}).to(tl.int64)", "x")
-            if self.kernel.persistent:
-                pair = (lanes, where)
-            else:
-                self.out.emit(f"{vals}, {idxs} = {combine}({vals}, {idxs}, {lanes}, {where})")
-        if not self.kernel.persistent:
-            pair = (vals, idxs)
-        name = f"r{self.out.count}"
-        self.out.count += 1
-        self.out.emit(f"_, {name} = tl.reduce(({pair[0]}, {pair[1]}), {self.axis}, {combine})")
-        self.out.deps[name] = frozenset({"xoffs"})
-        return Value(self.out.let(f"{name}{self._keep()}", "r"), "int64")
+            # Positions within this chunk: the library combine returns these on a GPU and
+            # the interpreter returns positions whatever it is given, so both agree.
+            pos = self.out.let(f"tl.broadcast_to({self._arange('RBLOCK', reduced=True)}, {self.block_shape})", "x")
+            name = f"r{self.out.count}"
+            self.out.count += 1
+            combine = f"tl.standard._{node.op}_combine_tie_break_left"
+            self.out.emit(f"_, {name} = tl.reduce(({lanes}, {pos}), {self.axis}, {combine})")
+            at = self.out.let(f"{name}{self._keep()}.to(tl.int64)", "r")
+            if dtype in FLOAT_DTYPES:
+                first_nan = self.out.let(f"tl.reduce(tl.where({lanes} != {lanes}, {pos}, RBLOCK), {self.axis}, "
+                                         f"tl.standard._elementwise_min){self._keep()}", "r")
+                at = self.out.let(f"tl.where({first_nan} < RBLOCK, {first_nan}.to(tl.int64), {at})", "r")
+            if not looped:
+                return Value(at, "int64")
+            chunk = self._across(lanes, extreme, dtype)
+            self.out.emit(f"{best_v}, {best_i} = _{node.op}({best_v}, {best_i}, {chunk}, r0 + {at})")
+        return Value(best_i, "int64")
 
-    def _accumulator(self, identity: str, dtype: str) -> str:
+    def _accumulator(self, identity: str, dtype: str, shape: str | None = None) -> str:
         name = f"acc{self.accumulators}"
         self.accumulators += 1
-        self.out.emit(f"{name} = tl.full({self.block_shape}, {identity}, {TL_TYPE[dtype]})")
+        self.out.emit(f"{name} = tl.full({shape or self.block_shape}, {identity}, {TL_TYPE[dtype]})")
         return name
 
     def _keep(self) -> str:

@@ -92,6 +92,9 @@ def test_long_row_loops_and_stays_accurate():
     report = check(lambda x: torch.softmax(x, -1), x, kernels=1)
     assert not report.kernels[0].persistent
     check(lambda x: torch.var_mean(x + 1000.0, -1), x, kernels=1, rtol=1e-4, atol=1e-3)
+    x[1, 40000] = 100.0
+    x[2, 7] = float("nan")
+    check(lambda x: (x.argmax(-1), x.amax(-1), x.argmin(-1)), x, kernels=1)
 
 
 def test_reduction_over_batch_reads_coalesced():

@@ -1,0 +1,78 @@
+"""`fusec bench`: time the kernel workloads under eager, torch.compile and fusec, and report them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
+from fusec.bench_workloads import WORKLOADS
+from fusec.benchmark import DTYPES, SYSTEMS, Settings, default_dtype, environment, run_suite
+
+
+def run(args: argparse.Namespace) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
+        return 2
+    settings = Settings(device=device, dtype=args.dtype or default_dtype(device), quick=args.quick)
+    names = list(dict.fromkeys(args.workloads or WORKLOADS))
+    print(f"fusec bench: {len(names)} workload(s) under {', '.join(SYSTEMS)} on {device}, {settings.dtype}, "
+          f"{settings.tier} sizes", file=sys.stderr)
+    env = environment(settings)
+    if env["note"]:
+        print(env["note"], file=sys.stderr)
+
+    records = []
+    suite = run_suite(names, settings, env)
+    with progress(len(names) * len(SYSTEMS)) as advance:
+        for name in names:
+            for system in SYSTEMS:
+                advance(f"{name} · {system}")
+                records.append(next(suite))
+            if args.json:
+                write_json(args.json, records, env)  # after each workload, so a run cut short keeps what it measured
+
+    print_table(records, env)
+    if args.markdown:
+        args.markdown.write_text(markdown(records, env))
+    if args.plot:
+        write_plot(args.plot, records, env)
+    return 0
+
+
+DESCRIPTION = ("Time each workload under eager PyTorch, torch.compile and fusec in one process, with launch counts, "
+               "compile seconds, error against eager, and achieved bandwidth against the device's copy bandwidth. "
+               "On CPU, fusec's kernels run in Triton's interpreter: times there are not a performance claim.")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    _add_arguments(sub.add_parser("bench", help="time kernel workloads under eager, torch.compile and fusec",
+                                  description=DESCRIPTION))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fusec bench` without the rest of the CLI (which needs rich): what bench/gpu_check.py runs."""
+    p = argparse.ArgumentParser(prog="fusec bench", description=DESCRIPTION)
+    _add_arguments(p)
+    args = p.parse_args(argv)
+    return args.run(args)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", dest="workloads", nargs="+", action="extend", choices=list(WORKLOADS),
+                   metavar="NAME", help=f"workloads to run (default: all): {', '.join(WORKLOADS)}")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if torch sees a GPU, else cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes and short timing (tiny sizes on CPU)")
+    p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")
+    p.set_defaults(run=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
