@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
+from torch._dynamo.exc import TorchRuntimeError
 
 from fusec.frontend import Backend
 from fusec.options import Options
@@ -25,13 +28,39 @@ def compile(model: Callable | None = None, **options: Any) -> Any:
     return _compile(model, opts)
 
 
+class CompiledModule(OptimizedModule):
+    """torch.compile's module wrapper, raising eager's errors where eager would."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except TorchRuntimeError:
+            return self._orig_mod(*args, **kwargs)
+
+
 def _compile(model: Callable, options: Options) -> Any:
     if not callable(model):
         raise TypeError(f"fusec.compile expects a function or an nn.Module, got {type(model).__name__}")
     backend = Backend(options)
     compiled = torch.compile(model, backend=backend, dynamic=False)
+    if isinstance(compiled, OptimizedModule):
+        compiled.__class__ = CompiledModule
+    else:
+        compiled = _eager_errors(compiled, model)
     compiled._fusec_backend = backend
     return compiled
+
+
+def _eager_errors(compiled: Callable, model: Callable) -> Callable:
+    """When tracing fails on inputs eager would reject too (a shape mismatch), Dynamo
+    raises its own wrapped error; run eagerly instead, so the user gets eager's."""
+    @functools.wraps(model)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return compiled(*args, **kwargs)
+        except TorchRuntimeError:
+            return model(*args, **kwargs)
+    return call
 
 
 def report_of(compiled: Any) -> Report:

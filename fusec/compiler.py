@@ -13,6 +13,7 @@ import torch.fx
 
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
+from fusec.kernels.matmul import render_matmul
 from fusec.kernels.pointwise import render_pointwise
 from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
@@ -20,6 +21,8 @@ from fusec.options import Options
 from fusec.pipeline import run_passes
 from fusec.plan import Kernel, Plan, build_plan
 from fusec.runtime import Runtime
+from fusec.streams import StreamDecision
+from fusec.streams import assign as assign_streams
 
 log = logging.getLogger("fusec")
 
@@ -36,6 +39,7 @@ class CompiledGraph:
     compile_seconds: float = 0.0
     fallback: str | None = None  # why the whole graph runs through torch
     fallback_ops: int = 0  # ops it then runs through torch
+    streams: StreamDecision | None = None
 
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
@@ -59,7 +63,7 @@ def render(plan: Plan) -> Plan:
     steps = []
     for step in plan.steps:
         if isinstance(step, Kernel):
-            renderer = render_reduction if step.kind == "reduction" else render_pointwise
+            renderer = {"reduction": render_reduction, "matmul": render_matmul}.get(step.kind, render_pointwise)
             source, fn_name = renderer(plan.graph, step)
             step = replace(step, source=source, fn_name=fn_name)
         steps.append(step)
@@ -76,7 +80,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         graph, callables = to_ir(gm, name=name)
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
-        record.plan = render(build_plan(graph))
+        plan, record.streams = assign_streams(build_plan(graph), options.streams)
+        record.plan = render(plan)
     except Exception as exc:
         if options.strict and not isinstance(exc, Unsupported):
             raise

@@ -12,8 +12,8 @@ from torch._decomp import core_aten_decompositions, get_decompositions
 
 aten = torch.ops.aten
 
-# Composite ops decomposed beyond torch's core ATen set, into pointwise math
-# and reductions that fuse.
+# Composite ops decomposed beyond torch's core ATen set, into pointwise math,
+# reductions and plain matmuls that fuse (addmm's bias becomes an epilogue).
 _EXTRA = [
     aten.gelu, aten.gelu_backward, aten.silu, aten.silu_backward, aten.hardtanh,
     aten.hardswish, aten.hardsigmoid, aten.leaky_relu, aten.elu, aten.softplus,
@@ -21,7 +21,7 @@ _EXTRA = [
     aten.tanh_backward, aten.threshold_backward, aten.native_layer_norm,
     aten.native_layer_norm_backward, aten.var_mean, aten.var, aten.std, aten.logsumexp,
     aten._log_softmax_backward_data, aten._softmax_backward_data, aten.native_dropout,
-    aten.native_dropout_backward, aten.mean,
+    aten.native_dropout_backward, aten.mean, aten.addmm, aten.baddbmm,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.

@@ -67,6 +67,8 @@ VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice
 # Reductions take (x, dims, keepdim) and var also its correction; dims are
 # sorted and non-negative, and () means every dim.
 REDUCTION_OPS = frozenset({"sum", "prod", "amax", "amin", "argmax", "argmin", "any", "all", "var"})
+# matmul(a, b): [*batch, M, K] @ [*batch, K, N], at most one batch dim.
+MATMUL_OPS = frozenset({"matmul"})
 
 
 @dataclass(frozen=True)

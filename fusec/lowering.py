@@ -242,6 +242,16 @@ def _gather(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> 
     return ("gather", (args[0], args[1] % max(len(src_shape), 1), args[2]))
 
 
+_MATMUL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _matmul(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    # Integer and float64 products run through torch; so do mixed dtypes, which torch rejects.
+    if val.dtype not in _MATMUL_DTYPES or kwargs:
+        return None
+    return ("matmul", (args[0], args[1]))
+
+
 _SHAPE_AWARE = {
     aten.slice: _slice_handler, aten.select: _select_handler,
     aten.sum: _reduction("sum", 1, 2), prims.sum: _reduction("sum", 1, None),
@@ -250,6 +260,7 @@ _SHAPE_AWARE = {
     aten.argmin: _reduction("argmin", 1, 2, "ordered"), aten.any: _reduction("any", 1, 2),
     aten.all: _reduction("all", 1, 2), prims.var: _var, prims.div: _prims_div,
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
+    aten.mm: _matmul, aten.bmm: _matmul,
 }
 
 
@@ -294,11 +305,13 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
     val = node.meta.get("val")
     if not isinstance(target, torch._ops.OpOverload) or not isinstance(val, torch.Tensor):
         return None
+    packet = target.overloadpacket
     tensors = [graph[r.name] for r in args if isinstance(r, Ref)] + [graph[r.name] for r in kwargs.values()
                                                                   if isinstance(r, Ref)]
     if dtype_name(val.dtype) not in SUPPORTED_DTYPES or any(t.dtype not in SUPPORTED_DTYPES for t in tensors):
         return None
-    packet = target.overloadpacket
+    if packet in (aten.mm, aten.bmm) and any(t.dtype != dtype_name(val.dtype) for t in tensors):
+        return None
     if packet in _SHAPE_AWARE:
         return _SHAPE_AWARE[packet](args, kwargs, val, graph[args[0].name].shape)
     handler = HANDLERS.get(packet)

@@ -20,7 +20,8 @@ class Options:
     fuel: cap on the number of fusion merges (to bisect a miscompile).
     dump_dir: write the graph after each pass there (FUSEC_DUMP).
     cache_dir: where generated kernel sources are cached (FUSEC_CACHE_DIR).
-    streams: CUDA streams to spread independent kernels over (1: off).
+    streams: CUDA streams for independent kernels: "auto" (the cost model decides,
+      at most 4), a cap N (1: off), or None (no cap: as many as the DAG is wide).
     strict: raise fusec's own internal errors instead of running the graph
       through torch (FUSEC_STRICT=1; for tests and bug reports).
     """
@@ -29,7 +30,7 @@ class Options:
     fuel: int | None = None
     dump_dir: Path | None = None
     cache_dir: Path = Path()
-    streams: int | str = 1
+    streams: int | str | None = "auto"
     strict: bool = False
 
     @classmethod
@@ -51,5 +52,5 @@ class Options:
     def validate(self) -> None:
         if self.fuel is not None and (not isinstance(self.fuel, int) or self.fuel < 0):
             raise ValueError(f"fusec: fuel must be a non-negative integer or None, got {self.fuel!r}")
-        if not (self.streams == "auto" or (isinstance(self.streams, int) and self.streams >= 1)):
-            raise ValueError(f"fusec: streams must be a positive integer or 'auto', got {self.streams!r}")
+        if not (self.streams in ("auto", None) or (isinstance(self.streams, int) and self.streams >= 1)):
+            raise ValueError(f"fusec: streams must be a positive integer, 'auto' or None, got {self.streams!r}")

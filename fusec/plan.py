@@ -82,7 +82,10 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     kernel = Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
                     inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
                     numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members),
-                    flops=group_flops(members))
+                    flops=group_flops(graph, members))
+    if any(m.kind is Kind.MATMUL for m in members):
+        product = next(m for m in members if m.kind is Kind.MATMUL)
+        return replace(kernel, kind="matmul", numel=product.numel)
     reductions = [m for m in members if m.kind is Kind.REDUCTION]
     if not reductions:
         return kernel
@@ -92,7 +95,8 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     last = max((d for d, s in enumerate(shape) if s != 1), default=-1)
     inner = last < 0 or last in dims
     rows = math.prod(s for d, s in enumerate(shape) if d not in dims)
-    return replace(kernel, kind="reduction", numel=rows, rnumel=rnumel, persistent=rnumel <= PERSISTENT_ROW, reduce_inner=inner)
+    persistent = rnumel <= (PERSISTENT_ROW if inner else PERSISTENT_COLUMN)
+    return replace(kernel, kind="reduction", numel=rows, rnumel=rnumel, persistent=persistent, reduce_inner=inner)
 
 
 def _extern(graph: Graph, node: Node) -> Extern:

@@ -9,8 +9,7 @@ from typing import Any
 from fusec.compiler import CompiledGraph
 from fusec.ir import Kind
 from fusec.passes.cost import bytes_fused, bytes_unfused
-from fusec.passes.parallel import dag_width
-from fusec.plan import Extern, Kernel, step_dag
+from fusec.plan import Extern, Kernel
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
               "dag_width", "cross_stream_waits", "compile_seconds")
@@ -32,16 +31,16 @@ class Report:
         planned = [g for g in self.graphs if g.plan is not None]
         kernels = sum(len(g.plan.kernels) for g in planned)
         externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
-        width = max((dag_width(step_dag(g.plan)) for g in planned), default=0)
+        decided = [g.streams for g in planned if g.streams is not None]
         return {
             "nodes": sum(len(g.graph.op_nodes()) for g in planned),
             "kernels": kernels,
             "extern_calls": externs + sum(g.fallback_ops for g in self.graphs),
             "bytes_unfused": sum(bytes_unfused(g.graph) for g in planned),
             "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
-            "streams": 1,
-            "dag_width": width,
-            "cross_stream_waits": 0,
+            "streams": max((d.streams for d in decided), default=1),
+            "dag_width": max((d.dag_width for d in decided), default=0),
+            "cross_stream_waits": sum(d.waits for d in decided),
             "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
         }
 
@@ -74,7 +73,8 @@ class Report:
         graphs = []
         for g in self.graphs:
             entry: dict[str, Any] = {"name": g.name, "device": g.device, "fallback": g.fallback,
-                                     "compile_seconds": g.compile_seconds}
+                                     "compile_seconds": g.compile_seconds,
+                                     "streams": g.streams.reason if g.streams else None}
             if g.plan is not None:
                 entry["kernels"] = [_kernel_dict(g, k) for k in g.plan.kernels]
                 entry["extern_calls"] = [{"id": s.id, "target": s.target, "bytes": s.bytes,
@@ -97,6 +97,8 @@ class Report:
         for g in self.graphs:
             if g.fallback:
                 lines.append(f"{g.name}: runs through torch ({g.fallback})")
+            if g.streams is not None:
+                lines.append(f"{g.name} streams: {g.streams.reason}")
             for k in g.plan.kernels if g.plan else ():
                 ops = " ".join(g.graph[m].op for m in k.members)
                 lines.append(f"{g.name} {k.id} [{k.kind}] {ops}  ({k.bytes} bytes)")

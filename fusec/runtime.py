@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from fusec.kernels.launch import Launch, pointwise_launch, reduction_launch
-from fusec.ir import map_refs
-from fusec.plan import Extern, Kernel, Plan
+from fusec.ir import Graph, iter_refs, map_refs
+from fusec.kernels.launch import Launch, matmul_launch, pointwise_launch, reduction_launch
+from fusec.kernels.matmul import matmul_problem, matmul_sizes
+from fusec.plan import Extern, Kernel, Plan, Step
 
 log = logging.getLogger("fusec")
 
@@ -19,10 +20,21 @@ _DTYPES = {name: getattr(torch, name) for name in
            ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
 
 
-def _launch(kernel: Kernel, interpret: bool) -> Launch:
+def _launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
     if kernel.kind == "reduction":
         return reduction_launch(kernel.numel, kernel.rnumel, kernel.persistent, kernel.reduce_inner, interpret)
+    if kernel.kind == "matmul":
+        return matmul_launch(*matmul_problem(graph, kernel), interpret)
     return pointwise_launch(kernel.numel, interpret)
+
+
+def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
+    """The size arguments a kernel takes after its tensors."""
+    if kernel.kind == "reduction":
+        return kernel.numel, kernel.rnumel
+    if kernel.kind == "matmul":
+        return matmul_sizes(graph, kernel)
+    return (kernel.numel,)
 
 
 class KernelFailed(Exception):
@@ -51,7 +63,13 @@ class Runtime:
         graph = plan.graph
         self.input_names = [n.name for n in graph.inputs]
         self.output_args = graph.output.args
-        self.launches = {k.id: _launch(k, interpret) for k in plan.kernels}
+        self.launches = {k.id: _launch(graph, k, interpret) for k in plan.kernels}
+        self.sizes = {k.id: _sizes(graph, k) for k in plan.kernels}
+        self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
+        self.multi_stream = self.n_streams > 1 and not interpret
+        self.recorded = {w for s in plan.steps for w in s.waits}
+        self.output_refs = [r.name for r in iter_refs(self.output_args)]
+        self.side: list[torch.cuda.Stream] | None = None
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -72,14 +90,50 @@ class Runtime:
 
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
-        for step, dead in zip(self.plan.steps, self.plan.frees, strict=True):
-            if isinstance(step, Kernel):
-                self._launch(step, env)
-            else:
-                env[step.node] = self._extern(step, env)
-            for name in dead:
-                env.pop(name, None)
+        if self.multi_stream:
+            self._run_on_streams(env)
+        else:
+            for step, dead in zip(self.plan.steps, self.plan.frees, strict=True):
+                self._step(step, env)
+                for name in dead:
+                    env.pop(name, None)
         return tuple(map_refs(self.output_args, lambda r: env[r.name]))
+
+    def _step(self, step: Step, env: dict[str, Any]) -> None:
+        if isinstance(step, Kernel):
+            self._launch(step, env)
+        else:
+            env[step.node] = self._extern(step, env)
+
+    def _run_on_streams(self, env: dict[str, Any]) -> None:
+        """Each step on its stream: stream 0 is the caller's, the others first wait for it;
+        a step waits on the events of the producers its plan names; the caller's stream
+        waits for every stream at the end. Buffers stay referenced until that join, so
+        no stream reuses memory another may still read."""
+        caller = torch.cuda.current_stream()
+        streams = [caller, *self._side_streams()]
+        for side in streams[1:]:
+            side.wait_stream(caller)
+        events: dict[str, torch.cuda.Event] = {}
+        for step in self.plan.steps:
+            stream = streams[step.stream]
+            for producer in step.waits:
+                stream.wait_event(events[producer])
+            with torch.cuda.stream(stream):
+                self._step(step, env)
+            if step.id in self.recorded:
+                events[step.id] = stream.record_event()
+        for side in streams[1:]:
+            caller.wait_stream(side)
+        for ref in self.output_refs:
+            value = env[ref]
+            if isinstance(value, torch.Tensor) and value.is_cuda:
+                value.record_stream(caller)
+
+    def _side_streams(self) -> list[torch.cuda.Stream]:
+        if self.side is None:
+            self.side = [torch.cuda.Stream() for _ in range(self.n_streams - 1)]
+        return self.side
 
     def _launch(self, kernel: Kernel, env: dict[str, Any]) -> None:
         graph = self.plan.graph
@@ -107,9 +161,9 @@ class Runtime:
         if "seed" in kernel.source.split("):")[0].split("def ")[-1]:
             # Drawn from torch's generator, so torch.manual_seed makes runs repeatable.
             args.append(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
-        sizes = (kernel.numel,) if kernel.kind == "pointwise" else (kernel.numel, kernel.rnumel)
         try:
-            self.kernels[kernel.id][launch.grid](*args, *sizes, **launch.constants, num_warps=launch.num_warps)
+            self.kernels[kernel.id][launch.grid](*args, *self.sizes[kernel.id], **launch.constants,
+                                                 num_warps=launch.num_warps)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {kernel.id} failed: {type(exc).__name__}: {exc}") from exc
         if flag is not None and flag.item():

@@ -11,7 +11,7 @@ and a mean before the squared deviations (two-pass variance).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, reduction_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
@@ -142,7 +142,8 @@ class ReductionRenderer(Renderer):
         n = self.kernel.rnumel
         total = self._fold(src, "sum", "0", dtype, lambda v: to(v, dtype))
         mean = self.out.let(f"{total} / {float(max(n, 1))}", "m")
-        squares = self._fold(src, "sum", "0", dtype, lambda v: f"(({to(v, dtype)} - {mean}) * ({to(v, dtype)} - {mean}))")
+        squares = self._fold(src, "sum", "0", dtype,
+                             lambda v: f"(({to(v, dtype)} - {mean}) * ({to(v, dtype)} - {mean}))")
         divisor = float(max(n - node.args[3], 0))
         return Value(self.out.let(f"{squares} / {divisor}"), dtype)
 

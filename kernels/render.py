@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
@@ -126,7 +126,7 @@ def live_lines(lines: list[str], roots: list[str]) -> list[str]:
     used = set(_NAME.findall(" ".join(roots)))
     kept = []
     for line in reversed(lines):
-        target, sep, expr = line.partition(" = ")
+        target, sep, _ = line.partition(" = ")
         if not sep or line.startswith(" ") or not target.isidentifier() or target in used:
             kept.append(line)
             used.update(_NAME.findall(line))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fusec.ir import INDEXING_OPS, POINTWISE_OPS, REDUCTION_OPS, VIEW_OPS, Graph, Kind
+from fusec.ir import INDEXING_OPS, MATMUL_OPS, POINTWISE_OPS, REDUCTION_OPS, VIEW_OPS, Graph, Kind
 
 _FIXED = (Kind.INPUT, Kind.OUTPUT)
 
@@ -12,6 +12,8 @@ def kind_of(op: str) -> Kind:
         return Kind.POINTWISE
     if op in REDUCTION_OPS:
         return Kind.REDUCTION
+    if op in MATMUL_OPS:
+        return Kind.MATMUL
     if op in VIEW_OPS:
         return Kind.VIEW
     return Kind.OPAQUE

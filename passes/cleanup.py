@@ -38,6 +38,27 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     return out
 
 
+def _is_identity(node) -> bool:
+    """x * 1 and x / 1 are exactly x (NaN, inf and -0.0 included); x + 0 is not (-0.0 + 0 = 0)."""
+    return node.op in ("mul", "div") and len(node.args) == 2 and isinstance(node.args[0], Ref) and \
+        not isinstance(node.args[1], Ref | bool) and node.args[1] == 1
+
+
+def eliminate_identities(graph: Graph) -> Graph:
+    """No multiply or divide by one whose result has its operand's shape and dtype remains."""
+    out = Graph(name=graph.name)
+    alias: dict[str, str] = {}
+    for node in graph:
+        node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
+        if _is_identity(node):
+            src = out[node.args[0].name]
+            if (src.shape, src.dtype) == (node.shape, node.dtype):
+                alias[node.name] = src.name
+                continue
+        out.add(node)
+    return out
+
+
 def cleanup(graph: Graph) -> Graph:
-    """No dead node and no duplicated pure computation remains; values are unchanged."""
-    return eliminate_dead_code(eliminate_common_subexpressions(graph))
+    """No dead node, no multiply by one and no duplicated pure computation remains; values are unchanged."""
+    return eliminate_dead_code(eliminate_common_subexpressions(eliminate_identities(graph)))

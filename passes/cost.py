@@ -49,9 +49,11 @@ def bytes_fused(graph: Graph) -> int:
     return total + sum(op_bytes(graph, n) for n in graph if n.group is None and not inlined(graph, n.name))
 
 
-def group_flops(members: list[Node]) -> int:
-    """Arithmetic of a pointwise group: one op per element per computing member."""
-    return sum(m.numel for m in members if m.kind is Kind.POINTWISE)
+def group_flops(graph: Graph, members: list[Node]) -> int:
+    """Arithmetic of a group: one op per element per pointwise member, 2MNK per matmul."""
+    pointwise = sum(m.numel for m in members if m.kind is Kind.POINTWISE)
+    products = sum(2 * m.numel * graph[m.operands()[0]].shape[-1] for m in members if m.kind is Kind.MATMUL)
+    return pointwise + products
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ different groups, or a group and an extern call, keeps the reason on the edge
 
 from __future__ import annotations
 
-import networkx as nx
-
 import math
+
+import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, reduction_domain
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION)
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
@@ -80,6 +80,9 @@ class _Grouping:
             for succ in self.dag.successors(a):
                 if succ != b and nx.has_path(self.dag, succ, b):
                     return f"would create a cycle through {self._first_member(succ)}"
+        mu, mv = self.matmul(gu), self.matmul(gv)
+        if mu or mv:
+            return self._matmul_refusal(gu, gv, mu, mv)
         du, dv = self.domain(gu), self.domain(gv)
         if du and dv and du != dv:
             return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
@@ -92,6 +95,43 @@ class _Grouping:
                 return f"shapes differ: {_shape(b)} vs {_shape(a)}"
             return None
         return self._row_refusal(members, domain)
+
+    def matmul(self, group: str) -> Node | None:
+        return next((self.graph[m] for m in self.members[group] if self.graph[m].kind is Kind.MATMUL), None)
+
+    def _left(self, node: Node) -> str:
+        """The tensor a matmul's left operand reads, through any views."""
+        name = node.operands()[0]
+        while self.graph[name].kind is Kind.VIEW and name in self.group_of:
+            name = self.graph[name].operands()[0]
+        return name
+
+    def _matmul_refusal(self, gu: str, gv: str, mu: Node | None, mv: Node | None) -> str | None:
+        """A matmul kernel holds its matmuls (several only if they share the left operand
+        and shape), views their operands are read through (index math per tile), and an
+        epilogue over the output tile."""
+        if mu and mv and (self._left(mu) != self._left(mv) or mu.shape != mv.shape or
+                          self.graph[mu.operands()[1]].shape != self.graph[mv.operands()[1]].shape):
+            return f"matmuls {mu.name} and {mv.name} do not share a left operand and shape"
+        if self.domain(gu) or self.domain(gv):
+            return "a matmul and a reduction do not share a kernel"
+        members = set(self.members[gu]) | set(self.members[gv])
+        products = [self.graph[m] for m in members if self.graph[m].kind is Kind.MATMUL]
+        for name in sorted(members, key=self.position.__getitem__):
+            node = self.graph[name]
+            if node.kind is Kind.MATMUL:
+                continue
+            for mm in products:
+                if nx.has_path(self.graph.nx, name, mm.name):
+                    if node.kind is not Kind.VIEW:
+                        return f"{name} would be recomputed for every tile of {mm.name}"
+                elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
+                        nx.has_path(self.graph.nx, mm.name, name):
+                    return f"{name} ({node.op}) would read {mm.name} at another tile"
+        for out in self.outputs(members):
+            if out.numel != products[0].numel:
+                return f"shapes differ: {_shape(out.shape)} vs the product {_shape(products[0].shape)}"
+        return None
 
     def _row_refusal(self, members: set[str], domain: Domain) -> str | None:
         """A reduction kernel works row by row: its outputs are per element or per row,
@@ -147,6 +187,8 @@ def _boundary_reason(src: Node, dst: Node) -> str:
             return "graph input"
         if node.kind is Kind.VIEW and node.group is None:
             return f"{node.name} is a view torch runs as an alias (no kernel reads it)"
+        if node.kind is Kind.MATMUL and node.group is None:
+            return f"{node.name} runs through torch: a matmul with no epilogue to fuse uses torch's own"
         if is_constant(node):
             return f"{node.name} is a constant that torch fills (a graph output or read by torch)"
     return "not fused"
@@ -175,19 +217,23 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             else:
                 state.merge(gu, gv)
                 merges += 1
-    _merge_sibling_reductions(graph, state)
+    _merge_siblings(graph, state)
     return _apply(graph, state, refused)
 
 
-def _merge_sibling_reductions(graph: Graph, state: _Grouping) -> None:
-    """Independent reductions over rows of the same shape share one kernel: mean and
-    variance read the input once; a weight grad and a bias grad launch once."""
-    by_domain: dict[Domain, list[str]] = {}
+def _merge_siblings(graph: Graph, state: _Grouping) -> None:
+    """Independent reductions over rows of the same shape share one kernel (mean and
+    variance read the input once; a weight grad and a bias grad launch once), and so do
+    matmuls of one shape reading the same left operand (Q/K/V, SwiGLU's gate and up)."""
+    by_domain: dict[tuple, list[str]] = {}
     for node in graph:
         group = state.group_of.get(node.name)
-        domain = state.domain(group) if group in state.members else None
-        if domain and group not in by_domain.setdefault(domain, []):
-            by_domain[domain].append(group)
+        if group not in state.members:
+            continue
+        product = state.matmul(group)
+        key = state.domain(group) or (product and ("matmul", state._left(product), product.shape))
+        if key and group not in by_domain.setdefault(key, []):
+            by_domain[key].append(group)
     for groups in by_domain.values():
         while len(groups) > 1:
             first = groups.pop(0)
@@ -206,8 +252,10 @@ def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) 
         if vertex is None:
             continue
         members = state.members[vertex]
-        if all(graph[m].kind is Kind.VIEW for m in members):
-            continue  # nothing to compute: the views run as torch aliases
+        if all(graph[m].kind in (Kind.VIEW, Kind.MATMUL) for m in members) and \
+                sum(graph[m].kind is Kind.MATMUL for m in members) <= 1:
+            # Nothing to fuse: views run as torch aliases, a bare matmul as torch's own.
+            continue
         if vertex not in names:
             names[vertex] = f"k{len(names)}"
         out.update(node.replace(group=names[vertex]))

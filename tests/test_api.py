@@ -156,3 +156,44 @@ def test_symbolic_shapes_fall_back_to_torch(caplog):
             x = torch.randn(n, 4)
             torch.testing.assert_close(compiled(x), fn(x))
     assert "runs through torch" in caplog.text
+
+
+def test_wrong_input_shape_raises_eagers_error():
+    lin = nn.Linear(8, 4)
+    compiled = fusec.compile(lin)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        compiled(torch.randn(3, 5))
+
+
+def test_internal_error_falls_back_to_torch_unless_strict(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(fusec.compiler, "render_pointwise", broken)
+    fn = lambda x: torch.exp(x) + 1
+    x = torch.randn(4)
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        compiled = fusec.compile(fn, strict=False)
+        torch.testing.assert_close(compiled(x), fn(x))
+    assert "internal error: RuntimeError: boom" in caplog.text
+    assert fusec.report_of(compiled).graphs[0].fallback.startswith("internal error")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="boom"):
+        fusec.compile(fn, strict=True)(x)
+
+
+def test_kernel_failure_at_launch_falls_back(monkeypatch, caplog):
+    import fusec.runtime
+
+    fn = lambda x: torch.sin(x) * 3
+    compiled = fusec.compile(fn, strict=False)
+    x = torch.randn(5)
+    compiled(x)
+    runtime_cls = fusec.runtime.Runtime
+
+    def failing(self, kernel, env):
+        raise fusec.runtime.KernelFailed("kernel k0 failed: simulated")
+    monkeypatch.setattr(runtime_cls, "_launch", failing)
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        torch.testing.assert_close(compiled(x), fn(x))
+        torch.testing.assert_close(compiled(x), fn(x))
+    assert caplog.text.count("simulated") == 1  # said once; later calls go straight to torch

@@ -1,0 +1,94 @@
+"""Stream assignment for a Plan: which steps run concurrently, and the waits that keep it safe.
+
+The analyses live in passes/parallel.py (pure graph algorithms); this module
+applies them to a plan's steps and decides, with the cost model, whether
+streams are worth it for this graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import networkx as nx
+
+from fusec.passes.cost import H100, DeviceModel, estimate_seconds
+from fusec.passes.parallel import assign_streams, dag_width, minimal_waits
+from fusec.plan import Kernel, Plan, Step, step_dag
+
+AUTO_CAP = 4
+# A kernel with fewer threads of work than this leaves most of an H100 idle
+# (132 SMs x 2048 resident threads): running two at once costs nothing.
+SMALL_KERNEL_ELEMENTS = 132 * 2048 // 2
+
+
+@dataclass(frozen=True)
+class StreamDecision:
+    streams: int
+    dag_width: int
+    waits: int
+    reason: str
+
+
+def cost_dag(plan: Plan, device: DeviceModel = H100) -> nx.DiGraph:
+    """The step DAG weighted by each step's roofline time."""
+    dag = step_dag(plan)
+    steps = {s.id: s for s in plan.steps}
+    for node in dag:
+        step = steps[node]
+        dag.nodes[node]["cost"] = estimate_seconds(step.bytes, getattr(step, "flops", 0), device)
+    return dag
+
+
+def _elements(step: Step, plan: Plan) -> int:
+    if isinstance(step, Kernel):
+        return step.numel * max(step.rnumel, 1)
+    return plan.graph[step.node].numel
+
+
+def choose_streams(plan: Plan, requested: int | str | None) -> tuple[int | None, str]:
+    """The stream cap for this plan (None: no cap) and why."""
+    dag = step_dag(plan)
+    width = dag_width(dag)
+    if requested == 1:
+        return 1, "streams=1: one stream"
+    if width <= 1:
+        return 1, "one stream: no two kernels are independent"
+    if requested is None:
+        return None, f"no cap: one stream per chain, {width} for a DAG of width {width}"
+    if requested != "auto":
+        return requested, f"streams={requested}"
+    steps = {s.id: s for s in plan.steps}
+    small = [n for n in dag if _elements(steps[n], plan) <= SMALL_KERNEL_ELEMENTS]
+    independent = [n for n in small if any(not nx.has_path(dag, n, m) and not nx.has_path(dag, m, n)
+                                           for m in small if m != n)]
+    if len(independent) < 2:
+        return 1, "auto: one stream: the independent kernels are large enough to fill the GPU"
+    return AUTO_CAP, (f"auto: {len(independent)} small kernels can run side by side "
+                      f"(DAG width {width}, at most {AUTO_CAP} streams)")
+
+
+def assign(plan: Plan, requested: int | str | None) -> tuple[Plan, StreamDecision]:
+    """The plan with every step's stream and waits set; steps keep their order."""
+    cap, reason = choose_streams(plan, requested)
+    dag = cost_dag(plan)
+    width = dag_width(dag)
+    if cap == 1:
+        return plan, StreamDecision(1, width, 0, reason)
+    schedule = assign_streams(dag, cap)
+    order = [s.id for s in plan.steps if s.id in dag]
+    waits = minimal_waits(dag, order, schedule.stream_of)
+    waited: dict[str, list[str]] = {}
+    for producer, consumer in waits:
+        waited.setdefault(consumer, []).append(producer)
+    steps = []
+    stream_of_buffer: dict[str, int] = {}
+    for step in plan.steps:
+        if step.id in schedule.stream_of:
+            stream = schedule.stream_of[step.id]
+        else:  # a view or getitem: no work, it follows its source
+            stream = stream_of_buffer.get(plan.graph[step.node].operands()[0], 0)
+        for name in step.outputs if isinstance(step, Kernel) else (step.node,):
+            stream_of_buffer[name] = stream
+        steps.append(replace(step, stream=stream, waits=tuple(waited.get(step.id, ()))))
+    used = len({s.stream for s in steps})
+    return replace(plan, steps=tuple(steps)), StreamDecision(used, width, len(waits), reason)

@@ -1,0 +1,180 @@
+"""Render a matmul group: a tiled Triton matmul with its pointwise epilogue fused.
+
+The group is one `matmul` node (a [*batch, M, K] @ [*batch, K, N], zero or
+one batch dim), the views its operands are read through, and pointwise
+members that consume its [*batch, M, N] result (bias, activation, residual,
+cast). One program computes a BLOCK_M x BLOCK_N output tile: it walks K in
+BLOCK_K steps accumulating `tl.dot` in float32, then evaluates every output
+at the tile, with the matmul's value being the accumulator, and stores it.
+
+Programs form a 1-D grid of batch * ceil(M / BLOCK_M) * ceil(N / BLOCK_N);
+within a batch, GROUP_M row tiles sweep the column tiles together so the B
+tiles they share stay in L2 (the Triton tutorial's grouped ordering).
+
+Kernel parameters, in order: the group's inputs then its outputs (as every
+renderer), then the runtime sizes `matmul_sizes` returns (M, N, K), then the
+constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M and DOT_F32 that
+`kernels.launch.matmul_launch` chooses. DOT_F32 upcasts the operand tiles to
+float32 before the dot: Triton's interpreter computes bfloat16 dots wrongly,
+and 16-bit products are exact in float32, so the result is the tensor-core one.
+"""
+
+from __future__ import annotations
+
+from fusec.ir import Graph, Kind, Node
+from fusec.kernels.render import Index, Renderer, Value, kernel_name, live_lines, module_source, needs_int64, param, to
+from fusec.plan import Kernel
+
+# float32 operands multiply in full precision ("ieee"), as torch does by
+# default; the tf32 Triton would otherwise pick drops 13 mantissa bits.
+# 16-bit operands ignore the setting, so they get none.
+_PRECISION = {"float32": ', input_precision="ieee"'}
+
+
+def matmul_nodes(graph: Graph, kernel: Kernel) -> list[Node]:
+    """The group's matmuls: one, or several of one shape that read the same left operand
+    (Q/K/V projections, SwiGLU's gate and up), sharing each loaded tile of it."""
+    found = [graph[m] for m in kernel.members if graph[m].kind is Kind.MATMUL]
+    if not found:
+        raise ValueError(f"matmul kernel {kernel.id} has no matmul member")
+    return found
+
+
+def matmul_node(graph: Graph, kernel: Kernel) -> Node:
+    return matmul_nodes(graph, kernel)[0]
+
+
+def matmul_problem(graph: Graph, kernel: Kernel) -> tuple[int, int, int, int, str]:
+    """(batch, M, N, K, operand dtype): what `matmul_launch` sizes the tiles from."""
+    node = matmul_node(graph, kernel)
+    a = graph[node.operands()[0]]
+    *batch, m, n = node.shape
+    return (batch[0] if batch else 1), m, n, a.shape[-1], a.dtype
+
+
+def matmul_sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
+    """The size arguments the kernel takes after its tensors: (M, N, K)."""
+    _, m, n, k, _ = matmul_problem(graph, kernel)
+    return m, n, k
+
+
+class MatmulRenderer(Renderer):
+    def __init__(self, graph: Graph, kernel: Kernel) -> None:
+        # Operand rows and columns wrap around (`am`, `bn`) and need no mask;
+        # only K is masked while loading, and M and N when storing.
+        roots = {"om": "mmask", "on": "nmask", "ka": "kmask[None, :]", "kb": "kmask[:, None]"}
+        super().__init__(graph, kernel, roots)
+        self.nodes = matmul_nodes(graph, kernel)
+        self.node = self.nodes[0]
+        self.accumulator = {node.name: f"acc{i}" for i, node in enumerate(self.nodes)}
+        self.batched = len(self.node.shape) == 3
+        self.tile = self._index("om", "on")
+        self.wide = needs_int64(graph, kernel)
+        self.reading_operand = False
+
+    def _index(self, *dims: str) -> Index:
+        return Index(("pid_b", *dims) if self.batched else dims)
+
+    # values --------------------------------------------------------------------
+    def compute(self, node: Node, idx: Index) -> Value:
+        if node.name not in self.accumulator:
+            return super().compute(node, idx)
+        # Fusion admits only reshapes between the matmul and its epilogue, so every
+        # read of it inside the group is of the current tile, however it is spelled.
+        return Value(self.accumulator[node.name], "float32")
+
+    def load(self, node: Node, idx: Index) -> Value:
+        """Operand tiles load in their own dtype (tl.dot takes 16-bit floats); the epilogue upcasts."""
+        if not self.reading_operand:
+            return super().load(node, idx)
+        addr = self.address(idx, node)
+        mask = self.out.mask(addr)
+        guard = "" if mask is None else f", mask={mask}, other=0"
+        return Value(self.out.let(f"tl.load({param(node.name)} + {addr}{guard})", "v"), node.dtype)
+
+    def operand(self, name: str, idx: Index) -> str:
+        """The operand's tile, loaded in the operand dtype."""
+        self.reading_operand = True
+        try:
+            value = self.value(name, Index(idx.dims[-len(self.graph[name].shape):]))
+        finally:
+            self.reading_operand = False
+        dtype = self.graph[name].dtype
+        return value.expr if value.dtype == dtype else to(value.expr, dtype)
+
+    # the kernel ----------------------------------------------------------------
+    def render(self) -> tuple[str, str]:
+        self._tile_order()
+        for acc in self.accumulator.values():
+            self.out.emit(f"{acc} = tl.full([BLOCK_M, BLOCK_N], 0, tl.float32)")
+        with self.out.block("for k0 in range(0, K, BLOCK_K):"):
+            offsets = "k0 + tl.arange(0, BLOCK_K)"
+            self.out.emit(f"k = ({offsets}).to(tl.int64)" if self.wide else f"k = {offsets}")
+            self.out.emit("kmask = k < K")
+            self.out.bind_root("ka", "k[None, :]", {"ka"})
+            self.out.bind_root("kb", "k[:, None]", {"kb"})
+            for node in self.nodes:
+                self._accumulate(node)
+        self.out.emit("om = rm[:, None]")
+        self.out.emit("on = rn[None, :]")
+        self.out.emit("mmask = om < M")
+        self.out.emit("nmask = on < N")
+        for name in self.kernel.outputs:
+            node = self.graph[name]
+            idx = self.tile
+            if node.shape != self.node.shape:  # a reshape of the product, e.g. [B*S, N] -> [B, S, N]
+                idx = self.unravel(self.linearize(self.tile, self.node.shape), node.shape)
+            value = self.value(name, idx)
+            self.out.emit(self.store(node, idx, value, "mmask & nmask", "[BLOCK_M, BLOCK_N]"))
+        fn_name = kernel_name(self.graph, self.kernel)
+        params = [*self.params(), "M", "N", "K", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr",
+                  "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr", "DOT_F32: tl.constexpr"]
+        body = live_lines(self.out.scope.lines, [])
+        return module_source(fn_name, params, body, self.kernel.members), fn_name
+
+    def _accumulate(self, node: Node) -> None:
+        """acc += the K slice of a @ b; a tile loaded once serves every matmul that reads it."""
+        a, b = node.operands()
+        dtype = self.graph[a].dtype
+        acc = self.accumulator[node.name]
+        x = self.operand(a, self._index("am", "ka"))
+        y = self.operand(b, self._index("kb", "bn"))
+        if "ka" not in self.out.depends(x) and "kb" not in self.out.depends(y):
+            # Both K dims are size 1 or stride 0, so neither load is masked: zero one tile's K tail.
+            x = f"tl.where({self.out.roots['ka']}, {x}, 0)"
+        # A dim missing from an address leaves the tile narrower than the dot needs.
+        x = self.out.let(f"tl.broadcast_to({x}, [BLOCK_M, BLOCK_K])", "v")
+        y = self.out.let(f"tl.broadcast_to({y}, [BLOCK_K, BLOCK_N])", "v")
+        self.out.emit("if DOT_F32:")
+        self.out.emit(f"    {acc} = tl.dot({x}.to(tl.float32), {y}.to(tl.float32), {acc})")
+        self.out.emit("else:")
+        self.out.emit(f"    {acc} = tl.dot({x}, {y}, {acc}{_PRECISION.get(dtype, '')})")
+
+    def _tile_order(self) -> None:
+        """Which tile this program computes, grouped for L2 reuse, and its wrapped row/column offsets."""
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        self.out.emit(f"pid = {pid}")
+        self.out.emit("grid_m = (M + BLOCK_M - 1) // BLOCK_M")
+        self.out.emit("grid_n = (N + BLOCK_N - 1) // BLOCK_N")
+        if self.batched:
+            self.out.emit("pid_b = pid // (grid_m * grid_n)")
+            self.out.emit("tile = pid % (grid_m * grid_n)")
+        else:
+            self.out.emit("tile = pid")
+        for line in (
+            "width = GROUP_M * grid_n",
+            "first_m = (tile // width) * GROUP_M",
+            "group_m = tl.minimum(grid_m - first_m, GROUP_M)",
+            "pid_m = first_m + (tile % width) % group_m",
+            "pid_n = (tile % width) // group_m",
+            "rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+            "rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
+            "am = (rm % M)[:, None]",
+            "bn = (rn % N)[None, :]",
+        ):
+            self.out.emit(line)
+
+
+def render_matmul(graph: Graph, kernel: Kernel) -> tuple[str, str]:
+    """Triton source of a matmul group's kernel and the name of its entry function."""
+    return MatmulRenderer(graph, kernel).render()

@@ -1,0 +1,134 @@
+"""Matmuls end to end: epilogues fused into the template, siblings merged, the rest through torch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fusec
+
+
+def check(fn, *args, kernels=None, externs=None, rtol=1e-4, atol=1e-4):
+    expected = fn(*args)
+    compiled = fusec.compile(fn)
+    got = compiled(*args)
+    if isinstance(expected, torch.Tensor):
+        expected, got = (expected,), (got,)
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=rtol, atol=atol)
+    report = fusec.report_of(compiled)
+    if kernels is not None:
+        assert report.stats["kernels"] == kernels, report.summary()
+    if externs is not None:
+        assert report.stats["extern_calls"] == externs, report.summary()
+    return report
+
+
+@torch.no_grad()
+def test_linear_bias_gelu_is_one_kernel():
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 80)
+    report = check(lambda x: F.gelu(lin(x)), torch.randn(4, 10, 48), kernels=1, externs=0)
+    (kernel,) = report.kernels
+    assert kernel.kind == "matmul" and "tl.dot" in kernel.source and "tl.math.erf" in kernel.source
+    assert kernel.flops >= 2 * 40 * 80 * 48
+
+
+@torch.no_grad()
+def test_linear_residual_is_one_kernel():
+    torch.manual_seed(1)
+    lin = nn.Linear(32, 32)
+    check(lambda x: x + lin(x) * 0.5, torch.randn(24, 32), kernels=1, externs=0)
+
+
+@torch.no_grad()
+def test_swiglu_gate_and_up_are_one_matmul_kernel():
+    torch.manual_seed(2)
+    gate, up = nn.Linear(32, 64, bias=False), nn.Linear(32, 64, bias=False)
+    check(lambda x: F.silu(gate(x)) * up(x), torch.randn(16, 32), kernels=1, externs=0)
+
+
+@torch.no_grad()
+def test_qkv_from_one_input_is_one_matmul_kernel():
+    torch.manual_seed(3)
+    q, k, v = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+    report = check(lambda x: (q(x), k(x), v(x)), torch.randn(2, 8, 32), kernels=1, externs=0)
+    assert len(report.kernels[0].outputs) == 3
+
+
+@torch.no_grad()
+def test_mlp_block_is_two_kernels():
+    from fusec.examples import build
+    model, args = build("mlp")
+    check(model, *args, kernels=2, externs=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(32, 32, 32), (17, 45, 23), (5, 70, 130)], ids=["square", "ragged", "long-k"])
+def test_matmul_epilogue_shapes_and_dtypes(dtype, m, n, k):
+    torch.manual_seed(4)
+    a, b, bias = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype), torch.randn(n).to(dtype)
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    check(lambda a, b, bias: torch.relu(a @ b + bias), a, b, bias, kernels=1, rtol=tol, atol=tol * 4)
+
+
+def test_batched_and_transposed_operands():
+    torch.manual_seed(5)
+    a, b = torch.randn(3, 9, 16), torch.randn(3, 12, 16)
+    check(lambda a, b: torch.tanh(torch.bmm(a, b.transpose(1, 2))), a, b, kernels=1)
+    x, w = torch.randn(16, 20).t(), torch.randn(16, 8)
+    check(lambda x, w: (x @ w) * 2, x, w, kernels=1)
+
+
+def test_bare_matmul_runs_through_torch():
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    report = check(lambda a, b: a @ b, a, b, kernels=0, externs=1)
+    assert any("uses torch's own" in e["reason"] for e in report.edges()) or not report.edges()
+
+
+def test_integer_matmul_runs_through_torch():
+    a, b = torch.randint(-3, 3, (4, 5)), torch.randint(-3, 3, (5, 6))
+    check(lambda a, b: (a @ b) + 1, a, b, kernels=1, externs=1)
+
+
+def test_zero_size_dims():
+    for m, n, k in [(0, 4, 3), (4, 0, 3), (4, 5, 0)]:
+        a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+        check(lambda a, b, bias: torch.relu(a @ b + bias), a, b, bias)
+
+
+def test_shape_mismatch_raises_eagers_error():
+    a, b = torch.randn(4, 5), torch.randn(6, 7)
+    with pytest.raises(RuntimeError) as eager:
+        torch.relu(a @ b)
+    with pytest.raises(RuntimeError) as compiled:
+        fusec.compile(lambda a, b: torch.relu(a @ b))(a, b)
+    assert str(compiled.value) == str(eager.value)
+
+
+def test_gradients_through_fused_epilogue():
+    torch.manual_seed(6)
+    lin = nn.Linear(24, 40)
+    x = torch.randn(12, 24, requires_grad=True)
+    F.gelu(lin(x)).pow(2).sum().backward()
+    expected = [x.grad.clone(), lin.weight.grad.clone(), lin.bias.grad.clone()]
+    x.grad = lin.weight.grad = lin.bias.grad = None
+    compiled = fusec.compile(lambda x: F.gelu(lin(x)))
+    compiled(x).pow(2).sum().backward()
+    for g, e in zip([x.grad, lin.weight.grad, lin.bias.grad], expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    forward = fusec.report_of(compiled).graphs[0]
+    assert forward.plan.kernels[0].kind == "matmul"
+
+
+def test_attention_stays_whole_and_conv_epilogue_fuses():
+    torch.manual_seed(7)
+    q = torch.randn(1, 2, 8, 16)
+    report = check(lambda q: F.scaled_dot_product_attention(q, q, q) * 2, q)
+    targets = [s.target for g in report.graphs for s in g.plan.externs]
+    assert any("scaled_dot_product" in t for t in targets)
+    conv = nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        report = check(lambda x: torch.relu(conv(x)) * 2 + 1, torch.randn(1, 3, 8, 8), kernels=1)
+    assert any("convolution" in s.target for s in report.graphs[0].plan.externs)
