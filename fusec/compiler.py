@@ -14,7 +14,7 @@ import torch.fx
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.matmul import render_matmul
-from fusec.kernels.pointwise import render_pointwise
+from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
@@ -63,7 +63,8 @@ def render(plan: Plan) -> Plan:
     steps = []
     for step in plan.steps:
         if isinstance(step, Kernel):
-            renderer = {"reduction": render_reduction, "matmul": render_matmul}.get(step.kind, render_pointwise)
+            renderer = {"reduction": render_reduction, "matmul": render_matmul,
+                        "combo": render_combo}.get(step.kind, render_pointwise)
             source, fn_name = renderer(plan.graph, step)
             step = replace(step, source=source, fn_name=fn_name)
         steps.append(step)

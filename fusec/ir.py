@@ -166,6 +166,8 @@ class Graph:
     def __init__(self, nodes: Iterable[Node] = (), name: str = "graph") -> None:
         self.name = name
         self.nx = nx.DiGraph()
+        # Groups launched together as one combo kernel (horizontal fusion), by group id.
+        self.horizontal: tuple[tuple[str, ...], ...] = ()
         for node in nodes:
             self.add(node)
 
@@ -186,6 +188,7 @@ class Graph:
     def copy(self) -> Graph:
         new = Graph(name=self.name)
         new.nx = self.nx.copy()
+        new.horizontal = self.horizontal
         return new
 
     def update(self, node: Node) -> None:
@@ -233,6 +236,14 @@ class Graph:
     def op_nodes(self) -> list[Node]:
         """Nodes that do work: everything but inputs and the output."""
         return [n for n in self if n.kind not in (Kind.INPUT, Kind.OUTPUT)]
+
+    def launch_of(self) -> dict[str, str]:
+        """Group id -> the id of the launch it is part of (its combo's, or its own)."""
+        launch = {g: g for g in self.groups()}
+        for combo in self.horizontal:
+            for g in combo:
+                launch[g] = "+".join(combo)
+        return launch
 
     def groups(self) -> dict[str, list[Node]]:
         """Fusion groups in topological order of their first member."""

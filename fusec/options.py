@@ -22,6 +22,7 @@ class Options:
     cache_dir: where generated kernel sources are cached (FUSEC_CACHE_DIR).
     streams: CUDA streams for independent kernels: "auto" (the cost model decides,
       at most 4), a cap N (1: off), or None (no cap: as many as the DAG is wide).
+    horizontal: launch independent small pointwise kernels together (combo kernels).
     strict: raise fusec's own internal errors instead of running the graph
       through torch (FUSEC_STRICT=1; for tests and bug reports).
     """
@@ -31,6 +32,7 @@ class Options:
     dump_dir: Path | None = None
     cache_dir: Path = Path()
     streams: int | str | None = "auto"
+    horizontal: bool = True
     strict: bool = False
 
     @classmethod

@@ -12,6 +12,7 @@ from fusec.options import Options
 from fusec.passes.classify import classify
 from fusec.passes.cleanup import cleanup
 from fusec.passes.fuse import fuse
+from fusec.passes.horizontal import horizontal
 from fusec.passes.verify import verify
 
 Pass = Callable[[Graph], Graph]
@@ -19,7 +20,10 @@ Pass = Callable[[Graph], Graph]
 
 def pass_list(options: Options) -> list[tuple[str, Pass]]:
     fuel = options.fuel if options.fuse else 0
-    return [("classify", classify), ("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
+    passes = [("classify", classify), ("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
+    if options.fuse and options.horizontal:
+        passes.append(("horizontal", horizontal))
+    return passes
 
 
 def run_passes(graph: Graph, options: Options) -> tuple[Graph, list[tuple[str, float]]]:

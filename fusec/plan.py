@@ -27,6 +27,7 @@ class Kernel:
     rnumel: int = 1  # elements per row of a reduction kernel
     persistent: bool = True  # a reduction's row fits one block (no loop over it)
     reduce_inner: bool = True  # the reduced dims hold the contiguous one
+    parts: tuple[Kernel, ...] = ()  # a combo's pointwise kernels, launched as one
     source: str = ""
     fn_name: str = ""
     stream: int = 0
@@ -104,21 +105,35 @@ def _extern(graph: Graph, node: Node) -> Extern:
                   bytes=op_bytes(graph, node), is_view=node.kind is Kind.VIEW)
 
 
+def _combo(parts: list[Kernel]) -> Kernel:
+    """Independent pointwise kernels as one launch: each program runs one block of one part."""
+    return Kernel(id="+".join(p.id for p in parts), kind="combo",
+                  members=tuple(m for p in parts for m in p.members),
+                  inputs=tuple(dict.fromkeys(i for p in parts for i in p.inputs)),
+                  outputs=tuple(o for p in parts for o in p.outputs), numel=sum(p.numel for p in parts),
+                  bytes=sum(p.bytes for p in parts), flops=sum(p.flops for p in parts), parts=tuple(parts))
+
+
 def build_plan(graph: Graph) -> Plan:
-    """Steps in a topological order of the grouped graph; each group is one kernel."""
+    """Steps in a topological order of the launch graph; each group or combo is one kernel."""
     groups = graph.groups()
-    vertex = {n.name: (n.group or n.name) for n in graph}
+    launch = graph.launch_of()
+    vertex = {n.name: (launch[n.group] if n.group else n.name) for n in graph}
+    combos = {"+".join(c): c for c in graph.horizontal}
     position = {name: i for i, name in enumerate(graph.nx.nodes)}
     dag = nx.DiGraph()
     for node in graph:
-        dag.add_node(vertex[node.name], first=position[node.name])
+        if vertex[node.name] not in dag:
+            dag.add_node(vertex[node.name], first=position[node.name])
     for src, dst in graph.nx.edges:
         if vertex[src] != vertex[dst]:
             dag.add_edge(vertex[src], vertex[dst])
     order = nx.lexicographical_topological_sort(dag, key=lambda v: dag.nodes[v]["first"])
     steps: list[Step] = []
     for v in order:
-        if v in groups:
+        if v in combos:
+            steps.append(_combo([_kernel(graph, g, groups[g]) for g in combos[v]]))
+        elif v in groups:
             steps.append(_kernel(graph, v, groups[v]))
         elif graph[v].kind not in (Kind.INPUT, Kind.OUTPUT) and not inlined(graph, v):
             steps.append(_extern(graph, graph[v]))

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from fusec.ir import Graph, iter_refs, map_refs
-from fusec.kernels.launch import Launch, matmul_launch, pointwise_launch, reduction_launch
+from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch
 from fusec.kernels.matmul import matmul_problem, matmul_sizes
 from fusec.plan import Extern, Kernel, Plan, Step
 
@@ -25,6 +25,8 @@ def _launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
         return reduction_launch(kernel.numel, kernel.rnumel, kernel.persistent, kernel.reduce_inner, interpret)
     if kernel.kind == "matmul":
         return matmul_launch(*matmul_problem(graph, kernel), interpret)
+    if kernel.kind == "combo":
+        return combo_launch([p.numel for p in kernel.parts], interpret)
     return pointwise_launch(kernel.numel, interpret)
 
 
@@ -34,6 +36,8 @@ def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
         return kernel.numel, kernel.rnumel
     if kernel.kind == "matmul":
         return matmul_sizes(graph, kernel)
+    if kernel.kind == "combo":
+        return tuple(p.numel for p in kernel.parts)
     return (kernel.numel,)
 
 

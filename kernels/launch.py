@@ -32,6 +32,13 @@ def pointwise_launch(numel: int, interpret: bool) -> Launch:
     return Launch((triton.cdiv(numel, block),), {"BLOCK": block}, _warps(block))
 
 
+def combo_launch(numels: list[int], interpret: bool) -> Launch:
+    """One BLOCK for every part (sized for the largest); the grid is the parts' blocks end to end."""
+    single = pointwise_launch(max(numels), interpret)
+    block = single.constants["BLOCK"]
+    return Launch((sum(triton.cdiv(n, block) for n in numels),), single.constants, single.num_warps)
+
+
 def reduction_launch(rows: int, rnumel: int, persistent: bool, inner: bool, interpret: bool) -> Launch:
     """XBLOCK rows per program, RBLOCK row elements per step (the whole row when persistent)."""
     budget = 1 << 16 if interpret else 4096

@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 from fusec.ir import Graph, Node, contiguous_strides
-from fusec.kernels.render import PRELUDE, Index, Renderer, kernel_name, live_lines, module_source, needs_int64
+from fusec.kernels.render import PRELUDE, Index, Renderer, kernel_name, live_lines, module_source, needs_int64, param
 from fusec.plan import Kernel
 
 
 class PointwiseRenderer(Renderer):
-    def __init__(self, graph: Graph, kernel: Kernel) -> None:
-        super().__init__(graph, kernel, roots={"offs": "mask"})
+    """One block of elements per program; `part` names a body inside a combo kernel."""
+
+    def __init__(self, graph: Graph, kernel: Kernel, part: str = "") -> None:
+        self.offs, self.mask = f"{part}offs", f"{part}mask"
+        super().__init__(graph, kernel, roots={self.offs: self.mask}, prefix=part)
 
     def iteration_index(self, node: Node) -> Index:
         """Unravel `offs` over the output's dims, innermost = smallest stride (coalesced stores)."""
         strides = node.strides or contiguous_strides(node.shape)
         order = sorted(range(len(node.shape)), key=lambda d: (-strides[d], d))
-        return self.unravel("offs", node.shape, order)
+        return self.unravel(self.offs, node.shape, order)
+
+    def body(self, block: str, numel: str) -> list[str]:
+        """The kernel body for the `block`-th block of this kernel's `numel` elements."""
+        k = self.kernel
+        idx = self.iteration_index(self.graph[k.outputs[0]])
+        stores = [self.store(self.graph[name], idx, self.value(name, idx), self.mask, "[BLOCK]")
+                  for name in k.outputs]
+        body = [f"{self.offs} = {block} * BLOCK + tl.arange(0, BLOCK)", f"{self.mask} = {self.offs} < {numel}"]
+        return body + live_lines(self.out.scope.lines, stores) + stores
 
     def render(self) -> tuple[str, str]:
         k = self.kernel
-        idx = self.iteration_index(self.graph[k.outputs[0]])
-        stores = [self.store(self.graph[name], idx, self.value(name, idx), "mask", "[BLOCK]") for name in k.outputs]
         pid = "tl.program_id(0).to(tl.int64)" if needs_int64(self.graph, k) else "tl.program_id(0)"
-        body = [f"offs = {pid} * BLOCK + tl.arange(0, BLOCK)", "mask = offs < numel"]
-        body += live_lines(self.out.scope.lines, stores) + stores
+        body = self.body(pid, "numel")
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), "numel", "BLOCK: tl.constexpr"]
         helpers = [PRELUDE[h] for h in sorted(self.prelude)]
@@ -33,3 +42,24 @@ class PointwiseRenderer(Renderer):
 def render_pointwise(graph: Graph, kernel: Kernel) -> tuple[str, str]:
     """Triton source of the group's kernel and the name of its entry function."""
     return PointwiseRenderer(graph, kernel).render()
+
+
+def render_combo(graph: Graph, kernel: Kernel) -> tuple[str, str]:
+    """One launch for independent pointwise kernels: program ids are dealt out part by
+    part (ceil(numel_i / BLOCK) each) and each program runs one block of its part."""
+    renderers = [PointwiseRenderer(graph, part, part=f"h{i}_") for i, part in enumerate(kernel.parts)]
+    wide = any(needs_int64(graph, part) for part in kernel.parts)
+    body = ["pid = tl.program_id(0).to(tl.int64)" if wide else "pid = tl.program_id(0)"]
+    for i in range(len(renderers)):
+        body.append(f"end{i} = " + (f"end{i - 1} + " if i else "") + f"(numel{i} + BLOCK - 1) // BLOCK")
+    for i, renderer in enumerate(renderers):
+        body.append(("if" if i == 0 else "elif") + f" pid < end{i}:")
+        start = f"(pid - end{i - 1})" if i else "pid"
+        body.extend("    " + line for line in renderer.body(start, f"numel{i}"))
+    # The runtime passes the combo's inputs, then its outputs, then the extras.
+    params = [param(n) for n in kernel.inputs + kernel.outputs]
+    params += [p for p in ("p_bad_index", "seed") if any(p in r.params() for r in renderers)]
+    params += [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
+    helpers = sorted({h for r in renderers for h in r.prelude})
+    fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
+    return module_source(fn_name, params, body, kernel.members, [PRELUDE[h] for h in helpers]), fn_name

@@ -64,9 +64,10 @@ class Emitter:
     a load is masked by exactly what its address uses.
     """
 
-    def __init__(self, roots: dict[str, str]) -> None:
+    def __init__(self, roots: dict[str, str], prefix: str = "") -> None:
         self.scope = Scope()
         self.count = 0
+        self.prefix = prefix  # keeps names apart when several bodies share one kernel
         self.deps: dict[str, frozenset[str]] = {root: frozenset({root}) for root in roots}
         self.roots = roots
 
@@ -76,7 +77,7 @@ class Emitter:
         found = self.scope.find("bound", expr)
         if found:
             return found
-        name = f"{prefix}{self.count}"
+        name = f"{self.prefix}{prefix}{self.count}"
         self.count += 1
         self.scope.bound[expr] = name
         self.scope.lines.append(f"{name} = {expr}")
@@ -152,11 +153,11 @@ _LOGICAL = frozenset({"logical_and", "logical_or", "logical_xor", "logical_not"}
 class Renderer:
     """Index math and value computation over one group; subclasses lay out the loops."""
 
-    def __init__(self, graph: Graph, kernel: Kernel, roots: dict[str, str]) -> None:
+    def __init__(self, graph: Graph, kernel: Kernel, roots: dict[str, str], prefix: str = "") -> None:
         self.graph = graph
         self.kernel = kernel
         self.members = set(kernel.members)
-        self.out = Emitter(roots)
+        self.out = Emitter(roots, prefix)
         self.prelude: set[str] = set()  # helper functions (PRELUDE) the kernel calls
 
     # index math -------------------------------------------------------------

@@ -36,8 +36,9 @@ def verify(graph: Graph, after: str = "") -> None:
 
 
 def quotient(graph: Graph) -> nx.DiGraph:
-    """The graph with every group contracted to one vertex (ungrouped nodes stay)."""
-    rep = {n.name: (n.group or n.name) for n in graph}
+    """The graph with every launch (group or combo) contracted to one vertex (ungrouped nodes stay)."""
+    launch = graph.launch_of()
+    rep = {n.name: (launch[n.group] if n.group else n.name) for n in graph}
     q = nx.DiGraph()
     q.add_nodes_from(dict.fromkeys(rep.values()))
     for src, dst in graph.nx.edges:

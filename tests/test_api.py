@@ -136,7 +136,8 @@ def test_dump_writes_graph_after_each_pass(tmp_path):
     (folder,) = tmp_path.iterdir()
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["00_capture.dot", "00_capture.txt", "01_classify.dot", "01_classify.txt",
-                     "02_cleanup.dot", "02_cleanup.txt", "03_fuse.dot", "03_fuse.txt"]
+                     "02_cleanup.dot", "02_cleanup.txt", "03_fuse.dot", "03_fuse.txt",
+                     "04_horizontal.dot", "04_horizontal.txt"]
     assert "[k0]" in (folder / "03_fuse.txt").read_text()
 
 

@@ -128,8 +128,12 @@ def test_ten_op_chain_is_one_kernel_and_moves_less():
     assert stats["bytes_unfused"] > 5 * stats["bytes_fused"]
 
 
-def test_two_independent_chains_are_two_kernels():
-    check(lambda x, y: (torch.exp(x) + 1, torch.tanh(y) * 2), torch.randn(8, 8), torch.randn(4, 4), kernels=2)
+def test_two_independent_chains_are_two_kernels_or_one_combo_launch():
+    fn = lambda x, y: (torch.exp(x) + 1, torch.tanh(y) * 2)  # noqa: E731
+    x, y = torch.randn(8, 8), torch.randn(4, 4)
+    stats = fusec.inspect(fn, x, y, options={"horizontal": False}).stats
+    assert stats["kernels"] == 2 and stats["dag_width"] == 2
+    check(fn, x, y, kernels=1)  # horizontal fusion launches both as one combo kernel
 
 
 def test_unlowerable_op_splits_chain_into_extern():
