@@ -129,7 +129,7 @@ def test_ten_op_chain_is_one_kernel_and_moves_less():
 
 
 def test_two_independent_chains_are_two_kernels_or_one_combo_launch():
-    fn = lambda x, y: (torch.exp(x) + 1, torch.tanh(y) * 2)  # noqa: E731
+    fn = lambda x, y: (torch.exp(x) + 1, torch.tanh(y) * 2)
     x, y = torch.randn(8, 8), torch.randn(4, 4)
     stats = fusec.inspect(fn, x, y, options={"horizontal": False}).stats
     assert stats["kernels"] == 2 and stats["dag_width"] == 2
