@@ -6,23 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusec
-
-
-def check(fn, *args, kernels=None, externs=None, rtol=1e-4, atol=1e-4):
-    expected = fn(*args)
-    compiled = fusec.compile(fn)
-    got = compiled(*args)
-    if isinstance(expected, torch.Tensor):
-        expected, got = (expected,), (got,)
-    for e, g in zip(expected, got, strict=True):
-        assert g.shape == e.shape and g.dtype == e.dtype
-        torch.testing.assert_close(g, e, rtol=rtol, atol=atol)
-    report = fusec.report_of(compiled)
-    if kernels is not None:
-        assert report.stats["kernels"] == kernels, report.summary()
-    if externs is not None:
-        assert report.stats["extern_calls"] == externs, report.summary()
-    return report
+from tests.eager import check
 
 
 @torch.no_grad()

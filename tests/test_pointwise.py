@@ -6,27 +6,7 @@ import pytest
 import torch
 
 import fusec
-
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-7, atol=1e-7),
-       torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}
-
-
-def check(fn, *args, kernels=None, externs=None, **tol):
-    expected = fn(*args)
-    compiled = fusec.compile(fn)
-    got = compiled(*args)
-    if isinstance(expected, torch.Tensor):
-        expected, got = (expected,), (got,)
-    for e, g in zip(expected, got, strict=True):
-        assert g.shape == e.shape and g.dtype == e.dtype
-        torch.testing.assert_close(g, e, equal_nan=True, **(tol or TOL.get(e.dtype, {})))
-    stats = fusec.report_of(compiled).stats
-    if kernels is not None:
-        assert stats["kernels"] == kernels, stats
-    if externs is not None:
-        assert stats["extern_calls"] == externs, stats
-    return stats
-
+from tests.eager import TOL, check
 
 CHAINS = {
     "issue_example": lambda x, b, y: torch.sigmoid(x + b) * y - torch.tanh(y) / 3,
@@ -53,7 +33,7 @@ def test_chain_is_one_kernel(name):
     torch.manual_seed(0)
     x, y = torch.randn(16, 32), torch.randn(16, 32)
     b = torch.randn(32)
-    stats = check(CHAINS[name], x, b, y, kernels=1, externs=0)
+    stats = check(CHAINS[name], x, b, y, kernels=1, externs=0).stats
     assert stats["bytes_fused"] < stats["bytes_unfused"]
 
 
@@ -122,7 +102,7 @@ def test_ten_op_chain_is_one_kernel_and_moves_less():
         for i in range(10):
             x = torch.sigmoid(x) * 1.5 if i % 2 else x + 0.25
         return x
-    stats = check(fn, torch.randn(64, 64), kernels=1, externs=0)
+    stats = check(fn, torch.randn(64, 64), kernels=1, externs=0).stats
     assert stats["nodes"] == 15  # sigmoid decomposes to nothing; the muls and adds stay
     assert stats["bytes_fused"] == 2 * 64 * 64 * 4
     assert stats["bytes_unfused"] > 5 * stats["bytes_fused"]

@@ -5,25 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fusec
-
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
-       torch.bfloat16: dict(rtol=2e-2, atol=2e-2), torch.float64: dict(rtol=1e-7, atol=1e-7)}
-
-
-def check(fn, *args, kernels=None, **tol):
-    expected = fn(*args)
-    compiled = fusec.compile(fn)
-    got = compiled(*args)
-    if isinstance(expected, torch.Tensor):
-        expected, got = (expected,), (got,)
-    for e, g in zip(expected, got, strict=True):
-        assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, e.shape, g.dtype, e.dtype)
-        torch.testing.assert_close(g, e, equal_nan=True, **(tol or TOL.get(e.dtype, {})))
-    report = fusec.report_of(compiled)
-    if kernels is not None:
-        assert report.stats["kernels"] == kernels, report.summary()
-    return report
-
+from tests.eager import check
 
 W, B = torch.randn(64), torch.randn(64)
 PATTERNS = {

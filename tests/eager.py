@@ -1,0 +1,31 @@
+"""The differential check every end-to-end test uses: fusec against eager PyTorch."""
+
+from __future__ import annotations
+
+import torch
+
+import fusec
+
+# Per-dtype tolerances: fused kernels keep float32 intermediates where eager
+# rounds each 16-bit one, so half types get their usual rounding slack.
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-7, atol=1e-7),
+       torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}
+
+
+def check(fn, *args, kernels: int | None = None, externs: int | None = None, **tol) -> fusec.Report:
+    """Compile `fn`, run it on `args`, assert every output matches eager's (shape,
+    dtype, values) and the kernel / extern-call counts; return the report."""
+    expected = fn(*args)
+    compiled = fusec.compile(fn)
+    got = compiled(*args)
+    if isinstance(expected, torch.Tensor):
+        expected, got = (expected,), (got,)
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, e.shape, g.dtype, e.dtype)
+        torch.testing.assert_close(g, e, equal_nan=True, **(tol or TOL.get(e.dtype, {})))
+    report = fusec.report_of(compiled)
+    if kernels is not None:
+        assert report.stats["kernels"] == kernels, report.summary()
+    if externs is not None:
+        assert report.stats["extern_calls"] == externs, report.summary()
+    return report
