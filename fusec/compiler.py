@@ -58,17 +58,19 @@ def graph_device(gm: torch.fx.GraphModule) -> str:
     return device
 
 
+def _rendered(graph: Graph, step: Kernel) -> Kernel:
+    renderer = {"reduction": render_reduction, "matmul": render_matmul,
+                "combo": render_combo}.get(step.kind, render_pointwise)
+    source, fn_name = renderer(graph, step)
+    library = tuple(_rendered(graph, s) if isinstance(s, Kernel) else s for s in step.library)
+    return replace(step, source=source, fn_name=fn_name, library=library)
+
+
 def render(plan: Plan) -> Plan:
     """The plan with every kernel's Triton source filled in."""
-    steps = []
-    for step in plan.steps:
-        if isinstance(step, Kernel):
-            renderer = {"reduction": render_reduction, "matmul": render_matmul,
-                        "combo": render_combo}.get(step.kind, render_pointwise)
-            source, fn_name = renderer(plan.graph, step)
-            step = replace(step, source=source, fn_name=fn_name)
-        steps.append(step)
-    return replace(plan, steps=tuple(steps))
+    steps = tuple(_rendered(plan.graph, s) if isinstance(s, Kernel) else s for s in plan.steps)
+    return replace(plan, steps=steps)
+
 
 
 def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[CompiledGraph, dict]:
@@ -107,7 +109,7 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     interpret = record.device == "cpu"
     try:
         kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
-                   for k in record.plan.kernels}
+                   for k in record.plan.all_kernels()}
     except Exception as exc:
         if options.strict:
             raise
@@ -116,7 +118,8 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
         return boxed(gm)
     finally:
         record.compile_seconds += time.perf_counter() - start
-    return Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward, strict=options.strict)
+    return Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward, strict=options.strict,
+                   matmul=options.matmul)
 
 
 def boxed(gm: torch.fx.GraphModule) -> Callable[..., Any]:

@@ -23,6 +23,9 @@ class Options:
     streams: CUDA streams for independent kernels: "auto" (the cost model decides,
       at most 4), a cap N (1: off), or None (no cap: as many as the DAG is wide).
     horizontal: launch independent small pointwise kernels together (combo kernels).
+    matmul: a fused matmul runs as fusec's template with its epilogue ("template"),
+      as torch's matmul plus an epilogue kernel ("library"), or whichever of the two
+      is faster, timed once per shape on a GPU ("auto"; the template on a CPU).
     strict: raise fusec's own internal errors instead of running the graph
       through torch (FUSEC_STRICT=1; for tests and bug reports).
     """
@@ -33,6 +36,7 @@ class Options:
     cache_dir: Path = Path()
     streams: int | str | None = "auto"
     horizontal: bool = True
+    matmul: str = "auto"
     strict: bool = False
 
     @classmethod
@@ -52,6 +56,8 @@ class Options:
         return opts
 
     def validate(self) -> None:
+        if self.matmul not in ("auto", "template", "library"):
+            raise ValueError(f"fusec: matmul must be 'auto', 'template' or 'library', got {self.matmul!r}")
         if self.fuel is not None and (not isinstance(self.fuel, int) or self.fuel < 0):
             raise ValueError(f"fusec: fuel must be a non-negative integer or None, got {self.fuel!r}")
         if not (self.streams in ("auto", None) or (isinstance(self.streams, int) and self.streams >= 1)):

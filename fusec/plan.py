@@ -28,6 +28,9 @@ class Kernel:
     persistent: bool = True  # a reduction's row fits one block (no loop over it)
     reduce_inner: bool = True  # the reduced dims hold the contiguous one
     parts: tuple[Kernel, ...] = ()  # a combo's pointwise kernels, launched as one
+    # A matmul kernel's equivalent through torch's matmul (cuBLAS): its views, its
+    # matmuls as extern calls, and its epilogue as a pointwise kernel.
+    library: tuple[Kernel | Extern, ...] = ()
     source: str = ""
     fn_name: str = ""
     stream: int = 0
@@ -60,6 +63,10 @@ class Plan:
     def kernels(self) -> list[Kernel]:
         return [s for s in self.steps if isinstance(s, Kernel)]
 
+    def all_kernels(self) -> list[Kernel]:
+        """Every kernel the runtime may launch: the plan's, and their library alternatives'."""
+        return [k for step in self.kernels for k in (step, *step.library) if isinstance(k, Kernel)]
+
     @property
     def externs(self) -> list[Extern]:
         return [s for s in self.steps if isinstance(s, Extern)]
@@ -86,7 +93,8 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
                     flops=group_flops(graph, members))
     if any(m.kind is Kind.MATMUL for m in members):
         product = next(m for m in members if m.kind is Kind.MATMUL)
-        return replace(kernel, kind="matmul", numel=product.numel)
+        kernel = replace(kernel, kind="matmul", numel=product.numel)
+        return replace(kernel, library=_library(graph, kernel, members))
     reductions = [m for m in members if m.kind is Kind.REDUCTION]
     if not reductions:
         return kernel
@@ -103,6 +111,23 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
 def _extern(graph: Graph, node: Node) -> Extern:
     return Extern(id=node.name, node=node.name, target=node.target or node.op,
                   bytes=op_bytes(graph, node), is_view=node.kind is Kind.VIEW)
+
+
+def _library(graph: Graph, kernel: Kernel, members: list[Node]) -> tuple[Kernel | Extern, ...]:
+    """The matmul group as torch's matmuls plus one epilogue kernel; () when the epilogue's
+    outputs differ in shape (a pointwise kernel iterates over one shape)."""
+    products = [m for m in members if m.kind is Kind.MATMUL]
+    before = [m for m in members if m.kind is Kind.VIEW and any(nx.has_path(graph.nx, m.name, p.name)
+                                                                  for p in products)]
+    done = {m.name for m in before + products}
+    epilogue = [m for m in members if m.name not in done]
+    outputs = [o for o in kernel.outputs if o not in done]
+    if len({graph[o].shape for o in outputs}) > 1:
+        return ()
+    steps: list[Kernel | Extern] = [_extern(graph, m) for m in before + products]
+    if epilogue:
+        steps.append(_kernel(graph, f"{kernel.id}_epilogue", epilogue))
+    return tuple(steps)
 
 
 def _combo(parts: list[Kernel]) -> Kernel:

@@ -41,6 +41,22 @@ def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
     return (kernel.numel,)
 
 
+# (kernel source, GPU) -> "template" or "library": timed once per process.
+_MATMUL_CHOICE: dict[tuple[str, str], str] = {}
+
+
+def _time_cuda(run: Callable[[], Any], reps: int = 5) -> float:
+    """Seconds per call on the current stream, after a warm-up call (which compiles)."""
+    run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
 class KernelFailed(Exception):
     """A generated kernel did not compile or run."""
 
@@ -53,7 +69,8 @@ class Runtime:
     """The callable a compiled graph becomes (boxed: takes the list of inputs)."""
 
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
-                 interpret: bool, fallback: Callable[..., Any], strict: bool = False) -> None:
+                 interpret: bool, fallback: Callable[..., Any], strict: bool = False,
+                 matmul: str = "auto") -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -67,8 +84,9 @@ class Runtime:
         graph = plan.graph
         self.input_names = [n.name for n in graph.inputs]
         self.output_args = graph.output.args
-        self.launches = {k.id: _launch(graph, k, interpret) for k in plan.kernels}
-        self.sizes = {k.id: _sizes(graph, k) for k in plan.kernels}
+        self.launches = {k.id: _launch(graph, k, interpret) for k in plan.all_kernels()}
+        self.sizes = {k.id: _sizes(graph, k) for k in plan.all_kernels()}
+        self.matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
         self.recorded = {w for s in plan.steps for w in s.waits}
@@ -140,6 +158,27 @@ class Runtime:
         return self.side
 
     def _launch(self, kernel: Kernel, env: dict[str, Any]) -> None:
+        if kernel.library and self._matmul_choice(kernel, env) == "library":
+            for step in kernel.library:
+                self._step(step, env)
+            return
+        self._launch_kernel(kernel, env)
+
+    def _matmul_choice(self, kernel: Kernel, env: dict[str, Any]) -> str:
+        """Template or torch's matmul + epilogue kernel: as asked, or timed once per
+        kernel and shape on this GPU (both compute the same outputs into env)."""
+        if self.matmul != "auto":
+            return self.matmul
+        key = (kernel.source, torch.cuda.get_device_name())
+        if key not in _MATMUL_CHOICE:
+            template = _time_cuda(lambda: self._launch_kernel(kernel, env))
+            library = _time_cuda(lambda: [self._step(step, env) for step in kernel.library])
+            _MATMUL_CHOICE[key] = "library" if library < template else "template"
+            log.info("fusec: %s: template %.1f us, torch matmul + epilogue %.1f us: %s", kernel.id,
+                     template * 1e6, library * 1e6, _MATMUL_CHOICE[key])
+        return _MATMUL_CHOICE[key]
+
+    def _launch_kernel(self, kernel: Kernel, env: dict[str, Any]) -> None:
         graph = self.plan.graph
         args = []
         for name in kernel.inputs:

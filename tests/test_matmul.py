@@ -116,3 +116,24 @@ def test_attention_stays_whole_and_conv_epilogue_fuses():
     with torch.no_grad():
         report = check(lambda x: torch.relu(conv(x)) * 2 + 1, torch.randn(1, 3, 8, 8), kernels=1)
     assert any("convolution" in s.target for s in report.graphs[0].plan.externs)
+
+
+@pytest.mark.parametrize("mode", ["template", "library"])
+def test_template_and_library_paths_agree(mode):
+    torch.manual_seed(8)
+    lin = nn.Linear(24, 40)
+    x = torch.randn(3, 5, 24)
+    fn = lambda x: F.gelu(lin(x)) + 1  # noqa: E731
+    with torch.no_grad():
+        expected = fn(x)
+        got = fusec.compile(fn, matmul=mode)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_library_alternative_is_torch_matmul_plus_one_epilogue_kernel():
+    lin = nn.Linear(16, 32)
+    with torch.no_grad():
+        report = fusec.inspect(lambda x: torch.relu(lin(x)), torch.randn(4, 16))
+    (kernel,) = report.kernels
+    kinds = [type(s).__name__ for s in kernel.library]
+    assert kinds.count("Kernel") == 1 and any("mm" in getattr(s, "target", "") for s in kernel.library)
