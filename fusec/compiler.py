@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from fusec.device import device_model
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.matmul import render_matmul
@@ -40,6 +41,7 @@ class CompiledGraph:
     fallback: str | None = None  # why the whole graph runs through torch
     fallback_ops: int = 0  # ops it then runs through torch
     streams: StreamDecision | None = None
+    runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
 
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
@@ -83,7 +85,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         graph, callables = to_ir(gm, name=name)
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
-        plan, record.streams = assign_streams(build_plan(graph), options.streams)
+        plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))
         record.plan = render(plan)
     except Exception as exc:
         if options.strict and not isinstance(exc, Unsupported):
@@ -118,8 +120,9 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
         return boxed(gm)
     finally:
         record.compile_seconds += time.perf_counter() - start
-    return Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward, strict=options.strict,
-                   matmul=options.matmul)
+    record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
+                             strict=options.strict, matmul=options.matmul)
+    return record.runtime
 
 
 def boxed(gm: torch.fx.GraphModule) -> Callable[..., Any]:

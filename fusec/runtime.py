@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 from fusec.ir import Graph, iter_refs, map_refs
-from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch
+from fusec.kernels.launch import (
+    Launch,
+    combo_launch,
+    matmul_configs,
+    matmul_launch,
+    pointwise_launch,
+    reduction_launch,
+)
 from fusec.kernels.matmul import matmul_problem, matmul_sizes
 from fusec.plan import Extern, Kernel, Plan, Step
 
@@ -41,8 +48,12 @@ def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
     return (kernel.numel,)
 
 
-# (kernel source, GPU) -> "template" or "library": timed once per process.
-_MATMUL_CHOICE: dict[tuple[str, str], str] = {}
+# (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.
+_MATMUL_CHOICE: dict[tuple, Any] = {}
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name()
 
 
 def _time_cuda(run: Callable[[], Any], reps: int = 5) -> float:
@@ -165,18 +176,26 @@ class Runtime:
         self._launch_kernel(kernel, env)
 
     def _matmul_choice(self, kernel: Kernel, env: dict[str, Any]) -> str:
-        """Template or torch's matmul + epilogue kernel: as asked, or timed once per
-        kernel and shape on this GPU (both compute the same outputs into env)."""
+        """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel
+        and shape on this GPU, the template in each of a few tile configurations (every
+        candidate computes the same outputs into env)."""
         if self.matmul != "auto":
             return self.matmul
-        key = (kernel.source, torch.cuda.get_device_name())
+        key = (kernel.source, self.sizes[kernel.id], _device_name())
         if key not in _MATMUL_CHOICE:
-            template = _time_cuda(lambda: self._launch_kernel(kernel, env))
-            library = _time_cuda(lambda: [self._step(step, env) for step in kernel.library])
-            _MATMUL_CHOICE[key] = "library" if library < template else "template"
-            log.info("fusec: %s: template %.1f us, torch matmul + epilogue %.1f us: %s", kernel.id,
-                     template * 1e6, library * 1e6, _MATMUL_CHOICE[key])
-        return _MATMUL_CHOICE[key]
+            timings: list[tuple[float, Launch | str]] = []
+            for config in matmul_configs(*matmul_problem(self.plan.graph, kernel)):
+                self.launches[kernel.id] = config
+                timings.append((_time_cuda(lambda: self._launch_kernel(kernel, env)), config))
+            timings.append((_time_cuda(lambda: [self._step(step, env) for step in kernel.library]), "library"))
+            _MATMUL_CHOICE[key] = min(timings, key=lambda pair: pair[0])[1]
+            log.info("fusec: %s: %s", kernel.id, ", ".join(
+                f"{c if c == 'library' else c.constants}: {t * 1e6:.1f} us" for t, c in timings))
+        choice = _MATMUL_CHOICE[key]
+        if choice == "library":
+            return "library"
+        self.launches[kernel.id] = choice
+        return "template"
 
     def _launch_kernel(self, kernel: Kernel, env: dict[str, Any]) -> None:
         graph = self.plan.graph

@@ -67,10 +67,10 @@ def choose_streams(plan: Plan, requested: int | str | None) -> tuple[int | None,
                       f"(DAG width {width}, at most {AUTO_CAP} streams)")
 
 
-def assign(plan: Plan, requested: int | str | None) -> tuple[Plan, StreamDecision]:
+def assign(plan: Plan, requested: int | str | None, device: DeviceModel = H100) -> tuple[Plan, StreamDecision]:
     """The plan with every step's stream and waits set; steps keep their order."""
     cap, reason = choose_streams(plan, requested)
-    dag = cost_dag(plan)
+    dag = cost_dag(plan, device)
     width = dag_width(dag)
     if cap == 1:
         return plan, StreamDecision(1, width, 0, reason)

@@ -74,3 +74,17 @@ def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, interpret: boo
                  # The interpreter's bfloat16 dot is wrong; a float32 dot of 16-bit operands is exact.
                  "DOT_F32": interpret}
     return Launch(grid, constants, warps)
+
+
+def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str) -> list[Launch]:
+    """The GPU tile configurations timed once per shape: the size heuristic's choice,
+    then square 64 and wide 128x64 tiles (each clipped to the problem), deduplicated."""
+    first = matmul_launch(batch, m, n, k, dtype, interpret=False)
+    configs = [first]
+    for edge_m, edge_n, warps in ((64, 64, 4), (128, 64, 4)):
+        block_m, block_n = min(_pow2(m, 16), edge_m), min(_pow2(n, 16), edge_n)
+        constants = {**first.constants, "BLOCK_M": block_m, "BLOCK_N": block_n}
+        grid = (batch * triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+        if all(c.constants != constants for c in configs):
+            configs.append(Launch(grid, constants, warps))
+    return configs

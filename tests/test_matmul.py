@@ -137,3 +137,33 @@ def test_library_alternative_is_torch_matmul_plus_one_epilogue_kernel():
     (kernel,) = report.kernels
     kinds = [type(s).__name__ for s in kernel.library]
     assert kinds.count("Kernel") == 1 and any("mm" in getattr(s, "target", "") for s in kernel.library)
+
+
+@pytest.mark.parametrize("fastest", ["library", "template"])
+def test_auto_choice_times_configs_and_library_once(monkeypatch, fastest):
+    import fusec.runtime as runtime
+
+    timed = []
+    n_configs = len(runtime.matmul_configs(1, 8, 32, 16, "float32"))
+
+    def fake_timer(run, reps=5):
+        run()  # every candidate really runs and writes the outputs
+        timed.append(run)
+        library_turn = len(timed) == n_configs + 1
+        return 1e-6 if library_turn == (fastest == "library") else 1e-3 + len(timed) * 1e-6
+
+    monkeypatch.setattr(runtime, "_time_cuda", fake_timer)
+    monkeypatch.setattr(runtime, "_device_name", lambda: "test-gpu")
+    monkeypatch.setattr(runtime, "_MATMUL_CHOICE", {})
+    lin = nn.Linear(16, 32)
+    fn = lambda x: torch.relu(lin(x))  # noqa: E731
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        compiled = fusec.compile(fn)
+        compiled(x)  # on a CPU "auto" means the template; ask for the GPU's timing instead
+        fusec.report_of(compiled).graphs[0].runtime.matmul = "auto"
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
+    assert len(timed) == n_configs + 1  # timed once per shape, then cached
+    (choice,) = runtime._MATMUL_CHOICE.values()
+    assert (choice == "library") == (fastest == "library")
