@@ -123,7 +123,7 @@ def test_template_and_library_paths_agree(mode):
     torch.manual_seed(8)
     lin = nn.Linear(24, 40)
     x = torch.randn(3, 5, 24)
-    fn = lambda x: F.gelu(lin(x)) + 1  # noqa: E731
+    fn = lambda x: F.gelu(lin(x)) + 1
     with torch.no_grad():
         expected = fn(x)
         got = fusec.compile(fn, matmul=mode)(x)
@@ -156,7 +156,7 @@ def test_auto_choice_times_configs_and_library_once(monkeypatch, fastest):
     monkeypatch.setattr(runtime, "_device_name", lambda: "test-gpu")
     monkeypatch.setattr(runtime, "_MATMUL_CHOICE", {})
     lin = nn.Linear(16, 32)
-    fn = lambda x: torch.relu(lin(x))  # noqa: E731
+    fn = lambda x: torch.relu(lin(x))
     x = torch.randn(8, 16)
     with torch.no_grad():
         compiled = fusec.compile(fn)
