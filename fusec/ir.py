@@ -148,6 +148,12 @@ def reduction_domain(node: Node, graph: Graph) -> tuple[tuple[int, ...], tuple[i
     return shape, tuple(dims)
 
 
+def row_domain(graph: Graph, members: list[Node]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The rows a reduction kernel walks: those of its widest reduction (None: no reduction)."""
+    domains = [reduction_domain(m, graph) for m in members if m.kind is Kind.REDUCTION]
+    return max(domains, key=lambda d: math.prod(d[0]), default=None)
+
+
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, running = [], 1
     for size in reversed(shape):

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Node, reduction_domain
+from fusec.ir import Graph, Kind, Node, row_domain
 from fusec.passes.cost import group_bytes, group_flops, op_bytes
-from fusec.passes.fuse import inlined, is_constant
+from fusec.passes.fuse import finals, inlined, is_constant
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Kernel:
     persistent: bool = True  # a reduction's row fits one block (no loop over it)
     reduce_inner: bool = True  # the reduced dims hold the contiguous one
     parts: tuple[Kernel, ...] = ()  # a combo's pointwise kernels, launched as one
+    finals: tuple[str, ...] = ()  # reductions over all rows, finished by the last program
     # A matmul kernel's equivalent through torch's matmul (cuBLAS): its views, its
     # matmuls as extern calls, and its epilogue as a pointwise kernel.
     library: tuple[Kernel | Extern, ...] = ()
@@ -95,17 +96,18 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
         product = next(m for m in members if m.kind is Kind.MATMUL)
         kernel = replace(kernel, kind="matmul", numel=product.numel)
         return replace(kernel, library=_library(graph, kernel, members))
-    reductions = [m for m in members if m.kind is Kind.REDUCTION]
-    if not reductions:
+    domain = row_domain(graph, members)
+    if domain is None:
         return kernel
-    shape, dims = reduction_domain(reductions[0], graph)
+    shape, dims = domain
     rnumel = math.prod(shape[d] for d in dims)
     # Coalesced reads want the block's fast axis on the contiguous (last non-1) dim.
     last = max((d for d, s in enumerate(shape) if s != 1), default=-1)
     inner = last < 0 or last in dims
     rows = math.prod(s for d, s in enumerate(shape) if d not in dims)
     persistent = rnumel <= (PERSISTENT_ROW if inner else PERSISTENT_COLUMN)
-    return replace(kernel, kind="reduction", numel=rows, rnumel=rnumel, persistent=persistent, reduce_inner=inner)
+    return replace(kernel, kind="reduction", numel=rows, rnumel=rnumel, persistent=persistent, reduce_inner=inner,
+                   finals=tuple(m.name for m in finals(graph, members)))
 
 
 def _extern(graph: Graph, node: Node) -> Extern:

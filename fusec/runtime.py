@@ -68,6 +68,11 @@ def _time_cuda(run: Callable[[], Any], reps: int = 5) -> float:
     return start.elapsed_time(end) / 1e3 / reps
 
 
+def _accumulated(dtype: str) -> str:
+    """The dtype a final reduction's partials are kept in (16-bit floats widen)."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
 class KernelFailed(Exception):
     """A generated kernel did not compile or run."""
 
@@ -103,6 +108,7 @@ class Runtime:
         self.recorded = {w for s in plan.steps for w in s.waits}
         self.output_refs = [r.name for r in iter_refs(self.output_args)]
         self.side: list[torch.cuda.Stream] | None = None
+        self.tickets: dict[str, torch.Tensor] = {}
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -223,6 +229,8 @@ class Runtime:
         if "seed" in kernel.source.split("):")[0].split("def ")[-1]:
             # Drawn from torch's generator, so torch.manual_seed makes runs repeatable.
             args.append(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
+        if kernel.finals:
+            args += self._final_buffers(kernel, launch.grid[0], args[0].device if args else self._device())
         try:
             self.kernels[kernel.id][launch.grid](*args, *self.sizes[kernel.id], **launch.constants,
                                                  num_warps=launch.num_warps)
@@ -232,6 +240,16 @@ class Runtime:
             gathers = [m for m in kernel.members if self.plan.graph[m].op == "gather"]
             raise IndexError(f"fusec: an index read by {', '.join(gathers)} is out of bounds "
                              "(eager raises here too: check the targets or indices)")
+
+    def _final_buffers(self, kernel: Kernel, programs: int, device: torch.device) -> list[torch.Tensor]:
+        """One partial per program for each final reduction, and the kernel's ticket counter
+        (zeroed once; the last program resets it)."""
+        graph = self.plan.graph
+        partials = [torch.empty(programs, dtype=_DTYPES[_accumulated(graph[f].dtype)], device=device)
+                    for f in kernel.finals]
+        if kernel.id not in self.tickets:
+            self.tickets[kernel.id] = torch.zeros(1, dtype=torch.int32, device=device)
+        return [*partials, self.tickets[kernel.id]]
 
     def _device(self) -> torch.device:
         return torch.device("cpu") if self.interpret else torch.device("cuda")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, reduction_domain
+import networkx as nx
+
+from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.render import (
     PRELUDE,
@@ -24,6 +26,7 @@ from fusec.kernels.render import (
     live_lines,
     module_source,
     needs_int64,
+    param,
     to,
 )
 from fusec.plan import Kernel
@@ -62,8 +65,7 @@ def _highest(dtype: str) -> str:
 class ReductionRenderer(Renderer):
     def __init__(self, graph: Graph, kernel: Kernel) -> None:
         super().__init__(graph, kernel, roots={"xoffs": "xmask", "roffs": "rmask"})
-        first = next(graph[m] for m in kernel.members if graph[m].kind is Kind.REDUCTION)
-        self.shape, self.dims = reduction_domain(first, graph)
+        self.shape, self.dims = row_domain(graph, [graph[m] for m in kernel.members])
         self.outer = [d for d in range(len(self.shape)) if d not in self.dims]
         self.inner = kernel.reduce_inner
         self.block_shape = "[XBLOCK, RBLOCK]" if self.inner else "[RBLOCK, XBLOCK]"
@@ -226,12 +228,13 @@ class ReductionRenderer(Renderer):
             self.out.emit(f"roffs = {self._arange('RBLOCK', reduced=True)}")
             self.out.emit("rmask = roffs < rnumel")
         for name in k.members:
-            if self.graph[name].kind is Kind.REDUCTION:
+            if self.graph[name].kind is Kind.REDUCTION and name not in k.finals:
                 self.reduced[name] = self.reduce(self.graph[name])
-        per_element = [n for n in k.outputs if self._per_element(self.graph[n])]
+        totals = self._after_finals()
+        per_element = [n for n in k.outputs if self._per_element(self.graph[n]) and n not in totals]
         stores = []
         for name in k.outputs:
-            if name not in per_element:
+            if name not in per_element and name not in totals:
                 node = self.graph[name]
                 idx = self.index_for(node, self.x_index())
                 stores.append(self.store(node, idx, self.value(name, idx), "xmask", self.row_shape))
@@ -243,14 +246,84 @@ class ReductionRenderer(Renderer):
                     node = self.graph[name]
                     idx = self.index_for(node, self.row_index())
                     self.out.emit(self.store(node, idx, self.value(name, idx), "xmask & rmask", self.block_shape))
+        if k.finals:
+            self._finish([n for n in k.outputs if n in totals])
         fn_name = kernel_name(self.graph, k)
-        params = [*self.params(), "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
+        params = [*self.params(), *(f"p_partial_{f}" for f in k.finals), *(["p_ticket"] if k.finals else []),
+                  "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
         helpers = [COMBINE[c] for c in sorted(self.combines)] + [PRELUDE[h] for h in sorted(self.prelude)]
         body = live_lines(self.out.scope.lines, [])
         return module_source(fn_name, params, body, k.members, helpers), fn_name
 
     def _per_element(self, node: Node) -> bool:
         return node.numel != self.kernel.numel
+
+    # totals over all rows ------------------------------------------------------
+    def _after_finals(self) -> set[str]:
+        """The members computed from a total over all rows (the finals included)."""
+        names = set(self.kernel.members)
+        later = set(self.kernel.finals)
+        for final in self.kernel.finals:
+            later |= nx.descendants(self.graph.nx, final) & names
+        return later
+
+    def _finish(self, outputs: list[str]) -> None:
+        """Each program stores its rows' partial of every final reduction; the last program
+        to take a ticket adds the partials in program order (deterministic) and stores the
+        totals and what is computed from them. It resets the ticket for the next launch."""
+        x_axis = 1 - self.axis
+        for name in self.kernel.finals:
+            node = self.graph[name]
+            src = self.graph[node.operands()[0]]
+            kind, identity, dtype = self._final_kind(node)
+            value = self.value(src.name, self.index_for(src, self.x_index()))
+            lanes = self.out.let(f"tl.where(xmask, tl.broadcast_to({to(value.expr, dtype)}, {self.row_shape}), "
+                                 f"{identity})")
+            partial = self._across_rows(lanes, kind, dtype, x_axis)
+            self.out.emit(f"tl.store(p_partial_{name} + tl.program_id(0), {partial})")
+        self.out.emit("ticket = tl.atomic_add(p_ticket, 1)")
+        with self.out.block("if ticket == tl.num_programs(0) - 1:"):
+            for name in self.kernel.finals:
+                self.reduced[name] = self._total(self.graph[name])
+            self.out.emit("tl.store(p_ticket, 0)")
+            for name in outputs:
+                node = self.graph[name]
+                idx = Index(("0",) * len(node.shape))
+                value = self.value(name, idx)
+                self.out.emit(f"tl.store({param(name)}, {to(value.expr, node.dtype)})")
+
+    def _final_kind(self, node: Node) -> tuple[str, str, str]:
+        dtype = compute_dtype(node.dtype)
+        kind = {"sum": "sum", "amax": "max", "amin": "min"}[node.op]
+        identity = {"sum": "0", "max": _lowest(dtype), "min": _highest(dtype)}[kind]
+        return kind, identity, dtype
+
+    def _across_rows(self, lanes: str, kind: str, dtype: str, axis: int) -> str:
+        """Reduce a row-shaped block to one value (the rows of this program)."""
+        combine = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[kind]
+        flat = self.out.let(f"tl.reduce({lanes}, {1 - axis}, tl.standard.{combine})", "r")
+        result = self.out.let(f"tl.reduce({flat}, 0, tl.standard.{combine})", "r")
+        if kind == "sum" or dtype not in FLOAT_DTYPES:
+            return result
+        nans = self.out.let(f"tl.reduce(tl.reduce(({lanes} != {lanes}).to(tl.int32), {1 - axis}, "
+                            f"tl.standard._sum_combine), 0, tl.standard._sum_combine)", "r")
+        return self.out.let(f'tl.where({nans} > 0, float("nan"), {result})', "r")
+
+    def _total(self, node: Node) -> Value:
+        """The final reduction over every program's partial, read in program order."""
+        kind, identity, dtype = self._final_kind(node)
+        acc = self._accumulator(identity, dtype, "[XBLOCK]")
+        with self.out.block("for p0 in range(0, tl.num_programs(0), XBLOCK):"):
+            self.out.emit("parts = p0 + tl.arange(0, XBLOCK)")
+            self.out.emit(f"got = tl.load(p_partial_{node.name} + parts, mask=parts < tl.num_programs(0), "
+                          f"other={identity}, volatile=True)")
+            self.out.emit(f"{acc} = {_ELEMENTWISE[kind].format(a=acc, b='got')}")
+        combine = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[kind]
+        total = self.out.let(f"tl.reduce({acc}, 0, tl.standard.{combine})", "r")
+        if kind != "sum" and dtype in FLOAT_DTYPES:
+            nans = self.out.let(f"tl.reduce(({acc} != {acc}).to(tl.int32), 0, tl.standard._sum_combine)", "r")
+            total = self.out.let(f'tl.where({nans} > 0, float("nan"), {total})', "r")
+        return Value(total, dtype)
 
 
 def render_reduction(graph: Graph, kernel: Kernel) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import math
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Node, reduction_domain
+from fusec.ir import Graph, Kind, Node, reduction_domain, row_domain
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
 # Views that keep a reduction kernel's rows intact (they only add or drop
@@ -68,11 +68,7 @@ class _Grouping:
                 if any(user not in members for user in self.graph.users(m))]
 
     def domain(self, group: str) -> Domain | None:
-        for name in self.members[group]:
-            node = self.graph[name]
-            if node.kind is Kind.REDUCTION:
-                return reduction_domain(node, self.graph)
-        return None
+        return row_domain(self.graph, [self.graph[m] for m in self.members[group]])
 
     def refusal(self, gu: str, gv: str) -> str | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
@@ -84,10 +80,14 @@ class _Grouping:
         if mu or mv:
             return self._matmul_refusal(gu, gv, mu, mv)
         du, dv = self.domain(gu), self.domain(gv)
-        if du and dv and du != dv:
-            return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
         members = set(self.members[gu]) | set(self.members[gv])
-        domain = du or dv
+        domain = row_domain(self.graph, [self.graph[m] for m in members])
+        if domain and finals(self.graph, [self.graph[m] for m in members]):
+            reason = final_refusal(self.graph, [self.graph[m] for m in members])
+            if reason and du and dv and du != dv:
+                return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
+            if reason:
+                return reason
         if domain is None:
             shapes = {o.shape for o in self.outputs(members)}
             if len(shapes) > 1:
@@ -137,8 +137,9 @@ class _Grouping:
         """A reduction kernel works row by row: its outputs are per element or per row,
         and no view may move values between rows."""
         per_element, per_row = row_shapes(domain)
+        totals = finals(self.graph, [self.graph[m] for m in members])
         for out in self.outputs(members):
-            if out.numel not in (per_element, per_row):
+            if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
                 return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
                         f"the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
@@ -165,6 +166,34 @@ class _Grouping:
             if succ != gv:
                 self.dag.add_edge(gv, succ)
         self.dag.remove_node(gu)
+
+
+def finals(graph: Graph, members: list[Node]) -> list[Node]:
+    """Reductions of a group over all of its per-row values (a loss's mean over the batch):
+    each program reduces its rows, and the last program to finish reduces those partials."""
+    domain = row_domain(graph, members)
+    if domain is None:
+        return []
+    return [m for m in members if m.kind is Kind.REDUCTION and reduction_domain(m, graph) != domain]
+
+
+_FINAL_OPS = frozenset({"sum", "amax", "amin"})
+
+
+def final_refusal(graph: Graph, members: list[Node]) -> str | None:
+    """Why reductions of another shape than the rows cannot be the group's final reductions."""
+    domain = row_domain(graph, members)
+    _, per_row = row_shapes(domain)
+    names = {m.name for m in members}
+    for node in finals(graph, members):
+        shape, dims = reduction_domain(node, graph)
+        if node.op not in _FINAL_OPS or math.prod(shape) != per_row or len(dims) != len(shape) or per_row < 2:
+            return f"{node.name} is not a sum, max or min over every row"
+        # Everything computed from a total needs every row done: only the last program has it.
+        later = nx.descendants(graph.nx, node.name) & names
+        if any(graph[n].numel != 1 for n in later):
+            return f"{node.name} is a total over all rows that per-row work would read"
+    return None
 
 
 def is_constant(node: Node) -> bool:

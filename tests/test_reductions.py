@@ -101,11 +101,29 @@ def test_strided_input():
     check(lambda x: torch.softmax(x, -1), x, kernels=1)
 
 
-def test_cross_entropy_matches_eager():
+def test_cross_entropy_is_one_kernel():
     torch.manual_seed(4)
     logits, target = torch.randn(16, 100), torch.randint(0, 100, (16,))
     target[3] = -100  # ignore_index
-    check(lambda x, t: F.cross_entropy(x, t), logits, target)
+    report = check(lambda x, t: F.cross_entropy(x, t), logits, target, kernels=1)
+    assert report.kernels[0].finals  # the batch mean is finished by the last program
+
+
+def test_totals_over_rows_across_many_programs():
+    torch.manual_seed(5)
+    # 6000 rows of 10: several programs each add their rows' partial; the last one adds those.
+    logits, target = torch.randn(6000, 10), torch.randint(0, 10, (6000,))
+    report = check(lambda x, t: F.cross_entropy(x, t), logits, target, kernels=1)
+    assert report.graphs[0].runtime.launches[report.kernels[0].id].grid[0] > 1
+    x = torch.randn(6000, 10)
+    x[77, 3] = float("nan")
+    check(lambda x: (torch.logsumexp(x, -1).sum(), x.amax(-1).amax()), x, kernels=1, rtol=1e-4, atol=1e-3)
+
+
+def test_total_read_back_by_rows_is_refused():
+    x = torch.randn(32, 8)
+    report = check(lambda x: x.sum(-1) - x.sum(-1).mean(), x, kernels=2)
+    assert any("total over all rows" in e["reason"] or "another shape" in e["reason"] for e in report.edges())
 
 
 def test_cross_entropy_target_out_of_range_raises():
