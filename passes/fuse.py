@@ -253,7 +253,8 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
 def _merge_siblings(graph: Graph, state: _Grouping) -> None:
     """Independent reductions over rows of the same shape share one kernel (mean and
     variance read the input once; a weight grad and a bias grad launch once), and so do
-    matmuls of one shape reading the same left operand (Q/K/V, SwiGLU's gate and up)."""
+    matmuls of one shape reading the same left operand (Q/K/V, SwiGLU's gate and up) and
+    pointwise branches of one shape reading the same tensor."""
     by_domain: dict[tuple, list[str]] = {}
     for node in graph:
         group = state.group_of.get(node.name)
@@ -263,11 +264,35 @@ def _merge_siblings(graph: Graph, state: _Grouping) -> None:
         key = state.domain(group) or (product and ("matmul", state._left(product), product.shape))
         if key and group not in by_domain.setdefault(key, []):
             by_domain[key].append(group)
-    for groups in by_domain.values():
+    _merge_each(state, by_domain.values())
+    _merge_each(state, _pointwise_readers(graph, state).values())
+
+
+def _pointwise_readers(graph: Graph, state: _Grouping) -> dict[tuple, list[str]]:
+    """Pointwise groups by (a tensor they read from outside, their shape): branches of
+    one activation that can share a kernel and read it once."""
+    readers: dict[tuple, list[str]] = {}
+    for group, names in state.members.items():
+        nodes = [graph[n] for n in names]
+        if state.domain(group) or state.matmul(group) or all(n.kind is Kind.VIEW for n in nodes):
+            continue
+        shape = state.outputs(set(names))[0].shape
+        for operand in dict.fromkeys(op for n in nodes for op in n.operands()):
+            if operand not in names and not is_constant(graph[operand]):
+                readers.setdefault((operand, shape), []).append(group)
+    return readers
+
+
+def _merge_each(state: _Grouping, buckets) -> None:
+    """Merge the groups of each bucket into as few groups as the refusals allow."""
+    for bucket in buckets:
+        groups = list(dict.fromkeys(bucket))
         while len(groups) > 1:
             first = groups.pop(0)
+            if first not in state.members:
+                continue
             for other in list(groups):
-                if state.refusal(other, first) is None:
+                if other in state.members and state.refusal(other, first) is None:
                     state.merge(other, first)
                     groups.remove(other)
 

@@ -159,3 +159,33 @@ def test_gelu_on_cuda_matches_eager():
     x = torch.randn(1024, 1024, device="cuda")
     b = torch.randn(1024, device="cuda")
     torch.testing.assert_close(fusec.compile(lambda x, b: F.gelu(x + b))(x, b), F.gelu(x + b))
+
+
+def test_pointwise_branches_of_one_activation_read_it_once():
+    x = torch.randn(16, 16)
+    report = fusec.inspect(lambda x: (torch.exp(x) * 2, torch.sin(x) + 1, x.abs().sqrt()), x,
+                           options={"horizontal": False})
+    assert report.stats["kernels"] == 1
+    assert report.stats["bytes_fused"] == 4 * x.numel() * 4  # x read once, three outputs written
+
+
+class Mixture(nn.Module):
+    """A mixture of small MLP experts over one input (batch 1)."""
+
+    def __init__(self, experts=4, width=16):
+        super().__init__()
+        self.gate = nn.Linear(width, experts)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.SiLU()) for _ in range(experts))
+
+    def forward(self, x):
+        weights = torch.softmax(self.gate(x), -1)
+        return sum(weights[..., i:i + 1] * e(x) for i, e in enumerate(self.experts))
+
+
+@pytest.mark.parametrize("streams", [1, None])
+def test_mixture_of_small_mlps_matches(streams):
+    torch.manual_seed(3)
+    model = Mixture().eval()
+    x = torch.randn(1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fusec.compile(model, streams=streams)(x), model(x), rtol=1e-4, atol=1e-5)
