@@ -31,6 +31,9 @@ from fusec.kernels.render import (
 )
 from fusec.plan import Kernel
 
+# The library's combine functions, by kind of reduction.
+_LIBRARY = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}
+
 # Elementwise combines for the accumulators of looped rows; NaN wins, as in torch.amax.
 _ELEMENTWISE = {
     "sum": "{a} + {b}",
@@ -163,18 +166,25 @@ class ReductionRenderer(Renderer):
         return self._across(name, kind, acc)
 
     def _across(self, lanes: str, kind: str, dtype: str) -> str:
-        """Reduce a block along the row axis with the library's combine functions, which
-        Triton's interpreter runs as one numpy call (its own would run per element)."""
+        """Reduce a block along the row axis, keeping the rows' axis."""
         if kind == "prod":
             self.combines.add("_prod")
             return self.out.let(f"tl.reduce({lanes}, {self.axis}, _prod){self._keep()}", "r")
-        combine = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[kind]
-        result = self.out.let(f"tl.reduce({lanes}, {self.axis}, tl.standard.{combine}){self._keep()}", "r")
+        return self._library_reduce(lanes, kind, dtype, [self.axis], self._keep())
+
+    def _library_reduce(self, block: str, kind: str, dtype: str, axes: list[int], keep: str = "") -> str:
+        """Reduce `block` over `axes` in turn with the library's combine functions, which
+        Triton's interpreter runs as one numpy call (its own would run per element)."""
+        def reduce(expr: str, combine: str) -> str:
+            for axis in axes:
+                expr = f"tl.reduce({expr}, {axis}, tl.standard.{combine})"
+            return self.out.let(expr + keep, "r")
+
+        result = reduce(block, _LIBRARY[kind])
         if kind == "sum" or dtype not in FLOAT_DTYPES:
             return result
         # tl.maximum may drop NaN (and the interpreter's nanmax does); torch.amax keeps it.
-        nans = self.out.let(f"tl.reduce(({lanes} != {lanes}).to(tl.int32), {self.axis}, "
-                            f"tl.standard._sum_combine){self._keep()}", "r")
+        nans = reduce(f"({block} != {block}).to(tl.int32)", "_sum_combine")
         return self.out.let(f'tl.where({nans} > 0, float("nan"), {result})', "r")
 
     def _arg(self, node: Node, src: str) -> Value:
@@ -279,7 +289,7 @@ class ReductionRenderer(Renderer):
             value = self.value(src.name, self.index_for(src, self.x_index()))
             lanes = self.out.let(f"tl.where(xmask, tl.broadcast_to({to(value.expr, dtype)}, {self.row_shape}), "
                                  f"{identity})")
-            partial = self._across_rows(lanes, kind, dtype, x_axis)
+            partial = self._library_reduce(lanes, kind, dtype, [x_axis, 0])
             self.out.emit(f"tl.store(p_partial_{name} + tl.program_id(0), {partial})")
         self.out.emit("ticket = tl.atomic_add(p_ticket, 1)")
         with self.out.block("if ticket == tl.num_programs(0) - 1:"):
@@ -298,17 +308,6 @@ class ReductionRenderer(Renderer):
         identity = {"sum": "0", "max": _lowest(dtype), "min": _highest(dtype)}[kind]
         return kind, identity, dtype
 
-    def _across_rows(self, lanes: str, kind: str, dtype: str, axis: int) -> str:
-        """Reduce a row-shaped block to one value (the rows of this program)."""
-        combine = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[kind]
-        flat = self.out.let(f"tl.reduce({lanes}, {1 - axis}, tl.standard.{combine})", "r")
-        result = self.out.let(f"tl.reduce({flat}, 0, tl.standard.{combine})", "r")
-        if kind == "sum" or dtype not in FLOAT_DTYPES:
-            return result
-        nans = self.out.let(f"tl.reduce(tl.reduce(({lanes} != {lanes}).to(tl.int32), {1 - axis}, "
-                            f"tl.standard._sum_combine), 0, tl.standard._sum_combine)", "r")
-        return self.out.let(f'tl.where({nans} > 0, float("nan"), {result})', "r")
-
     def _total(self, node: Node) -> Value:
         """The final reduction over every program's partial, read in program order."""
         kind, identity, dtype = self._final_kind(node)
@@ -318,12 +317,7 @@ class ReductionRenderer(Renderer):
             self.out.emit(f"got = tl.load(p_partial_{node.name} + parts, mask=parts < tl.num_programs(0), "
                           f"other={identity}, volatile=True)")
             self.out.emit(f"{acc} = {_ELEMENTWISE[kind].format(a=acc, b='got')}")
-        combine = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}[kind]
-        total = self.out.let(f"tl.reduce({acc}, 0, tl.standard.{combine})", "r")
-        if kind != "sum" and dtype in FLOAT_DTYPES:
-            nans = self.out.let(f"tl.reduce(({acc} != {acc}).to(tl.int32), 0, tl.standard._sum_combine)", "r")
-            total = self.out.let(f'tl.where({nans} > 0, float("nan"), {total})', "r")
-        return Value(total, dtype)
+        return Value(self._library_reduce(acc, kind, dtype, [0]), dtype)
 
 
 def render_reduction(graph: Graph, kernel: Kernel) -> tuple[str, str]:

@@ -4,40 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
-from pathlib import Path
 
 import networkx as nx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-try:
-    from fusec.passes.parallel import (
-        Schedule,
-        assign_streams,
-        chain_cover,
-        critical_path,
-        dag_width,
-        levels,
-        minimal_waits,
-        verify_schedule,
-    )
-except ModuleNotFoundError as exc:
-    if exc.name not in ("fusec", "fusec.passes", "fusec.passes.parallel"):
-        raise
-    # The package layout is still being built: import from the repo root.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from passes.parallel import (
-        Schedule,
-        assign_streams,
-        chain_cover,
-        critical_path,
-        dag_width,
-        levels,
-        minimal_waits,
-        verify_schedule,
-    )
+from fusec.passes.parallel import (
+    Schedule,
+    assign_streams,
+    chain_cover,
+    critical_path,
+    dag_width,
+    levels,
+    minimal_waits,
+    verify_schedule,
+)
 
 PROPERTY = settings(max_examples=150, deadline=None)
 
