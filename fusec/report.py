@@ -88,6 +88,20 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
+    def to_html(self, path: str | None = None, target: str = "model") -> str:
+        """The self-contained HTML report (what `fusec inspect --html` writes); written to
+        `path` when given."""
+        # The HTML view is built from report_data, which builds on Report itself.
+        from fusec.report_data import collect
+        from fusec.report_html import to_html
+
+        page = to_html(collect(self, target, training=any(g.name.startswith("backward") for g in self.graphs),
+                               inputs=[], options={}))
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(page)
+        return page
+
     def to_dot(self) -> str:
         return "\n".join(g.graph.to_dot() for g in self.graphs if g.graph is not None)
 

@@ -198,3 +198,11 @@ def test_kernel_failure_at_launch_falls_back(monkeypatch, caplog):
         torch.testing.assert_close(compiled(x), fn(x))
         torch.testing.assert_close(compiled(x), fn(x))
     assert caplog.text.count("simulated") == 1  # said once; later calls go straight to torch
+
+
+def test_report_to_html_is_self_contained(tmp_path):
+    x, b = torch.randn(4, 8), torch.randn(8)
+    report = fusec.inspect(lambda x, b: torch.sigmoid(x + b) * 2, x, b)
+    page = report.to_html(tmp_path / "r.html")
+    assert (tmp_path / "r.html").read_text() == page
+    assert "<svg" in page and "@triton.jit" in page and "http://" not in page.replace("http://www.w3.org", "")
