@@ -52,7 +52,7 @@ TUPLE_DTYPE = "tuple"
 # The primitive op set that generated kernels implement. Frontend lowering
 # targets it; classify reads it; kernels/ops.py implements every name in it.
 POINTWISE_OPS = frozenset({
-    "add", "sub", "mul", "div", "neg", "abs", "exp", "exp2", "log", "log2", "log1p",
+    "add", "sub", "fma", "mul", "div", "neg", "abs", "exp", "exp2", "log", "log2", "log1p",
     "expm1", "sqrt", "rsqrt", "erf", "tanh", "sigmoid", "sin", "cos", "pow",
     "reciprocal", "maximum", "minimum", "floor", "ceil", "trunc", "sign",
     "relu", "clamp", "where", "eq", "ne", "lt", "le", "gt", "ge",

@@ -43,11 +43,18 @@ def _same(op: str) -> Handler:
 
 
 def _alpha(op: str) -> Handler:
+    """add/sub, with torch's `alpha` scaling the second operand when it is not 1."""
     def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
-        if kwargs.get("alpha", 1) != 1 or len(args) > 2:
+        alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
+        if isinstance(alpha, Ref) or isinstance(alpha, bool):
             return None
-        return (op, tuple(args[:2]))
+        return (op, tuple(args[:2]) if alpha == 1 else (*args[:2], alpha))
     return handler
+
+
+def _copy(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    # Functional copy_: the source's values in the destination's shape and dtype.
+    return None if kwargs.get("non_blocking") else ("cast", (args[1],))
 
 
 def _div(args: tuple, kwargs: dict, val: Any) -> Lowered:
@@ -169,7 +176,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.view: _reshape, aten._unsafe_view: _reshape, aten.reshape: _reshape,
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
-    aten.rand_like: _rand, aten.rand: _rand,
+    aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy, prims.fma: _same("fma"),
 }
 
 

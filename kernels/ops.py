@@ -18,8 +18,9 @@ def _nan_or(a: str, b: str, picked: str) -> str:
     return f"tl.where(({a} != {a}) | ({b} != {b}), {a} + {b}, {picked})"
 
 
-def add(a, b): return f"({a} + {b})"
-def sub(a, b): return f"({a} - {b})"
+def add(a, b, alpha=None): return f"({a} + {b})" if alpha is None else f"({a} + {b} * {alpha})"
+def sub(a, b, alpha=None): return f"({a} - {b})" if alpha is None else f"({a} - {b} * {alpha})"
+def fma(a, b, c): return f"({a} * {b} + {c})"
 def mul(a, b): return f"({a} * {b})"
 def div(a, b): return f"({a} / {b})"
 def neg(a): return f"(-{a})"
@@ -117,7 +118,7 @@ def pow_scalar(a, exponent: float) -> str | None:
 
 
 OPS: dict[str, Callable[..., str]] = {
-    "add": add, "sub": sub, "mul": mul, "div": div, "neg": neg, "abs": abs_, "exp": exp,
+    "add": add, "sub": sub, "fma": fma, "mul": mul, "div": div, "neg": neg, "abs": abs_, "exp": exp,
     "exp2": exp2, "log": log, "log2": log2, "log1p": log1p, "expm1": expm1, "sqrt": sqrt,
     "rsqrt": rsqrt, "erf": erf, "tanh": tanh, "sigmoid": sigmoid, "sin": sin, "cos": cos,
     "pow": pow_, "reciprocal": reciprocal, "maximum": maximum, "minimum": minimum,
