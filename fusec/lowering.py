@@ -46,7 +46,7 @@ def _alpha(op: str) -> Handler:
     """add/sub, with torch's `alpha` scaling the second operand when it is not 1."""
     def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
         alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
-        if isinstance(alpha, Ref) or isinstance(alpha, bool):
+        if isinstance(alpha, Ref | bool):
             return None
         return (op, tuple(args[:2]) if alpha == 1 else (*args[:2], alpha))
     return handler
