@@ -189,3 +189,23 @@ def test_mixture_of_small_mlps_matches(streams):
     x = torch.randn(1, 16)
     with torch.no_grad():
         torch.testing.assert_close(fusec.compile(model, streams=streams)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_adam_step_is_one_launch():
+    import copy
+
+    from fusec.bench_workloads import adam_shapes, adam_step
+
+    torch.manual_seed(4)
+    shapes = adam_shapes(6, 8)
+    state = [[torch.randn(s) for s in shapes] for _ in range(4)]
+    state[3] = [t.abs() for t in state[3]]
+    expected = copy.deepcopy(state)
+    adam_step(*expected)
+    compiled = fusec.compile(adam_step)
+    compiled(*state)
+    for got, want in zip(state, expected, strict=True):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w)
+    assert fusec.report_of(compiled).stats["kernels"] == 1
+    assert fusec.report_of(compiled).stats["extern_calls"] == 0
