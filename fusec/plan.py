@@ -47,6 +47,7 @@ class Extern:
     target: str
     bytes: int
     is_view: bool = False
+    flops: int = 0  # known for matmuls run by torch; 0 where not modeled
     stream: int = 0
     waits: tuple[str, ...] = ()
 
@@ -112,7 +113,7 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
 
 def _extern(graph: Graph, node: Node) -> Extern:
     return Extern(id=node.name, node=node.name, target=node.target or node.op,
-                  bytes=op_bytes(graph, node), is_view=node.kind is Kind.VIEW)
+                  bytes=op_bytes(graph, node), is_view=node.kind is Kind.VIEW, flops=group_flops(graph, [node]))
 
 
 def _library(graph: Graph, kernel: Kernel, members: list[Node]) -> tuple[Kernel | Extern, ...]:

@@ -59,12 +59,12 @@ def collect(report: Report, target: str, training: bool, inputs: list[dict[str, 
 def step_seconds(record: CompiledGraph, step: Step) -> float:
     """Modeled time of one step; views and getitems launch nothing and cost nothing.
 
-    Extern calls are modeled by their bytes alone: the plan has no FLOP count
-    for them, so a matmul run by torch is modeled as memory-bound.
+    Extern calls carry FLOPs only for matmuls (convolutions and the rest are
+    modeled by their bytes alone).
     """
     if isinstance(step, Kernel):
         return estimate_seconds(step.bytes, step.flops)
-    return estimate_seconds(step.bytes, 0) if counts_as_extern(step, record) else 0.0
+    return estimate_seconds(step.bytes, step.flops) if counts_as_extern(step, record) else 0.0
 
 
 def _graph_row(record: CompiledGraph) -> dict[str, Any]:
@@ -111,7 +111,8 @@ def _kernel_row(record: CompiledGraph, k: Kernel) -> dict[str, Any]:
 
 def _extern_row(record: CompiledGraph, e: Extern) -> dict[str, Any]:
     return {"graph": record.name, "id": e.id, "node": e.node, "target": e.target, "bytes": e.bytes,
-            "view": e.is_view, "counted": counts_as_extern(e, record), "seconds": step_seconds(record, e),
+            "view": e.is_view, "counted": counts_as_extern(e, record), "flops": e.flops,
+            "seconds": step_seconds(record, e),
             "stream": e.stream, "waits": list(e.waits)}
 
 

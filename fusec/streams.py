@@ -35,7 +35,7 @@ def cost_dag(plan: Plan, device: DeviceModel = H100) -> nx.DiGraph:
     steps = {s.id: s for s in plan.steps}
     for node in dag:
         step = steps[node]
-        dag.nodes[node]["cost"] = estimate_seconds(step.bytes, getattr(step, "flops", 0), device)
+        dag.nodes[node]["cost"] = estimate_seconds(step.bytes, step.flops, device)
     return dag
 
 
