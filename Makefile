@@ -8,7 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 
 setup: $(VENV)/.fusec-installed
 
-$(VENV)/.fusec-installed: pyproject.toml
+# The editable install links each module (mypy can follow it): adding or removing
+# a module changes its folder's time, and that re-links.
+$(VENV)/.fusec-installed: pyproject.toml fusec passes kernels
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=strict
