@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -65,7 +66,9 @@ def _rendered(graph: Graph, step: Kernel) -> Kernel:
                 "combo": render_combo}.get(step.kind, render_pointwise)
     source, fn_name = renderer(graph, step)
     library = tuple(_rendered(graph, s) if isinstance(s, Kernel) else s for s in step.library)
-    return replace(step, source=source, fn_name=fn_name, library=library)
+    signature = re.search(rf"^def {re.escape(fn_name)}\((.*?)\):", source, re.M | re.S)
+    params = tuple(p.split(":")[0].strip() for p in signature.group(1).split(","))
+    return replace(step, source=source, fn_name=fn_name, params=params, library=library)
 
 
 def render(plan: Plan) -> Plan:

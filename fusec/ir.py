@@ -251,6 +251,11 @@ class Graph:
                 launch[g] = "+".join(combo)
         return launch
 
+    def escaping(self, members: Iterable[Node]) -> list[Node]:
+        """The members something outside them reads: a group's outputs, in member order."""
+        names = {m.name for m in members}
+        return [m for m in members if any(u not in names for u in self.users(m.name))]
+
     def groups(self) -> dict[str, list[Node]]:
         """Fusion groups in topological order of their first member."""
         result: dict[str, list[Node]] = {}

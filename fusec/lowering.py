@@ -57,6 +57,14 @@ def _copy(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return None if kwargs.get("non_blocking") else ("cast", (args[1],))
 
 
+def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    # Integer powers are generated only as products (x ** 0..16); torch runs the rest.
+    if isinstance(args[0], Ref) and (val.dtype.is_floating_point or (
+            not isinstance(args[1], Ref | bool | float) and 0 <= args[1] <= 16)):
+        return ("pow", tuple(args))
+    return None
+
+
 def _div(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return ("div", tuple(args)) if kwargs.get("rounding_mode") is None else None
 
@@ -75,10 +83,6 @@ def _clamp_min(args: tuple, kwargs: dict, val: Any) -> Lowered:
 
 def _clamp_max(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return None if isinstance(args[1], Ref) else ("clamp", (args[0], None, args[1]))
-
-
-def _pow_scalar_base(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return None  # scalar ** tensor is rare; torch runs it
 
 
 def _bool_only(op: str) -> Handler:
@@ -139,10 +143,6 @@ def _expand(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return ("expand", (args[0],))
 
 
-def _slice(args: tuple, kwargs: dict, val: Any, src_shape=None) -> Lowered:
-    return None  # replaced below by a shape-aware handler
-
-
 def _rand(args: tuple, kwargs: dict, val: Any) -> Lowered:
     if not val.dtype.is_floating_point or kwargs.get("generator") is not None:
         return None
@@ -163,7 +163,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.floor: _same("floor"), aten.ceil: _same("ceil"), aten.trunc: _same("trunc"),
     aten.sign: _same("sign"), aten.relu: _same("relu"), aten.isnan: _same("isnan"),
     aten.isinf: _same("isinf"), aten.maximum: _same("maximum"), aten.minimum: _same("minimum"),
-    aten.pow: _same("pow"), aten.clamp: _clamp, aten.clamp_min: _clamp_min,
+    aten.pow: _pow, aten.clamp: _clamp, aten.clamp_min: _clamp_min,
     aten.clamp_max: _clamp_max, aten.where: _where,
     aten.eq: _same("eq"), aten.ne: _same("ne"), aten.lt: _same("lt"), aten.le: _same("le"),
     aten.gt: _same("gt"), aten.ge: _same("ge"),
@@ -325,6 +325,26 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
     return handler(args, kwargs, val) if handler else None
 
 
+_COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
+
+
+def _comparison_dtype(args: tuple, graph: Graph) -> torch.dtype:
+    """The dtype torch compares in: result_type over the operands, where a Python scalar
+    or 0-d tensor only counts when it is of a higher category (x_half < 0.1 compares in
+    half, uint8 < int8 in int16)."""
+    probes = [torch.empty((1,) * len(graph[a.name].shape), dtype=getattr(torch, graph[a.name].dtype))
+              if isinstance(a, Ref) else a for a in args]
+    return torch.result_type(*probes)
+
+
+def _round_scalar(value: Any, dtype: torch.dtype) -> Any:
+    """A scalar as torch sees it once cast to `dtype` (0.1 in half is 0.0999755859375)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    rounded = torch.tensor(value, dtype=dtype).item()
+    return float(rounded) if dtype.is_floating_point else rounded
+
+
 def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[str, Callable]]:
     """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name."""
     graph = Graph(name=name)
@@ -352,10 +372,15 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
                                target=target, **described))
             else:
                 op, ir_args = lowered
+                ir_kwargs: tuple = ()
                 if op == "rand":
                     ir_args = (sum(n.op == "rand" for n in graph),)  # distinct streams per node
+                if op in _COMPARISONS:
+                    common = _comparison_dtype(ir_args, graph)
+                    ir_args = tuple(_round_scalar(a, common) for a in ir_args)
+                    ir_kwargs = (("dtype", dtype_name(common)),)
                 callables[target] = fx_node.target
-                graph.add(Node(fx_node.name, op, kind_of(op), args=tuple(ir_args), target=target,
+                graph.add(Node(fx_node.name, op, kind_of(op), args=tuple(ir_args), kwargs=ir_kwargs, target=target,
                                torch_call=(args, tuple(kwargs.items())), **described))
         else:
             raise Unsupported(f"fx node kind {fx_node.op!r} ({fx_node.name})")

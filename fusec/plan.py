@@ -34,6 +34,7 @@ class Kernel:
     library: tuple[Kernel | Extern, ...] = ()
     source: str = ""
     fn_name: str = ""
+    params: tuple[str, ...] = ()  # the entry function's parameters, as rendered
     stream: int = 0
     waits: tuple[str, ...] = ()
 
@@ -88,7 +89,7 @@ PERSISTENT_COLUMN = 64
 def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     names = {m.name for m in members}
     inputs = [op for m in members for op in m.operands() if op not in names and not is_constant(graph[op])]
-    outputs = [m.name for m in members if any(u not in names for u in graph.users(m.name))]
+    outputs = [m.name for m in graph.escaping(members)]
     kernel = Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
                     inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
                     numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members),

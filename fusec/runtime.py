@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fusec.ir import Graph, iter_refs, map_refs
+from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.launch import (
     Launch,
     combo_launch,
@@ -68,11 +69,6 @@ def _time_cuda(run: Callable[[], Any], reps: int = 5) -> float:
     return start.elapsed_time(end) / 1e3 / reps
 
 
-def _accumulated(dtype: str) -> str:
-    """The dtype a final reduction's partials are kept in (16-bit floats widen)."""
-    return "float32" if dtype in ("float16", "bfloat16") else dtype
-
-
 class KernelFailed(Exception):
     """A generated kernel did not compile or run."""
 
@@ -108,7 +104,9 @@ class Runtime:
         self.recorded = {w for s in plan.steps for w in s.waits}
         self.output_refs = [r.name for r in iter_refs(self.output_args)]
         self.side: list[torch.cuda.Stream] | None = None
-        self.tickets: dict[str, torch.Tensor] = {}
+        # One counter per kernel and device; calls of one compiled graph from several
+        # threads at once would share it (see the note on concurrency in README).
+        self.tickets: dict[tuple[str, str], torch.Tensor] = {}
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -192,7 +190,10 @@ class Runtime:
             timings: list[tuple[float, Launch | str]] = []
             for config in matmul_configs(*matmul_problem(self.plan.graph, kernel)):
                 self.launches[kernel.id] = config
-                timings.append((_time_cuda(lambda: self._launch_kernel(kernel, env)), config))
+                try:
+                    timings.append((_time_cuda(lambda: self._launch_kernel(kernel, env)), config))
+                except KernelFailed as exc:  # one tile size too large for this GPU: skip it
+                    log.info("fusec: %s: %s", kernel.id, exc)
             timings.append((_time_cuda(lambda: [self._step(step, env) for step in kernel.library]), "library"))
             _MATMUL_CHOICE[key] = min(timings, key=lambda pair: pair[0])[1]
             log.info("fusec: %s: %s", kernel.id, ", ".join(
@@ -223,10 +224,10 @@ class Runtime:
             return
         launch = self.launches[kernel.id]
         flag = None
-        if "p_bad_index" in kernel.source:
+        if "p_bad_index" in kernel.params:
             flag = torch.zeros(1, dtype=torch.int32, device=args[0].device)
             args.append(flag)
-        if "seed" in kernel.source.split("):")[0].split("def ")[-1]:
+        if "seed" in kernel.params:
             # Drawn from torch's generator, so torch.manual_seed makes runs repeatable.
             args.append(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
         if kernel.finals:
@@ -245,11 +246,12 @@ class Runtime:
         """One partial per program for each final reduction, and the kernel's ticket counter
         (zeroed once; the last program resets it)."""
         graph = self.plan.graph
-        partials = [torch.empty(programs, dtype=_DTYPES[_accumulated(graph[f].dtype)], device=device)
+        partials = [torch.empty(programs, dtype=_DTYPES[compute_dtype(graph[f].dtype)], device=device)
                     for f in kernel.finals]
-        if kernel.id not in self.tickets:
-            self.tickets[kernel.id] = torch.zeros(1, dtype=torch.int32, device=device)
-        return [*partials, self.tickets[kernel.id]]
+        key = (kernel.id, str(device))
+        if key not in self.tickets:
+            self.tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
+        return [*partials, self.tickets[key]]
 
     def _device(self) -> torch.device:
         return torch.device("cpu") if self.interpret else torch.device("cuda")

@@ -59,8 +59,9 @@ def choose_streams(plan: Plan, requested: int | str | None) -> tuple[int | None,
         return requested, f"streams={requested}"
     steps = {s.id: s for s in plan.steps}
     small = [n for n in dag if _elements(steps[n], plan) <= SMALL_KERNEL_ELEMENTS]
-    independent = [n for n in small if any(not nx.has_path(dag, n, m) and not nx.has_path(dag, m, n)
-                                           for m in small if m != n)]
+    closure = nx.transitive_closure_dag(dag)
+    independent = [n for n in small if any(m != n and not closure.has_edge(n, m) and not closure.has_edge(m, n)
+                                           for m in small)]
     if len(independent) < 2:
         return 1, "auto: one stream: the independent kernels are large enough to fill the GPU"
     return AUTO_CAP, (f"auto: {len(independent)} small kernels can run side by side "

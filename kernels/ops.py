@@ -34,9 +34,10 @@ def rsqrt(a): return f"tl.math.rsqrt({a})"
 def erf(a): return f"tl.math.erf({a})"
 def sin(a): return f"tl.sin({a})"
 def cos(a): return f"tl.cos({a})"
-def floor(a): return f"tl.floor({a})"
-def ceil(a): return f"tl.ceil({a})"
-def trunc(a): return f"tl.where({a} < 0, tl.ceil({a}), tl.floor({a}))"
+# torch.floor/ceil/trunc of an integer is the integer (and Triton's only take floats).
+def floor(a, floating=True): return f"tl.floor({a})" if floating else a
+def ceil(a, floating=True): return f"tl.ceil({a})" if floating else a
+def trunc(a, floating=True): return f"tl.where({a} < 0, tl.ceil({a}), tl.floor({a}))" if floating else a
 def reciprocal(a): return f"(1.0 / {a})"
 def sigmoid(a): return f"(1.0 / (1.0 + tl.exp(-{a})))"
 def copy(a): return a
@@ -106,13 +107,14 @@ def pow_(a, b):
     odd = f"({b_int} & (tl.abs({b} - 2.0 * tl.floor({b} * 0.5)) == 1.0))"
     signed = f"tl.where(({a} < 0) & {odd}, -{mag}, {mag})"
     res = f"tl.where(({a} < 0) & ~{b_int}, float(\"nan\"), {signed})"
-    return f"tl.where({b} == 0, 1.0, {res})"
+    # torch.pow gives 1 for x ** 0 and 1 ** y, NaN included.
+    return f"tl.where(({b} == 0) | ({a} == 1.0), 1.0, {res})"
 
 
-def pow_scalar(a, exponent: float) -> str | None:
-    """Exact forms for the common scalar exponents; None means use pow_."""
-    if exponent == int(exponent) and 0 <= exponent <= 4:
-        return "(" + " * ".join([a] * int(exponent)) + ")" if exponent else "1.0"
+def pow_scalar(a, exponent: float, floating: bool = True) -> str | None:
+    """Exact forms for the common scalar exponents; None means use pow_ (floats only)."""
+    if exponent == int(exponent) and 0 <= exponent <= (4 if floating else 16):
+        return "(" + " * ".join([a] * int(exponent)) + ")" if exponent else "1"
     return {0.5: f"tl.sqrt({a})", -0.5: f"tl.math.rsqrt({a})", -1.0: f"(1.0 / {a})",
             -2.0: f"(1.0 / ({a} * {a}))"}.get(exponent)
 
@@ -131,7 +133,7 @@ OPS: dict[str, Callable[..., str]] = {
 
 # Ops whose result is bool while their operands compute in their own promoted type.
 PREDICATES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf"})
-# Ops that take a `floating` flag to skip NaN handling for integers.
-NAN_AWARE = frozenset({"maximum", "minimum", "relu", "clamp"})
+# Ops that take a `floating` flag: NaN handling and float-only Triton calls skipped for integers.
+NAN_AWARE = frozenset({"maximum", "minimum", "relu", "clamp", "floor", "ceil", "trunc"})
 
 assert set(OPS) == POINTWISE_OPS, set(POINTWISE_OPS) ^ set(OPS)

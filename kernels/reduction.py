@@ -204,8 +204,7 @@ class ReductionRenderer(Renderer):
             # Positions within this chunk: the library combine returns these on a GPU and
             # the interpreter returns positions whatever it is given, so both agree.
             pos = self.out.let(f"tl.broadcast_to({self._arange('RBLOCK', reduced=True)}, {self.block_shape})", "x")
-            name = f"r{self.out.count}"
-            self.out.count += 1
+            name = self.out.fresh("r")
             combine = f"tl.standard._{node.op}_combine_tie_break_left"
             self.out.emit(f"_, {name} = tl.reduce(({lanes}, {pos}), {self.axis}, {combine})")
             at = self.out.let(f"{name}{self._keep()}.to(tl.int64)", "r")
@@ -291,7 +290,10 @@ class ReductionRenderer(Renderer):
                                  f"{identity})")
             partial = self._library_reduce(lanes, kind, dtype, [x_axis, 0])
             self.out.emit(f"tl.store(p_partial_{name} + tl.program_id(0), {partial})")
-        self.out.emit("ticket = tl.atomic_add(p_ticket, 1)")
+        # Every thread's partial store is done before the ticket is taken (barrier), and
+        # the ticket's acquire-release makes them visible to the last program.
+        self.out.emit("tl.debug_barrier()")
+        self.out.emit('ticket = tl.atomic_add(p_ticket, 1, sem="acq_rel")')
         with self.out.block("if ticket == tl.num_programs(0) - 1:"):
             for name in self.kernel.finals:
                 self.reduced[name] = self._total(self.graph[name])

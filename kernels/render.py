@@ -77,11 +77,16 @@ class Emitter:
         found = self.scope.find("bound", expr)
         if found:
             return found
-        name = f"{self.prefix}{prefix}{self.count}"
-        self.count += 1
+        name = self.fresh(prefix)
         self.scope.bound[expr] = name
         self.scope.lines.append(f"{name} = {expr}")
         self.deps[name] = self.depends(expr)
+        return name
+
+    def fresh(self, prefix: str) -> str:
+        """A new name, for a binding emitted by hand (e.g. a tuple unpacked from tl.reduce)."""
+        name = f"{self.prefix}{prefix}{self.count}"
+        self.count += 1
         return name
 
     def emit(self, line: str) -> None:
@@ -159,6 +164,8 @@ class Renderer:
         self.members = set(kernel.members)
         self.out = Emitter(roots, prefix)
         self.prelude: set[str] = set()  # helper functions (PRELUDE) the kernel calls
+        self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
+        self.uses_seed = False  # random numbers: take the call's seed
 
     # index math -------------------------------------------------------------
     def unravel(self, linear: str, shape: tuple[int, ...], order: list[int] | None = None) -> Index:
@@ -287,6 +294,11 @@ class Renderer:
                     for ref in node.args if isinstance(ref, Ref)}
         targets = _operand_types(node, dtype, [v.dtype for v in operands.values()])
         args = [_convert(a, operands, t) for a, t in zip(node.args, targets, strict=True)]
+        common = dict(node.kwargs).get("dtype") if node.op in PREDICATES else None
+        if common in ("float16", "bfloat16"):
+            # torch compares in the 16-bit type: an operand of another type rounds to it first.
+            args = [to(to(arg, common), "float32") if isinstance(a, Ref) and self.graph[a.name].dtype != common
+                    else arg for a, arg in zip(node.args, args, strict=True)]
         expr = self._expr(node, args, targets[0] if targets else dtype)
         if node.op == "full":
             # A 0-d constant: it broadcasts into whatever reads it; stores broadcast to the block.
@@ -297,16 +309,13 @@ class Renderer:
 
     def _expr(self, node: Node, args: list, work: str | None) -> str:
         if node.op == "pow" and not isinstance(node.args[1], Ref):
-            exact = pow_scalar(args[0], float(node.args[1]))
+            exact = pow_scalar(args[0], float(node.args[1]), floating=work in FLOAT_DTYPES)
             if exact is not None:
                 return exact
         fn = OPS[node.op]
         if node.op in NAN_AWARE:
             return fn(*args, floating=work in FLOAT_DTYPES)
         return fn(*args)
-
-    flags_bad_index = False
-    uses_seed = False
 
     def store(self, node: Node, idx: Index, value: Value, mask: str, shape: str) -> str:
         """A store of `value` to the output buffer of `node` at `idx`, broadcast to `shape`."""
@@ -328,7 +337,9 @@ def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str
     """The dtype each argument is converted to before the op (None: keep its own)."""
     n = len(node.args)
     if node.op in PREDICATES:
-        return [promote(tensor_dtypes)] * n
+        # Lowering records torch's comparison dtype (scalars rounded to it already).
+        common = dict(node.kwargs).get("dtype")
+        return [compute_dtype(common) if common else promote(tensor_dtypes)] * n
     if node.op in _LOGICAL:
         return ["bool"] * n
     if node.op == "where":

@@ -21,6 +21,11 @@ def eliminate_dead_code(graph: Graph) -> Graph:
     return out
 
 
+def _exact(args: tuple) -> tuple:
+    """Arguments as a key that tells -0.0 from 0.0 (equal, and equal in hash, as floats)."""
+    return tuple((type(a), repr(a)) if isinstance(a, float) else a for a in args)
+
+
 def eliminate_common_subexpressions(graph: Graph) -> Graph:
     """No two pure nodes compute the same op on the same arguments."""
     out = Graph(name=graph.name)
@@ -29,7 +34,7 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     for node in graph:
         node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
         if node.kind in _CSE_KINDS and node.op != "rand":
-            key = (node.op, node.args, node.kwargs, node.shape, node.dtype, node.strides)
+            key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides)
             if key in seen:
                 alias[node.name] = seen[key]
                 continue
@@ -48,9 +53,12 @@ def eliminate_identities(graph: Graph) -> Graph:
     """No multiply or divide by one whose result has its operand's shape and dtype remains."""
     out = Graph(name=graph.name)
     alias: dict[str, str] = {}
+    # An output stays a computed copy: aliasing it to its operand could hand the caller
+    # an input tensor (or one output twice) where eager returns a fresh tensor.
+    outputs = set(graph.output.operands())
     for node in graph:
         node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
-        if _is_identity(node):
+        if _is_identity(node) and node.name not in outputs:
             src = out[node.args[0].name]
             if (src.shape, src.dtype) == (node.shape, node.dtype):
                 alias[node.name] = src.name

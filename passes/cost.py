@@ -33,8 +33,7 @@ def group_bytes(graph: Graph, members: list[Node]) -> int:
     computed inline), every escaping value written once."""
     names = {m.name for m in members}
     external = [op for m in members for op in m.operands() if op not in names and not is_constant(graph[op])]
-    escaping = [m for m in members if any(u not in names for u in graph.users(m.name))]
-    return _reads(graph, external) + sum(m.nbytes for m in escaping)
+    return _reads(graph, external) + sum(m.nbytes for m in graph.escaping(members))
 
 
 def bytes_unfused(graph: Graph) -> int:

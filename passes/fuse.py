@@ -64,8 +64,7 @@ class _Grouping:
         return self.group_of.get(name, name)
 
     def outputs(self, members: set[str]) -> list[Node]:
-        return [self.graph[m] for m in sorted(members, key=self.position.__getitem__)
-                if any(user not in members for user in self.graph.users(m))]
+        return self.graph.escaping([self.graph[m] for m in sorted(members, key=self.position.__getitem__)])
 
     def domain(self, group: str) -> Domain | None:
         return row_domain(self.graph, [self.graph[m] for m in self.members[group]])
@@ -99,7 +98,7 @@ class _Grouping:
     def matmul(self, group: str) -> Node | None:
         return next((self.graph[m] for m in self.members[group] if self.graph[m].kind is Kind.MATMUL), None)
 
-    def _left(self, node: Node) -> str:
+    def left_operand(self, node: Node) -> str:
         """The tensor a matmul's left operand reads, through any views."""
         name = node.operands()[0]
         while self.graph[name].kind is Kind.VIEW and name in self.group_of:
@@ -110,7 +109,7 @@ class _Grouping:
         """A matmul kernel holds its matmuls (several only if they share the left operand
         and shape), views their operands are read through (index math per tile), and an
         epilogue over the output tile."""
-        if mu and mv and (self._left(mu) != self._left(mv) or mu.shape != mv.shape or
+        if mu and mv and (self.left_operand(mu) != self.left_operand(mv) or mu.shape != mv.shape or
                           self.graph[mu.operands()[1]].shape != self.graph[mv.operands()[1]].shape):
             return f"matmuls {mu.name} and {mv.name} do not share a left operand and shape"
         if self.domain(gu) or self.domain(gv):
@@ -261,7 +260,7 @@ def _merge_siblings(graph: Graph, state: _Grouping) -> None:
         if group not in state.members:
             continue
         product = state.matmul(group)
-        key = state.domain(group) or (product and ("matmul", state._left(product), product.shape))
+        key = state.domain(group) or (product and ("matmul", state.left_operand(product), product.shape))
         if key and group not in by_domain.setdefault(key, []):
             by_domain[key].append(group)
     _merge_each(state, by_domain.values())

@@ -17,8 +17,7 @@ def _pointwise_groups(graph: Graph) -> dict[str, int]:
     sizes = {}
     for group, members in graph.groups().items():
         if all(m.kind in (Kind.POINTWISE, Kind.VIEW) for m in members):
-            names = {m.name for m in members}
-            outputs = [m for m in members if any(u not in names for u in graph.users(m.name))]
+            outputs = graph.escaping(members)
             if outputs and outputs[0].numel <= SMALL:
                 sizes[group] = outputs[0].numel
     return sizes
@@ -36,7 +35,7 @@ def horizontal(graph: Graph, max_elements: int = SMALL) -> Graph:
     for group in candidates:  # in topological order of first member
         for combo in combos:
             if len(combo) < MAX_PARTS and all(group not in reach[g] and g not in reach[group] for g in combo) \
-                    and _acyclic(dag, [*combos_without(combos, combo), [*combo, group]]):
+                    and _acyclic(dag, [*(c for c in combos if c is not combo), [*combo, group]]):
                 combo.append(group)
                 break
         else:
@@ -44,10 +43,6 @@ def horizontal(graph: Graph, max_elements: int = SMALL) -> Graph:
     out = graph.copy()
     out.horizontal = tuple(tuple(c) for c in combos if len(c) > 1)
     return out
-
-
-def combos_without(combos: list[list[str]], skip: list[str]) -> list[list[str]]:
-    return [c for c in combos if c is not skip]
 
 
 def _acyclic(dag: nx.DiGraph, combos: list[list[str]]) -> bool:

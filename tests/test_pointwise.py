@@ -159,3 +159,41 @@ def test_large_iteration_space_uses_many_programs():
     x = torch.randn(3, 70001)
     check(lambda x: torch.exp(x) - 1, x, kernels=1)
     assert math.prod(x.shape) > 1 << 16
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_compared_with_a_float_rounds_the_float_as_torch(dtype):
+    x = torch.tensor([0.1, 0.3, 0.7, 1 / 3]).to(dtype)
+    check(lambda x: (x == 0.1, x >= 0.7, x < 1 / 3), x)
+    a, b = torch.tensor([2049, 7], dtype=torch.int32), torch.tensor([2048.0, 7.0]).to(dtype)
+    check(lambda a, b: a == b, a, b)
+
+
+def test_mixed_sign_integer_comparison_promotes_as_torch():
+    a, b = torch.tensor([200, 3], dtype=torch.uint8), torch.tensor([-1, 4], dtype=torch.int8)
+    check(lambda a, b: (a < b, a == b), a, b)
+
+
+def test_negative_zero_constant_is_not_merged_with_zero():
+    x = torch.rand(4) + 1
+    check(lambda x: (1 / (x * -0.0), 1 / (x * 0.0)), x)
+
+
+def test_multiply_by_one_returns_a_fresh_tensor():
+    x = torch.randn(4)
+    y = fusec.compile(lambda x: x * 1)(x)
+    assert y.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(y, x)
+
+
+def test_pow_edge_cases():
+    nan = float("nan")
+    a = torch.tensor([1.0, 1.0, 0.0, -2.0, -2.0, 2.0])
+    b = torch.tensor([nan, 5.0, 0.0, 3.0, 0.5, -1.0])
+    check(lambda a, b: a ** b, a, b)
+
+
+def test_integer_floor_pow_are_exact():
+    x = torch.randint(-3, 4, (16,))
+    check(lambda x: (torch.floor(x) + torch.ceil(x) + torch.trunc(x), x ** 5 + x ** 2), x, kernels=1)
+    check(lambda x: x ** 20, x)  # a large integer power runs through torch

@@ -154,3 +154,10 @@ def test_reduction_feeding_reduction_of_another_shape_is_refused_with_reason():
     x = torch.randn(8, 16)
     report = check(lambda x: torch.softmax(x, -1).sum(0), x, kernels=2)
     assert any("reduction feeds a reduction of another shape" in e["reason"] for e in report.edges())
+
+
+def test_random_numbers_inside_a_reduction_kernel():
+    torch.manual_seed(6)
+    x = torch.randn(4, 16)
+    report = check(lambda x: ((torch.rand_like(x) + 0.5).prod(1) > 0), x, kernels=1)
+    assert "seed" in report.kernels[0].params
