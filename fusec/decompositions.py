@@ -21,7 +21,7 @@ _EXTRA = [
     aten.tanh_backward, aten.threshold_backward, aten.native_layer_norm,
     aten.native_layer_norm_backward, aten.var_mean, aten.var, aten.std, aten.logsumexp,
     aten._log_softmax_backward_data, aten._softmax_backward_data, aten.native_dropout,
-    aten.native_dropout_backward, aten.mean, aten.addmm, aten.baddbmm,
+    aten.native_dropout_backward, aten.mean,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.
@@ -32,10 +32,21 @@ _KEEP = {
 }
 
 
+def _addmm(bias, mat1, mat2, *, beta=1, alpha=1):
+    # torch's own decomposition upcasts 16-bit operands on a CPU; the product must stay
+    # in its dtype (a bf16 tensor-core matmul) with the bias as its epilogue.
+    product = torch.ops.aten.mm(mat1, mat2) if mat1.dim() == 2 else torch.ops.aten.bmm(mat1, mat2)
+    if alpha != 1:
+        product = product * alpha
+    return product + (bias if beta == 1 else bias * beta)
+
+
 def decomposition_table() -> dict:
     table = {**core_aten_decompositions(), **get_decompositions(_EXTRA)}
     for op in _KEEP:
         table.pop(op, None)
+    table[aten.addmm.default] = _addmm
+    table[aten.baddbmm.default] = _addmm
     return table
 
 

@@ -122,7 +122,9 @@ class _Grouping:
                 continue
             for mm in products:
                 if nx.has_path(self.graph.nx, name, mm.name):
-                    if node.kind is not Kind.VIEW:
+                    # Views are index math and casts convert each loaded tile; anything
+                    # else would be recomputed for every tile that reads it.
+                    if node.kind is not Kind.VIEW and node.op != "cast":
                         return f"{name} would be recomputed for every tile of {mm.name}"
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
                         nx.has_path(self.graph.nx, mm.name, name):
