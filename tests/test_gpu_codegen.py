@@ -14,7 +14,8 @@ from fusec.kernels.compile import load_kernel
 
 try:
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compile as triton_compile
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
 except ImportError:  # pragma: no cover - very old Triton
     GPUTarget = None
 
