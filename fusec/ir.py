@@ -60,8 +60,9 @@ POINTWISE_OPS = frozenset({
     "cast", "copy", "full",
 })
 # An indirect load: gather(src, dim, index) reads src at positions held in index;
+# cat(*tensors, dim) reads the tensor whose range along dim holds the position;
 # rand(salt) draws uniform [0, 1) numbers from the call's seed (Philox).
-INDEXING_OPS = frozenset({"gather", "rand"})
+INDEXING_OPS = frozenset({"gather", "cat", "rand"})
 # View ops become index math inside a kernel (or a torch view when alone).
 VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice", "select", "alias"})
 # Reductions take (x, dims, keepdim) and var also its correction; dims are

@@ -243,6 +243,14 @@ def _broadcast_in_dim(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int,
     return ("broadcast_in_dim", (args[0], tuple(args[2])))
 
 
+def _cat(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    tensors = list(args[0])
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not all(isinstance(t, Ref) for t in tensors) or not isinstance(dim, int) or val.dim() == 0:
+        return None
+    return ("cat", (*tensors, dim % val.dim()))
+
+
 def _gather(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
     if kwargs.get("sparse_grad") or (len(args) > 3 and args[3]):
         return None
@@ -267,7 +275,7 @@ _SHAPE_AWARE = {
     aten.argmin: _reduction("argmin", 1, 2, "ordered"), aten.any: _reduction("any", 1, 2),
     aten.all: _reduction("all", 1, 2), prims.var: _var, prims.div: _prims_div,
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
-    aten.mm: _matmul, aten.bmm: _matmul,
+    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat,
 }
 
 
@@ -320,7 +328,10 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
     if packet in (aten.mm, aten.bmm) and any(t.dtype != dtype_name(val.dtype) for t in tensors):
         return None
     if packet in _SHAPE_AWARE:
-        return _SHAPE_AWARE[packet](args, kwargs, val, graph[args[0].name].shape)
+        first = args[0][0] if isinstance(args[0], list | tuple) and args[0] else args[0]
+        if not isinstance(first, Ref):
+            return None
+        return _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
     handler = HANDLERS.get(packet)
     return handler(args, kwargs, val) if handler else None
 

@@ -250,7 +250,28 @@ class Renderer:
             return self.gather(node, idx)
         if node.op == "rand":
             return self.rand(node, idx)
+        if node.op == "cat":
+            return self.cat(node, idx)
         return self.pointwise(node, idx)
+
+    def cat(self, node: Node, idx: Index) -> Value:
+        """The element of whichever input's range along dim holds the position. Each
+        input is read at a clamped index (in bounds, its value unused out of range)."""
+        *refs, dim = node.args
+        dtype = compute_dtype(node.dtype)
+        pos, start, parts = idx.dims[dim], 0, []
+        for ref in refs:
+            size = self.graph[ref.name].shape[dim]
+            end = start + size
+            if size:
+                local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")
+                value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
+                parts.append((end, to(value.expr, dtype) if value.dtype != dtype else value.expr))
+            start = end
+        expr = parts[-1][1]
+        for end, value in reversed(parts[:-1]):
+            expr = f"tl.where({pos} < {end}, {value}, {expr})"
+        return Value(self.out.let(expr), dtype)
 
     def rand(self, node: Node, idx: Index) -> Value:
         """Uniform [0, 1) from Philox keyed by the call's seed, counted by element and node."""

@@ -197,3 +197,13 @@ def test_integer_floor_pow_are_exact():
     x = torch.randint(-3, 4, (16,))
     check(lambda x: (torch.floor(x) + torch.ceil(x) + torch.trunc(x), x ** 5 + x ** 2), x, kernels=1)
     check(lambda x: x ** 20, x)  # a large integer power runs through torch
+
+
+def test_cat_fuses_as_index_math():
+    torch.manual_seed(7)
+    x, y = torch.randn(3, 4), torch.randn(5, 4)
+    check(lambda x, y: torch.cat([x.sin(), y.cos() * 2, x[:0]], 0) + 1, x, y, kernels=1)
+    a, b = torch.randn(2, 3), torch.randn(3, 2)
+    check(lambda a, b: torch.cat([a, b.t(), a * 2], 1).exp(), a, b, kernels=1)
+    i, f = torch.randint(0, 5, (4,), dtype=torch.int32), torch.randn(4)
+    check(lambda i, f: torch.cat([i, f]) * 3, i, f, kernels=1)
