@@ -84,9 +84,10 @@ def test_pointwise_reduction_and_combo_kernels_compile_for_sm90(sm90):
     run(lambda x, t: F.cross_entropy(x, t), x, torch.randint(0, 96, (64,)))  # totals via the ticket
     run(lambda *xs: tuple(torch.tanh(t) * i for i, t in enumerate(xs)), *[torch.randn(5 + i) for i in range(4)])
     run(lambda x: F.dropout(x, 0.1, training=True), x)
+    run(lambda x, b: torch.cat([x.sin(), b.expand(3, 96) * 2], 0), x, b)
     n = torch.randint(-5, 5, (33,))
     run(lambda n: (n ** 3 + torch.floor(n), (n > 0) & (n < 3), n.to(torch.float16) * 0.5), n)
-    assert len(sm90) >= 7
+    assert len(sm90) >= 8
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
