@@ -151,8 +151,11 @@ def reduction_domain(node: Node, graph: Graph) -> tuple[tuple[int, ...], tuple[i
 
 def row_domain(graph: Graph, members: list[Node]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The rows a reduction kernel walks: those of its widest reduction (None: no reduction)."""
+    # Ties (equal input size) go to the domain with more rows, then to a fixed order, so
+    # every caller picks the same one whatever order it lists the members in.
     domains = [reduction_domain(m, graph) for m in members if m.kind is Kind.REDUCTION]
-    return max(domains, key=lambda d: math.prod(d[0]), default=None)
+    return max(domains, default=None, key=lambda d: (
+        math.prod(d[0]), math.prod(s for i, s in enumerate(d[0]) if i not in d[1]), d))
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

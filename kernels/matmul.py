@@ -71,6 +71,7 @@ class MatmulRenderer(Renderer):
         self.tile = self._index("om", "on")
         self.wide = needs_int64(graph, kernel)
         self.reading_operand = False
+        self.scalar_shape = "[1, 1]"
 
     def _index(self, *dims: str) -> Index:
         return Index(("pid_b", *dims) if self.batched else dims)
@@ -139,9 +140,12 @@ class MatmulRenderer(Renderer):
         acc = self.accumulator[node.name]
         x = self.operand(a, self._index("am", "ka"))
         y = self.operand(b, self._index("kb", "bn"))
-        if "ka" not in self.out.depends(x) and "kb" not in self.out.depends(y):
-            # Both K dims are size 1 or stride 0, so neither load is masked: zero one tile's K tail.
+        # An operand whose K dim is size 1 or stride 0 loads unmasked: zero its K tail
+        # (a padded 0 * inf would otherwise make NaN).
+        if "ka" not in self.out.depends(x):
             x = f"tl.where({self.out.roots['ka']}, {x}, 0)"
+        if "kb" not in self.out.depends(y):
+            y = f"tl.where({self.out.roots['kb']}, {y}, 0)"
         # A dim missing from an address leaves the tile narrower than the dot needs.
         x = self.out.let(f"tl.broadcast_to({x}, [BLOCK_M, BLOCK_K])", "v")
         y = self.out.let(f"tl.broadcast_to({y}, [BLOCK_K, BLOCK_N])", "v")

@@ -15,7 +15,7 @@ from fusec.ir import POINTWISE_OPS
 
 def _nan_or(a: str, b: str, picked: str) -> str:
     # torch.maximum/minimum propagate NaN; tl.maximum does not promise to.
-    return f"tl.where(({a} != {a}) | ({b} != {b}), {a} + {b}, {picked})"
+    return f"tl.where({a} != {a}, {a}, tl.where({b} != {b}, {b}, {picked}))"
 
 
 def add(a, b, alpha=None): return f"({a} + {b})" if alpha is None else f"({a} + {b} * {alpha})"
@@ -88,8 +88,9 @@ def tanh(a):
 
 
 def log1p(a):
-    # log(1+a) * a / ((1+a) - 1) cancels the rounding error of 1+a (Goldberg).
-    return f"tl.where((1.0 + {a}) == 1.0, {a}, tl.log(1.0 + {a}) * {a} / ((1.0 + {a}) - 1.0))"
+    # log(1+a) * a / ((1+a) - 1) cancels the rounding error of 1+a (Goldberg); inf stays inf.
+    exact = f"tl.log(1.0 + {a}) * {a} / ((1.0 + {a}) - 1.0)"
+    return f'tl.where((1.0 + {a}) == 1.0, {a}, tl.where({a} == float("inf"), {a}, {exact}))'
 
 
 def expm1(a):
@@ -111,12 +112,22 @@ def pow_(a, b):
     return f"tl.where(({b} == 0) | ({a} == 1.0), 1.0, {res})"
 
 
-def pow_scalar(a, exponent: float, floating: bool = True) -> str | None:
-    """Exact forms for the common scalar exponents; None means use pow_ (floats only)."""
-    if exponent == int(exponent) and 0 <= exponent <= (4 if floating else 16):
-        return "(" + " * ".join([a] * int(exponent)) + ")" if exponent else "1"
-    return {0.5: f"tl.sqrt({a})", -0.5: f"tl.math.rsqrt({a})", -1.0: f"(1.0 / {a})",
-            -2.0: f"(1.0 / ({a} * {a}))"}.get(exponent)
+def pow_scalar(a, exponent: float, floating: bool = True) -> str:
+    """a ** exponent for a scalar exponent: exact products and roots for the common ones,
+    else exp(e * log|a|) with the base's sign worked out here (integers: products only)."""
+    if exponent == 0:
+        return "tl.full([], 1, tl.int32)"  # torch: x ** 0 == 1, NaN included
+    if exponent == int(exponent) and 0 < exponent <= (4 if floating else 16):
+        return "(" + " * ".join([a] * int(exponent)) + ")"
+    known = {0.5: f"tl.sqrt({a})", -0.5: f"tl.math.rsqrt({a})", -1.0: f"(1.0 / {a})",
+             -2.0: f"(1.0 / ({a} * {a}))"}
+    if exponent in known:
+        return known[exponent]
+    mag = f"tl.exp({float(exponent)!r} * tl.log(tl.abs({a})))"
+    if exponent != int(exponent):  # a negative base has no real power
+        return f'tl.where({a} < 0, float("nan"), {mag})'
+    sign = "-" if int(exponent) % 2 else ""
+    return f"tl.where({a} < 0, {sign}{mag}, {mag})"
 
 
 OPS: dict[str, Callable[..., str]] = {

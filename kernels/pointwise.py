@@ -13,6 +13,7 @@ class PointwiseRenderer(Renderer):
     def __init__(self, graph: Graph, kernel: Kernel, part: str = "") -> None:
         self.offs, self.mask = f"{part}offs", f"{part}mask"
         super().__init__(graph, kernel, roots={self.offs: self.mask}, prefix=part)
+        self.scalar_shape = "[BLOCK]"
 
     def iteration_index(self, node: Node) -> Index:
         """Unravel `offs` over the output's dims, innermost = smallest stride (coalesced stores)."""

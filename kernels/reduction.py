@@ -73,6 +73,7 @@ class ReductionRenderer(Renderer):
         self.inner = kernel.reduce_inner
         self.block_shape = "[XBLOCK, RBLOCK]" if self.inner else "[RBLOCK, XBLOCK]"
         self.row_shape = "[XBLOCK, 1]" if self.inner else "[1, XBLOCK]"
+        self.scalar_shape = "[1, 1]"
         self.axis = 1 if self.inner else 0
         self.reduced: dict[str, Value] = {}
         self.combines: set[str] = set()
@@ -104,6 +105,8 @@ class ReductionRenderer(Renderer):
             return self.broadcast(idx, keep, self.shape)
         if node.shape == tuple(self.shape[d] for d in self.outer):
             return Index(tuple(idx.dims[d] for d in self.outer))
+        if node.numel == self.kernel.numel:  # per row, another shape: rows in row-major order
+            return self.unravel("xoffs", node.shape)
         return self.unravel(self.linearize(idx, self.shape), node.shape)
 
     @contextlib.contextmanager
@@ -302,7 +305,8 @@ class ReductionRenderer(Renderer):
                 node = self.graph[name]
                 idx = Index(("0",) * len(node.shape))
                 value = self.value(name, idx)
-                self.out.emit(f"tl.store({param(name)}, {to(value.expr, node.dtype)})")
+                self.out.emit(f"tl.store({param(name)} + tl.full([1, 1], 0, tl.int32), "
+                              f"tl.broadcast_to({to(value.expr, node.dtype)}, [1, 1]))")
 
     def _final_kind(self, node: Node) -> tuple[str, str, str]:
         dtype = compute_dtype(node.dtype)

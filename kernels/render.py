@@ -165,6 +165,7 @@ class Renderer:
         self.out = Emitter(roots, prefix)
         self.prelude: set[str] = set()  # helper functions (PRELUDE) the kernel calls
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
+        self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
 
     # index math -------------------------------------------------------------
@@ -287,7 +288,9 @@ class Renderer:
         dtype = compute_dtype(node.dtype)
         mask = self.out.mask(addr)
         if mask is None:
-            raw = f"tl.load({param(node.name)} + {addr})"
+            # One element for the whole block: keep it a (broadcastable) block, since the
+            # interpreter cannot mix 0-d and block operands in every operator.
+            raw = f"tl.broadcast_to(tl.load({param(node.name)} + {addr}), {self.scalar_shape})"
         else:
             raw = f"tl.load({param(node.name)} + {addr}, mask={mask}, other=0)"
         expr = raw if dtype == node.dtype else f"{raw}.to({TL_TYPE[dtype]})"
@@ -321,18 +324,19 @@ class Renderer:
             args = [to(to(arg, common), "float32") if isinstance(a, Ref) and self.graph[a.name].dtype != common
                     else arg for a, arg in zip(node.args, args, strict=True)]
         expr = self._expr(node, args, targets[0] if targets else dtype)
+        if node.op == "cast" and node.dtype in ("float16", "bfloat16"):
+            # An explicit cast rounds, even inside a fused chain (through float32: the
+            # interpreter converts integers to bfloat16 wrongly).
+            expr = to(to(to(expr, "float32"), node.dtype), dtype)
         if node.op == "full":
-            # A 0-d constant: it broadcasts into whatever reads it; stores broadcast to the block.
-            expr = f"tl.full([], {expr}, {TL_TYPE[dtype]})"
+            expr = f"tl.full({self.scalar_shape}, {expr}, {TL_TYPE[dtype]})"
         if node.op in _RETYPED or dtype == "bool":
             expr = to(expr, dtype)
         return Value(self.out.let(expr), dtype)
 
     def _expr(self, node: Node, args: list, work: str | None) -> str:
         if node.op == "pow" and not isinstance(node.args[1], Ref):
-            exact = pow_scalar(args[0], float(node.args[1]), floating=work in FLOAT_DTYPES)
-            if exact is not None:
-                return exact
+            return pow_scalar(args[0], float(node.args[1]), floating=work in FLOAT_DTYPES)
         fn = OPS[node.op]
         if node.op in NAN_AWARE:
             return fn(*args, floating=work in FLOAT_DTYPES)
@@ -367,6 +371,8 @@ def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str
         return ["bool"] + [dtype] * (n - 1)
     if node.op == "cast":
         return [None]
+    if dtype == "bool":
+        return ["int32"] * n  # True + True is True in torch: add as integers, then test != 0
     return [dtype] * n
 
 
@@ -385,7 +391,18 @@ def to(expr: str, dtype: str) -> str:
     """Convert an expression to `dtype`; to bool means 'is nonzero' as in torch."""
     if dtype == "bool":
         return f"({expr} != 0)"
+    if dtype == "bfloat16":
+        return f"({round_bf16(expr)}).to(tl.bfloat16)"
     return f"({expr}).to({TL_TYPE[dtype]})"
+
+
+def round_bf16(expr: str) -> str:
+    """`expr` as float32 rounded to the nearest bfloat16 (ties to even), by its bits: Triton's
+    interpreter truncates in its own conversion; after this one the conversion is exact."""
+    x = f"({expr}).to(tl.float32)"
+    bits = f"{x}.to(tl.uint32, bitcast=True)"
+    rounded = f"((({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)"
+    return f"tl.where({x} != {x}, {x}, {rounded})"
 
 
 PRELUDE = {

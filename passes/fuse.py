@@ -8,6 +8,7 @@ different groups, or a group and an extern call, keeps the reason on the edge
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import networkx as nx
@@ -151,6 +152,33 @@ class _Grouping:
             src = self.graph[node.operands()[0]]
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
+        return self._misaligned_read(members, domain)
+
+    def _misaligned_read(self, members: set[str], domain: Domain) -> str | None:
+        """Why some member would read a value computed from this kernel's reductions at
+        another row than its own (x + x.sum(1) on a square x broadcasts across rows)."""
+        row_valued = set()
+        for name in sorted(members, key=self.position.__getitem__):
+            node = self.graph[name]
+            if node.kind is Kind.REDUCTION or any(op in row_valued for op in node.operands()):
+                row_valued.add(name)
+        for name in row_valued:
+            node = self.graph[name]
+            if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.graph[node.operands()[0]], domain):
+                return f"{name} would put {node.operands()[0]} on another row than its own"
+            if node.kind in (Kind.REDUCTION, Kind.VIEW):
+                continue
+            for op in node.operands():
+                if op not in row_valued:
+                    continue
+                if node.op == "gather" and op == node.args[0].name:
+                    # It reads its source at the positions of a reduced dim, in its own row.
+                    own_row = node.args[1] in domain[1] and all(
+                        node.shape[d] == size for d, size in enumerate(domain[0]) if d not in domain[1])
+                else:
+                    own_row = _reads_own_row(self.graph[op].shape, node.shape, domain)
+                if not own_row:
+                    return f"{name} would read {op} at another row than its own"
         return None
 
     def _first_member(self, vertex: str) -> str:
@@ -167,6 +195,30 @@ class _Grouping:
             if succ != gv:
                 self.dag.add_edge(gv, succ)
         self.dag.remove_node(gu)
+
+
+def _reads_own_row(source: tuple[int, ...], reader: tuple[int, ...], domain: Domain) -> bool:
+    """Whether broadcasting a per-row value of shape `source` into `reader` gives each
+    element its own row's value."""
+    shape, dims = domain
+    if source == reader:
+        return True
+    if reader == shape and len(source) <= len(shape):
+        padded = (1,) * (len(shape) - len(source)) + source
+        return all(padded[d] == (1 if d in dims else shape[d]) or padded[d] == shape[d] == 1
+                   for d in range(len(shape)))
+    def strip(s: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(itertools.dropwhile(lambda size: size == 1, s))
+    return math.prod(reader) == row_shapes(domain)[1] and strip(source) == strip(reader)
+
+
+def _keeps_rows(view: Node, src: Node, domain: Domain) -> bool:
+    """Whether a broadcast_in_dim puts per-row values on the outer dims, in their order."""
+    shape, dims = domain
+    moved = [d for d, size in zip(view.args[1], src.shape, strict=True) if size != 1]
+    if len(view.shape) != len(shape):  # into the rows' own shape
+        return moved == sorted(moved)
+    return moved == [d for d in range(len(shape)) if d not in dims and shape[d] != 1]
 
 
 def finals(graph: Graph, members: list[Node]) -> list[Node]:
