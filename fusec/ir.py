@@ -208,10 +208,6 @@ class Graph:
     def remove(self, name: str) -> None:
         self.nx.remove_node(name)
 
-    @classmethod
-    def from_nodes(cls, nodes: Iterable[Node], name: str = "graph") -> Graph:
-        return cls(nodes, name=name)
-
     # queries ----------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
         return self.nx.nodes[name]["node"]
