@@ -113,21 +113,22 @@ def pow_(a, b):
 
 
 def pow_scalar(a, exponent: float, floating: bool = True) -> str:
-    """a ** exponent for a scalar exponent: exact products and roots for the common ones,
-    else exp(e * log|a|) with the base's sign worked out here (integers: products only)."""
+    """a ** exponent for a scalar exponent: products (and their reciprocal) for integer
+    exponents up to 16, roots for +-0.5, else exp(e * log|a|) with the sign worked out here."""
     if exponent == 0:
         return "tl.full([], 1, tl.int32)"  # torch: x ** 0 == 1, NaN included
-    if exponent == int(exponent) and 0 < exponent <= (4 if floating else 16):
-        return "(" + " * ".join([a] * int(exponent)) + ")"
-    known = {0.5: f"tl.sqrt({a})", -0.5: f"tl.math.rsqrt({a})", -1.0: f"(1.0 / {a})",
-             -2.0: f"(1.0 / ({a} * {a}))"}
-    if exponent in known:
-        return known[exponent]
+    if exponent == int(exponent) and abs(exponent) <= 16 and (floating or exponent > 0):
+        product = "(" + " * ".join([a] * abs(int(exponent))) + ")"
+        return product if exponent > 0 else f"(1.0 / {product})"  # (-0.0) ** -3 is -inf
+    if exponent in (0.5, -0.5):
+        return f"tl.sqrt({a})" if exponent > 0 else f"tl.math.rsqrt({a})"
     mag = f"tl.exp({float(exponent)!r} * tl.log(tl.abs({a})))"
     if exponent != int(exponent):  # a negative base has no real power
         return f'tl.where({a} < 0, float("nan"), {mag})'
-    sign = "-" if int(exponent) % 2 else ""
-    return f"tl.where({a} < 0, {sign}{mag}, {mag})"
+    if int(exponent) % 2 == 0:
+        return mag
+    negative = f"(({a} < 0) | (({a} == 0) & (1.0 / {a} < 0)))"  # -0.0 counts as negative
+    return f"tl.where({negative}, -{mag}, {mag})"
 
 
 OPS: dict[str, Callable[..., str]] = {

@@ -48,3 +48,8 @@ def test_matmul_keeps_inf_when_k_loads_are_unmasked(shapes):
     else:
         x, w = torch.tensor([[INF], [1.0]]).expand(2, 3), torch.ones(3, 4)
     check(lambda x, w: torch.relu(x @ w), x, w)
+
+
+def test_negative_zero_to_negative_odd_power():
+    x = torch.tensor([-0.0, 0.0, -2.0, 3.0])
+    check(lambda x: (x.pow(-3), x.pow(-17), x.pow(5)), x, rtol=1e-5, atol=1e-6)
