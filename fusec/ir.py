@@ -240,8 +240,8 @@ class Graph:
         return outs[0]
 
     def op_nodes(self) -> list[Node]:
-        """Nodes that do work: everything but inputs and the output."""
-        return [n for n in self if n.kind not in (Kind.INPUT, Kind.OUTPUT)]
+        """Nodes that do work: everything but inputs, graph constants and the output."""
+        return [n for n in self if n.kind not in (Kind.INPUT, Kind.OUTPUT) and n.op != "constant"]
 
     def launch_of(self) -> dict[str, str]:
         """Group id -> the id of the launch it is part of (its combo's, or its own)."""

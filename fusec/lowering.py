@@ -7,6 +7,7 @@ shapes, dtypes and strides come from the fake tensors in `node.meta["val"]`.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -356,6 +357,10 @@ def _round_scalar(value: Any, dtype: torch.dtype) -> Any:
     return float(rounded) if dtype.is_floating_point else rounded
 
 
+def _constant(value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
 def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[str, Callable]]:
     """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name."""
     graph = Graph(name=name)
@@ -367,6 +372,15 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
             if not isinstance(val, torch.Tensor):
                 raise Unsupported(f"input {fx_node.name} is not a tensor ({type(val).__name__})")
             graph.add(Node(fx_node.name, "input", Kind.INPUT, **_describe(val, what)))
+        elif fx_node.op == "get_attr":
+            # A tensor constant of the graph (torch.tensor(...) in the model): torch hands it
+            # over each call; kernels read it as one more input.
+            value = getattr(gm, fx_node.target)
+            if not isinstance(value, torch.Tensor):
+                raise Unsupported(f"attribute {fx_node.target} is not a tensor")
+            target = f"constant.{fx_node.target}"
+            callables[target] = functools.partial(_constant, value)
+            graph.add(Node(fx_node.name, "constant", Kind.OPAQUE, target=target, **_describe(value, what)))
         elif fx_node.op == "output":
             outputs = _convert_args(fx_node.args[0])
             graph.add(Node(fx_node.name, "output", Kind.OUTPUT, (), "bool", args=tuple(outputs)))

@@ -185,12 +185,13 @@ def _frees(plan: Plan) -> tuple[tuple[str, ...], ...]:
 
 
 def step_dag(plan: Plan) -> nx.DiGraph:
-    """Steps as a DAG of data dependencies (views excluded: they launch nothing)."""
+    """Steps as a DAG of data dependencies (views and constants excluded: they launch nothing)."""
     producer: dict[str, str] = {}
     dag = nx.DiGraph()
     for step in plan.steps:
-        if isinstance(step, Extern) and step.is_view:
-            producer[step.node] = producer.get(plan.graph[step.node].operands()[0], "")
+        if isinstance(step, Extern) and (step.is_view or plan.graph[step.node].op == "constant"):
+            operands = plan.graph[step.node].operands()
+            producer[step.node] = producer.get(operands[0], "") if operands else ""
             continue
         dag.add_node(step.id, cost=float(max(step.bytes, 1)))
         for name in plan.reads(step):

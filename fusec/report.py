@@ -16,8 +16,9 @@ STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused"
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
-    """Views are torch aliases and getitem unpacks a result: neither is a call that does work."""
-    return not step.is_view and record.graph[step.node].op != "getitem"
+    """Views are torch aliases, getitem unpacks a result and a constant is handed over:
+    none is a call that does work."""
+    return not step.is_view and record.graph[step.node].op not in ("getitem", "constant")
 
 
 @dataclass

@@ -86,8 +86,9 @@ def assign(plan: Plan, requested: int | str | None, device: DeviceModel = H100) 
     for step in plan.steps:
         if step.id in schedule.stream_of:
             stream = schedule.stream_of[step.id]
-        else:  # a view or getitem: no work, it follows its source
-            stream = stream_of_buffer.get(plan.graph[step.node].operands()[0], 0)
+        else:  # a view or a constant: no work; a view follows its source
+            operands = plan.graph[step.node].operands()
+            stream = stream_of_buffer.get(operands[0], 0) if operands else 0
         for name in step.outputs if isinstance(step, Kernel) else (step.node,):
             stream_of_buffer[name] = stream
         steps.append(replace(step, stream=stream, waits=tuple(waited.get(step.id, ()))))

@@ -23,7 +23,7 @@ def _reads(graph: Graph, names: list[str]) -> int:
 
 def op_bytes(graph: Graph, node: Node) -> int:
     """Traffic of one op run as its own kernel: unique operands read once, result written once."""
-    if node.kind in _FREE or node.op == "getitem":
+    if node.kind in _FREE or node.op in ("getitem", "constant"):
         return 0
     return _reads(graph, node.operands()) + written_bytes(graph, node)
 

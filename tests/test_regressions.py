@@ -53,3 +53,13 @@ def test_matmul_keeps_inf_when_k_loads_are_unmasked(shapes):
 def test_negative_zero_to_negative_odd_power():
     x = torch.tensor([-0.0, 0.0, -2.0, 3.0])
     check(lambda x: (x.pow(-3), x.pow(-17), x.pow(5)), x, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_constants_in_the_model_fuse():
+    def fn(x):
+        return x * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor(2.0)
+    report = check(fn, torch.randn(4, 3), kernels=1, externs=0)
+    assert report.graphs[0].fallback is None
+    many = check(lambda x, y: (x * torch.tensor(3.0), y + torch.tensor([1.0, 2.0])),
+                 torch.randn(2), torch.randn(2), kernels=1)
+    assert many.stats["streams"] == 1
