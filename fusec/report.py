@@ -49,9 +49,6 @@ class Report:
     def kernels(self) -> list[Kernel]:
         return [k for g in self.graphs if g.plan for k in g.plan.kernels]
 
-    def kernel(self, kernel_id: str, graph: int = 0) -> Kernel:
-        return next(k for k in self.graphs[graph].plan.kernels if k.id == kernel_id)
-
     def edges(self) -> list[dict[str, str]]:
         """Every edge between two different kernels or extern calls, with why it was not fused;
         `kind` is "kernels" when both ends are generated kernels, "torch" when one runs through torch."""
