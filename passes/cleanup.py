@@ -50,15 +50,16 @@ def _is_identity(node) -> bool:
 
 
 def eliminate_identities(graph: Graph) -> Graph:
-    """No multiply or divide by one whose result has its operand's shape and dtype remains."""
+    """No multiply or divide by one that only computing ops read, with its operand's shape
+    and dtype, remains."""
     out = Graph(name=graph.name)
     alias: dict[str, str] = {}
-    # An output stays a computed copy: aliasing it to its operand could hand the caller
-    # an input tensor (or one output twice) where eager returns a fresh tensor.
-    outputs = set(graph.output.operands())
     for node in graph:
         node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
-        if _is_identity(node) and node.name not in outputs:
+        # x * 1 is a fresh tensor: where a view, torch or the caller gets it (rather than
+        # only computing ops), dropping it would hand over the operand's memory and strides.
+        readers = {graph[u].kind for u in graph.users(node.name)}
+        if _is_identity(node) and readers <= {Kind.POINTWISE, Kind.REDUCTION, Kind.MATMUL}:
             src = out[node.args[0].name]
             if (src.shape, src.dtype) == (node.shape, node.dtype):
                 alias[node.name] = src.name

@@ -22,6 +22,8 @@ def check(fn, *args, kernels: int | None = None, externs: int | None = None, **t
         expected, got = (expected,), (got,)
     for e, g in zip(expected, got, strict=True):
         assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, e.shape, g.dtype, e.dtype)
+        long_dims = [d for d in range(e.dim()) if e.shape[d] > 1]
+        assert [g.stride(d) for d in long_dims] == [e.stride(d) for d in long_dims], (g.stride(), e.stride())
         torch.testing.assert_close(g, e, equal_nan=True, **(tol or TOL.get(e.dtype, {})))
     report = fusec.report_of(compiled)
     if kernels is not None:

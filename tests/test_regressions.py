@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import fusec
 from tests.eager import check
 
 INF = float("inf")
@@ -63,3 +64,10 @@ def test_tensor_constants_in_the_model_fuse():
     many = check(lambda x, y: (x * torch.tensor(3.0), y + torch.tensor([1.0, 2.0])),
                  torch.randn(2), torch.randn(2), kernels=1)
     assert many.stats["streams"] == 1
+
+
+def test_multiply_by_one_then_view_is_a_fresh_tensor():
+    x = torch.randn(4, 2)[:, ::2]
+    check(lambda x: (x * 1).reshape(4, -1), x)
+    out = fusec.compile(lambda x: (x * 1).reshape(4, -1))(x)
+    assert out.stride() == (1, 1) and out.data_ptr() != x.data_ptr()
