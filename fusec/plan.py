@@ -184,6 +184,14 @@ def _frees(plan: Plan) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(f) for f in frees)
 
 
+def does_work(plan: Plan, step: Step) -> bool:
+    """Kernels and torch calls do work; a view (an alias), a getitem (unpacking a result)
+    and a graph constant (handed over) do none."""
+    if isinstance(step, Kernel):
+        return True
+    return not step.is_view and plan.graph[step.node].op not in ("getitem", "constant")
+
+
 def step_dag(plan: Plan) -> nx.DiGraph:
     """Steps as a DAG of data dependencies (views and constants excluded: they launch nothing)."""
     producer: dict[str, str] = {}

@@ -9,16 +9,15 @@ from typing import Any
 from fusec.compiler import CompiledGraph
 from fusec.ir import Kind
 from fusec.passes.cost import bytes_fused, bytes_unfused
-from fusec.plan import Extern, Kernel
+from fusec.plan import Extern, Kernel, does_work
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
               "dag_width", "cross_stream_waits", "compile_seconds")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
-    """Views are torch aliases, getitem unpacks a result and a constant is handed over:
-    none is a call that does work."""
-    return not step.is_view and record.graph[step.node].op not in ("getitem", "constant")
+    """An extern call that does work (not a view, getitem or constant)."""
+    return does_work(record.plan, step)
 
 
 @dataclass

@@ -11,10 +11,11 @@ from typing import Any
 
 from fusec.compiler import CompiledGraph
 from fusec.ir import Kind
-from fusec.passes.cost import H100, estimate_seconds
+from fusec.passes.cost import H100
 from fusec.passes.parallel import critical_path, dag_width
-from fusec.plan import Extern, Kernel, Step, step_dag
+from fusec.plan import Extern, Kernel, Step
 from fusec.report import Report, counts_as_extern
+from fusec.streams import cost_dag, step_seconds
 
 SCHEMA = 1
 
@@ -46,7 +47,7 @@ def collect(report: Report, target: str, training: bool, inputs: list[dict[str, 
         data["nodes"] += _node_rows(record)
         data["kernels"] += [_kernel_row(record, k) for k in record.plan.kernels]
         data["extern_calls"] += [_extern_row(record, e) for e in record.plan.externs]
-        launched = [s for s in record.plan.steps if step_seconds(record, s) > 0]
+        launched = [s for s in record.plan.steps if step_seconds(record.plan, s) > 0]
         for stream in sorted({s.stream for s in launched}):
             data["streams"].append({"graph": record.name, "stream": stream,
                                     "steps": [s.id for s in launched if s.stream == stream]})
@@ -56,31 +57,17 @@ def collect(report: Report, target: str, training: bool, inputs: list[dict[str, 
     return data
 
 
-def step_seconds(record: CompiledGraph, step: Step) -> float:
-    """Modeled time of one step; views and getitems launch nothing and cost nothing.
-
-    Extern calls carry FLOPs only for matmuls (convolutions and the rest are
-    modeled by their bytes alone).
-    """
-    if isinstance(step, Kernel):
-        return estimate_seconds(step.bytes, step.flops)
-    return estimate_seconds(step.bytes, step.flops) if counts_as_extern(step, record) else 0.0
-
-
 def _graph_row(record: CompiledGraph) -> dict[str, Any]:
     row: dict[str, Any] = {"name": record.name, "device": record.device, "fallback": record.fallback,
                            "fallback_ops": record.fallback_ops, "compile_seconds": record.compile_seconds,
                            "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds]}
     if record.plan is None:
         return row
-    dag = step_dag(record.plan)
-    steps = {s.id: s for s in record.plan.steps}
-    for step_id in dag:
-        dag.nodes[step_id]["cost"] = step_seconds(record, steps[step_id])
+    dag = cost_dag(record.plan)
     path, seconds = critical_path(dag)
     row.update({"ops": len(record.graph.op_nodes()), "kernels": len(record.plan.kernels),
                 "dag_width": dag_width(dag),
-                "serial_seconds": sum(step_seconds(record, s) for s in record.plan.steps),
+                "serial_seconds": sum(step_seconds(record.plan, s) for s in record.plan.steps),
                 "critical_path": {"steps": list(path), "seconds": seconds}})
     return row
 
@@ -105,14 +92,14 @@ def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
 def _kernel_row(record: CompiledGraph, k: Kernel) -> dict[str, Any]:
     return {"graph": record.name, "id": k.id, "kind": k.kind, "members": list(k.members),
             "ops": [record.graph[m].op for m in k.members], "inputs": list(k.inputs), "outputs": list(k.outputs),
-            "numel": k.numel, "bytes": k.bytes, "flops": k.flops, "seconds": step_seconds(record, k),
+            "numel": k.numel, "bytes": k.bytes, "flops": k.flops, "seconds": step_seconds(record.plan, k),
             "stream": k.stream, "waits": list(k.waits), "fn_name": k.fn_name, "source": k.source}
 
 
 def _extern_row(record: CompiledGraph, e: Extern) -> dict[str, Any]:
     return {"graph": record.name, "id": e.id, "node": e.node, "target": e.target, "bytes": e.bytes,
             "view": e.is_view, "counted": counts_as_extern(e, record), "flops": e.flops,
-            "seconds": step_seconds(record, e),
+            "seconds": step_seconds(record.plan, e),
             "stream": e.stream, "waits": list(e.waits)}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph, iter_refs, map_refs
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.launch import (
@@ -55,18 +56,6 @@ _MATMUL_CHOICE: dict[tuple, Any] = {}
 
 def _device_name() -> str:
     return torch.cuda.get_device_name()
-
-
-def _time_cuda(run: Callable[[], Any], reps: int = 5) -> float:
-    """Seconds per call on the current stream, after a warm-up call (which compiles)."""
-    run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
 
 
 class KernelFailed(Exception):
@@ -213,11 +202,10 @@ class Runtime:
                 raise StrideMismatch(f"{name} has strides {tuple(tensor.stride())}, "
                                      f"the kernel expects {node.strides}")
             args.append(tensor)
-        device = args[0].device if args else None
+        device = args[0].device if args else self._device()
         for name in kernel.outputs:
             node = graph[name]
-            out = torch.empty_strided(node.shape, node.strides, dtype=_DTYPES[node.dtype],
-                                      device=device or self._device())
+            out = torch.empty_strided(node.shape, node.strides, dtype=_DTYPES[node.dtype], device=device)
             env[name] = out
             args.append(out)
         if kernel.numel == 0:
@@ -225,13 +213,13 @@ class Runtime:
         launch = self.launches[kernel.id]
         flag = None
         if "p_bad_index" in kernel.params:
-            flag = torch.zeros(1, dtype=torch.int32, device=args[0].device)
+            flag = torch.zeros(1, dtype=torch.int32, device=device)
             args.append(flag)
         if "seed" in kernel.params:
             # Drawn from torch's generator, so torch.manual_seed makes runs repeatable.
             args.append(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
         if kernel.finals:
-            args += self._final_buffers(kernel, launch.grid[0], args[0].device if args else self._device())
+            args += self._final_buffers(kernel, launch.grid[0], device)
         try:
             self.kernels[kernel.id][launch.grid](*args, *self.sizes[kernel.id], **launch.constants,
                                                  num_warps=launch.num_warps)

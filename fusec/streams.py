@@ -13,7 +13,7 @@ import networkx as nx
 
 from fusec.passes.cost import H100, DeviceModel, estimate_seconds
 from fusec.passes.parallel import assign_streams, dag_width, minimal_waits
-from fusec.plan import Kernel, Plan, Step, step_dag
+from fusec.plan import Kernel, Plan, Step, does_work, step_dag
 
 AUTO_CAP = 4
 # A kernel with fewer threads of work than this leaves most of an H100 idle
@@ -30,13 +30,18 @@ class StreamDecision:
 
 
 def cost_dag(plan: Plan, device: DeviceModel = H100) -> nx.DiGraph:
-    """The step DAG weighted by each step's roofline time."""
+    """The step DAG weighted by each step's roofline time (0 for steps that do no work)."""
     dag = step_dag(plan)
     steps = {s.id: s for s in plan.steps}
     for node in dag:
-        step = steps[node]
-        dag.nodes[node]["cost"] = estimate_seconds(step.bytes, step.flops, device)
+        dag.nodes[node]["cost"] = step_seconds(plan, steps[node], device)
     return dag
+
+
+def step_seconds(plan: Plan, step: Step, device: DeviceModel = H100) -> float:
+    """Modeled time of one step: its roofline (extern calls carry FLOPs only for matmuls),
+    or nothing for a step that does no work."""
+    return estimate_seconds(step.bytes, step.flops, device) if does_work(plan, step) else 0.0
 
 
 def _elements(step: Step, plan: Plan) -> int:
