@@ -1,16 +1,16 @@
-"""Runs a Plan: allocates buffers, launches kernels, calls torch for extern ops."""
+"""Runs a Plan through its generated launcher; falls back to torch when a kernel cannot run."""
 
 from __future__ import annotations
 
 import logging
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from fusec.device import time_cuda as _time_cuda
-from fusec.ir import Graph, iter_refs, map_refs
+from fusec.ir import Graph
+from fusec.kernels.call import KernelCall, KernelFailed
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.launch import (
     Launch,
@@ -21,12 +21,12 @@ from fusec.kernels.launch import (
     reduction_launch,
 )
 from fusec.kernels.matmul import matmul_problem, matmul_sizes
-from fusec.plan import Extern, Kernel, Plan, Step
+from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
+from fusec.plan import Kernel, Plan
 
 log = logging.getLogger("fusec")
 
-_DTYPES = {name: getattr(torch, name) for name in
-           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
+__all__ = ["KernelFailed", "Runtime", "StrideMismatch"]
 
 
 def _launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
@@ -58,12 +58,9 @@ def _device_name() -> str:
     return torch.cuda.get_device_name()
 
 
-class KernelFailed(Exception):
-    """A generated kernel did not compile or run."""
-
-
-class StrideMismatch(Exception):
-    """An input arrived with strides other than the ones the kernels were generated for."""
+def draw_seed() -> int:
+    # From torch's generator, so torch.manual_seed makes runs repeatable.
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
 class Runtime:
@@ -77,25 +74,34 @@ class Runtime:
         self._boxed_call = True
         self.plan = plan
         self.kernels = kernels
-        self.callables = {**callables, "_operator.getitem": operator.getitem}
+        self.callables = callables
         self.interpret = interpret
         self.fallback = fallback
         self.strict = strict
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
         graph = plan.graph
-        self.input_names = [n.name for n in graph.inputs]
-        self.output_args = graph.output.args
-        self.launches = {k.id: _launch(graph, k, interpret) for k in plan.all_kernels()}
-        self.sizes = {k.id: _sizes(graph, k) for k in plan.all_kernels()}
-        self.matmul = "template" if matmul == "auto" and interpret else matmul
+        self.calls = {k.id: KernelCall(kernels[k.id], _launch(graph, k, interpret), _sizes(graph, k), interpret,
+                                       name=k.id) for k in plan.all_kernels()}
+        self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
-        self.recorded = {w for s in plan.steps for w in s.waits}
-        self.output_refs = [r.name for r in iter_refs(self.output_args)]
-        self.side: list[torch.cuda.Stream] | None = None
         # One counter per kernel and device; calls of one compiled graph from several
         # threads at once would share it (see the note on concurrency in README).
         self.tickets: dict[tuple[str, str], torch.Tensor] = {}
+        self.source: str | None = None  # the generated launcher, once built
+        self._call: Callable[[list[Any]], Any] | None = None
+
+    @property
+    def matmul(self) -> str:
+        return self._matmul
+
+    @matmul.setter
+    def matmul(self, value: str) -> None:
+        self._matmul, self._call = value, None  # the launcher is regenerated with the new choice
+
+    @property
+    def launches(self) -> dict[str, Launch]:
+        return {kid: call.launch for kid, call in self.calls.items()}
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -115,148 +121,92 @@ class Runtime:
             return self.fallback(*inputs)
 
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
-        env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
+        if self._call is None:
+            self._call = self._build()
+        return self._call(inputs)
+
+    def _build(self) -> Callable[[list[Any]], Any]:
+        """Decide each fused matmul's implementation, then generate and define the launcher."""
+        library = frozenset(k.id for k in self.plan.kernels if k.library and self._choose(k) == "library")
+        code = self._step_code(library)
+        self.source, names = generate(self.plan, code, streams=self.multi_stream)
+        return compile_source(self.source, names)
+
+    def _step_code(self, library: frozenset[str]) -> StepCode:
+        stream_ops = {}
         if self.multi_stream:
-            self._run_on_streams(env)
-        else:
-            for step, dead in zip(self.plan.steps, self.plan.frees, strict=True):
-                self._step(step, env)
-                for name in dead:
-                    env.pop(name, None)
-        return tuple(map_refs(self.output_args, lambda r: env[r.name]))
+            stream_ops = {"current_stream": torch.cuda.current_stream, "stream_context": torch.cuda.stream,
+                          "SIDE": [torch.cuda.Stream() for _ in range(self.n_streams - 1)],
+                          "record_stream": _record_stream}
+        return StepCode(calls=self.calls, callables=self.callables, library=library, draw_seed=draw_seed,
+                        bounds_error=self._bounds_error, final_buffers=self._final_buffers,
+                        device=torch.device("cpu") if self.interpret else torch.device("cuda"),
+                        stream_ops=stream_ops)
 
-    def _step(self, step: Step, env: dict[str, Any]) -> None:
-        if isinstance(step, Kernel):
-            self._launch(step, env)
-        else:
-            env[step.node] = self._extern(step, env)
-
-    def _run_on_streams(self, env: dict[str, Any]) -> None:
-        """Each step on its stream: stream 0 is the caller's, the others first wait for it;
-        a step waits on the events of the producers its plan names; the caller's stream
-        waits for every stream at the end. Buffers stay referenced until that join, so
-        no stream reuses memory another may still read."""
-        caller = torch.cuda.current_stream()
-        streams = [caller, *self._side_streams()]
-        for side in streams[1:]:
-            side.wait_stream(caller)
-        events: dict[str, torch.cuda.Event] = {}
-        for step in self.plan.steps:
-            stream = streams[step.stream]
-            for producer in step.waits:
-                stream.wait_event(events[producer])
-            with torch.cuda.stream(stream):
-                self._step(step, env)
-            if step.id in self.recorded:
-                events[step.id] = stream.record_event()
-        for side in streams[1:]:
-            caller.wait_stream(side)
-        for ref in self.output_refs:
-            value = env[ref]
-            if isinstance(value, torch.Tensor) and value.is_cuda:
-                value.record_stream(caller)
-
-    def _side_streams(self) -> list[torch.cuda.Stream]:
-        if self.side is None:
-            self.side = [torch.cuda.Stream() for _ in range(self.n_streams - 1)]
-        return self.side
-
-    def _launch(self, kernel: Kernel, env: dict[str, Any]) -> None:
-        if kernel.library and self._matmul_choice(kernel, env) == "library":
-            for step in kernel.library:
-                self._step(step, env)
-            return
-        self._launch_kernel(kernel, env)
-
-    def _matmul_choice(self, kernel: Kernel, env: dict[str, Any]) -> str:
+    def _choose(self, kernel: Kernel) -> str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel
-        and shape on this GPU, the template in each of a few tile configurations (every
-        candidate computes the same outputs into env)."""
-        if self.matmul != "auto":
-            return self.matmul
-        key = (kernel.source, self.sizes[kernel.id], _device_name())
+        and shape on this GPU on random inputs, the template in each of a few tile
+        configurations."""
+        if self._matmul != "auto":
+            return self._matmul
+        key = (kernel.source, _sizes(self.plan.graph, kernel), _device_name())
         if key not in _MATMUL_CHOICE:
-            timings: list[tuple[float, Launch | str]] = []
-            for config in matmul_configs(*matmul_problem(self.plan.graph, kernel)):
-                self.launches[kernel.id] = config
-                try:
-                    timings.append((_time_cuda(lambda: self._launch_kernel(kernel, env)), config))
-                except KernelFailed as exc:  # one tile size too large for this GPU: skip it
-                    log.info("fusec: %s: %s", kernel.id, exc)
-            timings.append((_time_cuda(lambda: [self._step(step, env) for step in kernel.library]), "library"))
-            _MATMUL_CHOICE[key] = min(timings, key=lambda pair: pair[0])[1]
-            log.info("fusec: %s: %s", kernel.id, ", ".join(
-                f"{c if c == 'library' else c.constants}: {t * 1e6:.1f} us" for t, c in timings))
+            _MATMUL_CHOICE[key] = self._time_choices(kernel)
         choice = _MATMUL_CHOICE[key]
         if choice == "library":
             return "library"
-        self.launches[kernel.id] = choice
+        call = self.calls[kernel.id]
+        self.calls[kernel.id] = KernelCall(call.fn, choice, call.sizes, self.interpret, name=kernel.id)
         return "template"
 
-    def _launch_kernel(self, kernel: Kernel, env: dict[str, Any]) -> None:
+    def _time_choices(self, kernel: Kernel) -> Launch | str:
         graph = self.plan.graph
-        args = []
-        for name in kernel.inputs:
-            tensor, node = env[name], graph[name]
-            if _strides(tensor) != _strides_of(node.shape, node.strides):
-                raise StrideMismatch(f"{name} has strides {tuple(tensor.stride())}, "
-                                     f"the kernel expects {node.strides}")
-            args.append(tensor)
-        device = args[0].device if args else self._device()
-        for name in kernel.outputs:
-            node = graph[name]
-            out = torch.empty_strided(node.shape, node.strides, dtype=_DTYPES[node.dtype], device=device)
-            env[name] = out
-            args.append(out)
-        if kernel.numel == 0:
-            return
-        launch = self.launches[kernel.id]
-        flag = None
-        if "p_bad_index" in kernel.params:
-            flag = torch.zeros(1, dtype=torch.int32, device=device)
-            args.append(flag)
-        if "seed" in kernel.params:
-            # Drawn from torch's generator, so torch.manual_seed makes runs repeatable.
-            args.append(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
-        if kernel.finals:
-            args += self._final_buffers(kernel, launch.grid[0], device)
-        try:
-            self.kernels[kernel.id][launch.grid](*args, *self.sizes[kernel.id], **launch.constants,
-                                                 num_warps=launch.num_warps)
-        except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
-            raise KernelFailed(f"kernel {kernel.id} failed: {type(exc).__name__}: {exc}") from exc
-        if flag is not None and flag.item():
+        device = torch.device("cpu") if self.interpret else torch.device("cuda")
+        inputs = [_random_like(graph, name, device) for name in kernel.inputs]
+        outputs = [torch.empty_strided(graph[o].shape, graph[o].strides, dtype=DTYPES[graph[o].dtype],
+                                       device=device) for o in kernel.outputs]
+        base = self.calls[kernel.id]
+        timings: list[tuple[float, Launch | str]] = []
+        for config in matmul_configs(*matmul_problem(graph, kernel)):
+            call = KernelCall(base.fn, config, base.sizes, self.interpret, name=kernel.id)
+            try:
+                timings.append((_time_cuda(lambda call=call: call(*inputs, *outputs)), config))
+            except KernelFailed as exc:  # one tile size too large for this GPU: skip it
+                log.info("fusec: %s: %s", kernel.id, exc)
+        library = Plan(graph=graph, steps=kernel.library)
+        source, names = generate(library, self._step_code(frozenset()), streams=False, inputs=list(kernel.inputs),
+                                 result=tuple(kernel.outputs))
+        run_library = compile_source(source, names)
+        timings.append((_time_cuda(lambda: run_library(list(inputs))), "library"))
+        log.info("fusec: %s: %s", kernel.id, ", ".join(
+            f"{c if c == 'library' else c.constants}: {t * 1e6:.1f} us" for t, c in timings))
+        return min(timings, key=lambda pair: pair[0])[1]
+
+    def _bounds_error(self, kernel: Kernel, flag: torch.Tensor) -> None:
+        if flag.item():
             gathers = [m for m in kernel.members if self.plan.graph[m].op == "gather"]
             raise IndexError(f"fusec: an index read by {', '.join(gathers)} is out of bounds "
                              "(eager raises here too: check the targets or indices)")
 
-    def _final_buffers(self, kernel: Kernel, programs: int, device: torch.device) -> list[torch.Tensor]:
+    def _final_buffers(self, kernel: Kernel, device: torch.device) -> list[torch.Tensor]:
         """One partial per program for each final reduction, and the kernel's ticket counter
         (zeroed once; the last program resets it)."""
         graph = self.plan.graph
-        partials = [torch.empty(programs, dtype=_DTYPES[compute_dtype(graph[f].dtype)], device=device)
+        programs = self.calls[kernel.id].launch.grid[0]
+        partials = [torch.empty(programs, dtype=DTYPES[compute_dtype(graph[f].dtype)], device=device)
                     for f in kernel.finals]
         key = (kernel.id, str(device))
         if key not in self.tickets:
             self.tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
         return [*partials, self.tickets[key]]
 
-    def _device(self) -> torch.device:
-        return torch.device("cpu") if self.interpret else torch.device("cuda")
 
-    def _extern(self, step: Extern, env: dict[str, Any]) -> Any:
-        node = self.plan.graph[step.node]
-        fn = self.callables[node.target]
-        args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
-        args = map_refs(args, lambda r: env[r.name])
-        kwargs = dict(map_refs(kwargs, lambda r: env[r.name]))
-        return fn(*args, **kwargs)
+def _record_stream(value: Any, stream: torch.cuda.Stream) -> None:
+    if isinstance(value, torch.Tensor) and value.is_cuda:
+        value.record_stream(stream)
 
 
-def _strides(tensor: torch.Tensor) -> tuple[int, ...]:
-    return _strides_of(tuple(tensor.shape), tuple(tensor.stride()))
-
-
-def _strides_of(shape: tuple[int, ...], strides: tuple[int, ...] | None) -> tuple[int, ...]:
-    """Strides that matter for addressing: those of dims longer than 1."""
-    return tuple(st for s, st in zip(shape, strides or ()) if s > 1)
+def _random_like(graph: Graph, name: str, device: torch.device) -> torch.Tensor:
+    node = graph[name]
+    tensor = torch.empty_strided(node.shape, node.strides, dtype=DTYPES[node.dtype], device=device)
+    return tensor.normal_() if tensor.is_floating_point() else tensor.zero_()

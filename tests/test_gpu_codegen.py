@@ -10,6 +10,7 @@ from torch import nn
 
 import fusec
 import fusec.runtime as runtime
+from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
 
 try:
@@ -38,34 +39,32 @@ def sm90(monkeypatch, tmp_path):
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     compiled = []
-    launch_kernel = runtime.Runtime._launch_kernel
+    owners: dict[int, tuple] = {}  # id(KernelCall) -> (graph, plan kernel)
+    build = runtime.Runtime._build
 
-    def also_for_gpu(self, kernel, env):
-        real = self.kernels[kernel.id]
+    def build_and_note_owners(self):
+        call = build(self)
+        for kernel in self.plan.all_kernels():
+            owners[id(self.calls[kernel.id])] = (self.plan.graph, kernel)
+        return call
 
-        class Spy:
-            def __getitem__(self, grid):
-                def launch(*args, **kwargs):
-                    gpu = runtime._launch(self_.plan.graph, kernel, interpret=False)
-                    fn = load_kernel(kernel.source, kernel.fn_name, interpret=False, cache_dir=tmp_path)
-                    plain = [n for n in fn.arg_names if n not in gpu.constants]
-                    signature = {n: _signature(a) for n, a in zip(plain, args, strict=True)}
-                    signature.update({n: "constexpr" for n in gpu.constants})
-                    binary = triton_compile(ASTSource(fn, signature, dict(gpu.constants)),
-                                            target=GPUTarget("cuda", *H100), options={"num_warps": gpu.num_warps})
-                    assert binary.metadata.shared <= SHARED_LIMIT, (kernel.id, binary.metadata.shared)
-                    compiled.append(kernel.id)
-                    return real[grid](*args, **kwargs)
-                return launch
+    launch = KernelCall.__call__
 
-        self_ = self
-        self.kernels[kernel.id] = Spy()
-        try:
-            return launch_kernel(self, kernel, env)
-        finally:
-            self.kernels[kernel.id] = real
+    def also_for_gpu(self, *args):
+        graph, kernel = owners[id(self)]
+        gpu = runtime._launch(graph, kernel, interpret=False)
+        fn = load_kernel(kernel.source, kernel.fn_name, interpret=False, cache_dir=tmp_path)
+        plain = [n for n in fn.arg_names if n not in gpu.constants]
+        signature = {n: _signature(a) for n, a in zip(plain, [*args, *self.sizes], strict=True)}
+        signature.update({n: "constexpr" for n in gpu.constants})
+        binary = triton_compile(ASTSource(fn, signature, dict(gpu.constants)),
+                                target=GPUTarget("cuda", *H100), options={"num_warps": gpu.num_warps})
+        assert binary.metadata.shared <= SHARED_LIMIT, (kernel.id, binary.metadata.shared)
+        compiled.append(kernel.id)
+        return launch(self, *args)
 
-    monkeypatch.setattr(runtime.Runtime, "_launch_kernel", also_for_gpu)
+    monkeypatch.setattr(runtime.Runtime, "_build", build_and_note_owners)
+    monkeypatch.setattr(KernelCall, "__call__", also_for_gpu)
     return compiled
 
 

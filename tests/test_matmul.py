@@ -147,7 +147,7 @@ def test_auto_choice_times_configs_and_library_once(monkeypatch, fastest):
     n_configs = len(runtime.matmul_configs(1, 8, 32, 16, "float32"))
 
     def fake_timer(run, reps=5):
-        run()  # every candidate really runs and writes the outputs
+        run()  # every candidate really runs
         timed.append(run)
         library_turn = len(timed) == n_configs + 1
         return 1e-6 if library_turn == (fastest == "library") else 1e-3 + len(timed) * 1e-6

@@ -1,0 +1,246 @@
+"""The launcher: a Python function generated from a Plan that runs one call of the graph.
+
+Like TorchInductor's output code, every decision that does not depend on the
+call's values is taken once, when the source is written: which buffer each
+step reads, each output's shape, strides and dtype, each kernel's grid, sizes
+and constants (bound into its `KernelCall`), which stream each step runs on
+and which events it waits for, and when a buffer is dead. What is left per
+call is straight-line code: a stride check per input, an allocation per
+output, a launch per kernel, a torch call per extern op. The source is
+readable (`Launcher.source`, `fusec inspect --launcher`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fusec.ir import Graph, Ref, iter_refs
+from fusec.plan import Extern, Kernel, Plan, Step
+
+DTYPES = {name: getattr(torch, name) for name in
+          ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
+
+
+class StrideMismatch(Exception):
+    """An input arrived with strides other than the ones the kernels were generated for."""
+
+
+@dataclass
+class Source:
+    """Lines of the generated function and the globals they name."""
+
+    lines: list[str] = field(default_factory=list)
+    names: dict[str, Any] = field(default_factory=dict)
+    counter: itertools.count = field(default_factory=itertools.count)
+
+    def emit(self, line: str, indent: int = 1) -> None:
+        self.lines.append("    " * indent + line)
+
+    def bind(self, value: Any, prefix: str = "C") -> str:
+        """A global name for `value` (the same name for the same object)."""
+        for name, bound in self.names.items():
+            if bound is value and name.startswith(prefix):
+                return name
+        name = f"{prefix}{next(self.counter)}"
+        self.names[name] = value
+        return name
+
+
+def var(name: str) -> str:
+    """The local variable holding node `name`'s value (node names are identifiers)."""
+    return f"v_{name}"
+
+
+@dataclass
+class StepCode:
+    """What the generator needs beyond the plan: kernels' calls, extern callables, choices."""
+
+    calls: dict[str, Callable[..., None]]  # kernel id -> KernelCall
+    callables: dict[str, Callable[..., Any]]  # extern target -> torch callable
+    library: frozenset[str] = frozenset()  # matmul kernels that run as torch's matmul + epilogue
+    draw_seed: Callable[[], int] | None = None
+    bounds_error: Callable[[Kernel, torch.Tensor], None] | None = None
+    final_buffers: Callable[[Kernel, torch.device], list[torch.Tensor]] | None = None
+    # where outputs go when the graph has no tensor input
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    stream_ops: dict[str, Any] = field(default_factory=dict)  # current_stream, SIDE, stream_context, record_stream
+
+
+def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
+             result: Any = None) -> tuple[str, dict[str, Any]]:
+    """The source of `def call(inputs)` for `plan` and the globals it needs: it takes the graph's
+    inputs (or `inputs`, node names) and returns the graph's outputs (or `result`, node names)."""
+    graph = plan.graph
+    src = Source(names={"empty_strided": torch.empty_strided, "StrideMismatch": StrideMismatch,
+                        "torch": torch, **{f"D_{k}": v for k, v in DTYPES.items()}, **code.stream_ops})
+    inputs = [n.name for n in graph.inputs] if inputs is None else inputs
+    src.emit("def call(inputs):", 0)
+    if inputs:
+        src.emit(f"{', '.join(var(n) for n in inputs)}, = inputs")
+    _device_line(src, graph, inputs, code.device)
+    checked = set()
+    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code)}
+    if streams:
+        _stream_prologue(src, plan)
+    for step, dead in zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True):
+        waits = list(step.waits) if streams else []
+        indent = 1
+        if streams and step.stream:
+            for producer in waits:
+                src.emit(f"S{step.stream}.wait_event(E_{_ident(producer)})")
+            src.emit(f"with stream_context(S{step.stream}):")
+            indent = 2
+        elif streams:
+            for producer in waits:
+                src.emit(f"S0.wait_event(E_{_ident(producer)})")
+        _step(src, graph, step, code, checked, produced_by_kernel, indent)
+        if streams and step.id in _recorded(plan):
+            src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
+        if not streams and dead:
+            src.emit(f"del {', '.join(var(d) for d in dead)}")
+    if streams:
+        _stream_epilogue(src, plan)
+    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
+    src.emit(f"return {_literal(src, returned)}")
+    return "\n".join(src.lines) + "\n", src.names
+
+
+def _outputs(kernel: Kernel, code: StepCode) -> list[str]:
+    if kernel.id in code.library:
+        return [o for s in kernel.library for o in (s.outputs if isinstance(s, Kernel) else (s.node,))]
+    return list(kernel.outputs)
+
+
+def _ident(step_id: str) -> str:
+    return step_id.replace("+", "_")
+
+
+def _device_line(src: Source, graph: Graph, inputs: list[str], default: torch.device) -> None:
+    """Outputs go where the first tensor input lives (cuda:1 too), else on the graph's device."""
+    first = next((n for n in inputs if graph[n].dtype in DTYPES), None)
+    if first is not None:
+        src.emit(f"device = {var(first)}.device")
+    else:
+        src.emit(f"device = {src.bind(default, 'DEV')}")
+
+
+def _recorded(plan: Plan) -> set[str]:
+    return {w for s in plan.steps for w in s.waits}
+
+
+def _stream_prologue(src: Source, plan: Plan) -> None:
+    """Stream 0 is the caller's; side streams first wait for it."""
+    count = 1 + max((s.stream for s in plan.steps), default=0)
+    src.emit("S0 = current_stream()")
+    for i in range(1, count):
+        src.emit(f"S{i} = SIDE[{i - 1}]")
+        src.emit(f"S{i}.wait_stream(S0)")
+
+
+def _stream_epilogue(src: Source, plan: Plan) -> None:
+    """The caller's stream waits for every side stream; outputs are marked as used on it."""
+    count = 1 + max((s.stream for s in plan.steps), default=0)
+    for i in range(1, count):
+        src.emit(f"S0.wait_stream(S{i})")
+    for ref in dict.fromkeys(r.name for r in iter_refs(plan.graph.output.args)):
+        src.emit(f"record_stream({var(ref)}, S0)")
+
+
+def _step(src: Source, graph: Graph, step: Step, code: StepCode, checked: set[str],
+          produced_by_kernel: set[str], indent: int) -> None:
+    if isinstance(step, Extern):
+        _extern(src, graph, step, code, indent)
+    elif step.id in code.library:
+        src.emit(f"# {step.id}: torch's matmul and an epilogue kernel", indent)
+        for part in step.library:
+            _step(src, graph, part, code, checked, produced_by_kernel, indent)
+    else:
+        _kernel(src, graph, step, code, checked, produced_by_kernel, indent)
+
+
+def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int) -> None:
+    node = graph[step.node]
+    if node.op == "getitem" or node.target == "_operator.getitem":
+        src.emit(f"{var(node.name)} = {var(node.args[0].name)}[{node.args[1]!r}]", indent)
+        return
+    fn = src.bind(code.callables[node.target], "F")
+    args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
+    parts = [_literal(src, a) for a in args]
+    parts += [f"{k}={_literal(src, v)}" for k, v in dict(kwargs).items()]
+    src.emit(f"{var(node.name)} = {fn}({', '.join(parts)})  # {node.target}", indent)
+
+
+def _literal(src: Source, value: Any) -> str:
+    """Source for an argument structure: Refs become locals; other leaves literals or bound globals."""
+    if isinstance(value, Ref):
+        return var(value.name)
+    if isinstance(value, tuple):
+        inner = ", ".join(_literal(src, v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, list):
+        return f"[{', '.join(_literal(src, v) for v in value)}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_literal(src, v)}" for k, v in value.items()) + "}"
+    if value is None or isinstance(value, (bool, str, int)):
+        return repr(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return src.bind(value)
+
+
+def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: set[str],
+            produced_by_kernel: set[str], indent: int) -> None:
+    emit = lambda line: src.emit(line, indent)
+    emit(f"# {kernel.id} ({kernel.kind}): {' '.join(graph[m].op for m in kernel.members)}")
+    for name in kernel.inputs:
+        if name not in checked and name not in produced_by_kernel:
+            _stride_check(src, graph, name, indent)
+            checked.add(name)
+    args = [var(n) for n in kernel.inputs]
+    for name in kernel.outputs:
+        node = graph[name]
+        emit(f"{var(name)} = empty_strided({node.shape}, {node.strides}, dtype=D_{node.dtype}, device=device)")
+        args.append(var(name))
+    if kernel.numel == 0:
+        return
+    call = _ident(kernel.id)
+    src.names[call] = code.calls[kernel.id]
+    flag = "p_bad_index" in kernel.params
+    if flag:
+        emit("flag = torch.zeros(1, dtype=D_int32, device=device)")
+        args.append("flag")
+    if "seed" in kernel.params:
+        args.append(f"{src.bind(code.draw_seed, 'SEED')}()")
+    if kernel.finals:
+        args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device)")
+    emit(f"{call}({', '.join(args)})")
+    if flag:
+        emit(f"{src.bind(code.bounds_error, 'BOUNDS')}({src.bind(kernel, 'KERNEL')}, flag)")
+
+
+def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
+    """Only the strides of dims longer than 1 address anything: those are checked."""
+    node = graph[name]
+    dims = [d for d, s in enumerate(node.shape) if s > 1]
+    if not dims or node.strides is None:
+        return
+    expected = tuple(node.strides[d] for d in dims)
+    got = f"{var(name)}.stride()"
+    if len(dims) != len(node.shape):
+        got = f"({', '.join(f'{var(name)}.stride({d})' for d in dims)},)"
+    src.emit(f"if {got} != {expected}:", indent)
+    src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
+             f"the kernel expects {node.strides}')", indent + 1)
+
+
+def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
+    """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`)."""
+    scope = dict(names)
+    exec(compile(source, "<fusec launcher>", "exec"), scope)
+    return scope["call"]

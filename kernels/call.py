@@ -1,0 +1,100 @@
+"""One kernel's launch with everything but its per-call arguments bound once.
+
+`fn[grid](*args, **constants)` goes through Triton's JIT dispatch on every call:
+it binds each argument by name, recomputes every specialization (dtype,
+16-byte alignment, divisibility of each integer) and hashes them into a cache
+key, which costs tens of microseconds of host time per launch. Here, on a
+GPU, that dispatch runs once per device and pointer-alignment pattern (the
+only things that vary between calls of one plan: sizes, dtypes and constants
+are fixed), and later launches call the compiled binary directly. Triton's
+interpreter has no binary: on a CPU every launch goes through the JIT
+dispatch, which is the interpreter's own entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+
+from fusec.kernels.launch import Launch
+
+_knobs = getattr(getattr(triton, "knobs", None), "runtime", None)
+
+
+def _launch_hooks_set() -> bool:
+    """Whether a profiler asked Triton to wrap launches (then every launch takes Triton's own path).
+    Recent Triton keeps the hooks as chains, empty when nobody asked."""
+    if _knobs is None:
+        return False
+    hooks = (_knobs.launch_enter_hook, _knobs.launch_exit_hook)
+    return any(h is not None and getattr(h, "calls", True) for h in hooks)
+
+
+class KernelFailed(Exception):
+    """A generated kernel did not compile or run."""
+
+
+class KernelCall:
+    """Launches one compiled kernel: `call(*tensors_and_extras)` appends sizes and constants."""
+
+    def __init__(self, fn: Any, launch: Launch, sizes: Sequence[int], interpret: bool, name: str = "") -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "kernel")
+        self.launch = launch
+        self.sizes = tuple(sizes)
+        self.interpret = interpret
+        self.grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
+        self.binaries: dict[tuple, Any] = {}  # (device, alignment of each pointer) -> compiled kernel
+        self.tail: tuple | None = None  # sizes and constants in parameter order, once known
+        self.count = 0  # launches so far
+
+    def __call__(self, *args: Any) -> None:
+        self.count += 1
+        try:
+            if self.interpret:
+                self._dispatch(args)
+                return
+            key = _specialization(args)
+            binary = self.binaries.get(key)
+            if binary is None or _launch_hooks_set():
+                self.binaries[key] = self._dispatch(args)
+                return
+            stream = torch._C._cuda_getCurrentRawStream(key[0])
+            binary.run(*self.grid, stream, binary.function, binary.packed_metadata, None, None, None,
+                       *args, *self.tail)
+        except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
+            raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _dispatch(self, args: Sequence[Any]) -> Any:
+        """Through Triton's JIT: compiles on first sight of a specialization; returns the binary."""
+        launch = self.launch
+        binary = self.fn[launch.grid](*args, *self.sizes, **launch.constants, num_warps=launch.num_warps)
+        if self.tail is None and not self.interpret:
+            self.tail = self._tail(len(args))
+        return binary
+
+    def _tail(self, given: int) -> tuple:
+        """Sizes then constants, in the order of the kernel's parameters after the given arguments."""
+        names = list(self.fn.arg_names)[given + len(self.sizes):]
+        missing = [n for n in names if n not in self.launch.constants]
+        if missing:
+            raise TypeError(f"kernel {self.name}: no value for parameter(s) {', '.join(missing)}")
+        return (*self.sizes, *(self.launch.constants[n] for n in names))
+
+
+def _specialization(args: Sequence[Any]) -> tuple:
+    """What Triton's dispatch specializes on that can change between calls of one plan: the device,
+    each pointer's 16-byte alignment, and each integer argument's value class and width."""
+    key: list[Any] = [-1]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if key[0] < 0:
+                key[0] = a.get_device()
+            key.append(a.data_ptr() % 16 == 0)
+        elif isinstance(a, int) and not isinstance(a, bool):
+            # value class, and whether it needs 64 bits (a seed, say): both pick the binary
+            key.append((a == 1) + 2 * (a % 16 == 0) + 4 * (not -2**31 <= a < 2**31))
+    return tuple(key)
