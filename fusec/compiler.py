@@ -124,7 +124,7 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     finally:
         record.compile_seconds += time.perf_counter() - start
     record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
-                             strict=options.strict, matmul=options.matmul)
+                             strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs)
     return record.runtime
 
 

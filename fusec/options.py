@@ -28,6 +28,9 @@ class Options:
       is faster, timed once per shape on a GPU ("auto"; the template on a CPU).
     strict: raise fusec's own internal errors instead of running the graph
       through torch (FUSEC_STRICT=1; for tests and bug reports).
+    cudagraphs: on a GPU, record each inference graph's launches into a CUDA graph
+      and replay it (one launch per call); outputs are valid until the next call.
+      `mode="reduce-overhead"` (torch.compile's spelling) turns it on.
     """
 
     fuse: bool = True
@@ -38,15 +41,21 @@ class Options:
     horizontal: bool = True
     matmul: str = "auto"
     strict: bool = False
+    cudagraphs: bool = False
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
         """Options from keyword arguments, the environment filling what they leave out."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"mode"}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"fusec: unknown option(s) {', '.join(unknown)}; "
                             f"valid options are {', '.join(sorted(known))}")
+        mode = kwargs.pop("mode", None)
+        if mode not in (None, "default", "reduce-overhead"):
+            raise ValueError(f"fusec: mode must be 'default' or 'reduce-overhead', got {mode!r}")
+        if mode == "reduce-overhead":
+            kwargs.setdefault("cudagraphs", True)
         dump = kwargs.pop("dump_dir", None) or os.environ.get("FUSEC_DUMP") or None
         cache = kwargs.pop("cache_dir", None) or _default_cache_dir()
         if "strict" not in kwargs:

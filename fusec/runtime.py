@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from fusec.cudagraphs import GraphedCall, refusal
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import KernelCall, KernelFailed
@@ -68,7 +69,7 @@ class Runtime:
 
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
                  interpret: bool, fallback: Callable[..., Any], strict: bool = False,
-                 matmul: str = "auto") -> None:
+                 matmul: str = "auto", cudagraphs: bool = False) -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -90,6 +91,11 @@ class Runtime:
         self.tickets: dict[tuple[str, str], torch.Tensor] = {}
         self.source: str | None = None  # the generated launcher, once built
         self._call: Callable[[list[Any]], Any] | None = None
+        self.cudagraphs = cudagraphs and not interpret
+        # Why the calls of this graph are not replayed from a CUDA graph (None: they are, or not asked).
+        self.cudagraph_refusal = refusal(plan, graph.name) if self.cudagraphs else None
+        if self.cudagraph_refusal:
+            log.warning("fusec: %s runs without a CUDA graph: %s", graph.name, self.cudagraph_refusal)
 
     @property
     def matmul(self) -> str:
@@ -130,7 +136,10 @@ class Runtime:
         library = frozenset(k.id for k in self.plan.kernels if k.library and self._choose(k) == "library")
         code = self._step_code(library)
         self.source, names = generate(self.plan, code, streams=self.multi_stream)
-        return compile_source(self.source, names)
+        call = compile_source(self.source, names)
+        if self.cudagraphs and self.cudagraph_refusal is None:
+            return GraphedCall(call, self.plan.graph.name)
+        return call
 
     def _step_code(self, library: frozenset[str]) -> StepCode:
         stream_ops = {}

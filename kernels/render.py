@@ -438,7 +438,8 @@ def module_source(fn_name: str, params: list[str], body: list[str], members: tup
         "",
         prelude,
         f"# members: {', '.join(members)}",
-        "@triton.jit",
+        # A fresh seed every call: specializing on its value would compile a variant per residue.
+        '@triton.jit(do_not_specialize=["seed"])' if "seed" in params else "@triton.jit",
         f"def {fn_name}({', '.join(params)}):",
         *("    " + line for line in body),
         "",

@@ -1,0 +1,151 @@
+"""CUDA graphs: record a call's launches once, replay them as one launch afterwards.
+
+The first call runs the launcher as usual (it compiles kernels and times matmul
+choices). The second records the launcher's work into a CUDA graph over static
+input buffers; later calls copy their inputs into those buffers and replay the
+graph, whatever the number of kernels, extern calls and streams inside.
+A parameter or buffer whose address did not change between the first two
+calls is read in place, not copied; should its address change
+later, the graph is recorded again (a few times at most, then the launcher
+runs without a graph).
+
+Outputs are the graph's own buffers: like torch.compile's
+`mode="reduce-overhead"`, a call's outputs are valid until the next call of
+the same compiled graph (clone what must live longer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fusec.plan import Extern, Plan
+
+log = logging.getLogger("fusec")
+
+MAX_RECORDINGS = 4
+
+
+def refusal(plan: Plan, graph_name: str) -> str | None:
+    """Why the plan's work cannot be replayed from a recording, or None when it can."""
+    if not graph_name.startswith("inference"):
+        # A training forward's outputs hold activations its backward reads later: a replay
+        # before that backward (gradient accumulation) would overwrite them.
+        return "training graphs are not recorded (their saved activations would be overwritten by a replay)"
+    for kernel in plan.all_kernels():
+        if "seed" in kernel.params:
+            return f"{kernel.id} draws random numbers with a seed chosen per call"
+        if "p_bad_index" in kernel.params:
+            return f"{kernel.id} checks its indices on the host after the launch"
+    for step in plan.steps:
+        if isinstance(step, Extern) and _in_place(step.target):
+            return f"{step.node} ({step.target}) writes into one of its operands in place"
+    return None
+
+
+def _in_place(target: str) -> bool:
+    """aten.add_.Tensor, aten.copy_.default: torch names in-place ops with a trailing underscore."""
+    parts = target.split(".")
+    name = parts[-2] if len(parts) >= 3 else parts[-1]
+    return name.endswith("_") and not name.endswith("__")
+
+
+class GraphedCall:
+    """Runs `launch(inputs)` from a CUDA graph once it has been recorded (see the module docstring)."""
+
+    def __init__(self, launch: Callable[[list[Any]], Any], name: str) -> None:
+        self.launch = launch
+        self.name = name
+        self.calls = 0
+        self.recordings = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.first_ptrs: list[int | None] = []
+        self.in_place: list[bool] = []  # read where the caller keeps it (address stable)
+        self.static: list[Any] = []  # what the recording reads: the inputs read in place, copies of the others
+        self.spans: list[torch.Tensor | None] = []  # each copy's storage, as one flat tensor
+        self.outputs: Any = None
+        self.given_up: str | None = None
+        self.replays = 0
+
+    def __call__(self, inputs: list[Any]) -> Any:
+        self.calls += 1
+        if self.given_up is not None:
+            return self.launch(inputs)
+        if self.calls == 1:
+            self.first_ptrs = [_ptr(x) for x in inputs]
+            return self.launch(inputs)
+        if self.graph is None or not self._same_places(inputs):
+            return self._record(inputs)
+        for i, x in enumerate(inputs):
+            if not self.in_place[i] and isinstance(x, torch.Tensor):
+                self.spans[i].copy_(_span(x))
+        self.graph.replay()
+        self.replays += 1
+        return self.outputs
+
+    def _same_places(self, inputs: list[Any]) -> bool:
+        return all(not in_place or _ptr(x) == _ptr(s) for x, s, in_place in zip(inputs, self.static, self.in_place,
+                                                                                  strict=True))
+
+    def _record(self, inputs: list[Any]) -> Any:
+        if self.recordings >= MAX_RECORDINGS:
+            return self._give_up(inputs, f"inputs read in place moved {MAX_RECORDINGS} times")
+        if any(isinstance(x, torch.Tensor) and not x.is_cuda for x in inputs):
+            return self._give_up(inputs, "an input is not on the GPU")
+        self.recordings += 1
+        if self.graph is None:
+            self.in_place = [_static_address(x) and _ptr(x) == p for x, p in zip(inputs, self.first_ptrs, strict=True)]
+        else:  # an input read in place moved: copy it from now on
+            self.in_place = [keep and _ptr(x) == _ptr(s) for x, s, keep in zip(inputs, self.static, self.in_place,
+                                                                               strict=True)]
+        copies = [None if keep or not isinstance(x, torch.Tensor) else _static_copy(x)
+                  for x, keep in zip(inputs, self.in_place, strict=True)]
+        self.spans = [c[1] if c else None for c in copies]
+        self.static = [c[0] if c else x for c, x in zip(copies, inputs, strict=True)]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # Warm-up on a side stream, as torch.cuda.graphs recommends, then record.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.launch(list(self.static))
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph):
+                outputs = self.launch(list(self.static))
+        except Exception as exc:  # an op that syncs with the host or allocates outside the pool, say
+            return self._give_up(inputs, f"recording failed: {type(exc).__name__}: {exc}")
+        self.graph, self.outputs = graph, outputs
+        graph.replay()
+        self.replays += 1
+        return outputs
+
+    def _give_up(self, inputs: list[Any], reason: str) -> Any:
+        self.given_up, self.graph, self.static, self.outputs = reason, None, [], None
+        log.warning("fusec: %s runs without a CUDA graph: %s", self.name, reason)
+        return self.launch(inputs)
+
+
+def _static_address(value: Any) -> bool:
+    """A parameter or buffer (Dynamo marks the ones it saw as such): its address is expected to
+    stay; any other tensor may be a new one each call, at an address the allocator happens to reuse."""
+    return isinstance(value, torch.nn.Parameter) or getattr(value, "_dynamo_static_input_type", None) is not None
+
+
+def _ptr(value: Any) -> int | None:
+    return value.data_ptr() if isinstance(value, torch.Tensor) else None
+
+
+def _span(x: torch.Tensor) -> torch.Tensor:
+    """The storage x addresses, from its first element to its last, as one flat tensor: copying
+    it copies x whatever its strides (an expanded input too, which no strided copy can write)."""
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride(), strict=True)) if x.numel() else 0
+    return torch.as_strided(x, (extent,), (1,), x.storage_offset())
+
+
+def _static_copy(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tensor with x's sizes, strides and values in a buffer of its own, and that buffer."""
+    span = _span(x).clone()
+    return torch.as_strided(span, x.shape, x.stride(), 0), span
