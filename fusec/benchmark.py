@@ -33,6 +33,8 @@ from fusec.bench_measure import (
 from fusec.bench_workloads import WORKLOADS, Case, Workload, tier_for
 
 SYSTEMS = ("eager", "torch.compile", "fusec")
+# On a GPU, each compiler also with its launches recorded into CUDA graphs and replayed.
+CUDA_GRAPH_SYSTEMS = ("torch.compile (reduce-overhead)", "fusec (cudagraphs)")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 CPU_NOTE = ("CPU run: fusec's Triton kernels run in Triton's interpreter and torch.compile in Inductor's C++ "
@@ -50,6 +52,10 @@ class Settings:
     @property
     def tier(self) -> str:
         return tier_for(self.device, self.quick)
+
+    @property
+    def systems(self) -> tuple[str, ...]:
+        return SYSTEMS + CUDA_GRAPH_SYSTEMS if self.device == "cuda" else SYSTEMS
 
     @property
     def budget_s(self) -> float:
@@ -103,11 +109,11 @@ def _run_workload(workload: Workload, settings: Settings, env: dict[str, Any]) -
     try:
         case = workload.case(settings.tier, device, dtype)
     except Exception as exc:
-        for system in SYSTEMS:
+        for system in settings.systems:
             yield {**_blank(workload, system, env, None), "error": f"building inputs: {_describe(exc)}"}
         return
     eager = Eager()
-    for system in SYSTEMS:
+    for system in settings.systems:
         record = _blank(workload, system, env, case.unique_bytes)
         try:
             measured, results = _measure(system, case, settings, eager)
@@ -166,7 +172,7 @@ def _measure(system: str, case: Case, settings: Settings, eager: Eager) -> tuple
         error, checked_by = None, "not checked: eager failed"
 
     timing = time_call(step, settings.device, settings.budget_s)
-    stats = fusec.report_of(fn).stats if system == "fusec" else None
+    stats = fusec.report_of(fn).stats if system.startswith("fusec") else None
     if settings.device == "cuda":
         launches, counted_by = count_launches_cuda(step), CUDA_LAUNCHES
     elif stats is not None:
@@ -196,6 +202,10 @@ def _compile(system: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn
     if system == "torch.compile":
         return torch.compile(fn)
+    if system == "torch.compile (reduce-overhead)":
+        return torch.compile(fn, mode="reduce-overhead")
+    if system == "fusec (cudagraphs)":
+        return fusec.compile(fn, cudagraphs=True)
     return fusec.compile(fn)
 
 

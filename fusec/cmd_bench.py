@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
+from fusec.bench_overhead import markdown as overhead_markdown
+from fusec.bench_overhead import measure as measure_overhead
 from fusec.bench_workloads import WORKLOADS
-from fusec.benchmark import DTYPES, SYSTEMS, Settings, default_dtype, environment, run_suite
+from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(device=device, dtype=args.dtype or default_dtype(device), quick=args.quick)
     names = list(dict.fromkeys(args.workloads or WORKLOADS))
-    print(f"fusec bench: {len(names)} workload(s) under {', '.join(SYSTEMS)} on {device}, {settings.dtype}, "
+    if args.overhead:
+        return _overhead(names, device, args)
+    print(f"fusec bench: {len(names)} workload(s) under {', '.join(settings.systems)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
     env = environment(settings)
     if env["note"]:
@@ -28,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     records = []
     suite = run_suite(names, settings, env)
-    with progress(len(names) * len(SYSTEMS)) as advance:
+    with progress(len(names) * len(settings.systems)) as advance:
         for name in names:
-            for system in SYSTEMS:
+            for system in settings.systems:
                 advance(f"{name} · {system}")
                 records.append(next(suite))
             if args.json:
@@ -41,6 +47,18 @@ def run(args: argparse.Namespace) -> int:
         args.markdown.write_text(markdown(records, env))
     if args.plot:
         write_plot(args.plot, records, env)
+    return 0
+
+
+def _overhead(names: list[str], device: str, args: argparse.Namespace) -> int:
+    print(f"fusec bench --overhead: host cost per call of {len(names)} workload(s) on {device}", file=sys.stderr)
+    rows = [row for name in names if (row := measure_overhead(name, device)) is not None]
+    text = overhead_markdown(rows, device)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
     return 0
 
 
@@ -68,6 +86,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if torch sees a GPU, else cpu")
     p.add_argument("--quick", action="store_true", help="small sizes and short timing (tiny sizes on CPU)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--overhead", action="store_true",
+                   help="measure host time per call and per kernel instead (launches stubbed on a CPU)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

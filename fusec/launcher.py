@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fusec.ir import Graph, Ref, iter_refs
+from fusec.ir import Graph, Ref, contiguous_strides, iter_refs
 from fusec.plan import Extern, Kernel, Plan, Step
 
 DTYPES = {name: getattr(torch, name) for name in
@@ -231,6 +231,12 @@ def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
     if not dims or node.strides is None:
         return
     expected = tuple(node.strides[d] for d in dims)
+    if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
+        # is_contiguous ignores dims of size 1 too, and is one cached flag
+        src.emit(f"if not {var(name)}.is_contiguous():", indent)
+        src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
+                 f"the kernel expects {node.strides}')", indent + 1)
+        return
     got = f"{var(name)}.stride()"
     if len(dims) != len(node.shape):
         got = f"({', '.join(f'{var(name)}.stride({d})' for d in dims)},)"

@@ -60,8 +60,9 @@ def _device_name() -> str:
 
 
 def draw_seed() -> int:
-    # From torch's generator, so torch.manual_seed makes runs repeatable.
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    # From torch's generator, so torch.manual_seed makes runs repeatable; at least 2**31, so the
+    # kernel always takes it as a 64-bit integer (one compiled variant).
+    return int(torch.randint(2**31, 2**62, (), dtype=torch.int64))
 
 
 class Runtime:
@@ -82,7 +83,7 @@ class Runtime:
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
         graph = plan.graph
         self.calls = {k.id: KernelCall(kernels[k.id], _launch(graph, k, interpret), _sizes(graph, k), interpret,
-                                       name=k.id) for k in plan.all_kernels()}
+                                       name=k.id, loaded=len(k.inputs)) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
@@ -165,7 +166,8 @@ class Runtime:
         if choice == "library":
             return "library"
         call = self.calls[kernel.id]
-        self.calls[kernel.id] = KernelCall(call.fn, choice, call.sizes, self.interpret, name=kernel.id)
+        self.calls[kernel.id] = KernelCall(call.fn, choice, call.sizes, self.interpret, name=kernel.id,
+                                           loaded=call.loaded)
         return "template"
 
     def _time_choices(self, kernel: Kernel) -> Launch | str:
@@ -177,7 +179,7 @@ class Runtime:
         base = self.calls[kernel.id]
         timings: list[tuple[float, Launch | str]] = []
         for config in matmul_configs(*matmul_problem(graph, kernel)):
-            call = KernelCall(base.fn, config, base.sizes, self.interpret, name=kernel.id)
+            call = KernelCall(base.fn, config, base.sizes, self.interpret, name=kernel.id, loaded=base.loaded)
             try:
                 timings.append((_time_cuda(lambda call=call: call(*inputs, *outputs)), config))
             except KernelFailed as exc:  # one tile size too large for this GPU: skip it

@@ -29,8 +29,8 @@ def _launch_hooks_set() -> bool:
     Recent Triton keeps the hooks as chains, empty when nobody asked."""
     if _knobs is None:
         return False
-    hooks = (_knobs.launch_enter_hook, _knobs.launch_exit_hook)
-    return any(h is not None and getattr(h, "calls", True) for h in hooks)
+    enter, leave = _knobs.launch_enter_hook, _knobs.launch_exit_hook
+    return bool(getattr(enter, "calls", enter)) or bool(getattr(leave, "calls", leave))
 
 
 class KernelFailed(Exception):
@@ -40,8 +40,12 @@ class KernelFailed(Exception):
 class KernelCall:
     """Launches one compiled kernel: `call(*tensors_and_extras)` appends sizes and constants."""
 
-    def __init__(self, fn: Any, launch: Launch, sizes: Sequence[int], interpret: bool, name: str = "") -> None:
+    def __init__(self, fn: Any, launch: Launch, sizes: Sequence[int], interpret: bool, name: str = "",
+                 loaded: int | None = None) -> None:
         self.fn = fn
+        # The leading arguments that may arrive at any alignment (the kernel's inputs); the rest
+        # come from the allocator (aligned) or are integers of a fixed width.
+        self.loaded = loaded
         self.name = name or getattr(fn, "__name__", "kernel")
         self.launch = launch
         self.sizes = tuple(sizes)
@@ -57,7 +61,10 @@ class KernelCall:
             if self.interpret:
                 self._dispatch(args)
                 return
-            key = _specialization(args)
+            if self.loaded is None:
+                key = _specialization(args)
+            else:  # the loaded tensors' alignment: every other argument is the same each call
+                key = (args[0].get_device(), *[a.data_ptr() % 16 == 0 for a in args[:self.loaded]])
             binary = self.binaries.get(key)
             if binary is None or _launch_hooks_set():
                 self.binaries[key] = self._dispatch(args)
@@ -86,8 +93,8 @@ class KernelCall:
 
 
 def _specialization(args: Sequence[Any]) -> tuple:
-    """What Triton's dispatch specializes on that can change between calls of one plan: the device,
-    each pointer's 16-byte alignment, and each integer argument's value class and width."""
+    """What Triton's dispatch specializes on that can change between calls of one plan: the device
+    and each pointer's 16-byte alignment (and, for an integer, its value class and width)."""
     key: list[Any] = [-1]
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -95,6 +102,5 @@ def _specialization(args: Sequence[Any]) -> tuple:
                 key[0] = a.get_device()
             key.append(a.data_ptr() % 16 == 0)
         elif isinstance(a, int) and not isinstance(a, bool):
-            # value class, and whether it needs 64 bits (a seed, say): both pick the binary
             key.append((a == 1) + 2 * (a % 16 == 0) + 4 * (not -2**31 <= a < 2**31))
     return tuple(key)

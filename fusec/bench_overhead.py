@@ -1,0 +1,160 @@
+"""`fusec bench --overhead`: the host time a call costs, for fusec, torch.compile and eager.
+
+At batch 1 a GPU finishes a fused kernel in microseconds, so what bounds speed
+is the CPU time between launches. Each inference workload runs at its tiny
+size, many calls in a row, timed by the wall clock:
+- on a CPU, fusec's launches are stubbed (the compiled kernel's binary is
+  replaced by a no-op, so everything up to the launch is measured and the
+  interpreter is not): `call` is a whole call (Dynamo's guards, AOTAutograd's
+  wrapper, the launcher), `launcher` the generated launcher alone, and
+  `per kernel` the launcher's time over its kernels; torch.compile and eager
+  run for real on tiny tensors;
+- on a GPU nothing is stubbed: launches are asynchronous, so the time of a
+  long run of calls, synchronized once at the end, is the host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import fusec
+from fusec.bench_workloads import WORKLOADS
+
+CALLS = 300
+
+
+@dataclass(frozen=True)
+class Overhead:
+    workload: str
+    kernels: int
+    externs: int
+    fusec_call_us: float
+    launcher_us: float
+    per_kernel_us: float | None
+    torch_compile_call_us: float | None
+    eager_call_us: float
+
+
+class _NoLaunch:
+    """Stands in for a compiled kernel: launching it costs nothing."""
+
+    function = packed_metadata = None
+
+    def run(self, *args: Any) -> None:
+        pass
+
+
+class _AnySpecialization(dict):
+    def get(self, key: Any, default: Any = None) -> _NoLaunch:
+        return _NoLaunch()
+
+
+def stub_launches(runtime: Any) -> None:
+    """Make every kernel of `runtime` launch through the GPU path into a no-op."""
+    for call in runtime.calls.values():
+        call.interpret = False
+        given = sum(n not in call.launch.constants for n in call.fn.arg_names) - len(call.sizes)
+        call.tail = call._tail(given)
+        call.binaries = _AnySpecialization()
+
+
+@contextlib.contextmanager
+def _stream_stub() -> Iterator[None]:
+    """A CPU-only torch has no CUDA stream to ask for: the stubbed launch gets stream 0."""
+    real = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    torch._C._cuda_getCurrentRawStream = lambda device: 0
+    try:
+        yield
+    finally:
+        if real is None:
+            del torch._C._cuda_getCurrentRawStream
+        else:
+            torch._C._cuda_getCurrentRawStream = real
+
+
+def per_call_us(step: Callable[[], Any], device: str, calls: int = CALLS) -> float:
+    for _ in range(10):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):  # the best of three runs: the least disturbed by other work on the machine
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / calls * 1e6)
+    return best
+
+
+def measure(name: str, device: str) -> Overhead | None:
+    """None for a training workload (its backward is measured by the main bench)."""
+    torch.manual_seed(0)
+    case = WORKLOADS[name].case("tiny", torch.device(device), torch.float32)
+    if case.grad_outputs is not None:
+        return None
+    args = case.args
+    with torch.no_grad():
+        eager = per_call_us(lambda: case.fn(*args), device)
+        torch._dynamo.reset()
+        compiled = torch.compile(case.fn)
+        try:
+            torch_compile = per_call_us(lambda: compiled(*args), device)
+        except Exception:  # no C++ compiler for Inductor's CPU backend, say: the row still has fusec's
+            torch_compile = None
+        torch._dynamo.reset()
+        ours = fusec.compile(case.fn)
+        ours(*args)
+        runtimes = [g.runtime for g in fusec.report_of(ours).graphs if g.runtime is not None]
+        with _stream_stub() if device == "cpu" else contextlib.nullcontext():
+            if device == "cpu":
+                for runtime in runtimes:
+                    stub_launches(runtime)
+            call = per_call_us(lambda: ours(*args), device)
+            inputs = _inputs_of(runtimes, lambda: ours(*args))
+            launcher = sum(per_call_us(lambda r=r, i=i: r.run(list(i)), device) for r, i in zip(runtimes, inputs))
+    kernels = sum(len(r.plan.kernels) for r in runtimes)
+    # On a CPU the extern calls (matmuls, copies) really run inside the launcher: a per-kernel
+    # figure means something only where there are none.
+    externs = sum(len(r.plan.externs) for r in runtimes)
+    per_kernel = launcher / kernels if kernels and (device == "cuda" or not externs) else None
+    return Overhead(name, kernels, externs, call, launcher, per_kernel, torch_compile, eager)
+
+
+def markdown(rows: list[Overhead], device: str) -> str:
+    """The overhead table, with how it was measured."""
+    head = ("| workload | kernels | extern calls | fusec call µs | launcher µs | per kernel µs "
+            "| torch.compile call µs | eager call µs |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "—" if v is None else f"{v:.1f}"
+    for r in rows:
+        lines.append(f"| {r.workload} | {r.kernels} | {r.externs} | {fmt(r.fusec_call_us)} | {fmt(r.launcher_us)} "
+                     f"| {fmt(r.per_kernel_us)} | {fmt(r.torch_compile_call_us)} | {fmt(r.eager_call_us)} |")
+    how = ("fusec's launches stubbed (no-op binaries); torch.compile and eager run tiny tensors for real; "
+           "externs run for real inside the launcher" if device == "cpu" else
+           "real launches, host time of a run of calls synchronized once")
+    return "\n".join([f"host cost per call on {device} ({how}); best of 3 runs of {CALLS} calls", "", *lines]) + "\n"
+
+
+def _inputs_of(runtimes: list[Any], call: Callable[[], Any]) -> list[list[Any]]:
+    """What each compiled graph receives during `call()`: the call's tensors and what Dynamo
+    lifted (parameters)."""
+    seen: dict[int, list[Any]] = {}
+    for runtime in runtimes:
+        def recording(inputs: list[Any], runtime: Any = runtime, run: Callable = runtime.run) -> Any:
+            seen[id(runtime)] = list(inputs)
+            return run(inputs)
+        runtime.run = recording
+    try:
+        call()
+    finally:
+        for runtime in runtimes:
+            del runtime.run
+    return [seen[id(r)] for r in runtimes]
