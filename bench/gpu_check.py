@@ -1,4 +1,4 @@
-"""The GPU check: CUDA tests and `fusec bench --quick`, all results in one JSON file.
+"""The GPU check: CUDA tests, `fusec bench --quick` and `--overhead`, all results in one JSON file.
 
     python bench/gpu_check.py OUTDIR
 
@@ -26,6 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PYTEST_LIMIT_S = 120
 BENCH_LIMIT_S = 170
+OVERHEAD_LIMIT_S = 60
 
 
 def run(command: list[str], limit_s: int, **extra_env: str) -> dict[str, Any]:
@@ -103,9 +104,15 @@ def main() -> int:
     report["bench"]["results"] = json.loads(bench_json.read_text()) if bench_json.exists() else None
     print(f"gpu_check: bench done in {report['bench']['seconds']} s", file=sys.stderr)
 
+    overhead_json = out / "overhead.json"
+    report["overhead"] = run([sys.executable, "-m", "fusec.cmd_bench", "--overhead", "--json", str(overhead_json)],
+                             OVERHEAD_LIMIT_S, FUSEC_STRICT="1")
+    report["overhead"]["results"] = json.loads(overhead_json.read_text()) if overhead_json.exists() else None
+    print(f"gpu_check: overhead done in {report['overhead']['seconds']} s", file=sys.stderr)
+
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"gpu_check: wrote {out / 'gpu_check.json'}", file=sys.stderr)
-    ok = report["pytest"]["returncode"] == 0 and report["bench"]["returncode"] == 0
+    ok = all(report[part]["returncode"] == 0 for part in ("pytest", "bench", "overhead"))
     return 0 if ok else 1
 
 
