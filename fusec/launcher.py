@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from fusec.ir import Graph, Ref, contiguous_strides, iter_refs
+from fusec.passes.memory import StepBuffers, plan_reuse
 from fusec.plan import Extern, Kernel, Plan, Step
 
 DTYPES = {name: getattr(torch, name) for name in
@@ -70,6 +71,7 @@ class StepCode:
     # where outputs go when the graph has no tensor input
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     stream_ops: dict[str, Any] = field(default_factory=dict)  # current_stream, SIDE, stream_context, record_stream
+    reuse: dict[str, str] = field(default_factory=dict)  # buffer -> the dead buffer it takes over (memory plan)
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -86,8 +88,12 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     _device_line(src, graph, inputs, code.device)
     checked = set()
     produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code)}
+    # One stream: a kernel's output may take over a dead buffer of the same layout.
+    reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(graph.output.operands()))
+    code = replace(code, reuse=reuse)
     if streams:
         _stream_prologue(src, plan)
+    handed_on = set(reuse.values())
     for step, dead in zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True):
         waits = list(step.waits) if streams else []
         indent = 1
@@ -102,6 +108,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in _recorded(plan):
             src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
+        dead = [d for d in dead if d not in handed_on]  # deleted where the buffer is taken over
         if not streams and dead:
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
@@ -109,6 +116,22 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.emit(f"return {_literal(src, returned)}")
     return "\n".join(src.lines) + "\n", src.names
+
+
+def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
+    """What each step allocates and reads, for the memory plan: a kernel's buffers may be pooled;
+    a torch call's (or a matmul run as torch's matmul and an epilogue) never are."""
+    graph, out = plan.graph, []
+    for step in plan.steps:
+        if isinstance(step, Kernel) and step.id not in library:
+            writes = tuple((o, (graph[o].shape, graph[o].strides, graph[o].dtype)) for o in step.outputs)
+            out.append(StepBuffers(writes, tuple(step.inputs), pooled=step.numel > 0))
+        elif isinstance(step, Kernel):
+            writes = tuple((o, None) for o in _outputs(step, StepCode({}, {}, library=library)))
+            out.append(StepBuffers(writes, tuple(step.inputs), pooled=False))
+        else:
+            out.append(StepBuffers(((step.node, None),), tuple(plan.reads(step)), pooled=False))
+    return out
 
 
 def _outputs(kernel: Kernel, code: StepCode) -> list[str]:
@@ -205,7 +228,10 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
     args = [var(n) for n in kernel.inputs]
     for name in kernel.outputs:
         node = graph[name]
-        emit(f"{var(name)} = empty_strided({node.shape}, {node.strides}, dtype=D_{node.dtype}, device=device)")
+        if name in code.reuse:
+            emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
+        else:
+            emit(f"{var(name)} = empty_strided({node.shape}, {node.strides}, dtype=D_{node.dtype}, device=device)")
         args.append(var(name))
     if kernel.numel == 0:
         return
