@@ -50,8 +50,22 @@ class Backend:
 
 
 def fusec_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable:
-    """The `torch.compile(..., backend="fusec")` entry point."""
-    return Backend(Options.from_user(**options))(gm, example_inputs)
+    """The `torch.compile(..., backend="fusec")` entry point.
+
+    torch.compile hands its `options={...}` dict over as one keyword, `options`,
+    and a `mode` other than None as `mode`; fusec's options may also come as keywords.
+    """
+    return Backend(backend_options(**options))(gm, example_inputs)
+
+
+def backend_options(options: dict[str, Any] | None = None, mode: str | None = None, **kwargs: Any) -> Options:
+    """fusec's Options from what torch.compile passes a backend."""
+    if mode not in (None, "default"):
+        raise ValueError(f"fusec: torch.compile mode={mode!r} is Inductor's; fusec takes mode=None or 'default' "
+                         "and its own options as options={...} (see fusec.Options)")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"fusec: torch.compile options must be a dict of fusec options, got {options!r}")
+    return Options.from_user(**(options or {}), **kwargs)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Options: read once at the API boundary, passed down frozen."""
+"""Options: read once at the API boundary, checked there, passed down frozen."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+CPU_MODES = ("torch", "interpret")
 
 
 def _default_cache_dir() -> Path:
@@ -28,6 +30,11 @@ class Options:
       is faster, timed once per shape on a GPU ("auto"; the template on a CPU).
     strict: raise fusec's own internal errors instead of running the graph
       through torch (FUSEC_STRICT=1; for tests and bug reports).
+    cpu: how a graph on CPU tensors runs (FUSEC_CPU). "torch" (the default): planned,
+      fused and reported exactly as on a GPU, then run through torch at eager speed.
+      "interpret": the generated kernels run in Triton's interpreter, 100-500x slower
+      than eager; it checks the generated code without a GPU (tests, debugging).
+      CUDA graphs always run fusec's compiled kernels.
     """
 
     fuse: bool = True
@@ -38,6 +45,7 @@ class Options:
     horizontal: bool = True
     matmul: str = "auto"
     strict: bool = False
+    cpu: str = "torch"
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -47,18 +55,48 @@ class Options:
         if unknown:
             raise TypeError(f"fusec: unknown option(s) {', '.join(unknown)}; "
                             f"valid options are {', '.join(sorted(known))}")
+        for name in ("dump_dir", "cache_dir"):
+            _check_path(name, kwargs.get(name))
         dump = kwargs.pop("dump_dir", None) or os.environ.get("FUSEC_DUMP") or None
         cache = kwargs.pop("cache_dir", None) or _default_cache_dir()
         if "strict" not in kwargs:
             kwargs["strict"] = os.environ.get("FUSEC_STRICT", "") not in ("", "0")
+        if "cpu" not in kwargs and os.environ.get("FUSEC_CPU"):
+            kwargs["cpu"] = os.environ["FUSEC_CPU"]
+            if kwargs["cpu"] not in CPU_MODES:
+                raise OptionError(f"fusec: FUSEC_CPU must be {' or '.join(map(repr, CPU_MODES))}, "
+                                 f"got {kwargs['cpu']!r}")
         opts = replace(cls(), dump_dir=Path(dump) if dump else None, cache_dir=Path(cache), **kwargs)
         opts.validate()
         return opts
 
     def validate(self) -> None:
+        """Every option's type and range, with a message naming the option and what it accepts."""
+        for name in ("fuse", "horizontal", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                _bad(name, "True or False", getattr(self, name))
         if self.matmul not in ("auto", "template", "library"):
-            raise ValueError(f"fusec: matmul must be 'auto', 'template' or 'library', got {self.matmul!r}")
-        if self.fuel is not None and (not isinstance(self.fuel, int) or self.fuel < 0):
-            raise ValueError(f"fusec: fuel must be a non-negative integer or None, got {self.fuel!r}")
-        if not (self.streams in ("auto", None) or (isinstance(self.streams, int) and self.streams >= 1)):
-            raise ValueError(f"fusec: streams must be a positive integer, 'auto' or None, got {self.streams!r}")
+            _bad("matmul", "'auto', 'template' or 'library'", self.matmul)
+        if self.fuel is not None and (not _is_int(self.fuel) or self.fuel < 0):
+            _bad("fuel", "a non-negative integer or None", self.fuel)
+        if not (self.streams in ("auto", None) or (_is_int(self.streams) and self.streams >= 1)):
+            _bad("streams", "a positive integer, 'auto' or None", self.streams)
+        if self.cpu not in CPU_MODES:
+            _bad("cpu", "'torch' (run CPU graphs through torch) or 'interpret' (Triton's interpreter)", self.cpu)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_path(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        _bad(name, "a path (str or os.PathLike) or None", value)
+
+
+class OptionError(TypeError, ValueError):
+    """An option of the wrong type or out of range (either `except` catches it)."""
+
+
+def _bad(name: str, allowed: str, value: Any) -> None:
+    raise OptionError(f"fusec: {name} must be {allowed}, got {value!r}")
