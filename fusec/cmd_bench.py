@@ -10,7 +10,8 @@ import torch
 
 from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench_workloads import WORKLOADS
-from fusec.benchmark import DTYPES, SYSTEMS, Settings, default_dtype, environment, run_suite
+from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.cli_paths import first_unwritable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,9 +19,14 @@ def run(args: argparse.Namespace) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
         return 2
+    bad_output = first_unwritable({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot})
+    if bad_output:
+        print(f"fusec bench: error: {bad_output}", file=sys.stderr)
+        return 2
     settings = Settings(device=device, dtype=args.dtype or default_dtype(device), quick=args.quick)
     names = list(dict.fromkeys(args.workloads or WORKLOADS))
-    print(f"fusec bench: {len(names)} workload(s) under {', '.join(SYSTEMS)} on {device}, {settings.dtype}, "
+    timed = systems(device)
+    print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
     env = environment(settings)
     if env["note"]:
@@ -28,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     records = []
     suite = run_suite(names, settings, env)
-    with progress(len(names) * len(SYSTEMS)) as advance:
+    with progress(len(names) * len(timed)) as advance:
         for name in names:
-            for system in SYSTEMS:
+            for system in timed:
                 advance(f"{name} · {system}")
                 records.append(next(suite))
             if args.json:
@@ -46,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
 DESCRIPTION = ("Time each workload under eager PyTorch, torch.compile and fusec in one process, with launch counts, "
                "compile seconds, error against eager, and achieved bandwidth against the device's copy bandwidth. "
-               "On CPU, fusec's kernels run in Triton's interpreter: times there are not a performance claim.")
+               "On CPU, fusec's kernels run in Triton's interpreter (the \"fusec\" rows) and fusec's plan runs "
+               "through torch (\"fusec (torch)\", fusec's default on CPU): times there are not a performance claim.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
