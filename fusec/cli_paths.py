@@ -20,9 +20,9 @@ def unwritable(path: Path) -> str | None:
 
 
 def first_unwritable(outputs: dict[str, Path | None]) -> str | None:
-    """`--json /proc/nope/x.json: cannot create ...` for the first output flag whose path cannot be written."""
+    """`cannot write --json /proc/nope/x.json: ...` for the first output flag whose path cannot be written."""
     for flag, path in outputs.items():
         why = None if path is None else unwritable(path)
         if why:
-            return f"{flag} {path}: {why}; choose a path you can write to"
+            return f"cannot write {flag} {path}: {why}; choose a path you can write to"
     return None

@@ -11,6 +11,7 @@ import torch
 from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench_workloads import WORKLOADS
 from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.cli import Parser
 from fusec.cli_paths import first_unwritable
 
 
@@ -63,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`fusec bench` without the rest of the CLI (which needs rich): what bench/gpu_check.py runs."""
-    p = argparse.ArgumentParser(prog="fusec bench", description=DESCRIPTION)
+    p = Parser(prog="fusec bench", description=DESCRIPTION)
     _add_arguments(p)
     args = p.parse_args(argv)
     return args.run(args)

@@ -15,7 +15,7 @@ STAT_LABELS = {
     "dag_width": "DAG width",
     "cross_stream_waits": "cross-stream waits",
     "compile_seconds": "compile time",
-    "execution": "runs as",
+    "execution": "runs",
 }
 
 EXECUTION = {"triton": "compiled Triton kernels", "interpreter": "kernels in Triton's interpreter",

@@ -184,7 +184,7 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, cap
                        ("--plot", str(tmp_path))):
         assert main(["--device", "cpu", "--quick", flag, path]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"fusec bench: error: {flag} {path}: ") and len(err.splitlines()) == 1, err
+        assert err.startswith(f"fusec bench: error: cannot write {flag} {path}: ") and len(err.splitlines()) == 1, err
 
 
 def test_cpu_times_fusec_both_ways():
