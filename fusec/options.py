@@ -56,7 +56,7 @@ class Options:
             raise TypeError(f"fusec: unknown option(s) {', '.join(unknown)}; "
                             f"valid options are {', '.join(sorted(known))}")
         for name in ("dump_dir", "cache_dir"):
-            _check_path(name, kwargs.get(name))
+            _check_path(name, kwargs.get(name))  # before the environment fills in, and before Path() converts
         dump = kwargs.pop("dump_dir", None) or os.environ.get("FUSEC_DUMP") or None
         cache = kwargs.pop("cache_dir", None) or _default_cache_dir()
         if "strict" not in kwargs:
@@ -66,9 +66,10 @@ class Options:
             if kwargs["cpu"] not in CPU_MODES:
                 raise OptionError(f"fusec: FUSEC_CPU must be {' or '.join(map(repr, CPU_MODES))}, "
                                  f"got {kwargs['cpu']!r}")
-        opts = replace(cls(), dump_dir=Path(dump) if dump else None, cache_dir=Path(cache), **kwargs)
-        opts.validate()
-        return opts
+        return replace(cls(), dump_dir=Path(dump) if dump else None, cache_dir=Path(cache), **kwargs)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Every option's type and range, with a message naming the option and what it accepts."""
@@ -83,6 +84,8 @@ class Options:
             _bad("streams", "a positive integer, 'auto' or None", self.streams)
         if self.cpu not in CPU_MODES:
             _bad("cpu", "'torch' (run CPU graphs through torch) or 'interpret' (Triton's interpreter)", self.cpu)
+        for name in ("dump_dir", "cache_dir"):
+            _check_path(name, getattr(self, name))
 
 
 def _is_int(value: Any) -> bool:

@@ -100,3 +100,13 @@ def test_inspect_reports_how_compile_would_run(cpu, expected):
     x, b = _inputs()
     report = fusec.inspect(fn, x, b, options={"cpu": cpu})
     assert report.stats["execution"] == expected
+
+
+def test_demo_runs_the_generated_kernels_whatever_the_environment(monkeypatch, capsys):
+    pytest.importorskip("rich")
+    from fusec.cli import main
+
+    monkeypatch.setenv("FUSEC_CPU", "torch")
+    assert main(["demo", "pointwise"]) == 0
+    out = capsys.readouterr().out
+    assert "matches eager: yes" in out and "interpreter" in out

@@ -71,3 +71,8 @@ def test_torch_compile_backend_checks_options_too(kwargs, message):
     compiled = torch.compile(lambda x: torch.exp(x) + 1, backend="fusec", **kwargs)
     with pytest.raises(BackendCompilerFailed, match=message):
         compiled(torch.randn(4))
+
+
+def test_options_built_directly_are_checked_too():
+    with pytest.raises(TypeError, match="horizontal must be True or False, got 'yes'"):
+        Options(horizontal="yes")
