@@ -46,7 +46,18 @@ class Backend:
             inference_compiler=self._compiler("inference"),
             decompositions=DECOMPOSITIONS,
         )
-        return backend(gm, example_inputs)
+        if not (self.launch and self.options.cpu == "torch" and _on_cpu(example_inputs)):
+            return backend(gm, example_inputs)
+        # A CPU graph torch runs (cpu="torch"): fusec still plans and reports its forward and
+        # backward (the backward now, not at its first call), then Dynamo's own graph runs as
+        # eager would, ops undecomposed and autograd as usual.
+        with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+            backend(gm, example_inputs)
+        return gm
+
+
+def _on_cpu(example_inputs: list[Any]) -> bool:
+    return all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
 
 
 def fusec_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable:

@@ -51,11 +51,23 @@ def test_torch_is_the_default_on_cpu(monkeypatch):
     assert fusec.report_of(compiled).graphs[0].runtime is None
 
 
+def test_torch_mode_runs_the_model_as_eager_does():
+    x, b = _inputs()
+    compiled = fusec.compile(fn, cpu="torch")
+    compiled(x, b)
+    with torch.profiler.profile() as prof:
+        compiled(x, b)
+    ops = {e.name for e in prof.events() if e.name.startswith("aten::")}
+    assert "aten::_softmax" in ops and "aten::amax" not in ops  # torch's own softmax, not fusec's decomposition
+
+
 def test_training_graphs_run_through_torch_with_the_same_gradients():
     x, b = _inputs()
     x.requires_grad_()
     compiled = fusec.compile(fn, cpu="torch")
-    compiled(x, b).square().sum().backward()
+    out = compiled(x, b)
+    assert len(fusec.report_of(compiled).graphs) == 2  # the backward is planned with the forward
+    out.square().sum().backward()
     expected = torch.autograd.grad(fn(x, b).square().sum(), x)[0]
     torch.testing.assert_close(x.grad, expected)
     report = fusec.report_of(compiled)
