@@ -20,7 +20,15 @@ def compile(model: Callable | None = None, **options: Any) -> Any:
     """Compile a function or nn.Module with fusec.
 
     Works as `@fusec.compile`, `@fusec.compile(**options)` and
-    `fusec.compile(model, **options)`. Options are those of `fusec.Options`.
+    `fusec.compile(model, **options)`. Options are those of `fusec.Options`,
+    checked here: a wrong name, type or value raises at once.
+
+    On CUDA tensors the generated Triton kernels run compiled. On CPU tensors
+    fusec plans, fuses and reports the same, then by default (`cpu="torch"`)
+    torch runs each graph at eager speed; `cpu="interpret"` (or FUSEC_CPU=interpret)
+    runs the generated kernels in Triton's interpreter instead, 100-500x slower
+    than eager, to check them without a GPU. `fusec.report_of(...).stats["execution"]`
+    says which ran.
     """
     opts = Options.from_user(**options)
     if model is None:

@@ -35,11 +35,14 @@ from fusec.bench_workloads import WORKLOADS, Case, Workload, tier_for
 SYSTEMS = ("eager", "torch.compile", "fusec")
 # On a GPU, each compiler also with its launches recorded into CUDA graphs and replayed.
 CUDA_GRAPH_SYSTEMS = ("torch.compile (reduce-overhead)", "fusec (cudagraphs)")
+# On a CPU, "fusec" runs its generated kernels in Triton's interpreter (cpu="interpret");
+# "fusec (torch)" is what a CPU user gets by default: the same plan, run through torch.
+FUSEC_TORCH = "fusec (torch)"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-CPU_NOTE = ("CPU run: fusec's Triton kernels run in Triton's interpreter and torch.compile in Inductor's C++ "
-            "backend, so times are not a performance claim; correctness, launch counts, modeled bytes and "
-            "compile seconds are.")
+CPU_NOTE = ("CPU run: fusec's Triton kernels run in Triton's interpreter, fusec (torch) runs the same plan "
+            "through torch (fusec's default on CPU), and torch.compile runs Inductor's C++ backend, so times are "
+            "not a performance claim; correctness, launch counts, modeled bytes and compile seconds are.")
 FUSEC_CPU_LAUNCHES = "fusec report: kernels + extern_calls per call"
 
 
@@ -54,13 +57,15 @@ class Settings:
         return tier_for(self.device, self.quick)
 
     @property
-    def systems(self) -> tuple[str, ...]:
-        return SYSTEMS + CUDA_GRAPH_SYSTEMS if self.device == "cuda" else SYSTEMS
-
-    @property
     def budget_s(self) -> float:
         """Time spent measuring each system on each workload (warm-up not included)."""
         return 0.1 if self.quick else 1.0
+
+
+def systems(device: str) -> tuple[str, ...]:
+    """The systems timed on `device`: on a CPU, fusec in both of its execution modes; on a GPU, each
+    compiler also with CUDA graphs."""
+    return (*SYSTEMS, FUSEC_TORCH) if device == "cpu" else (*SYSTEMS, *CUDA_GRAPH_SYSTEMS)
 
 
 def default_dtype(device: str) -> str:
@@ -109,11 +114,11 @@ def _run_workload(workload: Workload, settings: Settings, env: dict[str, Any]) -
     try:
         case = workload.case(settings.tier, device, dtype)
     except Exception as exc:
-        for system in settings.systems:
+        for system in systems(settings.device):
             yield {**_blank(workload, system, env, None), "error": f"building inputs: {_describe(exc)}"}
         return
     eager = Eager()
-    for system in settings.systems:
+    for system in systems(settings.device):
         record = _blank(workload, system, env, case.unique_bytes)
         try:
             measured, results = _measure(system, case, settings, eager)
@@ -175,11 +180,11 @@ def _measure(system: str, case: Case, settings: Settings, eager: Eager) -> tuple
     stats = fusec.report_of(fn).stats if system.startswith("fusec") else None
     if settings.device == "cuda":
         launches, counted_by = count_launches_cuda(step), CUDA_LAUNCHES
-    elif stats is not None:
+    elif system == "fusec":
         launches, counted_by = float(stats["kernels"] + stats["extern_calls"]), FUSEC_CPU_LAUNCHES
     else:
         launches = count_launches_cpu(step)
-        counted_by = CPU_OPS if system == "eager" else CPU_OPS_AND_KERNELS
+        counted_by = CPU_OPS if system in ("eager", FUSEC_TORCH) else CPU_OPS_AND_KERNELS
 
     median_us = timing.median * 1e6
     measured = {
@@ -206,7 +211,8 @@ def _compile(system: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         return torch.compile(fn, mode="reduce-overhead")
     if system == "fusec (cudagraphs)":
         return fusec.compile(fn, cudagraphs=True)
-    return fusec.compile(fn)
+    # Explicit, so the environment (FUSEC_CPU) cannot make both CPU rows the same mode.
+    return fusec.compile(fn, cpu="torch" if system == FUSEC_TORCH else "interpret")
 
 
 def _inductor_kernel_profile() -> contextlib.AbstractContextManager:

@@ -14,7 +14,9 @@ from fusec.bench_output import markdown, print_table, progress, write_json, writ
 from fusec.bench_overhead import markdown as overhead_markdown
 from fusec.bench_overhead import measure as measure_overhead
 from fusec.bench_workloads import WORKLOADS
-from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite
+from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.cli import Parser
+from fusec.cli_paths import first_unwritable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,11 +24,16 @@ def run(args: argparse.Namespace) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
         return 2
+    bad_output = first_unwritable({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot})
+    if bad_output:
+        print(f"fusec bench: error: {bad_output}", file=sys.stderr)
+        return 2
     settings = Settings(device=device, dtype=args.dtype or default_dtype(device), quick=args.quick)
     names = list(dict.fromkeys(args.workloads or WORKLOADS))
     if args.overhead:
         return _overhead(names, device, args)
-    print(f"fusec bench: {len(names)} workload(s) under {', '.join(settings.systems)} on {device}, {settings.dtype}, "
+    timed = systems(device)
+    print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
     env = environment(settings)
     if env["note"]:
@@ -34,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     records = []
     suite = run_suite(names, settings, env)
-    with progress(len(names) * len(settings.systems)) as advance:
+    with progress(len(names) * len(timed)) as advance:
         for name in names:
-            for system in settings.systems:
+            for system in timed:
                 advance(f"{name} · {system}")
                 records.append(next(suite))
             if args.json:
@@ -64,7 +71,8 @@ def _overhead(names: list[str], device: str, args: argparse.Namespace) -> int:
 
 DESCRIPTION = ("Time each workload under eager PyTorch, torch.compile and fusec in one process, with launch counts, "
                "compile seconds, error against eager, and achieved bandwidth against the device's copy bandwidth. "
-               "On CPU, fusec's kernels run in Triton's interpreter: times there are not a performance claim.")
+               "On CPU, fusec's kernels run in Triton's interpreter (the \"fusec\" rows) and fusec's plan runs "
+               "through torch (\"fusec (torch)\", fusec's default on CPU): times there are not a performance claim.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`fusec bench` without the rest of the CLI (which needs rich): what bench/gpu_check.py runs."""
-    p = argparse.ArgumentParser(prog="fusec bench", description=DESCRIPTION)
+    p = Parser(prog="fusec bench", description=DESCRIPTION)
     _add_arguments(p)
     args = p.parse_args(argv)
     return args.run(args)

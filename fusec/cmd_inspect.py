@@ -19,6 +19,7 @@ from rich.console import Console
 from torch import nn
 
 import fusec
+from fusec.cli_paths import first_unwritable
 from fusec.eager_check import check_runs_eagerly
 from fusec.examples import EXAMPLES
 from fusec.report_data import collect
@@ -26,6 +27,7 @@ from fusec.report_html import to_html
 from fusec.report_svg import to_dot, to_svg
 from fusec.report_terminal import print_report
 from fusec.targets import (
+    DEFAULT_MAX_INPUT_GIB,
     Target,
     UsageError,
     describe_inputs,
@@ -44,6 +46,16 @@ SHAPE:DTYPE (8x128x768:float16); they replace the target's own example
 inputs. Inputs are numbered from 1 in error messages. With --training the
 model is put in train mode and floating inputs require grad.
 
+fusec inspect runs the TARGET's file (or imports its module) as an import
+would, so its top-level code runs. It then calls the model twice on the
+inputs: once through torch, to check that eager PyTorch accepts them (a
+mistake then reads as eager's own error), and once under fusec's capture,
+which plans every graph and launches no generated kernel (with --training,
+that call runs backward too). Outputs are checked before that work: a path
+that cannot be written is refused first. --input tensors are random
+(integers in [0, 8)); shapes may have zero-size dimensions; inputs over
+--max-input-gib (default 4) are refused before anything is allocated.
+
 --kernels DIR writes one Triton source file per kernel: KERNEL.py, or
 GRAPH.KERNEL.py (forward_0.k0.py) when several graphs have kernels.
 --json follows the schema in docs/report-schema.md.
@@ -61,13 +73,16 @@ examples:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show how fusec would fuse a model: kernels, reasons, critical path",
                        description="Capture and plan a model the way fusec.compile would, launching no "
-                                   "kernel, and report every fusion decision.",
+                                   "kernel, and report every fusion decision. It runs the TARGET's file and "
+                                   "calls the model twice (see below).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="?", metavar="TARGET", help="path/to/file.py:NAME or package.module:NAME")
     p.add_argument("--example", metavar="NAME", help="inspect a bundled example instead of a TARGET")
     p.add_argument("--list-examples", action="store_true", help="list the bundled examples and exit")
     p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
                    help="one model argument, e.g. 8x128x768:float16 (repeat per argument)")
+    p.add_argument("--max-input-gib", type=float, default=DEFAULT_MAX_INPUT_GIB, metavar="GIB",
+                   help="refuse --input tensors needing more memory than this (default %(default)g)")
     p.add_argument("--training", action="store_true", help="inspect the forward and backward graphs")
     p.add_argument("--streams", metavar="N", help="CUDA streams to plan for: a positive integer or 'auto'")
     p.add_argument("--json", metavar="FILE", type=Path, help="write the whole report as JSON")
@@ -103,8 +118,12 @@ def _inspect(args: argparse.Namespace) -> int:
         raise UsageError("give either a TARGET (path/to/file.py:NAME or package.module:NAME) or --example NAME "
                          "(fusec inspect --list-examples shows them)")
     options = _options(args.streams)
+    bad_output = first_unwritable({"--json": args.json, "--html": args.html, "--dot": args.dot, "--svg": args.svg,
+                                   "--kernels": None if args.kernels is None else args.kernels / "k0.py"})
+    if bad_output:
+        raise UsageError(bad_output)
     target = example_target(args.example) if args.example else resolve_target(args.target)
-    inputs = _inputs(target, args.input, args.training)
+    inputs = _inputs(target, args.input, args.training, args.max_input_gib)
     if isinstance(target.model, nn.Module):
         target.model.train(args.training)
     check_runs_eagerly(target.model, inputs)
@@ -140,9 +159,9 @@ def _options(streams: str | None) -> dict[str, Any]:
     return {"streams": value}
 
 
-def _inputs(target: Target, specs: list[str], training: bool) -> tuple[Any, ...]:
+def _inputs(target: Target, specs: list[str], training: bool, max_gib: float) -> tuple[Any, ...]:
     if specs:
-        return make_inputs(specs, training)
+        return make_inputs(specs, training, max_gib)
     if target.args is None:
         raise UsageError(f"{target.label} brings no example inputs; pass --input SHAPE[:DTYPE] once per argument "
                          f"of {signature_hint(target.model)}, e.g. --input 8x128:float32")

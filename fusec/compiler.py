@@ -13,6 +13,7 @@ import torch
 import torch.fx
 
 from fusec.device import device_model
+from fusec.execution import INTERPRETER, TORCH, announce, execution_mode
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.matmul import render_matmul
@@ -43,6 +44,7 @@ class CompiledGraph:
     fallback_ops: int = 0  # ops it then runs through torch
     streams: StreamDecision | None = None
     runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
+    execution: str = TORCH  # how it runs: "triton", "interpreter" or "torch" (fusec.execution)
 
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
@@ -85,6 +87,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
     callables: dict[str, Callable] = {}
     try:
         record.device = graph_device(gm)
+        record.execution = execution_mode(record.device, options)
         graph, callables = to_ir(gm, name=name)
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
@@ -95,7 +98,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
             raise
         # An internal error must never cost the user a crash: torch runs the graph.
         reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"
-        record.graph, record.plan = None, None
+        record.graph, record.plan, record.execution = None, None, TORCH
         record.fallback = reason
         record.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
         log.warning("fusec: %s runs through torch: %s", name, reason)
@@ -110,8 +113,11 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     records.append(record)
     if record.plan is None:
         return boxed(gm)
+    announce(record.execution)
+    if record.execution == TORCH:
+        return boxed(gm)
     start = time.perf_counter()
-    interpret = record.device == "cpu"
+    interpret = record.execution == INTERPRETER
     try:
         kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
                    for k in record.plan.all_kernels()}
@@ -119,6 +125,7 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
         if options.strict:
             raise
         record.fallback = f"internal error loading kernels: {type(exc).__name__}: {exc}"
+        record.execution = TORCH
         log.warning("fusec: %s runs through torch: %s", name, record.fallback)
         return boxed(gm)
     finally:

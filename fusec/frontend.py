@@ -46,12 +46,37 @@ class Backend:
             inference_compiler=self._compiler("inference"),
             decompositions=DECOMPOSITIONS,
         )
-        return backend(gm, example_inputs)
+        if not (self.launch and self.options.cpu == "torch" and _on_cpu(example_inputs)):
+            return backend(gm, example_inputs)
+        # A CPU graph torch runs (cpu="torch"): fusec still plans and reports its forward and
+        # backward (the backward now, not at its first call), then Dynamo's own graph runs as
+        # eager would, ops undecomposed and autograd as usual.
+        with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+            backend(gm, example_inputs)
+        return gm
+
+
+def _on_cpu(example_inputs: list[Any]) -> bool:
+    return all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
 
 
 def fusec_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable:
-    """The `torch.compile(..., backend="fusec")` entry point."""
-    return Backend(Options.from_user(**options))(gm, example_inputs)
+    """The `torch.compile(..., backend="fusec")` entry point.
+
+    torch.compile hands its `options={...}` dict over as one keyword, `options`,
+    and a `mode` other than None as `mode`; fusec's options may also come as keywords.
+    """
+    return Backend(backend_options(**options))(gm, example_inputs)
+
+
+def backend_options(options: dict[str, Any] | None = None, mode: str | None = None, **kwargs: Any) -> Options:
+    """fusec's Options from what torch.compile passes a backend."""
+    if mode not in (None, "default", "reduce-overhead"):
+        raise ValueError(f"fusec: torch.compile mode={mode!r} is Inductor's; fusec takes mode=None, 'default' or "
+                         "'reduce-overhead' (CUDA graphs) and its own options as options={...} (see fusec.Options)")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"fusec: torch.compile options must be a dict of fusec options, got {options!r}")
+    return Options.from_user(**(options or {}), **kwargs, **({"mode": mode} if mode else {}))
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Options: read once at the API boundary, passed down frozen."""
+"""Options: read once at the API boundary, checked there, passed down frozen."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+CPU_MODES = ("torch", "interpret")
 
 
 def _default_cache_dir() -> Path:
@@ -31,6 +33,11 @@ class Options:
     cudagraphs: on a GPU, record each inference graph's launches into a CUDA graph
       and replay it (one launch per call); outputs are valid until the next call.
       `mode="reduce-overhead"` (torch.compile's spelling) turns it on.
+    cpu: how a graph on CPU tensors runs (FUSEC_CPU). "torch" (the default): planned,
+      fused and reported exactly as on a GPU, then run through torch at eager speed.
+      "interpret": the generated kernels run in Triton's interpreter, 100-500x slower
+      than eager; it checks the generated code without a GPU (tests, debugging).
+      CUDA graphs always run fusec's compiled kernels.
     """
 
     fuse: bool = True
@@ -42,6 +49,7 @@ class Options:
     matmul: str = "auto"
     strict: bool = False
     cudagraphs: bool = False
+    cpu: str = "torch"
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -53,21 +61,54 @@ class Options:
                             f"valid options are {', '.join(sorted(known))}")
         mode = kwargs.pop("mode", None)
         if mode not in (None, "default", "reduce-overhead"):
-            raise ValueError(f"fusec: mode must be 'default' or 'reduce-overhead', got {mode!r}")
+            _bad("mode", "None, 'default' or 'reduce-overhead' (CUDA graphs)", mode)
         if mode == "reduce-overhead":
             kwargs.setdefault("cudagraphs", True)
+        for name in ("dump_dir", "cache_dir"):
+            _check_path(name, kwargs.get(name))  # before the environment fills in, and before Path() converts
         dump = kwargs.pop("dump_dir", None) or os.environ.get("FUSEC_DUMP") or None
         cache = kwargs.pop("cache_dir", None) or _default_cache_dir()
         if "strict" not in kwargs:
             kwargs["strict"] = os.environ.get("FUSEC_STRICT", "") not in ("", "0")
-        opts = replace(cls(), dump_dir=Path(dump) if dump else None, cache_dir=Path(cache), **kwargs)
-        opts.validate()
-        return opts
+        if "cpu" not in kwargs and os.environ.get("FUSEC_CPU"):
+            kwargs["cpu"] = os.environ["FUSEC_CPU"]
+            if kwargs["cpu"] not in CPU_MODES:
+                raise OptionError(f"fusec: FUSEC_CPU must be {' or '.join(map(repr, CPU_MODES))}, "
+                                 f"got {kwargs['cpu']!r}")
+        return replace(cls(), dump_dir=Path(dump) if dump else None, cache_dir=Path(cache), **kwargs)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
+        """Every option's type and range, with a message naming the option and what it accepts."""
+        for name in ("fuse", "horizontal", "strict", "cudagraphs"):
+            if not isinstance(getattr(self, name), bool):
+                _bad(name, "True or False", getattr(self, name))
         if self.matmul not in ("auto", "template", "library"):
-            raise ValueError(f"fusec: matmul must be 'auto', 'template' or 'library', got {self.matmul!r}")
-        if self.fuel is not None and (not isinstance(self.fuel, int) or self.fuel < 0):
-            raise ValueError(f"fusec: fuel must be a non-negative integer or None, got {self.fuel!r}")
-        if not (self.streams in ("auto", None) or (isinstance(self.streams, int) and self.streams >= 1)):
-            raise ValueError(f"fusec: streams must be a positive integer, 'auto' or None, got {self.streams!r}")
+            _bad("matmul", "'auto', 'template' or 'library'", self.matmul)
+        if self.fuel is not None and (not _is_int(self.fuel) or self.fuel < 0):
+            _bad("fuel", "a non-negative integer or None", self.fuel)
+        if not (self.streams in ("auto", None) or (_is_int(self.streams) and self.streams >= 1)):
+            _bad("streams", "a positive integer, 'auto' or None", self.streams)
+        if self.cpu not in CPU_MODES:
+            _bad("cpu", "'torch' (run CPU graphs through torch) or 'interpret' (Triton's interpreter)", self.cpu)
+        for name in ("dump_dir", "cache_dir"):
+            _check_path(name, getattr(self, name))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_path(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        _bad(name, "a path (str or os.PathLike) or None", value)
+
+
+class OptionError(TypeError, ValueError):
+    """An option of the wrong type or out of range (either `except` catches it)."""
+
+
+def _bad(name: str, allowed: str, value: Any) -> None:
+    raise OptionError(f"fusec: {name} must be {allowed}, got {value!r}")

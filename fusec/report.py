@@ -12,7 +12,7 @@ from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.plan import Extern, Kernel, does_work
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
-              "dag_width", "cross_stream_waits", "compile_seconds")
+              "dag_width", "cross_stream_waits", "compile_seconds", "execution")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -42,6 +42,8 @@ class Report:
             "dag_width": max((d.dag_width for d in decided), default=0),
             "cross_stream_waits": sum(d.waits for d in decided),
             "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
+            # How the graphs run ("triton", "interpreter", "torch"), each named once, in graph order.
+            "execution": ", ".join(dict.fromkeys(g.execution for g in self.graphs)) or "none",
         }
 
     @property
@@ -69,7 +71,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         graphs = []
         for g in self.graphs:
-            entry: dict[str, Any] = {"name": g.name, "device": g.device, "fallback": g.fallback,
+            entry: dict[str, Any] = {"name": g.name, "device": g.device, "execution": g.execution,
+                                     "fallback": g.fallback,
                                      "compile_seconds": g.compile_seconds,
                                      "streams": g.streams.reason if g.streams else None}
             if g.plan is not None:

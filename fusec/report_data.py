@@ -58,7 +58,8 @@ def collect(report: Report, target: str, training: bool, inputs: list[dict[str, 
 
 
 def _graph_row(record: CompiledGraph) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": record.name, "device": record.device, "fallback": record.fallback,
+    row: dict[str, Any] = {"name": record.name, "device": record.device, "execution": record.execution,
+                           "fallback": record.fallback,
                            "fallback_ops": record.fallback_ops, "compile_seconds": record.compile_seconds,
                            "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds]}
     if record.plan is None:

@@ -15,7 +15,16 @@ STAT_LABELS = {
     "dag_width": "DAG width",
     "cross_stream_waits": "cross-stream waits",
     "compile_seconds": "compile time",
+    "execution": "runs",
 }
+
+EXECUTION = {"triton": "compiled Triton kernels", "interpreter": "kernels in Triton's interpreter",
+             "torch": "through torch"}
+
+
+def execution(modes: str) -> str:
+    """`interpreter, torch` -> what each execution mode means to a reader."""
+    return ", ".join(EXECUTION.get(m, m) for m in modes.split(", "))
 
 
 def nbytes(n: int) -> str:
@@ -43,6 +52,8 @@ def stat(key: str, value: Any) -> str:
         return f"{nbytes(value)} ({value})"
     if key == "compile_seconds":
         return seconds(value)
+    if key == "execution":
+        return execution(value)
     return str(value)
 
 

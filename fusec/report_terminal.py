@@ -41,7 +41,7 @@ def _summary(data: dict[str, Any], console: Console) -> None:
 
 def _graph(data: dict[str, Any], graph: dict[str, Any], console: Console) -> None:
     name = graph["name"]
-    console.rule(f"[bold]{escape(name)}[/bold] ({graph['device']})")
+    console.rule(f"[bold]{escape(name)}[/bold] ({graph['device']}, {fmt.execution(graph['execution'])})")
     if graph["fallback"]:
         console.print(f"[red]runs through torch entirely[/red] ({graph['fallback_ops']} ops): "
                       f"{escape(graph['fallback'])}", soft_wrap=True)

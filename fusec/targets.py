@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,40 +44,73 @@ class Target:
 _DTYPE_ALIASES = {"half": "float16", "float": "float32", "double": "float64", "long": "int64", "int": "int32"}
 
 
+# torch indexes with int64: no dimension or tensor can be larger.
+_MAX_DIM = 2**63 - 1
+# What --input may allocate unless --max-input-gib says otherwise.
+DEFAULT_MAX_INPUT_GIB = 4.0
+
+
 def parse_input_spec(spec: str) -> tuple[tuple[int, ...], torch.dtype]:
     """`8x128x768:float16` -> ((8, 128, 768), torch.float16); the dtype defaults to float32."""
     shape_text, _, dtype_text = spec.partition(":")
     dims = shape_text.split("x")
-    if not shape_text or not all(d.isdigit() and int(d) > 0 for d in dims):
-        raise UsageError(f"bad --input {spec!r}: the shape must be positive integers joined by 'x', "
+    if not shape_text or not all(d.isascii() and d.isdigit() for d in dims):
+        raise UsageError(f"bad --input {spec!r}: the shape must be non-negative integers joined by 'x', "
                          "e.g. --input 8x128x768:float16")
+    shape = tuple(int(d) for d in dims)
+    if math.prod(shape) > _MAX_DIM:
+        raise UsageError(f"bad --input {spec!r}: {math.prod(shape)} elements are more than torch can index "
+                         f"({_MAX_DIM}); use smaller sizes")
     name = _DTYPE_ALIASES.get(dtype_text, dtype_text or "float32")
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or dtype.is_complex:
         raise UsageError(f"bad --input {spec!r}: unknown dtype {dtype_text!r}; use a torch dtype name "
                          "such as float32, float16, bfloat16, int64 or bool")
-    return tuple(int(d) for d in dims), dtype
+    try:
+        with warnings.catch_warnings():  # quantized dtypes warn that they are deprecated before failing
+            warnings.simplefilter("ignore")
+            _random((1,), dtype, torch.Generator())
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        raise UsageError(f"bad --input {spec!r}: torch cannot fill {name} tensors with random values; "
+                         "use a float, integer or bool dtype such as float32, int64 or bool") from exc
+    return shape, dtype
 
 
-def make_inputs(specs: list[str], training: bool) -> tuple[torch.Tensor, ...]:
-    """Random tensors for the --input specs.
+def input_bytes(parsed: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """What the --input tensors take in memory, computed without allocating them."""
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in parsed)
+
+
+def make_inputs(specs: list[str], training: bool,
+                max_gib: float = DEFAULT_MAX_INPUT_GIB) -> tuple[torch.Tensor, ...]:
+    """Random tensors for the --input specs, refused up front when they would take more than `max_gib`.
 
     Integer inputs hold values in [0, 8), so they are valid indices into any
     table of 8 or more rows. With `training`, floating inputs require grad, so
     a model without parameters still has a backward graph to inspect.
     """
     parsed = [parse_input_spec(spec) for spec in specs]
+    needed = input_bytes(parsed)
+    if needed > max_gib * 2**30:
+        raise UsageError(f"the --input tensors would take {needed / 2**30:,.1f} GiB ({needed} bytes), more than "
+                         f"the {max_gib:g} GiB limit; use smaller shapes, or raise the limit with --max-input-gib")
     generator = torch.Generator().manual_seed(0)
     tensors = []
-    for shape, dtype in parsed:
-        if dtype.is_floating_point:
-            t = torch.randn(shape, generator=generator).to(dtype).requires_grad_(training)
-        elif dtype is torch.bool:
-            t = torch.randint(0, 2, shape, generator=generator).bool()
-        else:
-            t = torch.randint(0, 8, shape, generator=generator, dtype=dtype)
-        tensors.append(t)
+    for spec, (shape, dtype) in zip(specs, parsed, strict=True):
+        try:
+            t = _random(shape, dtype, generator)
+        except (MemoryError, RuntimeError) as exc:  # within the limit, but more than this machine has
+            raise UsageError(f"cannot allocate --input {spec!r}: {one_line(exc)}; use smaller shapes") from exc
+        tensors.append(t.requires_grad_(training) if dtype.is_floating_point else t)
     return tuple(tensors)
+
+
+def _random(shape: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    if dtype is torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    return torch.randint(0, 8, shape, generator=generator, dtype=dtype)
 
 
 def example_target(name: str) -> Target:

@@ -8,6 +8,7 @@ import torch
 os.environ.setdefault("FUSEC_CACHE_DIR", tempfile.mkdtemp(prefix="fusec-test-cache-"))
 # Tests want fusec's own errors raised, not hidden behind a fallback to torch.
 os.environ.setdefault("FUSEC_STRICT", "1")
+os.environ.setdefault("FUSEC_CPU", "interpret")  # CPU graphs run the generated kernels: codegen tested sans GPU
 
 
 def pytest_collection_modifyitems(config, items):

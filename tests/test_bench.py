@@ -16,7 +16,7 @@ import fusec
 from fusec import bench_output, benchmark
 from fusec.bench_measure import count_launches_cuda, time_call
 from fusec.bench_workloads import WORKLOADS, adam_shapes
-from fusec.benchmark import SYSTEMS, Settings, bandwidth, environment, run_suite
+from fusec.benchmark import FUSEC_TORCH, Settings, bandwidth, environment, run_suite, systems
 from fusec.cmd_bench import main
 
 CPU = torch.device("cpu")
@@ -104,7 +104,7 @@ def test_cli_writes_every_field_for_every_workload_and_system(cpu_run):
     data = json.loads(paths["json"].read_text())
     records = data["records"]
     assert [(r["workload"], r["system"]) for r in records] == [
-        (w, s) for w in ("bias_gelu", "softmax") for s in SYSTEMS]
+        (w, s) for w in ("bias_gelu", "softmax") for s in systems("cpu")]
     for r in records:
         assert r.keys() >= RECORD_FIELDS
         assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["size_tier"] == "tiny"
@@ -125,6 +125,12 @@ def test_cli_writes_every_field_for_every_workload_and_system(cpu_run):
     fused = next(r for r in records if r["workload"] == "bias_gelu" and r["system"] == "fusec")
     assert fused["fusec_stats"]["kernels"] == 1
     assert fused["launches_per_call"] == 1
+    assert fused["fusec_stats"]["execution"] == "interpreter"
+    # fusec's CPU default: the same plan and report, run through torch; its launches are the ATen ops it calls.
+    by_torch = next(r for r in records if r["workload"] == "bias_gelu" and r["system"] == FUSEC_TORCH)
+    assert by_torch["fusec_stats"] == {**fused["fusec_stats"], "execution": "torch",
+                                       "compile_seconds": by_torch["fusec_stats"]["compile_seconds"]}
+    assert by_torch["launches_per_call"] >= 2 and "torch.profiler" in by_torch["launches_counted_by"]
     assert data["environment"]["device_copy_gbps"] > 0
 
 
@@ -167,6 +173,24 @@ def test_a_failing_system_is_recorded_and_the_run_goes_on(monkeypatch):
     assert by_system["torch.compile"]["error"] == "RuntimeError: no C++ compiler found"
     assert by_system["torch.compile"]["time_median_us"] is None
     assert by_system["fusec"]["error"] is None and by_system["fusec"]["max_abs_error"] < 1e-5
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark ran before its outputs were checked")
+    monkeypatch.setattr("fusec.cmd_bench.run_suite", no_work)
+    (tmp_path / "file").write_text("")
+    for flag, path in (("--json", "/proc/nope/x.json"), ("--markdown", str(tmp_path / "file" / "b.md")),
+                       ("--plot", str(tmp_path))):
+        assert main(["--device", "cpu", "--quick", flag, path]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fusec bench: error: cannot write {flag} {path}: ") and len(err.splitlines()) == 1, err
+
+
+def test_cpu_times_fusec_both_ways():
+    assert systems("cpu") == ("eager", "torch.compile", "fusec", "fusec (torch)")
+    assert systems("cuda") == ("eager", "torch.compile", "fusec", "torch.compile (reduce-overhead)",
+                               "fusec (cudagraphs)")
 
 
 def test_unknown_workload_is_refused(capsys):

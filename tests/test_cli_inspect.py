@@ -301,6 +301,18 @@ ERRORS = {
     "both targets": (["{file}:Block", "--example", "mlp"], "give either a TARGET"),
     "bad streams": (["--example", "mlp", "--streams", "0"], "bad --streams: streams must be a positive integer"),
     "unwritable output": (["--example", "pointwise", "--json", "{file}/r.json"], "cannot write"),
+    "output under /proc": (["--example", "pointwise", "--json", "/proc/nope/x.json"],
+                           "cannot write --json /proc/nope/x.json: cannot create its folder /proc/nope"),
+    "kernels into a file": (["--example", "pointwise", "--kernels", "{file}"], "cannot write --kernels"),
+    "negative size": (["{file}:Block", "--input", "-8x32"], "bad --input '-8x32': the shape must be non-negative"),
+    "unfillable dtype": (["{file}:Block", "--input", "8x32:qint8"],
+                         "bad --input '8x32:qint8': torch cannot fill qint8 tensors with random values"),
+    "beyond int64": (["{file}:Block", "--input", "99999999999999999999x2"],
+                     "bad --input '99999999999999999999x2': 199999999999999999998 elements are more than torch"),
+    "too many bytes": (["{file}:Block", "--input", "100000x100000"],
+                       "would take 37.3 GiB (40000000000 bytes), more than the 4 GiB limit; use smaller shapes, "
+                       "or raise the limit with --max-input-gib"),
+    "own limit": (["{file}:Block", "--input", "1024x1024", "--max-input-gib", "0.001"], "more than the 0.001 GiB"),
 }
 
 
@@ -312,6 +324,58 @@ def test_errors_are_one_line_with_exit_2(case: str, model_file: Path, capsys: py
     assert len(err.splitlines()) == 1, err
     assert err.startswith("fusec inspect: error: ")
     assert expected in err
+
+
+def test_outputs_are_checked_before_the_model_runs(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model ran before the outputs were checked")
+    monkeypatch.setattr(cmd_inspect, "check_runs_eagerly", refuse)
+    code, _, err = inspect_cli(capsys, "--example", "pointwise", "--html", "/proc/nope/r.html")
+    assert code == 2 and err.startswith("fusec inspect: error: cannot write --html /proc/nope/r.html"), err
+
+
+def test_zero_size_inputs_are_allowed(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = inspect_cli(capsys, f"{model_file}:Block", "--input", "0x32", "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["inputs"] == [{"shape": [0, 32], "dtype": "float32"}] and data["stats"]["kernels"] >= 1
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--example", "mlp", "--bogus"], "fusec: error: unrecognized arguments: --bogus (see fusec --help)"),
+    (["--example", "mlp", "--input"], "fusec inspect: error: argument --input: expected one argument"),
+    (["--example", "mlp", "--max-input-gib", "lots"], "fusec inspect: error: argument --max-input-gib: invalid"),
+])
+def test_command_line_mistakes_are_one_line(argv: list[str], expected: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith(expected), err
+
+
+@pytest.mark.parametrize(("cpu", "shown"), [("interpret", "kernels in Triton's interpreter"),
+                                             ("torch", "through torch")])
+def test_report_says_how_each_graph_runs(cpu: str, shown: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("FUSEC_CPU", cpu)
+    code, out, err = inspect_cli(capsys, "--example", "pointwise", "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "r.json").read_text())
+    mode = {"interpret": "interpreter", "torch": "torch"}[cpu]
+    assert data["stats"]["execution"] == mode and [g["execution"] for g in data["graphs"]] == [mode]
+    assert re.search(rf"^\s*runs\s+{re.escape(shown)}\s*$", out, re.M), out
+    assert f"inference_0 (cpu, {shown})" in out
+
+
+def test_help_says_the_target_runs_and_the_model_is_called_twice(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "runs the TARGET's file" in out and "calls the model twice" in out
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "runs the target's file" in readme and "calls the model twice" in readme
 
 
 def test_file_that_fails_to_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -359,6 +423,8 @@ def test_command_line_process(model_file: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert set(json.loads((tmp_path / "r.json").read_text())["stats"]) == set(STATS_KEYS)
+    done = fusec_cli(f"{model_file}:Block", "--input", "-8x32")
+    assert (done.returncode, len(done.stderr.splitlines())) == (2, 1), done.stderr
     done = fusec_cli(f"{model_file}:Block", "--input", "8x100")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
