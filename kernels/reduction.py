@@ -18,7 +18,6 @@ import networkx as nx
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.render import (
-    PRELUDE,
     Index,
     Renderer,
     Value,
@@ -76,7 +75,6 @@ class ReductionRenderer(Renderer):
         self.scalar_shape = "[1, 1]"
         self.axis = 1 if self.inner else 0
         self.reduced: dict[str, Value] = {}
-        self.combines: set[str] = set()
         self.accumulators = 0
 
     # the two iteration spaces ------------------------------------------------
@@ -171,7 +169,7 @@ class ReductionRenderer(Renderer):
     def _across(self, lanes: str, kind: str, dtype: str) -> str:
         """Reduce a block along the row axis, keeping the rows' axis."""
         if kind == "prod":
-            self.combines.add("_prod")
+            self.helpers["_prod"] = COMBINE["_prod"]
             return self.out.let(f"tl.reduce({lanes}, {self.axis}, _prod){self._keep()}", "r")
         return self._library_reduce(lanes, kind, dtype, [self.axis], self._keep())
 
@@ -197,7 +195,7 @@ class ReductionRenderer(Renderer):
         identity = _lowest(dtype) if extreme == "max" else _highest(dtype)
         looped = not self.kernel.persistent
         if looped:
-            self.combines.add("_" + node.op)
+            self.helpers["_" + node.op] = COMBINE["_" + node.op]
             best_v = self._accumulator(identity, dtype, self.row_shape)
             best_i = self._accumulator(str(self.kernel.rnumel), "int64", self.row_shape)
         with self.over_row():
@@ -263,9 +261,8 @@ class ReductionRenderer(Renderer):
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), *(f"p_partial_{f}" for f in k.finals), *(["p_ticket"] if k.finals else []),
                   "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
-        helpers = [COMBINE[c] for c in sorted(self.combines)] + [PRELUDE[h] for h in sorted(self.prelude)]
         body = live_lines(self.out.scope.lines, [])
-        return module_source(fn_name, params, body, k.members, helpers), fn_name
+        return module_source(fn_name, params, body, k.members, [self]), fn_name
 
     def _per_element(self, node: Node) -> bool:
         return node.numel != self.kernel.numel

@@ -163,7 +163,7 @@ class Renderer:
         self.kernel = kernel
         self.members = set(kernel.members)
         self.out = Emitter(roots, prefix)
-        self.prelude: set[str] = set()  # helper functions (PRELUDE) the kernel calls
+        self.helpers: dict[str, str] = {}  # name -> source of the @triton.jit functions the body calls
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
@@ -277,9 +277,13 @@ class Renderer:
     def rand(self, node: Node, idx: Index) -> Value:
         """Uniform [0, 1) from Philox keyed by the call's seed, counted by element and node."""
         self.uses_seed = True
-        self.prelude.add("_philox")
+        self.helpers["_philox"] = PHILOX
         offset = self.linearize(idx, node.shape)
-        bits = self.out.let(f"_philox(seed, ({offset}).to(tl.uint32), {node.args[0]})", "t")
+        # One element: the offset is a literal, which must still be a block of the kernel's rank.
+        counter = f"({offset}).to(tl.uint32)"
+        if offset.isdigit():
+            counter = f"tl.full({self.scalar_shape}, {offset}, tl.uint32)"
+        bits = self.out.let(f"_philox(seed, {counter}, {node.args[0]})", "t")
         value = self.out.let(f"(({bits} >> 8).to(tl.float32) * {2.0 ** -24})", "t")
         return Value(value, "float32")
 
@@ -405,9 +409,8 @@ def round_bf16(expr: str) -> str:
     return f"tl.where({x} != {x}, {x}, {rounded})"
 
 
-PRELUDE = {
-    # Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
-    "_philox": """def _philox(seed, offset, salt):
+# Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
+PHILOX = """def _philox(seed, offset, salt):
     c0 = offset
     c1 = tl.full([], salt, tl.uint32) + offset * 0
     c2 = offset * 0
@@ -423,14 +426,15 @@ PRELUDE = {
         c3 = a * tl.full([], 0xD2511F53, tl.uint32)
         k0 = k0 + tl.full([], 0x9E3779B9, tl.uint32)
         k1 = k1 + tl.full([], 0xBB67AE85, tl.uint32)
-    return c0""",
-}
+    return c0"""
 
 
 def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
-                  helpers: list[str] = ()) -> str:
-    """A whole kernel module: imports, helper functions, and the @triton.jit entry."""
-    prelude = "".join(f"@triton.jit\n{h}\n\n\n" for h in helpers)
+                  renderers: list[Renderer]) -> str:
+    """A whole kernel module: imports, the helper functions its renderers' bodies call,
+    and the @triton.jit entry. Every kernel kind gets its helpers here, from its renderers."""
+    helpers = {name: src for r in renderers for name, src in r.helpers.items()}
+    prelude = "".join(f"@triton.jit\n{helpers[name]}\n\n\n" for name in sorted(helpers))
     return "\n".join([
         "import triton",
         "import triton.language as tl",

@@ -33,6 +33,8 @@ CASES = {
     "explicit_bf16_cast_rounds": (lambda x: x.bfloat16().float() - x, (torch.randn(64) * 100,)),
     "total_beside_argmax": (_total_beside_argmax, (torch.randn(1, 4, 2),)),
     "total_beside_row_sum": (_total_beside_row_sum, (torch.arange(8.).reshape(1, 4, 2),)),
+    "rand_of_one_element": (lambda x: torch.where(torch.rand_like(x.amin(-1, keepdim=True)) < 1.0, x, -x),
+                            (torch.randn(1, 4),)),
 }
 
 
@@ -71,3 +73,34 @@ def test_multiply_by_one_then_view_is_a_fresh_tensor():
     check(lambda x: (x * 1).reshape(4, -1), x)
     out = fusec.compile(lambda x: (x * 1).reshape(4, -1))(x)
     assert out.stride() == (1, 1) and out.data_ptr() != x.data_ptr()
+
+
+def _dropout_matmul(x, w):
+    return torch.nn.functional.dropout(x @ w, 0.5, training=True)
+
+
+def _dropout_matmul_softmax(x, w):
+    return torch.nn.functional.dropout(torch.relu(x @ w), 0.25, training=True).softmax(-1)
+
+
+@pytest.mark.parametrize("fn, kernels", [(_dropout_matmul, 1), (_dropout_matmul_softmax, 2)],
+                         ids=["matmul", "matmul-then-reduction"])
+def test_dropout_fuses_into_matmul_and_repeats_under_manual_seed(fn, kernels):
+    x, w = torch.randn(8, 16), torch.randn(16, 32)
+    compiled = fusec.compile(fn, strict=True)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        runs.append(compiled(x, w))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    report = fusec.report_of(compiled)
+    assert report.stats["kernels"] == kernels and report.stats["extern_calls"] == 0, report.summary()
+    assert all(g.runtime is not None and g.runtime.broken is None for g in report.graphs)
+    kept = torch.relu(x @ w) if fn is _dropout_matmul_softmax else x @ w
+    dropped = runs[0] if fn is _dropout_matmul else None
+    if dropped is not None:  # every element is dropped or scaled by 1 / (1 - p)
+        scaled = torch.isclose(dropped, kept * 2, rtol=1e-5, atol=1e-5)
+        assert bool(((dropped == 0) | scaled).all())
+        assert 0.3 < float((dropped == 0).float().mean()) < 0.7
+    else:
+        torch.testing.assert_close(runs[0].sum(-1), torch.ones(8))
