@@ -257,18 +257,22 @@ class Renderer:
 
     def cat(self, node: Node, idx: Index) -> Value:
         """The element of whichever input's range along dim holds the position. Each
-        input is read at a clamped index (in bounds, its value unused out of range)."""
+        input is read at a clamped index (in bounds, its value unused out of range).
+        A legacy empty 1-D input (`torch.tensor([])`) is skipped, as torch skips it."""
         *refs, dim = node.args
         dtype = compute_dtype(node.dtype)
         pos, start, parts = idx.dims[dim], 0, []
         for ref in refs:
-            size = self.graph[ref.name].shape[dim]
+            shape = self.graph[ref.name].shape
+            size = shape[dim] if len(shape) == len(node.shape) else 0
             end = start + size
             if size:
                 local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")
                 value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
                 parts.append((end, to(value.expr, dtype) if value.dtype != dtype else value.expr))
             start = end
+        if not parts:  # nothing to read: the output has no elements
+            return Value(f"tl.full({self.scalar_shape}, 0, {TL_TYPE[dtype]})", dtype)
         expr = parts[-1][1]
         for end, value in reversed(parts[:-1]):
             expr = f"tl.where({pos} < {end}, {value}, {expr})"

@@ -33,6 +33,8 @@ CASES = {
     "explicit_bf16_cast_rounds": (lambda x: x.bfloat16().float() - x, (torch.randn(64) * 100,)),
     "total_beside_argmax": (_total_beside_argmax, (torch.randn(1, 4, 2),)),
     "total_beside_row_sum": (_total_beside_row_sum, (torch.arange(8.).reshape(1, 4, 2),)),
+    "cat_skips_legacy_empty": (lambda e, k: torch.cat([e, k], dim=-2) + 1, (torch.tensor([]), torch.randn(1, 2, 3, 4))),
+    "cat_of_empty_inputs": (lambda a, b: torch.cat([a, b], dim=1) + 1, (torch.randn(2, 0), torch.randn(2, 0))),
     "rand_of_one_element": (lambda x: torch.where(torch.rand_like(x.amin(-1, keepdim=True)) < 1.0, x, -x),
                             (torch.randn(1, 4),)),
 }
