@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +54,12 @@ def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
 
 # (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.
 _MATMUL_CHOICE: dict[tuple, Any] = {}
+_MATMUL_TIMING = threading.Lock()  # one thread times a choice; the others wait for it
+
+# Triton's interpreter keeps the running program's grid index and its patched `tl` in
+# module globals: two interpreted launches at once would read each other's program ids.
+_INTERPRETER = threading.Lock()
+_UNLOCKED = contextlib.nullcontext()  # compiled launches need no lock
 
 
 def _device_name() -> str:
@@ -93,9 +101,10 @@ class Runtime:
         self.recorded = {w for s in plan.steps for w in s.waits}
         self.output_refs = [r.name for r in iter_refs(self.output_args)]
         self.side: list[torch.cuda.Stream] | None = None
-        # One counter per kernel and device; calls of one compiled graph from several
-        # threads at once would share it (see the note on concurrency in README).
-        self.tickets: dict[tuple[str, str], torch.Tensor] = {}
+        self.side_lock = threading.Lock()
+        # Ticket counters per thread (and device and stream): the kernel resets its ticket
+        # when it ends, so only launches ordered on one stream may share one.
+        self.tickets = threading.local()
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -157,43 +166,46 @@ class Runtime:
                 value.record_stream(caller)
 
     def _side_streams(self) -> list[torch.cuda.Stream]:
-        if self.side is None:
-            self.side = [torch.cuda.Stream() for _ in range(self.n_streams - 1)]
+        # Shared by the threads: every call orders its steps by its own events.
+        with self.side_lock:
+            if self.side is None:
+                self.side = [torch.cuda.Stream() for _ in range(self.n_streams - 1)]
         return self.side
 
     def _launch(self, kernel: Kernel, env: dict[str, Any]) -> None:
-        if kernel.library and self._matmul_choice(kernel, env) == "library":
+        choice = self._matmul_choice(kernel, env) if kernel.library else self.launches[kernel.id]
+        if choice == "library":
             for step in kernel.library:
                 self._step(step, env)
             return
-        self._launch_kernel(kernel, env)
+        self._launch_kernel(kernel, env, choice)
 
-    def _matmul_choice(self, kernel: Kernel, env: dict[str, Any]) -> str:
+    def _matmul_choice(self, kernel: Kernel, env: dict[str, Any]) -> Launch | str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel
         and shape on this GPU, the template in each of a few tile configurations (every
         candidate computes the same outputs into env)."""
         if self.matmul != "auto":
-            return self.matmul
+            return "library" if self.matmul == "library" else self.launches[kernel.id]
         key = (kernel.source, self.sizes[kernel.id], _device_name())
         if key not in _MATMUL_CHOICE:
-            timings: list[tuple[float, Launch | str]] = []
-            for config in matmul_configs(*matmul_problem(self.plan.graph, kernel)):
-                self.launches[kernel.id] = config
-                try:
-                    timings.append((_time_cuda(lambda: self._launch_kernel(kernel, env)), config))
-                except KernelFailed as exc:  # one tile size too large for this GPU: skip it
-                    log.info("fusec: %s: %s", kernel.id, exc)
-            timings.append((_time_cuda(lambda: [self._step(step, env) for step in kernel.library]), "library"))
-            _MATMUL_CHOICE[key] = min(timings, key=lambda pair: pair[0])[1]
-            log.info("fusec: %s: %s", kernel.id, ", ".join(
-                f"{c if c == 'library' else c.constants}: {t * 1e6:.1f} us" for t, c in timings))
-        choice = _MATMUL_CHOICE[key]
-        if choice == "library":
-            return "library"
-        self.launches[kernel.id] = choice
-        return "template"
+            with _MATMUL_TIMING:
+                if key not in _MATMUL_CHOICE:
+                    _MATMUL_CHOICE[key] = self._time_matmul(kernel, env)
+        return _MATMUL_CHOICE[key]
 
-    def _launch_kernel(self, kernel: Kernel, env: dict[str, Any]) -> None:
+    def _time_matmul(self, kernel: Kernel, env: dict[str, Any]) -> Launch | str:
+        timings: list[tuple[float, Launch | str]] = []
+        for config in matmul_configs(*matmul_problem(self.plan.graph, kernel)):
+            try:
+                timings.append((_time_cuda(lambda c=config: self._launch_kernel(kernel, env, c)), config))
+            except KernelFailed as exc:  # one tile size too large for this GPU: skip it
+                log.info("fusec: %s: %s", kernel.id, exc)
+        timings.append((_time_cuda(lambda: [self._step(step, env) for step in kernel.library]), "library"))
+        log.info("fusec: %s: %s", kernel.id, ", ".join(
+            f"{c if c == 'library' else c.constants}: {t * 1e6:.1f} us" for t, c in timings))
+        return min(timings, key=lambda pair: pair[0])[1]
+
+    def _launch_kernel(self, kernel: Kernel, env: dict[str, Any], launch: Launch) -> None:
         graph = self.plan.graph
         args = []
         for name in kernel.inputs:
@@ -210,7 +222,6 @@ class Runtime:
             args.append(out)
         if kernel.numel == 0:
             return
-        launch = self.launches[kernel.id]
         flag = None
         if "p_bad_index" in kernel.params:
             flag = torch.zeros(1, dtype=torch.int32, device=device)
@@ -221,8 +232,9 @@ class Runtime:
         if kernel.finals:
             args += self._final_buffers(kernel, launch.grid[0], device)
         try:
-            self.kernels[kernel.id][launch.grid](*args, *self.sizes[kernel.id], **launch.constants,
-                                                 num_warps=launch.num_warps)
+            with _INTERPRETER if self.interpret else _UNLOCKED:
+                self.kernels[kernel.id][launch.grid](*args, *self.sizes[kernel.id], **launch.constants,
+                                                     num_warps=launch.num_warps)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {kernel.id} failed: {type(exc).__name__}: {exc}") from exc
         if flag is not None and flag.item():
@@ -236,10 +248,12 @@ class Runtime:
         graph = self.plan.graph
         partials = [torch.empty(programs, dtype=_DTYPES[compute_dtype(graph[f].dtype)], device=device)
                     for f in kernel.finals]
-        key = (kernel.id, str(device))
-        if key not in self.tickets:
-            self.tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
-        return [*partials, self.tickets[key]]
+        tickets = self.tickets.__dict__.setdefault("by_kernel", {})
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        key = (kernel.id, str(device), stream)
+        if key not in tickets:
+            tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
+        return [*partials, tickets[key]]
 
     def _device(self) -> torch.device:
         return torch.device("cpu") if self.interpret else torch.device("cuda")

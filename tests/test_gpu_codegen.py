@@ -40,7 +40,7 @@ def sm90(monkeypatch, tmp_path):
     compiled = []
     launch_kernel = runtime.Runtime._launch_kernel
 
-    def also_for_gpu(self, kernel, env):
+    def also_for_gpu(self, kernel, env, launch):
         real = self.kernels[kernel.id]
 
         class Spy:
@@ -61,7 +61,7 @@ def sm90(monkeypatch, tmp_path):
         self_ = self
         self.kernels[kernel.id] = Spy()
         try:
-            return launch_kernel(self, kernel, env)
+            return launch_kernel(self, kernel, env, launch)
         finally:
             self.kernels[kernel.id] = real
 
