@@ -14,6 +14,7 @@ from torch._dynamo.exc import TorchRuntimeError
 from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report import Report
+from fusec.runtime import EAGER_RAISES
 
 
 def compile(model: Callable | None = None, **options: Any) -> Any:
@@ -34,7 +35,9 @@ class CompiledModule(OptimizedModule):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
-        except TorchRuntimeError:
+        except Exception as exc:
+            if not _eager_raises(exc):
+                raise
             return self._orig_mod(*args, **kwargs)
 
 
@@ -58,9 +61,16 @@ def _eager_errors(compiled: Callable, model: Callable) -> Callable:
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return compiled(*args, **kwargs)
-        except TorchRuntimeError:
+        except Exception as exc:
+            if not _eager_raises(exc):
+                raise
             return model(*args, **kwargs)
     return call
+
+
+def _eager_raises(exc: Exception) -> bool:
+    """Tracing or a kernel found inputs eager rejects: rerun eagerly for eager's own error."""
+    return isinstance(exc, TorchRuntimeError) or getattr(exc, EAGER_RAISES, False)
 
 
 def report_of(compiled: Any) -> Report:

@@ -70,6 +70,15 @@ class KernelFailed(Exception):
     """A generated kernel did not compile or run."""
 
 
+class BadIndex(Exception):
+    """A kernel read an index out of range: eager raises for these inputs."""
+
+
+# Set on an error raised for inputs eager rejects: the API reruns the model eagerly, so
+# the user gets eager's own exception (type and message), from the op they wrote.
+EAGER_RAISES = "_fusec_eager_raises"
+
+
 class StrideMismatch(Exception):
     """An input arrived with strides other than the ones the kernels were generated for."""
 
@@ -116,12 +125,22 @@ class Runtime:
         except StrideMismatch as exc:
             log.warning("fusec: %s; running this call through torch", exc)
             return self.fallback(*inputs)
+        except BadIndex:
+            return self._raise_as_torch(inputs)
         except KernelFailed as exc:
             if self.strict:
                 raise
             self.broken = str(exc)
             log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)
             return self.fallback(*inputs)
+
+    def _raise_as_torch(self, inputs: list[Any]) -> Any:
+        """The graph run by torch raises the ATen op's own error (gather's, as eager's)."""
+        try:
+            return self.fallback(*inputs)
+        except Exception as exc:
+            setattr(exc, EAGER_RAISES, True)
+            raise
 
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
@@ -237,10 +256,8 @@ class Runtime:
                                                      num_warps=launch.num_warps)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {kernel.id} failed: {type(exc).__name__}: {exc}") from exc
-        if flag is not None and flag.item():
-            gathers = [m for m in kernel.members if self.plan.graph[m].op == "gather"]
-            raise IndexError(f"fusec: an index read by {', '.join(gathers)} is out of bounds "
-                             "(eager raises here too: check the targets or indices)")
+        if flag is not None and flag.item():  # a host sync: eager checks its indices too
+            raise BadIndex(kernel.id)
 
     def _final_buffers(self, kernel: Kernel, programs: int, device: torch.device) -> list[torch.Tensor]:
         """One partial per program for each final reduction, and the kernel's ticket counter

@@ -106,3 +106,39 @@ def test_dropout_fuses_into_matmul_and_repeats_under_manual_seed(fn, kernels):
         assert 0.3 < float((dropped == 0).float().mean()) < 0.7
     else:
         torch.testing.assert_close(runs[0].sum(-1), torch.ones(8))
+
+
+class _CrossEntropy(torch.nn.Module):
+    def forward(self, x, t):
+        return torch.nn.functional.cross_entropy(x * 2, t)
+
+
+def _raised(fn, *args) -> BaseException:
+    with pytest.raises(Exception) as info:
+        fn(*args)
+    return info.value
+
+
+@pytest.mark.parametrize("fn, args", [
+    (lambda x, i: x.gather(1, i) * 2, (torch.randn(3, 4), torch.tensor([[4, 0], [1, 2], [0, 0]]))),
+    (lambda x, t: torch.nn.functional.cross_entropy(x, t), (torch.randn(2, 5), torch.tensor([7, 0]))),
+    (_CrossEntropy(), (torch.randn(2, 5), torch.tensor([0, -3]))),
+], ids=["gather", "cross_entropy", "module"])
+def test_out_of_range_index_raises_eagers_error(fn, args):
+    eager = _raised(fn, *args)
+    compiled = fusec.compile(fn)
+    got = _raised(compiled, *args)
+    assert type(got) is type(eager) and str(got) == str(eager)
+    # The check ran in a generated kernel: in-range inputs run it, and it stays in use.
+    fine = (args[0], args[1].clamp(0, args[0].shape[1] - 1))
+    torch.testing.assert_close(compiled(*fine), fn(*fine))
+    report = fusec.report_of(compiled)
+    assert report.stats["kernels"] >= 1 and all(g.runtime.broken is None for g in report.graphs)
+
+
+def test_out_of_range_gather_through_torch_compile_raises_eagers_error():
+    x, i = torch.randn(3, 4), torch.tensor([[4, 0], [1, 2], [0, 0]])
+    fn = lambda x, i: x.gather(1, i) + 1
+    eager = _raised(fn, x, i)
+    got = _raised(torch.compile(fn, backend="fusec"), x, i)
+    assert type(got) is type(eager) and str(got) == str(eager)
