@@ -44,6 +44,11 @@ class CompiledGraph:
     streams: StreamDecision | None = None
     runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
 
+    def runs_through_torch(self, reason: str, gm: torch.fx.GraphModule) -> None:
+        """From now on torch runs the whole graph, for `reason`: what every report shows."""
+        self.fallback = reason
+        self.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
+
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
     """The one device the graph's tensors live on; several devices are unsupported."""
@@ -96,8 +101,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         # An internal error must never cost the user a crash: torch runs the graph.
         reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"
         record.graph, record.plan = None, None
-        record.fallback = reason
-        record.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
+        record.runs_through_torch(reason, gm)
         log.warning("fusec: %s runs through torch: %s", name, reason)
     record.compile_seconds = time.perf_counter() - start
     return record, callables
@@ -118,13 +122,14 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     except Exception as exc:
         if options.strict:
             raise
-        record.fallback = f"internal error loading kernels: {type(exc).__name__}: {exc}"
+        record.runs_through_torch(f"internal error loading kernels: {type(exc).__name__}: {exc}", gm)
         log.warning("fusec: %s runs through torch: %s", name, record.fallback)
         return boxed(gm)
     finally:
         record.compile_seconds += time.perf_counter() - start
     record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
-                             strict=options.strict, matmul=options.matmul)
+                             strict=options.strict, matmul=options.matmul,
+                             on_broken=lambda reason: record.runs_through_torch(reason, gm))
     return record.runtime
 
 

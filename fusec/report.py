@@ -28,7 +28,7 @@ class Report:
 
     @property
     def stats(self) -> dict[str, Any]:
-        planned = [g for g in self.graphs if g.plan is not None]
+        planned = [g for g in self.graphs if g.plan is not None and g.fallback is None]  # what runs
         kernels = sum(len(g.plan.kernels) for g in planned)
         externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
         decided = [g.streams for g in planned if g.streams is not None]

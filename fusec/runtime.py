@@ -88,7 +88,7 @@ class Runtime:
 
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
                  interpret: bool, fallback: Callable[..., Any], strict: bool = False,
-                 matmul: str = "auto") -> None:
+                 matmul: str = "auto", on_broken: Callable[[str], None] = lambda reason: None) -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -99,6 +99,7 @@ class Runtime:
         self.fallback = fallback
         self.strict = strict
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
+        self.on_broken = on_broken  # tells the graph's record, so reports show what runs
         graph = plan.graph
         self.input_names = [n.name for n in graph.inputs]
         self.output_args = graph.output.args
@@ -131,6 +132,7 @@ class Runtime:
             if self.strict:
                 raise
             self.broken = str(exc)
+            self.on_broken(f"runtime error: {exc}")
             log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)
             return self.fallback(*inputs)
 

@@ -142,3 +142,24 @@ def test_out_of_range_gather_through_torch_compile_raises_eagers_error():
     eager = _raised(fn, x, i)
     got = _raised(torch.compile(fn, backend="fusec"), x, i)
     assert type(got) is type(eager) and str(got) == str(eager)
+
+
+def test_report_shows_the_fallback_after_a_kernel_fails_at_run_time(monkeypatch):
+    fn = lambda x: torch.sigmoid(x) * 2
+    compiled = fusec.compile(fn, strict=False)
+    x = torch.randn(8)
+    compiled(x)
+    assert fusec.report_of(compiled).stats["kernels"] == 1
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+
+    class Fails:
+        def __getitem__(self, grid):
+            raise RuntimeError("launch refused")
+
+    monkeypatch.setitem(runtime.kernels, next(iter(runtime.kernels)), Fails())
+    torch.testing.assert_close(compiled(x), fn(x))
+    report = fusec.report_of(compiled)
+    assert report.stats["kernels"] == 0 and report.stats["extern_calls"] >= 2, report.summary()
+    assert "launch refused" in report.graphs[0].fallback
+    assert "runs through torch (runtime error: kernel k0 failed" in report.summary()
+    assert report.to_dict()["graphs"][0]["fallback"] == report.graphs[0].fallback
