@@ -163,3 +163,27 @@ def test_report_shows_the_fallback_after_a_kernel_fails_at_run_time(monkeypatch)
     assert "launch refused" in report.graphs[0].fallback
     assert "runs through torch (runtime error: kernel k0 failed" in report.summary()
     assert report.to_dict()["graphs"][0]["fallback"] == report.graphs[0].fallback
+
+
+def test_an_unwritable_dump_dir_never_changes_what_runs(tmp_path, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a dump_dir under a file can never be created, even by root
+    x = torch.randn(16)
+    with caplog.at_level("WARNING", logger="fusec"):
+        for _ in range(2):
+            torch._dynamo.reset()
+            compiled = fusec.compile(lambda x: torch.exp(x) + 1, dump_dir=blocked / "dumps")
+            torch.testing.assert_close(compiled(x), torch.exp(x) + 1)
+            report = fusec.report_of(compiled)
+            assert report.stats["kernels"] == 1 and report.graphs[0].fallback is None, report.summary()
+    said = [r.getMessage() for r in caplog.records if "cannot write pass dumps" in r.getMessage()]
+    assert len(said) == 1, said
+
+
+def test_functions_sharing_a_dump_dir_keep_their_own_dumps(tmp_path):
+    x = torch.randn(16)
+    fusec.compile(lambda x: torch.exp(x) + 1, dump_dir=tmp_path)(x)
+    fusec.compile(lambda x: torch.tanh(x) * 3, dump_dir=tmp_path)(x)
+    captures = sorted(p.read_text() for p in tmp_path.glob("*/00_capture.txt"))
+    assert len(captures) == 2
+    assert any("exp" in c for c in captures) and any("tanh" in c for c in captures)
