@@ -187,3 +187,27 @@ def test_functions_sharing_a_dump_dir_keep_their_own_dumps(tmp_path):
     captures = sorted(p.read_text() for p in tmp_path.glob("*/00_capture.txt"))
     assert len(captures) == 2
     assert any("exp" in c for c in captures) and any("tanh" in c for c in captures)
+
+
+@pytest.mark.parametrize("vary", ["shape", "python float"])
+def test_hitting_the_recompile_limit_is_said_once_and_reported(caplog, vary):
+    limit = torch._dynamo.config.recompile_limit
+    compiled = fusec.compile(lambda x, lr: torch.exp(x) * lr)
+    with caplog.at_level("WARNING", logger="fusec"):
+        for i in range(limit + 3):
+            x = torch.randn(i + 1 if vary == "shape" else 4)
+            lr = 0.5 + i if vary == "python float" else 0.5
+            torch.testing.assert_close(compiled(x, lr), torch.exp(x) * lr)
+    said = [r.getMessage() for r in caplog.records if r.name == "fusec" and "recompile_limit" in r.getMessage()]
+    assert len(said) == 1, said
+    report = fusec.report_of(compiled)
+    assert report.runs_eagerly is not None and "run eagerly" in report.runs_eagerly
+    assert "runs eagerly:" in report.summary() and report.to_dict()["runs_eagerly"] == report.runs_eagerly
+    assert len(report.graphs) == limit  # compiled until the limit, no further
+
+
+def test_a_callable_within_the_limit_is_not_reported_eager():
+    compiled = fusec.compile(lambda x: torch.exp(x) + 1)
+    for n in (3, 4):
+        compiled(torch.randn(n))
+    assert fusec.report_of(compiled).runs_eagerly is None
