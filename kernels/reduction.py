@@ -41,17 +41,6 @@ _ELEMENTWISE = {
     "min": "tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})",
 }
 
-COMBINE = {
-    "_prod": "def _prod(a, b):\n    return a * b",
-    # NaN counts as the largest (argmax) or smallest (argmin); ties take the first index.
-    "_argmax": ("def _argmax(v1, i1, v2, i2):\n"
-                "    first = (v1 > v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
-                "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
-    "_argmin": ("def _argmin(v1, i1, v2, i2):\n"
-                "    first = (v1 < v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
-                "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
-}
-
 _INT_MIN = {"int8": -(2**7), "int16": -(2**15), "int32": -(2**31), "int64": -(2**63), "uint8": 0}
 _INT_MAX = {"int8": 2**7 - 1, "int16": 2**15 - 1, "int32": 2**31 - 1, "int64": 2**63 - 1, "uint8": 255}
 
@@ -169,7 +158,7 @@ class ReductionRenderer(Renderer):
     def _across(self, lanes: str, kind: str, dtype: str) -> str:
         """Reduce a block along the row axis, keeping the rows' axis."""
         if kind == "prod":
-            self.helpers["_prod"] = COMBINE["_prod"]
+            self.helpers.add("_prod")
             return self.out.let(f"tl.reduce({lanes}, {self.axis}, _prod){self._keep()}", "r")
         return self._library_reduce(lanes, kind, dtype, [self.axis], self._keep())
 
@@ -195,7 +184,7 @@ class ReductionRenderer(Renderer):
         identity = _lowest(dtype) if extreme == "max" else _highest(dtype)
         looped = not self.kernel.persistent
         if looped:
-            self.helpers["_" + node.op] = COMBINE["_" + node.op]
+            self.helpers.add("_" + node.op)
             best_v = self._accumulator(identity, dtype, self.row_shape)
             best_i = self._accumulator(str(self.kernel.rnumel), "int64", self.row_shape)
         with self.over_row():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
+from fusec.kernels.helpers import HELPERS
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
 from fusec.plan import Kernel
 
@@ -163,7 +164,7 @@ class Renderer:
         self.kernel = kernel
         self.members = set(kernel.members)
         self.out = Emitter(roots, prefix)
-        self.helpers: dict[str, str] = {}  # name -> source of the @triton.jit functions the body calls
+        self.helpers: set[str] = set()  # the functions of helpers.HELPERS the body calls
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
@@ -281,7 +282,7 @@ class Renderer:
     def rand(self, node: Node, idx: Index) -> Value:
         """Uniform [0, 1) from Philox keyed by the call's seed, counted by element and node."""
         self.uses_seed = True
-        self.helpers["_philox"] = PHILOX
+        self.helpers.add("_philox")
         offset = self.linearize(idx, node.shape)
         # One element: the offset is a literal, which must still be a block of the kernel's rank.
         counter = f"({offset}).to(tl.uint32)"
@@ -413,32 +414,14 @@ def round_bf16(expr: str) -> str:
     return f"tl.where({x} != {x}, {x}, {rounded})"
 
 
-# Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
-PHILOX = """def _philox(seed, offset, salt):
-    c0 = offset
-    c1 = tl.full([], salt, tl.uint32) + offset * 0
-    c2 = offset * 0
-    c3 = offset * 0
-    k0 = tl.full([], seed, tl.int64).to(tl.uint32)
-    k1 = (tl.full([], seed, tl.int64) >> 32).to(tl.uint32)
-    for _ in tl.static_range(10):
-        a = c0
-        b = c2
-        c0 = tl.math.umulhi(b, tl.full([], 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0
-        c2 = tl.math.umulhi(a, tl.full([], 0xD2511F53, tl.uint32)) ^ c3 ^ k1
-        c1 = b * tl.full([], 0xCD9E8D57, tl.uint32)
-        c3 = a * tl.full([], 0xD2511F53, tl.uint32)
-        k0 = k0 + tl.full([], 0x9E3779B9, tl.uint32)
-        k1 = k1 + tl.full([], 0xBB67AE85, tl.uint32)
-    return c0"""
 
 
 def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
                   renderers: list[Renderer]) -> str:
     """A whole kernel module: imports, the helper functions its renderers' bodies call,
     and the @triton.jit entry. Every kernel kind gets its helpers here, from its renderers."""
-    helpers = {name: src for r in renderers for name, src in r.helpers.items()}
-    prelude = "".join(f"@triton.jit\n{helpers[name]}\n\n\n" for name in sorted(helpers))
+    helpers = sorted({name for r in renderers for name in r.helpers})
+    prelude = "".join(f"@triton.jit\n{HELPERS[name]}\n\n\n" for name in helpers)
     return "\n".join([
         "import triton",
         "import triton.language as tl",
