@@ -14,6 +14,7 @@ from torch._dynamo.exc import TorchRuntimeError
 from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report import Report
+from fusec.runtime import EAGER_RAISES
 
 
 def compile(model: Callable | None = None, **options: Any) -> Any:
@@ -41,8 +42,11 @@ class CompiledModule(OptimizedModule):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
-        except TorchRuntimeError:
+            with self._fusec_backend.calling():
+                return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if not _eager_raises(exc):
+                raise
             return self._orig_mod(*args, **kwargs)
 
 
@@ -54,21 +58,29 @@ def _compile(model: Callable, options: Options) -> Any:
     if isinstance(compiled, OptimizedModule):
         compiled.__class__ = CompiledModule
     else:
-        compiled = _eager_errors(compiled, model)
+        compiled = _eager_errors(compiled, model, backend)
     compiled._fusec_backend = backend
     return compiled
 
 
-def _eager_errors(compiled: Callable, model: Callable) -> Callable:
+def _eager_errors(compiled: Callable, model: Callable, backend: Backend) -> Callable:
     """When tracing fails on inputs eager would reject too (a shape mismatch), Dynamo
     raises its own wrapped error; run eagerly instead, so the user gets eager's."""
     @functools.wraps(model)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return compiled(*args, **kwargs)
-        except TorchRuntimeError:
+            with backend.calling():
+                return compiled(*args, **kwargs)
+        except Exception as exc:
+            if not _eager_raises(exc):
+                raise
             return model(*args, **kwargs)
     return call
+
+
+def _eager_raises(exc: Exception) -> bool:
+    """Tracing or a kernel found inputs eager rejects: rerun eagerly for eager's own error."""
+    return isinstance(exc, TorchRuntimeError) or getattr(exc, EAGER_RAISES, False)
 
 
 def report_of(compiled: Any) -> Report:
@@ -76,7 +88,7 @@ def report_of(compiled: Any) -> Report:
     backend = getattr(compiled, "_fusec_backend", None)
     if backend is None:
         raise TypeError("report_of expects the result of fusec.compile")
-    return Report(list(backend.records))
+    return Report(list(backend.records), runs_eagerly=backend.runs_eagerly)
 
 
 def inspect(model: Callable, *args: Any, training: bool = False, options: dict | None = None,

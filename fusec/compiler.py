@@ -46,6 +46,12 @@ class CompiledGraph:
     runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
     execution: str = TORCH  # how it runs: "triton", "interpreter" or "torch" (fusec.execution)
 
+    def runs_through_torch(self, reason: str, gm: torch.fx.GraphModule) -> None:
+        """From now on torch runs the whole graph, for `reason`: what every report shows."""
+        self.fallback = reason
+        self.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
+        self.execution = TORCH
+
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
     """The one device the graph's tensors live on; several devices are unsupported."""
@@ -98,9 +104,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
             raise
         # An internal error must never cost the user a crash: torch runs the graph.
         reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"
-        record.graph, record.plan, record.execution = None, None, TORCH
-        record.fallback = reason
-        record.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
+        record.graph, record.plan = None, None
+        record.runs_through_torch(reason, gm)
         log.warning("fusec: %s runs through torch: %s", name, reason)
     record.compile_seconds = time.perf_counter() - start
     return record, callables
@@ -124,14 +129,14 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     except Exception as exc:
         if options.strict:
             raise
-        record.fallback = f"internal error loading kernels: {type(exc).__name__}: {exc}"
-        record.execution = TORCH
+        record.runs_through_torch(f"internal error loading kernels: {type(exc).__name__}: {exc}", gm)
         log.warning("fusec: %s runs through torch: %s", name, record.fallback)
         return boxed(gm)
     finally:
         record.compile_seconds += time.perf_counter() - start
     record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
-                             strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs)
+                             strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs,
+                             on_broken=lambda reason: record.runs_through_torch(reason, gm))
     return record.runtime
 
 

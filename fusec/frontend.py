@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -13,6 +16,8 @@ from torch._dynamo.backends.common import aot_autograd
 from fusec.compiler import CompiledGraph, boxed, compile_graph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.options import Options
+
+log = logging.getLogger("fusec")
 
 
 class Backend:
@@ -28,6 +33,25 @@ class Backend:
         self.launch = launch
         self.records: list[CompiledGraph] = []
         self.graph_ids = itertools.count()  # per backend: names are stable run to run
+        self.runs_eagerly: str | None = None  # why Dynamo stopped compiling for this callable
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """Marks a call of the compiled callable, so what Dynamo decides during it is ours."""
+        _watch_recompile_limit()
+        outer = getattr(_CALLING, "backend", None)
+        _CALLING.backend = self
+        try:
+            yield
+        finally:
+            _CALLING.backend = outer
+
+    def hit_recompile_limit(self, function: str, limit: str, value: object) -> None:
+        if self.runs_eagerly is None:
+            self.runs_eagerly = (f"Dynamo hit its {limit} ({value}) for {function}: calls that match no "
+                                 f"compiled graph run eagerly, uncompiled (raise torch._dynamo.config.{limit} "
+                                 "or give fewer distinct shapes and Python values)")
+            log.warning("fusec: %s", self.runs_eagerly)
 
     def _compiler(self, kind: str) -> Callable:
         def compile_fn(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
@@ -77,6 +101,26 @@ def backend_options(options: dict[str, Any] | None = None, mode: str | None = No
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"fusec: torch.compile options must be a dict of fusec options, got {options!r}")
     return Options.from_user(**(options or {}), **kwargs, **({"mode": mode} if mode else {}))
+
+
+_CALLING = threading.local()  # the Backend whose compiled callable this thread is in
+
+
+class _RecompileLimit(logging.Handler):
+    """Dynamo says only in its log that a function hit the recompile limit and now runs
+    eagerly: hand that to the fusec callable being called."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        backend = getattr(_CALLING, "backend", None)
+        if backend is None or not str(record.msg).startswith("torch._dynamo hit config."):
+            return
+        limit, value, function = record.args[:3]
+        backend.hit_recompile_limit(function, limit, value)
+
+
+@functools.cache
+def _watch_recompile_limit() -> None:
+    logging.getLogger("torch._dynamo.convert_frame").addHandler(_RecompileLimit(logging.WARNING))
 
 
 @functools.cache

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,8 @@ from fusec.passes.verify import verify
 
 Pass = Callable[[Graph], Graph]
 
+log = logging.getLogger("fusec")
+
 
 def pass_list(options: Options) -> list[tuple[str, Pass]]:
     fuel = options.fuel if options.fuse else 0
@@ -29,21 +33,50 @@ def pass_list(options: Options) -> list[tuple[str, Pass]]:
 def run_passes(graph: Graph, options: Options) -> tuple[Graph, list[tuple[str, float]]]:
     """The graph after every pass, and each pass's name with its seconds."""
     verify(graph, after="capture")
-    _dump(graph, options.dump_dir, 0, "capture")
+    folder = _dump_folder(options.dump_dir, graph.name)
+    folder = _dump(graph, folder, 0, "capture")
     timings = []
     for i, (name, fn) in enumerate(pass_list(options), start=1):
         start = time.perf_counter()
         graph = fn(graph)
         timings.append((name, time.perf_counter() - start))
         verify(graph, after=name)
-        _dump(graph, options.dump_dir, i, name)
+        folder = _dump(graph, folder, i, name)
     return graph, timings
 
 
-def _dump(graph: Graph, dump_dir: Path | None, index: int, name: str) -> None:
+# Dump folders taken by graphs of this process: a second graph of the same name (another
+# compiled function sharing the dump_dir) gets a folder of its own instead of overwriting.
+_CLAIMED: set[Path] = set()
+_CLAIMING = threading.Lock()
+_WARNED: set[str] = set()
+
+
+def _dump_folder(dump_dir: Path | None, name: str) -> Path | None:
     if dump_dir is None:
-        return
-    folder = Path(dump_dir) / graph.name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{index:02d}_{name}.txt").write_text(graph.format() + "\n")
-    (folder / f"{index:02d}_{name}.dot").write_text(graph.to_dot() + "\n")
+        return None
+    with _CLAIMING:
+        folder, n = Path(dump_dir) / name, 1
+        while folder in _CLAIMED:
+            n += 1
+            folder = Path(dump_dir) / f"{name}-{n}"
+        _CLAIMED.add(folder)
+    return folder
+
+
+def _dump(graph: Graph, folder: Path | None, index: int, name: str) -> Path | None:
+    """Write the graph after a pass; a dump that cannot be written is reported once and
+    dropped (a debugging aid never changes what runs). The folder to use next time, if any."""
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index:02d}_{name}.txt").write_text(graph.format() + "\n")
+        (folder / f"{index:02d}_{name}.dot").write_text(graph.to_dot() + "\n")
+    except OSError as exc:
+        message = f"fusec: cannot write pass dumps to {folder.parent} ({exc}); compiling without them"
+        if str(folder.parent) not in _WARNED:
+            _WARNED.add(str(folder.parent))
+            log.warning(message)
+        return None
+    return folder

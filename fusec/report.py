@@ -25,10 +25,11 @@ class Report:
     """What fusec did with a model: one entry per captured graph."""
 
     graphs: list[CompiledGraph]
+    runs_eagerly: str | None = None  # set when Dynamo stopped compiling the callable (recompile limit)
 
     @property
     def stats(self) -> dict[str, Any]:
-        planned = [g for g in self.graphs if g.plan is not None]
+        planned = [g for g in self.graphs if g.plan is not None and g.fallback is None]  # what runs
         kernels = sum(len(g.plan.kernels) for g in planned)
         externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
         decided = [g.streams for g in planned if g.streams is not None]
@@ -83,7 +84,7 @@ class Report:
                                    "shape": list(n.shape), "dtype": n.dtype, "kernel": n.group}
                                   for n in g.graph]
             graphs.append(entry)
-        return {"stats": self.stats, "graphs": graphs, "edges": self.edges()}
+        return {"stats": self.stats, "graphs": graphs, "edges": self.edges(), "runs_eagerly": self.runs_eagerly}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -108,6 +109,8 @@ class Report:
     def summary(self) -> str:
         """A short plain-text account: stats, kernels, and why edges were not fused."""
         lines = [f"{key}: {value}" for key, value in self.stats.items()]
+        if self.runs_eagerly:
+            lines.append(f"runs eagerly: {self.runs_eagerly}")
         for g in self.graphs:
             if g.fallback:
                 lines.append(f"{g.name}: runs through torch ({g.fallback})")

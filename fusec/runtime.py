@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from fusec.plan import Kernel, Plan
 
 log = logging.getLogger("fusec")
 
-__all__ = ["KernelFailed", "Runtime", "StrideMismatch"]
+__all__ = ["EAGER_RAISES", "BadIndex", "KernelFailed", "Runtime", "StrideMismatch"]
 
 
 def _launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
@@ -53,6 +54,16 @@ def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
 
 # (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.
 _MATMUL_CHOICE: dict[tuple, Any] = {}
+_MATMUL_TIMING = threading.Lock()  # one thread times a choice; the others wait for it
+
+
+class BadIndex(Exception):
+    """A kernel read an index out of range: eager raises for these inputs."""
+
+
+# Set on an error raised for inputs eager rejects: the API reruns the model eagerly, so
+# the user gets eager's own exception (type and message), from the op they wrote.
+EAGER_RAISES = "_fusec_eager_raises"
 
 
 def _device_name() -> str:
@@ -70,7 +81,8 @@ class Runtime:
 
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
                  interpret: bool, fallback: Callable[..., Any], strict: bool = False,
-                 matmul: str = "auto", cudagraphs: bool = False) -> None:
+                 matmul: str = "auto", cudagraphs: bool = False,
+                 on_broken: Callable[[str], None] = lambda reason: None) -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -81,17 +93,19 @@ class Runtime:
         self.fallback = fallback
         self.strict = strict
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
+        self.on_broken = on_broken  # tells the graph's record, so reports show what runs
         graph = plan.graph
         self.calls = {k.id: KernelCall(kernels[k.id], _launch(graph, k, interpret), _sizes(graph, k), interpret,
                                        name=k.id, loaded=len(k.inputs)) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
-        # One counter per kernel and device; calls of one compiled graph from several
-        # threads at once would share it (see the note on concurrency in README).
-        self.tickets: dict[tuple[str, str], torch.Tensor] = {}
+        # Ticket counters per thread (and device and stream): the kernel resets its ticket
+        # when it ends, so only launches ordered on one stream may share one.
+        self.tickets = threading.local()
         self.source: str | None = None  # the generated launcher, once built
         self._call: Callable[[list[Any]], Any] | None = None
+        self._building = threading.Lock()  # the first calls of several threads build it once
         self.cudagraphs = cudagraphs and not interpret
         # Why the calls of this graph are not replayed from a CUDA graph (None: they are, or not asked).
         self.cudagraph_refusal = refusal(plan, graph.name) if self.cudagraphs else None
@@ -120,17 +134,32 @@ class Runtime:
         except StrideMismatch as exc:
             log.warning("fusec: %s; running this call through torch", exc)
             return self.fallback(*inputs)
+        except BadIndex:
+            return self._raise_as_torch(inputs)
         except KernelFailed as exc:
             if self.strict:
                 raise
             self.broken = str(exc)
+            self.on_broken(f"runtime error: {exc}")
             log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)
             return self.fallback(*inputs)
 
+    def _raise_as_torch(self, inputs: list[Any]) -> Any:
+        """The graph run by torch raises the ATen op's own error (gather's, as eager's)."""
+        try:
+            return self.fallback(*inputs)
+        except Exception as exc:
+            setattr(exc, EAGER_RAISES, True)
+            raise
+
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
-        if self._call is None:
-            self._call = self._build()
-        return self._call(inputs)
+        call = self._call
+        if call is None:
+            with self._building:
+                if self._call is None:
+                    self._call = self._build()
+                call = self._call
+        return call(inputs)
 
     def _build(self) -> Callable[[list[Any]], Any]:
         """Decide each fused matmul's implementation, then generate and define the launcher."""
@@ -161,7 +190,9 @@ class Runtime:
             return self._matmul
         key = (kernel.source, _sizes(self.plan.graph, kernel), _device_name())
         if key not in _MATMUL_CHOICE:
-            _MATMUL_CHOICE[key] = self._time_choices(kernel)
+            with _MATMUL_TIMING:
+                if key not in _MATMUL_CHOICE:
+                    _MATMUL_CHOICE[key] = self._time_choices(kernel)
         choice = _MATMUL_CHOICE[key]
         if choice == "library":
             return "library"
@@ -194,10 +225,8 @@ class Runtime:
         return min(timings, key=lambda pair: pair[0])[1]
 
     def _bounds_error(self, kernel: Kernel, flag: torch.Tensor) -> None:
-        if flag.item():
-            gathers = [m for m in kernel.members if self.plan.graph[m].op == "gather"]
-            raise IndexError(f"fusec: an index read by {', '.join(gathers)} is out of bounds "
-                             "(eager raises here too: check the targets or indices)")
+        if flag.item():  # a host sync: eager checks its indices too
+            raise BadIndex(kernel.id)
 
     def _final_buffers(self, kernel: Kernel, device: torch.device) -> list[torch.Tensor]:
         """One partial per program for each final reduction, and the kernel's ticket counter
@@ -206,10 +235,12 @@ class Runtime:
         programs = self.calls[kernel.id].launch.grid[0]
         partials = [torch.empty(programs, dtype=DTYPES[compute_dtype(graph[f].dtype)], device=device)
                     for f in kernel.finals]
-        key = (kernel.id, str(device))
-        if key not in self.tickets:
-            self.tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
-        return [*partials, self.tickets[key]]
+        tickets = self.tickets.__dict__.setdefault("by_kernel", {})
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        key = (kernel.id, str(device), stream)
+        if key not in tickets:
+            tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
+        return [*partials, tickets[key]]
 
 
 def _record_stream(value: Any, stream: torch.cuda.Stream) -> None:

@@ -13,6 +13,7 @@ dispatch, which is the interpreter's own entry point.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,10 @@ import triton
 from fusec.kernels.launch import Launch
 
 _knobs = getattr(getattr(triton, "knobs", None), "runtime", None)
+
+# Triton's interpreter keeps the running program's grid index and its patched `tl` in
+# module globals: two interpreted launches at once would read each other's program ids.
+_INTERPRETER = threading.Lock()
 
 
 def _launch_hooks_set() -> bool:
@@ -59,7 +64,8 @@ class KernelCall:
         self.count += 1
         try:
             if self.interpret:
-                self._dispatch(args)
+                with _INTERPRETER:
+                    self._dispatch(args)
                 return
             if self.loaded is None:
                 key = _specialization(args)

@@ -131,7 +131,7 @@ class MatmulRenderer(Renderer):
         params = [*self.params(), "M", "N", "K", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr",
                   "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr", "DOT_F32: tl.constexpr"]
         body = live_lines(self.out.scope.lines, [])
-        return module_source(fn_name, params, body, self.kernel.members), fn_name
+        return module_source(fn_name, params, body, self.kernel.members, [self]), fn_name
 
     def _accumulate(self, node: Node) -> None:
         """acc += the K slice of a @ b; a tile loaded once serves every matmul that reads it."""

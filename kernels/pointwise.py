@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fusec.ir import Graph, Node, contiguous_strides
-from fusec.kernels.render import PRELUDE, Index, Renderer, kernel_name, live_lines, module_source, needs_int64, param
+from fusec.kernels.render import Index, Renderer, kernel_name, live_lines, module_source, needs_int64, param
 from fusec.plan import Kernel
 
 
@@ -36,8 +36,7 @@ class PointwiseRenderer(Renderer):
         body = self.body(pid, "numel")
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), "numel", "BLOCK: tl.constexpr"]
-        helpers = [PRELUDE[h] for h in sorted(self.prelude)]
-        return module_source(fn_name, params, body, k.members, helpers), fn_name
+        return module_source(fn_name, params, body, k.members, [self]), fn_name
 
 
 def render_pointwise(graph: Graph, kernel: Kernel) -> tuple[str, str]:
@@ -61,6 +60,5 @@ def render_combo(graph: Graph, kernel: Kernel) -> tuple[str, str]:
     params = [param(n) for n in kernel.inputs + kernel.outputs]
     params += [p for p in ("p_bad_index", "seed") if any(p in r.params() for r in renderers)]
     params += [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
-    helpers = sorted({h for r in renderers for h in r.prelude})
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
-    return module_source(fn_name, params, body, kernel.members, [PRELUDE[h] for h in helpers]), fn_name
+    return module_source(fn_name, params, body, kernel.members, renderers), fn_name

@@ -18,7 +18,6 @@ import networkx as nx
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.render import (
-    PRELUDE,
     Index,
     Renderer,
     Value,
@@ -40,17 +39,6 @@ _ELEMENTWISE = {
     "prod": "{a} * {b}",
     "max": "tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})",
     "min": "tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})",
-}
-
-COMBINE = {
-    "_prod": "def _prod(a, b):\n    return a * b",
-    # NaN counts as the largest (argmax) or smallest (argmin); ties take the first index.
-    "_argmax": ("def _argmax(v1, i1, v2, i2):\n"
-                "    first = (v1 > v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
-                "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
-    "_argmin": ("def _argmin(v1, i1, v2, i2):\n"
-                "    first = (v1 < v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
-                "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
 }
 
 _INT_MIN = {"int8": -(2**7), "int16": -(2**15), "int32": -(2**31), "int64": -(2**63), "uint8": 0}
@@ -76,7 +64,6 @@ class ReductionRenderer(Renderer):
         self.scalar_shape = "[1, 1]"
         self.axis = 1 if self.inner else 0
         self.reduced: dict[str, Value] = {}
-        self.combines: set[str] = set()
         self.accumulators = 0
 
     # the two iteration spaces ------------------------------------------------
@@ -171,7 +158,7 @@ class ReductionRenderer(Renderer):
     def _across(self, lanes: str, kind: str, dtype: str) -> str:
         """Reduce a block along the row axis, keeping the rows' axis."""
         if kind == "prod":
-            self.combines.add("_prod")
+            self.helpers.add("_prod")
             return self.out.let(f"tl.reduce({lanes}, {self.axis}, _prod){self._keep()}", "r")
         return self._library_reduce(lanes, kind, dtype, [self.axis], self._keep())
 
@@ -197,7 +184,7 @@ class ReductionRenderer(Renderer):
         identity = _lowest(dtype) if extreme == "max" else _highest(dtype)
         looped = not self.kernel.persistent
         if looped:
-            self.combines.add("_" + node.op)
+            self.helpers.add("_" + node.op)
             best_v = self._accumulator(identity, dtype, self.row_shape)
             best_i = self._accumulator(str(self.kernel.rnumel), "int64", self.row_shape)
         with self.over_row():
@@ -263,9 +250,8 @@ class ReductionRenderer(Renderer):
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), *(f"p_partial_{f}" for f in k.finals), *(["p_ticket"] if k.finals else []),
                   "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
-        helpers = [COMBINE[c] for c in sorted(self.combines)] + [PRELUDE[h] for h in sorted(self.prelude)]
         body = live_lines(self.out.scope.lines, [])
-        return module_source(fn_name, params, body, k.members, helpers), fn_name
+        return module_source(fn_name, params, body, k.members, [self]), fn_name
 
     def _per_element(self, node: Node) -> bool:
         return node.numel != self.kernel.numel

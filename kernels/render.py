@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
+from fusec.kernels.helpers import HELPERS
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
 from fusec.plan import Kernel
 
@@ -163,7 +164,7 @@ class Renderer:
         self.kernel = kernel
         self.members = set(kernel.members)
         self.out = Emitter(roots, prefix)
-        self.prelude: set[str] = set()  # helper functions (PRELUDE) the kernel calls
+        self.helpers: set[str] = set()  # the functions of helpers.HELPERS the body calls
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
@@ -257,18 +258,22 @@ class Renderer:
 
     def cat(self, node: Node, idx: Index) -> Value:
         """The element of whichever input's range along dim holds the position. Each
-        input is read at a clamped index (in bounds, its value unused out of range)."""
+        input is read at a clamped index (in bounds, its value unused out of range).
+        A legacy empty 1-D input (`torch.tensor([])`) is skipped, as torch skips it."""
         *refs, dim = node.args
         dtype = compute_dtype(node.dtype)
         pos, start, parts = idx.dims[dim], 0, []
         for ref in refs:
-            size = self.graph[ref.name].shape[dim]
+            shape = self.graph[ref.name].shape
+            size = shape[dim] if len(shape) == len(node.shape) else 0
             end = start + size
             if size:
                 local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")
                 value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
                 parts.append((end, to(value.expr, dtype) if value.dtype != dtype else value.expr))
             start = end
+        if not parts:  # nothing to read: the output has no elements
+            return Value(f"tl.full({self.scalar_shape}, 0, {TL_TYPE[dtype]})", dtype)
         expr = parts[-1][1]
         for end, value in reversed(parts[:-1]):
             expr = f"tl.where({pos} < {end}, {value}, {expr})"
@@ -277,9 +282,13 @@ class Renderer:
     def rand(self, node: Node, idx: Index) -> Value:
         """Uniform [0, 1) from Philox keyed by the call's seed, counted by element and node."""
         self.uses_seed = True
-        self.prelude.add("_philox")
+        self.helpers.add("_philox")
         offset = self.linearize(idx, node.shape)
-        bits = self.out.let(f"_philox(seed, ({offset}).to(tl.uint32), {node.args[0]})", "t")
+        # One element: the offset is a literal, which must still be a block of the kernel's rank.
+        counter = f"({offset}).to(tl.uint32)"
+        if offset.isdigit():
+            counter = f"tl.full({self.scalar_shape}, {offset}, tl.uint32)"
+        bits = self.out.let(f"_philox(seed, {counter}, {node.args[0]})", "t")
         value = self.out.let(f"(({bits} >> 8).to(tl.float32) * {2.0 ** -24})", "t")
         return Value(value, "float32")
 
@@ -405,32 +414,14 @@ def round_bf16(expr: str) -> str:
     return f"tl.where({x} != {x}, {x}, {rounded})"
 
 
-PRELUDE = {
-    # Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
-    "_philox": """def _philox(seed, offset, salt):
-    c0 = offset
-    c1 = tl.full([], salt, tl.uint32) + offset * 0
-    c2 = offset * 0
-    c3 = offset * 0
-    k0 = tl.full([], seed, tl.int64).to(tl.uint32)
-    k1 = (tl.full([], seed, tl.int64) >> 32).to(tl.uint32)
-    for _ in tl.static_range(10):
-        a = c0
-        b = c2
-        c0 = tl.math.umulhi(b, tl.full([], 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0
-        c2 = tl.math.umulhi(a, tl.full([], 0xD2511F53, tl.uint32)) ^ c3 ^ k1
-        c1 = b * tl.full([], 0xCD9E8D57, tl.uint32)
-        c3 = a * tl.full([], 0xD2511F53, tl.uint32)
-        k0 = k0 + tl.full([], 0x9E3779B9, tl.uint32)
-        k1 = k1 + tl.full([], 0xBB67AE85, tl.uint32)
-    return c0""",
-}
 
 
 def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
-                  helpers: list[str] = ()) -> str:
-    """A whole kernel module: imports, helper functions, and the @triton.jit entry."""
-    prelude = "".join(f"@triton.jit\n{h}\n\n\n" for h in helpers)
+                  renderers: list[Renderer]) -> str:
+    """A whole kernel module: imports, the helper functions its renderers' bodies call,
+    and the @triton.jit entry. Every kernel kind gets its helpers here, from its renderers."""
+    helpers = sorted({name for r in renderers for name in r.helpers})
+    prelude = "".join(f"@triton.jit\n{HELPERS[name]}\n\n\n" for name in helpers)
     return "\n".join([
         "import triton",
         "import triton.language as tl",

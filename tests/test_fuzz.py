@@ -1,10 +1,11 @@
 """Differential fuzzing: random small programs, compiled by fusec, against eager PyTorch.
 
-A program is a chain/DAG of pointwise ops, casts, views, reductions and matmuls
-over a few small inputs (broadcasting shapes, non-contiguous layouts, the odd
-zero-size dim, NaN and inf). It is built one statement at a time, each one run
-eagerly as it is drawn (a statement eager rejects is drawn again), and kept as
-Python source, so a failure prints a self-contained repro.
+A program is a chain/DAG of pointwise ops, casts, views, reductions, matmuls and
+random ops (made certain, see `Builder._random`) over a few small inputs
+(broadcasting shapes, non-contiguous layouts, the odd zero-size dim, NaN and inf).
+It is built one statement at a time, each one run eagerly as it is drawn (a
+statement eager rejects is drawn again), and kept as Python source, so a
+failure prints a self-contained repro.
 
 The outputs of the compiled program must match eager's: shape, dtype, the
 strides of every dim longer than one, and values up to rounding. Where 16-bit
@@ -234,7 +235,7 @@ class Builder:
 
     def step(self) -> Val | None:
         kind = self.src.choice(["unary"] * 6 + ["binary"] * 6 + ["scalar"] * 2 + ["cast"] * 2 + ["view"] * 4
-                               + ["reduce"] * 3 + ["norm"] + ["compare"] * 2 + ["matmul"] + ["int"])
+                               + ["reduce"] * 3 + ["norm"] + ["compare"] * 2 + ["matmul"] + ["int"] + ["random"])
         return getattr(self, f"_{kind}")()
 
     # pointwise ------------------------------------------------------------------------
@@ -462,6 +463,22 @@ class Builder:
             b = self.new_input((n,), a.value.dtype, "contig")
             forms = [f"F.layer_norm({x}, ({n},), {w.name}, {b.name})"]
         return self.emit(self.src.choice(forms), [a], exact=False, finite=False)
+
+    # random numbers -------------------------------------------------------------------
+    def _random(self):
+        """A random op (dropout, rand_like) whose value is then made certain, so eager is an
+        oracle: the Philox code is generated next to the matmuls and reductions it reads."""
+        a = self.pick(lambda v: v.value.dtype in FLOATS)
+        if a is None:
+            return None
+        x = a.name
+        p = self.src.choice(["0.1", "0.5", "0.9"])
+        forms = [f"{x} + torch.rand_like({x}).floor()",
+                 f"torch.where(torch.rand_like({x}) < 1.0, {x}, -{x})",
+                 f"torch.where(F.dropout({x}, {p}, training=True) == 0, {x}, {x} * 1)"]
+        if a.finite:
+            forms.append(f"F.dropout({x}, {p}, training=True) * 0 + {x}")
+        return self.emit(self.src.choice(forms), [a], exact=a.exact, finite=a.finite)
 
     # matmuls --------------------------------------------------------------------------
     def _matmul(self):

@@ -1,0 +1,33 @@
+"""The @triton.jit helper functions generated kernels call, by name: one table for every
+kernel kind, from which `render.module_source` writes those a kernel's body uses."""
+
+# Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
+_PHILOX = """def _philox(seed, offset, salt):
+    c0 = offset
+    c1 = tl.full([], salt, tl.uint32) + offset * 0
+    c2 = offset * 0
+    c3 = offset * 0
+    k0 = tl.full([], seed, tl.int64).to(tl.uint32)
+    k1 = (tl.full([], seed, tl.int64) >> 32).to(tl.uint32)
+    for _ in tl.static_range(10):
+        a = c0
+        b = c2
+        c0 = tl.math.umulhi(b, tl.full([], 0xCD9E8D57, tl.uint32)) ^ c1 ^ k0
+        c2 = tl.math.umulhi(a, tl.full([], 0xD2511F53, tl.uint32)) ^ c3 ^ k1
+        c1 = b * tl.full([], 0xCD9E8D57, tl.uint32)
+        c3 = a * tl.full([], 0xD2511F53, tl.uint32)
+        k0 = k0 + tl.full([], 0x9E3779B9, tl.uint32)
+        k1 = k1 + tl.full([], 0xBB67AE85, tl.uint32)
+    return c0"""
+
+HELPERS = {
+    "_philox": _PHILOX,
+    "_prod": "def _prod(a, b):\n    return a * b",
+    # NaN counts as the largest (argmax) or smallest (argmin); ties take the first index.
+    "_argmax": ("def _argmax(v1, i1, v2, i2):\n"
+                "    first = (v1 > v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
+                "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
+    "_argmin": ("def _argmin(v1, i1, v2, i2):\n"
+                "    first = (v1 < v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
+                "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
+}
