@@ -81,8 +81,11 @@ def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
     rows = []
     for n in graph:
         step = step_of.get(n.name)
+        # The kernel a node runs in is the launched one: a combo part's group (k4) runs in k0+k4+k5.
+        kernel = step.id if isinstance(step, Kernel) else None
         rows.append({"graph": record.name, "name": n.name, "op": n.op, "kind": n.kind.value,
-                     "shape": list(n.shape), "dtype": n.dtype, "target": n.target, "kernel": n.group,
+                     "shape": list(n.shape), "dtype": n.dtype, "target": n.target, "kernel": kernel,
+                     "part": n.group if kernel is not None and n.group != kernel else None,
                      "step": step.id if step else None, "stream": step.stream if step else None,
                      "extern": isinstance(step, Extern) and counts_as_extern(step, record),
                      "inputs": graph.producers(n.name)})

@@ -262,6 +262,8 @@ class Renderer:
         dtype = compute_dtype(node.dtype)
         pos, start, parts = idx.dims[dim], 0, []
         for ref in refs:
+            if len(self.graph[ref.name].shape) != len(node.shape):
+                continue  # torch's legacy cat skips an empty 1-d part (an empty KV cache)
             size = self.graph[ref.name].shape[dim]
             end = start + size
             if size:
