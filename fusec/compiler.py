@@ -43,6 +43,24 @@ class CompiledGraph:
     fallback_ops: int = 0  # ops it then runs through torch
     streams: StreamDecision | None = None
     runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
+    modules: dict[str, str] = field(default_factory=dict)  # node -> the nn.Module path it came from
+
+
+def module_paths(gm: torch.fx.GraphModule) -> dict[str, str]:
+    """Node name -> the innermost nn.Module it was traced in (`h.0.attn`), where Dynamo recorded one."""
+    paths = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            paths[node.name] = _module_path(list(stack.values())[-1][0])
+    return paths
+
+
+def _module_path(dynamo_path: str) -> str:
+    """`L['self']._modules['h'][0].attn` -> `h.0.attn`: the path a user writes."""
+    path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", dynamo_path)
+    parts = [p for p in path.split(".") if p not in ("_modules", "")]
+    return ".".join(parts[2:] if parts[:1] == ["L"] else parts)
 
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
@@ -86,6 +104,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
     try:
         record.device = graph_device(gm)
         graph, callables = to_ir(gm, name=name)
+        record.modules = module_paths(gm)
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
         plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))
