@@ -72,8 +72,9 @@ def _graph(data: dict[str, Any], graph: dict[str, Any], layout: str) -> str:
     out.append(f"<p>{graph['ops']} ops, {graph['kernels']} kernels, DAG width {graph['dag_width']}.</p>")
     out.append("<h3>Launches</h3>" + _overview_legend())
     overview = draw([step_drawing(data, name)], layout, cls="fusec-overview", key=f"steps-{name}")
-    out.append(f'<div class="graph">{overview}</div>')
-    out += [_kernel_table(data, name), _extern_table(data, name)]
+    # The launch graph beside its tables: a click in one, the answer in the other, both on screen.
+    out.append(f'<div class="split"><div class="graph">{overview}</div><div class="tables">'
+               f"{_kernel_table(data, name)}{_extern_table(data, name)}</div></div>")
     path = graph["critical_path"]
     out.append(f"<h3>Critical path</h3><p>{fmt.seconds(path['seconds'])} of {fmt.seconds(graph['serial_seconds'])} "
                f"modeled serial time: {' → '.join(_step_link(data, name, s) for s in path['steps'])}</p>")

@@ -20,6 +20,9 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, pre { font-family: ui-monospace, monospace; font-size: .85em; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
 .graph { overflow: auto; border: 1px solid #eee; max-height: 80vh; }
+.split { display: grid; grid-template-columns: minmax(12em, max-content) minmax(0, 1fr); gap: 1em; align-items: start; }
+.split .tables { overflow: auto; max-height: 80vh; }
+.split .tables h3 { margin-top: 0; }
 .fallback { color: #a93226; }
 .swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; border: 2px solid #999; }
 details summary { cursor: pointer; }
