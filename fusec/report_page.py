@@ -7,7 +7,8 @@ kernel and table row that matches. It records script errors on
 `body[data-fusec-errors]`, the number of search hits on `body[data-fusec-hits]`
 and, once set up, the number of launch boxes on `body[data-fusec-ready]`, so a
 headless browser can check that the page works. `report.html#search=h.3.mlp`
-opens the page with that search done.
+opens the page with that search done, `report.html#inference_0:kernel:k3` with
+that kernel's drill-down open.
 """
 
 CSS = """
@@ -93,6 +94,8 @@ SCRIPT = r"""
     box.value = decodeURIComponent(asked[1]);
     search();
     if (hits.length) focus(hits[at = 0]);
+  } else if (location.hash.length > 1) {  // report.html#inference_0:kernel:k3 opens that kernel's drill-down
+    go(decodeURIComponent(location.hash.slice(1)));
   }
   body.setAttribute('data-fusec-ready', String(document.querySelectorAll('svg.fusec-overview .step').length));
 })();

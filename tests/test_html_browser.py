@@ -65,6 +65,10 @@ def test_example_report_renders_and_its_script_runs(tmp_path: Path) -> None:
     searched = body_attrs(chromium(tmp_path, page.as_uri() + "#search=qkv", "--dump-dom"))
     assert "data-fusec-errors" not in searched, searched
     assert int(searched["data-fusec-hits"]) >= 2  # the kernel's box and its table row at least
+    kernel = data["kernels"][-1]["id"]
+    dom = chromium(tmp_path, f"{page.as_uri()}#inference_0:kernel:{kernel}", "--dump-dom")
+    drill = re.search(rf'<details class="kernel-source drill[^"]*" id="inference_0:kernel:{kernel}"[^>]*>', dom)
+    assert drill and " open" in drill.group(0), "the kernel's drill-down opens"
 
 
 @pytest.mark.slow
