@@ -47,10 +47,11 @@ class CompiledGraph:
 
 
 def module_paths(gm: torch.fx.GraphModule) -> dict[str, str]:
-    """Node name -> the innermost nn.Module it was traced in (`h.0.attn`), where Dynamo recorded one."""
+    """Node name -> the innermost nn.Module it was traced in (`h.0.attn`), where Dynamo recorded one
+    (for a backward node: the module of the forward op it differentiates)."""
     paths = {}
     for node in gm.graph.nodes:
-        stack = node.meta.get("nn_module_stack")
+        stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
         if stack:
             paths[node.name] = _module_path(list(stack.values())[-1][0])
     return paths

@@ -185,10 +185,12 @@ def test_graphviz_layout_is_used_where_installed(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason=NO_TRANSFORMERS)
-@pytest.mark.parametrize("name", ["gpt2", "bert"])
-def test_hugging_face_models(name: str) -> None:
-    data = inspect_data(getattr(hf_models, name), False, name)
+@pytest.mark.parametrize(("name", "training"), [("gpt2", False), ("bert", False), ("gpt2", True)])
+def test_hugging_face_models(name: str, training: bool) -> None:
+    data = inspect_data(getattr(hf_models, name), training, name)
     kinds = {k["kind"] for k in data["kernels"]}
     assert {"matmul", "reduction"} <= kinds
-    assert any(k["module"] and ".0." in f".{k['module']}." for k in data["kernels"]), "layer 0 is labelled"
+    for graph in data["graphs"]:  # forward and backward both: layer 0's kernels are labelled
+        assert any(k["graph"] == graph["name"] and k["module"] and ".0." in f".{k['module']}."
+                   for k in data["kernels"]), graph["name"]
     check_views(data)
