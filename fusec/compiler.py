@@ -45,12 +45,31 @@ class CompiledGraph:
     streams: StreamDecision | None = None
     runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
     execution: str = TORCH  # how it runs: "triton", "interpreter" or "torch" (fusec.execution)
+    modules: dict[str, str] = field(default_factory=dict)  # node -> the nn.Module path it came from
 
     def runs_through_torch(self, reason: str, gm: torch.fx.GraphModule) -> None:
         """From now on torch runs the whole graph, for `reason`: what every report shows."""
         self.fallback = reason
         self.fallback_ops = sum(n.op == "call_function" for n in gm.graph.nodes)
         self.execution = TORCH
+
+
+def module_paths(gm: torch.fx.GraphModule) -> dict[str, str]:
+    """Node name -> the innermost nn.Module it was traced in (`h.0.attn`), where Dynamo recorded one
+    (for a backward node: the module of the forward op it differentiates)."""
+    paths = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
+        if stack:
+            paths[node.name] = _module_path(list(stack.values())[-1][0])
+    return paths
+
+
+def _module_path(dynamo_path: str) -> str:
+    """`L['self']._modules['h'][0].attn` -> `h.0.attn`: the path a user writes."""
+    path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", dynamo_path)
+    parts = [p for p in path.split(".") if p not in ("_modules", "")]
+    return ".".join(parts[2:] if parts[:1] == ["L"] else parts)
 
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
@@ -95,6 +114,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         record.device = graph_device(gm)
         record.execution = execution_mode(record.device, options)
         graph, callables = to_ir(gm, name=name)
+        record.modules = module_paths(gm)
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
         plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))

@@ -58,6 +58,7 @@ class Report:
         for g in self.graphs:
             if g.graph is None:
                 continue
+            launch = g.graph.launch_of()  # a combo part's group -> the combo kernel that launches it
             for src, dst, data in g.graph.nx.edges(data=True):
                 if "reason" not in data:
                     continue
@@ -65,8 +66,8 @@ class Report:
                 if Kind.INPUT in (a.kind, b.kind) or Kind.OUTPUT in (a.kind, b.kind):
                     continue
                 kind = "kernels" if a.group and b.group else "torch"
-                rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": a.group or src,
-                             "dst_kernel": b.group or dst, "kind": kind, "reason": data["reason"]})
+                rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": launch.get(a.group, src),
+                             "dst_kernel": launch.get(b.group, dst), "kind": kind, "reason": data["reason"]})
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,8 +81,9 @@ class Report:
                 entry["kernels"] = [_kernel_dict(g, k) for k in g.plan.kernels]
                 entry["extern_calls"] = [{"id": s.id, "target": s.target, "bytes": s.bytes,
                                           "view": s.is_view} for s in g.plan.externs]
+                launch = g.graph.launch_of()
                 entry["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind.value,
-                                   "shape": list(n.shape), "dtype": n.dtype, "kernel": n.group}
+                                   "shape": list(n.shape), "dtype": n.dtype, "kernel": launch.get(n.group)}
                                   for n in g.graph]
             graphs.append(entry)
         return {"stats": self.stats, "graphs": graphs, "edges": self.edges(), "runs_eagerly": self.runs_eagerly}

@@ -82,8 +82,12 @@ def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
     rows = []
     for n in graph:
         step = step_of.get(n.name)
+        # The kernel a node runs in is the launched one: a combo part's group (k4) runs in k0+k4+k5.
+        kernel = step.id if isinstance(step, Kernel) else None
         rows.append({"graph": record.name, "name": n.name, "op": n.op, "kind": n.kind.value,
-                     "shape": list(n.shape), "dtype": n.dtype, "target": n.target, "kernel": n.group,
+                     "shape": list(n.shape), "dtype": n.dtype, "target": n.target, "kernel": kernel,
+                     "part": n.group if kernel is not None and n.group != kernel else None,
+                     "module": record.modules.get(n.name),
                      "step": step.id if step else None, "stream": step.stream if step else None,
                      "extern": isinstance(step, Extern) and counts_as_extern(step, record),
                      "inputs": graph.producers(n.name)})
@@ -92,6 +96,7 @@ def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
 
 def _kernel_row(record: CompiledGraph, k: Kernel) -> dict[str, Any]:
     return {"graph": record.name, "id": k.id, "kind": k.kind, "members": list(k.members),
+            "module": common_module([record.modules.get(m) for m in k.members]),
             "ops": [record.graph[m].op for m in k.members], "inputs": list(k.inputs), "outputs": list(k.outputs),
             "numel": k.numel, "bytes": k.bytes, "flops": k.flops, "seconds": step_seconds(record.plan, k),
             "stream": k.stream, "waits": list(k.waits), "fn_name": k.fn_name, "source": k.source}
@@ -104,6 +109,19 @@ def _extern_row(record: CompiledGraph, e: Extern) -> dict[str, Any]:
             "stream": e.stream, "waits": list(e.waits)}
 
 
+def common_module(paths: list[str | None]) -> str | None:
+    """The innermost module holding every known path (`h.0.attn` and `h.0.mlp` -> `h.0`); None if none is known."""
+    split = [p.split(".") for p in paths if p]
+    if not split:
+        return None
+    common = []
+    for parts in zip(*split):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
 def is_op(node: dict[str, Any]) -> bool:
-    """An op node, as `stats["nodes"]` counts them (inputs and the output are not ops)."""
-    return node["kind"] not in (Kind.INPUT.value, Kind.OUTPUT.value)
+    """An op node, as `stats["nodes"]` counts them (inputs, graph constants and the output are not ops)."""
+    return node["kind"] not in (Kind.INPUT.value, Kind.OUTPUT.value) and node["op"] != "constant"

@@ -1,35 +1,35 @@
-"""The inspection report as one self-contained HTML page: inline CSS and SVG, no script, no fetch.
+"""The inspection report as one self-contained HTML page: inline CSS, SVG and script, no fetch.
 
-Every piece of text that comes from the model or the compiler goes through
-html.escape: op names, reasons and kernel sources are not ours to trust.
+A graph is shown first as its launches (one box per kernel or extern call,
+report_overview); a click on a kernel opens its drill-down with its member
+ops, and every op is one click further ("every op"). Every piece of text that
+comes from the model or the compiler goes through html.escape: op names,
+reasons and kernel sources are not ours to trust.
 """
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any
 
 from fusec import report_format as fmt
-from fusec.report_svg import EXTERN_EDGE, EXTERN_FILL, KERNEL_FILLS, REFUSED_EDGE, STREAM_STROKES, to_svg
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
-h3 { font-size: 1em; margin-bottom: .3em; }
-table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .2em .6em; text-align: left; vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code, pre { font-family: ui-monospace, monospace; font-size: .85em; }
-pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
-.graph { overflow: auto; border: 1px solid #eee; max-height: 80vh; }
-.fallback { color: #a93226; }
-.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; border: 2px solid #999; }
-details summary { cursor: pointer; }
-"""
+from fusec.report_draw import draw
+from fusec.report_overview import launched, step_arrow_id, step_box_id, step_drawing
+from fusec.report_page import CSS, SCRIPT
+from fusec.report_svg import (
+    EXTERN_EDGE,
+    EXTERN_FILL,
+    KERNEL_FILLS,
+    REFUSED_EDGE,
+    STREAM_STROKES,
+    kernel_drawing,
+    op_drawing,
+)
 
 
 def to_html(data: dict[str, Any], layout: str = "auto") -> str:
-    """The page for one report; `layout` picks how graphs are drawn (see report_svg.to_svg)."""
+    """The page for one report; `layout` picks how graphs are drawn (see report_draw.draw)."""
     mode = "training (forward + backward)" if data["training"] else "inference"
     inputs = ", ".join(f"{fmt.shape(i['shape'])}:{i['dtype']}" if "shape" in i else i["value"]
                        for i in data["inputs"]) or "none"
@@ -37,7 +37,10 @@ def to_html(data: dict[str, Any], layout: str = "auto") -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>fusec inspect {escape(data['target'])}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
+        '<div class="toolbar"><input type="search" id="fusec-search" '
+        'placeholder="find an op, kernel, module or reason (e.g. k3, addmm, h.2.mlp)"> <span id="fusec-hits"></span>'
+        "</div>",
         f"<h1>fusec inspect <code>{escape(data['target'])}</code></h1>",
         f"<p>{mode}; inputs: <code>{escape(inputs)}</code>; options: <code>{escape(str(data['options']))}</code>. "
         f"Times are modeled with the {escape(data['cost_model']['name'])} roofline, not measured.</p>",
@@ -47,7 +50,7 @@ def to_html(data: dict[str, Any], layout: str = "auto") -> str:
         parts.append("<p>No graph was captured: torch ran the model without handing fusec a graph.</p>")
     for graph in data["graphs"]:
         parts.append(_graph(data, graph, layout))
-    parts.append("</body></html>\n")
+    parts.append(f"<script>{SCRIPT}</script></body></html>\n")
     return "\n".join(parts)
 
 
@@ -67,37 +70,117 @@ def _graph(data: dict[str, Any], graph: dict[str, Any], layout: str) -> str:
                    f"{escape(graph['fallback'])}</p></section>")
         return "\n".join(out)
     out.append(f"<p>{graph['ops']} ops, {graph['kernels']} kernels, DAG width {graph['dag_width']}.</p>")
-    out.append(f'<div class="graph">{to_svg(data, [name], layout)}</div>')
-    out.append(_legend(data, name))
-    kernels = [k for k in data["kernels"] if k["graph"] == name]
-    out.append(_table("Kernels", ("id", "kind", "member ops", "stream", "bytes", "FLOPs", "est. time"),
-                      [(k["id"], k["kind"], " ".join(fmt.short_op(op) for op in k["ops"]), k["stream"],
-                        fmt.nbytes(k["bytes"]), fmt.count(k["flops"]), fmt.seconds(k["seconds"])) for k in kernels]))
-    externs = [e for e in data["extern_calls"] if e["graph"] == name and e["counted"]]
-    out.append(_table("Extern calls (run by torch)", ("id", "target", "stream", "bytes", "est. time"),
-                      [(e["id"], e["target"], e["stream"], fmt.nbytes(e["bytes"]), fmt.seconds(e["seconds"]))
-                       for e in externs]))
+    out.append("<h3>Launches</h3>" + _overview_legend())
+    overview = draw([step_drawing(data, name)], layout, cls="fusec-overview", key=f"steps-{name}")
+    # The launch graph beside its tables: a click in one, the answer in the other, both on screen.
+    out.append(f'<div class="split"><div class="graph">{overview}</div><div class="tables">'
+               f"{_kernel_table(data, name)}{_extern_table(data, name)}</div></div>")
     path = graph["critical_path"]
     out.append(f"<h3>Critical path</h3><p>{fmt.seconds(path['seconds'])} of {fmt.seconds(graph['serial_seconds'])} "
-               f"modeled serial time: <code>{escape(' → '.join(path['steps']))}</code></p>")
-    edges = [e for e in data["edges"] if e["graph"] == name]
-    out.append(_table("Not fused", ("from", "to", "edge", "reason"),
-                      [(e["src_kernel"], e["dst_kernel"], f"{e['src']} → {e['dst']}", e["reason"]) for e in edges]))
+               f"modeled serial time: {' → '.join(_step_link(data, name, s) for s in path['steps'])}</p>")
+    out.append(_refusals(data, name))
     waits = [w for w in data["waits"] if w["graph"] == name]
     if waits:
         out.append(_table("Cross-stream waits", ("step", "stream", "waits for", "on stream"),
                           [(w["step"], w["stream"], w["on"], w["on_stream"]) for w in waits]))
-    if kernels:
-        out.append("<h3>Generated Triton source</h3>")
-    for k in kernels:
-        out.append(f'<details class="kernel-source" id="{escape(name)}-{escape(k["id"])}">'
-                   f"<summary><code>{escape(k['id'])}</code> {escape(k['fn_name'])} ({len(k['members'])} ops)</summary>"
-                   f"<pre><code>{escape(k['source'])}</code></pre></details>")
+    out.append(_drill_downs(data, name))
+    ops_svg = draw([op_drawing(data, name)], layout, key=f"ops-{name}")
+    out.append(f'<details class="all-ops"><summary>Every op of {escape(name)} ({graph["ops"]} ops, '
+               f'filled by kernel)</summary>{_op_legend(data, name)}<div class="graph">{ops_svg}</div></details>')
     out.append("</section>")
     return "\n".join(out)
 
 
-def _legend(data: dict[str, Any], graph: str) -> str:
+def _kernel_table(data: dict[str, Any], name: str) -> str:
+    kernels = [k for k in data["kernels"] if k["graph"] == name]
+    if not kernels:
+        return "<h3>Kernels</h3><p>none</p>"
+    head = "".join(f"<th>{c}</th>" for c in ("id", "kind", "module", "member ops", "stream", "bytes", "FLOPs",
+                                            "est. time"))
+    rows = []
+    for k in kernels:
+        ops = " ".join(fmt.short_op(op) for op in k["ops"])
+        search = " ".join((k["id"], k["kind"], k.get("module") or "", ops, *k["members"]))
+        rows.append(f'<tr data-search="{escape(search)}"><td>{_step_link(data, name, k["id"])}</td>'
+                    f"<td>{escape(k['kind'])}</td><td>{escape(k.get('module') or '')}</td><td>{escape(ops)}</td>"
+                    f"<td class=num>{k['stream']}</td><td class=num>{fmt.nbytes(k['bytes'])}</td>"
+                    f"<td class=num>{fmt.count(k['flops'])}</td><td class=num>{fmt.seconds(k['seconds'])}</td></tr>")
+    return f"<h3>Kernels</h3><table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _extern_table(data: dict[str, Any], name: str) -> str:
+    externs = [e for e in data["extern_calls"] if e["graph"] == name and e["counted"]]
+    return _table("Extern calls (run by torch)", ("id", "target", "stream", "bytes", "est. time"),
+                  [(e["id"], e["target"], e["stream"], fmt.nbytes(e["bytes"]), fmt.seconds(e["seconds"]))
+                   for e in externs])
+
+
+def _step_link(data: dict[str, Any], graph: str, step: str) -> str:
+    """A step id that jumps to its box in the launch graph."""
+    return f'<a href="#{escape(step_box_id(graph, step))}"><code>{escape(step)}</code></a>'
+
+
+def reason_pattern(reason: str, names: set[str]) -> str:
+    """A refusal reason with its node names and shapes blanked, so refusals of one kind group together."""
+    words = re.sub(r"[\w.]+", lambda m: "…" if m.group(0) in names else m.group(0), reason)
+    return re.sub(r"\[[\d, ]*\]", "[…]", words)
+
+
+def _refusals(data: dict[str, Any], name: str) -> str:
+    """Unfused edges grouped by reason, most frequent first; each links to its arrow in the launch graph."""
+    edges = [e for e in data["edges"] if e["graph"] == name]
+    if not edges:
+        return "<h3>Not fused</h3><p>none</p>"
+    names = {n["name"] for n in data["nodes"] if n["graph"] == name}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in edges:
+        groups.setdefault(reason_pattern(e["reason"], names), []).append(e)
+    steps = launched(data, name)
+    out = [f"<h3>Not fused</h3><p>{len(edges)} edges between different launches, {len(groups)} kinds of reason:</p>",
+           '<table class="refusals"><tr><th>edges</th><th>reason</th><th>where</th></tr>']
+    for pattern, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        links = " ".join(_edge_link(name, e, steps) for e in group)
+        out.append(f'<tr data-search="{escape(pattern)}"><td class=num>{len(group)}</td><td>{escape(pattern)}</td>'
+                   f"<td><details><summary>{len(group)} edges</summary>{links}</details></td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _edge_link(graph: str, e: dict[str, Any], steps: dict[str, Any]) -> str:
+    src, dst = e["src_kernel"], e["dst_kernel"]
+    target = step_arrow_id(graph, src, dst) if src in steps and dst in steps else step_box_id(graph, dst)
+    return (f'<a href="#{escape(target)}" title="{escape(e["src"])} → {escape(e["dst"])}: {escape(e["reason"])}">'
+            f"{escape(src)} → {escape(dst)}</a>")
+
+
+def _drill_downs(data: dict[str, Any], name: str) -> str:
+    """Per kernel, closed until asked for: its member ops drawn, the refusals that touch it, its source."""
+    out = ["<h3>Kernels one by one</h3><p>Click a kernel in the launch graph, or open it here.</p>"]
+    for k in (k for k in data["kernels"] if k["graph"] == name):
+        members = draw([kernel_drawing(data, name, k)], "layered", cls="fusec-kernel", key=f"kernel-{name}-{k['id']}")
+        touching = [e for e in data["edges"] if e["graph"] == name and k["id"] in (e["src_kernel"], e["dst_kernel"])]
+        refusals = "".join(f"<li>{escape(e['src_kernel'])} → {escape(e['dst_kernel'])} "
+                           f"({escape(e['src'])} → {escape(e['dst'])}): {escape(e['reason'])}</li>" for e in touching)
+        module = f" in <code>{escape(k['module'])}</code>" if k.get("module") else ""
+        out.append(f'<details class="kernel-source drill" id="{escape(name)}:kernel:{escape(k["id"])}">'
+                   f"<summary><code>{escape(k['id'])}</code> {escape(k['kind'])}{module}: {escape(k['fn_name'])} "
+                   f"({len(k['members'])} ops)</summary><div class=\"graph\">{members}</div>"
+                   + (f"<p>Not fused with its neighbours:</p><ul>{refusals}</ul>" if refusals else "")
+                   + f"<pre><code>{escape(k['source'])}</code></pre></details>")
+    return "\n".join(out)
+
+
+def _overview_legend() -> str:
+    items = [f'<span class="swatch" style="background:{KERNEL_FILLS[0]}"></span> kernel (kernels with the same '
+             "ops share a fill, so repeated layers look alike; second line: its module)",
+             f'<span class="swatch" style="background:{EXTERN_FILL}"></span> extern call (torch)',
+             f'<span style="color:{REFUSED_EDGE}">- - -</span> fusion refused (hover for the reason)',
+             f'<span style="color:{EXTERN_EDGE}">- - -</span> data to or from torch']
+    return (f'<p class="legend">One box per launch; outline: stream. Click a kernel for its ops and Triton source. '
+            f'{" &nbsp; ".join(items)}</p>')
+
+
+def _op_legend(data: dict[str, Any], graph: str) -> str:
     kernels = [k["id"] for k in data["kernels"] if k["graph"] == graph]
     streams = sorted({n["stream"] for n in data["nodes"] if n["graph"] == graph and n["stream"] is not None})
     items = [f'<span class="swatch" style="background:{KERNEL_FILLS[i % len(KERNEL_FILLS)]}"></span> {escape(k)}'

@@ -264,8 +264,9 @@ class Renderer:
         dtype = compute_dtype(node.dtype)
         pos, start, parts = idx.dims[dim], 0, []
         for ref in refs:
-            shape = self.graph[ref.name].shape
-            size = shape[dim] if len(shape) == len(node.shape) else 0
+            if len(self.graph[ref.name].shape) != len(node.shape):
+                continue  # torch's legacy cat skips an empty 1-d part (an empty KV cache)
+            size = self.graph[ref.name].shape[dim]
             end = start + size
             if size:
                 local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")

@@ -40,6 +40,12 @@ CASES = {
 }
 
 
+def test_cat_with_an_empty_1d_part_fuses():
+    """torch's legacy cat skips a 1-d empty part of any rank (an empty KV cache, as in Hugging Face GPT-2)."""
+    check(lambda cache, k: torch.cat([cache, k * 2], dim=-2) + 1, torch.tensor([]), torch.randn(2, 4, 3, 8),
+          kernels=1, externs=0)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_eager(name):
     fn, args = CASES[name]
