@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from fusec.ir import Graph, Ref, contiguous_strides, iter_refs
-from fusec.passes.memory import StepBuffers, plan_reuse
+from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, Plan, Step
 
 DTYPES = {name: getattr(torch, name) for name in
@@ -132,6 +132,26 @@ def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
         else:
             out.append(StepBuffers(((step.node, None),), tuple(plan.reads(step)), pooled=False))
     return out
+
+
+def planned_peak(plan: Plan) -> int:
+    """Modeled peak bytes of the buffers the launcher allocates on one stream (graph inputs
+    excluded), with the memory plan's take-overs: what `stats["peak_bytes"]` reports."""
+    steps = step_buffers(plan, frozenset())
+    keep = frozenset(plan.graph.output.operands())
+    sizes = {name: plan.graph[name].nbytes for step in steps for name, _ in step.writes}
+    return live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep)
+
+
+def unfused_peak(graph: Graph) -> int:
+    """The same for eager: every op's result a tensor of its own, freed after its last reader
+    (views share their operand's memory)."""
+    steps, sizes = [], {}
+    for node in graph.op_nodes():
+        steps.append(StepBuffers(((node.name, None),), tuple(node.operands()), pooled=False))
+        sizes[node.name] = 0 if node.kind is Kind.VIEW else node.nbytes
+    keep = frozenset(graph.output.operands())
+    return live_bytes_peak(steps, sizes, {}, keep)
 
 
 def _outputs(kernel: Kernel, code: StepCode) -> list[str]:

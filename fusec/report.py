@@ -8,11 +8,12 @@ from typing import Any
 
 from fusec.compiler import CompiledGraph
 from fusec.ir import Kind
+from fusec.launcher import planned_peak, unfused_peak
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.plan import Extern, Kernel, does_work
 
-STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
-              "dag_width", "cross_stream_waits", "compile_seconds", "execution")
+STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "peak_bytes_unfused",
+              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -39,6 +40,9 @@ class Report:
             "extern_calls": externs + sum(g.fallback_ops for g in self.graphs),
             "bytes_unfused": sum(bytes_unfused(g.graph) for g in planned),
             "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
+            # Graphs run one after another: the largest of their peaks.
+            "peak_bytes_unfused": max((unfused_peak(g.graph) for g in planned), default=0),
+            "peak_bytes": max((planned_peak(g.plan) for g in planned), default=0),
             "streams": max((d.streams for d in decided), default=1),
             "dag_width": max((d.dag_width for d in decided), default=0),
             "cross_stream_waits": sum(d.waits for d in decided),

@@ -11,6 +11,8 @@ STAT_LABELS = {
     "extern_calls": "extern calls",
     "bytes_unfused": "bytes unfused (modeled)",
     "bytes_fused": "bytes fused (modeled)",
+    "peak_bytes_unfused": "peak memory, op by op (modeled)",
+    "peak_bytes": "peak memory, planned",
     "streams": "streams",
     "dag_width": "DAG width",
     "cross_stream_waits": "cross-stream waits",
@@ -48,7 +50,7 @@ def seconds(s: float) -> str:
 
 
 def stat(key: str, value: Any) -> str:
-    if key.startswith("bytes_"):
+    if key.startswith(("bytes_", "peak_bytes")):
         return f"{nbytes(value)} ({value})"
     if key == "compile_seconds":
         return seconds(value)

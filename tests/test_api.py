@@ -77,7 +77,11 @@ def test_inspect_launches_no_kernel(monkeypatch):
     report = fusec.inspect(lambda x, b, y: torch.sigmoid(x + b) * y - torch.tanh(y) / 3, x, b, y)
     assert report.stats["kernels"] == 1
     assert set(report.stats) == {"nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused",
-                                 "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution"}
+                                 "peak_bytes_unfused", "peak_bytes", "streams", "dag_width", "cross_stream_waits",
+                                 "compile_seconds", "execution"}
+    # one 4x8 float32 output; op by op, two results are alive at once (e.g. sigmoid(x + b) and tanh(y))
+    assert report.stats["peak_bytes"] == 128
+    assert report.stats["peak_bytes_unfused"] >= 2 * 128
     kernel = report.kernels[0]
     assert "@triton.jit" in kernel.source and kernel.kind == "pointwise"
     assert '"stats"' in report.to_json()
