@@ -26,8 +26,9 @@ class Options:
     matmul: a fused matmul runs as fusec's template with its epilogue ("template"),
       as torch's matmul plus an epilogue kernel ("library"), or whichever of the two
       is faster, timed once per shape on a GPU ("auto"; the template on a CPU).
-    strict: raise fusec's own internal errors instead of running the graph
-      through torch (FUSEC_STRICT=1; for tests and bug reports).
+    strict: raise instead of running through torch: fusec's own internal errors, graphs
+      it cannot take (Unsupported) and inputs whose strides differ from the compiled
+      ones (FUSEC_STRICT=1; for tests and bug reports).
     """
 
     fuse: bool = True

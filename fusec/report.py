@@ -12,7 +12,7 @@ from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.plan import Extern, Kernel, does_work
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
-              "dag_width", "cross_stream_waits", "compile_seconds")
+              "dag_width", "cross_stream_waits", "compile_seconds", "ran")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -42,7 +42,15 @@ class Report:
             "dag_width": max((d.dag_width for d in decided), default=0),
             "cross_stream_waits": sum(d.waits for d in decided),
             "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
+            "ran": self._ran(),
         }
+
+    def _ran(self) -> dict[str, int]:
+        """What the runtimes counted over every call so far (all zero for `fusec.inspect`)."""
+        counts = [g.runtime.counts for g in self.graphs if g.runtime is not None]
+        return {"kernels": sum(sum(c.kernels.values()) for c in counts),
+                "extern_calls": sum(c.extern_calls for c in counts),
+                "through_torch": sum(c.through_torch for c in counts)}
 
     @property
     def kernels(self) -> list[Kernel]:

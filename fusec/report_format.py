@@ -15,6 +15,7 @@ STAT_LABELS = {
     "dag_width": "DAG width",
     "cross_stream_waits": "cross-stream waits",
     "compile_seconds": "compile time",
+    "ran": "ran",
 }
 
 
@@ -43,6 +44,9 @@ def stat(key: str, value: Any) -> str:
         return f"{nbytes(value)} ({value})"
     if key == "compile_seconds":
         return seconds(value)
+    if key == "ran":
+        return (f"{value['kernels']} kernels, {value['extern_calls']} extern calls, "
+                f"{value['through_torch']} calls through torch")
     return str(value)
 
 

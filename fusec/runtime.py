@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from fusec.kernels.launch import (
     reduction_launch,
 )
 from fusec.kernels.matmul import matmul_problem, matmul_sizes
-from fusec.plan import Extern, Kernel, Plan, Step
+from fusec.plan import Extern, Kernel, Plan, Step, does_work
 
 log = logging.getLogger("fusec")
 
@@ -66,6 +68,16 @@ class StrideMismatch(Exception):
     """An input arrived with strides other than the ones the kernels were generated for."""
 
 
+@dataclass
+class RunCounts:
+    """What a Runtime ran, counted as it runs: tests compare it with the plan, the report shows it."""
+
+    calls: int = 0
+    kernels: Counter[str] = field(default_factory=Counter)  # kernel id -> times run
+    extern_calls: int = 0  # torch calls that do work (views and getitems excluded)
+    through_torch: int = 0  # calls torch ran whole instead of the plan
+
+
 class Runtime:
     """The callable a compiled graph becomes (boxed: takes the list of inputs)."""
 
@@ -96,23 +108,35 @@ class Runtime:
         # One counter per kernel and device; calls of one compiled graph from several
         # threads at once would share it (see the note on concurrency in README).
         self.tickets: dict[tuple[str, str], torch.Tensor] = {}
+        self.counts = RunCounts()
+        self.working_externs = {s.id for s in plan.steps if isinstance(s, Extern) and does_work(plan, s)}
+        # The stream and event API of the multi-stream path: torch.cuda, or a stand-in
+        # that records the order of launches, waits and records (tests on a CPU).
+        self.stream_api: Any = torch.cuda
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
         args.clear()  # boxed convention: let the caller's references go
+        self.counts.calls += 1
         if self.broken:
-            return self.fallback(*inputs)
+            return self._through_torch(inputs)
         try:
             return self.run(inputs)
         except StrideMismatch as exc:
+            if self.strict:
+                raise
             log.warning("fusec: %s; running this call through torch", exc)
-            return self.fallback(*inputs)
+            return self._through_torch(inputs)
         except KernelFailed as exc:
             if self.strict:
                 raise
             self.broken = str(exc)
             log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)
-            return self.fallback(*inputs)
+            return self._through_torch(inputs)
+
+    def _through_torch(self, inputs: list[Any]) -> Any:
+        self.counts.through_torch += 1
+        return self.fallback(*inputs)
 
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
@@ -130,22 +154,25 @@ class Runtime:
             self._launch(step, env)
         else:
             env[step.node] = self._extern(step, env)
+            if step.id in self.working_externs:
+                self.counts.extern_calls += 1
 
     def _run_on_streams(self, env: dict[str, Any]) -> None:
         """Each step on its stream: stream 0 is the caller's, the others first wait for it;
         a step waits on the events of the producers its plan names; the caller's stream
         waits for every stream at the end. Buffers stay referenced until that join, so
         no stream reuses memory another may still read."""
-        caller = torch.cuda.current_stream()
+        cuda = self.stream_api
+        caller = cuda.current_stream()
         streams = [caller, *self._side_streams()]
         for side in streams[1:]:
             side.wait_stream(caller)
-        events: dict[str, torch.cuda.Event] = {}
+        events: dict[str, Any] = {}
         for step in self.plan.steps:
             stream = streams[step.stream]
             for producer in step.waits:
                 stream.wait_event(events[producer])
-            with torch.cuda.stream(stream):
+            with cuda.stream(stream):
                 self._step(step, env)
             if step.id in self.recorded:
                 events[step.id] = stream.record_event()
@@ -158,15 +185,16 @@ class Runtime:
 
     def _side_streams(self) -> list[torch.cuda.Stream]:
         if self.side is None:
-            self.side = [torch.cuda.Stream() for _ in range(self.n_streams - 1)]
+            self.side = [self.stream_api.Stream() for _ in range(self.n_streams - 1)]
         return self.side
 
     def _launch(self, kernel: Kernel, env: dict[str, Any]) -> None:
         if kernel.library and self._matmul_choice(kernel, env) == "library":
             for step in kernel.library:
                 self._step(step, env)
-            return
-        self._launch_kernel(kernel, env)
+        else:
+            self._launch_kernel(kernel, env)
+        self.counts.kernels[kernel.id] += 1
 
     def _matmul_choice(self, kernel: Kernel, env: dict[str, Any]) -> str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel

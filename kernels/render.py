@@ -279,7 +279,9 @@ class Renderer:
         self.uses_seed = True
         self.prelude.add("_philox")
         offset = self.linearize(idx, node.shape)
-        bits = self.out.let(f"_philox(seed, ({offset}).to(tl.uint32), {node.args[0]})", "t")
+        # A one-element value's offset is the literal 0, a Python int with no .to()
+        counter = f"tl.full([], {offset}, tl.uint32)" if offset.isdigit() else f"({offset}).to(tl.uint32)"
+        bits = self.out.let(f"_philox(seed, {counter}, {node.args[0]})", "t")
         value = self.out.let(f"(({bits} >> 8).to(tl.float32) * {2.0 ** -24})", "t")
         return Value(value, "float32")
 

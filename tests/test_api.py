@@ -8,6 +8,7 @@ from torch import nn
 
 import fusec
 import fusec.compiler
+from tests.eager import assert_ran
 
 
 class Block(nn.Module):
@@ -77,7 +78,8 @@ def test_inspect_launches_no_kernel(monkeypatch):
     report = fusec.inspect(lambda x, b, y: torch.sigmoid(x + b) * y - torch.tanh(y) / 3, x, b, y)
     assert report.stats["kernels"] == 1
     assert set(report.stats) == {"nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused",
-                                 "streams", "dag_width", "cross_stream_waits", "compile_seconds"}
+                                 "streams", "dag_width", "cross_stream_waits", "compile_seconds", "ran"}
+    assert report.stats["ran"] == {"kernels": 0, "extern_calls": 0, "through_torch": 0}
     kernel = report.kernels[0]
     assert "@triton.jit" in kernel.source and kernel.kind == "pointwise"
     assert '"stats"' in report.to_json()
@@ -91,7 +93,7 @@ def test_inspect_twice_and_after_compile_still_captures():
         assert fusec.inspect(fn, x).stats["kernels"] == 1
 
 
-def test_graph_break_runs_rest_through_torch_and_is_right(caplog):
+def test_graph_break_compiles_each_piece_and_is_right():
     def fn(x):
         y = torch.exp(x) + 1
         if y.sum() > 0:  # data-dependent branch: Dynamo breaks the graph here
@@ -101,6 +103,8 @@ def test_graph_break_runs_rest_through_torch_and_is_right(caplog):
     compiled = fusec.compile(fn)
     torch.testing.assert_close(compiled(x), fn(x))
     torch.testing.assert_close(compiled(-x - 10), fn(-x - 10))
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 2  # the branch splits the function in two graphs
 
 
 def test_non_tensor_arguments():
@@ -149,8 +153,13 @@ def test_kernel_source_is_cached_on_disk(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_symbolic_shapes_fall_back_to_torch(caplog):
+@pytest.mark.fallback_expected
+def test_symbolic_shapes_fall_back_to_torch_unless_strict(monkeypatch, caplog):
     fn = lambda x: torch.exp(x) + 1
+    with pytest.raises(Exception, match="Unsupported: input arg0_1 is not a tensor"):
+        torch.compile(fn, backend="fusec", dynamic=True)(torch.randn(3, 4))
+    torch._dynamo.reset()
+    monkeypatch.setenv("FUSEC_STRICT", "0")
     compiled = torch.compile(fn, backend="fusec", dynamic=True)
     with caplog.at_level(logging.WARNING, logger="fusec"):
         for n in (3, 5):
@@ -166,6 +175,7 @@ def test_wrong_input_shape_raises_eagers_error():
         compiled(torch.randn(3, 5))
 
 
+@pytest.mark.fallback_expected
 def test_internal_error_falls_back_to_torch_unless_strict(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -182,6 +192,7 @@ def test_internal_error_falls_back_to_torch_unless_strict(monkeypatch, caplog):
         fusec.compile(fn, strict=True)(x)
 
 
+@pytest.mark.fallback_expected
 def test_kernel_failure_at_launch_falls_back(monkeypatch, caplog):
     import fusec.runtime
 
@@ -198,6 +209,9 @@ def test_kernel_failure_at_launch_falls_back(monkeypatch, caplog):
         torch.testing.assert_close(compiled(x), fn(x))
         torch.testing.assert_close(compiled(x), fn(x))
     assert caplog.text.count("simulated") == 1  # said once; later calls go straight to torch
+    counts = fusec.report_of(compiled).graphs[0].runtime.counts
+    assert (counts.calls, counts.through_torch, counts.kernels["k0"]) == (3, 2, 1)
+    assert fusec.report_of(compiled).stats["ran"]["through_torch"] == 2
 
 
 def test_report_to_html_is_self_contained(tmp_path):

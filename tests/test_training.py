@@ -101,4 +101,6 @@ def test_autocast_mixed_precision(dtype):
         expected = model(x)
         got = fusec.compile(model)(x)
     assert got.dtype == expected.dtype
-    torch.testing.assert_close(got, expected, rtol=3e-2, atol=3e-2)
+    # About 3x the error measured, max |got - eager| / (1 + |eager|): 7.2e-3 (bf16), 8.8e-4 (fp16).
+    tol = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
