@@ -220,3 +220,24 @@ def test_report_to_html_is_self_contained(tmp_path):
     page = report.to_html(tmp_path / "r.html")
     assert (tmp_path / "r.html").read_text() == page
     assert "<svg" in page and "@triton.jit" in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+@pytest.mark.fallback_expected
+@pytest.mark.parametrize("strict", [True, False])
+def test_input_with_other_strides_raises_if_strict_else_runs_through_torch(strict, caplog):
+    from fusec.runtime import StrideMismatch
+
+    fn = lambda x: torch.exp(x) + 1
+    compiled = fusec.compile(fn, strict=strict)
+    compiled(torch.randn(4, 6))
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+    transposed = torch.randn(6, 4).t()  # what Dynamo's guards would send elsewhere, handed in directly
+    if strict:
+        with pytest.raises(StrideMismatch, match=r"strides \(1, 4\), the kernel expects \(6, 1\)"):
+            runtime([transposed])
+        return
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        (out,) = runtime([transposed])
+    torch.testing.assert_close(out, fn(transposed))
+    assert "running this call through torch" in caplog.text
+    assert (runtime.counts.calls, runtime.counts.through_torch) == (2, 1)
