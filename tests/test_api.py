@@ -8,6 +8,7 @@ from torch import nn
 
 import fusec
 import fusec.compiler
+import fusec.frontend
 from tests.eager import assert_ran
 
 
@@ -32,8 +33,8 @@ def test_bare_decorator_and_options_forms():
     x = torch.randn(4, 5)
     torch.testing.assert_close(f(x), torch.exp(x) + 1)
     torch.testing.assert_close(g(x), torch.exp(x) + 1)
-    assert fusec.report_of(f).stats["kernels"] == 1
-    assert fusec.report_of(g).stats["kernels"] == 2  # fusion off: one kernel per op
+    assert assert_ran(f).stats["kernels"] == 1
+    assert assert_ran(g).stats["kernels"] == 2  # fusion off: one kernel per op
 
 
 def test_module_compiles_and_matches_eager():
@@ -43,15 +44,20 @@ def test_module_compiles_and_matches_eager():
     compiled = fusec.compile(m)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x))
-    assert fusec.report_of(compiled).stats["kernels"] == 1
+    assert assert_ran(compiled).stats["kernels"] == 1
 
 
-def test_torch_compile_backend_name():
+def test_torch_compile_backend_name(monkeypatch):
     m = Block()
     x = torch.randn(3, 16)
+    records = []
+    monkeypatch.setattr(fusec.frontend, "compile_graph",
+                        lambda gm, name, options, _: fusec.compiler.compile_graph(gm, name, options, records))
     compiled = torch.compile(m, backend="fusec")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x))
+    (record,) = records
+    assert record.runtime.counts.calls == 1 and sum(record.runtime.counts.kernels.values()) == 1
 
 
 def test_training_gradients_match_eager():
@@ -66,7 +72,7 @@ def test_training_gradients_match_eager():
     compiled(x).sum().backward()
     torch.testing.assert_close(x.grad, expected[0])
     torch.testing.assert_close(m.bias.grad, expected[1])
-    names = [g.name.split("_")[0] for g in fusec.report_of(compiled).graphs]
+    names = [g.name.split("_")[0] for g in assert_ran(compiled).graphs]
     assert names == ["forward", "backward"]
 
 
@@ -114,6 +120,7 @@ def test_non_tensor_arguments():
     compiled = fusec.compile(fn)
     torch.testing.assert_close(compiled(x, 2.5, True), fn(x, 2.5, True))
     torch.testing.assert_close(compiled(x, 2.5, False), fn(x, 2.5, False))
+    assert assert_ran(compiled).stats["ran"]["kernels"] == 1  # flag False returns x: no graph to run
 
 
 def test_exotic_op_is_extern_and_right():
@@ -121,8 +128,9 @@ def test_exotic_op_is_extern_and_right():
     x = torch.randn(4, 4)
     compiled = fusec.compile(fn)
     torch.testing.assert_close(compiled(x), fn(x))
-    stats = fusec.report_of(compiled).stats
+    stats = assert_ran(compiled).stats
     assert stats["extern_calls"] == 1 and stats["kernels"] == 2
+    assert stats["ran"] == {"kernels": 2, "extern_calls": 1, "through_torch": 0}
 
 
 def test_unknown_option_is_a_clear_error():

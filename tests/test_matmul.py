@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusec
-from tests.eager import check
+from tests.eager import assert_ran, check
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def test_gradients_through_fused_epilogue():
     compiled(x).pow(2).sum().backward()
     for g, e in zip([x.grad, lin.weight.grad, lin.bias.grad], expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
-    forward = fusec.report_of(compiled).graphs[0]
+    forward = assert_ran(compiled).graphs[0]
     assert forward.plan.kernels[0].kind == "matmul"
 
 
@@ -128,10 +128,15 @@ def test_template_and_library_paths_agree(mode):
     lin = nn.Linear(24, 40)
     x = torch.randn(3, 5, 24)
     fn = lambda x: F.gelu(lin(x)) + 1
+    compiled = fusec.compile(fn, matmul=mode)
     with torch.no_grad():
         expected = fn(x)
-        got = fusec.compile(fn, matmul=mode)(x)
+        got = compiled(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    (graph,) = assert_ran(compiled).graphs
+    (kernel,) = graph.plan.kernels
+    library_kernels = [s.id for s in kernel.library if s.id in graph.runtime.counts.kernels]
+    assert len(library_kernels) == (mode == "library")  # the library path launched its epilogue kernel
 
 
 def test_library_alternative_is_torch_matmul_plus_one_epilogue_kernel():
