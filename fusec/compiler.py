@@ -120,7 +120,7 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))
         record.plan = render(plan)
     except Exception as exc:
-        if options.strict and not isinstance(exc, Unsupported):
+        if options.strict:
             raise
         # An internal error must never cost the user a crash: torch runs the graph.
         reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"

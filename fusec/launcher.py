@@ -72,6 +72,9 @@ class StepCode:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     stream_ops: dict[str, Any] = field(default_factory=dict)  # current_stream, SIDE, stream_context, record_stream
     reuse: dict[str, str] = field(default_factory=dict)  # buffer -> the dead buffer it takes over (memory plan)
+    counts: list[int] | None = None  # what ran: the launcher adds 1 at counts[counted[step id]] per step run
+    counted: dict[str, int] = field(default_factory=dict)
+    step_hook: Callable[[str], None] | None = None  # called with each step's id as it starts (tests)
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -105,6 +108,8 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         elif streams:
             for producer in waits:
                 src.emit(f"S0.wait_event(E_{_ident(producer)})")
+        if code.step_hook is not None:
+            src.emit(f"{src.bind(code.step_hook, 'HOOK')}({step.id!r})", indent)
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in _recorded(plan):
             src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
@@ -205,6 +210,8 @@ def _step(src: Source, graph: Graph, step: Step, code: StepCode, checked: set[st
             _step(src, graph, part, code, checked, produced_by_kernel, indent)
     else:
         _kernel(src, graph, step, code, checked, produced_by_kernel, indent)
+    if code.counts is not None and step.id in code.counted:
+        src.emit(f"{src.bind(code.counts, 'RAN')}[{code.counted[step.id]}] += 1", indent)
 
 
 def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int) -> None:

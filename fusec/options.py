@@ -28,8 +28,9 @@ class Options:
     matmul: a fused matmul runs as fusec's template with its epilogue ("template"),
       as torch's matmul plus an epilogue kernel ("library"), or whichever of the two
       is faster, timed once per shape on a GPU ("auto"; the template on a CPU).
-    strict: raise fusec's own internal errors instead of running the graph
-      through torch (FUSEC_STRICT=1; for tests and bug reports).
+    strict: raise instead of running through torch: fusec's own internal errors, graphs
+      it cannot take (Unsupported) and inputs whose strides differ from the compiled
+      ones (FUSEC_STRICT=1; for tests and bug reports).
     cudagraphs: on a GPU, record each inference graph's launches into a CUDA graph
       and replay it (one launch per call); outputs are valid until the next call.
       `mode="reduce-overhead"` (torch.compile's spelling) turns it on.

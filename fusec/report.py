@@ -13,7 +13,7 @@ from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.plan import Extern, Kernel, does_work
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "peak_bytes_unfused",
-              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution")
+              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution", "ran")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -49,7 +49,15 @@ class Report:
             "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
             # How the graphs run ("triton", "interpreter", "torch"), each named once, in graph order.
             "execution": ", ".join(dict.fromkeys(g.execution for g in self.graphs)) or "none",
+            "ran": self._ran(),
         }
+
+    def _ran(self) -> dict[str, int]:
+        """What the runtimes counted over every call so far (all zero for `fusec.inspect`)."""
+        counts = [g.runtime.counts for g in self.graphs if g.runtime is not None]
+        return {"kernels": sum(sum(c.kernels.values()) for c in counts),
+                "extern_calls": sum(c.extern_calls for c in counts),
+                "through_torch": sum(c.through_torch for c in counts)}
 
     @property
     def kernels(self) -> list[Kernel]:

@@ -18,6 +18,7 @@ STAT_LABELS = {
     "cross_stream_waits": "cross-stream waits",
     "compile_seconds": "compile time",
     "execution": "runs",
+    "ran": "ran",
 }
 
 EXECUTION = {"triton": "compiled Triton kernels", "interpreter": "kernels in Triton's interpreter",
@@ -56,6 +57,9 @@ def stat(key: str, value: Any) -> str:
         return seconds(value)
     if key == "execution":
         return execution(value)
+    if key == "ran":
+        return (f"{value['kernels']} kernels, {value['extern_calls']} extern calls, "
+                f"{value['through_torch']} calls through torch")
     return str(value)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ from fusec.kernels.launch import (
 )
 from fusec.kernels.matmul import matmul_problem, matmul_sizes
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
-from fusec.plan import Kernel, Plan
+from fusec.plan import Extern, Kernel, Plan, does_work
 
 log = logging.getLogger("fusec")
 
@@ -76,6 +78,30 @@ def draw_seed() -> int:
     return int(torch.randint(2**31, 2**62, (), dtype=torch.int64))
 
 
+@dataclass
+class RunCounts:
+    """What a Runtime ran, counted as it runs: tests compare it with the plan, the report shows it.
+    The launcher adds to `ran` (one slot per kernel of the plan, then one for extern calls)."""
+
+    kernel_ids: list[str]
+    ran: list[int] = field(default_factory=list)
+    calls: int = 0
+    through_torch: int = 0  # calls torch ran whole instead of the plan
+
+    def __post_init__(self) -> None:
+        self.ran = [0] * (len(self.kernel_ids) + 1)
+
+    @property
+    def kernels(self) -> Counter[str]:
+        """Kernel id -> times run."""
+        return Counter({kid: n for kid, n in zip(self.kernel_ids, self.ran, strict=False) if n})
+
+    @property
+    def extern_calls(self) -> int:
+        """Torch calls that do work (views and getitems excluded)."""
+        return self.ran[-1]
+
+
 class Runtime:
     """The callable a compiled graph becomes (boxed: takes the list of inputs)."""
 
@@ -103,6 +129,11 @@ class Runtime:
         # Ticket counters per thread (and device and stream): the kernel resets its ticket
         # when it ends, so only launches ordered on one stream may share one.
         self.tickets = threading.local()
+        self.counts = RunCounts([k.id for k in plan.all_kernels()])
+        # The stream and event API of the multi-stream path: torch.cuda, or a stand-in that
+        # records the order of launches, waits and records (tests on a CPU, with `step_hook`).
+        self.stream_api: Any = torch.cuda
+        self.step_hook: Callable[[str], None] | None = None  # called with each step's id as it starts
         self.source: str | None = None  # the generated launcher, once built
         self._call: Callable[[list[Any]], Any] | None = None
         self._building = threading.Lock()  # the first calls of several threads build it once
@@ -127,13 +158,16 @@ class Runtime:
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
         args.clear()  # boxed convention: let the caller's references go
+        self.counts.calls += 1
         if self.broken:
-            return self.fallback(*inputs)
+            return self._through_torch(inputs)
         try:
             return self.run(inputs)
         except StrideMismatch as exc:
+            if self.strict:
+                raise
             log.warning("fusec: %s; running this call through torch", exc)
-            return self.fallback(*inputs)
+            return self._through_torch(inputs)
         except BadIndex:
             return self._raise_as_torch(inputs)
         except KernelFailed as exc:
@@ -142,7 +176,11 @@ class Runtime:
             self.broken = str(exc)
             self.on_broken(f"runtime error: {exc}")
             log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)
-            return self.fallback(*inputs)
+            return self._through_torch(inputs)
+
+    def _through_torch(self, inputs: list[Any]) -> Any:
+        self.counts.through_torch += 1
+        return self.fallback(*inputs)
 
     def _raise_as_torch(self, inputs: list[Any]) -> Any:
         """The graph run by torch raises the ATen op's own error (gather's, as eager's)."""
@@ -174,13 +212,18 @@ class Runtime:
     def _step_code(self, library: frozenset[str]) -> StepCode:
         stream_ops = {}
         if self.multi_stream:
-            stream_ops = {"current_stream": torch.cuda.current_stream, "stream_context": torch.cuda.stream,
-                          "SIDE": [torch.cuda.Stream() for _ in range(self.n_streams - 1)],
+            cuda = self.stream_api
+            stream_ops = {"current_stream": cuda.current_stream, "stream_context": cuda.stream,
+                          "SIDE": [cuda.Stream() for _ in range(self.n_streams - 1)],
                           "record_stream": _record_stream}
+        working = frozenset(s.id for s in self.plan.steps if isinstance(s, Extern) and does_work(self.plan, s))
         return StepCode(calls=self.calls, callables=self.callables, library=library, draw_seed=draw_seed,
                         bounds_error=self._bounds_error, final_buffers=self._final_buffers,
                         device=torch.device("cpu") if self.interpret else torch.device("cuda"),
-                        stream_ops=stream_ops)
+                        stream_ops=stream_ops, counts=self.counts.ran,
+                        counted={**{k: i for i, k in enumerate(self.counts.kernel_ids)},
+                                 **dict.fromkeys(working, len(self.counts.kernel_ids))},
+                        step_hook=self.step_hook)
 
     def _choose(self, kernel: Kernel) -> str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel

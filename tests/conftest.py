@@ -1,3 +1,4 @@
+import logging
 import os
 import tempfile
 
@@ -6,9 +7,11 @@ import torch
 
 # Kernels compiled by tests go to a scratch cache, never the user's.
 os.environ.setdefault("FUSEC_CACHE_DIR", tempfile.mkdtemp(prefix="fusec-test-cache-"))
-# Tests want fusec's own errors raised, not hidden behind a fallback to torch.
-os.environ.setdefault("FUSEC_STRICT", "1")
-os.environ.setdefault("FUSEC_CPU", "interpret")  # CPU graphs run the generated kernels: codegen tested sans GPU
+# Tests want fusec's own errors raised, not hidden behind a fallback to torch: always,
+# whatever the shell running them has set.
+os.environ["FUSEC_STRICT"] = "1"
+# CPU graphs run the generated kernels (Triton's interpreter): codegen is tested without a GPU.
+os.environ["FUSEC_CPU"] = "interpret"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,3 +29,32 @@ def _fresh_dynamo():
     # and recompile limits never leak from one test into the next.
     torch._dynamo.reset()
     yield
+
+
+class _ThroughTorch(logging.Handler):
+    """Keeps every warning of the fusec logger that says something runs through torch."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "through torch" in message:
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def _no_silent_fallback(request):
+    """A test passes only if fusec ran it: one during which something ran through torch
+    fails, unless it is marked `fallback_expected` (it tests the fallback itself)."""
+    logger = logging.getLogger("fusec")
+    handler = _ThroughTorch()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.messages and request.node.get_closest_marker("fallback_expected") is None:
+        pytest.fail("ran through torch (mark the test fallback_expected if it means to):\n"
+                    + "\n".join(handler.messages), pytrace=False)

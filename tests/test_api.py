@@ -8,6 +8,8 @@ from torch import nn
 
 import fusec
 import fusec.compiler
+import fusec.frontend
+from tests.eager import assert_ran
 
 
 class Block(nn.Module):
@@ -31,8 +33,8 @@ def test_bare_decorator_and_options_forms():
     x = torch.randn(4, 5)
     torch.testing.assert_close(f(x), torch.exp(x) + 1)
     torch.testing.assert_close(g(x), torch.exp(x) + 1)
-    assert fusec.report_of(f).stats["kernels"] == 1
-    assert fusec.report_of(g).stats["kernels"] == 2  # fusion off: one kernel per op
+    assert assert_ran(f).stats["kernels"] == 1
+    assert assert_ran(g).stats["kernels"] == 2  # fusion off: one kernel per op
 
 
 def test_module_compiles_and_matches_eager():
@@ -42,15 +44,20 @@ def test_module_compiles_and_matches_eager():
     compiled = fusec.compile(m)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x))
-    assert fusec.report_of(compiled).stats["kernels"] == 1
+    assert assert_ran(compiled).stats["kernels"] == 1
 
 
-def test_torch_compile_backend_name():
+def test_torch_compile_backend_name(monkeypatch):
     m = Block()
     x = torch.randn(3, 16)
+    records = []
+    monkeypatch.setattr(fusec.frontend, "compile_graph",
+                        lambda gm, name, options, _: fusec.compiler.compile_graph(gm, name, options, records))
     compiled = torch.compile(m, backend="fusec")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x))
+    (record,) = records
+    assert record.runtime.counts.calls == 1 and sum(record.runtime.counts.kernels.values()) == 1
 
 
 def test_training_gradients_match_eager():
@@ -65,7 +72,7 @@ def test_training_gradients_match_eager():
     compiled(x).sum().backward()
     torch.testing.assert_close(x.grad, expected[0])
     torch.testing.assert_close(m.bias.grad, expected[1])
-    names = [g.name.split("_")[0] for g in fusec.report_of(compiled).graphs]
+    names = [g.name.split("_")[0] for g in assert_ran(compiled).graphs]
     assert names == ["forward", "backward"]
 
 
@@ -78,10 +85,11 @@ def test_inspect_launches_no_kernel(monkeypatch):
     assert report.stats["kernels"] == 1
     assert set(report.stats) == {"nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused",
                                  "peak_bytes_unfused", "peak_bytes", "streams", "dag_width", "cross_stream_waits",
-                                 "compile_seconds", "execution"}
+                                 "compile_seconds", "execution", "ran"}
     # one 4x8 float32 output; op by op, two results are alive at once (e.g. sigmoid(x + b) and tanh(y))
     assert report.stats["peak_bytes"] == 128
     assert report.stats["peak_bytes_unfused"] >= 2 * 128
+    assert report.stats["ran"] == {"kernels": 0, "extern_calls": 0, "through_torch": 0}
     kernel = report.kernels[0]
     assert "@triton.jit" in kernel.source and kernel.kind == "pointwise"
     assert '"stats"' in report.to_json()
@@ -95,7 +103,7 @@ def test_inspect_twice_and_after_compile_still_captures():
         assert fusec.inspect(fn, x).stats["kernels"] == 1
 
 
-def test_graph_break_runs_rest_through_torch_and_is_right(caplog):
+def test_graph_break_compiles_each_piece_and_is_right():
     def fn(x):
         y = torch.exp(x) + 1
         if y.sum() > 0:  # data-dependent branch: Dynamo breaks the graph here
@@ -105,6 +113,8 @@ def test_graph_break_runs_rest_through_torch_and_is_right(caplog):
     compiled = fusec.compile(fn)
     torch.testing.assert_close(compiled(x), fn(x))
     torch.testing.assert_close(compiled(-x - 10), fn(-x - 10))
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 2  # the branch splits the function in two graphs
 
 
 def test_non_tensor_arguments():
@@ -114,6 +124,7 @@ def test_non_tensor_arguments():
     compiled = fusec.compile(fn)
     torch.testing.assert_close(compiled(x, 2.5, True), fn(x, 2.5, True))
     torch.testing.assert_close(compiled(x, 2.5, False), fn(x, 2.5, False))
+    assert assert_ran(compiled).stats["ran"]["kernels"] == 1  # flag False returns x: no graph to run
 
 
 def test_exotic_op_is_extern_and_right():
@@ -121,8 +132,9 @@ def test_exotic_op_is_extern_and_right():
     x = torch.randn(4, 4)
     compiled = fusec.compile(fn)
     torch.testing.assert_close(compiled(x), fn(x))
-    stats = fusec.report_of(compiled).stats
+    stats = assert_ran(compiled).stats
     assert stats["extern_calls"] == 1 and stats["kernels"] == 2
+    assert stats["ran"] == {"kernels": 2, "extern_calls": 1, "through_torch": 0}
 
 
 def test_unknown_option_is_a_clear_error():
@@ -153,8 +165,13 @@ def test_kernel_source_is_cached_on_disk(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_symbolic_shapes_fall_back_to_torch(caplog):
+@pytest.mark.fallback_expected
+def test_symbolic_shapes_fall_back_to_torch_unless_strict(monkeypatch, caplog):
     fn = lambda x: torch.exp(x) + 1
+    with pytest.raises(Exception, match="Unsupported: input arg0_1 is not a tensor"):
+        torch.compile(fn, backend="fusec", dynamic=True)(torch.randn(3, 4))
+    torch._dynamo.reset()
+    monkeypatch.setenv("FUSEC_STRICT", "0")
     compiled = torch.compile(fn, backend="fusec", dynamic=True)
     with caplog.at_level(logging.WARNING, logger="fusec"):
         for n in (3, 5):
@@ -170,6 +187,7 @@ def test_wrong_input_shape_raises_eagers_error():
         compiled(torch.randn(3, 5))
 
 
+@pytest.mark.fallback_expected
 def test_internal_error_falls_back_to_torch_unless_strict(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -186,6 +204,7 @@ def test_internal_error_falls_back_to_torch_unless_strict(monkeypatch, caplog):
         fusec.compile(fn, strict=True)(x)
 
 
+@pytest.mark.fallback_expected
 def test_kernel_failure_at_launch_falls_back(monkeypatch, caplog):
     import fusec.runtime
 
@@ -202,6 +221,9 @@ def test_kernel_failure_at_launch_falls_back(monkeypatch, caplog):
         torch.testing.assert_close(compiled(x), fn(x))
         torch.testing.assert_close(compiled(x), fn(x))
     assert caplog.text.count("simulated") == 1  # said once; later calls go straight to torch
+    counts = fusec.report_of(compiled).graphs[0].runtime.counts
+    assert (counts.calls, counts.through_torch, counts.kernels["k0"]) == (3, 2, 1)
+    assert fusec.report_of(compiled).stats["ran"]["through_torch"] == 2
 
 
 def test_report_to_html_is_self_contained(tmp_path):
@@ -210,3 +232,24 @@ def test_report_to_html_is_self_contained(tmp_path):
     page = report.to_html(tmp_path / "r.html")
     assert (tmp_path / "r.html").read_text() == page
     assert "<svg" in page and "@triton.jit" in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+@pytest.mark.fallback_expected
+@pytest.mark.parametrize("strict", [True, False])
+def test_input_with_other_strides_raises_if_strict_else_runs_through_torch(strict, caplog):
+    from fusec.runtime import StrideMismatch
+
+    fn = lambda x: torch.exp(x) + 1
+    compiled = fusec.compile(fn, strict=strict)
+    compiled(torch.randn(4, 6))
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+    transposed = torch.randn(6, 4).t()  # what Dynamo's guards would send elsewhere, handed in directly
+    if strict:
+        with pytest.raises(StrideMismatch, match=r"strides \(1, 4\), the kernel expects \(6, 1\)"):
+            runtime([transposed])
+        return
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        (out,) = runtime([transposed])
+    torch.testing.assert_close(out, fn(transposed))
+    assert "running this call through torch" in caplog.text
+    assert (runtime.counts.calls, runtime.counts.through_torch) == (2, 1)

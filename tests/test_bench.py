@@ -122,6 +122,9 @@ def test_cli_writes_every_field_for_every_workload_and_system(cpu_run):
         else:
             assert r["compile_seconds"] > 0
             assert r["max_abs_error"] < 1e-4
+        if r["system"] == "fusec":  # timed fusec's kernels, not torch running the graph for it
+            ran = r["fusec_stats"]["ran"]
+            assert ran["kernels"] >= r["samples"] and ran["through_torch"] == 0, ran
     fused = next(r for r in records if r["workload"] == "bias_gelu" and r["system"] == "fusec")
     assert fused["fusec_stats"]["kernels"] == 1
     assert fused["launches_per_call"] == 1

@@ -25,6 +25,7 @@ def test_launcher_source_is_straight_line_code_of_the_plan():
     assert "is_contiguous()" in source  # inputs laid out as traced are checked by one flag
 
 
+@pytest.mark.fallback_expected
 def test_an_input_laid_out_otherwise_is_refused_by_the_launcher(caplog):
     fn = lambda x: x * 2 + 1
     compiled = fusec.compile(fn, strict=False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fusec
-from tests.eager import check
+from tests.eager import assert_ran, check
 
 INF = float("inf")
 
@@ -217,3 +217,17 @@ def test_a_callable_within_the_limit_is_not_reported_eager():
     for n in (3, 4):
         compiled(torch.randn(n))
     assert fusec.report_of(compiled).runs_eagerly is None
+
+
+@pytest.mark.parametrize("kept", [lambda x: x.sum(), lambda x: torch.tanh(x[:1, :1])],
+                         ids=["after_a_full_reduction", "of_one_element"])
+def test_dropout_of_one_element(kept):
+    # Its random counter was the literal 0, which the kernel could not cast.
+    torch.manual_seed(0)
+    x = torch.randn(3, 5)
+    compiled = fusec.compile(lambda x: torch.nn.functional.dropout(kept(x), 0.5))
+    outs = [compiled(x) for _ in range(16)]
+    for out in outs:
+        assert out.eq(0).all() or torch.allclose(out, kept(x) * 2)  # dropped, or kept and scaled by 1 / (1 - p)
+    assert {bool(out.eq(0).all()) for out in outs} == {True, False}  # 16 seeded draws at p = 0.5: both
+    assert_ran(compiled)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusec
+from tests.eager import assert_ran
 
 
 def grads(model, inputs, compiled=False):
@@ -16,7 +17,7 @@ def grads(model, inputs, compiled=False):
     out = fn(*xs)
     (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
     result = [out.detach()] + [x.grad for x in xs if x.grad is not None] + [p.grad for p in model.parameters()]
-    return result, (fusec.report_of(fn) if compiled else None)
+    return result, (assert_ran(fn) if compiled else None)
 
 
 def check_training(model, *inputs, kernels=None, **tol):
@@ -89,7 +90,7 @@ def test_dropout_keep_rate_and_backward_agree():
     torch.manual_seed(0)
     assert torch.equal(compiled(x), y)  # torch.manual_seed makes it repeatable
     assert not torch.equal(compiled(x), y)  # and each call draws new numbers
-    assert fusec.report_of(compiled).graphs[0].plan.kernels[0].members[0] == "rand_like"
+    assert assert_ran(compiled).graphs[0].plan.kernels[0].members[0] == "rand_like"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -97,8 +98,12 @@ def test_autocast_mixed_precision(dtype):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.LayerNorm(64))
     x = torch.randn(8, 32)
+    compiled = fusec.compile(model)
     with torch.autocast("cpu", dtype=dtype):
         expected = model(x)
-        got = fusec.compile(model)(x)
+        got = compiled(x)
+    assert_ran(compiled)
     assert got.dtype == expected.dtype
-    torch.testing.assert_close(got, expected, rtol=3e-2, atol=3e-2)
+    # About 3x the error measured, max |got - eager| / (1 + |eager|): 7.2e-3 (bf16), 8.8e-4 (fp16).
+    tol = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
