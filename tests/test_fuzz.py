@@ -159,13 +159,16 @@ def _check_layout(g: torch.Tensor, e: torch.Tensor, where: str, traced) -> None:
 
 
 def _kept(g: torch.Tensor, e: torch.Tensor, where: str) -> torch.Tensor:
-    """A dropout output with its zeros filled from the keep-everything reference `e`: what must
-    then equal `e`. Of 100 or more elements some must be dropped and some kept."""
+    """A dropout output with its dropped elements filled from the keep-everything reference `e`:
+    what must then equal `e`. A dropped element is 0, or NaN where the kept value is infinite
+    (eager multiplies by the mask: 0 * inf). Of 100 or more elements some must be dropped and
+    some kept."""
+    was_dropped = (g == 0) | (g.isnan() & e.isinf()) if g.is_floating_point() else g == 0
     live = e != 0
-    dropped = int((live & (g == 0)).sum())
+    dropped = int((live & was_dropped).sum())
     if int(live.sum()) >= 100:
         assert 0 < dropped < int(live.sum()), f"{where}: dropout dropped {dropped} of {int(live.sum())}"
-    return torch.where(g == 0, e, g)
+    return torch.where(was_dropped, e, g)
 
 
 def _leaves(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
