@@ -3,9 +3,10 @@
 Members are per-element (the shape being reduced), per-row (the reduced
 shape), or broadcast operands. A row that fits one block stays in registers
 (persistent: the input is read once, and softmax reads and writes each element
-once). A longer row loops: each reduction gets its own pass over the row,
-after the reductions it needs, so a max is known before exp(x - max) is summed
-and a mean before the squared deviations (two-pass variance).
+once). A longer row loops, in as few passes as the reductions' dependencies
+allow: reductions that do not read each other share a pass, softmax's sum of
+exp(x - max) is kept online (rescaled as the running max grows) in the max's
+pass, and variance is Welford's; per-element outputs take one more pass.
 """
 
 from __future__ import annotations
