@@ -186,7 +186,8 @@ class ReductionRenderer(Renderer):
         s = exp(h(M) - c) * sum over lanes of s_lane * exp(h(m_lane) - h(M)), M the row's max."""
         sub = self.graph[self.graph[node.operands()[0]].operands()[0]]
         x_name, shift = sub.operands()
-        lane_max, lane_sum = self._accumulator('-float("inf")', "float32"), self._accumulator("0", "float32")
+        dtype = node.dtype
+        lane_max, lane_sum = self._accumulator('-float("inf")', dtype), self._accumulator("0", dtype)
         yield
         x = self._lanes(self.value(x_name, self.row_index()).expr, '-float("inf")')
         grown = self.out.let(_ELEMENTWISE["max"].format(a=lane_max, b=x))
@@ -197,13 +198,13 @@ class ReductionRenderer(Renderer):
         row_max = self.out.let(_safe(self.reduced[peak].expr), "m")
         lanes = self.out.let(f"tl.where({lane_max} == -float(\"inf\"), 0.0, "
                              f"{lane_sum} * tl.exp({_safe(lane_max)} - {row_max}))")
-        total = self._across(lanes, "sum", "float32")
+        total = self._across(lanes, "sum", dtype)
         c = self.value(shift, self.index_for(self.graph[shift], self.x_index())).expr
-        return Value(self.out.let(f"{total} * tl.exp({row_max} - {c})"), "float32")
+        return Value(self.out.let(f"{total} * tl.exp({row_max} - {c})"), dtype)
 
     def _peak_of(self, node: Node, reductions: set[str]) -> str | None:
         """The max M when `node` is sum(exp(x - c)), M = amax(x) in this kernel and c per row
-        from M alone (softmax, log_softmax, logsumexp, cross-entropy): float32 throughout."""
+        from M alone (softmax, log_softmax, logsumexp, cross-entropy), all in one 32- or 64-bit type."""
         exp = self.graph[node.operands()[0]]
         if node.op != "sum" or exp.op != "exp" or exp.name not in self.members:
             return None
@@ -217,7 +218,8 @@ class ReductionRenderer(Renderer):
         peak = self.graph[found.pop()]
         if peak.op != "amax" or peak.operands()[0] != x or self.graph[x].shape != self.shape:
             return None
-        if any(self.graph[n].dtype != "float32" for n in (node.name, exp.name, sub.name, x, shift, peak.name)):
+        types = {self.graph[n].dtype for n in (node.name, exp.name, sub.name, x, shift, peak.name)}
+        if types not in ({"float32"}, {"float64"}):
             return None
         return peak.name
 

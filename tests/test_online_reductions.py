@@ -11,9 +11,9 @@ from tests.eager import check
 ROW = 9000  # past the longest row kept in registers: the row loops
 
 ROWS = {
-    "softmax": lambda x: torch.softmax(x, -1),
-    "log_softmax": lambda x: torch.log_softmax(x, -1),
-    "logsumexp": lambda x: torch.logsumexp(x, -1),
+    "softmax": lambda x, dim=-1: torch.softmax(x, dim),
+    "log_softmax": lambda x, dim=-1: torch.log_softmax(x, dim),
+    "logsumexp": lambda x, dim=-1: torch.logsumexp(x, dim),
 }
 
 
@@ -94,4 +94,26 @@ def test_reductions_that_read_each_other_still_take_separate_passes():
     x = torch.randn(2, ROW)
     fn = lambda x: ((x - x.mean(-1, keepdim=True)).abs().sum(-1), x.amax(-1), torch.exp(x).sum(-1))
     report = check(fn, x, kernels=1, rtol=1e-4, atol=1e-4)
+    assert passes(report) == [2]
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_online_over_columns(name):
+    """Reducing dim 0 (rows along the contiguous dim) loops over columns the same way."""
+    torch.manual_seed(6)
+    x = torch.randn(300, 7) * 3
+    x[:, 2] = -float("inf")
+    x[5, 3] = float("nan")
+    x[:, 4] = 2.0
+    x[299, 6] = 50.0
+    report = check(lambda x: ROWS[name](x, 0), x, kernels=1)
+    assert not report.kernels[0].persistent
+    assert passes(report) == [1 if name == "logsumexp" else 2]
+
+
+def test_online_in_float64():
+    torch.manual_seed(7)
+    z = torch.randn(4, 5000, dtype=torch.float64) * 10
+    z[1] = -float("inf")
+    report = check(lambda z: (torch.softmax(z, -1), torch.var(z, -1)), z, kernels=1)
     assert passes(report) == [2]
