@@ -77,6 +77,7 @@ class ReductionRenderer(Renderer):
         self.reduced: dict[str, Value] = {}
         self.accumulators = 0
         self.online: dict[str, str] = {}  # sum of exp(x - max) -> the max, computed in one pass
+        self.lane_max: dict[str, str] = {}  # such a max -> the running max per lane its sum keeps
 
     # the two iteration spaces ------------------------------------------------
     def x_index(self) -> Index:
@@ -139,6 +140,10 @@ class ReductionRenderer(Renderer):
             return (yield from self._arg(node, src))
         if node.name in self.online:
             return (yield from self._online_sum(node, self.online[node.name]))
+        if node.name in self.online.values():  # its online sum keeps the running max per lane
+            yield
+            yield
+            return Value(self._across(self.lane_max[node.name], "max", dtype), dtype)
         kind, identity, acc = {
             "sum": lambda: ("sum", "0", dtype), "prod": lambda: ("prod", "1", dtype),
             "amax": lambda: ("max", _lowest(dtype), dtype), "amin": lambda: ("min", _highest(dtype), dtype),
@@ -188,6 +193,7 @@ class ReductionRenderer(Renderer):
         x_name, shift = sub.operands()
         dtype = node.dtype
         lane_max, lane_sum = self._accumulator('-float("inf")', dtype), self._accumulator("0", dtype)
+        self.lane_max.setdefault(peak, lane_max)
         yield
         x = self._lanes(self.value(x_name, self.row_index()).expr, '-float("inf")')
         grown = self.out.let(_ELEMENTWISE["max"].format(a=lane_max, b=x))
