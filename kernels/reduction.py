@@ -168,17 +168,19 @@ class ReductionRenderer(Renderer):
             mean = self.out.let(f"{self._across(lanes, 'sum', dtype)} / {float(max(n, 1))}", "m")
             squares = self._lanes(f"(({lanes} - {mean}) * ({lanes} - {mean}))", "0")
             return Value(self.out.let(f"{self._across(squares, 'sum', dtype)} / {divisor}"), dtype)
-        count, mean, m2 = (self._accumulator("0", dtype) for _ in range(3))
+        mean, m2 = self._accumulator("0", dtype), self._accumulator("0", dtype)
         yield
+        # A lane is valid in every chunk before the last: the k-th valid value is chunk k's.
         x = self.out.let(f"tl.broadcast_to({self.to(self.value(src, self.row_index()).expr, dtype)}, "
                          f"{self.block_shape})")
-        valid = "(xmask & rmask)"
-        counted = self.out.let(f"{count} + tl.where({valid}, 1.0, 0.0)")
         delta = self.out.let(f"{x} - {mean}")
-        self.out.emit(f"{mean} = tl.where({valid}, {mean} + {delta} / tl.maximum({counted}, 1.0), {mean})")
-        self.out.emit(f"{m2} = tl.where({valid}, {m2} + {delta} * ({x} - {mean}), {m2})")
-        self.out.emit(f"{count} = {counted}")
+        # One reciprocal per chunk (a float32 one: float64 divides, to keep its precision).
+        step = f"{delta} * (1.0 / (r0 // RBLOCK + 1))" if dtype == "float32" else f"{delta} / (r0 // RBLOCK + 1)"
+        self.out.emit(f"{mean} = tl.where(xmask & rmask, {mean} + {step}, {mean})")
+        self.out.emit(f"{m2} = tl.where(xmask & rmask, {m2} + {delta} * ({x} - {mean}), {m2})")
         yield
+        lane = self._arange("RBLOCK", reduced=True)
+        count = self.out.let(f"((rnumel - {lane} + RBLOCK - 1) // RBLOCK).to({TL_TYPE[dtype]})")
         total = self._across(self.out.let(f"{count} * {mean}"), "sum", dtype)
         row_mean = self.out.let(f"{total} / {float(max(n, 1))}", "m")
         spread = self.out.let(f"{m2} + {count} * ({mean} - {row_mean}) * ({mean} - {row_mean})")
