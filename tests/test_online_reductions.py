@@ -54,12 +54,13 @@ def test_online_sum_keeps_the_precision_of_two_passes():
     check(lambda x: torch.log_softmax(x, -1), x, kernels=1, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cross_entropy_over_50k_classes_reads_logits_once(dtype):
     torch.manual_seed(2)
-    logits = (torch.randn(4, 50257) * 4).to(dtype)
+    logits = (torch.randn(5, 50257) * 4).to(dtype)
     logits[1, :100] = -float("inf")  # masked-out classes
-    target = torch.tensor([5, 50256, 0, 31337])
+    logits[3, 31337] = 30.0  # a confident, correct row
+    target = torch.tensor([5, 50256, 0, 31337, -100])  # the last one ignored
     report = check(lambda x, t: F.cross_entropy(x, t), logits, target, kernels=1)
     assert passes(report) == [1]
 
