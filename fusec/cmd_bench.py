@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from fusec import bench_static
 from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench_overhead import markdown as overhead_markdown
 from fusec.bench_overhead import measure as measure_overhead
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(device=device, dtype=args.dtype or default_dtype(device), quick=args.quick)
     names = list(dict.fromkeys(args.workloads or WORKLOADS))
+    if args.static:
+        return bench_static.run(names, DTYPES[args.dtype or "bf16"], args.quick, args.markdown)
     if args.overhead:
         return _overhead(names, device, args)
     timed = systems(device)
@@ -96,6 +99,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--overhead", action="store_true",
                    help="measure host time per call and per kernel instead (launches stubbed on a CPU)")
+    p.add_argument("--static", action="store_true",
+                   help="compile each workload's kernels for sm_90 without a GPU and report registers, spills, "
+                        "shared memory, vector widths and passes over each row (default dtype bf16)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

@@ -13,7 +13,7 @@ import torch
 import torch.fx
 
 from fusec.device import device_model
-from fusec.execution import INTERPRETER, TORCH, announce, execution_mode
+from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.matmul import render_matmul
@@ -88,19 +88,20 @@ def graph_device(gm: torch.fx.GraphModule) -> str:
     return device
 
 
-def _rendered(graph: Graph, step: Kernel) -> Kernel:
+def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
+    """`step` with its Triton source for Triton's interpreter or for a GPU."""
     renderer = {"reduction": render_reduction, "matmul": render_matmul,
                 "combo": render_combo}.get(step.kind, render_pointwise)
-    source, fn_name = renderer(graph, step)
-    library = tuple(_rendered(graph, s) if isinstance(s, Kernel) else s for s in step.library)
+    source, fn_name = renderer(graph, step, interpret=interpret)
+    library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
     signature = re.search(rf"^def {re.escape(fn_name)}\((.*?)\):", source, re.M | re.S)
     params = tuple(p.split(":")[0].strip() for p in signature.group(1).split(","))
     return replace(step, source=source, fn_name=fn_name, params=params, library=library)
 
 
-def render(plan: Plan) -> Plan:
-    """The plan with every kernel's Triton source filled in."""
-    steps = tuple(_rendered(plan.graph, s) if isinstance(s, Kernel) else s for s in plan.steps)
+def render(plan: Plan, interpret: bool) -> Plan:
+    """The plan with every kernel's Triton source filled in, for the interpreter or a GPU."""
+    steps = tuple(rendered(plan.graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
     return replace(plan, steps=steps)
 
 
@@ -118,7 +119,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
         plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))
-        record.plan = render(plan)
+        # The interpreter needs workarounds (bfloat16 rounding) a GPU does not: the source differs.
+        record.plan = render(plan, interpret=record.execution != TRITON)
     except Exception as exc:
         if options.strict:
             raise

@@ -22,7 +22,7 @@ and 16-bit products are exact in float32, so the result is the tensor-core one.
 from __future__ import annotations
 
 from fusec.ir import Graph, Kind, Node
-from fusec.kernels.render import Index, Renderer, Value, kernel_name, live_lines, module_source, needs_int64, param, to
+from fusec.kernels.render import Index, Renderer, Value, kernel_name, live_lines, module_source, needs_int64, param
 from fusec.plan import Kernel
 
 # float32 operands multiply in full precision ("ieee"), as torch does by
@@ -59,11 +59,11 @@ def matmul_sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
 
 
 class MatmulRenderer(Renderer):
-    def __init__(self, graph: Graph, kernel: Kernel) -> None:
+    def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True) -> None:
         # Operand rows and columns wrap around (`am`, `bn`) and need no mask;
         # only K is masked while loading, and M and N when storing.
         roots = {"om": "mmask", "on": "nmask", "ka": "kmask[None, :]", "kb": "kmask[:, None]"}
-        super().__init__(graph, kernel, roots)
+        super().__init__(graph, kernel, roots, interpret=interpret)
         self.nodes = matmul_nodes(graph, kernel)
         self.node = self.nodes[0]
         self.accumulator = {node.name: f"acc{i}" for i, node in enumerate(self.nodes)}
@@ -101,7 +101,7 @@ class MatmulRenderer(Renderer):
         finally:
             self.reading_operand = False
         dtype = self.graph[name].dtype
-        return value.expr if value.dtype == dtype else to(value.expr, dtype)
+        return value.expr if value.dtype == dtype else self.to(value.expr, dtype)
 
     # the kernel ----------------------------------------------------------------
     def render(self) -> tuple[str, str]:
@@ -179,6 +179,6 @@ class MatmulRenderer(Renderer):
             self.out.emit(line)
 
 
-def render_matmul(graph: Graph, kernel: Kernel) -> tuple[str, str]:
-    """Triton source of a matmul group's kernel and the name of its entry function."""
-    return MatmulRenderer(graph, kernel).render()
+def render_matmul(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
+    """Triton source of a matmul group's kernel (for the interpreter or a GPU) and its entry's name."""
+    return MatmulRenderer(graph, kernel, interpret).render()

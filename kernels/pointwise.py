@@ -10,9 +10,9 @@ from fusec.plan import Kernel
 class PointwiseRenderer(Renderer):
     """One block of elements per program; `part` names a body inside a combo kernel."""
 
-    def __init__(self, graph: Graph, kernel: Kernel, part: str = "") -> None:
+    def __init__(self, graph: Graph, kernel: Kernel, part: str = "", interpret: bool = True) -> None:
         self.offs, self.mask = f"{part}offs", f"{part}mask"
-        super().__init__(graph, kernel, roots={self.offs: self.mask}, prefix=part)
+        super().__init__(graph, kernel, roots={self.offs: self.mask}, prefix=part, interpret=interpret)
         self.scalar_shape = "[BLOCK]"
 
     def iteration_index(self, node: Node) -> Index:
@@ -39,15 +39,16 @@ class PointwiseRenderer(Renderer):
         return module_source(fn_name, params, body, k.members, [self]), fn_name
 
 
-def render_pointwise(graph: Graph, kernel: Kernel) -> tuple[str, str]:
-    """Triton source of the group's kernel and the name of its entry function."""
-    return PointwiseRenderer(graph, kernel).render()
+def render_pointwise(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
+    """Triton source of the group's kernel (for the interpreter or a GPU) and its entry's name."""
+    return PointwiseRenderer(graph, kernel, interpret=interpret).render()
 
 
-def render_combo(graph: Graph, kernel: Kernel) -> tuple[str, str]:
+def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
     """One launch for independent pointwise kernels: program ids are dealt out part by
     part (ceil(numel_i / BLOCK) each) and each program runs one block of its part."""
-    renderers = [PointwiseRenderer(graph, part, part=f"h{i}_") for i, part in enumerate(kernel.parts)]
+    renderers = [PointwiseRenderer(graph, part, part=f"h{i}_", interpret=interpret)
+                 for i, part in enumerate(kernel.parts)]
     wide = any(needs_int64(graph, part) for part in kernel.parts)
     body = ["pid = tl.program_id(0).to(tl.int64)" if wide else "pid = tl.program_id(0)"]
     for i in range(len(renderers)):

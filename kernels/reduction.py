@@ -3,15 +3,16 @@
 Members are per-element (the shape being reduced), per-row (the reduced
 shape), or broadcast operands. A row that fits one block stays in registers
 (persistent: the input is read once, and softmax reads and writes each element
-once). A longer row loops: each reduction gets its own pass over the row,
-after the reductions it needs, so a max is known before exp(x - max) is summed
-and a mean before the squared deviations (two-pass variance).
+once). A longer row loops, in as few passes as the reductions' dependencies
+allow: reductions that do not read each other share a pass, softmax's sum of
+exp(x - max) is kept online (rescaled as the running max grows) in the max's
+pass, and variance is Welford's; per-element outputs take one more pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import networkx as nx
 
@@ -26,7 +27,6 @@ from fusec.kernels.render import (
     module_source,
     needs_int64,
     param,
-    to,
 )
 from fusec.plan import Kernel
 
@@ -45,6 +45,12 @@ _INT_MIN = {"int8": -(2**7), "int16": -(2**15), "int32": -(2**31), "int64": -(2*
 _INT_MAX = {"int8": 2**7 - 1, "int16": 2**15 - 1, "int32": 2**31 - 1, "int64": 2**63 - 1, "uint8": 255}
 
 
+# A reduction's code in three steps, run by `_pass`: what goes before the loop over the
+# row (accumulators), inside it (the update with one chunk), and after it (the
+# combine across lanes, returned). A whole row in registers has no loop, same steps.
+Steps = Generator[None, None, Value]
+
+
 def _lowest(dtype: str) -> str:
     return '-float("inf")' if dtype in FLOAT_DTYPES else str(_INT_MIN[dtype])
 
@@ -53,9 +59,14 @@ def _highest(dtype: str) -> str:
     return 'float("inf")' if dtype in FLOAT_DTYPES else str(_INT_MAX[dtype])
 
 
+def _safe(m: str) -> str:
+    """A row's shift for exp: its max, or 0 where the max is infinite (NaN stays NaN)."""
+    return f"tl.where(tl.abs({m}) == float(\"inf\"), 0.0, {m})"
+
+
 class ReductionRenderer(Renderer):
-    def __init__(self, graph: Graph, kernel: Kernel) -> None:
-        super().__init__(graph, kernel, roots={"xoffs": "xmask", "roffs": "rmask"})
+    def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True) -> None:
+        super().__init__(graph, kernel, roots={"xoffs": "xmask", "roffs": "rmask"}, interpret=interpret)
         self.shape, self.dims = row_domain(graph, [graph[m] for m in kernel.members])
         self.outer = [d for d in range(len(self.shape)) if d not in self.dims]
         self.inner = kernel.reduce_inner
@@ -65,6 +76,8 @@ class ReductionRenderer(Renderer):
         self.axis = 1 if self.inner else 0
         self.reduced: dict[str, Value] = {}
         self.accumulators = 0
+        self.online: dict[str, str] = {}  # sum of exp(x - max) -> the max, computed in one pass
+        self.lane_max: dict[str, str] = {}  # such a max -> the running max per lane its sum keeps
 
     # the two iteration spaces ------------------------------------------------
     def x_index(self) -> Index:
@@ -117,43 +130,156 @@ class ReductionRenderer(Renderer):
             return self.reduced[node.name]
         return super().compute(node, idx)
 
-    def reduce(self, node: Node) -> Value:
+    def reduce(self, node: Node) -> Steps:
+        """The steps of one reduction (see `Steps`)."""
         src = node.operands()[0]
         dtype = compute_dtype(node.dtype)
         if node.op == "var":
-            return self._var(node, src, dtype)
+            return (yield from self._var(node, src, dtype))
         if node.op in ("argmax", "argmin"):
-            return self._arg(node, src)
+            return (yield from self._arg(node, src))
+        if node.name in self.online:
+            return (yield from self._online_sum(node, self.online[node.name]))
+        if node.name in self.online.values():  # its online sum keeps the running max per lane
+            yield
+            yield
+            return Value(self._across(self.lane_max[node.name], "max", dtype), dtype)
         kind, identity, acc = {
             "sum": lambda: ("sum", "0", dtype), "prod": lambda: ("prod", "1", dtype),
             "amax": lambda: ("max", _lowest(dtype), dtype), "amin": lambda: ("min", _highest(dtype), dtype),
             "any": lambda: ("max", "0", "int32"), "all": lambda: ("min", "1", "int32"),
         }[node.op]()
-        convert = (lambda v: to(f"{v} != 0", "int32")) if node.op in ("any", "all") else (lambda v: to(v, acc))
-        result = self._fold(src, kind, identity, acc, convert)
-        return Value(self.out.let(to(result, dtype) if node.op in ("any", "all") else result), dtype)
+        if node.op in ("any", "all"):
+            convert = lambda v: self.to(f"{v} != 0", "int32")
+        else:
+            convert = lambda v: self.to(v, acc)
+        result = yield from self._fold(src, kind, identity, acc, convert)
+        return Value(self.out.let(self.to(result, dtype) if node.op in ("any", "all") else result), dtype)
 
-    def _var(self, node: Node, src: str, dtype: str) -> Value:
+    def _var(self, node: Node, src: str, dtype: str) -> Steps:
+        """A whole row in registers: the mean, then the squared deviations from it. A looped row:
+        Welford's update per lane in one pass, the lanes merged exactly (Chan et al.)."""
         n = self.kernel.rnumel
-        total = self._fold(src, "sum", "0", dtype, lambda v: to(v, dtype))
-        mean = self.out.let(f"{total} / {float(max(n, 1))}", "m")
-        squares = self._fold(src, "sum", "0", dtype,
-                             lambda v: f"(({to(v, dtype)} - {mean}) * ({to(v, dtype)} - {mean}))")
         divisor = float(max(n - node.args[3], 0))
-        return Value(self.out.let(f"{squares} / {divisor}"), dtype)
+        if self.kernel.persistent:
+            yield
+            lanes = self._lanes(self.to(self.value(src, self.row_index()).expr, dtype), "0")
+            yield
+            mean = self.out.let(f"{self._across(lanes, 'sum', dtype)} / {float(max(n, 1))}", "m")
+            squares = self._lanes(f"(({lanes} - {mean}) * ({lanes} - {mean}))", "0")
+            return Value(self.out.let(f"{self._across(squares, 'sum', dtype)} / {divisor}"), dtype)
+        mean, m2 = self._accumulator("0", dtype), self._accumulator("0", dtype)
+        yield
+        # A lane is valid in every chunk before the last: the k-th valid value is chunk k's.
+        x = self.out.let(f"tl.broadcast_to({self.to(self.value(src, self.row_index()).expr, dtype)}, "
+                         f"{self.block_shape})")
+        delta = self.out.let(f"{x} - {mean}")
+        # One reciprocal per chunk (a float32 one: float64 divides, to keep its precision).
+        step = f"{delta} * (1.0 / (r0 // RBLOCK + 1))" if dtype == "float32" else f"{delta} / (r0 // RBLOCK + 1)"
+        self.out.emit(f"{mean} = tl.where(xmask & rmask, {mean} + {step}, {mean})")
+        self.out.emit(f"{m2} = tl.where(xmask & rmask, {m2} + {delta} * ({x} - {mean}), {m2})")
+        yield
+        lane = self._arange("RBLOCK", reduced=True)
+        count = self.out.let(f"((rnumel - {lane} + RBLOCK - 1) // RBLOCK).to({TL_TYPE[dtype]})")
+        total = self._across(self.out.let(f"{count} * {mean}"), "sum", dtype)
+        row_mean = self.out.let(f"{total} / {float(max(n, 1))}", "m")
+        spread = self.out.let(f"{m2} + {count} * ({mean} - {row_mean}) * ({mean} - {row_mean})")
+        return Value(self.out.let(f"{self._across(spread, 'sum', dtype)} / {divisor}"), dtype)
 
-    def _fold(self, src: str, kind: str, identity: str, acc: str, convert: Callable[[str], str]) -> str:
-        """The row-wise combine of `convert(src)`: an expression of shape row_shape."""
-        if not self.kernel.persistent:
-            name = self._accumulator(identity, acc)
+    def _online_sum(self, node: Node, peak: str) -> Steps:
+        """sum(exp(x - c)), c per row from peak = max(x), in the peak's pass: each lane keeps its
+        running max m and s = sum(exp(x - h(m))), rescaled when m grows; h(m) is m, or 0 where m
+        is infinite (then exp(x - h) neither overflows nor turns into inf - inf). After the loop,
+        s = exp(h(M) - c) * sum over lanes of s_lane * exp(h(m_lane) - h(M)), M the row's max."""
+        sub = self.graph[self.graph[node.operands()[0]].operands()[0]]
+        x_name, shift = sub.operands()
+        dtype = node.dtype
+        lane_max, lane_sum = self._accumulator('-float("inf")', dtype), self._accumulator("0", dtype)
+        self.lane_max.setdefault(peak, lane_max)
+        yield
+        x = self._lanes(self.value(x_name, self.row_index()).expr, '-float("inf")')
+        grown = self.out.let(_ELEMENTWISE["max"].format(a=lane_max, b=x))
+        scale = f"tl.where({lane_max} == -float(\"inf\"), 0.0, tl.exp({_safe(lane_max)} - {_safe(grown)}))"
+        self.out.emit(f"{lane_sum} = {lane_sum} * {scale} + tl.exp({x} - {_safe(grown)})")
+        self.out.emit(f"{lane_max} = {grown}")
+        yield
+        row_max = self.out.let(_safe(self.reduced[peak].expr), "m")
+        lanes = self.out.let(f"tl.where({lane_max} == -float(\"inf\"), 0.0, "
+                             f"{lane_sum} * tl.exp({_safe(lane_max)} - {row_max}))")
+        total = self._across(lanes, "sum", dtype)
+        c = self.value(shift, self.index_for(self.graph[shift], self.x_index())).expr
+        return Value(self.out.let(f"{total} * tl.exp({row_max} - {c})"), dtype)
+
+    def _peak_of(self, node: Node, reductions: set[str]) -> str | None:
+        """The max M when `node` is sum(exp(x - c)), M = amax(x) in this kernel and c per row
+        from M alone (softmax, log_softmax, logsumexp, cross-entropy), all in one 32- or 64-bit type."""
+        exp = self.graph[node.operands()[0]]
+        if node.op != "sum" or exp.op != "exp" or exp.name not in self.members:
+            return None
+        sub = self.graph[exp.operands()[0]]
+        if sub.op != "sub" or sub.name not in self.members or len(sub.args) != 2 or len(sub.operands()) != 2:
+            return None
+        x, shift = sub.operands()
+        found = (nx.ancestors(self.graph.nx, shift) | {shift}) & reductions
+        if len(found) != 1 or self.graph[shift].numel != self.kernel.numel:
+            return None
+        peak = self.graph[found.pop()]
+        if peak.op != "amax" or peak.operands()[0] != x or self.graph[x].shape != self.shape:
+            return None
+        types = {self.graph[n].dtype for n in (node.name, exp.name, sub.name, x, shift, peak.name)}
+        if types not in ({"float32"}, {"float64"}):
+            return None
+        return peak.name
+
+    def _passes(self) -> list[list[str]]:
+        """The reductions, grouped into passes over the row: a reduction joins the first pass
+        after the passes of those it reads, and sum(exp(x - max)) joins the max's pass.
+        A row in registers has no passes to share: one reduction at a time."""
+        names = [n for n in self.kernel.members
+                 if self.graph[n].kind is Kind.REDUCTION and n not in self.kernel.finals]
+        if self.kernel.persistent:
+            return [[n] for n in names]
+        level: dict[str, int] = {}
+        for name in names:
+            reads = nx.ancestors(self.graph.nx, name) & level.keys()
+            peak = self._peak_of(self.graph[name], set(names))
+            if peak is not None and all(level[r] < level[peak] for r in reads - {peak}):
+                self.online[name] = peak
+                level[name] = level[peak]
+            else:
+                level[name] = 1 + max((level[r] for r in reads), default=-1)
+        return [[n for n in names if level[n] == i] for i in range(max(level.values(), default=-1) + 1)]
+
+    def _pass(self, names: list[str]) -> None:
+        """One loop over the row (none for a row in registers) computing `names`."""
+        steps = [self.reduce(self.graph[name]) for name in names]
+        for step in steps:
+            next(step)
         with self.over_row():
-            value = self.value(src, self.row_index())
-            lanes = self.out.let(f"tl.where(xmask & rmask, tl.broadcast_to({convert(value.expr)}, "
-                                 f"{self.block_shape}), {identity})")
-            if self.kernel.persistent:
-                return self._across(lanes, kind, acc)
+            for step in steps:
+                next(step)
+        for name, step in zip(names, steps, strict=True):
+            try:
+                next(step)
+            except StopIteration as done:
+                self.reduced[name] = done.value
+            else:
+                raise AssertionError(f"reduction {name}: more steps than three")
+
+    def _lanes(self, expr: str, identity: str) -> str:
+        """`expr` over the block, `identity` where masked."""
+        return self.out.let(f"tl.where(xmask & rmask, tl.broadcast_to({expr}, {self.block_shape}), {identity})")
+
+    def _fold(self, src: str, kind: str, identity: str, acc: str, convert: Callable[[str], str]) -> Steps:
+        """The row-wise combine of `convert(src)`: an expression of shape row_shape."""
+        looped = not self.kernel.persistent
+        name = self._accumulator(identity, acc) if looped else ""
+        yield
+        lanes = self._lanes(convert(self.value(src, self.row_index()).expr), identity)
+        if looped:
             self.out.emit(f"{name} = {_ELEMENTWISE[kind].format(a=name, b=lanes)}")
-        return self._across(name, kind, acc)
+        yield
+        return self._across(name if looped else lanes, kind, acc)
 
     def _across(self, lanes: str, kind: str, dtype: str) -> str:
         """Reduce a block along the row axis, keeping the rows' axis."""
@@ -177,7 +303,7 @@ class ReductionRenderer(Renderer):
         nans = reduce(f"({block} != {block}).to(tl.int32)", "_sum_combine")
         return self.out.let(f'tl.where({nans} > 0, float("nan"), {result})', "r")
 
-    def _arg(self, node: Node, src: str) -> Value:
+    def _arg(self, node: Node, src: str) -> Steps:
         """Index of the first max (min) of each row, NaN counting as the extreme, as torch."""
         dtype = compute_dtype(self.graph[src].dtype)
         extreme = "max" if node.op == "argmax" else "min"
@@ -187,26 +313,24 @@ class ReductionRenderer(Renderer):
             self.helpers.add("_" + node.op)
             best_v = self._accumulator(identity, dtype, self.row_shape)
             best_i = self._accumulator(str(self.kernel.rnumel), "int64", self.row_shape)
-        with self.over_row():
-            value = self.value(src, self.row_index())
-            lanes = self.out.let(f"tl.where(xmask & rmask, tl.broadcast_to({value.expr}, {self.block_shape}), "
-                                 f"{identity})")
-            # Positions within this chunk: the library combine returns these on a GPU and
-            # the interpreter returns positions whatever it is given, so both agree.
-            pos = self.out.let(f"tl.broadcast_to({self._arange('RBLOCK', reduced=True)}, {self.block_shape})", "x")
-            name = self.out.fresh("r")
-            combine = f"tl.standard._{node.op}_combine_tie_break_left"
-            self.out.emit(f"_, {name} = tl.reduce(({lanes}, {pos}), {self.axis}, {combine})")
-            at = self.out.let(f"{name}{self._keep()}.to(tl.int64)", "r")
-            if dtype in FLOAT_DTYPES:
-                first_nan = self.out.let(f"tl.reduce(tl.where({lanes} != {lanes}, {pos}, RBLOCK), {self.axis}, "
-                                         f"tl.standard._elementwise_min){self._keep()}", "r")
-                at = self.out.let(f"tl.where({first_nan} < RBLOCK, {first_nan}.to(tl.int64), {at})", "r")
-            if not looped:
-                return Value(at, "int64")
+        yield
+        lanes = self._lanes(self.value(src, self.row_index()).expr, identity)
+        # Positions within this chunk: the library combine returns these on a GPU and
+        # the interpreter returns positions whatever it is given, so both agree.
+        pos = self.out.let(f"tl.broadcast_to({self._arange('RBLOCK', reduced=True)}, {self.block_shape})", "x")
+        name = self.out.fresh("r")
+        combine = f"tl.standard._{node.op}_combine_tie_break_left"
+        self.out.emit(f"_, {name} = tl.reduce(({lanes}, {pos}), {self.axis}, {combine})")
+        at = self.out.let(f"{name}{self._keep()}.to(tl.int64)", "r")
+        if dtype in FLOAT_DTYPES:
+            first_nan = self.out.let(f"tl.reduce(tl.where({lanes} != {lanes}, {pos}, RBLOCK), {self.axis}, "
+                                     f"tl.standard._elementwise_min){self._keep()}", "r")
+            at = self.out.let(f"tl.where({first_nan} < RBLOCK, {first_nan}.to(tl.int64), {at})", "r")
+        if looped:
             chunk = self._across(lanes, extreme, dtype)
             self.out.emit(f"{best_v}, {best_i} = _{node.op}({best_v}, {best_i}, {chunk}, r0 + {at})")
-        return Value(best_i, "int64")
+        yield
+        return Value(best_i if looped else at, "int64")
 
     def _accumulator(self, identity: str, dtype: str, shape: str | None = None) -> str:
         name = f"acc{self.accumulators}"
@@ -226,9 +350,8 @@ class ReductionRenderer(Renderer):
         if k.persistent:
             self.out.emit(f"roffs = {self._arange('RBLOCK', reduced=True)}")
             self.out.emit("rmask = roffs < rnumel")
-        for name in k.members:
-            if self.graph[name].kind is Kind.REDUCTION and name not in k.finals:
-                self.reduced[name] = self.reduce(self.graph[name])
+        for names in self._passes():
+            self._pass(names)
         totals = self._after_finals()
         per_element = [n for n in k.outputs if self._per_element(self.graph[n]) and n not in totals]
         stores = []
@@ -275,7 +398,7 @@ class ReductionRenderer(Renderer):
             src = self.graph[node.operands()[0]]
             kind, identity, dtype = self._final_kind(node)
             value = self.value(src.name, self.index_for(src, self.x_index()))
-            lanes = self.out.let(f"tl.where(xmask, tl.broadcast_to({to(value.expr, dtype)}, {self.row_shape}), "
+            lanes = self.out.let(f"tl.where(xmask, tl.broadcast_to({self.to(value.expr, dtype)}, {self.row_shape}), "
                                  f"{identity})")
             partial = self._library_reduce(lanes, kind, dtype, [x_axis, 0])
             self.out.emit(f"tl.store(p_partial_{name} + tl.program_id(0), {partial})")
@@ -292,7 +415,7 @@ class ReductionRenderer(Renderer):
                 idx = Index(("0",) * len(node.shape))
                 value = self.value(name, idx)
                 self.out.emit(f"tl.store({param(name)} + tl.full([1, 1], 0, tl.int32), "
-                              f"tl.broadcast_to({to(value.expr, node.dtype)}, [1, 1]))")
+                              f"tl.broadcast_to({self.to(value.expr, node.dtype)}, [1, 1]))")
 
     def _final_kind(self, node: Node) -> tuple[str, str, str]:
         dtype = compute_dtype(node.dtype)
@@ -312,6 +435,6 @@ class ReductionRenderer(Renderer):
         return Value(self._library_reduce(acc, kind, dtype, [0]), dtype)
 
 
-def render_reduction(graph: Graph, kernel: Kernel) -> tuple[str, str]:
-    """Triton source of a reduction group's kernel and the name of its entry function."""
-    return ReductionRenderer(graph, kernel).render()
+def render_reduction(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
+    """Triton source of a reduction group's kernel (for the interpreter or a GPU) and its entry's name."""
+    return ReductionRenderer(graph, kernel, interpret).render()

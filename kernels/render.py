@@ -159,8 +159,10 @@ _LOGICAL = frozenset({"logical_and", "logical_or", "logical_xor", "logical_not"}
 class Renderer:
     """Index math and value computation over one group; subclasses lay out the loops."""
 
-    def __init__(self, graph: Graph, kernel: Kernel, roots: dict[str, str], prefix: str = "") -> None:
+    def __init__(self, graph: Graph, kernel: Kernel, roots: dict[str, str], prefix: str = "",
+                 interpret: bool = True) -> None:
         self.graph = graph
+        self.interpret = interpret  # rendered for Triton's interpreter (else for a GPU)
         self.kernel = kernel
         self.members = set(kernel.members)
         self.out = Emitter(roots, prefix)
@@ -168,6 +170,10 @@ class Renderer:
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
+
+    def to(self, expr: str, dtype: str) -> str:
+        """`to` for this renderer's target."""
+        return to(expr, dtype, self.interpret)
 
     # index math -------------------------------------------------------------
     def unravel(self, linear: str, shape: tuple[int, ...], order: list[int] | None = None) -> Index:
@@ -271,7 +277,7 @@ class Renderer:
             if size:
                 local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")
                 value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
-                parts.append((end, to(value.expr, dtype) if value.dtype != dtype else value.expr))
+                parts.append((end, self.to(value.expr, dtype) if value.dtype != dtype else value.expr))
             start = end
         if not parts:  # nothing to read: the output has no elements
             return Value(f"tl.full({self.scalar_shape}, 0, {TL_TYPE[dtype]})", dtype)
@@ -327,21 +333,22 @@ class Renderer:
         operands = {ref.name: self.value(ref.name, self.broadcast(idx, self.graph[ref.name].shape, node.shape))
                     for ref in node.args if isinstance(ref, Ref)}
         targets = _operand_types(node, dtype, [v.dtype for v in operands.values()])
-        args = [_convert(a, operands, t) for a, t in zip(node.args, targets, strict=True)]
+        args = [_convert(a, operands, t, self.interpret) for a, t in zip(node.args, targets, strict=True)]
         common = dict(node.kwargs).get("dtype") if node.op in PREDICATES else None
         if common in ("float16", "bfloat16"):
             # torch compares in the 16-bit type: an operand of another type rounds to it first.
-            args = [to(to(arg, common), "float32") if isinstance(a, Ref) and self.graph[a.name].dtype != common
-                    else arg for a, arg in zip(node.args, args, strict=True)]
+            args = [self.to(self.to(arg, common), "float32")
+                    if isinstance(a, Ref) and self.graph[a.name].dtype != common else arg
+                    for a, arg in zip(node.args, args, strict=True)]
         expr = self._expr(node, args, targets[0] if targets else dtype)
         if node.op == "cast" and node.dtype in ("float16", "bfloat16"):
             # An explicit cast rounds, even inside a fused chain (through float32: the
             # interpreter converts integers to bfloat16 wrongly).
-            expr = to(to(to(expr, "float32"), node.dtype), dtype)
+            expr = self.to(self.to(self.to(expr, "float32"), node.dtype), dtype)
         if node.op == "full":
             expr = f"tl.full({self.scalar_shape}, {expr}, {TL_TYPE[dtype]})"
         if node.op in _RETYPED or dtype == "bool":
-            expr = to(expr, dtype)
+            expr = self.to(expr, dtype)
         return Value(self.out.let(expr), dtype)
 
     def _expr(self, node: Node, args: list, work: str | None) -> str:
@@ -360,7 +367,7 @@ class Renderer:
             addr = f"tl.full({shape}, 0, tl.int32)"
         elif self.out.mask(addr) != mask:
             addr = f"tl.broadcast_to({addr}, {shape})"
-        return f"tl.store({param(node.name)} + {addr}, {to(expr, node.dtype)}, mask={mask})"
+        return f"tl.store({param(node.name)} + {addr}, {self.to(expr, node.dtype)}, mask={mask})"
 
     def params(self) -> list[str]:
         k = self.kernel
@@ -386,22 +393,23 @@ def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str
     return [dtype] * n
 
 
-def _convert(arg: object, operands: dict[str, Value], target: str | None) -> str | None:
+def _convert(arg: object, operands: dict[str, Value], target: str | None, interpret: bool) -> str | None:
     if isinstance(arg, Ref):
         value = operands[arg.name]
         if target is None or value.dtype == target:
             return value.expr
-        return to(value.expr, target)
+        return to(value.expr, target, interpret)
     if arg is None:
         return None  # an absent optional bound (clamp)
     return literal(arg, target or "float32")
 
 
-def to(expr: str, dtype: str) -> str:
-    """Convert an expression to `dtype`; to bool means 'is nonzero' as in torch."""
+def to(expr: str, dtype: str, interpret: bool = True) -> str:
+    """Convert an expression to `dtype`; to bool means 'is nonzero' as in torch. A GPU's
+    conversion to bfloat16 rounds to nearest even; the interpreter's needs `round_bf16`."""
     if dtype == "bool":
         return f"({expr} != 0)"
-    if dtype == "bfloat16":
+    if dtype == "bfloat16" and interpret:
         return f"({round_bf16(expr)}).to(tl.bfloat16)"
     return f"({expr}).to({TL_TYPE[dtype]})"
 

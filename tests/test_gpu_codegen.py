@@ -10,17 +10,17 @@ from torch import nn
 
 import fusec
 import fusec.runtime as runtime
+from fusec import bench_static
+from fusec.compiler import rendered
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
+from tests.eager import check
 
 try:
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.compiler import compile as triton_compile
 except ImportError:  # pragma: no cover - very old Triton
     GPUTarget = None
 
-H100 = (90, 32)
 SHARED_LIMIT = 227 * 1024
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
           torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
@@ -35,7 +35,8 @@ def _signature(arg) -> str:
 
 @pytest.fixture
 def sm90(monkeypatch, tmp_path):
-    """Compile, for sm_90 with the GPU launch configuration, every kernel the runtime launches."""
+    """Compile, for sm_90 with the GPU launch configuration, the GPU source of every kernel the
+    runtime launches, with the signature `fusec bench --static` derives (checked against the call)."""
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     compiled = []
@@ -52,13 +53,13 @@ def sm90(monkeypatch, tmp_path):
 
     def also_for_gpu(self, *args):
         graph, kernel = owners[id(self)]
-        gpu = runtime._launch(graph, kernel, interpret=False)
-        fn = load_kernel(kernel.source, kernel.fn_name, interpret=False, cache_dir=tmp_path)
-        plain = [n for n in fn.arg_names if n not in gpu.constants]
-        signature = {n: _signature(a) for n, a in zip(plain, [*args, *self.sizes], strict=True)}
-        signature.update({n: "constexpr" for n in gpu.constants})
-        binary = triton_compile(ASTSource(fn, signature, dict(gpu.constants)),
-                                target=GPUTarget("cuda", *H100), options={"num_warps": gpu.num_warps})
+        gpu = rendered(graph, kernel, interpret=False)
+        constants = runtime._launch(graph, gpu, interpret=False).constants
+        fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=tmp_path)
+        types, _ = bench_static.signature(graph, gpu, fn, constants)
+        plain = [n for n in fn.arg_names if n not in constants]
+        assert [types[n] for n in plain] == [_signature(a) for a in [*args, *self.sizes]], kernel.id
+        binary = bench_static.compile_sm90(graph, kernel, tmp_path)
         assert binary.metadata.shared <= SHARED_LIMIT, (kernel.id, binary.metadata.shared)
         compiled.append(kernel.id)
         return launch(self, *args)
@@ -80,13 +81,15 @@ def test_pointwise_reduction_and_combo_kernels_compile_for_sm90(sm90):
     run(lambda x, b: F.gelu(x + b) * torch.sigmoid(x) - x.abs().sqrt(), x, b)
     run(lambda x: (torch.softmax(x, -1), torch.var_mean(x, -1), x.argmax(-1), x.sum(0)), x)
     run(lambda x: (torch.softmax(x, -1), x.argmax(-1), x.amax(-1)), torch.randn(3, 9000))  # looped rows
+    run(lambda x: (torch.logsumexp(x, -1), torch.var_mean(x, -1)), torch.randn(3, 9000))  # online, Welford
+    run(lambda x: torch.var(x, -1), torch.randn(3, 9000, dtype=torch.float64))
     run(lambda x, t: F.cross_entropy(x, t), x, torch.randint(0, 96, (64,)))  # totals via the ticket
     run(lambda *xs: tuple(torch.tanh(t) * i for i, t in enumerate(xs)), *[torch.randn(5 + i) for i in range(4)])
     run(lambda x: F.dropout(x, 0.1, training=True), x)
     run(lambda x, b: torch.cat([x.sin(), b.expand(3, 96) * 2], 0), x, b)
     n = torch.randint(-5, 5, (33,))
     run(lambda n: (n ** 3 + torch.floor(n), (n > 0) & (n < 3), n.to(torch.float16) * 0.5), n)
-    assert len(sm90) >= 8
+    assert len(sm90) >= 10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -99,3 +102,26 @@ def test_matmul_kernels_compile_for_sm90(sm90, dtype):
         run(lambda x: F.silu(lin(x)) * up(x), x)
         run(lambda a, b: torch.relu(torch.bmm(a, b.transpose(1, 2))), x, x)
     assert len(sm90) == 3
+
+
+def test_bfloat16_rounding_is_emulated_for_the_interpreter_only(sm90, tmp_path):
+    """The interpreter truncates when it converts to bfloat16, so its source rounds by bit
+    manipulation; a GPU converts with round-to-nearest-even (cvt.rn.bf16), a plain cast."""
+    torch.manual_seed(2)
+    x, y = torch.randn(64, 96, dtype=torch.bfloat16), torch.randn(96, dtype=torch.bfloat16)
+    fn = lambda x, y: (((x.float() * 1.7).to(torch.bfloat16) + y) * 0.5, torch.sigmoid(x) * y)
+    report = check(fn, x, y, kernels=1)  # the interpreter's source, against eager
+    assert sm90  # and the GPU's compiled for sm_90
+    graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
+    assert "bitcast=True" in kernel.source and "0x7FFF" in kernel.source
+    gpu = rendered(graph, kernel, interpret=False).source
+    assert "bitcast" not in gpu and "0x7FFF" not in gpu and "tl.bfloat16" in gpu
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert "cvt.rn.bf16" in ptx
+
+
+def test_gpu_source_differs_from_the_interpreters_only_where_bfloat16_is_involved():
+    x = torch.randn(33, 40)
+    report = check(lambda x: torch.softmax(x * 2, -1) + 1, x, kernels=1)
+    graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
+    assert rendered(graph, kernel, interpret=False).source == kernel.source

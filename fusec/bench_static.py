@@ -1,0 +1,183 @@
+"""`fusec bench --static`: every workload's kernels compiled for an H100 (sm_90) on this
+machine, with no GPU, and what the compiler made of them.
+
+Each kernel is rendered for the GPU, compiled by Triton with the launch
+configuration the runtime uses and the hints Triton's launch would pass
+(16-byte aligned pointers, sizes divisible by 16), then assembled by ptxas:
+registers, spills, shared memory, the widest global load and store in the
+PTX (128 bits is a full vector), and for a reduction the passes over each
+row and the bytes it moves against the minimum (each input read once, each
+output written once).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusec.bench_workloads import WORKLOADS
+from fusec.compiler import rendered
+from fusec.ir import Graph
+from fusec.kernels.compile import load_kernel
+from fusec.kernels.dtypes import compute_dtype
+from fusec.plan import Kernel
+from fusec.runtime import _launch, _sizes
+
+H100 = (90, 32)  # compute capability, warp size
+_POINTER = {"bool": "i1", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
+            "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+_ACCESS = re.compile(r"\b(ld|st)\.global[\w:.]*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+LOOP = "for r0 in range(0, rnumel, RBLOCK)"
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    workload: str
+    kernel: str
+    kind: str
+    warps: int
+    registers: int | None  # None: ptxas not found
+    spills: int | None  # bytes stored to local memory
+    shared: int  # bytes
+    load_bits: int  # the widest global load
+    store_bits: int
+    passes: int | None  # over each row (reductions)
+    bytes_vs_min: float | None  # bytes moved / (inputs once + outputs once), reductions
+
+
+def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any]) -> tuple[dict, dict]:
+    """Triton's signature of the kernel as the runtime calls it, and the divisibility hints."""
+    sizes = list(_sizes(graph, kernel))
+    types, hints = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constants:
+            types[name] = "constexpr"
+            continue
+        if name.startswith("p_partial_"):
+            types[name] = "*" + _POINTER[compute_dtype(graph[name.removeprefix("p_partial_")].dtype)]
+        elif name in ("p_bad_index", "p_ticket"):
+            types[name] = "*i32"
+        elif name.startswith("p_"):
+            types[name] = "*" + _POINTER[graph[name.removeprefix("p_")].dtype]
+        elif name == "seed":
+            types[name] = "i64"
+            continue
+        else:
+            size = sizes.pop(0)
+            types[name] = "i32" if -(2**31) <= size < 2**31 else "i64"
+            if size % 16:
+                continue
+        hints[(i,)] = [["tt.divisibility", 16]]  # allocations are 16-byte aligned
+    return types, hints
+
+
+def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
+    """The kernel compiled for sm_90 as a GPU launch would compile it."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+
+    gpu = rendered(graph, kernel, interpret=False)
+    launch = _launch(graph, gpu, interpret=False)
+    fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
+    types, hints = signature(graph, gpu, fn, launch.constants)
+    source = ASTSource(fn, types, dict(launch.constants), attrs=hints)
+    return triton_compile(source, target=GPUTarget("cuda", *H100), options={"num_warps": launch.num_warps})
+
+
+def widest(ptx: str, op: str) -> int:
+    """Bits moved by the widest global `op` ("ld" or "st") in the PTX."""
+    return max((int(n or 1) * int(bits) for o, n, bits in _ACCESS.findall(ptx) if o == op), default=0)
+
+
+def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
+    """Registers and spill bytes, from `ptxas -v` on the PTX (None when ptxas is missing)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        ptxas = get_ptxas(H100[0]).path
+    except Exception:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "k.ptx")
+        path.write_text(ptx)
+        out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", str(path), "-o", str(path.with_suffix(".cubin"))],
+                             capture_output=True, text=True, check=False)
+    text = out.stdout + out.stderr
+    regs = re.findall(r"Used (\d+) registers", text)
+    spills = re.findall(r"(\d+) bytes spill stores", text)
+    return (int(regs[-1]) if regs else None), (int(spills[-1]) if spills else None)
+
+
+def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:
+    """Passes over each row and bytes moved against the minimum: every per-element input
+    is read once per pass, everything else once."""
+    if kernel.kind != "reduction":
+        return None, None
+    passes = 1 if kernel.persistent else source.count(LOOP)
+    elements = kernel.numel * kernel.rnumel
+    moved = minimum = 0
+    for name in kernel.inputs + kernel.outputs:
+        node = graph[name]
+        size = node.numel * torch.empty(0, dtype=getattr(torch, node.dtype)).element_size()
+        reads = passes if name in kernel.inputs and node.numel == elements else 1
+        moved, minimum = moved + reads * size, minimum + size
+    return passes, round(moved / max(minimum, 1), 2)
+
+
+def kernel_stats(workload: str, graph: Graph, kernel: Kernel, cache_dir: Path) -> KernelStats:
+    binary = compile_sm90(graph, kernel, cache_dir)
+    ptx = binary.asm["ptx"]
+    registers, spills = ptxas_usage(ptx)
+    passes, ratio = row_traffic(graph, kernel, rendered(graph, kernel, interpret=False).source)
+    return KernelStats(workload, kernel.id, kernel.kind, binary.metadata.num_warps, registers, spills,
+                       binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"), passes, ratio)
+
+
+def static_report(names: list[str], dtype: torch.dtype, tier: str, cache_dir: Path,
+                  sizes: dict[str, int] | None = None) -> list[KernelStats]:
+    """Plan each workload at `tier`'s sizes (updated by `sizes`) on CPU tensors, then compile
+    every kernel of its plan for sm_90."""
+    import fusec
+
+    rows = []
+    for name in names:
+        workload = WORKLOADS[name]
+        case = workload.build({**workload.sizes[tier], **(sizes or {})}, torch.device("cpu"), dtype)
+        report = fusec.inspect(case.fn, *case.args, training=case.grad_outputs is not None)
+        for graph in report.graphs:
+            if graph.plan is not None:
+                rows += [kernel_stats(name, graph.plan.graph, k, cache_dir) for k in graph.plan.all_kernels()]
+    return rows
+
+
+def markdown(rows: list[KernelStats]) -> str:
+    def show(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    lines = ["| workload | kernel | kind | warps | registers | spill bytes | shared | widest load | widest store "
+             "| passes | bytes / min |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r.workload} | {r.kernel} | {r.kind} | {r.warps} | {show(r.registers)} | {show(r.spills)} "
+                     f"| {r.shared} | {r.load_bits} b | {r.store_bits} b | {show(r.passes)} | {show(r.bytes_vs_min)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(names: list[str], dtype: torch.dtype, quick: bool, markdown_path: Path | None) -> int:
+    """`fusec bench --static`: the table on stdout (and in `markdown_path`)."""
+    from fusec.options import Options
+
+    tier = "quick" if quick else "full"  # the sizes a GPU run times
+    print(f"fusec bench --static: kernels of {len(names)} workload(s) compiled for sm_90, {dtype}, {tier} sizes; "
+          "nothing runs on a GPU", file=sys.stderr)
+    text = markdown(static_report(names, dtype, tier, Options.from_user().cache_dir))
+    print(text)
+    if markdown_path:
+        markdown_path.write_text(text)
+    return 0

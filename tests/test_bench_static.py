@@ -1,0 +1,57 @@
+"""`fusec bench --static`: kernels compiled for sm_90 on a machine without a GPU, and the
+numbers read from them (vector widths, spills, passes over each row)."""
+
+import pytest
+import torch
+
+from fusec import bench_static
+from fusec.cmd_bench import main
+
+pytest.importorskip("triton.backends.nvidia.compiler")
+
+
+def test_widest_access_is_read_from_the_ptx():
+    ptx = """
+        ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
+        @%p1 ld.global.L1::evict_last.v2.b16 { %rs1, %rs2 }, [ %rd2 + 0 ];
+        st.global.b16 [ %rd3 + 0 ], { %rs3 };
+        ld.shared.v4.b32 { %r5, %r6, %r7, %r8 }, [ %r9 + 0 ];
+    """
+    assert bench_static.widest(ptx, "ld") == 128
+    assert bench_static.widest(ptx, "st") == 16
+    assert bench_static.widest("", "st") == 0
+
+
+@pytest.fixture(scope="module")
+def long_rows(tmp_path_factory):
+    """Softmax and cross-entropy over rows too long to keep in registers, in bfloat16."""
+    cache = tmp_path_factory.mktemp("kernels")
+    softmax = bench_static.static_report(["softmax"], torch.bfloat16, "tiny", cache, {"rows": 64, "cols": 16384})
+    loss = bench_static.static_report(["cross_entropy"], torch.bfloat16, "tiny", cache, {"rows": 16, "vocab": 16384})
+    return {"softmax": softmax, "cross_entropy": loss}
+
+
+def test_long_softmax_reads_each_row_twice_with_full_vectors(long_rows):
+    [row] = long_rows["softmax"]
+    assert row.kind == "reduction"
+    assert row.registers is not None and row.spills == 0
+    assert (row.load_bits, row.store_bits) == (128, 128)
+    # online max and sum, then the write pass: 2 reads + 1 write against 1 + 1
+    assert (row.passes, row.bytes_vs_min) == (2, 1.5)
+
+
+def test_cross_entropy_reads_the_logits_once(long_rows):
+    [row] = long_rows["cross_entropy"]
+    assert row.spills == 0 and row.load_bits == 128
+    assert (row.passes, row.bytes_vs_min) == (1, 1.0)
+
+
+def test_static_flag_prints_and_writes_the_table(tmp_path, capsys):
+    path = tmp_path / "static.md"
+    assert main(["--static", "--quick", "--workload", "layer_norm", "--markdown", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| layer_norm | k0 | reduction |" in out
+    assert path.read_text() == out.rstrip("\n") + "\n"
+    row = next(line for line in out.splitlines() if line.startswith("| layer_norm"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "0" and cells[7] == "128 b" and cells[9] == "1"  # no spills, 128-bit loads, one pass
