@@ -56,9 +56,12 @@ def _in_place(target: str) -> bool:
 class GraphedCall:
     """Runs `launch(inputs)` from a CUDA graph once it has been recorded (see the module docstring)."""
 
-    def __init__(self, launch: Callable[[list[Any]], Any], name: str) -> None:
+    def __init__(self, launch: Callable[[list[Any]], Any], name: str, ran: list[int] | None = None) -> None:
         self.launch = launch
         self.name = name
+        # The launcher's counts of what ran: a recording runs nothing, a replay runs what it recorded.
+        self.ran = ran if ran is not None else []
+        self.per_call = [0] * len(self.ran)
         self.calls = 0
         self.recordings = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -82,9 +85,14 @@ class GraphedCall:
         for i, x in enumerate(inputs):
             if not self.in_place[i] and isinstance(x, torch.Tensor):
                 self.spans[i].copy_(_span(x))
+        self._replay()
+        return self.outputs
+
+    def _replay(self) -> None:
         self.graph.replay()
         self.replays += 1
-        return self.outputs
+        for i, n in enumerate(self.per_call):
+            self.ran[i] += n
 
     def _same_places(self, inputs: list[Any]) -> bool:
         return all(not in_place or _ptr(x) == _ptr(s) for x, s, in_place in zip(inputs, self.static, self.in_place,
@@ -113,13 +121,15 @@ class GraphedCall:
             with torch.cuda.stream(side):
                 self.launch(list(self.static))
             torch.cuda.current_stream().wait_stream(side)
+            before = list(self.ran)
             with torch.cuda.graph(graph):
                 outputs = self.launch(list(self.static))
+            self.per_call = [after - was for after, was in zip(self.ran, before, strict=True)]
+            self.ran[:] = before
         except Exception as exc:  # an op that syncs with the host or allocates outside the pool, say
             return self._give_up(inputs, f"recording failed: {type(exc).__name__}: {exc}")
         self.graph, self.outputs = graph, outputs
-        graph.replay()
-        self.replays += 1
+        self._replay()
         return outputs
 
     def _give_up(self, inputs: list[Any], reason: str) -> Any:

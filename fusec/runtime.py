@@ -206,7 +206,7 @@ class Runtime:
         self.source, names = generate(self.plan, code, streams=self.multi_stream)
         call = compile_source(self.source, names)
         if self.cudagraphs and self.cudagraph_refusal is None:
-            return GraphedCall(call, self.plan.graph.name)
+            return GraphedCall(call, self.plan.graph.name, self.counts.ran)
         return call
 
     def _step_code(self, library: frozenset[str]) -> StepCode:

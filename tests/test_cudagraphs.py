@@ -83,6 +83,10 @@ def test_replays_equal_eager_as_inputs_change():
             torch.testing.assert_close(compiled(x).clone(), block(x), rtol=2e-4, atol=2e-4, msg=f"call {step}")
     graphed = _graphed(compiled)
     assert graphed.recordings == 1 and graphed.replays == 5
+    (record,) = fusec.report_of(compiled).graphs
+    # what ran, replays included: once per call, and once more for the warm-up before the recording
+    # (the recording itself runs nothing)
+    assert dict(record.runtime.counts.kernels) == {k.id: 7 for k in record.plan.kernels}
     assert sum(graphed.in_place) == sum(1 for _ in block.parameters())  # parameters are read where they are
 
 
