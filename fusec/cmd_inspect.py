@@ -22,6 +22,7 @@ import fusec
 from fusec.cli_paths import first_unwritable
 from fusec.eager_check import check_runs_eagerly
 from fusec.examples import EXAMPLES
+from fusec.launcher import launcher_source
 from fusec.report_data import collect
 from fusec.report_html import to_html
 from fusec.report_svg import to_dot, to_svg
@@ -90,6 +91,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dot", metavar="FILE", type=Path, help="write the dataflow graph as Graphviz DOT")
     p.add_argument("--svg", metavar="FILE", type=Path, help="write the dataflow graph as SVG")
     p.add_argument("--kernels", metavar="DIR", type=Path, help="write each kernel's Triton source into DIR")
+    p.add_argument("--launcher", metavar="FILE", type=Path,
+                   help="write each graph's generated launcher (the Python that runs its kernels) into FILE")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks and compiler warnings")
     p.set_defaults(run=run)
 
@@ -119,6 +122,7 @@ def _inspect(args: argparse.Namespace) -> int:
                          "(fusec inspect --list-examples shows them)")
     options = _options(args.streams)
     bad_output = first_unwritable({"--json": args.json, "--html": args.html, "--dot": args.dot, "--svg": args.svg,
+                                   "--launcher": args.launcher,
                                    "--kernels": None if args.kernels is None else args.kernels / "k0.py"})
     if bad_output:
         raise UsageError(bad_output)
@@ -141,6 +145,10 @@ def _inspect(args: argparse.Namespace) -> int:
     data = collect(report, target.label, args.training, describe_inputs(inputs), options)
     # Files first: they are what a script asked for, and must not depend on stdout staying open.
     written = _write_outputs(args, data)
+    if args.launcher is not None:
+        _write(args.launcher, "\n\n".join(f"# graph {g.name}\n{launcher_source(g.plan)}"
+                                           for g in report.graphs if g.plan is not None))
+        written.append(f"wrote {args.launcher}")
     print_report(data, console)
     for line in written:
         console.print(line, highlight=False)

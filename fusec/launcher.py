@@ -298,6 +298,29 @@ def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
              f"the kernel expects {node.strides}')", indent + 1)
 
 
+class _Named:
+    """Stands for an object a launcher binds, in a launcher written to be read, not run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _NamedCallables(dict):
+    def __missing__(self, target: str) -> _Named:
+        self[target] = _Named(target)
+        return self[target]
+
+
+def launcher_source(plan: Plan) -> str:
+    """The launcher fusec.compile generates for `plan` on a GPU, as text (what `fusec inspect
+    --launcher` writes): every kernel the template, every bound object a name."""
+    code = StepCode(calls={k.id: _Named(k.id) for k in plan.all_kernels()}, callables=_NamedCallables(),
+                    draw_seed=_Named("draw_seed"), bounds_error=_Named("bounds_error"),
+                    final_buffers=_Named("final_buffers"))
+    source, _ = generate(plan, code, streams=any(s.stream for s in plan.steps))
+    return source
+
+
 def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
     """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`)."""
     scope = dict(names)

@@ -432,3 +432,13 @@ def test_command_line_process(model_file: Path, tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         "fusec inspect: error: input 1 (shape 8x100, float32): mat1 and mat2 shapes cannot be multiplied "
         "(8x100 and 32x64)"]
+
+
+def test_launcher_file_holds_each_graphs_generated_launcher(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = inspect_cli(capsys, "--example", "mlp", "--training", "--launcher", str(tmp_path / "l.py"))
+    assert code == 0, err
+    text = (tmp_path / "l.py").read_text()
+    compile(text, "l.py", "exec")  # Python, as the compiled callable runs it
+    assert text.count("def call(inputs):") == 2  # the forward's and the backward's
+    assert "# graph forward_" in text and "# graph backward_" in text
+    assert "k0(" in text and "empty_strided(" in text
