@@ -88,7 +88,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         graph, callables = to_ir(gm, name=name)
         graph, record.pass_seconds = run_passes(graph, options)
         record.graph = graph
-        plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))
+        plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device),
+                                              runs_streams=record.device == "cuda")
         record.plan = render(plan)
     except Exception as exc:
         if options.strict and not isinstance(exc, Unsupported):

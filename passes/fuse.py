@@ -14,6 +14,7 @@ import math
 import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, reduction_domain, row_domain
+from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
 # Views that keep a reduction kernel's rows intact (they only add or drop
@@ -56,10 +57,12 @@ class _Grouping:
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
-        self.dag = nx.DiGraph()
-        self.dag.add_nodes_from(self.vertex(n.name) for n in graph)
+        dag = nx.DiGraph()
+        dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
-            self.dag.add_edge(self.vertex(src), self.vertex(dst))
+            dag.add_edge(self.vertex(src), self.vertex(dst))
+        # Every vertex starts as one node, numbered by the graph's (topological) node order.
+        self.groups = ContractedDag(dag, dict(self.position))
 
     def vertex(self, name: str) -> str:
         return self.group_of.get(name, name)
@@ -72,10 +75,9 @@ class _Grouping:
 
     def refusal(self, gu: str, gv: str) -> str | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
-        for a, b in ((gu, gv), (gv, gu)):
-            for succ in self.dag.successors(a):
-                if succ != b and nx.has_path(self.dag, succ, b):
-                    return f"would create a cycle through {self._first_member(succ)}"
+        through = self.groups.cycle_witness(gu, gv)
+        if through is not None:
+            return f"would create a cycle through {self._first_member(through)}"
         mu, mv = self.matmul(gu), self.matmul(gv)
         if mu or mv:
             return self._matmul_refusal(gu, gv, mu, mv)
@@ -83,7 +85,7 @@ class _Grouping:
         members = set(self.members[gu]) | set(self.members[gv])
         domain = row_domain(self.graph, [self.graph[m] for m in members])
         if domain and finals(self.graph, [self.graph[m] for m in members]):
-            reason = final_refusal(self.graph, [self.graph[m] for m in members])
+            reason = final_refusal(self.graph, [self.graph[m] for m in members], self.position)
             if reason and du and dv and du != dv:
                 return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
             if reason:
@@ -122,13 +124,13 @@ class _Grouping:
             if node.kind is Kind.MATMUL:
                 continue
             for mm in products:
-                if nx.has_path(self.graph.nx, name, mm.name):
+                if self.reaches(name, mm.name):
                     # Views are index math and casts convert each loaded tile; anything
                     # else would be recomputed for every tile that reads it.
                     if node.kind is not Kind.VIEW and node.op != "cast":
                         return f"{name} would be recomputed for every tile of {mm.name}"
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
-                        nx.has_path(self.graph.nx, mm.name, name):
+                        self.reaches(mm.name, name):
                     return f"{name} ({node.op}) would read {mm.name} at another tile"
         for out in self.outputs(members):
             if out.numel != products[0].numel:
@@ -188,13 +190,10 @@ class _Grouping:
         for name in self.members.pop(gu):
             self.group_of[name] = gv
             self.members[gv].append(name)
-        for pred in self.dag.predecessors(gu):
-            if pred != gv:
-                self.dag.add_edge(pred, gv)
-        for succ in self.dag.successors(gu):
-            if succ != gv:
-                self.dag.add_edge(gv, succ)
-        self.dag.remove_node(gu)
+        self.groups.merge(gu, gv)
+
+    def reaches(self, src: str, dst: str) -> bool:
+        return reaches(self.graph.nx, self.position, src, dst)
 
 
 def _reads_own_row(source: tuple[int, ...], reader: tuple[int, ...], domain: Domain) -> bool:
@@ -233,8 +232,9 @@ def finals(graph: Graph, members: list[Node]) -> list[Node]:
 _FINAL_OPS = frozenset({"sum", "amax", "amin"})
 
 
-def final_refusal(graph: Graph, members: list[Node]) -> str | None:
-    """Why reductions of another shape than the rows cannot be the group's final reductions."""
+def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -> str | None:
+    """Why reductions of another shape than the rows cannot be the group's final reductions
+    (`position`: each node's index in the graph's topological order)."""
     domain = row_domain(graph, members)
     _, per_row = row_shapes(domain)
     names = {m.name for m in members}
@@ -243,7 +243,7 @@ def final_refusal(graph: Graph, members: list[Node]) -> str | None:
         if node.op not in _FINAL_OPS or math.prod(shape) != per_row or len(dims) != len(shape) or per_row < 2:
             return f"{node.name} is not a sum, max or min over every row"
         # Everything computed from a total needs every row done: only the last program has it.
-        later = nx.descendants(graph.nx, node.name) & names
+        later = bounded_descendants(graph.nx, position, node.name, max(position[n] for n in names)) & names
         if any(graph[n].numel != 1 for n in later):
             return f"{node.name} is a total over all rows that per-row work would read"
     return None

@@ -30,6 +30,8 @@ from typing import Any
 
 import networkx as nx
 
+from fusec.passes.chains import Closure, minimum_chain_cover
+
 Node = Any  # any hashable kernel id
 
 __all__ = [
@@ -136,19 +138,9 @@ def levels(g: nx.DiGraph) -> tuple[tuple, ...]:
 
 
 def dag_width(g: nx.DiGraph) -> int:
-    """Size of the largest antichain of ``g`` (= min chain cover, Dilworth), via Hopcroft-Karp."""
+    """Size of the largest antichain of ``g`` (= min chain cover, Dilworth)."""
     _check_dag(g)
-    if g.number_of_nodes() == 0:
-        return 0
-    rank = _rank(g)
-    bip = nx.Graph()
-    tops = [_out(v) for v in sorted(g, key=rank.__getitem__)]
-    bip.add_nodes_from(tops)
-    bip.add_nodes_from(_in(v) for v in sorted(g, key=rank.__getitem__))
-    bip.add_edges_from((_out(u), _in(v)) for u, v, _ in _closure_pairs(g, rank))
-    matching = nx.bipartite.hopcroft_karp_matching(bip, top_nodes=tops)
-    # The returned dict holds every matched pair twice (both directions).
-    return g.number_of_nodes() - len(matching) // 2
+    return len(minimum_chain_cover(g, _canonical_topo(g, _rank(g))))
 
 
 def critical_path(g: nx.DiGraph) -> tuple[tuple, float]:
@@ -183,17 +175,32 @@ def _tail_costs(g: nx.DiGraph, rank: dict, cost: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
+# Up to this many comparable pairs the cover is a maximum-weight matching of the whole
+# closure (0.1 s at 2,000 pairs, growing with its cube); beyond, the bitset cover.
+WEIGHTED_PAIRS = 2000
+
+
 def chain_cover(g: nx.DiGraph) -> list[list]:
-    """A minimum chain cover (len == dag_width) using the most transitive-reduction links.
+    """A minimum chain cover (len == dag_width); on small graphs, the one using the most
+    transitive-reduction links.
 
     Each chain lists nodes in reachability order; consecutive nodes need not
-    be adjacent in ``g``.  The cover is a maximum-cardinality matching of the
-    closure's bipartite graph (u_out, v_in); among maximum matchings it has
-    the most reduction edges, because matched reduction edges weigh 2 and the
-    others 1, so weight = |M| + #reduction edges with |M| already maximal.
+    be adjacent in ``g``. Small closures get a maximum-cardinality matching of
+    the closure's bipartite graph (u_out, v_in) where matched reduction edges
+    weigh 2 and the others 1, so weight = |M| + #reduction edges with |M|
+    already maximal. Larger ones get passes/chains.py's cover: as few chains,
+    preferring direct producers greedily rather than exactly.
     """
     _check_dag(g)
     rank = _rank(g)
+    order = _canonical_topo(g, rank)
+    closure = Closure(g, order)
+    if sum(d.bit_count() for d in closure.descendants) > WEIGHTED_PAIRS:
+        return minimum_chain_cover(g, order)
+    return _weighted_chain_cover(g, rank)
+
+
+def _weighted_chain_cover(g: nx.DiGraph, rank: dict) -> list[list]:
     bip = nx.Graph()
     for u, v, is_reduction in _closure_pairs(g, rank):
         bip.add_edge(_out(u), _in(v), weight=2 if is_reduction else 1)
