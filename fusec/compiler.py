@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -85,12 +87,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
     callables: dict[str, Callable] = {}
     try:
         record.device = graph_device(gm)
-        graph, callables = to_ir(gm, name=name)
-        graph, record.pass_seconds = run_passes(graph, options)
-        record.graph = graph
-        plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device),
-                                              runs_streams=record.device == "cuda")
-        record.plan = render(plan)
+        with _gc_paused():
+            callables = _plan(gm, record, options)
     except Exception as exc:
         if options.strict and not isinstance(exc, Unsupported):
             raise
@@ -102,6 +100,47 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         log.warning("fusec: %s runs through torch: %s", name, reason)
     record.compile_seconds = time.perf_counter() - start
     return record, callables
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Planning allocates many small objects that refcounting frees; the cycle collector
+    would rescan every live object (the captured graphs included) over and over — half
+    the planning time of a large graph — so it waits until planning is done."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> dict:
+    """Lower, run the passes, plan, assign streams and render into `record`, timing each stage."""
+    clock = time.perf_counter()
+    stages: list[tuple[str, float]] = []
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stages.append((name, now - clock))
+        clock = now
+
+    graph, callables = to_ir(gm, name=record.name)
+    lap("lower")
+    record.graph, pass_seconds = run_passes(graph, options)
+    stages += pass_seconds
+    clock = time.perf_counter()
+    plan = build_plan(record.graph)
+    lap("plan")
+    plan, record.streams = assign_streams(plan, options.streams, device_model(record.device),
+                                          runs_streams=record.device == "cuda")
+    lap("streams")
+    record.plan = render(plan)
+    lap("render")
+    record.pass_seconds = stages
+    return callables
 
 
 def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
