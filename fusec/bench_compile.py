@@ -165,3 +165,62 @@ def _inductor_child(name: str) -> None:
 
 if __name__ == "__main__":
     _inductor_child(sys.argv[1])
+
+
+def run(args: Any) -> int:
+    """`fusec bench --compile`: the table on stdout, and --json/--markdown/--plot files."""
+    names = list(dict.fromkeys(args.workloads or WORKLOADS)) + [f"synthetic-{n}" for n in args.sizes]
+    options = Options.from_user(strict=False)
+    rows = []
+    for name in names:
+        print(f"fusec bench --compile: {name}", file=sys.stderr, flush=True)
+        rows.append(measure(name, options, args.inductor_cap))
+        if args.json:
+            args.json.write_text(json.dumps([{**row.__dict__, "fusec": row.fusec} for row in rows], indent=1))
+    print(markdown(rows, args.inductor_cap))
+    if args.markdown:
+        args.markdown.write_text(markdown(rows, args.inductor_cap))
+    if args.plot:
+        plot(args.plot, rows)
+    return 0
+
+
+def markdown(rows: list[CompileRow], cap: float) -> str:
+    """One line per workload: sizes, capture, fusec's total and slowest stages, torch.compile."""
+    lines = ["| workload | ops | kernels | capture s | fusec s | fusec / capture | slowest stages | torch.compile s |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        top = sorted(r.stages.items(), key=lambda kv: -kv[1])[:3]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in top)
+        inductor = "—" if cap <= 0 else (f"{r.inductor:.1f}" if r.inductor is not None else f"> {cap:.0f}")
+        ratio = r.fusec / r.capture if r.capture else 0.0
+        lines.append(f"| {r.name} | {r.ops} | {r.kernels} | {r.capture:.2f} | {r.fusec:.2f} | {ratio:.2f} | "
+                     f"{stages} | {inductor} |")
+    notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
+    return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
+
+
+def plot(path: Any, rows: list[CompileRow]) -> None:
+    """Seconds against ops, log-log: capture, fusec's planning, torch.compile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted((r for r in rows if r.ops), key=lambda r: r.ops)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([r.ops for r in rows], [r.capture for r in rows], "o-", label="Dynamo + AOTAutograd capture")
+    ax.plot([r.ops for r in rows], [max(r.fusec, 1e-3) for r in rows], "s-", label="fusec planning")
+    timed = [r for r in rows if r.inductor is not None]
+    if timed:
+        ax.plot([r.ops for r in timed], [r.inductor for r in timed], "^-", label="torch.compile (Inductor) total")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ops in the captured graphs")
+    ax.set_ylabel("seconds")
+    ax.set_title("compile time against graph size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
