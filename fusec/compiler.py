@@ -16,8 +16,8 @@ import torch.fx
 
 from fusec.device import device_model
 from fusec.ir import Graph
-from fusec.kernels.compile import load_kernel
 from fusec.kernels.matmul import render_matmul
+from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
@@ -153,8 +153,7 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     start = time.perf_counter()
     interpret = record.device == "cpu"
     try:
-        kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
-                   for k in record.plan.all_kernels()}
+        kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
     except Exception as exc:
         if options.strict:
             raise
