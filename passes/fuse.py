@@ -57,6 +57,7 @@ class _Grouping:
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
+        self.domains: dict[str, Domain | None] = {}
         dag = nx.DiGraph()
         dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
@@ -71,7 +72,10 @@ class _Grouping:
         return self.graph.escaping([self.graph[m] for m in sorted(members, key=self.position.__getitem__)])
 
     def domain(self, group: str) -> Domain | None:
-        return row_domain(self.graph, [self.graph[m] for m in self.members[group]])
+        # Refusals ask for a growing group's domain at every merge it is offered: keep it.
+        if group not in self.domains:
+            self.domains[group] = row_domain(self.graph, [self.graph[m] for m in self.members[group]])
+        return self.domains[group]
 
     def refusal(self, gu: str, gv: str) -> str | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
@@ -191,6 +195,8 @@ class _Grouping:
             self.group_of[name] = gv
             self.members[gv].append(name)
         self.groups.merge(gu, gv)
+        self.domains.pop(gu, None)
+        self.domains.pop(gv, None)
 
     def reaches(self, src: str, dst: str) -> bool:
         return reaches(self.graph.nx, self.position, src, dst)
