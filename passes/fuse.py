@@ -55,6 +55,7 @@ class _Grouping:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
+        self.node = {n.name: n for n in graph}  # the graph does not change while fusing
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
         self.domains: dict[str, Domain | None] = {}
@@ -69,12 +70,12 @@ class _Grouping:
         return self.group_of.get(name, name)
 
     def outputs(self, members: set[str]) -> list[Node]:
-        return self.graph.escaping([self.graph[m] for m in sorted(members, key=self.position.__getitem__)])
+        return self.graph.escaping([self.node[m] for m in sorted(members, key=self.position.__getitem__)])
 
     def domain(self, group: str) -> Domain | None:
         # Refusals ask for a growing group's domain at every merge it is offered: keep it.
         if group not in self.domains:
-            self.domains[group] = row_domain(self.graph, [self.graph[m] for m in self.members[group]])
+            self.domains[group] = row_domain(self.graph, [self.node[m] for m in self.members[group]])
         return self.domains[group]
 
     def refusal(self, gu: str, gv: str) -> str | None:
@@ -87,9 +88,9 @@ class _Grouping:
             return self._matmul_refusal(gu, gv, mu, mv)
         du, dv = self.domain(gu), self.domain(gv)
         members = set(self.members[gu]) | set(self.members[gv])
-        domain = row_domain(self.graph, [self.graph[m] for m in members])
-        if domain and finals(self.graph, [self.graph[m] for m in members]):
-            reason = final_refusal(self.graph, [self.graph[m] for m in members], self.position)
+        domain = row_domain(self.graph, [self.node[m] for m in members])
+        if domain and finals(self.graph, [self.node[m] for m in members]):
+            reason = final_refusal(self.graph, [self.node[m] for m in members], self.position)
             if reason and du and dv and du != dv:
                 return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
             if reason:
@@ -103,13 +104,13 @@ class _Grouping:
         return self._row_refusal(members, domain)
 
     def matmul(self, group: str) -> Node | None:
-        return next((self.graph[m] for m in self.members[group] if self.graph[m].kind is Kind.MATMUL), None)
+        return next((self.node[m] for m in self.members[group] if self.node[m].kind is Kind.MATMUL), None)
 
     def left_operand(self, node: Node) -> str:
         """The tensor a matmul's left operand reads, through any views."""
         name = node.operands()[0]
-        while self.graph[name].kind is Kind.VIEW and name in self.group_of:
-            name = self.graph[name].operands()[0]
+        while self.node[name].kind is Kind.VIEW and name in self.group_of:
+            name = self.node[name].operands()[0]
         return name
 
     def _matmul_refusal(self, gu: str, gv: str, mu: Node | None, mv: Node | None) -> str | None:
@@ -117,14 +118,14 @@ class _Grouping:
         and shape), views their operands are read through (index math per tile), and an
         epilogue over the output tile."""
         if mu and mv and (self.left_operand(mu) != self.left_operand(mv) or mu.shape != mv.shape or
-                          self.graph[mu.operands()[1]].shape != self.graph[mv.operands()[1]].shape):
+                          self.node[mu.operands()[1]].shape != self.node[mv.operands()[1]].shape):
             return f"matmuls {mu.name} and {mv.name} do not share a left operand and shape"
         if self.domain(gu) or self.domain(gv):
             return "a matmul and a reduction do not share a kernel"
         members = set(self.members[gu]) | set(self.members[gv])
-        products = [self.graph[m] for m in members if self.graph[m].kind is Kind.MATMUL]
+        products = [self.node[m] for m in members if self.node[m].kind is Kind.MATMUL]
         for name in sorted(members, key=self.position.__getitem__):
-            node = self.graph[name]
+            node = self.node[name]
             if node.kind is Kind.MATMUL:
                 continue
             for mm in products:
@@ -145,17 +146,17 @@ class _Grouping:
         """A reduction kernel works row by row: its outputs are per element or per row,
         and no view may move values between rows."""
         per_element, per_row = row_shapes(domain)
-        totals = finals(self.graph, [self.graph[m] for m in members])
+        totals = finals(self.graph, [self.node[m] for m in members])
         for out in self.outputs(members):
             if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
                 return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
                         f"the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
         for name in members:
-            node = self.graph[name]
+            node = self.node[name]
             if node.kind is not Kind.VIEW:
                 continue
-            src = self.graph[node.operands()[0]]
+            src = self.node[node.operands()[0]]
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
@@ -165,12 +166,12 @@ class _Grouping:
         another row than its own (x + x.sum(1) on a square x broadcasts across rows)."""
         row_valued = set()
         for name in sorted(members, key=self.position.__getitem__):
-            node = self.graph[name]
+            node = self.node[name]
             if node.kind is Kind.REDUCTION or any(op in row_valued for op in node.operands()):
                 row_valued.add(name)
         for name in row_valued:
-            node = self.graph[name]
-            if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.graph[node.operands()[0]], domain):
+            node = self.node[name]
+            if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.node[node.operands()[0]], domain):
                 return f"{name} would put {node.operands()[0]} on another row than its own"
             if node.kind in (Kind.REDUCTION, Kind.VIEW):
                 continue
@@ -182,7 +183,7 @@ class _Grouping:
                     own_row = node.args[1] in domain[1] and all(
                         node.shape[d] == size for d, size in enumerate(domain[0]) if d not in domain[1])
                 else:
-                    own_row = _reads_own_row(self.graph[op].shape, node.shape, domain)
+                    own_row = _reads_own_row(self.node[op].shape, node.shape, domain)
                 if not own_row:
                     return f"{name} would read {op} at another row than its own"
         return None
@@ -350,10 +351,19 @@ def _merge_each(state: _Grouping, buckets) -> None:
             first = groups.pop(0)
             if first not in state.members:
                 continue
+            # Siblings far down a chain from `first` are refused for a cycle: one search
+            # finds them all, instead of one search per pair (buckets hold hundreds).
+            far: set | None = None
             for other in list(groups):
-                if other in state.members and state.refusal(other, first) is None:
+                if other not in state.members:
+                    continue
+                if far is None:
+                    limit = max(state.groups.order[g] for g in groups if g in state.members)
+                    far = state.groups.beyond_successors(first, limit)
+                if other not in far and state.refusal(other, first) is None:
                     state.merge(other, first)
                     groups.remove(other)
+                    far = None
 
 
 def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) -> Graph:

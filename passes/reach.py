@@ -61,6 +61,18 @@ class ContractedDag:
                 return succ
         return None
 
+    def beyond_successors(self, a: Vertex, limit: int) -> set:
+        """Vertices numbered at most `limit` that a reaches by a path of two edges or more:
+        merging a with any of them would make a cycle."""
+        seen: set = set()
+        stack = list(self.dag.successors(a))
+        while stack:
+            for succ in self.dag.successors(stack.pop()):
+                if succ not in seen and self.order[succ] <= limit:
+                    seen.add(succ)
+                    stack.append(succ)
+        return seen
+
     def _reaches_from(self, start: Vertex, b: Vertex, limit: int, seen: set) -> bool:
         stack = [start]
         while stack:
