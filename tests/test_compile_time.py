@@ -7,6 +7,7 @@ import time
 
 import torch
 
+import fusec
 from fusec.bench_compile import capture, case, synthetic
 from fusec.compiler import plan_graph
 from fusec.options import Options
@@ -39,3 +40,10 @@ def test_synthetic_program_computes_what_it_says():
     assert out.shape == (8, 32) and torch.isfinite(out).all()
     fn2, args2, grads = case("synthetic-200")
     assert grads is None and torch.equal(fn2(*args2), out)
+
+
+def test_report_shows_seconds_per_stage():
+    report = fusec.inspect(lambda x: torch.softmax(x.exp(), -1), torch.randn(4, 8))
+    line = next(ln for ln in report.summary().splitlines() if " seconds: " in ln)
+    for stage in ("lower", "cleanup", "fuse", "verify", "streams", "render"):
+        assert f"{stage} " in line
