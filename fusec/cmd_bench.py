@@ -81,6 +81,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --compile: synthetic graph sizes (default: 1000 2000 5000 10000)")
     p.add_argument("--inductor-cap", type=float, default=120.0, metavar="SECONDS",
                    help="with --compile: stop timing torch.compile after this long (0: skip it)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="with --compile: plan each graph N times and keep the fastest (default: 3)")
     p.set_defaults(run=run)
 
 
