@@ -21,6 +21,9 @@ from fusec.cli_paths import first_unwritable
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compile:
+        from fusec import bench_compile
+        return bench_compile.run(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
@@ -105,6 +108,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")
+    p.add_argument("--compile", action="store_true",
+                   help="measure compile time instead: capture, fusec's planning per stage and torch.compile, "
+                        "per workload and for synthetic graphs of --sizes ops")
+    p.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000, 10000], metavar="OPS",
+                   help="with --compile: synthetic graph sizes (default: 1000 2000 5000 10000)")
+    p.add_argument("--inductor-cap", type=float, default=120.0, metavar="SECONDS",
+                   help="with --compile: stop timing torch.compile after this long (0: skip it)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N",
+                   help="with --compile: plan each graph N times and keep the fastest (default: 3)")
     p.set_defaults(run=run)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,8 +17,8 @@ import torch.fx
 from fusec.device import device_model
 from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
-from fusec.kernels.compile import load_kernel
 from fusec.kernels.matmul import render_matmul
+from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
@@ -105,7 +107,6 @@ def render(plan: Plan, interpret: bool) -> Plan:
     return replace(plan, steps=steps)
 
 
-
 def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[CompiledGraph, dict]:
     """Capture-to-plan, without compiling a kernel (what `fusec.inspect` needs)."""
     start = time.perf_counter()
@@ -114,13 +115,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
     try:
         record.device = graph_device(gm)
         record.execution = execution_mode(record.device, options)
-        graph, callables = to_ir(gm, name=name)
-        record.modules = module_paths(gm)
-        graph, record.pass_seconds = run_passes(graph, options)
-        record.graph = graph
-        plan, record.streams = assign_streams(build_plan(graph), options.streams, device_model(record.device))
-        # The interpreter needs workarounds (bfloat16 rounding) a GPU does not: the source differs.
-        record.plan = render(plan, interpret=record.execution != TRITON)
+        with _gc_paused():
+            callables = _plan(gm, record, options)
     except Exception as exc:
         if options.strict:
             raise
@@ -131,6 +127,49 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         log.warning("fusec: %s runs through torch: %s", name, reason)
     record.compile_seconds = time.perf_counter() - start
     return record, callables
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Planning allocates many small objects that refcounting frees; the cycle collector
+    would rescan every live object (the captured graphs included) over and over — half
+    the planning time of a large graph — so it waits until planning is done."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> dict:
+    """Lower, run the passes, plan, assign streams and render into `record`, timing each stage."""
+    clock = time.perf_counter()
+    stages: list[tuple[str, float]] = []
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stages.append((name, now - clock))
+        clock = now
+
+    graph, callables = to_ir(gm, name=record.name)
+    record.modules = module_paths(gm)
+    lap("lower")
+    record.graph, pass_seconds = run_passes(graph, options)
+    stages += pass_seconds
+    clock = time.perf_counter()
+    plan = build_plan(record.graph)
+    lap("plan")
+    plan, record.streams = assign_streams(plan, options.streams, device_model(record.device),
+                                          runs_streams=record.device == "cuda")
+    lap("streams")
+    # The interpreter needs workarounds (bfloat16 rounding) a GPU does not: the source differs.
+    record.plan = render(plan, interpret=record.execution != TRITON)
+    lap("render")
+    record.pass_seconds = stages
+    return callables
 
 
 def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
@@ -146,8 +185,7 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     start = time.perf_counter()
     interpret = record.execution == INTERPRETER
     try:
-        kernels = {k.id: load_kernel(k.source, k.fn_name, interpret, options.cache_dir)
-                   for k in record.plan.all_kernels()}
+        kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
     except Exception as exc:
         if options.strict:
             raise

@@ -9,6 +9,7 @@ with networkx alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -106,7 +107,12 @@ class Node:
 
     def operands(self) -> list[str]:
         """Names of the tensor operands, in argument order, repeats kept."""
-        return [ref.name for ref in iter_refs((self.args, self.kwargs))]
+        return list(self._operands)
+
+    @functools.cached_property
+    def _operands(self) -> tuple[str, ...]:
+        # Passes ask for a node's operands many times; a frozen node's never change.
+        return tuple(ref.name for ref in iter_refs((self.args, self.kwargs)))
 
     def rename_operands(self, fn) -> Node:
         """The node with every Ref r in its arguments replaced by fn(r)."""

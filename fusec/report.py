@@ -130,6 +130,8 @@ class Report:
                 lines.append(f"{g.name}: runs through torch ({g.fallback})")
             if g.streams is not None:
                 lines.append(f"{g.name} streams: {g.streams.reason}")
+            if g.pass_seconds:
+                lines.append(f"{g.name} seconds: " + ", ".join(f"{name} {s:.3f}" for name, s in g.pass_seconds))
             for k in g.plan.kernels if g.plan else ():
                 ops = " ".join(g.graph[m].op for m in k.members)
                 lines.append(f"{g.name} {k.id} [{k.kind}] {ops}  ({k.bytes} bytes)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import networkx as nx
 
+from fusec.passes.chains import Closure
 from fusec.passes.cost import H100, DeviceModel, estimate_seconds
 from fusec.passes.parallel import assign_streams, dag_width, minimal_waits
 from fusec.plan import Kernel, Plan, Step, does_work, step_dag
@@ -50,12 +51,16 @@ def _elements(step: Step, plan: Plan) -> int:
     return plan.graph[step.node].numel
 
 
-def choose_streams(plan: Plan, requested: int | str | None) -> tuple[int | None, str]:
-    """The stream cap for this plan (None: no cap) and why."""
-    dag = step_dag(plan)
-    width = dag_width(dag)
+def choose_streams(plan: Plan, requested: int | str | None, runs_streams: bool = True,
+                   dag: nx.DiGraph | None = None) -> tuple[int | None, str]:
+    """The stream cap for this plan (None: no cap) and why. `runs_streams` is False where
+    the plan's kernels cannot run on streams (CPU tensors): "auto" then plans none."""
     if requested == 1:
         return 1, "streams=1: one stream"
+    if requested == "auto" and not runs_streams:
+        return 1, "auto: one stream: CPU tensors run on no streams"
+    dag = step_dag(plan) if dag is None else dag
+    width = dag_width(dag)
     if width <= 1:
         return 1, "one stream: no two kernels are independent"
     if requested is None:
@@ -63,21 +68,22 @@ def choose_streams(plan: Plan, requested: int | str | None) -> tuple[int | None,
     if requested != "auto":
         return requested, f"streams={requested}"
     steps = {s.id: s for s in plan.steps}
-    small = [n for n in dag if _elements(steps[n], plan) <= SMALL_KERNEL_ELEMENTS]
-    closure = nx.transitive_closure_dag(dag)
-    independent = [n for n in small if any(m != n and not closure.has_edge(n, m) and not closure.has_edge(m, n)
-                                           for m in small)]
+    closure = Closure(dag, list(nx.topological_sort(dag)))
+    small = [n for n in closure.order if _elements(steps[n], plan) <= SMALL_KERNEL_ELEMENTS]
+    small_bits = sum(1 << closure.index[n] for n in small)
+    independent = [n for n in small if small_bits & ~closure.comparable(n)]
     if len(independent) < 2:
         return 1, "auto: one stream: the independent kernels are large enough to fill the GPU"
     return AUTO_CAP, (f"auto: {len(independent)} small kernels can run side by side "
                       f"(DAG width {width}, at most {AUTO_CAP} streams)")
 
 
-def assign(plan: Plan, requested: int | str | None, device: DeviceModel = H100) -> tuple[Plan, StreamDecision]:
+def assign(plan: Plan, requested: int | str | None, device: DeviceModel = H100,
+           runs_streams: bool = True) -> tuple[Plan, StreamDecision]:
     """The plan with every step's stream and waits set; steps keep their order."""
-    cap, reason = choose_streams(plan, requested)
     dag = cost_dag(plan, device)
     width = dag_width(dag)
+    cap, reason = choose_streams(plan, requested, runs_streams, dag)
     if cap == 1:
         return plan, StreamDecision(1, width, 0, reason)
     schedule = assign_streams(dag, cap)

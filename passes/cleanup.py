@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Ref
+from fusec.ir import Graph, Kind, Node, Ref
 
 # Only ops whose value depends on nothing but their arguments may be merged;
 # extern calls can be random (dropout, randn) or stateful.
@@ -21,6 +21,13 @@ def eliminate_dead_code(graph: Graph) -> Graph:
     return out
 
 
+def _renamed(node: Node, alias: dict[str, str]) -> Node:
+    """The node reading each aliased operand's replacement (itself when it reads none)."""
+    if not any(op in alias for op in node.operands()):
+        return node
+    return node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
+
+
 def _exact(args: tuple) -> tuple:
     """Arguments as a key that tells -0.0 from 0.0 (equal, and equal in hash, as floats)."""
     return tuple((type(a), repr(a)) if isinstance(a, float) else a for a in args)
@@ -32,7 +39,7 @@ def eliminate_common_subexpressions(graph: Graph) -> Graph:
     alias: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     for node in graph:
-        node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
+        node = _renamed(node, alias)
         if node.kind in _CSE_KINDS and node.op != "rand":
             key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides)
             if key in seen:
@@ -55,7 +62,7 @@ def eliminate_identities(graph: Graph) -> Graph:
     out = Graph(name=graph.name)
     alias: dict[str, str] = {}
     for node in graph:
-        node = node.rename_operands(lambda r: Ref(alias.get(r.name, r.name)))
+        node = _renamed(node, alias)
         # x * 1 is a fresh tensor: where a view, torch or the caller gets it (rather than
         # only computing ops), dropping it would hand over the operand's memory and strides.
         readers = {graph[u].kind for u in graph.users(node.name)}

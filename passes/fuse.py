@@ -14,6 +14,7 @@ import math
 import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, reduction_domain, row_domain
+from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
 # Views that keep a reduction kernel's rows intact (they only add or drop
@@ -54,36 +55,42 @@ class _Grouping:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
+        self.node = {n.name: n for n in graph}  # the graph does not change while fusing
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
-        self.dag = nx.DiGraph()
-        self.dag.add_nodes_from(self.vertex(n.name) for n in graph)
+        self.domains: dict[str, Domain | None] = {}
+        dag = nx.DiGraph()
+        dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
-            self.dag.add_edge(self.vertex(src), self.vertex(dst))
+            dag.add_edge(self.vertex(src), self.vertex(dst))
+        # Every vertex starts as one node, numbered by the graph's (topological) node order.
+        self.groups = ContractedDag(dag, dict(self.position))
 
     def vertex(self, name: str) -> str:
         return self.group_of.get(name, name)
 
     def outputs(self, members: set[str]) -> list[Node]:
-        return self.graph.escaping([self.graph[m] for m in sorted(members, key=self.position.__getitem__)])
+        return self.graph.escaping([self.node[m] for m in sorted(members, key=self.position.__getitem__)])
 
     def domain(self, group: str) -> Domain | None:
-        return row_domain(self.graph, [self.graph[m] for m in self.members[group]])
+        # Refusals ask for a growing group's domain at every merge it is offered: keep it.
+        if group not in self.domains:
+            self.domains[group] = row_domain(self.graph, [self.node[m] for m in self.members[group]])
+        return self.domains[group]
 
     def refusal(self, gu: str, gv: str) -> str | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
-        for a, b in ((gu, gv), (gv, gu)):
-            for succ in self.dag.successors(a):
-                if succ != b and nx.has_path(self.dag, succ, b):
-                    return f"would create a cycle through {self._first_member(succ)}"
+        through = self.groups.cycle_witness(gu, gv)
+        if through is not None:
+            return f"would create a cycle through {self._first_member(through)}"
         mu, mv = self.matmul(gu), self.matmul(gv)
         if mu or mv:
             return self._matmul_refusal(gu, gv, mu, mv)
         du, dv = self.domain(gu), self.domain(gv)
         members = set(self.members[gu]) | set(self.members[gv])
-        domain = row_domain(self.graph, [self.graph[m] for m in members])
-        if domain and finals(self.graph, [self.graph[m] for m in members]):
-            reason = final_refusal(self.graph, [self.graph[m] for m in members])
+        domain = row_domain(self.graph, [self.node[m] for m in members])
+        if domain and finals(self.graph, [self.node[m] for m in members]):
+            reason = final_refusal(self.graph, [self.node[m] for m in members], self.position)
             if reason and du and dv and du != dv:
                 return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
             if reason:
@@ -97,13 +104,13 @@ class _Grouping:
         return self._row_refusal(members, domain)
 
     def matmul(self, group: str) -> Node | None:
-        return next((self.graph[m] for m in self.members[group] if self.graph[m].kind is Kind.MATMUL), None)
+        return next((self.node[m] for m in self.members[group] if self.node[m].kind is Kind.MATMUL), None)
 
     def left_operand(self, node: Node) -> str:
         """The tensor a matmul's left operand reads, through any views."""
         name = node.operands()[0]
-        while self.graph[name].kind is Kind.VIEW and name in self.group_of:
-            name = self.graph[name].operands()[0]
+        while self.node[name].kind is Kind.VIEW and name in self.group_of:
+            name = self.node[name].operands()[0]
         return name
 
     def _matmul_refusal(self, gu: str, gv: str, mu: Node | None, mv: Node | None) -> str | None:
@@ -111,24 +118,24 @@ class _Grouping:
         and shape), views their operands are read through (index math per tile), and an
         epilogue over the output tile."""
         if mu and mv and (self.left_operand(mu) != self.left_operand(mv) or mu.shape != mv.shape or
-                          self.graph[mu.operands()[1]].shape != self.graph[mv.operands()[1]].shape):
+                          self.node[mu.operands()[1]].shape != self.node[mv.operands()[1]].shape):
             return f"matmuls {mu.name} and {mv.name} do not share a left operand and shape"
         if self.domain(gu) or self.domain(gv):
             return "a matmul and a reduction do not share a kernel"
         members = set(self.members[gu]) | set(self.members[gv])
-        products = [self.graph[m] for m in members if self.graph[m].kind is Kind.MATMUL]
+        products = [self.node[m] for m in members if self.node[m].kind is Kind.MATMUL]
         for name in sorted(members, key=self.position.__getitem__):
-            node = self.graph[name]
+            node = self.node[name]
             if node.kind is Kind.MATMUL:
                 continue
             for mm in products:
-                if nx.has_path(self.graph.nx, name, mm.name):
+                if self.reaches(name, mm.name):
                     # Views are index math and casts convert each loaded tile; anything
                     # else would be recomputed for every tile that reads it.
                     if node.kind is not Kind.VIEW and node.op != "cast":
                         return f"{name} would be recomputed for every tile of {mm.name}"
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
-                        nx.has_path(self.graph.nx, mm.name, name):
+                        self.reaches(mm.name, name):
                     return f"{name} ({node.op}) would read {mm.name} at another tile"
         for out in self.outputs(members):
             if out.numel != products[0].numel:
@@ -139,17 +146,17 @@ class _Grouping:
         """A reduction kernel works row by row: its outputs are per element or per row,
         and no view may move values between rows."""
         per_element, per_row = row_shapes(domain)
-        totals = finals(self.graph, [self.graph[m] for m in members])
+        totals = finals(self.graph, [self.node[m] for m in members])
         for out in self.outputs(members):
             if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
                 return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
                         f"the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
         for name in members:
-            node = self.graph[name]
+            node = self.node[name]
             if node.kind is not Kind.VIEW:
                 continue
-            src = self.graph[node.operands()[0]]
+            src = self.node[node.operands()[0]]
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
@@ -159,12 +166,12 @@ class _Grouping:
         another row than its own (x + x.sum(1) on a square x broadcasts across rows)."""
         row_valued = set()
         for name in sorted(members, key=self.position.__getitem__):
-            node = self.graph[name]
+            node = self.node[name]
             if node.kind is Kind.REDUCTION or any(op in row_valued for op in node.operands()):
                 row_valued.add(name)
         for name in row_valued:
-            node = self.graph[name]
-            if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.graph[node.operands()[0]], domain):
+            node = self.node[name]
+            if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.node[node.operands()[0]], domain):
                 return f"{name} would put {node.operands()[0]} on another row than its own"
             if node.kind in (Kind.REDUCTION, Kind.VIEW):
                 continue
@@ -176,7 +183,7 @@ class _Grouping:
                     own_row = node.args[1] in domain[1] and all(
                         node.shape[d] == size for d, size in enumerate(domain[0]) if d not in domain[1])
                 else:
-                    own_row = _reads_own_row(self.graph[op].shape, node.shape, domain)
+                    own_row = _reads_own_row(self.node[op].shape, node.shape, domain)
                 if not own_row:
                     return f"{name} would read {op} at another row than its own"
         return None
@@ -188,13 +195,12 @@ class _Grouping:
         for name in self.members.pop(gu):
             self.group_of[name] = gv
             self.members[gv].append(name)
-        for pred in self.dag.predecessors(gu):
-            if pred != gv:
-                self.dag.add_edge(pred, gv)
-        for succ in self.dag.successors(gu):
-            if succ != gv:
-                self.dag.add_edge(gv, succ)
-        self.dag.remove_node(gu)
+        self.groups.merge(gu, gv)
+        self.domains.pop(gu, None)
+        self.domains.pop(gv, None)
+
+    def reaches(self, src: str, dst: str) -> bool:
+        return reaches(self.graph.nx, self.position, src, dst)
 
 
 def _reads_own_row(source: tuple[int, ...], reader: tuple[int, ...], domain: Domain) -> bool:
@@ -233,8 +239,9 @@ def finals(graph: Graph, members: list[Node]) -> list[Node]:
 _FINAL_OPS = frozenset({"sum", "amax", "amin"})
 
 
-def final_refusal(graph: Graph, members: list[Node]) -> str | None:
-    """Why reductions of another shape than the rows cannot be the group's final reductions."""
+def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -> str | None:
+    """Why reductions of another shape than the rows cannot be the group's final reductions
+    (`position`: each node's index in the graph's topological order)."""
     domain = row_domain(graph, members)
     _, per_row = row_shapes(domain)
     names = {m.name for m in members}
@@ -243,7 +250,7 @@ def final_refusal(graph: Graph, members: list[Node]) -> str | None:
         if node.op not in _FINAL_OPS or math.prod(shape) != per_row or len(dims) != len(shape) or per_row < 2:
             return f"{node.name} is not a sum, max or min over every row"
         # Everything computed from a total needs every row done: only the last program has it.
-        later = nx.descendants(graph.nx, node.name) & names
+        later = bounded_descendants(graph.nx, position, node.name, max(position[n] for n in names)) & names
         if any(graph[n].numel != 1 for n in later):
             return f"{node.name} is a total over all rows that per-row work would read"
     return None
@@ -344,10 +351,19 @@ def _merge_each(state: _Grouping, buckets) -> None:
             first = groups.pop(0)
             if first not in state.members:
                 continue
+            # Siblings far down a chain from `first` are refused for a cycle: one search
+            # finds them all, instead of one search per pair (buckets hold hundreds).
+            far: set | None = None
             for other in list(groups):
-                if other in state.members and state.refusal(other, first) is None:
+                if other not in state.members:
+                    continue
+                if far is None:
+                    limit = max(state.groups.order[g] for g in groups if g in state.members)
+                    far = state.groups.beyond_successors(first, limit)
+                if other not in far and state.refusal(other, first) is None:
                     state.merge(other, first)
                     groups.remove(other)
+                    far = None
 
 
 def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) -> Graph:

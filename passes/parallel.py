@@ -23,12 +23,13 @@ This module is deliberately torch-free so it can be tested on plain graphs.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
+
+from fusec.passes.chains import Closure, minimum_chain_cover
 
 Node = Any  # any hashable kernel id
 
@@ -40,7 +41,6 @@ __all__ = [
     "dag_width",
     "levels",
     "minimal_waits",
-    "verify_schedule",
 ]
 
 
@@ -136,19 +136,9 @@ def levels(g: nx.DiGraph) -> tuple[tuple, ...]:
 
 
 def dag_width(g: nx.DiGraph) -> int:
-    """Size of the largest antichain of ``g`` (= min chain cover, Dilworth), via Hopcroft-Karp."""
+    """Size of the largest antichain of ``g`` (= min chain cover, Dilworth)."""
     _check_dag(g)
-    if g.number_of_nodes() == 0:
-        return 0
-    rank = _rank(g)
-    bip = nx.Graph()
-    tops = [_out(v) for v in sorted(g, key=rank.__getitem__)]
-    bip.add_nodes_from(tops)
-    bip.add_nodes_from(_in(v) for v in sorted(g, key=rank.__getitem__))
-    bip.add_edges_from((_out(u), _in(v)) for u, v, _ in _closure_pairs(g, rank))
-    matching = nx.bipartite.hopcroft_karp_matching(bip, top_nodes=tops)
-    # The returned dict holds every matched pair twice (both directions).
-    return g.number_of_nodes() - len(matching) // 2
+    return len(minimum_chain_cover(g, _canonical_topo(g, _rank(g))))
 
 
 def critical_path(g: nx.DiGraph) -> tuple[tuple, float]:
@@ -183,17 +173,32 @@ def _tail_costs(g: nx.DiGraph, rank: dict, cost: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
+# Up to this many comparable pairs the cover is a maximum-weight matching of the whole
+# closure (0.1 s at 2,000 pairs, growing with its cube); beyond, the bitset cover.
+WEIGHTED_PAIRS = 2000
+
+
 def chain_cover(g: nx.DiGraph) -> list[list]:
-    """A minimum chain cover (len == dag_width) using the most transitive-reduction links.
+    """A minimum chain cover (len == dag_width); on small graphs, the one using the most
+    transitive-reduction links.
 
     Each chain lists nodes in reachability order; consecutive nodes need not
-    be adjacent in ``g``.  The cover is a maximum-cardinality matching of the
-    closure's bipartite graph (u_out, v_in); among maximum matchings it has
-    the most reduction edges, because matched reduction edges weigh 2 and the
-    others 1, so weight = |M| + #reduction edges with |M| already maximal.
+    be adjacent in ``g``. Small closures get a maximum-cardinality matching of
+    the closure's bipartite graph (u_out, v_in) where matched reduction edges
+    weigh 2 and the others 1, so weight = |M| + #reduction edges with |M|
+    already maximal. Larger ones get passes/chains.py's cover: as few chains,
+    preferring direct producers greedily rather than exactly.
     """
     _check_dag(g)
     rank = _rank(g)
+    order = _canonical_topo(g, rank)
+    closure = Closure(g, order)
+    if sum(d.bit_count() for d in closure.descendants) > WEIGHTED_PAIRS:
+        return minimum_chain_cover(g, order)
+    return _weighted_chain_cover(g, rank)
+
+
+def _weighted_chain_cover(g: nx.DiGraph, rank: dict) -> list[list]:
     bip = nx.Graph()
     for u, v, is_reduction in _closure_pairs(g, rank):
         bip.add_edge(_out(u), _in(v), weight=2 if is_reduction else 1)
@@ -393,85 +398,3 @@ def assign_streams(g: nx.DiGraph, max_streams: int | None = None) -> Schedule:
         critical_path=path,
         critical_path_cost=path_cost,
     )
-
-
-# --------------------------------------------------------------------------
-# verification
-# --------------------------------------------------------------------------
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise AssertionError(message)
-
-
-def _uncovered(g: nx.DiGraph, s: Schedule, waits: tuple) -> list[tuple]:
-    """Cross-stream edges of ``g`` not guaranteed by stream FIFO order plus ``waits``."""
-    position = {v: i for i, v in enumerate(s.order)}
-    by_consumer: dict = {}
-    for u, v in waits:
-        _require(
-            u in position and v in position, f"wait {(u, v)!r} names an unknown node"
-        )
-        _require(
-            s.stream_of[u] != s.stream_of[v],
-            f"wait {(u, v)!r} is within stream {s.stream_of[u]}; FIFO order already covers it",
-        )
-        _require(
-            position[u] < position[v],
-            f"wait {(u, v)!r} waits on an event recorded after its consumer is launched",
-        )
-        by_consumer.setdefault(v, []).append(u)
-    clocks = _StreamClocks(s.stream_of, s.n_streams)
-    missing = []
-    for v in s.order:
-        stream = s.stream_of[v]
-        for u in by_consumer.get(v, ()):
-            clocks.wait(stream, u)
-        missing.extend((u, v) for u in g.predecessors(v) if not clocks.knows(stream, u))
-        clocks.launch(v)
-    return missing
-
-
-def verify_schedule(g: nx.DiGraph, s: Schedule) -> None:
-    """Raise AssertionError unless ``s`` is a sound, wait-minimal schedule of ``g``."""
-    nodes = set(g.nodes)
-    _require(
-        len(s.order) == len(nodes) and set(s.order) == nodes,
-        f"order must list each of the {len(nodes)} nodes exactly once, got {s.order!r}",
-    )
-    position = {v: i for i, v in enumerate(s.order)}
-    for u, v in g.edges:
-        _require(
-            position[u] < position[v],
-            f"order is not topological: consumer {v!r} launched before producer {u!r}",
-        )
-    _require(set(s.stream_of) == nodes, "stream_of must map exactly the graph's nodes")
-    used = set(s.stream_of.values())
-    _require(
-        used == set(range(s.n_streams)),
-        f"streams used {sorted(used)} are not exactly 0..{s.n_streams - 1}",
-    )
-    width = dag_width(g)
-    _require(
-        s.dag_width == width, f"dag_width is {width}, schedule claims {s.dag_width}"
-    )
-    if s.n_streams >= width:
-        # Uncapped: each stream must be a chain, or it would serialise
-        # independent kernels and lose parallelism for nothing.
-        for idx, seq in enumerate(s.streams()):
-            for a, b in itertools.pairwise(seq):
-                _require(
-                    nx.has_path(g, a, b),
-                    f"stream {idx} is not a chain: {b!r} is not reachable from {a!r}",
-                )
-    missing = _uncovered(g, s, s.waits)
-    _require(
-        not missing, f"cross-stream dependencies not covered by any wait: {missing!r}"
-    )
-    for i, w in enumerate(s.waits):
-        rest = s.waits[:i] + s.waits[i + 1 :]
-        _require(
-            bool(_uncovered(g, s, rest)),
-            f"wait {w!r} is redundant: the other waits plus stream order already imply it",
-        )

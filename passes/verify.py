@@ -1,10 +1,16 @@
-"""Invariants every Graph keeps after every pass."""
+"""Invariants every Graph keeps after every pass.
+
+`verify` checks the whole graph (tests and `strict=True` run it after every
+pass); `verify_change` checks only what a pass changed — the nodes it added or
+rewrote, and the convexity of the groups whose members changed — so a normal
+compile pays for what a pass did, not for the size of the graph.
+"""
 
 from __future__ import annotations
 
 import networkx as nx
 
-from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind
+from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node
 
 
 class InvariantError(AssertionError):
@@ -15,24 +21,79 @@ def verify(graph: Graph, after: str = "") -> None:
     """Raise InvariantError unless the graph is a DAG in insertion order, every
     node has shape and dtype, edges match operands, and every group is convex."""
     where = f" after {after}" if after else ""
-    position = {name: i for i, name in enumerate(graph.nx.nodes)}
+    position = graph_positions(graph)
     for node in graph:
-        if node.dtype not in ITEMSIZE and not (node.dtype == TUPLE_DTYPE and node.kind is Kind.OPAQUE):
-            raise InvariantError(f"{node.name} has no usable dtype ({node.dtype!r}){where}")
-        if not isinstance(node.shape, tuple) or any(not isinstance(s, int) or s < 0 for s in node.shape):
-            raise InvariantError(f"{node.name} has no concrete shape ({node.shape!r}){where}")
-        operands = set(node.operands())
-        if operands != set(graph.producers(node.name)):
-            raise InvariantError(f"{node.name}: edges {sorted(graph.producers(node.name))} "
-                                 f"do not match operands {sorted(operands)}{where}")
-        for operand in operands:
-            if position[operand] >= position[node.name]:
-                raise InvariantError(f"{node.name} reads {operand}, which comes after it{where}")
-        if node.group is not None and node.kind in (Kind.INPUT, Kind.OUTPUT):
-            raise InvariantError(f"{node.kind.value} node {node.name} is in group {node.group}{where}")
+        _check_node(graph, node, position, where)
     cycle = group_cycle(graph)
     if cycle:
         raise InvariantError(f"groups are not convex{where}: cycle {' -> '.join(cycle)}")
+
+
+def verify_change(before: Graph, graph: Graph, after: str = "") -> None:
+    """`verify` limited to what changed since `before`: nodes added or rewritten, and
+    every group that gained or lost a member (it must stay convex)."""
+    where = f" after {after}" if after else ""
+    position = graph_positions(graph)
+    members: dict[str, list[str]] = {}
+    changed: set[str] = set()
+    for node in graph:
+        if node.group is not None:
+            members.setdefault(node.group, []).append(node.name)
+        old = before.nx.nodes[node.name]["node"] if node.name in before.nx else None
+        if old is node:
+            continue
+        _check_node(graph, node, position, where)
+        if old is None or old.group != node.group:
+            changed.update(g for g in (node.group, old and old.group) if g is not None)
+    for group in sorted(changed & members.keys()):
+        outside = convexity_witness(graph, members[group], position)
+        if outside:
+            raise InvariantError(f"groups are not convex{where}: {group} leaves through {outside} and comes back")
+    if graph.horizontal != before.horizontal and group_cycle(graph):
+        raise InvariantError(f"combo launches make a cycle{where}: {' -> '.join(group_cycle(graph))}")
+
+
+def _check_node(graph: Graph, node: Node, position: dict[str, int], where: str) -> None:
+    if node.dtype not in ITEMSIZE and not (node.dtype == TUPLE_DTYPE and node.kind is Kind.OPAQUE):
+        raise InvariantError(f"{node.name} has no usable dtype ({node.dtype!r}){where}")
+    if not isinstance(node.shape, tuple) or any(not isinstance(s, int) or s < 0 for s in node.shape):
+        raise InvariantError(f"{node.name} has no concrete shape ({node.shape!r}){where}")
+    operands = set(node.operands())
+    if operands != set(graph.producers(node.name)):
+        raise InvariantError(f"{node.name}: edges {sorted(graph.producers(node.name))} "
+                             f"do not match operands {sorted(operands)}{where}")
+    for operand in operands:
+        if position[operand] >= position[node.name]:
+            raise InvariantError(f"{node.name} reads {operand}, which comes after it{where}")
+    if node.group is not None and node.kind in (Kind.INPUT, Kind.OUTPUT):
+        raise InvariantError(f"{node.kind.value} node {node.name} is in group {node.group}{where}")
+
+
+def graph_positions(graph: Graph) -> dict[str, int]:
+    """Each node's index in insertion order (a topological order of a valid graph)."""
+    return {name: i for i, name in enumerate(graph.nx.nodes)}
+
+
+def convexity_witness(graph: Graph, names: list[str], position: dict[str, int]) -> str | None:
+    """A node outside `names` on a path between two of them (None: the set is convex).
+    Such a path ends before the last member, so the search stops there."""
+    inside = set(names)
+    last = max(position[n] for n in names)
+    seen: set[str] = set()  # outside nodes already searched: none of them leads back in
+    for name in names:
+        for start in graph.nx.successors(name):
+            if start in inside or start in seen or position[start] >= last:
+                continue
+            seen.add(start)
+            stack = [start]
+            while stack:
+                for succ in graph.nx.successors(stack.pop()):
+                    if succ in inside:
+                        return start
+                    if succ not in seen and position[succ] < last:
+                        seen.add(succ)
+                        stack.append(succ)
+    return None
 
 
 def quotient(graph: Graph) -> nx.DiGraph:
@@ -49,7 +110,8 @@ def quotient(graph: Graph) -> nx.DiGraph:
 
 def group_cycle(graph: Graph) -> list[str]:
     """A cycle of the quotient graph, empty when every group is convex."""
-    try:
-        return [edge[0] for edge in nx.find_cycle(quotient(graph))]
-    except nx.NetworkXNoCycle:
+    q = quotient(graph)
+    # The topological sort is far cheaper than a cycle search; search only to name the cycle.
+    if nx.is_directed_acyclic_graph(q):
         return []
+    return [edge[0] for edge in nx.find_cycle(q)]

@@ -18,8 +18,8 @@ from fusec.passes.parallel import (
     dag_width,
     levels,
     minimal_waits,
-    verify_schedule,
 )
+from fusec.passes.schedule_check import verify_schedule
 
 PROPERTY = settings(max_examples=150, deadline=None)
 

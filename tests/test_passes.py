@@ -7,7 +7,7 @@ from fusec.passes.classify import classify
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
-from fusec.passes.verify import InvariantError, verify
+from fusec.passes.verify import InvariantError, verify, verify_change
 from tests.graphs import build
 
 
@@ -135,3 +135,43 @@ def test_graph_rejects_use_before_definition():
     g = Graph()
     with pytest.raises(ValueError, match="not defined"):
         g.add(Node("a", "exp", Kind.POINTWISE, (4,), "float32", args=(Ref("x"),)))
+
+
+def test_incremental_verify_checks_the_groups_a_pass_changed():
+    g = build([("x", "input", []), ("a", "exp", ["x"]), ("s", "cumsum", ["a"]), ("c", "add", ["a", "s"]),
+               ("d", "neg", ["x"])], ["c", "d"])
+    convex = g.copy()
+    convex.update(g["d"].replace(group="k1"))
+    verify_change(g, convex, after="test")  # a new convex group is fine
+    broken = convex.copy()
+    broken.update(g["a"].replace(group="k0"))
+    broken.update(g["c"].replace(group="k0"))
+    with pytest.raises(InvariantError, match="k0 leaves through s"):
+        verify_change(convex, broken, after="test")
+    # A group the pass did not touch is not searched again: the check costs what the pass changed.
+    renamed = broken.copy()
+    renamed.update(broken["d"].replace(group="k2"))
+    verify_change(broken, renamed, after="test")
+    with pytest.raises(InvariantError, match="not convex"):
+        verify(renamed)
+
+
+def test_incremental_verify_checks_rewritten_nodes():
+    g = build([("x", "input", []), ("a", "exp", ["x"])], ["a"])
+    bad = g.copy()
+    bad.update(g["a"].replace(dtype="mystery"))
+    with pytest.raises(InvariantError, match="dtype"):
+        verify_change(g, bad)
+
+
+def test_fusion_refuses_a_merge_through_an_outside_path_in_a_long_graph():
+    # x -> a -> (200 ops of a chain run by torch) -> t -> b, and a -> b: a and b must not fuse.
+    spec = [("x", "input", []), ("a", "exp", ["x"])]
+    prev = "a"
+    for i in range(200):
+        spec.append((f"t{i}", "cumsum", [prev]))
+        prev = f"t{i}"
+    spec.append(("b", "add", ["a", prev]))
+    out = fuse(classify(build(spec, ["b"])))
+    assert out.nx.edges["a", "b"]["reason"] == "would create a cycle through t0"
+    verify(out)

@@ -78,8 +78,16 @@ def test_auto_says_why():
     model, args = build("inception")
     report = fusec.inspect(model, *args)
     assert "auto" in report.graphs[0].streams.reason
-    chain = fusec.inspect(lambda x: torch.exp(x).sin(), torch.randn(8))
+    chain = fusec.inspect(lambda x: torch.exp(x).sin(), torch.randn(8), options={"streams": 2})
     assert "no two kernels are independent" in chain.graphs[0].streams.reason
+
+
+def test_auto_plans_no_streams_for_cpu_tensors():
+    model, args = build("inception")
+    for record in fusec.inspect(model, *args).graphs:  # CPU tensors: Triton's interpreter has no streams
+        assert record.streams.streams == 1 and "CPU" in record.streams.reason
+        assert record.streams.dag_width == 4
+        assert {s.stream for s in record.plan.steps} == {0} and not any(s.waits for s in record.plan.steps)
 
 
 def test_eight_independent_chains_are_one_launch():
