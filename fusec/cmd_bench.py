@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from fusec.bench_memory import TRAINING
+from fusec.bench_memory import markdown as memory_markdown
+from fusec.bench_memory import measure as measure_memory
 from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench_overhead import markdown as overhead_markdown
 from fusec.bench_overhead import measure as measure_overhead
@@ -32,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(args.workloads or WORKLOADS))
     if args.overhead:
         return _overhead(names, device, args)
+    if args.memory:
+        return _memory(args.workloads or list(TRAINING), device, args)
     timed = systems(device)
     print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
@@ -69,6 +74,23 @@ def _overhead(names: list[str], device: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
+    others = [n for n in names if n not in TRAINING]
+    if others:
+        print(f"fusec bench --memory: {', '.join(others)} cannot train here; --memory measures "
+              f"{', '.join(TRAINING)}", file=sys.stderr)
+        return 2
+    print(f"fusec bench --memory: bytes saved for backward by {len(names)} workload(s) on {device}", file=sys.stderr)
+    rows = [row for name in names for row in measure_memory(name, device, args.quick)]
+    text = memory_markdown(rows, device)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+    return 0
+
+
 DESCRIPTION = ("Time each workload under eager PyTorch, torch.compile and fusec in one process, with launch counts, "
                "compile seconds, error against eager, and achieved bandwidth against the device's copy bandwidth. "
                "On CPU, fusec's kernels run in Triton's interpreter (the \"fusec\" rows) and fusec's plan runs "
@@ -96,6 +118,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--overhead", action="store_true",
                    help="measure host time per call and per kernel instead (launches stubbed on a CPU)")
+    p.add_argument("--memory", action="store_true",
+                   help="measure the bytes each system saves for backward in one training forward instead "
+                        f"(default workloads: {', '.join(TRAINING)})")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

@@ -12,7 +12,7 @@ from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.plan import Extern, Kernel, does_work
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "streams",
-              "dag_width", "cross_stream_waits", "compile_seconds", "execution")
+              "dag_width", "cross_stream_waits", "compile_seconds", "execution", "saved_bytes")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -45,6 +45,9 @@ class Report:
             "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
             # How the graphs run ("triton", "interpreter", "torch"), each named once, in graph order.
             "execution": ", ".join(dict.fromkeys(g.execution for g in self.graphs)) or "none",
+            # Activations the training graphs save for their backward (fusec.partition).
+            "saved_bytes": sum(g.partition.saved_bytes for g in self.graphs
+                               if g.partition is not None and g.name.startswith("forward")),
         }
 
     @property

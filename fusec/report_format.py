@@ -16,6 +16,7 @@ STAT_LABELS = {
     "cross_stream_waits": "cross-stream waits",
     "compile_seconds": "compile time",
     "execution": "runs",
+    "saved_bytes": "saved for backward",
 }
 
 EXECUTION = {"triton": "compiled Triton kernels", "interpreter": "kernels in Triton's interpreter",
@@ -48,7 +49,7 @@ def seconds(s: float) -> str:
 
 
 def stat(key: str, value: Any) -> str:
-    if key.startswith("bytes_"):
+    if key.startswith("bytes_") or key.endswith("_bytes"):
         return f"{nbytes(value)} ({value})"
     if key == "compile_seconds":
         return seconds(value)
