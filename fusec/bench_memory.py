@@ -16,7 +16,8 @@ import torch
 
 from fusec.bench_workloads import WORKLOADS, tier_for
 from fusec.frontend import Backend
-from fusec.options import REMAT, Options
+from fusec.options import Options
+from fusec.report_format import nbytes
 
 # The bench's workloads that train, and the forward-only ones that are also run with gradients here.
 TRAINING = ("transformer_block_train", "attention", "linear_gelu", "swiglu_mlp", "layer_norm", "bias_gelu",
@@ -60,7 +61,7 @@ def systems() -> dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]:
         "eager": lambda fn: fn,
         "torch.compile": lambda fn: torch.compile(fn, dynamic=False),
     }
-    for remat in REMAT:
+    for remat in ("none", "auto", "aggressive"):
         compilers[f"fusec remat={remat}"] = lambda fn, remat=remat: fusec_partitioned(fn, remat)
     return compilers
 
@@ -88,13 +89,13 @@ def markdown(rows: list[Saved], device: str) -> str:
     """One row per workload: activation bytes saved per system, and fusec (auto) against eager."""
     names = list(dict.fromkeys(r.workload for r in rows))
     systems_ = list(dict.fromkeys(r.system for r in rows))
-    lines = [f"Activations saved for backward by one training forward ({device}, fp32; KiB, inputs and "
+    lines = [f"Activations saved for backward by one training forward ({device}, fp32; inputs and "
              "parameters excluded)", "",
              "| workload | " + " | ".join(systems_) + " | fusec auto / eager |",
              "|---|" + "---:|" * (len(systems_) + 1)]
     for name in names:
         by = {r.system: r.activation_bytes for r in rows if r.workload == name}
         ratio = by["fusec remat=auto"] / by["eager"] if by.get("eager") else float("nan")
-        cells = " | ".join(f"{by[s] / 1024:.1f}" for s in systems_)
+        cells = " | ".join(nbytes(by[s]) for s in systems_)
         lines.append(f"| {name} | {cells} | {ratio:.2f} |")
     return "\n".join(lines) + "\n"
