@@ -24,6 +24,7 @@ Either min cut is kept only when it saves no more bytes than the default partiti
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,7 +41,7 @@ from torch._functorch.partitioners import (
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.checkpoint import CheckpointPolicy
 
-from fusec.options import REMAT
+log = logging.getLogger("fusec")
 
 # torch._functorch.config settings for each min cut (see the module docstring).
 _MIN_CUT_CONFIG = {
@@ -77,25 +78,31 @@ class Partition:
 
 def partitioner(remat: str, on_partition: Callable[[Partition], None]) -> Callable[..., Any]:
     """An AOTAutograd `partition_fn` for `remat`; each partition it makes is handed to `on_partition`."""
-    if remat not in REMAT:
-        raise ValueError(f"fusec: remat must be one of {', '.join(map(repr, REMAT))}, got {remat!r}")
-
     def partition(joint: torch.fx.GraphModule, joint_inputs: Any, **kwargs: Any) -> tuple[Any, Any]:
         fw, bw = default_partition(joint, joint_inputs, **kwargs)
         default = _describe(remat, "default", fw, bw, 0)
         chosen = default
-        if remat == "auto":
-            _save_unfused_materialized(joint, kwargs)
         if remat != "none":
-            with functorch_config.patch(_MIN_CUT_CONFIG[remat]):
-                cut_fw, cut_bw = min_cut_rematerialization_partition(joint, joint_inputs, **kwargs)
-            cut = _describe(remat, "min-cut", cut_fw, cut_bw, default.saved_bytes)
-            if cut.saved_bytes <= default.saved_bytes:
-                fw, bw, chosen = cut_fw, cut_bw, cut
+            try:
+                cut_fw, cut_bw = _min_cut(remat, joint, joint_inputs, kwargs)
+            except Exception as exc:  # the default partition is always valid: keep it, and say so
+                log.warning("fusec: the min-cut partition failed (%s: %s); the graph saves what its backward reads",
+                            type(exc).__name__, exc)
+            else:
+                cut = _describe(remat, "min-cut", cut_fw, cut_bw, default.saved_bytes)
+                if cut.saved_bytes <= default.saved_bytes:
+                    fw, bw, chosen = cut_fw, cut_bw, cut
         on_partition(_with_default(chosen, default.saved_bytes))
         return fw, bw
 
     return partition
+
+
+def _min_cut(remat: str, joint: torch.fx.GraphModule, joint_inputs: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    if remat == "auto":
+        _save_unfused_materialized(joint, kwargs)
+    with functorch_config.patch(_MIN_CUT_CONFIG[remat]):
+        return min_cut_rematerialization_partition(joint, joint_inputs, **kwargs)
 
 
 def _save_unfused_materialized(joint: torch.fx.GraphModule, kwargs: dict[str, Any]) -> None:
@@ -195,6 +202,8 @@ def _why_saved(node: torch.fx.Node, method: str) -> str:
         return "graph input: held by the caller anyway"
     if ops.is_random(node) or _is_random(node):
         return "random: recomputing it would draw new numbers"
+    if any(ops.is_random(a) or _is_random(a) for a in node.all_input_nodes):
+        return "made from random numbers (a dropout mask): kept, never drawn again"
     if ops.is_compute_intensive(node) or "attention" in _op_name(node):
         return "expensive: a matmul, convolution or attention is not recomputed"
     if method == "default":

@@ -77,7 +77,8 @@ def test_inspect_launches_no_kernel(monkeypatch):
     report = fusec.inspect(lambda x, b, y: torch.sigmoid(x + b) * y - torch.tanh(y) / 3, x, b, y)
     assert report.stats["kernels"] == 1
     assert set(report.stats) == {"nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused",
-                                 "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution"}
+                                 "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution",
+                                 "saved_bytes"}
     kernel = report.kernels[0]
     assert "@triton.jit" in kernel.source and kernel.kind == "pointwise"
     assert '"stats"' in report.to_json()

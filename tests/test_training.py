@@ -147,3 +147,4 @@ def test_dropout_backward_uses_the_forward_mask(remat):
     torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-5)
     partition = fusec.report_of(compiled).graphs[0].partition
     assert not [v for v in partition.recomputed if v.op in ("rand_like", "rand", "bernoulli", "native_dropout")]
+    assert [v.dtype for v in partition.saved if "random" in v.reason] == ["bool"]  # the mask, not the numbers
