@@ -13,15 +13,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from fusec.bench_workloads import WORKLOADS, tier_for
+from fusec.bench_workloads import WORKLOADS, Case, Workload, tier_for
 from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report_format import nbytes
 
+
+def _conv_bn(p: dict[str, int], device: torch.device, dtype: torch.dtype) -> Case:
+    c = p["channels"]
+    model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                          nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+    x = torch.randn(p["batch"], 3, p["height"], p["height"], device=device, dtype=dtype)
+    return Case(model.to(device=device, dtype=dtype), (x,))
+
+
+# Measured here only: a CNN's training memory (convolutions, BatchNorm in training mode, ReLU).
+CONV_BN = Workload("conv_bn_train", "two Conv2d + BatchNorm2d + ReLU layers, forward + backward", _conv_bn,
+                   {"tiny": {"batch": 2, "channels": 16, "height": 16},
+                    "quick": {"batch": 32, "channels": 64, "height": 56},
+                    "full": {"batch": 64, "channels": 128, "height": 56}})
+
 # The bench's workloads that train, and the forward-only ones that are also run with gradients here.
-TRAINING = ("transformer_block_train", "attention", "linear_gelu", "swiglu_mlp", "layer_norm", "bias_gelu",
-            "bias_dropout_residual")
+TRAINING = ("transformer_block_train", "conv_bn_train", "attention", "linear_gelu", "swiglu_mlp", "layer_norm",
+            "bias_gelu", "bias_dropout_residual")
 
 
 @dataclass(frozen=True)
@@ -72,12 +88,13 @@ def measure(name: str, device: str, quick: bool) -> list[Saved]:
     for system, compiler in systems().items():
         torch._dynamo.reset()
         torch.manual_seed(0)
-        case = WORKLOADS[name].case(tier_for(device, quick), torch.device(device), torch.float32)
+        workload = CONV_BN if name == CONV_BN.name else WORKLOADS[name]
+        case = workload.case(tier_for(device, quick), torch.device(device), torch.float32)
         args = tuple(a.detach().requires_grad_(a.is_floating_point()) if isinstance(a, torch.Tensor) else a
                      for a in case.args)
         fn = case.fn.train() if isinstance(case.fn, torch.nn.Module) else case.fn
         held = [a for a in args if isinstance(a, torch.Tensor)]
-        held += list(fn.parameters()) if isinstance(fn, torch.nn.Module) else []
+        held += [*fn.parameters(), *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
         compiled = compiler(fn)
         compiled(*args)  # compiles: what a compiler saves while it traces is not what a step saves
         total, activations = saved_storages(compiled, args, held)

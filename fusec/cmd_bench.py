@@ -120,7 +120,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure host time per call and per kernel instead (launches stubbed on a CPU)")
     p.add_argument("--memory", action="store_true",
                    help="measure the bytes each system saves for backward in one training forward instead "
-                        f"(default workloads: {', '.join(TRAINING)})")
+                        f"(default workloads: {', '.join(TRAINING)}; conv_bn_train is measured by default only)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

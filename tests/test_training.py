@@ -148,3 +148,14 @@ def test_dropout_backward_uses_the_forward_mask(remat):
     partition = fusec.report_of(compiled).graphs[0].partition
     assert not [v for v in partition.recomputed if v.op in ("rand_like", "rand", "bernoulli", "native_dropout")]
     assert [v.dtype for v in partition.saved if "random" in v.reason] == ["bool"]  # the mask, not the numbers
+
+
+@pytest.mark.parametrize("remat", REMAT)
+def test_convolutions_are_never_recomputed(remat):
+    torch.manual_seed(4)
+    # GELU's gradient reads its input: the first convolution's output, which is saved, not recomputed.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
+    report = check_training(model, torch.randn(1, 3, 6, 6), remat=remat, rtol=1e-4, atol=1e-4)
+    partition = report.graphs[0].partition
+    assert "convolution" not in {v.op for v in partition.recomputed}
+    assert {v.op for v in partition.saved if v.reason.startswith("expensive")} == {"convolution"}
