@@ -137,15 +137,16 @@ def _readers(node: torch.fx.Node, ops: Any) -> list[torch.fx.Node]:
 
 def _cheap_cone(node: torch.fx.Node, info: Any, ops: Any) -> list[torch.fx.Node]:
     """`node` and the forward values it is recomputed from: its cheap ancestors and the values they start at."""
-    cone, stack = [], [node]
+    cone: dict[torch.fx.Node, None] = {}  # an ordered set
+    stack = [node]
     while stack:
         current = stack.pop()
         if current in cone:
             continue
-        cone.append(current)
+        cone[current] = None
         if current.op == "call_function" and info.is_required_fw(current) and ops.is_recomputable(current):
             stack.extend(a for a in current.all_input_nodes if a not in cone)
-    return cone
+    return list(cone)
 
 
 def _with_default(p: Partition, default_bytes: int) -> Partition:
