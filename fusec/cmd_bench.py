@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 from fusec import bench_static
+from fusec.bench_memory import TRAINING
+from fusec.bench_memory import markdown as memory_markdown
+from fusec.bench_memory import measure as measure_memory
 from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench_overhead import markdown as overhead_markdown
 from fusec.bench_overhead import measure as measure_overhead
@@ -38,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         return bench_static.run(names, DTYPES[args.dtype or "bf16"], args.quick, args.markdown)
     if args.overhead:
         return _overhead(names, device, args)
+    if args.memory:
+        return _memory(args.workloads or list(TRAINING), device, args)
     timed = systems(device)
     print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
@@ -67,6 +72,23 @@ def _overhead(names: list[str], device: str, args: argparse.Namespace) -> int:
     print(f"fusec bench --overhead: host cost per call of {len(names)} workload(s) on {device}", file=sys.stderr)
     rows = [row for name in names if (row := measure_overhead(name, device)) is not None]
     text = overhead_markdown(rows, device)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+    return 0
+
+
+def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
+    others = [n for n in names if n not in TRAINING]
+    if others:
+        print(f"fusec bench --memory: {', '.join(others)} cannot train here; --memory measures "
+              f"{', '.join(TRAINING)}", file=sys.stderr)
+        return 2
+    print(f"fusec bench --memory: bytes saved for backward by {len(names)} workload(s) on {device}", file=sys.stderr)
+    rows = [row for name in names for row in measure_memory(name, device, args.quick)]
+    text = memory_markdown(rows, device)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
@@ -105,6 +127,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--static", action="store_true",
                    help="compile each workload's kernels for sm_90 without a GPU and report registers, spills, "
                         "shared memory, vector widths and passes over each row (default dtype bf16)")
+    p.add_argument("--memory", action="store_true",
+                   help="measure the bytes each system saves for backward in one training forward instead "
+                        f"(default workloads: {', '.join(TRAINING)}; conv_bn_train is measured by default only)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

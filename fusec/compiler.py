@@ -23,6 +23,7 @@ from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
+from fusec.partition import Partition
 from fusec.pipeline import run_passes
 from fusec.plan import Kernel, Plan, build_plan
 from fusec.runtime import Runtime
@@ -48,6 +49,7 @@ class CompiledGraph:
     runtime: Runtime | None = None  # what runs the graph (None when torch runs it whole)
     execution: str = TORCH  # how it runs: "triton", "interpreter" or "torch" (fusec.execution)
     modules: dict[str, str] = field(default_factory=dict)  # node -> the nn.Module path it came from
+    partition: Partition | None = None  # a training graph's: what is saved for backward, what recomputed
 
     def runs_through_torch(self, reason: str, gm: torch.fx.GraphModule) -> None:
         """From now on torch runs the whole graph, for `reason`: what every report shows."""

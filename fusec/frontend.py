@@ -16,6 +16,7 @@ from torch._dynamo.backends.common import aot_autograd
 from fusec.compiler import CompiledGraph, boxed, compile_graph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.options import Options
+from fusec.partition import Partition, partitioner
 
 log = logging.getLogger("fusec")
 
@@ -34,6 +35,7 @@ class Backend:
         self.records: list[CompiledGraph] = []
         self.graph_ids = itertools.count()  # per backend: names are stable run to run
         self.runs_eagerly: str | None = None  # why Dynamo stopped compiling for this callable
+        self.partition: Partition | None = None  # the last training graph's, for its forward and backward records
 
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:
@@ -53,12 +55,19 @@ class Backend:
                                  "or give fewer distinct shapes and Python values)")
             log.warning("fusec: %s", self.runs_eagerly)
 
+    def _partitioned(self, partition: Partition) -> None:
+        self.partition = partition
+
     def _compiler(self, kind: str) -> Callable:
         def compile_fn(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
             name = f"{kind}_{next(self.graph_ids)}"
+            partition = self.partition if kind != "inference" else None
             if self.launch:
-                return compile_graph(gm, name, self.options, self.records)
+                compiled = compile_graph(gm, name, self.options, self.records)
+                self.records[-1].partition = partition
+                return compiled
             record, _ = plan_graph(gm, name, self.options)
+            record.partition = partition
             self.records.append(record)
             return boxed(gm)
         return compile_fn
@@ -69,6 +78,7 @@ class Backend:
             bw_compiler=self._compiler("backward"),
             inference_compiler=self._compiler("inference"),
             decompositions=DECOMPOSITIONS,
+            partition_fn=partitioner(self.options.remat, self._partitioned),
         )
         if not (self.launch and self.options.cpu == "torch" and _on_cpu(example_inputs)):
             return backend(gm, example_inputs)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 CPU_MODES = ("torch", "interpret")
+REMAT = ("auto", "none", "aggressive")  # fusec.partition's settings
 
 
 def _default_cache_dir() -> Path:
@@ -39,6 +40,10 @@ class Options:
       "interpret": the generated kernels run in Triton's interpreter, 100-500x slower
       than eager; it checks the generated code without a GPU (tests, debugging).
       CUDA graphs always run fusec's compiled kernels.
+    remat: what a training graph saves for its backward (fusec.partition). "auto" (the
+      default): the min cut, recomputing cheap ops the backward's kernels read the inputs of;
+      "none": save every value the backward reads; "aggressive": recompute every cheap op.
+      Random ops (dropout) and matmuls, convolutions and attention are never recomputed.
     """
 
     fuse: bool = True
@@ -51,6 +56,7 @@ class Options:
     strict: bool = False
     cudagraphs: bool = False
     cpu: str = "torch"
+    remat: str = "auto"
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -94,6 +100,9 @@ class Options:
             _bad("streams", "a positive integer, 'auto' or None", self.streams)
         if self.cpu not in CPU_MODES:
             _bad("cpu", "'torch' (run CPU graphs through torch) or 'interpret' (Triton's interpreter)", self.cpu)
+        if self.remat not in REMAT:
+            _bad("remat", "'auto' (the min cut), 'none' (save what the backward reads) or 'aggressive' "
+                 "(recompute every cheap op)", self.remat)
         for name in ("dump_dir", "cache_dir"):
             _check_path(name, getattr(self, name))
 

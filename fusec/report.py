@@ -13,7 +13,8 @@ from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.plan import Extern, Kernel, does_work
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "peak_bytes_unfused",
-              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution", "ran")
+              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution", "ran",
+              "saved_bytes")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -50,6 +51,9 @@ class Report:
             # How the graphs run ("triton", "interpreter", "torch"), each named once, in graph order.
             "execution": ", ".join(dict.fromkeys(g.execution for g in self.graphs)) or "none",
             "ran": self._ran(),
+            # Activations the training graphs save for their backward (fusec.partition).
+            "saved_bytes": sum(g.partition.saved_bytes for g in self.graphs
+                               if g.partition is not None and g.name.startswith("forward")),
         }
 
     def _ran(self) -> dict[str, int]:

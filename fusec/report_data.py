@@ -62,6 +62,8 @@ def _graph_row(record: CompiledGraph) -> dict[str, Any]:
                            "fallback": record.fallback,
                            "fallback_ops": record.fallback_ops, "compile_seconds": record.compile_seconds,
                            "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds]}
+    if record.partition is not None:
+        row["partition"] = asdict(record.partition)
     if record.plan is None:
         return row
     dag = cost_dag(record.plan)

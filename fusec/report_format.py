@@ -19,6 +19,7 @@ STAT_LABELS = {
     "compile_seconds": "compile time",
     "execution": "runs",
     "ran": "ran",
+    "saved_bytes": "saved for backward",
 }
 
 EXECUTION = {"triton": "compiled Triton kernels", "interpreter": "kernels in Triton's interpreter",
@@ -51,7 +52,7 @@ def seconds(s: float) -> str:
 
 
 def stat(key: str, value: Any) -> str:
-    if key.startswith(("bytes_", "peak_bytes")):
+    if key.startswith(("bytes_", "peak_bytes")) or key.endswith("_bytes"):
         return f"{nbytes(value)} ({value})"
     if key == "compile_seconds":
         return seconds(value)

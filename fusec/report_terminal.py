@@ -42,6 +42,8 @@ def _summary(data: dict[str, Any], console: Console) -> None:
 def _graph(data: dict[str, Any], graph: dict[str, Any], console: Console) -> None:
     name = graph["name"]
     console.rule(f"[bold]{escape(name)}[/bold] ({graph['device']}, {fmt.execution(graph['execution'])})")
+    if "partition" in graph:
+        _partition(graph["partition"], console)
     if graph["fallback"]:
         console.print(f"[red]runs through torch entirely[/red] ({graph['fallback_ops']} ops): "
                       f"{escape(graph['fallback'])}", soft_wrap=True)
@@ -82,3 +84,11 @@ def _graph(data: dict[str, Any], graph: dict[str, Any], console: Console) -> Non
     for w in waits:
         console.print(f"  stream {w['stream']} waits for {escape(w['on'])} before {escape(w['step'])}",
                       soft_wrap=True, highlight=False)
+
+
+def _partition(p: dict[str, Any], console: Console) -> None:
+    saved = [v for v in p["saved"] if v["op"] != "input"]
+    console.print(f"saves for backward ({p['method']}, remat={p['remat']}): {fmt.nbytes(p['saved_bytes'])} in "
+                  f"{len(saved)} tensors (default partition: {fmt.nbytes(p['default_saved_bytes'])}): "
+                  f"{escape(', '.join(v['name'] for v in saved))}; recomputes {len(p['recomputed'])} ops",
+                  soft_wrap=True, highlight=False)

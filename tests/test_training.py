@@ -6,24 +6,26 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusec
+from fusec.examples import TransformerBlock
+from fusec.options import REMAT
 from tests.eager import assert_ran
 
 
-def grads(model, inputs, compiled=False):
+def grads(model, inputs, compiled=False, **options):
     for p in model.parameters():
         p.grad = None
     xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
-    fn = fusec.compile(model) if compiled else model
+    fn = fusec.compile(model, **options) if compiled else model
     out = fn(*xs)
     (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
     result = [out.detach()] + [x.grad for x in xs if x.grad is not None] + [p.grad for p in model.parameters()]
     return result, (assert_ran(fn) if compiled else None)
 
 
-def check_training(model, *inputs, kernels=None, **tol):
+def check_training(model, *inputs, kernels=None, remat="auto", **tol):
     torch.manual_seed(0)
     expected, _ = grads(model, inputs)
-    got, report = grads(model, inputs, compiled=True)
+    got, report = grads(model, inputs, compiled=True, remat=remat)
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, **(tol or dict(rtol=1e-4, atol=1e-5)))
     names = [g.name.split("_")[0] for g in report.graphs]
@@ -107,3 +109,58 @@ def test_autocast_mixed_precision(dtype):
     # About 3x the error measured, max |got - eager| / (1 + |eager|): 7.2e-3 (bf16), 8.8e-4 (fp16).
     tol = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype]
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+
+
+class MLP(nn.Module):
+    """Linear, GELU, Linear, LayerNorm: what remat chooses between (matmul outputs, GELU, norm statistics)."""
+
+    def __init__(self, width=32, hidden=64):
+        super().__init__()
+        self.up, self.down, self.norm = nn.Linear(width, hidden), nn.Linear(hidden, width), nn.LayerNorm(width)
+
+    def forward(self, x):
+        return self.norm(self.down(F.gelu(self.up(x))) + x)
+
+
+@pytest.mark.parametrize("remat", REMAT)
+@pytest.mark.parametrize("model", ["layer_norm", "softmax", "gelu", "mlp", "transformer"])
+def test_gradients_match_eager_with_each_remat(model, remat):
+    torch.manual_seed(3)
+    make = {"layer_norm": lambda: (nn.LayerNorm(48), torch.randn(16, 48)),
+            "softmax": lambda: (Lambda(lambda m, x: torch.softmax(x * m.weight, -1)), torch.randn(8, 32)),
+            "gelu": lambda: (Lambda(lambda m, x: F.gelu(x + m.bias)), torch.randn(64, 32)),
+            "mlp": lambda: (MLP(), torch.randn(8, 32)),
+            "transformer": lambda: (TransformerBlock(32, 2), torch.randn(1, 8, 32))}
+    module, x = make[model]()
+    report = check_training(module, x, remat=remat, rtol=1e-4, atol=1e-4)
+    forward, backward = report.graphs
+    assert forward.partition is backward.partition and forward.partition.remat == remat
+    assert forward.partition.saved_bytes <= forward.partition.default_saved_bytes
+
+
+@pytest.mark.parametrize("remat", REMAT)
+def test_dropout_backward_uses_the_forward_mask(remat):
+    # sin is cheap: "aggressive" recomputes it in the backward; the mask must be the forward's.
+    model = Lambda(lambda m, x: F.dropout(torch.sin(x) * m.weight, p=0.3, training=True) * 2)
+    compiled = fusec.compile(model, remat=remat)
+    x = torch.randn(64, 32, requires_grad=True)
+    y = compiled(x)
+    y.backward(torch.ones_like(y))
+    kept = y != 0
+    assert 0.6 < kept.float().mean().item() < 0.8
+    expected = kept * torch.cos(x.detach()) * model.weight.detach() * 2 / 0.7
+    torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-5)
+    partition = fusec.report_of(compiled).graphs[0].partition
+    assert not [v for v in partition.recomputed if v.op in ("rand_like", "rand", "bernoulli", "native_dropout")]
+    assert [v.dtype for v in partition.saved if "random" in v.reason] == ["bool"]  # the mask, not the numbers
+
+
+@pytest.mark.parametrize("remat", REMAT)
+def test_convolutions_are_never_recomputed(remat):
+    torch.manual_seed(4)
+    # GELU's gradient reads its input: the first convolution's output, which is saved, not recomputed.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
+    report = check_training(model, torch.randn(1, 3, 6, 6), remat=remat, rtol=1e-4, atol=1e-4)
+    partition = report.graphs[0].partition
+    assert "convolution" not in {v.op for v in partition.recomputed}
+    assert {v.op for v in partition.saved if v.reason.startswith("expensive")} == {"convolution"}
