@@ -63,8 +63,10 @@ class Backend:
             name = f"{kind}_{next(self.graph_ids)}"
             partition = self.partition if kind != "inference" else None
             if self.launch:
+                before = len(self.records)
                 compiled = compile_graph(gm, name, self.options, self.records)
-                self.records[-1].partition = partition
+                for record in self.records[before:]:  # the one it made
+                    record.partition = partition
                 return compiled
             record, _ = plan_graph(gm, name, self.options)
             record.partition = partition

@@ -6,6 +6,7 @@ changes meaning or goes away (adding a field does not need a bump).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -63,7 +64,8 @@ def _graph_row(record: CompiledGraph) -> dict[str, Any]:
                            "fallback_ops": record.fallback_ops, "compile_seconds": record.compile_seconds,
                            "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds]}
     if record.partition is not None:
-        row["partition"] = asdict(record.partition)
+        # through JSON's types (tuples as lists), so the data equals what --json writes
+        row["partition"] = json.loads(json.dumps(asdict(record.partition)))
     if record.plan is None:
         return row
     dag = cost_dag(record.plan)

@@ -32,7 +32,7 @@ def test_torch_mode_runs_no_kernel_and_reports_the_same_plan(monkeypatch):
 
     def refuse(*args, **kwargs):
         raise AssertionError("cpu='torch' loaded a kernel")
-    monkeypatch.setattr(fusec.compiler, "load_kernel", refuse)
+    monkeypatch.setattr(fusec.compiler, "load_kernels", refuse)
     torch._dynamo.reset()
     compiled = fusec.compile(fn, cpu="torch")
     torch.testing.assert_close(compiled(x, b), fn(x, b))
