@@ -70,7 +70,7 @@ class KernelCall:
             if self.loaded is None:
                 key = _specialization(args)
             else:  # the loaded tensors' alignment: every other argument is the same each call
-                key = (args[0].get_device(), *[a.data_ptr() % 16 == 0 for a in args[:self.loaded]])
+                key = (args[0].device.index, *[a.data_ptr() % 16 == 0 for a in args[:self.loaded]])
             binary = self.binaries.get(key)
             if binary is None or _launch_hooks_set():
                 self.binaries[key] = self._dispatch(args)
@@ -101,11 +101,11 @@ class KernelCall:
 def _specialization(args: Sequence[Any]) -> tuple:
     """What Triton's dispatch specializes on that can change between calls of one plan: the device
     and each pointer's 16-byte alignment (and, for an integer, its value class and width)."""
-    key: list[Any] = [-1]
+    key: list[Any] = [None]
     for a in args:
         if isinstance(a, torch.Tensor):
-            if key[0] < 0:
-                key[0] = a.get_device()
+            if key[0] is None:
+                key[0] = a.device.index  # `.device` costs a sixth of `get_device()`
             key.append(a.data_ptr() % 16 == 0)
         elif isinstance(a, int) and not isinstance(a, bool):
             key.append((a == 1) + 2 * (a % 16 == 0) + 4 * (not -2**31 <= a < 2**31))
