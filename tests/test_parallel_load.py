@@ -12,6 +12,7 @@ import torch
 
 import fusec
 from fusec.kernels.parallel_load import load_kernels
+from tests.eager import assert_ran
 
 
 def _planned(scale: float):
@@ -41,9 +42,11 @@ def test_parallel_load_gives_each_kernel_its_function(tmp_path):
 
 def test_compiled_model_with_parallel_loading_matches_eager():
     fn, args, _ = _planned(0.777)
-    got = fusec.compile(fn)(*args)
+    compiled = fusec.compile(fn)
+    got = compiled(*args)
     for g, e in zip(got, fn(*args), strict=True):
         torch.testing.assert_close(g, e)
+    assert_ran(compiled)
 
 
 _WARM = textwrap.dedent("""

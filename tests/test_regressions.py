@@ -104,6 +104,7 @@ def test_dropout_fuses_into_matmul_and_repeats_under_manual_seed(fn, kernels):
     report = fusec.report_of(compiled)
     assert report.stats["kernels"] == kernels and report.stats["extern_calls"] == 0, report.summary()
     assert all(g.runtime is not None and g.runtime.broken is None for g in report.graphs)
+    assert report.stats["ran"] == {"kernels": 2 * kernels, "extern_calls": 0, "through_torch": 0}
     kept = torch.relu(x @ w) if fn is _dropout_matmul_softmax else x @ w
     dropped = runs[0] if fn is _dropout_matmul else None
     if dropped is not None:  # every element is dropped or scaled by 1 / (1 - p)
@@ -140,6 +141,7 @@ def test_out_of_range_index_raises_eagers_error(fn, args):
     torch.testing.assert_close(compiled(*fine), fn(*fine))
     report = fusec.report_of(compiled)
     assert report.stats["kernels"] >= 1 and all(g.runtime.broken is None for g in report.graphs)
+    assert report.stats["ran"]["kernels"] >= 1 and report.stats["ran"]["through_torch"] == 0
 
 
 def test_out_of_range_gather_through_torch_compile_raises_eagers_error():
@@ -183,6 +185,7 @@ def test_an_unwritable_dump_dir_never_changes_what_runs(tmp_path, caplog):
             torch.testing.assert_close(compiled(x), torch.exp(x) + 1)
             report = fusec.report_of(compiled)
             assert report.stats["kernels"] == 1 and report.graphs[0].fallback is None, report.summary()
+            assert_ran(compiled)
     said = [r.getMessage() for r in caplog.records if "cannot write pass dumps" in r.getMessage()]
     assert len(said) == 1, said
 

@@ -37,6 +37,8 @@ def test_cross_entropy_from_several_threads_matches_eager():
     report = fusec.report_of(compiled)
     assert report.stats["kernels"] == 1 and report.stats["extern_calls"] == 0, report.summary()
     assert all(g.runtime.broken is None for g in report.graphs), "no call fell back to torch"
+    # every call ran the kernel: the first one and THREADS x CALLS from the threads
+    assert report.stats["ran"] == {"kernels": 1 + THREADS * CALLS, "extern_calls": 0, "through_torch": 0}
 
 
 @pytest.mark.fallback_expected

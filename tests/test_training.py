@@ -150,6 +150,7 @@ def test_dropout_backward_uses_the_forward_mask(remat):
     assert 0.6 < kept.float().mean().item() < 0.8
     expected = kept * torch.cos(x.detach()) * model.weight.detach() * 2 / 0.7
     torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-5)
+    assert_ran(compiled)
     partition = fusec.report_of(compiled).graphs[0].partition
     assert not [v for v in partition.recomputed if v.op in ("rand_like", "rand", "bernoulli", "native_dropout")]
     assert [v.dtype for v in partition.saved if "random" in v.reason] == ["bool"]  # the mask, not the numbers
