@@ -23,10 +23,10 @@ from fusec.cli_paths import first_unwritable
 from fusec.eager_check import check_runs_eagerly
 from fusec.examples import EXAMPLES
 from fusec.launcher import launcher_source
-from fusec.report_data import collect
-from fusec.report_html import to_html
-from fusec.report_svg import to_dot, to_svg
-from fusec.report_terminal import print_report
+from fusec.report.data import collect
+from fusec.report.html import to_html
+from fusec.report.svg import to_dot, to_svg
+from fusec.report.terminal import print_report
 from fusec.targets import (
     DEFAULT_MAX_INPUT_GIB,
     Target,

@@ -23,11 +23,11 @@ from fusec.cli import main
 from fusec.compiler import CompiledGraph
 from fusec.examples import EXAMPLES, build
 from fusec.report import STATS_KEYS, Report
-from fusec.report_data import collect, is_op
-from fusec.report_draw import BOX_W, layered_positions
-from fusec.report_html import to_html
-from fusec.report_svg import to_dot, to_svg
-from fusec.report_terminal import print_report
+from fusec.report.data import collect, is_op
+from fusec.report.draw import BOX_W, layered_positions
+from fusec.report.html import to_html
+from fusec.report.svg import to_dot, to_svg
+from fusec.report.terminal import print_report
 from fusec.targets import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
