@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 import fusec
-from fusec.bench_workloads import WORKLOADS
+from fusec.bench.workloads import WORKLOADS
 from fusec.examples import EXAMPLES, build
 from fusec.report import draw as report_draw
 from fusec.report.data import collect, is_op

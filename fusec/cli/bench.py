@@ -10,22 +10,22 @@ from pathlib import Path
 
 import torch
 
-from fusec import bench_static
-from fusec.bench_memory import TRAINING
-from fusec.bench_memory import markdown as memory_markdown
-from fusec.bench_memory import measure as measure_memory
-from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
-from fusec.bench_overhead import markdown as overhead_markdown
-from fusec.bench_overhead import measure as measure_overhead
-from fusec.bench_workloads import WORKLOADS
-from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.bench import static as bench_static
+from fusec.bench.memory import TRAINING
+from fusec.bench.memory import markdown as memory_markdown
+from fusec.bench.memory import measure as measure_memory
+from fusec.bench.output import markdown, print_table, progress, write_json, write_plot
+from fusec.bench.overhead import markdown as overhead_markdown
+from fusec.bench.overhead import measure as measure_overhead
+from fusec.bench.suite import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.bench.workloads import WORKLOADS
 from fusec.cli import Parser
-from fusec.cli_paths import first_unwritable
+from fusec.cli.paths import first_unwritable
 
 
 def run(args: argparse.Namespace) -> int:
     if args.compile:
-        from fusec import bench_compile
+        from fusec.bench import compile as bench_compile
         return bench_compile.run(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusec.bench_workloads import WORKLOADS, Case, Workload, tier_for
+from fusec.bench.workloads import WORKLOADS, Case, Workload, tier_for
 from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report.format import nbytes
