@@ -153,3 +153,9 @@ def test_the_reader_sees_what_it_should():
     assert "fusec.bench.compile" in imports_of("fusec.cli.bench")  # imported inside a function
     assert "fusec.report" not in imports_of("fusec.report.data")  # only under TYPE_CHECKING
     assert layer_of("fusec.passes.fuse") == 1 and layer_of("fusec.report.data") == len(LAYERS) - 1
+
+
+def test_ir_questions_are_answered_by_the_ir():
+    """The planner and the cost model ask the IR (is_constant, inlined, finals), not the fusion pass."""
+    for name in ("fusec.plan", "fusec.passes.cost", "fusec.streams", "fusec.report.data"):
+        assert "fusec.passes.fuse" not in imports_of(name), name
