@@ -71,13 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def _overhead(names: list[str], device: str, args: argparse.Namespace) -> int:
     print(f"fusec bench --overhead: host cost per call of {len(names)} workload(s) on {device}", file=sys.stderr)
     rows = [row for name in names if (row := measure_overhead(name, device)) is not None]
-    text = overhead_markdown(rows, device)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps({"device": device, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
-    return 0
+    return _write_rows(rows, overhead_markdown(rows, device), device, args)
 
 
 def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
@@ -88,7 +82,11 @@ def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
         return 2
     print(f"fusec bench --memory: bytes saved for backward by {len(names)} workload(s) on {device}", file=sys.stderr)
     rows = [row for name in names for row in measure_memory(name, device, args.quick)]
-    text = memory_markdown(rows, device)
+    return _write_rows(rows, memory_markdown(rows, device), device, args)
+
+
+def _write_rows(rows: list, text: str, device: str, args: argparse.Namespace) -> int:
+    """The table on stdout, and the --markdown and --json files when asked for."""
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
