@@ -98,14 +98,14 @@ def main() -> int:
 
     bench_json = out / "bench.json"
     # Strict: a kernel that fails on the GPU is an error in the table, not a quiet run through torch.
-    report["bench"] = run([sys.executable, "-m", "fusec.cmd_bench", "--quick", "--json", str(bench_json),
+    report["bench"] = run([sys.executable, "-m", "fusec.cli.bench", "--quick", "--json", str(bench_json),
                            "--markdown", str(out / "bench.md"), "--plot", str(out / "bench.png")], BENCH_LIMIT_S,
                           FUSEC_STRICT="1")
     report["bench"]["results"] = json.loads(bench_json.read_text()) if bench_json.exists() else None
     print(f"gpu_check: bench done in {report['bench']['seconds']} s", file=sys.stderr)
 
     overhead_json = out / "overhead.json"
-    report["overhead"] = run([sys.executable, "-m", "fusec.cmd_bench", "--overhead", "--json", str(overhead_json)],
+    report["overhead"] = run([sys.executable, "-m", "fusec.cli.bench", "--overhead", "--json", str(overhead_json)],
                              OVERHEAD_LIMIT_S, FUSEC_STRICT="1")
     report["overhead"]["results"] = json.loads(overhead_json.read_text()) if overhead_json.exists() else None
     print(f"gpu_check: overhead done in {report['overhead']['seconds']} s", file=sys.stderr)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 
 def _mount_source_tree() -> None:
-    # In the source tree, passes/ and kernels/ sit beside fusec/; installed,
-    # they are fusec/passes and fusec/kernels. Mount them under fusec when
-    # running from a checkout, so `fusec.passes` resolves the same either way.
+    # In the source tree, passes/, kernels/ and bench/ sit beside fusec/;
+    # installed, they are fusec/passes, fusec/kernels and fusec/bench. Mount them
+    # under fusec when running from a checkout, so `fusec.passes` resolves the
+    # same either way.
     here = Path(__file__).resolve().parent
-    for sub in ("passes", "kernels"):
+    for sub in ("passes", "kernels", "bench"):
         name = f"{__name__}.{sub}"
         if (here / sub).is_dir() or name in sys.modules:
             continue

@@ -105,7 +105,7 @@ def inspect(model: Callable, *args: Any, training: bool = False, options: dict |
     compiled = torch.compile(entry, backend=backend, dynamic=False)
     if training:
         out = compiled(*args, **kwargs)
-        loss = sum(t.float().sum() for t in _tensors(out) if t.requires_grad)
+        loss = sum(t.float().sum() for t in tensors_in(out) if t.requires_grad)
         if isinstance(loss, torch.Tensor):
             loss.backward()
     else:
@@ -123,11 +123,12 @@ def _fresh_entry(model: Callable) -> Callable:
                               None, entry.__closure__)
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors in a value, in order: nested lists, tuples and dict values (what a model returns)."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors_in(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in tensors_in(v)]
     return []

@@ -164,6 +164,25 @@ def row_domain(graph: Graph, members: list[Node]) -> tuple[tuple[int, ...], tupl
         math.prod(d[0]), math.prod(s for i, s in enumerate(d[0]) if i not in d[1]), d))
 
 
+def finals(graph: Graph, members: list[Node]) -> list[Node]:
+    """Reductions of a group over all of its per-row values (a loss's mean over the batch):
+    each program reduces its rows, and the last program to finish reduces those partials."""
+    domain = row_domain(graph, members)
+    if domain is None:
+        return []
+    return [m for m in members if m.kind is Kind.REDUCTION and reduction_domain(m, graph) != domain]
+
+
+def is_constant(node: Node) -> bool:
+    """A filled tensor reads nothing: every kernel that needs it computes it inline."""
+    return node.op == "full" and not node.operands()
+
+
+def inlined(graph: Graph, name: str) -> bool:
+    """A constant every user of which is a kernel: it costs no launch and no memory."""
+    return is_constant(graph[name]) and all(graph[u].group is not None for u in graph.users(name))
+
+
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, running = [], 1
     for size in reversed(shape):

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Node, row_domain
+from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, row_domain
 from fusec.passes.cost import group_bytes, group_flops, op_bytes
-from fusec.passes.fuse import finals, inlined, is_constant
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusec.ir import TUPLE_DTYPE, Graph, Kind, Node
-from fusec.passes.fuse import inlined, is_constant
+from fusec.ir import TUPLE_DTYPE, Graph, Kind, Node, inlined, is_constant
 
 _FREE = (Kind.INPUT, Kind.OUTPUT, Kind.VIEW)
 

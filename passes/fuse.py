@@ -13,7 +13,7 @@ import math
 
 import networkx as nx
 
-from fusec.ir import Graph, Kind, Node, reduction_domain, row_domain
+from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
@@ -227,15 +227,6 @@ def _keeps_rows(view: Node, src: Node, domain: Domain) -> bool:
     return moved == [d for d in range(len(shape)) if d not in dims and shape[d] != 1]
 
 
-def finals(graph: Graph, members: list[Node]) -> list[Node]:
-    """Reductions of a group over all of its per-row values (a loss's mean over the batch):
-    each program reduces its rows, and the last program to finish reduces those partials."""
-    domain = row_domain(graph, members)
-    if domain is None:
-        return []
-    return [m for m in members if m.kind is Kind.REDUCTION and reduction_domain(m, graph) != domain]
-
-
 _FINAL_OPS = frozenset({"sum", "amax", "amin"})
 
 
@@ -254,16 +245,6 @@ def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -
         if any(graph[n].numel != 1 for n in later):
             return f"{node.name} is a total over all rows that per-row work would read"
     return None
-
-
-def is_constant(node: Node) -> bool:
-    """A filled tensor reads nothing: every kernel that needs it computes it inline."""
-    return node.op == "full" and not node.operands()
-
-
-def inlined(graph: Graph, name: str) -> bool:
-    """A constant every user of which is a kernel: it costs no launch and no memory."""
-    return is_constant(graph[name]) and all(graph[u].group is not None for u in graph.users(name))
 
 
 def _boundary_reason(src: Node, dst: Node) -> str:

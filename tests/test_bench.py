@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 import fusec
-from fusec import bench_output, benchmark
-from fusec.bench_measure import count_launches_cuda, time_call
-from fusec.bench_workloads import WORKLOADS, adam_shapes
-from fusec.benchmark import FUSEC_TORCH, Settings, bandwidth, environment, run_suite, systems
-from fusec.cmd_bench import main
+from fusec.api import tensors_in
+from fusec.bench import output as bench_output
+from fusec.bench import suite as benchmark
+from fusec.bench.measure import count_launches_cuda, time_call
+from fusec.bench.suite import FUSEC_TORCH, Settings, bandwidth, environment, run_suite, systems
+from fusec.bench.workloads import WORKLOADS, adam_shapes
+from fusec.cli.bench import main
 
 CPU = torch.device("cpu")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -45,10 +47,10 @@ def test_unique_bytes_by_hand():
 @pytest.mark.parametrize("name", [n for n in WORKLOADS if tiny_case(n).unique_bytes is not None])
 def test_unique_bytes_are_inputs_read_and_outputs_written(name):
     case = tiny_case(name)
-    before = [a.clone() for a in benchmark._tensors(case.args)]
+    before = [a.clone() for a in tensors_in(case.args)]
     with torch.no_grad():
-        outputs = benchmark._tensors(case.fn(*case.args))
-    after = benchmark._tensors(case.args)
+        outputs = tensors_in(case.fn(*case.args))
+    after = tensors_in(case.args)
     updated = [a for a, b in zip(after, before, strict=True) if not torch.equal(a, b)]
     read = sum(a.nbytes for a in before)
     written = sum(t.nbytes for t in outputs) + sum(a.nbytes for a in updated)
@@ -183,7 +185,7 @@ def test_a_failing_system_is_recorded_and_the_run_goes_on(monkeypatch):
 def test_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     def no_work(*args, **kwargs):
         raise AssertionError("the benchmark ran before its outputs were checked")
-    monkeypatch.setattr("fusec.cmd_bench.run_suite", no_work)
+    monkeypatch.setattr("fusec.cli.bench.run_suite", no_work)
     (tmp_path / "file").write_text("")
     for flag, path in (("--json", "/proc/nope/x.json"), ("--markdown", str(tmp_path / "file" / "b.md")),
                        ("--plot", str(tmp_path))):
@@ -205,7 +207,7 @@ def test_unknown_workload_is_refused(capsys):
 
 
 def test_fusec_cli_has_the_bench_command(capsys):
-    pytest.importorskip("rich")  # the rest of the CLI needs it; `fusec.cmd_bench.main` does not
+    pytest.importorskip("rich")  # the rest of the CLI needs it; `fusec.cli.bench.main` does not
     from fusec.cli import parser
 
     with pytest.raises(SystemExit):

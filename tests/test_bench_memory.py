@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from fusec.bench_memory import measure, saved_storages
-from fusec.cmd_bench import main
+from fusec.bench.memory import measure, saved_storages
+from fusec.cli.bench import main
 
 FLOAT = 4
 

@@ -4,8 +4,8 @@ numbers read from them (vector widths, spills, passes over each row)."""
 import pytest
 import torch
 
-from fusec import bench_static
-from fusec.cmd_bench import main
+from fusec.bench import static as bench_static
+from fusec.cli.bench import main
 
 pytest.importorskip("triton.backends.nvidia.compiler")
 

@@ -18,17 +18,17 @@ import pytest
 from rich.console import Console
 
 import fusec
-from fusec import cmd_inspect
+from fusec.cli import inspect as cmd_inspect
 from fusec.cli import main
+from fusec.cli.targets import UsageError
 from fusec.compiler import CompiledGraph
 from fusec.examples import EXAMPLES, build
 from fusec.report import STATS_KEYS, Report
-from fusec.report_data import collect, is_op
-from fusec.report_draw import BOX_W, layered_positions
-from fusec.report_html import to_html
-from fusec.report_svg import to_dot, to_svg
-from fusec.report_terminal import print_report
-from fusec.targets import UsageError
+from fusec.report.data import collect, is_op
+from fusec.report.draw import BOX_W, layered_positions
+from fusec.report.html import to_html
+from fusec.report.svg import to_dot, to_svg
+from fusec.report.terminal import print_report
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_DOT = shutil.which("dot") is not None

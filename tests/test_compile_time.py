@@ -8,7 +8,7 @@ import time
 import torch
 
 import fusec
-from fusec.bench_compile import capture, case, synthetic
+from fusec.bench.compile import capture, case, synthetic
 from fusec.compiler import plan_graph
 from fusec.options import Options
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import fusec
 import fusec.runtime as runtime
-from fusec import bench_static
+from fusec.bench import static as bench_static
 from fusec.compiler import rendered
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel

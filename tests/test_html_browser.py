@@ -17,9 +17,9 @@ import pytest
 
 import fusec
 from fusec.examples import build
-from fusec.report_data import collect
-from fusec.report_html import to_html
-from fusec.report_overview import launched
+from fusec.report.data import collect
+from fusec.report.html import to_html
+from fusec.report.overview import launched
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fusec
-from fusec.bench_overhead import _stream_stub, measure
+from fusec.bench.overhead import _stream_stub, measure
 from fusec.kernels.call import KernelCall
 from fusec.kernels.launch import Launch
 from fusec.launcher import StrideMismatch

@@ -9,10 +9,10 @@ from rich.console import Console
 from torch import nn
 
 import fusec
-from fusec.bench_memory import fusec_partitioned, saved_storages
+from fusec.bench.memory import fusec_partitioned, saved_storages
 from fusec.options import REMAT, OptionError
-from fusec.report_data import collect
-from fusec.report_terminal import print_report
+from fusec.report.data import collect
+from fusec.report.terminal import print_report
 
 FLOAT = 4
 

@@ -17,14 +17,14 @@ import torch
 from rich.console import Console
 
 import fusec
-from fusec import report_draw
-from fusec.bench_workloads import WORKLOADS
+from fusec.bench.workloads import WORKLOADS
 from fusec.examples import EXAMPLES, build
-from fusec.report_data import collect, is_op
-from fusec.report_html import reason_pattern, to_html
-from fusec.report_overview import launched
-from fusec.report_svg import to_dot, to_svg
-from fusec.report_terminal import print_report
+from fusec.report import draw as report_draw
+from fusec.report.data import collect, is_op
+from fusec.report.html import reason_pattern, to_html
+from fusec.report.overview import launched
+from fusec.report.svg import to_dot, to_svg
+from fusec.report.terminal import print_report
 from tests import hf_models
 from tests.test_cli_inspect import parse_html
 

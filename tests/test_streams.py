@@ -209,7 +209,7 @@ def test_mixture_of_small_mlps_matches(streams):
 def test_in_place_adam_step_is_one_launch():
     import copy
 
-    from fusec.bench_workloads import adam_shapes, adam_step
+    from fusec.bench.workloads import adam_shapes, adam_step
 
     torch.manual_seed(4)
     shapes = adam_shapes(6, 8)

@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from fusec.targets import UsageError
+from fusec.cli.targets import UsageError
 
 
 class _Provenance(TorchFunctionMode):

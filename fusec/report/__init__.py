@@ -1,4 +1,9 @@
-"""Report: a view of the compiled graphs, their kernels and fusion decisions."""
+"""Report: a view of the compiled graphs, their kernels and fusion decisions.
+
+The package is layered: `data` computes every number and row from the compiled
+graphs (and imports no view); `format`, `draw`, `svg`, `overview`, `html` and
+`terminal` render what `data.collect` returns. `Report` is the public face.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusec.compiler import CompiledGraph
-from fusec.ir import Kind
-from fusec.launcher import planned_peak, unfused_peak
-from fusec.passes.cost import bytes_fused, bytes_unfused
-from fusec.plan import Extern, Kernel, does_work
+from fusec.plan import Kernel
+from fusec.report.data import STATS_KEYS, collect, counts_as_extern, edge_rows, stats_of
+from fusec.report.html import to_html
 
-STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "peak_bytes_unfused",
-              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution", "ran",
-              "saved_bytes")
-
-
-def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
-    """An extern call that does work (not a view, getitem or constant)."""
-    return does_work(record.plan, step)
+__all__ = ["STATS_KEYS", "Report", "counts_as_extern"]
 
 
 @dataclass
@@ -31,37 +28,7 @@ class Report:
 
     @property
     def stats(self) -> dict[str, Any]:
-        planned = [g for g in self.graphs if g.plan is not None and g.fallback is None]  # what runs
-        kernels = sum(len(g.plan.kernels) for g in planned)
-        externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
-        decided = [g.streams for g in planned if g.streams is not None]
-        return {
-            "nodes": sum(len(g.graph.op_nodes()) for g in planned),
-            "kernels": kernels,
-            "extern_calls": externs + sum(g.fallback_ops for g in self.graphs),
-            "bytes_unfused": sum(bytes_unfused(g.graph) for g in planned),
-            "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
-            # Graphs run one after another: the largest of their peaks.
-            "peak_bytes_unfused": max((unfused_peak(g.graph) for g in planned), default=0),
-            "peak_bytes": max((planned_peak(g.plan) for g in planned), default=0),
-            "streams": max((d.streams for d in decided), default=1),
-            "dag_width": max((d.dag_width for d in decided), default=0),
-            "cross_stream_waits": sum(d.waits for d in decided),
-            "compile_seconds": round(sum(g.compile_seconds for g in self.graphs), 4),
-            # How the graphs run ("triton", "interpreter", "torch"), each named once, in graph order.
-            "execution": ", ".join(dict.fromkeys(g.execution for g in self.graphs)) or "none",
-            "ran": self._ran(),
-            # Activations the training graphs save for their backward (fusec.partition).
-            "saved_bytes": sum(g.partition.saved_bytes for g in self.graphs
-                               if g.partition is not None and g.name.startswith("forward")),
-        }
-
-    def _ran(self) -> dict[str, int]:
-        """What the runtimes counted over every call so far (all zero for `fusec.inspect`)."""
-        counts = [g.runtime.counts for g in self.graphs if g.runtime is not None]
-        return {"kernels": sum(sum(c.kernels.values()) for c in counts),
-                "extern_calls": sum(c.extern_calls for c in counts),
-                "through_torch": sum(c.through_torch for c in counts)}
+        return stats_of(self.graphs)
 
     @property
     def kernels(self) -> list[Kernel]:
@@ -70,21 +37,7 @@ class Report:
     def edges(self) -> list[dict[str, str]]:
         """Every edge between two different kernels or extern calls, with why it was not fused;
         `kind` is "kernels" when both ends are generated kernels, "torch" when one runs through torch."""
-        rows = []
-        for g in self.graphs:
-            if g.graph is None:
-                continue
-            launch = g.graph.launch_of()  # a combo part's group -> the combo kernel that launches it
-            for src, dst, data in g.graph.nx.edges(data=True):
-                if "reason" not in data:
-                    continue
-                a, b = g.graph[src], g.graph[dst]
-                if Kind.INPUT in (a.kind, b.kind) or Kind.OUTPUT in (a.kind, b.kind):
-                    continue
-                kind = "kernels" if a.group and b.group else "torch"
-                rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": launch.get(a.group, src),
-                             "dst_kernel": launch.get(b.group, dst), "kind": kind, "reason": data["reason"]})
-        return rows
+        return edge_rows(self.graphs)
 
     def to_dict(self) -> dict[str, Any]:
         graphs = []
@@ -110,10 +63,6 @@ class Report:
     def to_html(self, path: str | None = None, target: str = "model") -> str:
         """The self-contained HTML report (what `fusec inspect --html` writes); written to
         `path` when given."""
-        # The HTML view is built from report_data, which builds on Report itself.
-        from fusec.report_data import collect
-        from fusec.report_html import to_html
-
         page = to_html(collect(self, target, training=any(g.name.startswith("backward") for g in self.graphs),
                                inputs=[], options={}))
         if path is not None:

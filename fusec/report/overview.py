@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusec.report_draw import PLAIN_EDGE, Arrow, Box, Drawing, clip
-from fusec.report_format import short_op
-from fusec.report_svg import EXTERN_EDGE, EXTERN_FILL, KERNEL_FILLS, REFUSED_EDGE, stream_stroke
+from fusec.report.draw import PLAIN_EDGE, Arrow, Box, Drawing, clip
+from fusec.report.format import short_op
+from fusec.report.svg import EXTERN_EDGE, EXTERN_FILL, KERNEL_FILLS, REFUSED_EDGE, stream_stroke
 
 
 def step_box_id(graph: str, step: str) -> str:

@@ -1,4 +1,4 @@
-"""The `fusec` command line: each subcommand lives in its own cmd_*.py module."""
+"""The `fusec` command line: each subcommand lives in its own module here (demo, inspect, bench)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 from typing import NoReturn
 
 COMMANDS = {
-    "demo": ("fusec.cmd_demo", "compile a bundled example, check it against eager, show the report"),
-    "inspect": ("fusec.cmd_inspect", "show a model's kernels, streams and fusion decisions"),
-    "bench": ("fusec.cmd_bench", "time fusec against eager PyTorch and torch.compile"),
+    "demo": ("fusec.cli.demo", "compile a bundled example, check it against eager, show the report"),
+    "inspect": ("fusec.cli.inspect", "show a model's kernels, streams and fusion decisions"),
+    "bench": ("fusec.cli.bench", "time fusec against eager PyTorch and torch.compile"),
 }
 
 

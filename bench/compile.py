@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch._dynamo.backends.common import aot_autograd
 
-from fusec.bench_workloads import WORKLOADS
+from fusec.bench.workloads import WORKLOADS
 from fusec.compiler import boxed, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.options import Options
@@ -150,7 +150,7 @@ def inductor_seconds(name: str, cap: float) -> float | None:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                    TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
         try:
-            done = subprocess.run([sys.executable, "-m", "fusec.bench_compile", name], env=env, timeout=cap,
+            done = subprocess.run([sys.executable, "-m", "fusec.bench.compile", name], env=env, timeout=cap,
                                   capture_output=True, text=True, check=True)
         except subprocess.TimeoutExpired:
             return None

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fusec import report_format as fmt
+from fusec.report import format as fmt
 
 
 def print_report(data: dict[str, Any], console: Console) -> None:

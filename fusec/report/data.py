@@ -8,17 +8,85 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusec.compiler import CompiledGraph
 from fusec.ir import Kind
-from fusec.passes.cost import H100
+from fusec.launcher import planned_peak, unfused_peak
+from fusec.passes.cost import H100, bytes_fused, bytes_unfused
 from fusec.passes.parallel import critical_path, dag_width
-from fusec.plan import Extern, Kernel, Step
-from fusec.report import Report, counts_as_extern
+from fusec.plan import Extern, Kernel, Step, does_work
 from fusec.streams import cost_dag, step_seconds
 
+if TYPE_CHECKING:  # the report package imports this module, not the other way
+    from fusec.report import Report
+
 SCHEMA = 1
+
+STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "peak_bytes_unfused",
+              "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution", "ran",
+              "saved_bytes")
+
+
+def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
+    """An extern call that does work (not a view, getitem or constant)."""
+    return does_work(record.plan, step)
+
+
+def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
+    """The totals over every graph (`Report.stats`; the keys are STATS_KEYS)."""
+    planned = [g for g in graphs if g.plan is not None and g.fallback is None]  # what runs
+    kernels = sum(len(g.plan.kernels) for g in planned)
+    externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
+    decided = [g.streams for g in planned if g.streams is not None]
+    return {
+        "nodes": sum(len(g.graph.op_nodes()) for g in planned),
+        "kernels": kernels,
+        "extern_calls": externs + sum(g.fallback_ops for g in graphs),
+        "bytes_unfused": sum(bytes_unfused(g.graph) for g in planned),
+        "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
+        # Graphs run one after another: the largest of their peaks.
+        "peak_bytes_unfused": max((unfused_peak(g.graph) for g in planned), default=0),
+        "peak_bytes": max((planned_peak(g.plan) for g in planned), default=0),
+        "streams": max((d.streams for d in decided), default=1),
+        "dag_width": max((d.dag_width for d in decided), default=0),
+        "cross_stream_waits": sum(d.waits for d in decided),
+        "compile_seconds": round(sum(g.compile_seconds for g in graphs), 4),
+        # How the graphs run ("triton", "interpreter", "torch"), each named once, in graph order.
+        "execution": ", ".join(dict.fromkeys(g.execution for g in graphs)) or "none",
+        "ran": _ran(graphs),
+        # Activations the training graphs save for their backward (fusec.partition).
+        "saved_bytes": sum(g.partition.saved_bytes for g in graphs
+                           if g.partition is not None and g.name.startswith("forward")),
+    }
+
+
+def _ran(graphs: list[CompiledGraph]) -> dict[str, int]:
+    """What the runtimes counted over every call so far (all zero for `fusec.inspect`)."""
+    counts = [g.runtime.counts for g in graphs if g.runtime is not None]
+    return {"kernels": sum(sum(c.kernels.values()) for c in counts),
+            "extern_calls": sum(c.extern_calls for c in counts),
+            "through_torch": sum(c.through_torch for c in counts)}
+
+
+def edge_rows(graphs: list[CompiledGraph]) -> list[dict[str, str]]:
+    """Every edge between two different kernels or extern calls, with why it was not fused;
+    `kind` is "kernels" when both ends are generated kernels, "torch" when one runs through torch."""
+    rows = []
+    for g in graphs:
+        if g.graph is None:
+            continue
+        launch = g.graph.launch_of()  # a combo part's group -> the combo kernel that launches it
+        for src, dst, data in g.graph.nx.edges(data=True):
+            if "reason" not in data:
+                continue
+            a, b = g.graph[src], g.graph[dst]
+            if Kind.INPUT in (a.kind, b.kind) or Kind.OUTPUT in (a.kind, b.kind):
+                continue
+            kind = "kernels" if a.group and b.group else "torch"
+            rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": launch.get(a.group, src),
+                         "dst_kernel": launch.get(b.group, dst), "kind": kind, "reason": data["reason"]})
+    return rows
 
 
 def collect(report: Report, target: str, training: bool, inputs: list[dict[str, Any]],

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusec.report_data import is_op
-from fusec.report_draw import Arrow, Box, Drawing, clip, dot_document, draw
-from fusec.report_format import shape, short_op
+from fusec.report.data import is_op
+from fusec.report.draw import Arrow, Box, Drawing, clip, dot_document, draw
+from fusec.report.format import shape, short_op
 
 # ColorBrewer Set3: pale enough for black text, distinct enough to tell kernels apart.
 KERNEL_FILLS = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5",

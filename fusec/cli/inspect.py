@@ -19,15 +19,9 @@ from rich.console import Console
 from torch import nn
 
 import fusec
-from fusec.cli_paths import first_unwritable
-from fusec.eager_check import check_runs_eagerly
-from fusec.examples import EXAMPLES
-from fusec.launcher import launcher_source
-from fusec.report_data import collect
-from fusec.report_html import to_html
-from fusec.report_svg import to_dot, to_svg
-from fusec.report_terminal import print_report
-from fusec.targets import (
+from fusec.cli.eager_check import check_runs_eagerly
+from fusec.cli.paths import first_unwritable
+from fusec.cli.targets import (
     DEFAULT_MAX_INPUT_GIB,
     Target,
     UsageError,
@@ -38,6 +32,12 @@ from fusec.targets import (
     resolve_target,
     signature_hint,
 )
+from fusec.examples import EXAMPLES
+from fusec.launcher import launcher_source
+from fusec.report.data import collect
+from fusec.report.html import to_html
+from fusec.report.svg import to_dot, to_svg
+from fusec.report.terminal import print_report
 
 EPILOG = """\
 TARGET names NAME in a file or module: an nn.Module subclass (built with no
@@ -180,8 +180,10 @@ def _inputs(target: Target, specs: list[str], training: bool, max_gib: float) ->
                  for a in target.args)
 
 
-# Frames in these files are the user's side of the call: the CLI, the public API and the bundled models.
-_NOT_COMPILER = {"cmd_inspect.py", "api.py", "examples.py"}
+# Frames in these files are the user's side of the call: the CLI (this package), the public API and
+# the bundled models.
+_NOT_COMPILER = {"api.py", "examples.py"}
+_CLI = Path(__file__).resolve().parent
 
 
 def _compiler_failure(exc: BaseException) -> tuple[str, BaseException] | None:
@@ -200,7 +202,9 @@ def _compiler_failure(exc: BaseException) -> tuple[str, BaseException] | None:
     for cause in reversed(chain):
         for frame in reversed(traceback.extract_tb(cause.__traceback__)):
             path = Path(frame.filename).resolve()
-            if path.name not in _NOT_COMPILER and any(path.is_relative_to(root) for root in roots):
+            if path.is_relative_to(_CLI) or path.name in _NOT_COMPILER:
+                continue
+            if any(path.is_relative_to(root) for root in roots):
                 return f"{path.parent.name}/{path.name}:{frame.lineno}", cause
     return None
 

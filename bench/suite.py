@@ -18,8 +18,8 @@ import torch
 import triton
 
 import fusec
-from fusec.api import _tensors
-from fusec.bench_measure import (
+from fusec.api import tensors_in
+from fusec.bench.measure import (
     CPU_OPS,
     CPU_OPS_AND_KERNELS,
     CUDA_LAUNCHES,
@@ -30,7 +30,7 @@ from fusec.bench_measure import (
     synchronize,
     time_call,
 )
-from fusec.bench_workloads import WORKLOADS, Case, Workload, tier_for
+from fusec.bench.workloads import WORKLOADS, Case, Workload, tier_for
 
 SYSTEMS = ("eager", "torch.compile", "fusec")
 # On a GPU, each compiler also with its launches recorded into CUDA graphs and replayed.
@@ -165,7 +165,7 @@ def _measure(system: str, case: Case, settings: Settings, eager: Eager) -> tuple
     synchronize(settings.device)
     compile_seconds = time.perf_counter() - start
     # In-place updates are results too; copied, since the timed calls go on updating them.
-    results = [*results, *(t.detach().clone() for t in _tensors(args))]
+    results = [*results, *(t.detach().clone() for t in tensors_in(args))]
 
     if case.check is not None:
         error, checked_by = case.check(case.args, tuple(results)), "the workload's own check (its result is random)"
@@ -227,15 +227,15 @@ def _step(fn: Callable[..., Any], args: tuple[Any, ...], case: Case) -> Callable
     if case.grad_outputs is None:
         def infer() -> list[torch.Tensor]:
             with torch.no_grad():
-                return _tensors(fn(*args))
+                return tensors_in(fn(*args))
         return infer
 
-    wrt = [t for t in _tensors(args) if t.requires_grad]
+    wrt = [t for t in tensors_in(args) if t.requires_grad]
     if isinstance(case.fn, torch.nn.Module):
         wrt += [p for p in case.fn.parameters() if p.requires_grad]
 
     def train() -> list[torch.Tensor]:
-        outputs = _tensors(fn(*args))
+        outputs = tensors_in(fn(*args))
         return [*outputs, *torch.autograd.grad(outputs, wrt, case.grad_outputs)]
     return train
 

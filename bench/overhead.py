@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import fusec
-from fusec.bench_workloads import WORKLOADS
+from fusec.bench.workloads import WORKLOADS
 
 CALLS = 300
 

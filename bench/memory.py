@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusec.bench_workloads import WORKLOADS, Case, Workload, tier_for
+from fusec.bench.workloads import WORKLOADS, Case, Workload, tier_for
 from fusec.frontend import Backend
 from fusec.options import Options
-from fusec.report_format import nbytes
+from fusec.report.format import nbytes
 
 
 def _conv_bn(p: dict[str, int], device: torch.device, dtype: torch.dtype) -> Case:

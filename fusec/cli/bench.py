@@ -10,22 +10,22 @@ from pathlib import Path
 
 import torch
 
-from fusec import bench_static
-from fusec.bench_memory import TRAINING
-from fusec.bench_memory import markdown as memory_markdown
-from fusec.bench_memory import measure as measure_memory
-from fusec.bench_output import markdown, print_table, progress, write_json, write_plot
-from fusec.bench_overhead import markdown as overhead_markdown
-from fusec.bench_overhead import measure as measure_overhead
-from fusec.bench_workloads import WORKLOADS
-from fusec.benchmark import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.bench import static as bench_static
+from fusec.bench.memory import TRAINING
+from fusec.bench.memory import markdown as memory_markdown
+from fusec.bench.memory import measure as measure_memory
+from fusec.bench.output import markdown, print_table, progress, write_json, write_plot
+from fusec.bench.overhead import markdown as overhead_markdown
+from fusec.bench.overhead import measure as measure_overhead
+from fusec.bench.suite import DTYPES, Settings, default_dtype, environment, run_suite, systems
+from fusec.bench.workloads import WORKLOADS
 from fusec.cli import Parser
-from fusec.cli_paths import first_unwritable
+from fusec.cli.paths import first_unwritable
 
 
 def run(args: argparse.Namespace) -> int:
     if args.compile:
-        from fusec import bench_compile
+        from fusec.bench import compile as bench_compile
         return bench_compile.run(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -71,13 +71,7 @@ def run(args: argparse.Namespace) -> int:
 def _overhead(names: list[str], device: str, args: argparse.Namespace) -> int:
     print(f"fusec bench --overhead: host cost per call of {len(names)} workload(s) on {device}", file=sys.stderr)
     rows = [row for name in names if (row := measure_overhead(name, device)) is not None]
-    text = overhead_markdown(rows, device)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps({"device": device, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
-    return 0
+    return _write_rows(rows, overhead_markdown(rows, device), device, args)
 
 
 def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
@@ -88,7 +82,11 @@ def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
         return 2
     print(f"fusec bench --memory: bytes saved for backward by {len(names)} workload(s) on {device}", file=sys.stderr)
     rows = [row for name in names for row in measure_memory(name, device, args.quick)]
-    text = memory_markdown(rows, device)
+    return _write_rows(rows, memory_markdown(rows, device), device, args)
+
+
+def _write_rows(rows: list, text: str, device: str, args: argparse.Namespace) -> int:
+    """The table on stdout, and the --markdown and --json files when asked for."""
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fusec.bench_workloads import WORKLOADS
+from fusec.bench.workloads import WORKLOADS
 from fusec.compiler import rendered
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel

@@ -1,7 +1,7 @@
 """The inspection report as one self-contained HTML page: inline CSS, SVG and script, no fetch.
 
 A graph is shown first as its launches (one box per kernel or extern call,
-report_overview); a click on a kernel opens its drill-down with its member
+fusec.report.overview); a click on a kernel opens its drill-down with its member
 ops, and every op is one click further ("every op"). Every piece of text that
 comes from the model or the compiler goes through html.escape: op names,
 reasons and kernel sources are not ours to trust.
@@ -13,11 +13,11 @@ import re
 from html import escape
 from typing import Any
 
-from fusec import report_format as fmt
-from fusec.report_draw import draw
-from fusec.report_overview import launched, step_arrow_id, step_box_id, step_drawing
-from fusec.report_page import CSS, SCRIPT
-from fusec.report_svg import (
+from fusec.report import format as fmt
+from fusec.report.draw import draw
+from fusec.report.overview import launched, step_arrow_id, step_box_id, step_drawing
+from fusec.report.page import CSS, SCRIPT
+from fusec.report.svg import (
     EXTERN_EDGE,
     EXTERN_FILL,
     KERNEL_FILLS,
@@ -29,7 +29,7 @@ from fusec.report_svg import (
 
 
 def to_html(data: dict[str, Any], layout: str = "auto") -> str:
-    """The page for one report; `layout` picks how graphs are drawn (see report_draw.draw)."""
+    """The page for one report; `layout` picks how graphs are drawn (see fusec.report.draw.draw)."""
     mode = "training (forward + backward)" if data["training"] else "inference"
     inputs = ", ".join(f"{fmt.shape(i['shape'])}:{i['dtype']}" if "shape" in i else i["value"]
                        for i in data["inputs"]) or "none"
