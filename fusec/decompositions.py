@@ -22,6 +22,12 @@ _EXTRA = [
     aten.native_layer_norm_backward, aten.var_mean, aten.var, aten.std, aten.logsumexp,
     aten._log_softmax_backward_data, aten._softmax_backward_data, aten.native_dropout,
     aten.native_dropout_backward, aten.mean,
+    # BatchNorm, inference and training: a per-channel affine (and, training, per-channel
+    # mean/var over N and the spatial dims) that fuses with its activation and residual add.
+    aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional,
+    aten._native_batch_norm_legit, aten.native_batch_norm, aten.native_batch_norm_backward,
+    aten._batch_norm_with_update, aten._batch_norm_with_update_functional,
+    aten._batch_norm_no_update, aten.batch_norm_backward,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.
