@@ -66,8 +66,53 @@ def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return None
 
 
+def _integer_divisor_ok(args: tuple, val: Any) -> bool:
+    """An integer division by zero raises in torch; a kernel cannot, so integer divisors
+    are generated only as nonzero scalars (a tensor divisor runs through torch). 16-bit
+    floats run through torch too: eager rounds the quotient and the scalar to the type."""
+    if val.dtype in (torch.float16, torch.bfloat16):
+        return False
+    if val.dtype.is_floating_point:
+        return True
+    divisor = args[1]
+    return not isinstance(divisor, Ref | bool) and isinstance(divisor, int) and divisor != 0
+
+
 def _div(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return ("div", tuple(args)) if kwargs.get("rounding_mode") is None else None
+    mode = kwargs.get("rounding_mode")
+    if mode is None:
+        return ("div", tuple(args)) if set(kwargs) <= {"rounding_mode"} else None
+    if not _integer_divisor_ok(args, val) or val.dtype == torch.bool:
+        return None
+    return ({"floor": "floor_divide", "trunc": "trunc_divide"}[mode], tuple(args[:2]))
+
+
+def _modulo(op: str) -> Handler:
+    """remainder (Python's sign of the divisor) and fmod (C's sign of the dividend)."""
+    def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
+        if kwargs or not isinstance(args[0], Ref) or not _integer_divisor_ok(args, val):
+            return None
+        return (op, tuple(args[:2]))
+    return handler
+
+
+def _round(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return ("round", (args[0],)) if not kwargs.get("decimals") and len(args) == 1 else None
+
+
+# Integers a float type holds exactly: an arange within them is exact whatever the order of its math.
+_EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
+
+
+def _arange(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    start, step = (args[0], args[2] if len(args) > 2 else kwargs.get("step", 1))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):
+        return None  # a fractional step accumulates rounding as torch's own loop does
+    last = start + step * max(val.shape[0] - 1, 0)
+    limit = _EXACT_INTEGERS.get(val.dtype)
+    if val.dtype == torch.bool or (limit is not None and max(abs(start), abs(last)) > limit):
+        return None
+    return ("iota", (start, step))
 
 
 def _clamp(args: tuple, kwargs: dict, val: Any) -> Lowered:
@@ -109,6 +154,10 @@ def _clone(args: tuple, kwargs: dict, val: Any) -> Lowered:
 def _full(args: tuple, kwargs: dict, val: Any) -> Lowered:
     value = args[1]
     return None if isinstance(value, Ref) else ("full", (value,))
+
+
+def _full_like(args: tuple, kwargs: dict, val: Any) -> Lowered:
+    return None if isinstance(args[1], Ref) else ("full", (args[1],))
 
 
 def _scalar_tensor(args: tuple, kwargs: dict, val: Any) -> Lowered:
@@ -178,6 +227,8 @@ HANDLERS: dict[Any, Handler] = {
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
     aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy, prims.fma: _same("fma"),
+    aten.full_like: _full_like, aten.arange: _arange, aten.remainder: _modulo("remainder"),
+    aten.fmod: _modulo("fmod"), aten.round: _round,
 }
 
 

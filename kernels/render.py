@@ -250,6 +250,8 @@ class Renderer:
         return found
 
     def compute(self, node: Node, idx: Index) -> Value:
+        if node.op == "iota":  # an arange is index math wherever it is read
+            return self.iota(node, idx)
         if node.name not in self.members:
             return self.pointwise(node, idx) if node.op == "full" and not node.operands() else self.load(node, idx)
         if node.kind is Kind.VIEW:
@@ -298,6 +300,16 @@ class Renderer:
         bits = self.out.let(f"_philox(seed, {counter}, {node.args[0]})", "t")
         value = self.out.let(f"(({bits} >> 8).to(tl.float32) * {2.0 ** -24})", "t")
         return Value(value, "float32")
+
+    def iota(self, node: Node, idx: Index) -> Value:
+        """start + step * position; lowering keeps it to integers every dtype holds exactly."""
+        start, step = node.args
+        pos = idx.dims[0] if idx.dims else "0"
+        position = f"tl.full({self.scalar_shape}, {pos}, tl.int64)" if pos.isdigit() else f"({pos}).to(tl.int64)"
+        value = f"({start} + {step} * {position})"
+        dtype = compute_dtype(node.dtype)
+        expr = self.to(value, node.dtype)
+        return Value(self.out.let(expr if dtype == node.dtype else self.to(expr, dtype)), dtype)
 
     def load(self, node: Node, idx: Index) -> Value:
         addr = self.address(idx, node)

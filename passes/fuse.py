@@ -257,8 +257,8 @@ def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -
 
 
 def is_constant(node: Node) -> bool:
-    """A filled tensor reads nothing: every kernel that needs it computes it inline."""
-    return node.op == "full" and not node.operands()
+    """A filled tensor or an arange reads nothing: every kernel that needs it computes it inline."""
+    return node.op == "iota" or (node.op == "full" and not node.operands())
 
 
 def inlined(graph: Graph, name: str) -> bool:
