@@ -63,8 +63,10 @@ POINTWISE_OPS = frozenset({
 # An indirect load: gather(src, dim, index) reads src at positions held in index;
 # cat(*tensors, dim) reads the tensor whose range along dim holds the position;
 # rand(salt) draws uniform [0, 1) numbers from the call's seed (Philox);
-# iota(start, step) is start + step * position of a 1-D tensor (arange), read by nothing.
-INDEXING_OPS = frozenset({"gather", "cat", "rand", "iota"})
+# iota(start, step) is start + step * position of a 1-D tensor (arange), read by nothing;
+# take(src, index, wrap) is src[index[*i], *j] (embedding, x[idx]), negative indices
+# counted from the end when `wrap`.
+INDEXING_OPS = frozenset({"gather", "cat", "rand", "iota", "take"})
 # View ops become index math inside a kernel (or a torch view when alone).
 VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice", "select", "alias"})
 # Reductions take (x, dims, keepdim) and var also its correction; dims are

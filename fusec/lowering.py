@@ -309,6 +309,24 @@ def _gather(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> 
     return ("gather", (args[0], args[1] % max(len(src_shape), 1), args[2]))
 
 
+def _embedding(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    # padding_idx and the gradient options change only the backward.
+    return ("take", (args[0], args[1], False)) if len(src_shape) == 2 else None
+
+
+def _index(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    """x[idx] with one integer index tensor on the first dim; masks and several
+    indices run through torch."""
+    indices = list(args[1])
+    if len(indices) != 1 or not isinstance(indices[0], Ref) or not src_shape:
+        return None
+    return ("take", (args[0], indices[0], True))
+
+
+def _index_select(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    return ("take", (args[0], args[2], False)) if src_shape and args[1] % len(src_shape) == 0 else None
+
+
 _MATMUL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -327,8 +345,12 @@ _SHAPE_AWARE = {
     aten.argmin: _reduction("argmin", 1, 2, "ordered"), aten.any: _reduction("any", 1, 2),
     aten.all: _reduction("all", 1, 2), prims.var: _var, prims.div: _prims_div,
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
-    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat,
+    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: _embedding,
+    aten.index: _index, aten.index_select: _index_select,
 }
+
+# Index tensors a row lookup reads (a bool or uint8 index is a mask: torch runs it).
+_INDEX_DTYPES = frozenset({"int32", "int64"})
 
 
 def _static_shape(val: Any, what: str) -> tuple[int, ...]:
@@ -383,7 +405,10 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
         first = args[0][0] if isinstance(args[0], list | tuple) and args[0] else args[0]
         if not isinstance(first, Ref):
             return None
-        return _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
+        lowered = _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
+        if lowered is not None and lowered[0] == "take" and graph[lowered[1][1].name].dtype not in _INDEX_DTYPES:
+            return None
+        return lowered
     handler = HANDLERS.get(packet)
     return handler(args, kwargs, val) if handler else None
 

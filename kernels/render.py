@@ -258,6 +258,8 @@ class Renderer:
             return self.value(node.operands()[0], self.view_index(node, idx))
         if node.op == "gather":
             return self.gather(node, idx)
+        if node.op == "take":
+            return self.take(node, idx)
         if node.op == "rand":
             return self.rand(node, idx)
         if node.op == "cat":
@@ -329,16 +331,27 @@ class Renderer:
         src_name, dim, index_name = node.args[0].name, node.args[1], node.args[2].name
         src = self.graph[src_name]
         where = self.value(index_name, self.broadcast(idx, self.graph[index_name].shape, node.shape))
-        bad = self.out.let(f"({where.expr} < 0) | ({where.expr} >= {src.shape[dim]})", "t")
-        # Flag an out-of-range index so the runtime raises as eager does; read index 0 instead.
+        dims = list(idx.dims)
+        dims[dim] = self.checked(where.expr, src.shape[dim])
+        return self.value(src_name, Index(tuple(dims)))
+
+    def take(self, node: Node, idx: Index) -> Value:
+        """out[*i, *j] = src[index[*i], *j]: a row lookup (embedding, x[idx])."""
+        src_name, index_name, wrap = node.args[0].name, node.args[1].name, node.args[2]
+        size, rank = self.graph[src_name].shape[0], len(self.graph[index_name].shape)
+        where = self.value(index_name, Index(idx.dims[:rank])).expr
+        if wrap:
+            where = self.out.let(f"tl.where({where} < 0, {where} + {size}, {where})", "x")
+        return self.value(src_name, Index((self.checked(where, size), *idx.dims[rank:])))
+
+    def checked(self, where: str, size: int) -> str:
+        """`where` if in [0, size), else 0, flagged so the runtime raises as eager does."""
+        bad = self.out.let(f"({where} < 0) | ({where} >= {size})", "t")
         self.flags_bad_index = True
         mask = self.out.mask(bad)
         flag_mask = bad if mask is None else f"({mask}) & {bad}"
         self.out.emit(f"tl.store(p_bad_index + {bad}.to(tl.int32) * 0, {bad}.to(tl.int32), mask={flag_mask})")
-        safe = self.out.let(f"tl.where({bad}, 0, {where.expr})", "x")
-        dims = list(idx.dims)
-        dims[dim] = safe
-        return self.value(src_name, Index(tuple(dims)))
+        return self.out.let(f"tl.where({bad}, 0, {where})", "x")
 
     def pointwise(self, node: Node, idx: Index) -> Value:
         dtype = compute_dtype(node.dtype)

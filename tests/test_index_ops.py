@@ -125,3 +125,57 @@ def test_splits_are_views_not_launches(split):
 
 def test_split_of_a_zero_size_dim():
     check(lambda x: [p + 1 for p in torch.split(x, 2, dim=0)], torch.randn(0, 3))
+
+
+class Embeddings(torch.nn.Module):
+    """GPT-2's input: token and position embeddings added, then a LayerNorm."""
+
+    def __init__(self, vocab: int = 50, positions: int = 12, width: int = 16) -> None:
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, width), torch.nn.Embedding(positions, width)
+        self.ln = torch.nn.LayerNorm(width)
+
+    def forward(self, tokens):
+        positions = torch.arange(tokens.shape[1])[None]
+        return self.ln(self.wte(tokens) + self.wpe(positions))
+
+
+def test_gpt2_embeddings_are_one_kernel_and_positions_never_materialise():
+    torch.manual_seed(0)
+    model = Embeddings()
+    with torch.no_grad():
+        report = check(model, torch.randint(0, 50, (2, 7)), kernels=1, externs=0)
+    assert not any(g.graph[n].op == "iota" for g in report.graphs for k in g.plan.kernels
+                   for n in k.inputs + k.outputs)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_row_lookups_against_eager(index_dtype):
+    table = torch.randn(9, 5)
+    idx = torch.tensor([[0, 8, -1], [-9, 3, 3]], dtype=index_dtype)
+    check(lambda t, i: t[i] * 2, table, idx, kernels=1, externs=0)  # negative: from the end
+    check(lambda t, i: torch.index_select(t, 0, i.flatten() % 9) + 1, table, idx, kernels=1, externs=0)
+    check(lambda t, i: torch.nn.functional.embedding(i % 9, t).relu(), table, idx, kernels=1, externs=0)
+    check(lambda t, i: t.t()[i[0] % 5] - 1, table, idx, kernels=1, externs=0)  # a strided table
+
+
+def test_row_lookup_of_zero_rows():
+    check(lambda t, i: t[i] + 1, torch.randn(4, 3), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.fallback_expected
+@pytest.mark.parametrize("fn", [lambda t, i: torch.nn.functional.embedding(i, t) + 1,
+                                lambda t, i: t[i] + 1, lambda t, i: t[-i - 20] + 1])
+def test_out_of_range_row_lookup_raises_eagers_error(fn):
+    table, idx = torch.randn(9, 5), torch.tensor([1, 9, 2])
+    with pytest.raises(IndexError) as expected:
+        fn(table, idx)
+    with pytest.raises(IndexError) as got:
+        fusec.compile(fn)(table, idx)
+    assert str(got.value) == str(expected.value)
+
+
+def test_mask_and_several_indices_run_through_torch():
+    x = torch.randn(4, 5)
+    check(lambda x, i: x[i, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
+    check(lambda x, i: x[:, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
