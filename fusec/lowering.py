@@ -16,6 +16,16 @@ import torch
 import torch.fx
 
 from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, Ref
+from fusec.lowering_index import (
+    arange,
+    div,
+    embedding,
+    full_like,
+    index,
+    index_select,
+    modulo,
+    round_,
+)
 from fusec.passes.classify import kind_of
 
 aten = torch.ops.aten
@@ -66,55 +76,6 @@ def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return None
 
 
-def _integer_divisor_ok(args: tuple, val: Any) -> bool:
-    """An integer division by zero raises in torch; a kernel cannot, so integer divisors
-    are generated only as nonzero scalars (a tensor divisor runs through torch). 16-bit
-    floats run through torch too: eager rounds the quotient and the scalar to the type."""
-    if val.dtype in (torch.float16, torch.bfloat16):
-        return False
-    if val.dtype.is_floating_point:
-        return True
-    divisor = args[1]
-    return not isinstance(divisor, Ref | bool) and isinstance(divisor, int) and divisor != 0
-
-
-def _div(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    mode = kwargs.get("rounding_mode")
-    if mode is None:
-        return ("div", tuple(args)) if set(kwargs) <= {"rounding_mode"} else None
-    if not _integer_divisor_ok(args, val) or val.dtype == torch.bool:
-        return None
-    return ({"floor": "floor_divide", "trunc": "trunc_divide"}[mode], tuple(args[:2]))
-
-
-def _modulo(op: str) -> Handler:
-    """remainder (Python's sign of the divisor) and fmod (C's sign of the dividend)."""
-    def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
-        if kwargs or not isinstance(args[0], Ref) or not _integer_divisor_ok(args, val):
-            return None
-        return (op, tuple(args[:2]))
-    return handler
-
-
-def _round(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return ("round", (args[0],)) if not kwargs.get("decimals") and len(args) == 1 else None
-
-
-# Integers a float type holds exactly: an arange within them is exact whatever the order of its math.
-_EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
-
-
-def _arange(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    start, step = (args[0], args[2] if len(args) > 2 else kwargs.get("step", 1))
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):
-        return None  # a fractional step accumulates rounding as torch's own loop does
-    last = start + step * max(val.shape[0] - 1, 0)
-    limit = _EXACT_INTEGERS.get(val.dtype)
-    if val.dtype == torch.bool or (limit is not None and max(abs(start), abs(last)) > limit):
-        return None
-    return ("iota", (start, step))
-
-
 def _clamp(args: tuple, kwargs: dict, val: Any) -> Lowered:
     lo = args[1] if len(args) > 1 else kwargs.get("min")
     hi = args[2] if len(args) > 2 else kwargs.get("max")
@@ -154,10 +115,6 @@ def _clone(args: tuple, kwargs: dict, val: Any) -> Lowered:
 def _full(args: tuple, kwargs: dict, val: Any) -> Lowered:
     value = args[1]
     return None if isinstance(value, Ref) else ("full", (value,))
-
-
-def _full_like(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return None if isinstance(args[1], Ref) else ("full", (args[1],))
 
 
 def _scalar_tensor(args: tuple, kwargs: dict, val: Any) -> Lowered:
@@ -204,7 +161,7 @@ def _alias(args: tuple, kwargs: dict, val: Any) -> Lowered:
 
 
 HANDLERS: dict[Any, Handler] = {
-    aten.add: _alpha("add"), aten.sub: _alpha("sub"), aten.mul: _same("mul"), aten.div: _div,
+    aten.add: _alpha("add"), aten.sub: _alpha("sub"), aten.mul: _same("mul"), aten.div: div,
     aten.neg: _same("neg"), aten.abs: _same("abs"), aten.exp: _same("exp"), aten.exp2: _same("exp2"),
     aten.log: _same("log"), aten.log2: _same("log2"), aten.log1p: _same("log1p"),
     aten.expm1: _same("expm1"), aten.sqrt: _same("sqrt"), aten.rsqrt: _same("rsqrt"),
@@ -227,8 +184,8 @@ HANDLERS: dict[Any, Handler] = {
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
     aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy, prims.fma: _same("fma"),
-    aten.full_like: _full_like, aten.arange: _arange, aten.remainder: _modulo("remainder"),
-    aten.fmod: _modulo("fmod"), aten.round: _round,
+    aten.full_like: full_like, aten.arange: arange, aten.remainder: modulo("remainder"),
+    aten.fmod: modulo("fmod"), aten.round: round_,
 }
 
 
@@ -309,24 +266,6 @@ def _gather(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> 
     return ("gather", (args[0], args[1] % max(len(src_shape), 1), args[2]))
 
 
-def _embedding(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
-    # padding_idx and the gradient options change only the backward.
-    return ("take", (args[0], args[1], False)) if len(src_shape) == 2 else None
-
-
-def _index(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
-    """x[idx] with one integer index tensor on the first dim; masks and several
-    indices run through torch."""
-    indices = list(args[1])
-    if len(indices) != 1 or not isinstance(indices[0], Ref) or not src_shape:
-        return None
-    return ("take", (args[0], indices[0], True))
-
-
-def _index_select(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
-    return ("take", (args[0], args[2], False)) if src_shape and args[1] % len(src_shape) == 0 else None
-
-
 _MATMUL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -345,8 +284,8 @@ _SHAPE_AWARE = {
     aten.argmin: _reduction("argmin", 1, 2, "ordered"), aten.any: _reduction("any", 1, 2),
     aten.all: _reduction("all", 1, 2), prims.var: _var, prims.div: _prims_div,
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
-    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: _embedding,
-    aten.index: _index, aten.index_select: _index_select,
+    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: embedding,
+    aten.index: index, aten.index_select: index_select,
 }
 
 # Index tensors a row lookup reads (a bool or uint8 index is a mask: torch runs it).
@@ -406,8 +345,10 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
         if not isinstance(first, Ref):
             return None
         lowered = _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
-        if lowered is not None and lowered[0] == "take" and graph[lowered[1][1].name].dtype not in _INDEX_DTYPES:
-            return None
+        if lowered is not None and lowered[0] == "take":
+            src, index = (graph[r.name] for r in lowered[1][:2])
+            if index.dtype not in _INDEX_DTYPES or tuple(val.shape) != index.shape + src.shape[1:]:
+                return None
         return lowered
     handler = HANDLERS.get(packet)
     return handler(args, kwargs, val) if handler else None

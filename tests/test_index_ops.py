@@ -179,3 +179,9 @@ def test_mask_and_several_indices_run_through_torch():
     x = torch.randn(4, 5)
     check(lambda x, i: x[i, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
     check(lambda x, i: x[:, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
+
+
+def test_arange_of_one_and_two_arguments():
+    check(lambda x: x * torch.arange(6) + torch.arange(2, 8), torch.randn(6), kernels=1, externs=0)
+    # A 0-d index: index_select keeps the dim (torch runs it), x[0-d tensor] drops it.
+    check(lambda x: x[torch.tensor(2)] + torch.index_select(x, 0, torch.tensor(1)), torch.randn(4, 3))
