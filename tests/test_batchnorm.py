@@ -119,3 +119,22 @@ def test_batch_norm_training_gradients_equal_eager():
     stats_kernel = next(k for k in report.graphs[0].plan.kernels if "var" in k.members)
     assert "relu" in stats_kernel.members
     assert backward["extern_calls"] == 1, report.summary()  # convolution_backward alone
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_batch_norm_training_16_bit(dtype):
+    torch.manual_seed(0)
+    eager, compiled = (_randomized(nn.BatchNorm2d(6)).train().to(dtype) for _ in range(2))
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(4, 6, 5, 3).to(dtype)
+    torch.testing.assert_close(fusec.compile(compiled)(x), eager(x), rtol=2e-2, atol=2e-2)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-2, atol=1e-2)
+
+
+def test_basic_block_channels_last_inference():
+    torch.manual_seed(0)
+    model = BasicBlock().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        check(model, x, kernels=2, externs=2)
