@@ -22,6 +22,12 @@ _EXTRA = [
     aten.native_layer_norm_backward, aten.var_mean, aten.var, aten.std, aten.logsumexp,
     aten._log_softmax_backward_data, aten._softmax_backward_data, aten.native_dropout,
     aten.native_dropout_backward, aten.mean,
+    # BatchNorm, inference and training: a per-channel affine (and, training, per-channel
+    # mean/var over N and the spatial dims) that fuses with its activation and residual add.
+    aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit_functional,
+    aten._native_batch_norm_legit, aten.native_batch_norm, aten.native_batch_norm_backward,
+    aten._batch_norm_with_update, aten._batch_norm_with_update_functional,
+    aten._batch_norm_no_update, aten.batch_norm_backward,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.
@@ -41,12 +47,27 @@ def _addmm(bias, mat1, mat2, *, beta=1, alpha=1):
     return product + (bias if beta == 1 else bias * beta)
 
 
+def _split_with_sizes(x, split_sizes, dim=0):
+    # Slices, not torch's as_strided form: views the consuming kernels read in place.
+    dim = dim % max(x.dim(), 1)
+    starts = [sum(split_sizes[:i]) for i in range(len(split_sizes))]
+    return [aten.slice.Tensor(x, dim, start, start + size) for start, size in zip(starts, split_sizes, strict=True)]
+
+
+def _split(x, split_size, dim=0):
+    length = x.shape[dim]
+    sizes = [min(split_size, length - start) for start in range(0, length, split_size)] if split_size else [length]
+    return _split_with_sizes(x, sizes or [0], dim)
+
+
 def decomposition_table() -> dict:
     table = {**core_aten_decompositions(), **get_decompositions(_EXTRA)}
     for op in _KEEP:
         table.pop(op, None)
     table[aten.addmm.default] = _addmm
     table[aten.baddbmm.default] = _addmm
+    table[aten.split_with_sizes.default] = _split_with_sizes
+    table[aten.split.Tensor] = _split
     return table
 
 

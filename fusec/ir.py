@@ -58,12 +58,15 @@ POINTWISE_OPS = frozenset({
     "reciprocal", "maximum", "minimum", "floor", "ceil", "trunc", "sign",
     "relu", "clamp", "where", "eq", "ne", "lt", "le", "gt", "ge",
     "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
-    "cast", "copy", "full",
+    "cast", "copy", "full", "fmod", "remainder", "floor_divide", "trunc_divide", "round",
 })
 # An indirect load: gather(src, dim, index) reads src at positions held in index;
 # cat(*tensors, dim) reads the tensor whose range along dim holds the position;
-# rand(salt) draws uniform [0, 1) numbers from the call's seed (Philox).
-INDEXING_OPS = frozenset({"gather", "cat", "rand"})
+# rand(salt) draws uniform [0, 1) numbers from the call's seed (Philox);
+# iota(start, step) is start + step * position of a 1-D tensor (arange), read by nothing;
+# take(src, index, wrap) is src[index[*i], *j] (embedding, x[idx]), negative indices
+# counted from the end when `wrap`.
+INDEXING_OPS = frozenset({"gather", "cat", "rand", "iota", "take"})
 # View ops become index math inside a kernel (or a torch view when alone).
 VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice", "select", "alias"})
 # Reductions take (x, dims, keepdim) and var also its correction; dims are
@@ -174,8 +177,8 @@ def finals(graph: Graph, members: list[Node]) -> list[Node]:
 
 
 def is_constant(node: Node) -> bool:
-    """A filled tensor reads nothing: every kernel that needs it computes it inline."""
-    return node.op == "full" and not node.operands()
+    """A filled tensor or an arange reads nothing: every kernel that needs it computes it inline."""
+    return node.op == "iota" or (node.op == "full" and not node.operands())
 
 
 def inlined(graph: Graph, name: str) -> bool:

@@ -16,6 +16,16 @@ import torch
 import torch.fx
 
 from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, Ref
+from fusec.lowering_index import (
+    arange,
+    div,
+    embedding,
+    full_like,
+    index,
+    index_select,
+    modulo,
+    round_,
+)
 from fusec.passes.classify import kind_of
 
 aten = torch.ops.aten
@@ -64,10 +74,6 @@ def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
             not isinstance(args[1], Ref | bool | float) and 0 <= args[1] <= 16)):
         return ("pow", tuple(args))
     return None
-
-
-def _div(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return ("div", tuple(args)) if kwargs.get("rounding_mode") is None else None
 
 
 def _clamp(args: tuple, kwargs: dict, val: Any) -> Lowered:
@@ -155,7 +161,7 @@ def _alias(args: tuple, kwargs: dict, val: Any) -> Lowered:
 
 
 HANDLERS: dict[Any, Handler] = {
-    aten.add: _alpha("add"), aten.sub: _alpha("sub"), aten.mul: _same("mul"), aten.div: _div,
+    aten.add: _alpha("add"), aten.sub: _alpha("sub"), aten.mul: _same("mul"), aten.div: div,
     aten.neg: _same("neg"), aten.abs: _same("abs"), aten.exp: _same("exp"), aten.exp2: _same("exp2"),
     aten.log: _same("log"), aten.log2: _same("log2"), aten.log1p: _same("log1p"),
     aten.expm1: _same("expm1"), aten.sqrt: _same("sqrt"), aten.rsqrt: _same("rsqrt"),
@@ -178,6 +184,8 @@ HANDLERS: dict[Any, Handler] = {
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
     aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy, prims.fma: _same("fma"),
+    aten.full_like: full_like, aten.arange: arange, aten.remainder: modulo("remainder"),
+    aten.fmod: modulo("fmod"), aten.round: round_,
 }
 
 
@@ -276,8 +284,12 @@ _SHAPE_AWARE = {
     aten.argmin: _reduction("argmin", 1, 2, "ordered"), aten.any: _reduction("any", 1, 2),
     aten.all: _reduction("all", 1, 2), prims.var: _var, prims.div: _prims_div,
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
-    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat,
+    aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: embedding,
+    aten.index: index, aten.index_select: index_select,
 }
+
+# Index tensors a row lookup reads (a bool or uint8 index is a mask: torch runs it).
+_INDEX_DTYPES = frozenset({"int32", "int64"})
 
 
 def _static_shape(val: Any, what: str) -> tuple[int, ...]:
@@ -332,7 +344,12 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
         first = args[0][0] if isinstance(args[0], list | tuple) and args[0] else args[0]
         if not isinstance(first, Ref):
             return None
-        return _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
+        lowered = _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
+        if lowered is not None and lowered[0] == "take":
+            src, index = (graph[r.name] for r in lowered[1][:2])
+            if index.dtype not in _INDEX_DTYPES or tuple(val.shape) != index.shape + src.shape[1:]:
+                return None
+        return lowered
     handler = HANDLERS.get(packet)
     return handler(args, kwargs, val) if handler else None
 

@@ -100,6 +100,45 @@ def expm1(a):
     return f"tl.where({a} > 80.0, {u}, tl.where({a} < -80.0, -1.0, {body}))"
 
 
+# Integer operands: Triton's % and // truncate (C), torch's remainder and floor_divide
+# floor (Python); float %: fmod. Integer divisors reach here only as nonzero scalars.
+def fmod(a, b): return f"({a} % {b})"
+
+
+def remainder(a, b):
+    r = f"({a} % {b})"
+    return f"tl.where(({r} != 0) & (({r} < 0) != ({b} < 0)), {r} + {b}, {r})"
+
+
+def floor_divide(a, b, floating=True):
+    if not floating:
+        q = f"({a} // {b})"
+        return f"tl.where((({a} % {b}) != 0) & (({a} < 0) != ({b} < 0)), {q} - 1, {q})"
+    # torch's div_floor_floating: from fmod, so 1 // 0.1 is 9 as in Python, not floor(10.0).
+    mod = f"({a} % {b})"
+    div = f"(({a} - {mod}) / {b})"
+    div = f"tl.where(({mod} != 0) & (({b} < 0) != ({mod} < 0)), {div} - 1.0, {div})"
+    floored = f"tl.floor({div})"
+    floored = f"tl.where({div} - {floored} > 0.5, {floored} + 1.0, {floored})"
+    signed_zero = f"(({a} / {b}) * 0.0)"
+    return f"tl.where({b} == 0, {a} / {b}, tl.where({div} != 0, {floored}, {signed_zero}))"
+
+
+def trunc_divide(a, b, floating=True):
+    return trunc(f"({a} / {b})") if floating else f"({a} // {b})"
+
+
+def round_(a, floating=True):
+    # Half to even, from floor: a - floor(a) is exact, where a + 0.5 may round up.
+    if not floating:
+        return a
+    f = f"tl.floor({a})"
+    frac = f"({a} - {f})"
+    odd = f"(({f} - 2.0 * tl.floor({f} * 0.5)) != 0)"
+    r = f"tl.where({frac} > 0.5, {f} + 1.0, tl.where({frac} < 0.5, {f}, tl.where({odd}, {f} + 1.0, {f})))"
+    return f"tl.where({r} == 0, {a} * 0.0, {r})"  # round(-0.3) is -0.0
+
+
 def pow_(a, b):
     # a ** b via exp(b*log|a|), with the sign of a negative base restored for
     # odd integer exponents and NaN for non-integer ones (as torch.pow).
@@ -140,12 +179,14 @@ OPS: dict[str, Callable[..., str]] = {
     "where": where, "eq": eq, "ne": ne, "lt": lt, "le": le, "gt": gt, "ge": ge,
     "logical_and": logical_and, "logical_or": logical_or, "logical_not": logical_not,
     "logical_xor": logical_xor, "isnan": isnan, "isinf": isinf, "cast": cast, "copy": copy,
-    "full": full,
+    "full": full, "fmod": fmod, "remainder": remainder, "floor_divide": floor_divide,
+    "trunc_divide": trunc_divide, "round": round_,
 }
 
 # Ops whose result is bool while their operands compute in their own promoted type.
 PREDICATES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf"})
 # Ops that take a `floating` flag: NaN handling and float-only Triton calls skipped for integers.
-NAN_AWARE = frozenset({"maximum", "minimum", "relu", "clamp", "floor", "ceil", "trunc"})
+NAN_AWARE = frozenset({"maximum", "minimum", "relu", "clamp", "floor", "ceil", "trunc", "floor_divide",
+                       "trunc_divide", "round"})
 
 assert set(OPS) == POINTWISE_OPS, set(POINTWISE_OPS) ^ set(OPS)

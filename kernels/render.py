@@ -18,24 +18,11 @@ from dataclasses import dataclass, field
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
 from fusec.kernels.helpers import HELPERS
+from fusec.kernels.indexed import Index, IndexedValues, Value
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
 from fusec.plan import Kernel
 
 _NAME = re.compile(r"[A-Za-z_]\w*")
-
-
-@dataclass(frozen=True)
-class Index:
-    """Per-dimension index expressions; `linear` is the row-major offset when known."""
-
-    dims: tuple[str, ...]
-    linear: str | None = None
-
-
-@dataclass(frozen=True)
-class Value:
-    expr: str
-    dtype: str  # the compute dtype the expression has
 
 
 @dataclass
@@ -156,7 +143,7 @@ _RETYPED = frozenset({"sign", "where", "cast", "pow", "full"})
 _LOGICAL = frozenset({"logical_and", "logical_or", "logical_xor", "logical_not"})
 
 
-class Renderer:
+class Renderer(IndexedValues):
     """Index math and value computation over one group; subclasses lay out the loops."""
 
     def __init__(self, graph: Graph, kernel: Kernel, roots: dict[str, str], prefix: str = "",
@@ -250,54 +237,21 @@ class Renderer:
         return found
 
     def compute(self, node: Node, idx: Index) -> Value:
+        if node.op == "iota":  # an arange is index math wherever it is read
+            return self.iota(node, idx)
         if node.name not in self.members:
             return self.pointwise(node, idx) if node.op == "full" and not node.operands() else self.load(node, idx)
         if node.kind is Kind.VIEW:
             return self.value(node.operands()[0], self.view_index(node, idx))
         if node.op == "gather":
             return self.gather(node, idx)
+        if node.op == "take":
+            return self.take(node, idx)
         if node.op == "rand":
             return self.rand(node, idx)
         if node.op == "cat":
             return self.cat(node, idx)
         return self.pointwise(node, idx)
-
-    def cat(self, node: Node, idx: Index) -> Value:
-        """The element of whichever input's range along dim holds the position. Each
-        input is read at a clamped index (in bounds, its value unused out of range).
-        A legacy empty 1-D input (`torch.tensor([])`) is skipped, as torch skips it."""
-        *refs, dim = node.args
-        dtype = compute_dtype(node.dtype)
-        pos, start, parts = idx.dims[dim], 0, []
-        for ref in refs:
-            if len(self.graph[ref.name].shape) != len(node.shape):
-                continue  # torch's legacy cat skips an empty 1-d part (an empty KV cache)
-            size = self.graph[ref.name].shape[dim]
-            end = start + size
-            if size:
-                local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")
-                value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
-                parts.append((end, self.to(value.expr, dtype) if value.dtype != dtype else value.expr))
-            start = end
-        if not parts:  # nothing to read: the output has no elements
-            return Value(f"tl.full({self.scalar_shape}, 0, {TL_TYPE[dtype]})", dtype)
-        expr = parts[-1][1]
-        for end, value in reversed(parts[:-1]):
-            expr = f"tl.where({pos} < {end}, {value}, {expr})"
-        return Value(self.out.let(expr), dtype)
-
-    def rand(self, node: Node, idx: Index) -> Value:
-        """Uniform [0, 1) from Philox keyed by the call's seed, counted by element and node."""
-        self.uses_seed = True
-        self.helpers.add("_philox")
-        offset = self.linearize(idx, node.shape)
-        # One element: the offset is a literal, which must still be a block of the kernel's rank.
-        counter = f"({offset}).to(tl.uint32)"
-        if offset.isdigit():
-            counter = f"tl.full({self.scalar_shape}, {offset}, tl.uint32)"
-        bits = self.out.let(f"_philox(seed, {counter}, {node.args[0]})", "t")
-        value = self.out.let(f"(({bits} >> 8).to(tl.float32) * {2.0 ** -24})", "t")
-        return Value(value, "float32")
 
     def load(self, node: Node, idx: Index) -> Value:
         addr = self.address(idx, node)
@@ -311,22 +265,6 @@ class Renderer:
             raw = f"tl.load({param(node.name)} + {addr}, mask={mask}, other=0)"
         expr = raw if dtype == node.dtype else f"{raw}.to({TL_TYPE[dtype]})"
         return Value(self.out.let(expr, "v"), dtype)
-
-    def gather(self, node: Node, idx: Index) -> Value:
-        """out[i..] = src[i.. with dim replaced by index[i..]] (an indirect load)."""
-        src_name, dim, index_name = node.args[0].name, node.args[1], node.args[2].name
-        src = self.graph[src_name]
-        where = self.value(index_name, self.broadcast(idx, self.graph[index_name].shape, node.shape))
-        bad = self.out.let(f"({where.expr} < 0) | ({where.expr} >= {src.shape[dim]})", "t")
-        # Flag an out-of-range index so the runtime raises as eager does; read index 0 instead.
-        self.flags_bad_index = True
-        mask = self.out.mask(bad)
-        flag_mask = bad if mask is None else f"({mask}) & {bad}"
-        self.out.emit(f"tl.store(p_bad_index + {bad}.to(tl.int32) * 0, {bad}.to(tl.int32), mask={flag_mask})")
-        safe = self.out.let(f"tl.where({bad}, 0, {where.expr})", "x")
-        dims = list(idx.dims)
-        dims[dim] = safe
-        return self.value(src_name, Index(tuple(dims)))
 
     def pointwise(self, node: Node, idx: Index) -> Value:
         dtype = compute_dtype(node.dtype)

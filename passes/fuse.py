@@ -157,9 +157,16 @@ class _Grouping:
             if node.kind is not Kind.VIEW:
                 continue
             src = self.node[node.operands()[0]]
+            if self._of_constant(node):
+                continue  # index math over a constant (arange[None]): no row's values to move
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
+
+    def _of_constant(self, node: Node) -> bool:
+        while node.kind is Kind.VIEW:
+            node = self.node[node.operands()[0]]
+        return is_constant(node)
 
     def _misaligned_read(self, members: set[str], domain: Domain) -> str | None:
         """Why some member would read a value computed from this kernel's reductions at
@@ -178,7 +185,9 @@ class _Grouping:
             for op in node.operands():
                 if op not in row_valued:
                     continue
-                if node.op == "gather" and op == node.args[0].name:
+                if node.op == "take":
+                    own_row = False  # a row lookup reads rows its index picks, not its own
+                elif node.op == "gather" and op == node.args[0].name:
                     # It reads its source at the positions of a reduced dim, in its own row.
                     own_row = node.args[1] in domain[1] and all(
                         node.shape[d] == size for d, size in enumerate(domain[0]) if d not in domain[1])

@@ -1,0 +1,89 @@
+"""Lowering handlers for position and index plumbing and for division's rounding modes:
+arange and full_like as values computed in place, row lookups (embedding, x[idx]) as
+checked loads, floor and trunc division, remainder and fmod with torch's semantics.
+
+Each handler returns `(op, args)` for fusec's primitive or None for torch (see
+fusec/lowering.py, which dispatches to them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fusec.ir import Ref
+
+
+def _integer_divisor_ok(args: tuple, val: Any) -> bool:
+    """An integer division by zero raises in torch; a kernel cannot, so integer divisors
+    are generated only as nonzero scalars (a tensor divisor runs through torch). 16-bit
+    floats run through torch too: eager rounds the quotient and the scalar to the type."""
+    if val.dtype in (torch.float16, torch.bfloat16):
+        return False
+    if val.dtype.is_floating_point:
+        return True
+    divisor = args[1]
+    return not isinstance(divisor, Ref | bool) and isinstance(divisor, int) and divisor != 0
+
+
+def div(args: tuple, kwargs: dict, val: Any) -> tuple | None:
+    mode = kwargs.get("rounding_mode")
+    if mode is None:
+        return ("div", tuple(args)) if set(kwargs) <= {"rounding_mode"} else None
+    if not _integer_divisor_ok(args, val) or val.dtype == torch.bool:
+        return None
+    return ({"floor": "floor_divide", "trunc": "trunc_divide"}[mode], tuple(args[:2]))
+
+
+def modulo(op: str) -> Callable:
+    """remainder (Python's sign of the divisor) and fmod (C's sign of the dividend)."""
+    def handler(args: tuple, kwargs: dict, val: Any) -> tuple | None:
+        if kwargs or not isinstance(args[0], Ref) or not _integer_divisor_ok(args, val):
+            return None
+        return (op, tuple(args[:2]))
+    return handler
+
+
+def round_(args: tuple, kwargs: dict, val: Any) -> tuple | None:
+    return ("round", (args[0],)) if not kwargs.get("decimals") and len(args) == 1 else None
+
+
+# Integers a float type holds exactly: an arange within them is exact whatever the order of its math.
+_EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
+
+
+def arange(args: tuple, kwargs: dict, val: Any) -> tuple | None:
+    # arange(end), arange(start, end), arange(start, end, step): the length is val's.
+    start = args[0] if len(args) > 1 else 0
+    step = args[2] if len(args) > 2 else 1
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):
+        return None  # a fractional step accumulates rounding as torch's own loop does
+    last = start + step * max(val.shape[0] - 1, 0)
+    limit = _EXACT_INTEGERS.get(val.dtype)
+    if val.dtype == torch.bool or (limit is not None and max(abs(start), abs(last)) > limit):
+        return None
+    return ("iota", (start, step))
+
+
+def full_like(args: tuple, kwargs: dict, val: Any) -> tuple | None:
+    return None if isinstance(args[1], Ref) else ("full", (args[1],))
+
+
+def embedding(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tuple | None:
+    # padding_idx and the gradient options change only the backward.
+    return ("take", (args[0], args[1], False)) if len(src_shape) == 2 else None
+
+
+def index(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tuple | None:
+    """x[idx] with one integer index tensor on the first dim; masks and several
+    indices run through torch."""
+    indices = list(args[1])
+    if len(indices) != 1 or not isinstance(indices[0], Ref) or not src_shape:
+        return None
+    return ("take", (args[0], indices[0], True))
+
+
+def index_select(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tuple | None:
+    return ("take", (args[0], args[2], False)) if src_shape and args[1] % len(src_shape) == 0 else None
