@@ -10,7 +10,7 @@ setup: $(VENV)/.fusec-installed
 
 # The editable install links each module (mypy can follow it): adding or removing
 # a module changes its folder's time, and that re-links.
-$(VENV)/.fusec-installed: pyproject.toml fusec fusec/cli fusec/report passes kernels bench
+$(VENV)/.fusec-installed: pyproject.toml fusec fusec/cli fusec/report passes kernels bench/
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]" --config-settings editable_mode=strict
