@@ -8,7 +8,7 @@ from torch import nn
 
 import fusec
 from fusec.report import Report
-from tests.eager import check
+from tests.eager import assert_ran, check
 from tests.test_training import check_training
 
 
@@ -106,6 +106,8 @@ def test_batch_norm_training_matches_eager_with_running_stats(channels_last, mom
         torch.testing.assert_close(fn(x), eager(x), rtol=1e-5, atol=1e-5)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-5, atol=1e-6)
+    if momentum is not None:  # None: BatchNorm reads float(num_batches_tracked), and Dynamo runs it eagerly
+        assert_ran(fn)
 
 
 def test_batch_norm_training_gradients_equal_eager():
@@ -127,9 +129,11 @@ def test_batch_norm_training_16_bit(dtype):
     eager, compiled = (_randomized(nn.BatchNorm2d(6)).train().to(dtype) for _ in range(2))
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(4, 6, 5, 3).to(dtype)
-    torch.testing.assert_close(fusec.compile(compiled)(x), eager(x), rtol=2e-2, atol=2e-2)
+    fn = fusec.compile(compiled)
+    torch.testing.assert_close(fn(x), eager(x), rtol=2e-2, atol=2e-2)
     for name in ("running_mean", "running_var"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-2, atol=1e-2)
+    assert_ran(fn)
 
 
 def test_basic_block_channels_last_inference():
