@@ -39,18 +39,18 @@ class Source:
     lines: list[str] = field(default_factory=list)
     names: dict[str, Any] = field(default_factory=dict)
     counter: itertools.count = field(default_factory=itertools.count)
+    bound: dict[tuple[str, int], str] = field(default_factory=dict)  # (prefix, id(value)) -> its name
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)
 
     def bind(self, value: Any, prefix: str = "C") -> str:
         """A global name for `value` (the same name for the same object)."""
-        for name, bound in self.names.items():
-            if bound is value and name.startswith(prefix):
-                return name
-        name = f"{prefix}{next(self.counter)}"
-        self.names[name] = value
-        return name
+        key = (prefix, id(value))  # `names` keeps the value alive, so its id stays its own
+        if key not in self.bound:
+            self.bound[key] = f"{prefix}{next(self.counter)}"
+            self.names[self.bound[key]] = value
+        return self.bound[key]
 
 
 def var(name: str) -> str:
