@@ -61,7 +61,7 @@ class GraphedCall:
         self.name = name
         # The launcher's counts of what ran: a recording runs nothing, a replay runs what it recorded.
         self.ran = ran if ran is not None else []
-        self.per_call = [0] * len(self.ran)
+        self.per_call: list[tuple[int, int]] = []  # (slot of `ran`, what one replay adds), nonzero only
         self.calls = 0
         self.recordings = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -82,16 +82,16 @@ class GraphedCall:
             return self.launch(inputs)
         if self.graph is None or not self._same_places(inputs):
             return self._record(inputs)
-        for i, x in enumerate(inputs):
-            if not self.in_place[i] and isinstance(x, torch.Tensor):
-                self.spans[i].copy_(_span(x))
+        for i, span in enumerate(self.spans):
+            if span is not None:  # a copied input (the others are read in place, or not tensors)
+                span.copy_(_span(inputs[i]))
         self._replay()
         return self.outputs
 
     def _replay(self) -> None:
         self.graph.replay()
         self.replays += 1
-        for i, n in enumerate(self.per_call):
+        for i, n in self.per_call:
             self.ran[i] += n
 
     def _same_places(self, inputs: list[Any]) -> bool:
@@ -124,7 +124,8 @@ class GraphedCall:
             before = list(self.ran)
             with torch.cuda.graph(graph):
                 outputs = self.launch(list(self.static))
-            self.per_call = [after - was for after, was in zip(self.ran, before, strict=True)]
+            self.per_call = [(i, after - was) for i, (after, was) in enumerate(zip(self.ran, before, strict=True))
+                             if after != was]
             self.ran[:] = before
         except Exception as exc:  # an op that syncs with the host or allocates outside the pool, say
             return self._give_up(inputs, f"recording failed: {type(exc).__name__}: {exc}")

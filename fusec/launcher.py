@@ -90,34 +90,33 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         src.emit(f"{', '.join(var(n) for n in inputs)}, = inputs")
     _device_line(src, graph, inputs, code.device)
     checked = set()
-    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code)}
+    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
     # One stream: a kernel's output may take over a dead buffer of the same layout.
     reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(graph.output.operands()))
     code = replace(code, reuse=reuse)
+    n_streams = 1 + max((s.stream for s in plan.steps), default=0)
+    recorded = {w for s in plan.steps for w in s.waits}  # steps some other step waits for
     if streams:
-        _stream_prologue(src, plan)
+        _stream_prologue(src, n_streams)
     handed_on = set(reuse.values())
     for step, dead in zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True):
-        waits = list(step.waits) if streams else []
         indent = 1
-        if streams and step.stream:
-            for producer in waits:
+        if streams:
+            for producer in step.waits:
                 src.emit(f"S{step.stream}.wait_event(E_{_ident(producer)})")
-            src.emit(f"with stream_context(S{step.stream}):")
-            indent = 2
-        elif streams:
-            for producer in waits:
-                src.emit(f"S0.wait_event(E_{_ident(producer)})")
+            if step.stream:
+                src.emit(f"with stream_context(S{step.stream}):")
+                indent = 2
         if code.step_hook is not None:
             src.emit(f"{src.bind(code.step_hook, 'HOOK')}({step.id!r})", indent)
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
-        if streams and step.id in _recorded(plan):
+        if streams and step.id in recorded:
             src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
         dead = [d for d in dead if d not in handed_on]  # deleted where the buffer is taken over
         if not streams and dead:
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
-        _stream_epilogue(src, plan)
+        _stream_epilogue(src, plan, n_streams)
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.emit(f"return {_literal(src, returned)}")
     return "\n".join(src.lines) + "\n", src.names
@@ -132,7 +131,7 @@ def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
             writes = tuple((o, (graph[o].shape, graph[o].strides, graph[o].dtype)) for o in step.outputs)
             out.append(StepBuffers(writes, tuple(step.inputs), pooled=step.numel > 0))
         elif isinstance(step, Kernel):
-            writes = tuple((o, None) for o in _outputs(step, StepCode({}, {}, library=library)))
+            writes = tuple((o, None) for o in _outputs(step, library))
             out.append(StepBuffers(writes, tuple(step.inputs), pooled=False))
         else:
             out.append(StepBuffers(((step.node, None),), tuple(plan.reads(step)), pooled=False))
@@ -159,8 +158,9 @@ def unfused_peak(graph: Graph) -> int:
     return live_bytes_peak(steps, sizes, {}, keep)
 
 
-def _outputs(kernel: Kernel, code: StepCode) -> list[str]:
-    if kernel.id in code.library:
+def _outputs(kernel: Kernel, library: frozenset[str]) -> list[str]:
+    """The buffers a kernel step writes: its own, or its library alternative's when it runs as one."""
+    if kernel.id in library:
         return [o for s in kernel.library for o in (s.outputs if isinstance(s, Kernel) else (s.node,))]
     return list(kernel.outputs)
 
@@ -178,23 +178,17 @@ def _device_line(src: Source, graph: Graph, inputs: list[str], default: torch.de
         src.emit(f"device = {src.bind(default, 'DEV')}")
 
 
-def _recorded(plan: Plan) -> set[str]:
-    return {w for s in plan.steps for w in s.waits}
-
-
-def _stream_prologue(src: Source, plan: Plan) -> None:
+def _stream_prologue(src: Source, n_streams: int) -> None:
     """Stream 0 is the caller's; side streams first wait for it."""
-    count = 1 + max((s.stream for s in plan.steps), default=0)
     src.emit("S0 = current_stream()")
-    for i in range(1, count):
+    for i in range(1, n_streams):
         src.emit(f"S{i} = SIDE[{i - 1}]")
         src.emit(f"S{i}.wait_stream(S0)")
 
 
-def _stream_epilogue(src: Source, plan: Plan) -> None:
+def _stream_epilogue(src: Source, plan: Plan, n_streams: int) -> None:
     """The caller's stream waits for every side stream; outputs are marked as used on it."""
-    count = 1 + max((s.stream for s in plan.steps), default=0)
-    for i in range(1, count):
+    for i in range(1, n_streams):
         src.emit(f"S0.wait_stream(S{i})")
     for ref in dict.fromkeys(r.name for r in iter_refs(plan.graph.output.args)):
         src.emit(f"record_stream({var(ref)}, S0)")
@@ -287,13 +281,10 @@ def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
     if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
         # is_contiguous ignores dims of size 1 too, and is one cached flag
         src.emit(f"if not {var(name)}.is_contiguous():", indent)
-        src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
-                 f"the kernel expects {node.strides}')", indent + 1)
-        return
-    got = f"{var(name)}.stride()"
-    if len(dims) != len(node.shape):
-        got = f"({', '.join(f'{var(name)}.stride({d})' for d in dims)},)"
-    src.emit(f"if {got} != {expected}:", indent)
+    elif len(dims) == len(node.shape):
+        src.emit(f"if {var(name)}.stride() != {expected}:", indent)
+    else:
+        src.emit(f"if ({', '.join(f'{var(name)}.stride({d})' for d in dims)},) != {expected}:", indent)
     src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
              f"the kernel expects {node.strides}')", indent + 1)
 

@@ -116,6 +116,8 @@ class Runtime:
         self.kernels = kernels
         self.callables = callables
         self.interpret = interpret
+        # where outputs go when the graph has no tensor input, and where matmul choices are timed
+        self.device = torch.device("cpu") if interpret else torch.device("cuda")
         self.fallback = fallback
         self.strict = strict
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
@@ -219,7 +221,7 @@ class Runtime:
         working = frozenset(s.id for s in self.plan.steps if isinstance(s, Extern) and does_work(self.plan, s))
         return StepCode(calls=self.calls, callables=self.callables, library=library, draw_seed=draw_seed,
                         bounds_error=self._bounds_error, final_buffers=self._final_buffers,
-                        device=torch.device("cpu") if self.interpret else torch.device("cuda"),
+                        device=self.device,
                         stream_ops=stream_ops, counts=self.counts.ran,
                         counted={**{k: i for i, k in enumerate(self.counts.kernel_ids)},
                                  **dict.fromkeys(working, len(self.counts.kernel_ids))},
@@ -246,10 +248,9 @@ class Runtime:
 
     def _time_choices(self, kernel: Kernel) -> Launch | str:
         graph = self.plan.graph
-        device = torch.device("cpu") if self.interpret else torch.device("cuda")
-        inputs = [_random_like(graph, name, device) for name in kernel.inputs]
+        inputs = [_random_like(graph, name, self.device) for name in kernel.inputs]
         outputs = [torch.empty_strided(graph[o].shape, graph[o].strides, dtype=DTYPES[graph[o].dtype],
-                                       device=device) for o in kernel.outputs]
+                                       device=self.device) for o in kernel.outputs]
         base = self.calls[kernel.id]
         timings: list[tuple[float, Launch | str]] = []
         for config in matmul_configs(*matmul_problem(graph, kernel)):

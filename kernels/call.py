@@ -45,8 +45,8 @@ class KernelFailed(Exception):
 class KernelCall:
     """Launches one compiled kernel: `call(*tensors_and_extras)` appends sizes and constants."""
 
-    def __init__(self, fn: Any, launch: Launch, sizes: Sequence[int], interpret: bool, name: str = "",
-                 loaded: int | None = None) -> None:
+    def __init__(self, fn: Any, launch: Launch, sizes: Sequence[int], interpret: bool, *, loaded: int,
+                 name: str = "") -> None:
         self.fn = fn
         # The leading arguments that may arrive at any alignment (the kernel's inputs); the rest
         # come from the allocator (aligned) or are integers of a fixed width.
@@ -67,10 +67,9 @@ class KernelCall:
                 with _INTERPRETER:
                     self._dispatch(args)
                 return
-            if self.loaded is None:
-                key = _specialization(args)
-            else:  # the loaded tensors' alignment: every other argument is the same each call
-                key = (args[0].device.index, *[a.data_ptr() % 16 == 0 for a in args[:self.loaded]])
+            # The device (`.device` costs a sixth of `get_device()`) and the loaded tensors' alignment:
+            # every other argument is the same each call.
+            key = (args[0].device.index, *[a.data_ptr() % 16 == 0 for a in args[:self.loaded]])
             binary = self.binaries.get(key)
             if binary is None or _launch_hooks_set():
                 self.binaries[key] = self._dispatch(args)
@@ -97,16 +96,3 @@ class KernelCall:
             raise TypeError(f"kernel {self.name}: no value for parameter(s) {', '.join(missing)}")
         return (*self.sizes, *(self.launch.constants[n] for n in names))
 
-
-def _specialization(args: Sequence[Any]) -> tuple:
-    """What Triton's dispatch specializes on that can change between calls of one plan: the device
-    and each pointer's 16-byte alignment (and, for an integer, its value class and width)."""
-    key: list[Any] = [None]
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            if key[0] is None:
-                key[0] = a.device.index  # `.device` costs a sixth of `get_device()`
-            key.append(a.data_ptr() % 16 == 0)
-        elif isinstance(a, int) and not isinstance(a, bool):
-            key.append((a == 1) + 2 * (a % 16 == 0) + 4 * (not -2**31 <= a < 2**31))
-    return tuple(key)

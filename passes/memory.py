@@ -27,10 +27,7 @@ def plan_reuse(steps: Sequence[StepBuffers], keep: frozenset[str] = frozenset())
     """{new buffer: the dead buffer it takes over}. Invariant: at every step, no two live
     buffers share storage (a buffer is live from the step that writes it to its last reader),
     and no step that allocates runs while a dead buffer is held for a later taker."""
-    last_read: dict[str, int] = {}
-    for i, step in enumerate(steps):
-        for name in step.reads:
-            last_read[name] = i
+    last_read = _last_reads(steps)
     unpoolable = set(keep)
     for step in steps:
         if not step.pooled:
@@ -63,7 +60,7 @@ def live_bytes_peak(steps: Sequence[StepBuffers], sizes: dict[str, int], reuse: 
                     keep: frozenset[str] = frozenset()) -> int:
     """The most bytes held at once by the storages the steps allocate, with `reuse` applied
     (a storage is held from its first holder's write to its last holder's death)."""
-    last_read = {name: i for i, step in enumerate(steps) for name in step.reads}
+    last_read = _last_reads(steps)
     span: dict[str, list[int]] = {}  # storage -> [first step, last step]
     nbytes: dict[str, int] = {}
     for i, step in enumerate(steps):
@@ -82,6 +79,11 @@ def live_bytes_peak(steps: Sequence[StepBuffers], sizes: dict[str, int], reuse: 
         held += change
         peak = max(peak, held)
     return peak
+
+
+def _last_reads(steps: Sequence[StepBuffers]) -> dict[str, int]:
+    """Buffer -> the last step that reads it."""
+    return {name: i for i, step in enumerate(steps) for name in step.reads}
 
 
 def _root(name: str, reuse: dict[str, str]) -> str:
