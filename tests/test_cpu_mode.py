@@ -76,27 +76,21 @@ def test_training_graphs_run_through_torch_with_the_same_gradients():
     assert report.stats["kernels"] >= 2
 
 
-def test_interpreter_warns_once_per_process_naming_cost_and_alternatives(caplog):
+@pytest.mark.parametrize(("cpu", "level", "says", "names"), [
+    ("interpret", logging.WARNING, "Triton's interpreter", ("100-500x slower", "CUDA GPU", "cpu='torch'")),
+    ("torch", logging.INFO, "eager speed", ("cpu='interpret'",)),
+], ids=["interpreter warns", "torch informs"])
+def test_how_cpu_graphs_run_is_said_once_per_process(caplog, cpu, level, says, names):
     announce.cache_clear()
     x, b = _inputs()
     with caplog.at_level(logging.INFO, logger="fusec"):
-        fusec.compile(fn, cpu="interpret")(x, b)
-        fusec.compile(lambda x: torch.exp(x) * 2, cpu="interpret")(x)
-    said = [r for r in caplog.records if "Triton's interpreter" in r.getMessage()]
-    assert len(said) == 1 and said[0].levelno == logging.WARNING
-    assert all(words in said[0].getMessage() for words in ("100-500x slower", "CUDA GPU", "cpu='torch'"))
-
-
-def test_torch_mode_says_once_how_to_run_the_generated_kernels(caplog):
-    announce.cache_clear()
-    x, b = _inputs()
-    with caplog.at_level(logging.INFO, logger="fusec"):
-        fusec.compile(fn, cpu="torch")(x, b)
-        fusec.compile(lambda x: torch.exp(x) * 2, cpu="torch")(x)
-    said = [r for r in caplog.records if "eager speed" in r.getMessage()]
-    assert len(said) == 1 and said[0].levelno == logging.INFO
-    assert "cpu='interpret'" in said[0].getMessage()
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        fusec.compile(fn, cpu=cpu)(x, b)
+        fusec.compile(lambda x: torch.exp(x) * 2, cpu=cpu)(x)
+    said = [r for r in caplog.records if says in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == level
+    assert all(words in said[0].getMessage() for words in names)
+    # the interpreter's warning is the only warning; torch mode warns of nothing
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == (said if level == logging.WARNING else [])
 
 
 @pytest.mark.fallback_expected
