@@ -24,6 +24,7 @@ from fusec.kernels.reduction import render_reduction
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
 from fusec.partition import Partition
+from fusec.passes.cost import H100, DeviceModel
 from fusec.pipeline import run_passes
 from fusec.plan import Kernel, Plan, build_plan
 from fusec.runtime import Runtime
@@ -42,6 +43,8 @@ class CompiledGraph:
     graph: Graph | None = None
     plan: Plan | None = None
     pass_seconds: list[tuple[str, float]] = field(default_factory=list)
+    history: list[tuple[str, Graph]] = field(default_factory=list)  # the graph after capture and each pass
+    device_model: DeviceModel = H100  # what the planner's cost model assumed; the report uses the same
     compile_seconds: float = 0.0
     fallback: str | None = None  # why the whole graph runs through torch
     fallback_ops: int = 0  # ops it then runs through torch
@@ -92,14 +95,17 @@ def graph_device(gm: torch.fx.GraphModule) -> str:
     return device
 
 
+_SIGNATURE = re.compile(r"^def (\w+)\((.*?)\):", re.M | re.S)
+
+
 def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
     """`step` with its Triton source for Triton's interpreter or for a GPU."""
     renderer = {"reduction": render_reduction, "matmul": render_matmul,
                 "combo": render_combo}.get(step.kind, render_pointwise)
     source, fn_name = renderer(graph, step, interpret=interpret)
     library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
-    signature = re.search(rf"^def {re.escape(fn_name)}\((.*?)\):", source, re.M | re.S)
-    params = tuple(p.split(":")[0].strip() for p in signature.group(1).split(","))
+    signature = next(m for m in _SIGNATURE.finditer(source) if m.group(1) == fn_name)
+    params = tuple(p.split(":")[0].strip() for p in signature.group(2).split(","))
     return replace(step, source=source, fn_name=fn_name, params=params, library=library)
 
 
@@ -159,12 +165,13 @@ def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> 
     graph, callables = to_ir(gm, name=record.name)
     record.modules = module_paths(gm)
     lap("lower")
-    record.graph, pass_seconds = run_passes(graph, options)
+    record.graph, pass_seconds, record.history = run_passes(graph, options)
     stages += pass_seconds
     clock = time.perf_counter()
     plan = build_plan(record.graph)
     lap("plan")
-    plan, record.streams = assign_streams(plan, options.streams, device_model(record.device),
+    record.device_model = device_model(record.device)
+    plan, record.streams = assign_streams(plan, options.streams, record.device_model,
                                           runs_streams=record.device == "cuda")
     lap("streams")
     # The interpreter needs workarounds (bfloat16 rounding) a GPU does not: the source differs.

@@ -30,22 +30,25 @@ def pass_list(options: Options) -> list[tuple[str, Pass]]:
     return passes
 
 
-def run_passes(graph: Graph, options: Options) -> tuple[Graph, list[tuple[str, float]]]:
-    """The graph after every pass, and each pass's name with its seconds."""
+def run_passes(graph: Graph, options: Options) -> tuple[Graph, list[tuple[str, float]], list[tuple[str, Graph]]]:
+    """The graph after the last pass, each pass's name with its seconds, and the graph
+    after capture and after each pass (passes are pure: keeping them costs no copy)."""
     start = time.perf_counter()
     verify(graph, after="capture")
     timings = [("verify", time.perf_counter() - start)]
+    history = [("capture", graph)]
     folder = _dump_folder(options.dump_dir, graph.name)
     folder = _dump(graph, folder, 0, "capture")
     for i, (name, fn) in enumerate(pass_list(options), start=1):
         start = time.perf_counter()
         before, graph = graph, fn(graph)
         timings.append((name, time.perf_counter() - start))
+        history.append((name, graph))
         start = time.perf_counter()
         check_pass(before, graph, name, options.strict)
         timings.append(("verify", time.perf_counter() - start))
         folder = _dump(graph, folder, i, name)
-    return graph, _merged(timings)
+    return graph, _merged(timings), history
 
 
 def check_pass(before: Graph, after: Graph, name: str, strict: bool) -> None:

@@ -19,7 +19,8 @@ def _inputs():
 def _without_times(data):
     """The report without what differs between runs of one plan: times, how it ran, what ran."""
     if isinstance(data, dict):
-        return {k: _without_times(v) for k, v in data.items() if k not in ("compile_seconds", "execution", "ran")}
+        varying = ("compile_seconds", "seconds", "execution", "ran")
+        return {k: _without_times(v) for k, v in data.items() if k not in varying}
     if isinstance(data, list):
         return [_without_times(v) for v in data]
     return data

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusec.compiler import CompiledGraph
+from fusec.ir import Graph
 from fusec.plan import Kernel
 from fusec.report.data import STATS_KEYS, collect, counts_as_extern, edge_rows, stats_of
 from fusec.report.html import to_html
@@ -39,23 +40,21 @@ class Report:
         `kind` is "kernels" when both ends are generated kernels, "torch" when one runs through torch."""
         return edge_rows(self.graphs)
 
-    def to_dict(self) -> dict[str, Any]:
-        graphs = []
+    def to_dict(self, target: str = "model") -> dict[str, Any]:
+        """The report as JSON-ready data, in the documented schema (docs/report-schema.md):
+        what `fusec inspect --json` writes."""
+        return collect(self, target, training=self.training, inputs=[], options={})
+
+    @property
+    def training(self) -> bool:
+        return any(g.name.startswith("backward") for g in self.graphs)
+
+    def passes(self, graph: str) -> list[tuple[str, Graph]]:
+        """The IR of graph `graph` (e.g. "forward_0") after capture and after each pass, in order."""
         for g in self.graphs:
-            entry: dict[str, Any] = {"name": g.name, "device": g.device, "execution": g.execution,
-                                     "fallback": g.fallback,
-                                     "compile_seconds": g.compile_seconds,
-                                     "streams": g.streams.reason if g.streams else None}
-            if g.plan is not None:
-                entry["kernels"] = [_kernel_dict(g, k) for k in g.plan.kernels]
-                entry["extern_calls"] = [{"id": s.id, "target": s.target, "bytes": s.bytes,
-                                          "view": s.is_view} for s in g.plan.externs]
-                launch = g.graph.launch_of()
-                entry["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind.value,
-                                   "shape": list(n.shape), "dtype": n.dtype, "kernel": launch.get(n.group)}
-                                  for n in g.graph]
-            graphs.append(entry)
-        return {"stats": self.stats, "graphs": graphs, "edges": self.edges(), "runs_eagerly": self.runs_eagerly}
+            if g.name == graph:
+                return list(g.history)
+        raise KeyError(f"no graph named {graph!r}; the report has {', '.join(g.name for g in self.graphs) or 'none'}")
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -63,8 +62,7 @@ class Report:
     def to_html(self, path: str | None = None, target: str = "model") -> str:
         """The self-contained HTML report (what `fusec inspect --html` writes); written to
         `path` when given."""
-        page = to_html(collect(self, target, training=any(g.name.startswith("backward") for g in self.graphs),
-                               inputs=[], options={}))
+        page = to_html(self.to_dict(target))
         if path is not None:
             with open(path, "w") as f:
                 f.write(page)
@@ -95,9 +93,3 @@ class Report:
             lines.append(f"not fused {e['src_kernel']} -> {e['dst_kernel']} ({e['src']} -> {e['dst']}): {e['reason']}")
         return "\n".join(lines)
 
-
-def _kernel_dict(g: CompiledGraph, k: Kernel) -> dict[str, Any]:
-    return {"id": k.id, "kind": k.kind, "members": list(k.members),
-            "ops": [g.graph[m].op for m in k.members], "inputs": list(k.inputs),
-            "outputs": list(k.outputs), "numel": k.numel, "bytes": k.bytes, "stream": k.stream,
-            "source": k.source}

@@ -92,13 +92,16 @@ def edge_rows(graphs: list[CompiledGraph]) -> list[dict[str, str]]:
 def collect(report: Report, target: str, training: bool, inputs: list[dict[str, Any]],
             options: dict[str, Any]) -> dict[str, Any]:
     """Everything the report knows, as JSON-ready data (see docs/report-schema.md)."""
+    planned = [g for g in report.graphs if g.plan is not None]
     data: dict[str, Any] = {
         "schema": SCHEMA,
         "target": target,
         "training": training,
         "inputs": inputs,
         "options": options,
-        "cost_model": asdict(H100),
+        "runs_eagerly": report.runs_eagerly,
+        # Each graph's model is in its row; graphs of one call share a device, so the first speaks for all.
+        "cost_model": asdict(planned[0].device_model if planned else H100),
         "stats": report.stats,
         "graphs": [],
         "nodes": [],
@@ -116,7 +119,7 @@ def collect(report: Report, target: str, training: bool, inputs: list[dict[str, 
         data["nodes"] += _node_rows(record)
         data["kernels"] += [_kernel_row(record, k) for k in record.plan.kernels]
         data["extern_calls"] += [_extern_row(record, e) for e in record.plan.externs]
-        launched = [s for s in record.plan.steps if step_seconds(record.plan, s) > 0]
+        launched = [s for s in record.plan.steps if step_seconds(record.plan, s, record.device_model) > 0]
         for stream in sorted({s.stream for s in launched}):
             data["streams"].append({"graph": record.name, "stream": stream,
                                     "steps": [s.id for s in launched if s.stream == stream]})
@@ -130,19 +133,29 @@ def _graph_row(record: CompiledGraph) -> dict[str, Any]:
     row: dict[str, Any] = {"name": record.name, "device": record.device, "execution": record.execution,
                            "fallback": record.fallback,
                            "fallback_ops": record.fallback_ops, "compile_seconds": record.compile_seconds,
-                           "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds]}
+                           "passes": [{"name": name, "seconds": seconds} for name, seconds in record.pass_seconds],
+                           "history": [_history_row(name, graph) for name, graph in record.history],
+                           "cost_model": asdict(record.device_model)}
     if record.partition is not None:
         # through JSON's types (tuples as lists), so the data equals what --json writes
         row["partition"] = json.loads(json.dumps(asdict(record.partition)))
     if record.plan is None:
         return row
-    dag = cost_dag(record.plan)
+    dag = cost_dag(record.plan, record.device_model)
     path, seconds = critical_path(dag)
     row.update({"ops": len(record.graph.op_nodes()), "kernels": len(record.plan.kernels),
                 "dag_width": dag_width(dag),
-                "serial_seconds": sum(step_seconds(record.plan, s) for s in record.plan.steps),
+                "serial_seconds": sum(step_seconds(record.plan, s, record.device_model) for s in record.plan.steps),
                 "critical_path": {"steps": list(path), "seconds": seconds}})
     return row
+
+
+def _history_row(name: str, graph: Any) -> dict[str, Any]:
+    """What a pass left: its op nodes, the groups they form, the edges it kept apart with a reason."""
+    ops = graph.op_nodes()
+    groups = {n.group for n in ops if n.group is not None}
+    refused = sum(1 for *_, data in graph.nx.edges(data=True) if "reason" in data)
+    return {"pass": name, "ops": len(ops), "groups": len(groups), "refused_edges": refused}
 
 
 def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
@@ -170,14 +183,15 @@ def _kernel_row(record: CompiledGraph, k: Kernel) -> dict[str, Any]:
     return {"graph": record.name, "id": k.id, "kind": k.kind, "members": list(k.members),
             "module": common_module([record.modules.get(m) for m in k.members]),
             "ops": [record.graph[m].op for m in k.members], "inputs": list(k.inputs), "outputs": list(k.outputs),
-            "numel": k.numel, "bytes": k.bytes, "flops": k.flops, "seconds": step_seconds(record.plan, k),
+            "numel": k.numel, "bytes": k.bytes, "flops": k.flops,
+            "seconds": step_seconds(record.plan, k, record.device_model),
             "stream": k.stream, "waits": list(k.waits), "fn_name": k.fn_name, "source": k.source}
 
 
 def _extern_row(record: CompiledGraph, e: Extern) -> dict[str, Any]:
     return {"graph": record.name, "id": e.id, "node": e.node, "target": e.target, "bytes": e.bytes,
             "view": e.is_view, "counted": counts_as_extern(e, record), "flops": e.flops,
-            "seconds": step_seconds(record.plan, e),
+            "seconds": step_seconds(record.plan, e, record.device_model),
             "stream": e.stream, "waits": list(e.waits)}
 
 

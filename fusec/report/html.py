@@ -79,6 +79,7 @@ def _graph(data: dict[str, Any], graph: dict[str, Any], layout: str) -> str:
     out.append(f"<h3>Critical path</h3><p>{fmt.seconds(path['seconds'])} of {fmt.seconds(graph['serial_seconds'])} "
                f"modeled serial time: {' → '.join(_step_link(data, name, s) for s in path['steps'])}</p>")
     out.append(_refusals(data, name))
+    out.append(_passes(graph))
     waits = [w for w in data["waits"] if w["graph"] == name]
     if waits:
         out.append(_table("Cross-stream waits", ("step", "stream", "waits for", "on stream"),
@@ -89,6 +90,14 @@ def _graph(data: dict[str, Any], graph: dict[str, Any], layout: str) -> str:
                f'filled by kernel)</summary>{_op_legend(data, name)}<div class="graph">{ops_svg}</div></details>')
     out.append("</section>")
     return "\n".join(out)
+
+
+def _passes(graph: dict[str, Any]) -> str:
+    """What each pass left (ops, groups, edges kept apart) and what it cost."""
+    seconds = {p["name"]: p["seconds"] for p in graph["passes"]}
+    return _table("Passes", ("after", "ops", "groups", "edges kept apart", "seconds"),
+                  [(h["pass"], h["ops"], h["groups"], h["refused_edges"],
+                    f"{seconds[h['pass']]:.3f}" if h["pass"] in seconds else "") for h in graph["history"]])
 
 
 def _kernel_table(data: dict[str, Any], name: str) -> str:
