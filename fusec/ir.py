@@ -51,7 +51,7 @@ INT_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64"})
 TUPLE_DTYPE = "tuple"
 
 # The primitive op set that generated kernels implement. Frontend lowering
-# targets it; classify reads it; kernels/ops.py implements every name in it.
+# targets it; kind_of reads it; kernels/ops.py implements every name in it.
 POINTWISE_OPS = frozenset({
     "add", "sub", "fma", "mul", "div", "neg", "abs", "exp", "exp2", "log", "log2", "log1p",
     "expm1", "sqrt", "rsqrt", "erf", "tanh", "sigmoid", "sin", "cos", "pow",
@@ -74,6 +74,19 @@ VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice
 REDUCTION_OPS = frozenset({"sum", "prod", "amax", "amin", "argmax", "argmin", "any", "all", "var"})
 # matmul(a, b): [*batch, M, K] @ [*batch, K, N], at most one batch dim.
 MATMUL_OPS = frozenset({"matmul"})
+
+
+def kind_of(op: str) -> Kind:
+    """A node's kind follows from its op (inputs and the output aside): an invariant `verify` checks."""
+    if op in POINTWISE_OPS or op in INDEXING_OPS:
+        return Kind.POINTWISE
+    if op in REDUCTION_OPS:
+        return Kind.REDUCTION
+    if op in MATMUL_OPS:
+        return Kind.MATMUL
+    if op in VIEW_OPS:
+        return Kind.VIEW
+    return Kind.OPAQUE
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, Ref
+from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, Ref, kind_of
 from fusec.lowering_index import (
     arange,
     div,
@@ -26,7 +26,6 @@ from fusec.lowering_index import (
     modulo,
     round_,
 )
-from fusec.passes.classify import kind_of
 
 aten = torch.ops.aten
 prims = torch.ops.prims

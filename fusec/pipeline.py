@@ -11,7 +11,6 @@ from pathlib import Path
 
 from fusec.ir import Graph
 from fusec.options import Options
-from fusec.passes.classify import classify
 from fusec.passes.cleanup import cleanup
 from fusec.passes.fuse import fuse
 from fusec.passes.horizontal import horizontal
@@ -24,7 +23,7 @@ log = logging.getLogger("fusec")
 
 def pass_list(options: Options) -> list[tuple[str, Pass]]:
     fuel = options.fuel if options.fuse else 0
-    passes = [("classify", classify), ("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
+    passes = [("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
     if options.fuse and options.horizontal:
         passes.append(("horizontal", horizontal))
     return passes

@@ -1,7 +1,9 @@
-"""fuse: vertical fusion of pointwise and view ops into kernel groups.
+"""fuse: vertical fusion into kernel groups: pointwise and view ops, with at most
+one iteration space of reductions (row-wise kernels) or matmuls sharing a left
+operand (a matmul template with its prologue views and its epilogue).
 
 Merges are proposed along data edges in topological order, validated
-(convexity, one iteration shape), and applied; every edge that still joins two
+(convexity, one iteration shape, the kernel kinds' rules), and applied; every edge that still joins two
 different groups, or a group and an extern call, keeps the reason on the edge
 (`graph.nx.edges[u, v]["reason"]`).
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node
+from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, kind_of
 
 
 class InvariantError(AssertionError):
@@ -19,7 +19,8 @@ class InvariantError(AssertionError):
 
 def verify(graph: Graph, after: str = "") -> None:
     """Raise InvariantError unless the graph is a DAG in insertion order, every
-    node has shape and dtype, edges match operands, and every group is convex."""
+    node has shape and dtype and the kind its op gives it, edges match operands,
+    and every group is convex."""
     where = f" after {after}" if after else ""
     position = graph_positions(graph)
     for node in graph:
@@ -58,6 +59,9 @@ def _check_node(graph: Graph, node: Node, position: dict[str, int], where: str) 
         raise InvariantError(f"{node.name} has no usable dtype ({node.dtype!r}){where}")
     if not isinstance(node.shape, tuple) or any(not isinstance(s, int) or s < 0 for s in node.shape):
         raise InvariantError(f"{node.name} has no concrete shape ({node.shape!r}){where}")
+    if node.kind not in (Kind.INPUT, Kind.OUTPUT) and node.kind is not kind_of(node.op):
+        raise InvariantError(f"{node.name} ({node.op}) is {node.kind.value}, but its op makes it "
+                             f"{kind_of(node.op).value}{where}")
     operands = set(node.operands())
     if operands != set(graph.producers(node.name)):
         raise InvariantError(f"{node.name}: edges {sorted(graph.producers(node.name))} "

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from fusec.ir import Graph, Kind, Node, Ref
-
-POINTWISE = {"add", "mul", "exp", "neg", "sub", "relu", "tanh"}
+from fusec.ir import Graph, Kind, Node, Ref, kind_of
 
 
 def build(spec: list[tuple], outputs: list[str], shape=(4, 8), dtype="float32") -> Graph:
@@ -16,9 +14,7 @@ def build(spec: list[tuple], outputs: list[str], shape=(4, 8), dtype="float32") 
         if op == "input":
             g.add(Node(name, "input", Kind.INPUT, node_shape, dtype, strides=_contig(node_shape)))
             continue
-        kind = Kind.POINTWISE if op in POINTWISE else (Kind.VIEW if op in {"reshape", "permute", "expand"}
-                                                        else Kind.OPAQUE)
-        g.add(Node(name, op, kind, node_shape, dtype, strides=_contig(node_shape),
+        g.add(Node(name, op, kind_of(op), node_shape, dtype, strides=_contig(node_shape),
                    args=tuple(Ref(o) for o in operands), target=f"aten.{op}.default"))
     g.add(Node("output", "output", Kind.OUTPUT, (), "bool", args=tuple(Ref(o) for o in outputs)))
     return g

@@ -2,8 +2,7 @@
 
 import pytest
 
-from fusec.ir import Graph, Kind, Node, Ref
-from fusec.passes.classify import classify
+from fusec.ir import Graph, Kind, Node, Ref, kind_of
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
@@ -105,15 +104,18 @@ def test_cleanup_keeps_opaque_duplicates():
     assert {"r1", "r2"} <= {n.name for n in cleanup(g)}
 
 
-def test_classify_sets_kinds_from_ops():
+def test_kinds_follow_from_ops_and_verify_rejects_another():
+    assert [kind_of(op) for op in ("exp", "permute", "sum", "matmul", "take", "aten.cumsum.default")] == \
+        [Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.POINTWISE, Kind.OPAQUE]
     g = Graph()
     g.add(Node("x", "input", Kind.INPUT, (4,), "float32", (1,)))
-    g.add(Node("a", "exp", Kind.OPAQUE, (4,), "float32", (1,), args=(Ref("x"),)))
-    g.add(Node("v", "permute", Kind.OPAQUE, (4,), "float32", (1,), args=(Ref("a"), (0,))))
-    g.add(Node("s", "aten.cumsum.default", Kind.POINTWISE, (4,), "float32", (1,), args=(Ref("v"),)))
-    g.add(Node("output", "output", Kind.OUTPUT, (), "bool", args=(Ref("s"),)))
-    out = classify(g)
-    assert [out[n].kind for n in ("x", "a", "v", "s")] == [Kind.INPUT, Kind.POINTWISE, Kind.VIEW, Kind.OPAQUE]
+    g.add(Node("a", "exp", Kind.POINTWISE, (4,), "float32", (1,), args=(Ref("x"),)))
+    g.add(Node("output", "output", Kind.OUTPUT, (), "bool", args=(Ref("a"),)))
+    verify(g)
+    wrong = g.copy()
+    wrong.update(g["a"].replace(kind=Kind.OPAQUE))
+    with pytest.raises(InvariantError, match=r"a \(exp\) is opaque, but its op makes it pointwise"):
+        verify(wrong)
 
 
 def test_verify_rejects_non_convex_groups():
@@ -172,6 +174,6 @@ def test_fusion_refuses_a_merge_through_an_outside_path_in_a_long_graph():
         spec.append((f"t{i}", "cumsum", [prev]))
         prev = f"t{i}"
     spec.append(("b", "add", ["a", prev]))
-    out = fuse(classify(build(spec, ["b"])))
+    out = fuse(build(spec, ["b"]))
     assert out.nx.edges["a", "b"]["reason"] == "would create a cycle through t0"
     verify(out)
