@@ -28,8 +28,7 @@ from fusec.passes.cost import H100, DeviceModel
 from fusec.pipeline import run_passes
 from fusec.plan import Kernel, Plan, build_plan
 from fusec.runtime import Runtime
-from fusec.streams import StreamDecision
-from fusec.streams import assign as assign_streams
+from fusec.streams import StreamDecision, plan_streams
 
 log = logging.getLogger("fusec")
 
@@ -109,7 +108,7 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
     return replace(step, source=source, fn_name=fn_name, params=params, library=library)
 
 
-def render(plan: Plan, interpret: bool) -> Plan:
+def render_plan(plan: Plan, interpret: bool) -> Plan:
     """The plan with every kernel's Triton source filled in, for the interpreter or a GPU."""
     steps = tuple(rendered(plan.graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
     return replace(plan, steps=steps)
@@ -171,11 +170,11 @@ def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> 
     plan = build_plan(record.graph)
     lap("plan")
     record.device_model = device_model(record.device)
-    plan, record.streams = assign_streams(plan, options.streams, record.device_model,
-                                          runs_streams=record.device == "cuda")
+    plan, record.streams = plan_streams(plan, options.streams, record.device_model,
+                                        runs_streams=record.device == "cuda")
     lap("streams")
     # The interpreter needs workarounds (bfloat16 rounding) a GPU does not: the source differs.
-    record.plan = render(plan, interpret=record.execution != TRITON)
+    record.plan = render_plan(plan, interpret=record.execution != TRITON)
     lap("render")
     record.pass_seconds = stages
     return callables

@@ -78,7 +78,7 @@ def choose_streams(plan: Plan, requested: int | str | None, runs_streams: bool =
                       f"(DAG width {width}, at most {AUTO_CAP} streams)")
 
 
-def assign(plan: Plan, requested: int | str | None, device: DeviceModel = H100,
+def plan_streams(plan: Plan, requested: int | str | None, device: DeviceModel = H100,
            runs_streams: bool = True) -> tuple[Plan, StreamDecision]:
     """The plan with every step's stream and waits set; steps keep their order."""
     dag = cost_dag(plan, device)
