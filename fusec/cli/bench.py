@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     if args.compile:
         from fusec.bench import compile as bench_compile
         return bench_compile.run(args)
+    if args.ops:
+        from fusec.bench import ops as bench_ops
+        return bench_ops.run(args.samples, args.op, args.markdown)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
@@ -128,6 +131,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action="store_true",
                    help="measure the bytes each system saves for backward in one training forward instead "
                         f"(default workloads: {', '.join(TRAINING)}; conv_bn_train is measured by default only)")
+    p.add_argument("--ops", action="store_true",
+                   help="which of PyTorch's elementwise ops (its OpInfo samples) run in generated kernels, "
+                        "each checked against eager in Triton's interpreter; exits 1 if any is wrong")
+    p.add_argument("--samples", type=int, default=1, metavar="N", help="--ops: samples per op (default 1)")
+    p.add_argument("--op", nargs="+", metavar="NAME", help="--ops: only these OpInfo names (e.g. div.floor_rounding)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")
