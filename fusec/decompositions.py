@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 
+from fusec.decompositions_elementwise import TABLE as ELEMENTWISE
+
 aten = torch.ops.aten
 
 # Composite ops decomposed beyond torch's core ATen set, into pointwise math,
@@ -68,6 +70,7 @@ def decomposition_table() -> dict:
     table[aten.baddbmm.default] = _addmm
     table[aten.split_with_sizes.default] = _split_with_sizes
     table[aten.split.Tensor] = _split
+    table.update(ELEMENTWISE)
     return table
 
 

@@ -78,17 +78,22 @@ def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
 def _clamp(args: tuple, kwargs: dict, val: Any) -> Lowered:
     lo = args[1] if len(args) > 1 else kwargs.get("min")
     hi = args[2] if len(args) > 2 else kwargs.get("max")
+    # One tensor bound is torch.maximum/minimum exactly (NaN from either side, the first of -0.0 and 0.0).
+    if isinstance(lo, Ref) and hi is None:
+        return ("maximum", (args[0], lo))
+    if isinstance(hi, Ref) and lo is None:
+        return ("minimum", (args[0], hi))
     if isinstance(lo, Ref) or isinstance(hi, Ref):
         return None
     return ("clamp", (args[0], lo, hi))
 
 
 def _clamp_min(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return None if isinstance(args[1], Ref) else ("clamp", (args[0], args[1], None))
+    return ("maximum", tuple(args)) if isinstance(args[1], Ref) else ("clamp", (args[0], args[1], None))
 
 
 def _clamp_max(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return None if isinstance(args[1], Ref) else ("clamp", (args[0], None, args[1]))
+    return ("minimum", tuple(args)) if isinstance(args[1], Ref) else ("clamp", (args[0], None, args[1]))
 
 
 def _bool_only(op: str) -> Handler:

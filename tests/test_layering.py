@@ -25,7 +25,8 @@ LAYERS = [
     ("plan", ["fusec.plan", "fusec.streams", "fusec.device"]),
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
-                  "fusec.lowering", "fusec.lowering_index", "fusec.decompositions", "fusec.partition",
+                  "fusec.lowering", "fusec.lowering_index", "fusec.decompositions",
+                  "fusec.decompositions_elementwise", "fusec.partition",
                   "fusec.frontend"]),
     ("api", ["fusec.api"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.

@@ -1,0 +1,66 @@
+"""Elementwise ops written in fusec's primitives, where torch's own decompositions end in a prim.
+
+Each keeps eager's special values: NaN, ±inf, -0.0 and overflow where eager's
+result is still finite. Checked against eager in tests/test_elementwise_math.py
+and over PyTorch's OpInfo samples (`fusec bench --ops`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+aten = torch.ops.aten
+
+_LOG10_E = 1.0 / math.log(10.0)
+
+
+def _log10(x):
+    return aten.log(x) * _LOG10_E
+
+
+def _fmax(a, b):
+    # NaN only when both are: the other operand wins over a NaN.
+    return aten.where(aten.isnan(a), b, aten.where(aten.isnan(b), a, aten.maximum(a, b)))
+
+
+def _fmin(a, b):
+    return aten.where(aten.isnan(a), b, aten.where(aten.isnan(b), a, aten.minimum(a, b)))
+
+
+def _tan(x):
+    return aten.sin(x) / aten.cos(x)
+
+
+def _half_exp_pair(x):
+    """(e^x / 2, e^-x / 2) without overflowing while e^|x| / 2 is finite: e^(|x| - ln 2) for large |x|."""
+    big = aten.abs(x) > 80.0
+    shift = aten.where(big, aten.abs(x) - math.log(2.0), x)
+    up = aten.where(big, aten.exp(shift), aten.exp(x) * 0.5)
+    down = aten.where(big, aten.exp(-aten.abs(x) - math.log(2.0)), aten.exp(-x) * 0.5)
+    return big, up, down
+
+
+def _sinh(x):
+    # Near 0, e^x - e^-x cancels: expm1 keeps the digits there.
+    small = (aten.expm1(x) - aten.expm1(-x)) * 0.5
+    big, up, down = _half_exp_pair(x)
+    large = aten.where(big, aten.sign(x) * (up - down), up - down)
+    return aten.where(aten.abs(x) < 1.0, small, large)
+
+
+def _cosh(x):
+    _, up, down = _half_exp_pair(x)
+    return up + down
+
+
+# aten op -> its decomposition; only float inputs reach the float math (integers keep torch's).
+TABLE = {
+    aten.log10.default: _log10,
+    aten.fmax.default: _fmax,
+    aten.fmin.default: _fmin,
+    aten.tan.default: _tan,
+    aten.sinh.default: _sinh,
+    aten.cosh.default: _cosh,
+}
