@@ -399,7 +399,7 @@ def test_model_that_cannot_be_traced(monkeypatch: pytest.MonkeyPatch, capsys: py
 def test_compiler_bug_is_one_line_with_exit_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     def broken_render(plan: object, **options: object) -> None:
         raise TypeError("float() argument must be a string or a real number, not 'tuple'")
-    monkeypatch.setattr(fusec.compiler, "render", broken_render)
+    monkeypatch.setattr(fusec.compiler, "render_plan", broken_render)
     code, _, err = inspect_cli(capsys, "--example", "pointwise")
     assert code == 1
     assert len(err.splitlines()) == 1
