@@ -90,8 +90,11 @@ class _Wrapped(torch.nn.Module):
 
 def _child(how: str, name: str, tier: str, device: str, dtype: str, cpu: str, path: Path) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as caches:
+        # The child imports the fusec this process runs (a checkout too), with empty kernel caches.
+        here = str(Path(fusec.__file__).resolve().parent.parent)
         env = {**os.environ, "FUSEC_CACHE_DIR": str(Path(caches) / "fusec"),
-               "TRITON_CACHE_DIR": str(Path(caches) / "triton")}
+               "TRITON_CACHE_DIR": str(Path(caches) / "triton"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _CHILD, how, name, tier, device, dtype, cpu, str(path)],
                               env=env, capture_output=True, text=True, check=False)

@@ -10,6 +10,7 @@ inputs' shapes, dtypes and device.
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import io
 import json
 import sys
@@ -76,7 +77,7 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
     module = model if isinstance(model, nn.Module) else _Function(model)
     with torch.no_grad():
         program = torch.export.export(module, tuple(args)).run_decompositions(DECOMPOSITIONS)
-    placeholders, weight_values = _inputs(program, args)
+    placeholders, weight_values = _inputs(program, args, _input_names(model, len(args)))
     gm = program.graph_module
     record, _ = plan_graph(gm, GRAPH_NAME, opts)
     for target in extern_targets(record.plan) if record.plan is not None else ():
@@ -108,7 +109,19 @@ def tensor_spec(t: torch.Tensor) -> dict[str, Any]:
     return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "strides": list(t.stride())}
 
 
-def _inputs(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...]) -> tuple[list[dict], dict]:
+def _input_names(model: Callable[..., Any], count: int) -> list[str]:
+    """The model's names for its inputs (`x`, `residual`), as error messages at load name them."""
+    fn = model.forward if isinstance(model, nn.Module) else model
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: no signature to read
+        params = []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:count]
+    return names + [f"input{i}" for i in range(len(names) + 1, count + 1)]
+
+
+def _inputs(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...],
+            names: list[str]) -> tuple[list[dict], dict]:
     """Each graph input in order (a weight by its state-dict name, or a user input), and the weights."""
     signature = program.graph_signature
     mutated = [*signature.buffers_to_mutate.values(), *signature.user_inputs_to_mutate.values()]
@@ -118,15 +131,15 @@ def _inputs(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...
     bad = [s.kind.name for s in program.graph_signature.output_specs if s.kind is not OutputKind.USER_OUTPUT]
     if bad:
         raise ValueError(f"fusec.export: the graph has outputs of kind {', '.join(bad)}; packages serve inference")
-    placeholders, values, user = [], {}, iter(args)
+    placeholders, values, user = [], {}, iter(zip(args, names, strict=True))
     for spec in signature.input_specs:
         if spec.kind in WEIGHT_KINDS:
             value = program.state_dict.get(spec.target, program.constants.get(spec.target))
             values[spec.target] = value.detach()
             placeholders.append({"kind": "weight", "name": spec.target, **tensor_spec(value)})
         elif spec.kind is InputKind.USER_INPUT:
-            arg = next(user)
-            placeholders.append({"kind": "input", "name": spec.arg.name, "device": arg.device.type,
+            arg, name = next(user)
+            placeholders.append({"kind": "input", "name": name, "device": arg.device.type,
                                  **tensor_spec(arg)})
         else:
             raise ValueError(f"fusec.export: the graph takes an input of kind {spec.kind.name} "
