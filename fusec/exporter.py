@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,9 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
             raise TypeError(f"fusec.export: argument {i} is a {type(arg).__name__}; example inputs must be "
                             "tensors (bind other arguments into the model, e.g. with functools.partial)")
     module = model if isinstance(model, nn.Module) else _Function(model)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.export's own use of a deprecated pytree check: nothing the user can change
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         program = torch.export.export(module, tuple(args)).run_decompositions(DECOMPOSITIONS)
     placeholders, weight_values = _inputs(program, args, _input_names(model, len(args)))
     gm = program.graph_module

@@ -58,11 +58,15 @@ def write(path: str | Path, manifest: dict[str, Any], members: dict[str, bytes])
     head = json.dumps(manifest, indent=2, sort_keys=True).encode()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST, head)
-        for name, data in members.items():
-            zf.writestr(name, data)
-    tmp.replace(path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST, head)
+            for name, data in members.items():
+                zf.writestr(name, data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return sha256(head)
 
 

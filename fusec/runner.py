@@ -78,6 +78,8 @@ class Runner:
         self._graph = graph
         self._run: Callable[[list[Any]], Any] = lambda args: graph(*args)
         self.record.execution = execution_mode(self.record.device, options)
+        if self.record.plan is None:
+            log.warning("fusec: %s runs through torch: %s", self.path, self.record.fallback)
         if self.record.plan is None or self.record.execution == TORCH:
             self.record.execution = TORCH
             return
