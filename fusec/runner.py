@@ -17,7 +17,7 @@ import torch
 from torch.utils import _pytree
 
 from fusec.compiler import CompiledGraph
-from fusec.execution import TORCH, announce, execution_mode
+from fusec.execution import TORCH, TRITON, announce, execution_mode
 from fusec.exporter import tensor_spec, versions
 from fusec.graph_source import define, extern_targets, torch_callable
 from fusec.kernels.parallel_load import load_kernels
@@ -77,18 +77,18 @@ class Runner:
         graph = define(package.text("graph.py"), package.manifest["graph_globals"], f"<fusec package {self.path}>")
         self._graph = graph
         self._run: Callable[[list[Any]], Any] = lambda args: graph(*args)
-        self.record.execution = execution_mode(self.record.device, options)
-        if self.record.plan is None:
+        if self.record.plan is None:  # fusec could not plan it at export: torch runs it, as fusec.compile would
             log.warning("fusec: %s runs through torch: %s", self.path, self.record.fallback)
-        if self.record.plan is None or self.record.execution == TORCH:
-            self.record.execution = TORCH
             return
+        self.record.execution = execution_mode(self.record.device, options)
         announce(self.record.execution)
+        if self.record.execution == TORCH:
+            return
         self.record.runtime = self._runtime(options)
         self._run = self.record.runtime
 
     def _runtime(self, options: Options) -> Runtime:
-        plan, interpret = self.record.plan, self.record.execution != "triton"
+        plan, interpret = self.record.plan, self.record.execution != TRITON
         kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
         callables = {target: torch_callable(target) for target in extern_targets(plan)}
         return Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,

@@ -4,6 +4,7 @@ equal eager; damaged, changed or foreign packages are refused before anything in
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -17,10 +18,12 @@ import torch
 from torch import nn
 
 import fusec
+from fusec import compiler
 from fusec.bench.export import measure
 from fusec.cli import main
 from fusec.examples import build
 from fusec.launcher import launcher_source
+from fusec.lowering import Unsupported
 from fusec.package import PackageError, read, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,3 +330,19 @@ def test_bench_export_measures_a_fresh_load_against_a_fresh_compile():
     row = measure("softmax", "cpu", quick=True, cpu="torch")
     assert row.load_dynamo_frames == 0 and row.error < 1e-5
     assert 0 < row.load_first_call < row.compile_first_call
+
+
+@pytest.mark.fallback_expected
+def test_a_graph_fusec_cannot_plan_runs_through_torch_and_says_so(tmp_path, monkeypatch, caplog):
+    def unsupported(gm):
+        raise Unsupported("tensors on a device fusec has no code for")
+    monkeypatch.setattr(compiler, "graph_device", unsupported)
+    x = torch.randn(4, 32)
+    done = fusec.export(reduction, x, path=tmp_path / "torch.fusec", strict=False)
+    monkeypatch.undo()
+    assert done.manifest["fallback"] == "tensors on a device fusec has no code for"
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        runner = fusec.load(tmp_path / "torch.fusec")
+    assert "torch.fusec runs through torch: tensors on a device fusec has no code for" in caplog.text
+    torch.testing.assert_close(runner(x), reduction(x))
+    assert runner.report().stats["execution"] == "torch"
