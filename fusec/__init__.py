@@ -30,11 +30,13 @@ def _mount_source_tree() -> None:
 _mount_source_tree()
 
 from fusec.api import compile, inspect, report_of  # noqa: E402
+from fusec.exporter import export  # noqa: E402
 from fusec.frontend import register as _register  # noqa: E402
 from fusec.options import Options  # noqa: E402
 from fusec.report import Report  # noqa: E402
+from fusec.runner import load  # noqa: E402
 
 _register()
 
-__all__ = ["compile", "inspect", "report_of", "Options", "Report"]
+__all__ = ["compile", "inspect", "report_of", "export", "load", "Options", "Report"]
 __version__ = "0.1.0"

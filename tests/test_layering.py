@@ -27,14 +27,15 @@ LAYERS = [
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
                   "fusec.lowering", "fusec.lowering_index", "fusec.decompositions",
                   "fusec.decompositions_elementwise", "fusec.partition",
-                  "fusec.frontend"]),
-    ("api", ["fusec.api"]),
+                  "fusec.frontend", "fusec.package", "fusec.graph_source"]),
+    ("api", ["fusec.api", "fusec.exporter", "fusec.runner"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.
     ("tools", ["fusec.report", "fusec.cli", "fusec.bench", "fusec.examples", "fusec", "fusec.__main__"]),
 ]
 # (importer, imported) -> why the layers are crossed
 KNOWN_CROSSINGS = {
     ("fusec.api", "fusec.report"): "report_of and inspect return the Report they build (the public API's type)",
+    ("fusec.runner", "fusec.report"): "a loaded package's report() is the Report of its stored plan",
 }
 
 # Layers whose modules import no torch. kernels/call.py is the kernel launch code (it turns

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from fusec.bench import export as bench_export
 from fusec.bench import static as bench_static
 from fusec.bench.memory import TRAINING
 from fusec.bench.memory import markdown as memory_markdown
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         return _overhead(names, device, args)
     if args.memory:
         return _memory(args.workloads or list(TRAINING), device, args)
+    if args.export:
+        return _export(args.workloads or list(bench_export.DEFAULT), device, args)
     timed = systems(device)
     print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
@@ -86,6 +89,15 @@ def _memory(names: list[str], device: str, args: argparse.Namespace) -> int:
     print(f"fusec bench --memory: bytes saved for backward by {len(names)} workload(s) on {device}", file=sys.stderr)
     rows = [row for name in names for row in measure_memory(name, device, args.quick)]
     return _write_rows(rows, memory_markdown(rows, device), device, args)
+
+
+def _export(names: list[str], device: str, args: argparse.Namespace) -> int:
+    # On a CPU both ways CPU graphs run: the generated kernels (interpreted) and torch.
+    modes = ("interpret", "torch") if device == "cpu" else ("interpret",)
+    print(f"fusec bench --export: fresh-process load vs compile of {len(names)} workload(s) on {device}",
+          file=sys.stderr)
+    rows = [bench_export.measure(name, device, args.quick, cpu) for cpu in modes for name in names]
+    return _write_rows(rows, bench_export.markdown(rows, device), device, args)
 
 
 def _write_rows(rows: list, text: str, device: str, args: argparse.Namespace) -> int:
@@ -136,6 +148,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "each checked against eager in Triton's interpreter; exits 1 if any is wrong")
     p.add_argument("--samples", type=int, default=1, metavar="N", help="--ops: samples per op (default 1)")
     p.add_argument("--op", nargs="+", metavar="NAME", help="--ops: only these OpInfo names (e.g. div.floor_rounding)")
+    p.add_argument("--export", action="store_true",
+                   help="measure a fresh process's fusec.load + first call against fusec.compile + first call "
+                        f"instead (default workloads: {', '.join(bench_export.DEFAULT)})")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

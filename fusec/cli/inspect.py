@@ -21,6 +21,7 @@ from torch import nn
 import fusec
 from fusec.cli.eager_check import check_runs_eagerly
 from fusec.cli.paths import first_unwritable
+from fusec.cli.stored import PACKAGE_SUFFIX, stored_report
 from fusec.cli.targets import (
     DEFAULT_MAX_INPUT_GIB,
     Target,
@@ -57,6 +58,10 @@ that cannot be written is refused first. --input tensors are random
 (integers in [0, 8)); shapes may have zero-size dimensions; inputs over
 --max-input-gib (default 4) are refused before anything is allocated.
 
+A TARGET ending in .fusec is a package written by fusec.export: its stored
+plan is shown as it was exported (the package is verified, nothing in it
+runs; --input, --training and --streams do not apply).
+
 --kernels DIR writes one Triton source file per kernel: KERNEL.py, or
 GRAPH.KERNEL.py (forward_0.k0.py) when several graphs have kernels.
 --json follows the schema in docs/report-schema.md.
@@ -77,7 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "kernel, and report every fusion decision. It runs the TARGET's file and "
                                    "calls the model twice (see below).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", nargs="?", metavar="TARGET", help="path/to/file.py:NAME or package.module:NAME")
+    p.add_argument("target", nargs="?", metavar="TARGET",
+                   help="path/to/file.py:NAME or package.module:NAME, or a package written by fusec.export (.fusec)")
     p.add_argument("--example", metavar="NAME", help="inspect a bundled example instead of a TARGET")
     p.add_argument("--list-examples", action="store_true", help="list the bundled examples and exit")
     p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
@@ -126,6 +132,25 @@ def _inspect(args: argparse.Namespace) -> int:
                                    "--kernels": None if args.kernels is None else args.kernels / "k0.py"})
     if bad_output:
         raise UsageError(bad_output)
+    if args.target and args.target.endswith(PACKAGE_SUFFIX):
+        report, label, described = stored_report(args.target, args)
+    else:
+        report, label, described = _traced(args, options)
+    data = collect(report, label, args.training, described, options)
+    # Files first: they are what a script asked for, and must not depend on stdout staying open.
+    written = _write_outputs(args, data)
+    if args.launcher is not None:
+        _write(args.launcher, "\n\n".join(f"# graph {g.name}\n{launcher_source(g.plan)}"
+                                           for g in report.graphs if g.plan is not None))
+        written.append(f"wrote {args.launcher}")
+    print_report(data, console)
+    for line in written:
+        console.print(line, highlight=False)
+    return 0
+
+
+def _traced(args: argparse.Namespace, options: dict[str, Any]) -> tuple[fusec.Report, str, list[dict[str, Any]]]:
+    """Trace and plan the target on its inputs: the report, the target's label and its inputs."""
     target = example_target(args.example) if args.example else resolve_target(args.target)
     inputs = _inputs(target, args.input, args.training, args.max_input_gib)
     if isinstance(target.model, nn.Module):
@@ -142,17 +167,7 @@ def _inspect(args: argparse.Namespace) -> int:
                                     "this is a bug in fusec: please report it with the output of --debug") from exc
             raise UsageError(f"fusec could not trace {target.label}: {one_line(exc)}; "
                              "run with --debug for the traceback") from exc
-    data = collect(report, target.label, args.training, describe_inputs(inputs), options)
-    # Files first: they are what a script asked for, and must not depend on stdout staying open.
-    written = _write_outputs(args, data)
-    if args.launcher is not None:
-        _write(args.launcher, "\n\n".join(f"# graph {g.name}\n{launcher_source(g.plan)}"
-                                           for g in report.graphs if g.plan is not None))
-        written.append(f"wrote {args.launcher}")
-    print_report(data, console)
-    for line in written:
-        console.print(line, highlight=False)
-    return 0
+    return report, target.label, describe_inputs(inputs)
 
 
 def _options(streams: str | None) -> dict[str, Any]:

@@ -1,0 +1,163 @@
+"""`fusec.export`: capture a model with torch.export, plan it as fusec.compile would, write a package.
+
+The capture is torch.export's (parameters lifted to inputs, one flat ATen graph
+decomposed with fusec's table), so loading needs no Dynamo and no AOTAutograd;
+everything after it is fusec's one pipeline (`plan_graph`: lowering, passes, plan,
+streams, kernel sources). Shapes are static: the package serves the example
+inputs' shapes, dtypes and device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import inspect
+import io
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export.graph_signature import InputKind, OutputKind
+from torch.utils import _pytree
+
+from fusec.compiler import CompiledGraph, plan_graph
+from fusec.decompositions import DECOMPOSITIONS
+from fusec.graph_source import extern_targets, graph_source, torch_callable
+from fusec.launcher import launcher_source
+from fusec.options import Options
+from fusec.package import dump_plan, write
+
+GRAPH_NAME = "export_0"
+WEIGHT_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `fusec.export` wrote: the file, its SHA-256 (pin it with `fusec.load(path, sha256=...)`),
+    its manifest and the planned graph."""
+
+    path: Path
+    sha256: str
+    manifest: dict[str, Any]
+    record: CompiledGraph
+
+
+class _Function(nn.Module):
+    """A function of tensors as the module torch.export takes."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, weights: bool = True,
+           **options: Any) -> Exported:
+    """Trace `model(*args)`, plan and generate its kernels, and write them to one file at `path`.
+
+    `args` are tensors; the package serves exactly their shapes and dtypes, on their device.
+    With `weights=False` the package holds only the names, shapes and dtypes of the
+    parameters and buffers: give them with `runner.load_state_dict(...)` after `fusec.load`.
+    Options are fusec.compile's (fusec.Options); those that decide how it runs (cpu, strict,
+    cudagraphs, matmul, cache_dir) are given again to `fusec.load`.
+    """
+    opts = Options.from_user(**options)
+    if not callable(model):
+        raise TypeError(f"fusec.export expects a function or an nn.Module, got {type(model).__name__}")
+    for i, arg in enumerate(args, start=1):
+        if not isinstance(arg, torch.Tensor):
+            raise TypeError(f"fusec.export: argument {i} is a {type(arg).__name__}; example inputs must be "
+                            "tensors (bind other arguments into the model, e.g. with functools.partial)")
+    module = model if isinstance(model, nn.Module) else _Function(model)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.export's own use of a deprecated pytree check: nothing the user can change
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        program = torch.export.export(module, tuple(args)).run_decompositions(DECOMPOSITIONS)
+    placeholders, weight_values = _inputs(program, args, _input_names(model, len(args)))
+    gm = program.graph_module
+    record, _ = plan_graph(gm, GRAPH_NAME, opts)
+    for target in extern_targets(record.plan) if record.plan is not None else ():
+        torch_callable(target)  # raises now, not at load, for a call that cannot be found by name
+    source, references = graph_source(gm)
+    # The graph after each pass is for inspecting a live compile; a package keeps the final plan only.
+    members = {"plan.pkl": dump_plan(dataclasses.replace(record, history=[])), "graph.py": source.encode(),
+               "weights.pt": _saved(weight_values if weights else {})}
+    if record.plan is not None:
+        members["launcher.py"] = launcher_source(record.plan).encode()
+        members.update({f"kernels/{k.id}.py": k.source.encode() for k in record.plan.all_kernels()})
+    manifest = {**versions(), "device": record.device, "execution": record.execution,
+                "placeholders": placeholders, "weights_included": weights, "graph_globals": references,
+                "outputs": _outputs(gm), "output_tree": _pytree.treespec_dumps(program.call_spec.out_spec),
+                "options": {k: str(v) for k, v in vars(opts).items() if k not in ("cache_dir", "dump_dir")},
+                "fallback": record.fallback}
+    if record.device == "cuda":
+        manifest["gpu"] = torch.cuda.get_device_name()
+    digest = write(path, manifest, members)
+    return Exported(Path(path), digest, json.loads(json.dumps(manifest)), record)
+
+
+def versions() -> dict[str, str]:
+    """The versions a package is made for: generated kernels and plans change between them."""
+    return {"fusec": sys.modules["fusec"].__version__, "torch": torch.__version__,
+            "triton": importlib.metadata.version("triton")}
+
+
+def tensor_spec(t: torch.Tensor) -> dict[str, Any]:
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "strides": list(t.stride())}
+
+
+def _input_names(model: Callable[..., Any], count: int) -> list[str]:
+    """The model's names for its inputs (`x`, `residual`), as error messages at load name them."""
+    fn = model.forward if isinstance(model, nn.Module) else model
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: no signature to read
+        params = []
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:count]
+    return names + [f"input{i}" for i in range(len(names) + 1, count + 1)]
+
+
+def _inputs(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...],
+            names: list[str]) -> tuple[list[dict], dict]:
+    """Each graph input in order (a weight by its state-dict name, or a user input), and the weights."""
+    signature = program.graph_signature
+    mutated = [*signature.buffers_to_mutate.values(), *signature.user_inputs_to_mutate.values()]
+    if mutated:
+        raise ValueError(f"fusec.export: the model writes into {', '.join(mutated)} (a module in training mode "
+                         "updates its running statistics): call model.eval() first; packages serve inference")
+    bad = [s.kind.name for s in program.graph_signature.output_specs if s.kind is not OutputKind.USER_OUTPUT]
+    if bad:
+        raise ValueError(f"fusec.export: the graph has outputs of kind {', '.join(bad)}; packages serve inference")
+    placeholders, values, user = [], {}, iter(zip(args, names, strict=True))
+    for spec in signature.input_specs:
+        if spec.kind in WEIGHT_KINDS:
+            value = program.state_dict.get(spec.target, program.constants.get(spec.target))
+            values[spec.target] = value.detach()
+            placeholders.append({"kind": "weight", "name": spec.target, **tensor_spec(value)})
+        elif spec.kind is InputKind.USER_INPUT:
+            arg, name = next(user)
+            placeholders.append({"kind": "input", "name": name, "device": arg.device.type,
+                                 **tensor_spec(arg)})
+        else:
+            raise ValueError(f"fusec.export: the graph takes an input of kind {spec.kind.name} "
+                             f"({spec.arg.name}), which packages do not serve")
+    return placeholders, values
+
+
+def _outputs(gm: torch.fx.GraphModule) -> list[dict[str, Any]]:
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    return [tensor_spec(node.meta["val"]) for node in output.args[0]]
+
+
+def _saved(values: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(values, buffer)
+    return buffer.getvalue()

@@ -1,0 +1,158 @@
+"""`fusec.load`: a package back as a callable, with no Dynamo, no AOTAutograd and no planning.
+
+The package is checked whole (every member's SHA-256) before anything in it is
+unpickled or executed; then the versions and the device it was made for. The
+plan comes back as data, the launcher is generated from it by this fusec, the
+kernels are loaded from their sources and torch's calls are looked up by name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils import _pytree
+
+from fusec.compiler import CompiledGraph
+from fusec.execution import TORCH, TRITON, announce, execution_mode
+from fusec.exporter import tensor_spec, versions
+from fusec.graph_source import define, extern_targets, torch_callable
+from fusec.kernels.parallel_load import load_kernels
+from fusec.launcher import DTYPES
+from fusec.options import Options
+from fusec.package import Package, PackageError, load_plan, read
+from fusec.report import Report
+from fusec.runtime import Runtime
+
+log = logging.getLogger("fusec")
+
+# What may differ between export and load: how the package runs here, not what it computes.
+LOAD_OPTIONS = ("cpu", "strict", "cudagraphs", "mode", "matmul", "cache_dir")
+
+
+def load(path: str, *, sha256: str | None = None, **options: Any) -> Runner:
+    """The model exported to `path`, ready to call. `sha256` pins the package (as `fusec.export`
+    returned it); options are those of fusec.Options that decide how it runs here."""
+    fixed = sorted(set(options) - set(LOAD_OPTIONS))
+    if fixed:
+        raise TypeError(f"fusec.load: {', '.join(fixed)} decided the plan at export and cannot change at load; "
+                        f"load takes {', '.join(LOAD_OPTIONS)} (export again to change the others)")
+    opts = Options.from_user(**options)
+    package = read(path, sha256)
+    check_setup(package)
+    return Runner(package, opts)
+
+
+def check_setup(package: Package) -> None:
+    """The versions and the device the package was made for are this process's (else a PackageError)."""
+    made, here = package.manifest, versions()
+    for name, version in here.items():
+        if made.get(name) != version:
+            raise PackageError(f"{package.path} was exported with {name} {made.get(name)}; this process has {name} "
+                               f"{version}: export it again here, or load it where {name} is {made.get(name)}")
+    if made["device"] == "cuda" and not torch.cuda.is_available():
+        raise PackageError(f"{package.path} was exported for a CUDA GPU ({made.get('gpu')}) and this process "
+                           "has none: load it on a GPU, or export the model from CPU tensors")
+
+
+class Runner:
+    """A loaded package: `runner(*inputs)` computes what the exported model did (no autograd).
+
+    Inputs must have the exported shapes and dtypes, on the exported device; one with
+    other strides is copied to the exported layout first.
+    """
+
+    def __init__(self, package: Package, options: Options) -> None:
+        self.path, self.sha256, self.manifest = package.path, package.digest, package.manifest
+        self.record: CompiledGraph = load_plan(package.members["plan.pkl"])
+        self._specs = package.manifest["placeholders"]
+        self._inputs = [s for s in self._specs if s["kind"] == "input"]
+        self._weights: dict[str, torch.Tensor] | None = None
+        if package.manifest["weights_included"]:
+            self._weights = torch.load(io.BytesIO(package.members["weights.pt"]), weights_only=True)
+        self._tree = _pytree.treespec_loads(package.manifest["output_tree"])
+        graph = define(package.text("graph.py"), package.manifest["graph_globals"], f"<fusec package {self.path}>")
+        self._graph = graph
+        self._run: Callable[[list[Any]], Any] = lambda args: graph(*args)
+        if self.record.plan is None:  # fusec could not plan it at export: torch runs it, as fusec.compile would
+            log.warning("fusec: %s runs through torch: %s", self.path, self.record.fallback)
+            return
+        self.record.execution = execution_mode(self.record.device, options)
+        announce(self.record.execution)
+        if self.record.execution == TORCH:
+            return
+        self.record.runtime = self._runtime(options)
+        self._run = self.record.runtime
+
+    def _runtime(self, options: Options) -> Runtime:
+        plan, interpret = self.record.plan, self.record.execution != TRITON
+        kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
+        callables = {target: torch_callable(target) for target in extern_targets(plan)}
+        return Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,
+                       matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=self._broken)
+
+    def _broken(self, reason: str) -> None:
+        self.record.fallback, self.record.execution = reason, TORCH
+
+    def __call__(self, *inputs: Any) -> Any:
+        if self._weights is None:
+            raise RuntimeError(f"{self.path} was exported without its weights: give them first with "
+                               "runner.load_state_dict(model.state_dict())")
+        args = iter(self._checked(inputs))
+        flat = [self._weights[s["name"]] if s["kind"] == "weight" else next(args) for s in self._specs]
+        with torch.no_grad():
+            outputs = self._run(flat)
+        return _pytree.tree_unflatten(list(outputs), self._tree)
+
+    forward = __call__
+
+    def _checked(self, inputs: tuple[Any, ...]) -> list[torch.Tensor]:
+        if len(inputs) != len(self._inputs):
+            raise TypeError(f"{self.path} takes {len(self._inputs)} input(s) "
+                            f"({', '.join(s['name'] for s in self._inputs)}), got {len(inputs)}")
+        return [_as_exported(x, spec, i) for i, (x, spec) in enumerate(zip(inputs, self._inputs), start=1)]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._weights is None:
+            raise RuntimeError(f"{self.path} holds no weights yet: runner.load_state_dict gives them")
+        return dict(self._weights)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take the weights from `state` (a model's state_dict): every name the package needs, with
+        its exported shape and dtype; copied into the exported layout and device."""
+        wanted = [s for s in self._specs if s["kind"] == "weight"]
+        missing = [s["name"] for s in wanted if s["name"] not in state]
+        if missing:
+            raise KeyError(f"load_state_dict: {', '.join(missing)} missing (the package needs every one of "
+                           f"{', '.join(s['name'] for s in wanted)})")
+        device = self.manifest["device"]
+        self._weights = {s["name"]: _as_exported(torch.as_tensor(state[s["name"]]).to(device), {**s, "device": device},
+                                                   s["name"])
+                         for s in wanted}
+
+    def report(self) -> Report:
+        """The report of the stored plan (as `fusec.report_of` gives for a live model), with what ran."""
+        return Report([self.record])
+
+
+def _as_exported(x: Any, spec: dict[str, Any], which: int | str) -> torch.Tensor:
+    """`x` if it is what the package was exported for; a copy if only its strides differ."""
+    name = f"input {which} ({spec['name']})" if isinstance(which, int) else which
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    got = tensor_spec(x)
+    if got["shape"] != spec["shape"]:
+        raise ValueError(f"{name} has shape {tuple(got['shape'])}; the package was exported for "
+                         f"{tuple(spec['shape'])} (packages have static shapes: export again with this shape)")
+    if got["dtype"] != spec["dtype"]:
+        raise ValueError(f"{name} is {got['dtype']}; the package was exported for {spec['dtype']}")
+    if x.device.type != spec["device"]:
+        raise ValueError(f"{name} is on {x.device.type}; the package was exported for {spec['device']} tensors")
+    long_dims = [d for d, size in enumerate(spec["shape"]) if size > 1]
+    if all(got["strides"][d] == spec["strides"][d] for d in long_dims):
+        return x
+    out = torch.empty_strided(spec["shape"], spec["strides"], dtype=DTYPES[spec["dtype"]], device=x.device)
+    return out.copy_(x)
