@@ -113,7 +113,7 @@ _ALLOWED = {
     "fusec.ir": {"Graph", "Node", "Ref", "Kind"},
     "fusec.plan": {"Plan", "Kernel", "Extern"},
     "fusec.streams": {"StreamDecision"},
-    "fusec.passes.cost": {"DeviceModel"},  # the cost model a plan was made with (reports use it)
+    "fusec.passes.cost": {"DeviceModel"},
     "networkx.classes.digraph": {"DiGraph"},
     "networkx.classes.coreviews": {"AdjacencyView", "AtlasView", "FilterAtlas", "FilterAdjacency"},
     "networkx.classes.reportviews": {"NodeView", "OutEdgeView", "InEdgeView", "EdgeView", "DegreeView",
