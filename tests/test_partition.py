@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from torch import nn
@@ -133,6 +133,8 @@ def gradients(fn, model, x):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(STEP, min_size=2, max_size=8))
+@example([("add", 1, 5), ("mul", 8, 3), ("gelu", 4), ("rowsum", 7), ("mul", 0, 4), ("matmul", 1, 0), ("sigmoid", 9),
+          ("matmul", 4, 0)])  # gradients near 1e4, and elements that cancel to ~0
 def test_random_training_graphs_partition_validly_and_save_no_more_than_default(steps):
     torch.manual_seed(0)
     model, x = Program(steps), torch.randn(8, 16)
@@ -144,7 +146,9 @@ def test_random_training_graphs_partition_validly_and_save_no_more_than_default(
         compiled = torch.compile(model, backend=backend, dynamic=False)
         # The backward runs from what the forward saved: right gradients mean a valid partition.
         for got, want in zip(gradients(compiled, model, x), expected, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            # Gradients reach 1e4 here: an element that cancels to ~0 keeps the rounding of its terms.
+            scale = 1.0 if want is None else max(1.0, float(want.abs().max()))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
         partition = backend.records[0].partition
         assert partition.saved_bytes <= partition.default_saved_bytes
         xr = x.clone().requires_grad_()
