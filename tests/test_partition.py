@@ -63,6 +63,18 @@ def test_layer_norm_saves_mean_and_rstd_not_the_normalized_tensor():
     assert measured(model, x, "auto") == auto.saved_bytes
 
 
+def test_batch_norm_saves_the_convolution_and_per_channel_stats_not_its_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()).train()
+    x = torch.randn(4, 3, 6, 6)
+    _, auto = partition_of(model, x, "auto")
+    # The normalized output and its ReLU are recomputed in the backward kernel that reads the convolution anyway.
+    assert sorted((v.op, v.shape) for v in activations(auto)) == [
+        ("convolution", (4, 6, 6, 6)), ("div", (1, 6, 1, 1)), ("rsqrt", (1, 6, 1, 1))]
+    assert {"relu", "sub", "mul"} <= {v.op for v in auto.recomputed}
+    assert measured(model, x, "auto") == auto.saved_bytes == (4 * 6 * 6 * 6 + 2 * 6) * FLOAT
+
+
 def test_aggressive_recomputes_cheap_reductions_never_matmuls():
     model, x = gelu_between_matmuls()
     _, aggressive = partition_of(nn.Sequential(model, nn.LayerNorm(16)), x, "aggressive")
