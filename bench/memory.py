@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+import fusec
 from fusec.bench.memory_workloads import MEMORY_ONLY
 from fusec.bench.peak import MEASURED, MODELED, measured_peak, modeled_peak, step
 from fusec.bench.workloads import WORKLOADS, tier_for
@@ -58,22 +59,25 @@ def saved_storages(fn: Callable[..., Any], args: tuple[Any, ...], held: list[tor
     return sum(storages.values()), sum(n for ptr, n in storages.items() if ptr not in inputs)
 
 
-def fusec_partitioned(fn: Callable[..., Any], remat: str, backend: Backend | None = None) -> Callable[..., Any]:
+def fusec_partitioned(fn: Callable[..., Any], remat: str) -> Callable[..., Any]:
     """fusec's capture and partition, its forward and backward graphs run by torch (what `fusec.inspect`
     runs): what is saved is the partition's, whichever way the kernels then run."""
-    backend = backend or Backend(Options.from_user(remat=remat), launch=False)
-    return torch.compile(fn, backend=backend, dynamic=False)
+    return torch.compile(fn, backend=Backend(Options.from_user(remat=remat), launch=False), dynamic=False)
 
 
 def _compile(system: str, fn: Callable[..., Any], device: str) -> tuple[Callable[..., Any], Backend | None]:
     """`fn` compiled by `system`, and fusec's backend (its records: the plans) for fusec's systems.
-    On a GPU fusec runs its kernels; on a CPU its partitioned graphs run through torch."""
+    On a GPU fusec runs its kernels (as `fusec.compile`); on a CPU its partitioned graphs run through torch."""
     if system == "eager":
         return fn, None
     if system == "torch.compile":
         return torch.compile(fn, dynamic=False), None
-    backend = Backend(Options.from_user(remat=system.removeprefix("fusec remat=")), launch=device == "cuda")
-    return fusec_partitioned(fn, "", backend), backend
+    remat = system.removeprefix("fusec remat=")
+    if device == "cuda":
+        compiled = fusec.compile(fn, remat=remat)
+        return compiled, compiled._fusec_backend
+    backend = Backend(Options.from_user(remat=remat), launch=False)
+    return torch.compile(fn, backend=backend, dynamic=False), backend
 
 
 SYSTEMS = ("eager", "torch.compile", "fusec remat=none", "fusec remat=auto", "fusec remat=aggressive")

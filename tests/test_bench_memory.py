@@ -7,7 +7,7 @@ import torch
 
 from fusec.bench import memory_workloads
 from fusec.bench.memory import measure, saved_storages
-from fusec.bench.peak import MODELED
+from fusec.bench.peak import MODELED, measured_peak
 from fusec.bench.workloads import Workload
 from fusec.cli.bench import main
 
@@ -84,3 +84,22 @@ def test_a_memory_workload_is_refused_without_memory(capsys):
 def test_a_workload_that_cannot_train_is_refused(capsys):
     assert main(["--memory", "--device", "cpu", "--workload", "adam"]) == 2
     assert "adam cannot train here" in capsys.readouterr().err
+
+
+def test_measured_peak_is_the_steps_allocation_peak_beyond_what_was_there(monkeypatch):
+    # No GPU here: the CUDA allocator's counters are stood in for, to check what the GPU path computes.
+    counters = {"allocated": 1000, "peak": 0}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: counters.update(peak=counters["allocated"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: counters["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: counters["peak"])
+    w = torch.nn.Parameter(torch.ones(4))
+    w.grad = torch.zeros(4)
+
+    def fn(x):
+        assert w.grad is None  # each system allocates its gradients within the measured step
+        counters["peak"] = counters["allocated"] + 300
+        return (x * w).sum()
+
+    assert measured_peak(fn, (torch.ones(4),), [w]) == 300
+    assert w.grad is not None
