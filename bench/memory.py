@@ -11,7 +11,7 @@ on a GPU and modeled on a CPU (`fusec.bench.peak` says how).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,12 +83,13 @@ def _compile(system: str, fn: Callable[..., Any], device: str) -> tuple[Callable
 SYSTEMS = ("eager", "torch.compile", "fusec remat=none", "fusec remat=auto", "fusec remat=aggressive")
 
 
-def measure(name: str, device: str, quick: bool) -> list[Saved]:
-    """Every system's saved bytes and peak for workload `name`, each on fresh inputs; the first step compiles.
-    A workload that needs a missing optional package measures nothing, and says so."""
+def measure(name: str, device: str, quick: bool, systems: Sequence[str] = SYSTEMS) -> list[Saved]:
+    """Each system's saved bytes and peak for workload `name`, each on fresh inputs; the first step compiles.
+    A workload that needs a missing optional package measures nothing, and says so. (On a CPU, eager's and
+    torch.compile's peaks are modeled on fusec's remat=none graphs: `systems` must then include it.)"""
     workload = MEMORY_ONLY.get(name) or WORKLOADS[name]
     found: dict[str, tuple[int, int, int | None, Backend | None]] = {}
-    for system in SYSTEMS:
+    for system in systems:
         torch._dynamo.reset()
         torch.manual_seed(0)
         try:
