@@ -1,43 +1,34 @@
-"""`fusec bench --memory`: bytes saved for backward by one training forward, under eager, torch.compile and fusec.
+"""`fusec bench --memory`: training memory under eager, torch.compile and fusec: the bytes one forward saves
+for backward, and the peak of one forward + backward step.
 
 What autograd saves is measured, not modeled: every tensor packed for the
 backward during one forward goes through `torch.autograd.graph.saved_tensors_hooks`,
 and the distinct storages are summed. "activations" leaves out the storages of
-the inputs and parameters, which the caller holds anyway.
+the inputs and parameters, which the caller holds anyway. The peak is measured
+on a GPU and modeled on a CPU (`fusec.bench.peak` says how).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from fusec.bench.workloads import WORKLOADS, Case, Workload, tier_for
+import fusec
+from fusec.bench.memory_workloads import MEMORY_ONLY
+from fusec.bench.peak import MEASURED, MODELED, measured_peak, modeled_peak, step
+from fusec.bench.workloads import WORKLOADS, tier_for
 from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report.format import nbytes
 
-
-def _conv_bn(p: dict[str, int], device: torch.device, dtype: torch.dtype) -> Case:
-    c = p["channels"]
-    model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                          nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-    x = torch.randn(p["batch"], 3, p["height"], p["height"], device=device, dtype=dtype)
-    return Case(model.to(device=device, dtype=dtype), (x,))
-
-
-# Measured here only: a CNN's training memory (convolutions, BatchNorm in training mode, ReLU).
-CONV_BN = Workload("conv_bn_train", "two Conv2d + BatchNorm2d + ReLU layers, forward + backward", _conv_bn,
-                   {"tiny": {"batch": 2, "channels": 16, "height": 16},
-                    "quick": {"batch": 32, "channels": 64, "height": 56},
-                    "full": {"batch": 64, "channels": 128, "height": 56}})
-
-# The bench's workloads that train, and the forward-only ones that are also run with gradients here.
-TRAINING = ("transformer_block_train", "conv_bn_train", "attention", "linear_gelu", "swiglu_mlp", "layer_norm",
-            "bias_gelu", "bias_dropout_residual")
+# The bench's workloads that train, the forward-only ones also run with gradients here, and the two measured
+# only here (a CNN with BatchNorm; GPT-2, when the `models` extra is installed).
+TRAINING = ("transformer_block_train", "conv_bn_train", "gpt2_train", "attention", "linear_gelu", "swiglu_mlp",
+            "layer_norm", "bias_gelu", "bias_dropout_residual")
 
 
 @dataclass(frozen=True)
@@ -48,6 +39,8 @@ class Saved:
     system: str
     total_bytes: int  # every distinct storage autograd saved
     activation_bytes: int  # less the inputs' and parameters' storages
+    peak_bytes: int  # one training step's peak, beyond the inputs and parameters (fusec.bench.peak)
+    peak_method: str  # how peak_bytes was found: measured (CUDA) or modeled (CPU)
 
 
 def saved_storages(fn: Callable[..., Any], args: tuple[Any, ...], held: list[torch.Tensor]) -> tuple[int, int]:
@@ -72,46 +65,82 @@ def fusec_partitioned(fn: Callable[..., Any], remat: str) -> Callable[..., Any]:
     return torch.compile(fn, backend=Backend(Options.from_user(remat=remat), launch=False), dynamic=False)
 
 
-def systems() -> dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]:
-    compilers: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-        "eager": lambda fn: fn,
-        "torch.compile": lambda fn: torch.compile(fn, dynamic=False),
-    }
-    for remat in ("none", "auto", "aggressive"):
-        compilers[f"fusec remat={remat}"] = lambda fn, remat=remat: fusec_partitioned(fn, remat)
-    return compilers
+def _compile(system: str, fn: Callable[..., Any], device: str) -> tuple[Callable[..., Any], Backend | None]:
+    """`fn` compiled by `system`, and fusec's backend (its records: the plans) for fusec's systems.
+    On a GPU fusec runs its kernels (as `fusec.compile`); on a CPU its partitioned graphs run through torch."""
+    if system == "eager":
+        return fn, None
+    if system == "torch.compile":
+        return torch.compile(fn, dynamic=False), None
+    remat = system.removeprefix("fusec remat=")
+    if device == "cuda":
+        compiled = fusec.compile(fn, remat=remat)
+        return compiled, compiled._fusec_backend
+    backend = Backend(Options.from_user(remat=remat), launch=False)
+    return torch.compile(fn, backend=backend, dynamic=False), backend
 
 
-def measure(name: str, device: str, quick: bool) -> list[Saved]:
-    """Every system's saved bytes for workload `name`, each on fresh inputs; the first call compiles."""
-    rows = []
-    for system, compiler in systems().items():
+SYSTEMS = ("eager", "torch.compile", "fusec remat=none", "fusec remat=auto", "fusec remat=aggressive")
+
+
+def measure(name: str, device: str, quick: bool, systems: Sequence[str] = SYSTEMS) -> list[Saved]:
+    """Each system's saved bytes and peak for workload `name`, each on fresh inputs; the first step compiles.
+    A workload that needs a missing optional package measures nothing, and says so. (On a CPU, eager's and
+    torch.compile's peaks are modeled on fusec's remat=none graphs: `systems` must then include it.)"""
+    workload = MEMORY_ONLY.get(name) or WORKLOADS[name]
+    found: dict[str, tuple[int, int, int | None, Backend | None]] = {}
+    for system in systems:
         torch._dynamo.reset()
         torch.manual_seed(0)
-        workload = CONV_BN if name == CONV_BN.name else WORKLOADS[name]
-        case = workload.case(tier_for(device, quick), torch.device(device), torch.float32)
+        try:
+            case = workload.case(tier_for(device, quick), torch.device(device), torch.float32)
+        except ImportError as exc:
+            print(f"fusec bench --memory: {name} skipped: {exc.name} is not installed "
+                  "(pip install 'fusec[models]')", file=sys.stderr)
+            return []
         args = tuple(a.detach().requires_grad_(a.is_floating_point()) if isinstance(a, torch.Tensor) else a
                      for a in case.args)
         fn = case.fn.train() if isinstance(case.fn, torch.nn.Module) else case.fn
+        params = [*fn.parameters()] if isinstance(fn, torch.nn.Module) else []
         held = [a for a in args if isinstance(a, torch.Tensor)]
-        held += [*fn.parameters(), *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
-        compiled = compiler(fn)
-        compiled(*args)  # compiles: what a compiler saves while it traces is not what a step saves
+        held += [*params, *fn.buffers()] if isinstance(fn, torch.nn.Module) else []
+        compiled, backend = _compile(system, fn, device)
+        step(compiled, args)  # compiles forward and backward: what a compiler saves while tracing is not a step's
         total, activations = saved_storages(compiled, args, held)
-        rows.append(Saved(name, system, total, activations))
-    return rows
+        peak = measured_peak(compiled, args, params) if device == "cuda" else None
+        found[system] = (total, activations, peak, backend)
+    return [Saved(name, system, total, activations, *_peak(system, found))
+            for system, (total, activations, _, _) in found.items()]
+
+
+def _peak(system: str, found: dict[str, tuple[int, int, int | None, Backend | None]]) -> tuple[int, str]:
+    _, saved, peak, backend = found[system]
+    if peak is not None:
+        return peak, MEASURED
+    if backend is not None:
+        return modeled_peak(backend.records, saved), MODELED
+    # eager and torch.compile: the default partition's graphs, op by op (eager) or as fusec plans them.
+    reference = found["fusec remat=none"][3]
+    return modeled_peak(reference.records, saved, fused=system != "eager"), MODELED
 
 
 def markdown(rows: list[Saved], device: str) -> str:
-    """One row per workload: activation bytes saved per system, and fusec (auto) against eager."""
+    """Two tables, one row per workload: activations saved per system, then one step's peak; each with fusec
+    (auto) against eager."""
+    methods = sorted({r.peak_method for r in rows})
+    return (_table(rows, "activation_bytes", f"Activations saved for backward by one training forward ({device}, "
+                   "fp32; inputs and parameters excluded)")
+            + "\n" + _table(rows, "peak_bytes", f"Peak memory of one training step ({device}, fp32; inputs and "
+                            f"parameters excluded; {'; '.join(methods)})"))
+
+
+def _table(rows: list[Saved], field: str, title: str) -> str:
     names = list(dict.fromkeys(r.workload for r in rows))
     systems_ = list(dict.fromkeys(r.system for r in rows))
-    lines = [f"Activations saved for backward by one training forward ({device}, fp32; inputs and "
-             "parameters excluded)", "",
-             "| workload | " + " | ".join(systems_) + " | fusec auto / eager |",
+    lines = [title, "", "| workload | " + " | ".join(systems_) + " | fusec auto / eager |",
              "|---|" + "---:|" * (len(systems_) + 1)]
     for name in names:
-        by = {r.system: r.activation_bytes for r in rows if r.workload == name}
+        by = {r.system: getattr(r, field) for r in rows if r.workload == name}
         ratio = by["fusec remat=auto"] / by["eager"] if by.get("eager") else float("nan")
         cells = " | ".join(nbytes(by[s]) for s in systems_)
         lines.append(f"| {name} | {cells} | {ratio:.2f} |")

@@ -143,7 +143,9 @@ def planned_peak(plan: Plan) -> int:
     excluded), with the memory plan's take-overs: what `stats["peak_bytes"]` reports."""
     steps = step_buffers(plan, frozenset())
     keep = frozenset(plan.graph.output.operands())
-    sizes = {name: plan.graph[name].nbytes for step in steps for name, _ in step.writes}
+    # A view torch runs shares its operand's memory; a kernel writes a buffer of its own.
+    aliases = {s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW}
+    sizes = {name: 0 if name in aliases else plan.graph[name].nbytes for step in steps for name, _ in step.writes}
     return live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep)
 
 

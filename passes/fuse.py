@@ -161,6 +161,8 @@ class _Grouping:
             src = self.node[node.operands()[0]]
             if self._of_constant(node):
                 continue  # index math over a constant (arange[None]): no row's values to move
+            if _unit_dims_only(node, src):
+                continue
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
@@ -212,6 +214,29 @@ class _Grouping:
 
     def reaches(self, src: str, dst: str) -> bool:
         return reaches(self.graph.nx, self.position, src, dst)
+
+
+def _unit_dims_only(view: Node, src: Node) -> bool:
+    """Whether a reshape only adds or drops size-1 dims ([C] -> [1,C,1,1]): such a view keeps
+    every value on its row.
+
+    Why that is sound: dropping the size-1 dims from both shapes leaves the same shape, so
+    the view and its source have the same row-major strides over the dims of size > 1, and
+    the element at linear position i of the view is the element at linear position i of
+    the source (the renderer reads a reshape at `unravel(linearize(idx))`). A reduction
+    kernel holds every per-row value with its rows in row-major order (position r is row
+    r) and every per-element value in the reduced input's row-major order (position i
+    lies in the row of element i), and it stores and reads a value at the position of the
+    row it works on; a reduction's result is only ever asked for at its own row. A view
+    that is the identity on positions therefore never asks for a value of another row.
+    Where the viewed value is then broadcast against another shape, that read is checked
+    on its own (`_misaligned_read`: [1,C] against [N,C,H,W] would land on W's row).
+    """
+    return view.op in ("reshape", "alias") and _without_ones(view.shape) == _without_ones(src.shape)
+
+
+def _without_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size for size in shape if size != 1)
 
 
 def _reads_own_row(source: tuple[int, ...], reader: tuple[int, ...], domain: Domain) -> bool:

@@ -142,3 +142,49 @@ def test_basic_block_channels_last_inference():
     x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
     with torch.no_grad():
         check(model, x, kernels=2, externs=2)
+
+
+def _backward_kernels(report) -> list[tuple[str, ...]]:
+    return [k.members for k in report.graphs[1].plan.kernels]
+
+
+@pytest.mark.parametrize("remat", ["none", "auto", "aggressive"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_backward_is_one_kernel(remat, channels_last):
+    # The per-channel sums of the gradient, the per-channel scale and the input gradient all in one
+    # kernel: the [C] -> [1,C,1,1] views between them keep every channel on its own row.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), _randomized(nn.BatchNorm2d(6)), nn.ReLU()).train()
+    x = torch.randn(4, 3, 6, 5)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    report = check_training(model, x, remat=remat, rtol=1e-4, atol=1e-4)
+    backward = Report([report.graphs[1]]).stats
+    assert (backward["kernels"], backward["extern_calls"]) == (1, 1), report.summary()  # + convolution_backward
+    (members,) = _backward_kernels(report)
+    # The two gradient sums (aggressive also recomputes the batch mean there, from the convolution's output).
+    assert sum(report.graphs[1].graph[m].op == "sum" for m in members) == (3 if remat == "aggressive" else 2)
+    assert not any("between the rows" in e["reason"] for e in report.edges())
+
+
+@pytest.mark.parametrize("bn,shape", [(nn.BatchNorm1d, (6, 5)), (nn.BatchNorm1d, (4, 5, 7)),
+                                      (nn.BatchNorm3d, (2, 5, 3, 4, 3))])
+def test_batch_norm_1d_and_3d_backward_is_one_kernel(bn, shape):
+    torch.manual_seed(0)
+    model = nn.Sequential(_randomized(bn(5)), nn.ReLU()).train()
+    report = check_training(model, torch.randn(shape), rtol=1e-4, atol=1e-4)
+    assert Report([report.graphs[1]]).stats["kernels"] == 1, report.summary()
+
+
+@pytest.mark.parametrize("remat,kernels", [("none", 3), ("auto", 4)])
+def test_basic_block_training_backward_is_one_kernel_per_batch_norm(remat, kernels):
+    torch.manual_seed(0)
+    report = check_training(BasicBlock().train(), torch.randn(2, 8, 6, 6), remat=remat, rtol=1e-4, atol=1e-4)
+    backward = Report([report.graphs[1]]).stats
+    # Each BatchNorm's backward (with its ReLU's mask) is one kernel, and the residual's gradient
+    # add a third; the two convolution backwards run through torch. "auto" saves the first ReLU's
+    # output no more: a fourth kernel recomputes it for the second convolution's weight gradient.
+    assert (backward["kernels"], backward["extern_calls"]) == (kernels, 2), report.summary()
+    graph = report.graphs[1].graph
+    with_sums = [k.members for k in report.graphs[1].plan.kernels if any(graph[m].op == "sum" for m in k.members)]
+    assert [sum(graph[m].op == "sum" for m in members) for members in with_sums] == [2, 2]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from torch import nn
@@ -61,6 +61,18 @@ def test_layer_norm_saves_mean_and_rstd_not_the_normalized_tensor():
     assert [v.shape for v in activations(auto)] == [(16, 1), (16, 1)]
     assert auto.saved_bytes == 2 * 16 * FLOAT
     assert measured(model, x, "auto") == auto.saved_bytes
+
+
+def test_batch_norm_saves_the_convolution_and_per_channel_stats_not_its_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()).train()
+    x = torch.randn(4, 3, 6, 6)
+    _, auto = partition_of(model, x, "auto")
+    # The normalized output and its ReLU are recomputed in the backward kernel that reads the convolution anyway.
+    assert sorted((v.op, v.shape) for v in activations(auto)) == [
+        ("convolution", (4, 6, 6, 6)), ("div", (1, 6, 1, 1)), ("rsqrt", (1, 6, 1, 1))]
+    assert {"relu", "sub", "mul"} <= {v.op for v in auto.recomputed}
+    assert measured(model, x, "auto") == auto.saved_bytes == (4 * 6 * 6 * 6 + 2 * 6) * FLOAT
 
 
 def test_aggressive_recomputes_cheap_reductions_never_matmuls():
@@ -133,6 +145,8 @@ def gradients(fn, model, x):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(STEP, min_size=2, max_size=8))
+@example([("add", 1, 5), ("mul", 8, 3), ("gelu", 4), ("rowsum", 7), ("mul", 0, 4), ("matmul", 1, 0), ("sigmoid", 9),
+          ("matmul", 4, 0)])  # gradients near 1e4, and elements that cancel to ~0
 def test_random_training_graphs_partition_validly_and_save_no_more_than_default(steps):
     torch.manual_seed(0)
     model, x = Program(steps), torch.randn(8, 16)
@@ -144,7 +158,9 @@ def test_random_training_graphs_partition_validly_and_save_no_more_than_default(
         compiled = torch.compile(model, backend=backend, dynamic=False)
         # The backward runs from what the forward saved: right gradients mean a valid partition.
         for got, want in zip(gradients(compiled, model, x), expected, strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            # Gradients reach 1e4 here: an element that cancels to ~0 keeps the rounding of its terms.
+            scale = 1.0 if want is None else max(1.0, float(want.abs().max()))
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
         partition = backend.records[0].partition
         assert partition.saved_bytes <= partition.default_saved_bytes
         xr = x.clone().requires_grad_()

@@ -169,3 +169,32 @@ def test_random_numbers_inside_a_reduction_kernel():
     x = torch.randn(4, 16)
     report = check(lambda x: ((torch.rand_like(x) + 0.5).prod(1) > 0), x, kernels=1)
     assert "seed" in report.kernels[0].params
+
+
+def test_per_channel_values_through_size_one_views_share_the_kernel():
+    # BatchNorm's shape: per-channel sums over (N, H, W), viewed [C] -> [1,C] -> [1,C,1] -> [1,C,1,1]
+    # and [C] -> [C,1,1] (which broadcasts to the channel dim too), read back over every element.
+    torch.manual_seed(0)
+    x, w = torch.randn(4, 6, 5, 3), torch.randn(6)
+
+    def f(x, w):
+        mean = x.mean((0, 2, 3))
+        centered = x - mean[None][..., None][..., None]
+        scale = (w * torch.rsqrt((centered * centered).mean((0, 2, 3)) + 1e-5))[:, None, None]
+        return centered * scale, mean[:, None]
+
+    report = check(f, x, w, kernels=1)
+    assert not any("between the rows" in e["reason"] for e in report.edges())
+
+
+@pytest.mark.parametrize("fn,shape", [
+    (lambda x: x - x.sum(1).reshape(1, 6), (6, 6)),  # row i's sum read at column i
+    (lambda x: x * x.amax(0).reshape(6, 1), (6, 6)),  # column j's max read at row j
+    (lambda x: x - x.sum((0, 1)).reshape(6, 1, 1), (6, 6, 6)),  # per-W sums read along dim 0
+], ids=["row_sums_as_a_row", "column_maxes_as_a_column", "sums_over_w_onto_dim_0"])
+def test_size_one_views_that_land_on_another_row_are_refused(fn, shape):
+    # Adding a size-1 dim keeps the values in order, but the broadcast after it puts
+    # them on another row: two kernels, and eager's result.
+    torch.manual_seed(0)
+    report = check(fn, torch.randn(shape), kernels=2)
+    assert any("another row" in e["reason"] for e in report.edges()), [e["reason"] for e in report.edges()]

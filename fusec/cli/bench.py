@@ -15,6 +15,7 @@ from fusec.bench import static as bench_static
 from fusec.bench.memory import TRAINING
 from fusec.bench.memory import markdown as memory_markdown
 from fusec.bench.memory import measure as measure_memory
+from fusec.bench.memory_workloads import MEMORY_ONLY
 from fusec.bench.output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench.overhead import markdown as overhead_markdown
 from fusec.bench.overhead import measure as measure_overhead
@@ -41,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(device=device, dtype=args.dtype or default_dtype(device), quick=args.quick)
     names = list(dict.fromkeys(args.workloads or WORKLOADS))
+    if not args.memory and set(names) & set(MEMORY_ONLY):
+        print(f"fusec bench: {', '.join(n for n in names if n in MEMORY_ONLY)} is measured by --memory only; "
+              "add --memory, or name another workload", file=sys.stderr)
+        return 2
     if args.static:
         return bench_static.run(names, DTYPES[args.dtype or "bf16"], args.quick, args.markdown)
     if args.overhead:
@@ -130,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", dest="workloads", nargs="+", action="extend", choices=list(WORKLOADS),
-                   metavar="NAME", help=f"workloads to run (default: all): {', '.join(WORKLOADS)}")
+    p.add_argument("--workload", dest="workloads", nargs="+", action="extend", choices=[*WORKLOADS, *MEMORY_ONLY],
+                   metavar="NAME", help=f"workloads to run (default: all): {', '.join(WORKLOADS)}; with --memory "
+                                        f"also {', '.join(MEMORY_ONLY)}")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if torch sees a GPU, else cpu")
     p.add_argument("--quick", action="store_true", help="small sizes and short timing (tiny sizes on CPU)")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
@@ -141,8 +147,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compile each workload's kernels for sm_90 without a GPU and report registers, spills, "
                         "shared memory, vector widths and passes over each row (default dtype bf16)")
     p.add_argument("--memory", action="store_true",
-                   help="measure the bytes each system saves for backward in one training forward instead "
-                        f"(default workloads: {', '.join(TRAINING)}; conv_bn_train is measured by default only)")
+                   help="measure training memory instead: the bytes each system saves for backward in one "
+                        "forward, and one step's peak (measured on a GPU, modeled on a CPU) "
+                        f"(default workloads: {', '.join(TRAINING)})")
     p.add_argument("--ops", action="store_true",
                    help="which of PyTorch's elementwise ops (its OpInfo samples) run in generated kernels, "
                         "each checked against eager in Triton's interpreter; exits 1 if any is wrong")
