@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 
+from fusec.decompositions_foreach import foreach_decompositions
+
 aten = torch.ops.aten
 
 # Composite ops decomposed beyond torch's core ATen set, into pointwise math,
@@ -61,7 +63,7 @@ def _split(x, split_size, dim=0):
 
 
 def decomposition_table() -> dict:
-    table = {**core_aten_decompositions(), **get_decompositions(_EXTRA)}
+    table = {**core_aten_decompositions(), **get_decompositions(_EXTRA), **foreach_decompositions()}
     for op in _KEEP:
         table.pop(op, None)
     table[aten.addmm.default] = _addmm
