@@ -57,10 +57,29 @@ def _compile(model: Callable, options: Options) -> Any:
     compiled = torch.compile(model, backend=backend, dynamic=False)
     if isinstance(compiled, OptimizedModule):
         compiled.__class__ = CompiledModule
+        # The state dict keeps the module's own keys: a checkpoint saved from a compiled module
+        # loads into an uncompiled one and back (Lightning's ddp_spawn loads the weights its
+        # processes saved into the main process's module with strict=False: a renamed key
+        # would be dropped silently).
+        compiled.register_state_dict_post_hook(_unwrapped_keys)
+        compiled.register_load_state_dict_pre_hook(_wrapped_keys)
     else:
         compiled = _eager_errors(compiled, model, backend)
     compiled._fusec_backend = backend
     return compiled
+
+
+_WRAPPED = "_orig_mod."  # where torch.compile's module wrapper keeps the module
+
+
+def _unwrapped_keys(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + _WRAPPED)]:
+        state_dict[prefix + key[len(prefix + _WRAPPED):]] = state_dict.pop(key)
+
+
+def _wrapped_keys(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _WRAPPED)]:
+        state_dict[prefix + _WRAPPED + key[len(prefix):]] = state_dict.pop(key)
 
 
 def _eager_errors(compiled: Callable, model: Callable, backend: Backend) -> Callable:
