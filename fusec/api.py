@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import types
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report import Report
 from fusec.runtime import EAGER_RAISES
+
+log = logging.getLogger("fusec")
 
 
 def compile(model: Callable | None = None, **options: Any) -> Any:
@@ -53,6 +56,7 @@ class CompiledModule(OptimizedModule):
 def _compile(model: Callable, options: Options) -> Any:
     if not callable(model):
         raise TypeError(f"fusec.compile expects a function or an nn.Module, got {type(model).__name__}")
+    _warn_float_lr(model)
     backend = Backend(options)
     compiled = torch.compile(model, backend=backend, dynamic=False)
     if isinstance(compiled, OptimizedModule):
@@ -67,6 +71,16 @@ def _compile(model: Callable, options: Options) -> Any:
         compiled = _eager_errors(compiled, model, backend)
     compiled._fusec_backend = backend
     return compiled
+
+
+def _warn_float_lr(model: Callable) -> None:
+    """An optimizer's float lr is a constant of the captured graph: a scheduler recompiles it each step."""
+    optimizer = getattr(model, "__self__", None)
+    if isinstance(optimizer, torch.optim.Optimizer) and any(
+            isinstance(group.get("lr"), float) for group in optimizer.param_groups):
+        log.warning("fusec: %s's lr is a Python float, a constant of the compiled step: each new value (a "
+                    "scheduler's) compiles the step again, until Dynamo's recompile limit; pass "
+                    "lr=torch.tensor(...) instead", type(optimizer).__name__)
 
 
 _WRAPPED = "_orig_mod."  # where torch.compile's module wrapper keeps the module

@@ -101,3 +101,14 @@ def test_a_scalar_to_a_tensor_power_is_generated():
     # Adam's bias corrections, beta ** step with the step a tensor; 0 ** x and (-2) ** x stay torch's.
     steps = torch.tensor([0.0, 1.0, 2.5, 100.0, -3.0, float("nan"), float("inf")])
     check(lambda s: (torch.pow(0.9, s), 1 - torch.pow(0.999, s), torch.pow(3, s)), steps, kernels=1, externs=0)
+
+
+def test_a_float_lr_is_said_to_recompile_each_new_value(caplog):
+    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    with caplog.at_level("WARNING", logger="fusec"):
+        fusec.compile(opt.step)
+    assert "lr=torch.tensor" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fusec"):
+        fusec.compile(torch.optim.SGD(_model().parameters(), lr=torch.tensor(0.1)).step)
+    assert not caplog.text
