@@ -95,9 +95,12 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
     # One stream: a kernel's output may take over a dead buffer of the same layout.
     reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(graph.output.operands()))
-    direct = in_place(plan)
+    # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
+    # `result` (a matmul's library alternative, timed on inputs of its own).
+    into_inputs = stores(graph) if result is None else ()
+    direct = in_place(plan) if result is None else {}
     code = replace(code, reuse={new: old for new, old in reuse.items() if new not in direct}, in_place=direct)
-    written = {dst for _, dst in stores(graph)}  # inputs stay named until their store
+    written = {dst for _, dst in into_inputs}  # inputs stay named until their store
     if direct:
         # Every input checked before the first store: a call that must run through torch
         # instead finds its inputs as they came.
@@ -128,7 +131,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
         _stream_epilogue(src, plan, n_streams)
-    for value, dst in stores(graph):
+    for value, dst in into_inputs:
         if value not in direct:
             src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
