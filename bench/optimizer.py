@@ -17,6 +17,7 @@ import torch
 
 import fusec
 from fusec.bench.measure import count_launches_cpu, count_launches_cuda, synchronize, time_call
+from fusec.bench.suite import inductor_kernel_profile
 
 # (layers, width, vocabulary, positions) per size tier: GPT-2 small's 148 parameter tensors at
 # every tier (the launch counts do not change), its widths at "full" (124M parameters).
@@ -72,7 +73,8 @@ def measure(device: str, tier: str = "tiny", systems: tuple[str, ...] | None = N
             p.grad = torch.randn_like(p)
         optimizer = _optimizer(system, params)
         step = _step(system, optimizer)
-        step()
+        with inductor_kernel_profile():  # Inductor compiles with its kernels named, for count_launches_cpu
+            step()
         step()
         synchronize(device)
         after = [p.detach().clone() for p in params]
