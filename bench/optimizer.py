@@ -47,8 +47,10 @@ def _optimizer(system: str, params: list[torch.Tensor]) -> torch.optim.Optimizer
         return torch.optim.AdamW(params, lr=1e-3, fused=True)
     if system == "eager foreach":
         return torch.optim.AdamW(params, lr=1e-3, foreach=True)
-    # capturable: a tensor lr with foreach; on a GPU Dynamo sets it itself.
-    return torch.optim.AdamW(params, lr=torch.tensor(1e-3), foreach=True, capturable=True)
+    # capturable: a tensor lr with foreach (on a GPU Dynamo sets it itself); the lr on the parameters'
+    # device, so the step's graph has one device.
+    lr = torch.tensor(1e-3, device=params[0].device)
+    return torch.optim.AdamW(params, lr=lr, foreach=True, capturable=True)
 
 
 def _step(system: str, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
