@@ -157,10 +157,12 @@ def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
 
 def planned_peak(plan: Plan) -> int:
     """Modeled peak bytes of the buffers the launcher allocates on one stream (graph inputs
-    excluded), with the memory plan's take-overs: what `stats["peak_bytes"]` reports."""
+    excluded, and so are the new values written into them), with the memory plan's take-overs:
+    what `stats["peak_bytes"]` reports."""
     steps = step_buffers(plan, frozenset())
     keep = frozenset(plan.graph.output.operands())
-    sizes = {name: plan.graph[name].nbytes for step in steps for name, _ in step.writes}
+    direct = in_place(plan)
+    sizes = {name: 0 if name in direct else plan.graph[name].nbytes for step in steps for name, _ in step.writes}
     return live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep)
 
 

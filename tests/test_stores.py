@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fusec
-from fusec.launcher import StepCode, generate
+from fusec.launcher import StepCode, generate, planned_peak
 from fusec.plan import Plan
 from fusec.stores import in_place, stores
 from tests.eager import assert_ran
@@ -34,6 +34,8 @@ def test_an_updated_input_is_written_by_its_kernel():
     graph, direct, all_stores = _run(update, torch.randn(8, 5), torch.randn(8, 5))
     assert direct == all_stores and len(all_stores) == 1
     assert ".copy_(" not in graph.runtime.source
+    # nothing allocated for p's new value: the planned peak is g.sum()'s output alone
+    assert planned_peak(graph.plan) == 4
 
 
 def test_a_later_read_of_the_old_value_makes_it_a_copy_at_the_end():
