@@ -1,4 +1,4 @@
-"""The GPU check: CUDA tests, `fusec bench --quick` and `--overhead`, all results in one JSON file.
+"""The GPU check: CUDA tests, `fusec bench --quick`, `--overhead` and `--optimizer`, all results in one JSON file.
 
     python bench/gpu_check.py OUTDIR
 
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTEST_LIMIT_S = 120
 BENCH_LIMIT_S = 170
 OVERHEAD_LIMIT_S = 60
+OPTIMIZER_LIMIT_S = 90
 
 
 def run(command: list[str], limit_s: int, **extra_env: str) -> dict[str, Any]:
@@ -110,9 +111,15 @@ def main() -> int:
     report["overhead"]["results"] = json.loads(overhead_json.read_text()) if overhead_json.exists() else None
     print(f"gpu_check: overhead done in {report['overhead']['seconds']} s", file=sys.stderr)
 
+    optimizer_json = out / "optimizer.json"
+    report["optimizer"] = run([sys.executable, "-m", "fusec.cli.bench", "--optimizer", "--quick", "--json",
+                               str(optimizer_json)], OPTIMIZER_LIMIT_S, FUSEC_STRICT="1")
+    report["optimizer"]["results"] = json.loads(optimizer_json.read_text()) if optimizer_json.exists() else None
+    print(f"gpu_check: optimizer done in {report['optimizer']['seconds']} s", file=sys.stderr)
+
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"gpu_check: wrote {out / 'gpu_check.json'}", file=sys.stderr)
-    ok = all(report[part]["returncode"] == 0 for part in ("pytest", "bench", "overhead"))
+    ok = all(report[part]["returncode"] == 0 for part in ("pytest", "bench", "overhead", "optimizer"))
     return 0 if ok else 1
 
 

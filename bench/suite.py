@@ -160,7 +160,7 @@ def _measure(system: str, case: Case, settings: Settings, eager: Eager) -> tuple
 
     start = time.perf_counter()
     profiled = system == "torch.compile" and settings.device == "cpu"
-    with _inductor_kernel_profile() if profiled else contextlib.nullcontext():
+    with inductor_kernel_profile() if profiled else contextlib.nullcontext():
         results = step()
     synchronize(settings.device)
     compile_seconds = time.perf_counter() - start
@@ -215,7 +215,7 @@ def _compile(system: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return fusec.compile(fn, cpu="torch" if system == FUSEC_TORCH else "interpret")
 
 
-def _inductor_kernel_profile() -> contextlib.AbstractContextManager:
+def inductor_kernel_profile() -> contextlib.AbstractContextManager:
     """Inductor names its C++ kernels in torch.profiler only when compiled with this set (see count_launches_cpu)."""
     import torch._inductor.config
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import types
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from fusec.frontend import Backend
 from fusec.options import Options
 from fusec.report import Report
 from fusec.runtime import EAGER_RAISES
+
+log = logging.getLogger("fusec")
 
 
 def compile(model: Callable | None = None, **options: Any) -> Any:
@@ -53,14 +56,44 @@ class CompiledModule(OptimizedModule):
 def _compile(model: Callable, options: Options) -> Any:
     if not callable(model):
         raise TypeError(f"fusec.compile expects a function or an nn.Module, got {type(model).__name__}")
+    _warn_float_lr(model)
     backend = Backend(options)
     compiled = torch.compile(model, backend=backend, dynamic=False)
     if isinstance(compiled, OptimizedModule):
         compiled.__class__ = CompiledModule
+        # The state dict keeps the module's own keys: a checkpoint saved from a compiled module
+        # loads into an uncompiled one and back (Lightning's ddp_spawn loads the weights its
+        # processes saved into the main process's module with strict=False: a renamed key
+        # would be dropped silently).
+        compiled.register_state_dict_post_hook(_unwrapped_keys)
+        compiled.register_load_state_dict_pre_hook(_wrapped_keys)
     else:
         compiled = _eager_errors(compiled, model, backend)
     compiled._fusec_backend = backend
     return compiled
+
+
+def _warn_float_lr(model: Callable) -> None:
+    """An optimizer's float lr is a constant of the captured graph: a scheduler recompiles it each step."""
+    optimizer = getattr(model, "__self__", None)
+    if isinstance(optimizer, torch.optim.Optimizer) and any(
+            isinstance(group.get("lr"), float) for group in optimizer.param_groups):
+        log.warning("fusec: %s's lr is a Python float, a constant of the compiled step: each new value (a "
+                    "scheduler's) compiles the step again, until Dynamo's recompile limit; pass "
+                    "lr=torch.tensor(...) instead", type(optimizer).__name__)
+
+
+_WRAPPED = "_orig_mod."  # where torch.compile's module wrapper keeps the module
+
+
+def _unwrapped_keys(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + _WRAPPED)]:
+        state_dict[prefix + key[len(prefix + _WRAPPED):]] = state_dict.pop(key)
+
+
+def _wrapped_keys(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _WRAPPED)]:
+        state_dict[prefix + _WRAPPED + key[len(prefix):]] = state_dict.pop(key)
 
 
 def _eager_errors(compiled: Callable, model: Callable, backend: Backend) -> Callable:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fusec.plan import Extern, Plan
+from fusec.stores import stores
 
 log = logging.getLogger("fusec")
 
@@ -40,6 +41,8 @@ def refusal(plan: Plan, graph_name: str) -> str | None:
             return f"{kernel.id} draws random numbers with a seed chosen per call"
         if "p_bad_index" in kernel.params:
             return f"{kernel.id} checks its indices on the host after the launch"
+    if stores(plan.graph):
+        return "it writes new values into its inputs (an optimizer step): a replay would write into copies of them"
     for step in plan.steps:
         if isinstance(step, Extern) and _in_place(step.target):
             return f"{step.node} ({step.target}) writes into one of its operands in place"

@@ -11,6 +11,7 @@ import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 
 from fusec.decompositions_elementwise import TABLE as ELEMENTWISE
+from fusec.decompositions_foreach import foreach_decompositions
 
 aten = torch.ops.aten
 
@@ -63,7 +64,7 @@ def _split(x, split_size, dim=0):
 
 
 def decomposition_table() -> dict:
-    table = {**core_aten_decompositions(), **get_decompositions(_EXTRA)}
+    table = {**core_aten_decompositions(), **get_decompositions(_EXTRA), **foreach_decompositions()}
     for op in _KEEP:
         table.pop(op, None)
     table[aten.addmm.default] = _addmm

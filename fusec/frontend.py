@@ -81,6 +81,9 @@ class Backend:
             inference_compiler=self._compiler("inference"),
             decompositions=DECOMPOSITIONS,
             partition_fn=partitioner(self.options.remat, self._partitioned),
+            # An input's new value (an optimizer's parameters and states) stays in the graph
+            # as a store that a kernel writes in place (fusec.stores), not an output copied back.
+            keep_inference_input_mutations=True,
         )
         if not (self.launch and self.options.cpu == "torch" and _on_cpu(example_inputs)):
             return backend(gm, example_inputs)

@@ -23,6 +23,7 @@ import torch
 from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, Plan, Step
+from fusec.stores import in_place, stores
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -75,6 +76,7 @@ class StepCode:
     counts: list[int] | None = None  # what ran: the launcher adds 1 at counts[counted[step id]] per step run
     counted: dict[str, int] = field(default_factory=dict)
     step_hook: Callable[[str], None] | None = None  # called with each step's id as it starts (tests)
+    in_place: dict[str, str] = field(default_factory=dict)  # new value -> the input its kernel writes (stores)
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -93,12 +95,24 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
     # One stream: a kernel's output may take over a dead buffer of the same layout.
     reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(graph.output.operands()))
-    code = replace(code, reuse=reuse)
+    # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
+    # `result` (a matmul's library alternative, timed on inputs of its own).
+    into_inputs = stores(graph) if result is None else ()
+    direct = in_place(plan) if result is None else {}
+    code = replace(code, reuse={new: old for new, old in reuse.items() if new not in direct}, in_place=direct)
+    written = {dst for _, dst in into_inputs}  # inputs stay named until their store
+    if direct:
+        # Every input checked before the first store: a call that must run through torch
+        # instead finds its inputs as they came.
+        for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *direct.values()]):
+            if name in inputs and name not in checked:
+                _stride_check(src, graph, name, 1)
+                checked.add(name)
     n_streams = 1 + max((s.stream for s in plan.steps), default=0)
     recorded = {w for s in plan.steps for w in s.waits}  # steps some other step waits for
     if streams:
         _stream_prologue(src, n_streams)
-    handed_on = set(reuse.values())
+    handed_on = set(code.reuse.values())
     for step, dead in zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True):
         indent = 1
         if streams:
@@ -112,11 +126,14 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in recorded:
             src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
-        dead = [d for d in dead if d not in handed_on]  # deleted where the buffer is taken over
+        dead = [d for d in dead if d not in handed_on and d not in written]  # deleted where taken over
         if not streams and dead:
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
         _stream_epilogue(src, plan, n_streams)
+    for value, dst in into_inputs:
+        if value not in direct:
+            src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.emit(f"return {_literal(src, returned)}")
     return "\n".join(src.lines) + "\n", src.names
@@ -140,11 +157,13 @@ def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
 
 def planned_peak(plan: Plan) -> int:
     """Modeled peak bytes of the buffers the launcher allocates on one stream (graph inputs
-    excluded), with the memory plan's take-overs: what `stats["peak_bytes"]` reports."""
+    excluded, and so are the new values written into them), with the memory plan's take-overs:
+    what `stats["peak_bytes"]` reports."""
     steps = step_buffers(plan, frozenset())
     keep = frozenset(plan.graph.output.operands())
-    # A view torch runs shares its operand's memory; a kernel writes a buffer of its own.
-    aliases = {s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW}
+    # A view torch runs shares its operand's memory; a kernel writes a buffer of its own, except a new
+    # value it writes straight into its input.
+    aliases = {s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW} | set(in_place(plan))
     sizes = {name: 0 if name in aliases else plan.graph[name].nbytes for step in steps for name, _ in step.writes}
     return live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep)
 
@@ -251,7 +270,9 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
     args = [var(n) for n in kernel.inputs]
     for name in kernel.outputs:
         node = graph[name]
-        if name in code.reuse:
+        if name in code.in_place:
+            emit(f"{var(name)} = {var(code.in_place[name])}  # written into input {code.in_place[name]}")
+        elif name in code.reuse:
             emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
         else:
             emit(f"{var(name)} = empty_strided({node.shape}, {node.strides}, dtype=D_{node.dtype}, device=device)")

@@ -26,6 +26,7 @@ from fusec.lowering_index import (
     modulo,
     round_,
 )
+from fusec.stores import STORES, stores_into_input
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -69,6 +70,10 @@ def _copy(args: tuple, kwargs: dict, val: Any) -> Lowered:
 
 def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
     # Integer powers are generated only as products (x ** 0..16); torch runs the rest.
+    if not isinstance(args[0], Ref):
+        # A positive scalar to a tensor power (an optimizer's beta ** step): exp(b * log(base)).
+        positive = isinstance(args[0], int | float) and not isinstance(args[0], bool) and 0 < args[0] != 1
+        return ("pow", tuple(args)) if positive and val.dtype.is_floating_point else None
     if isinstance(args[0], Ref) and (val.dtype.is_floating_point or (
             not isinstance(args[1], Ref | bool | float) and 0 <= args[1] <= 16)):
         return ("pow", tuple(args))
@@ -386,6 +391,7 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
     """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name."""
     graph = Graph(name=name)
     callables: dict[str, Callable] = {}
+    stores: list[tuple[Ref, str]] = []
     for fx_node in gm.graph.nodes:
         what = f"{fx_node.name} ({fx_node.target})"
         if fx_node.op == "placeholder":
@@ -404,7 +410,10 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
             graph.add(Node(fx_node.name, "constant", Kind.OPAQUE, target=target, **_describe(value, what)))
         elif fx_node.op == "output":
             outputs = _convert_args(fx_node.args[0])
-            graph.add(Node(fx_node.name, "output", Kind.OUTPUT, (), "bool", args=tuple(outputs)))
+            kwargs = ((STORES, tuple(stores)),) if stores else ()
+            graph.add(Node(fx_node.name, "output", Kind.OUTPUT, (), "bool", args=tuple(outputs), kwargs=kwargs))
+        elif stores_into_input(fx_node):
+            stores.append((Ref(fx_node.args[1].name), fx_node.args[0].name))
         elif fx_node.op == "call_function":
             args = tuple(_convert_args(fx_node.args))
             kwargs = {k: _convert_args(v) for k, v in fx_node.kwargs.items()}

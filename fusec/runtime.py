@@ -27,6 +27,7 @@ from fusec.kernels.launch import (
 from fusec.kernels.matmul import matmul_problem, matmul_sizes
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
+from fusec.stores import in_place
 
 log = logging.getLogger("fusec")
 
@@ -140,6 +141,7 @@ class Runtime:
         self._call: Callable[[list[Any]], Any] | None = None
         self._building = threading.Lock()  # the first calls of several threads build it once
         self.cudagraphs = cudagraphs and not interpret
+        self.writes_inputs = bool(in_place(plan))  # its kernels store into input buffers
         # Why the calls of this graph are not replayed from a CUDA graph (None: they are, or not asked).
         self.cudagraph_refusal = refusal(plan, graph.name) if self.cudagraphs else None
         if self.cudagraph_refusal:
@@ -175,6 +177,10 @@ class Runtime:
         except KernelFailed as exc:
             if self.strict:
                 raise
+            if self.writes_inputs:
+                # Some inputs may hold their new values already: a rerun would update them twice.
+                raise KernelFailed(f"{exc}; {self.plan.graph.name} writes new values into its inputs, which this "
+                                   "call may have written in part, so it is not rerun through torch") from exc
             self.broken = str(exc)
             self.on_broken(f"runtime error: {exc}")
             log.warning("fusec: %s; %s runs through torch from now on", exc, self.plan.graph.name)

@@ -8,6 +8,7 @@ are used: Triton's interpreter cannot call the library's own @jit helpers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from fusec.ir import POINTWISE_OPS
@@ -168,6 +169,12 @@ def pow_scalar(a, exponent: float, floating: bool = True) -> str:
         return mag
     negative = f"(({a} < 0) | (({a} == 0) & (1.0 / {a} < 0)))"  # -0.0 counts as negative
     return f"tl.where({negative}, -{mag}, {mag})"
+
+
+def pow_of_scalar(base: float, b) -> str:
+    """base ** b for a positive scalar base other than 1 (lowering takes no other): the
+    logarithm is taken here, once; b == 0 gives 1, NaN included, as torch.pow."""
+    return f"tl.where({b} == 0, 1.0, tl.exp({b} * {math.log(base)!r}))"
 
 
 OPS: dict[str, Callable[..., str]] = {

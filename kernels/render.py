@@ -19,7 +19,7 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
 from fusec.kernels.helpers import HELPERS
 from fusec.kernels.indexed import Index, IndexedValues, Value
-from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_scalar
+from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
 from fusec.plan import Kernel
 
 _NAME = re.compile(r"[A-Za-z_]\w*")
@@ -292,6 +292,8 @@ class Renderer(IndexedValues):
     def _expr(self, node: Node, args: list, work: str | None) -> str:
         if node.op == "pow" and not isinstance(node.args[1], Ref):
             return pow_scalar(args[0], float(node.args[1]), floating=work in FLOAT_DTYPES)
+        if node.op == "pow" and not isinstance(node.args[0], Ref):
+            return pow_of_scalar(float(node.args[0]), args[1])
         fn = OPS[node.op]
         if node.op in NAN_AWARE:
             return fn(*args, floating=work in FLOAT_DTYPES)

@@ -253,3 +253,17 @@ def test_input_with_other_strides_raises_if_strict_else_runs_through_torch(stric
     torch.testing.assert_close(out, fn(transposed))
     assert "running this call through torch" in caplog.text
     assert (runtime.counts.calls, runtime.counts.through_torch) == (2, 1)
+
+
+def test_a_compiled_modules_state_dict_has_the_modules_own_keys():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    compiled = fusec.compile(model)
+    outer = torch.nn.ModuleDict({"body": compiled})
+    assert list(compiled.state_dict()) == list(model.state_dict()) == ["0.weight", "0.bias"]
+    assert list(outer.state_dict()) == ["body.0.weight", "body.0.bias"]
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    fresh.load_state_dict(compiled.state_dict())  # strict: every key matched
+    torch.testing.assert_close(fresh[0].weight, model[0].weight)
+    fresh[0].weight.data.add_(1)
+    outer.load_state_dict({f"body.{k}": v for k, v in fresh.state_dict().items()})
+    torch.testing.assert_close(model[0].weight, fresh[0].weight)

@@ -22,11 +22,11 @@ FOLDERS = {"fusec": "fusec", "passes": "fusec.passes", "kernels": "fusec.kernels
 LAYERS = [
     ("base", ["fusec.ir", "fusec.options", "fusec.execution"]),
     ("passes", ["fusec.passes"]),
-    ("plan", ["fusec.plan", "fusec.streams", "fusec.device"]),
+    ("plan", ["fusec.plan", "fusec.streams", "fusec.device", "fusec.stores"]),
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
                   "fusec.lowering", "fusec.lowering_index", "fusec.decompositions",
-                  "fusec.decompositions_elementwise", "fusec.partition",
+                  "fusec.decompositions_elementwise", "fusec.decompositions_foreach", "fusec.partition",
                   "fusec.frontend", "fusec.package", "fusec.graph_source"]),
     ("api", ["fusec.api", "fusec.exporter", "fusec.runner"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.

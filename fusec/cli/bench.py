@@ -16,6 +16,8 @@ from fusec.bench.memory import TRAINING
 from fusec.bench.memory import markdown as memory_markdown
 from fusec.bench.memory import measure as measure_memory
 from fusec.bench.memory_workloads import MEMORY_ONLY
+from fusec.bench.optimizer import markdown as optimizer_markdown
+from fusec.bench.optimizer import measure as measure_optimizer
 from fusec.bench.output import markdown, print_table, progress, write_json, write_plot
 from fusec.bench.overhead import markdown as overhead_markdown
 from fusec.bench.overhead import measure as measure_overhead
@@ -54,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         return _memory(args.workloads or list(TRAINING), device, args)
     if args.export:
         return _export(args.workloads or list(bench_export.DEFAULT), device, args)
+    if args.optimizer:
+        print(f"fusec bench --optimizer: AdamW steps on {device}, {settings.tier} sizes", file=sys.stderr)
+        rows = measure_optimizer(device, settings.tier, budget_s=settings.budget_s)
+        return _write_rows(rows, optimizer_markdown(rows, device), device, args)
     timed = systems(device)
     print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
@@ -158,6 +164,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", action="store_true",
                    help="measure a fresh process's fusec.load + first call against fusec.compile + first call "
                         f"instead (default workloads: {', '.join(bench_export.DEFAULT)})")
+    p.add_argument("--optimizer", action="store_true",
+                   help="measure one AdamW step over a GPT-2-small-shaped parameter list instead: launches and "
+                        "time under eager foreach, eager fused, torch.compile and fusec")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")
