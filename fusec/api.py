@@ -54,7 +54,7 @@ def _compile(model: Callable, options: Options) -> Any:
     if not callable(model):
         raise TypeError(f"fusec.compile expects a function or an nn.Module, got {type(model).__name__}")
     backend = Backend(options)
-    compiled = torch.compile(model, backend=backend, dynamic=False)
+    compiled = torch.compile(model, backend=backend, dynamic=options.dynamic)
     if isinstance(compiled, OptimizedModule):
         compiled.__class__ = CompiledModule
     else:

@@ -14,13 +14,16 @@ from typing import Any
 import torch
 import torch.fx
 
+from fusec import sizes
 from fusec.device import device_model
 from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
+from fusec.kernels.extents import extents, persistent_for
 from fusec.kernels.matmul import render_matmul
 from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import render_reduction
+from fusec.launcher import symbol_sources
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
 from fusec.partition import Partition
@@ -93,10 +96,13 @@ def graph_device(gm: torch.fx.GraphModule) -> str:
 
 
 def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
-    """`step` with its Triton source for Triton's interpreter or for a GPU."""
+    """`step` with its Triton source for Triton's interpreter or for a GPU (`graph` symbolic:
+    the source reads sizes that depend on a symbol from its arguments)."""
     renderer = {"reduction": render_reduction, "matmul": render_matmul,
                 "combo": render_combo}.get(step.kind, render_pointwise)
-    source, fn_name = renderer(graph, step, interpret=interpret)
+    step = replace(step, persistent=persistent_for(graph, step))
+    exact = extents(graph, step) if step.kind == "reduction" else (step.numel, step.rnumel)
+    source, fn_name = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1]), interpret=interpret)
     library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
     signature = re.search(rf"^def {re.escape(fn_name)}\((.*?)\):", source, re.M | re.S)
     params = tuple(p.split(":")[0].strip() for p in signature.group(1).split(","))
@@ -105,7 +111,8 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
 
 def render(plan: Plan, interpret: bool) -> Plan:
     """The plan with every kernel's Triton source filled in, for the interpreter or a GPU."""
-    steps = tuple(rendered(plan.graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
+    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
+    steps = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
     return replace(plan, steps=steps)
 
 
@@ -157,9 +164,13 @@ def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> 
         clock = now
 
     graph, callables = to_ir(gm, name=record.name)
+    symbol_sources(graph)  # every size symbol is read from an input, or the graph is refused
     record.modules = module_paths(gm)
     lap("lower")
-    record.graph, pass_seconds = run_passes(graph, options)
+    # Fusion compares sizes by value: for a dynamic graph, values no two distinct sizes share
+    # (the example's may, by chance); plans and reports then use the example's.
+    passed, pass_seconds = run_passes(graph.with_hints(sizes.generic_hints(graph.hints)), options)
+    record.graph = passed.with_hints(graph.hints) if graph.hints else passed
     stages += pass_seconds
     clock = time.perf_counter()
     plan = build_plan(record.graph)

@@ -14,7 +14,7 @@ dispatch, which is the interpreter's own entry point.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -96,3 +96,41 @@ class KernelCall:
             raise TypeError(f"kernel {self.name}: no value for parameter(s) {', '.join(missing)}")
         return (*self.sizes, *(self.launch.constants[n] for n in names))
 
+
+
+class DynamicCall:
+    """Launches a kernel of a dynamic graph: the launcher passes the kernel's symbols and its
+    extents after the tensors, and blocks and grid are chosen from those extents at each call.
+
+    A constexpr block size is a compiled variant: Triton's JIT caches one binary per
+    variant and per integer specialization (a size of 1, one divisible by 16), so a
+    variant compiles once and serves every size that picks it.
+    """
+
+    def __init__(self, fn: Any, launch_at: Callable[[tuple], Launch], size_args: Callable[[tuple], tuple],
+                 n_extents: int, interpret: bool, *, loaded: int, name: str = "") -> None:
+        self.fn = fn
+        self.launch_at = launch_at
+        self.size_args = size_args
+        self.n_extents = n_extents
+        self.interpret = interpret
+        self.loaded = loaded
+        self.name = name or getattr(fn, "__name__", "kernel")
+        self.launch: Launch | None = None  # the last call's
+        self.variants: set[tuple] = set()  # constexpr choices seen: each one a compiled kernel
+        self.count = 0
+
+    def __call__(self, *args: Any) -> None:
+        self.count += 1
+        extents = tuple(int(e) for e in args[len(args) - self.n_extents:])
+        launch = self.launch = self.launch_at(extents)
+        self.variants.add(tuple(sorted(launch.constants.items())))
+        given = (*args[:len(args) - self.n_extents], *self.size_args(extents))
+        try:
+            if self.interpret:
+                with _INTERPRETER:
+                    self.fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+                return
+            self.fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+        except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
+            raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc

@@ -20,12 +20,13 @@ FOLDERS = {"fusec": "fusec", "passes": "fusec.passes", "kernels": "fusec.kernels
 
 # Lowest first: a module may import its own layer and any layer below it.
 LAYERS = [
-    ("base", ["fusec.ir", "fusec.options", "fusec.execution"]),
+    ("base", ["fusec.ir", "fusec.sizes", "fusec.options", "fusec.execution"]),
     ("passes", ["fusec.passes"]),
     ("plan", ["fusec.plan", "fusec.streams", "fusec.device"]),
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
-                  "fusec.lowering", "fusec.lowering_index", "fusec.decompositions", "fusec.partition",
+                  "fusec.lowering", "fusec.lowering_index", "fusec.lowering_sizes", "fusec.decompositions",
+                  "fusec.partition",
                   "fusec.frontend"]),
     ("api", ["fusec.api"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.

@@ -1,0 +1,208 @@
+"""Dynamic shapes: one compiled graph serves every size, its kernels reading sizes as arguments."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from eager import TOL, assert_ran
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import fusec
+from fusec.kernels.call import DynamicCall
+from tests import hf_models
+
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+NO_TRANSFORMERS = "Hugging Face transformers is not installed (pip install -e '.[models]')"
+
+
+def run_sizes(fn, make_args, sizes, **options):
+    """Compile `fn`, call it on `make_args(n)` for each n, every result equal to eager's;
+    returns the compiled callable."""
+    compiled = fusec.compile(fn, **options)
+    for n in sizes:
+        args = make_args(n)
+        expected, got = fn(*args), compiled(*args)
+        if isinstance(expected, torch.Tensor):
+            expected, got = (expected,), (got,)
+        for e, g in zip(expected, got, strict=True):
+            assert g.shape == e.shape and g.dtype == e.dtype, (n, g.shape, e.shape)
+            torch.testing.assert_close(g, e, equal_nan=True, **TOL.get(e.dtype, {}))
+    return compiled
+
+
+def graphs(compiled) -> list:
+    return fusec.report_of(compiled).graphs
+
+
+def dynamic_calls(compiled) -> list[DynamicCall]:
+    return [c for g in graphs(compiled) for c in g.runtime.calls.values() if isinstance(c, DynamicCall)]
+
+
+def test_pointwise_chain_with_broadcast_compiles_once():
+    fn = lambda x, b: torch.sigmoid(x + b) * x - torch.tanh(b) / 3
+    compiled = run_sizes(fn, lambda n: (torch.randn(n, 3, 17), torch.randn(17)), (2, 3, 7, 40), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and report.stats["kernels"] == 1
+    (kernel,) = report.graphs[0].plan.kernels
+    assert "ks_" in kernel.source  # the batch size is an argument, not a literal
+    (call,) = dynamic_calls(compiled)
+    assert call.count == 4
+
+
+def test_reduction_rows_short_and_long_in_one_graph():
+    # One graph, rows of n elements: a few, then thousands (loops of several blocks).
+    fn = lambda x: (x.sum(-1), x.amax(-1), (x * 2).exp().mean(0))
+    compiled = run_sizes(fn, lambda n: (torch.randn(3, n),), (2, 5, 33, 700, 5000), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1
+    variants = set().union(*(c.variants for c in dynamic_calls(compiled)))
+    assert len(variants) > 2  # block sizes chosen per call, from the actual row length
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "layer_norm", "rms_norm", "var", "argmax"])
+def test_normalizations_over_symbolic_rows(name):
+    w = torch.randn(19)
+    fns = {
+        "softmax": lambda x: torch.softmax(x * 2, -1),
+        "log_softmax": lambda x: F.log_softmax(x, -1),
+        "layer_norm": lambda x: F.layer_norm(x, (19,), w, w * 0.5),
+        "rms_norm": lambda x: F.rms_norm(x, (19,), w),
+        "var": lambda x: x.var(-1),
+        "argmax": lambda x: x.argmax(-1),
+    }
+    compiled = run_sizes(fns[name], lambda n: (torch.randn(n, 2, 19),), (3, 4, 9), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and report.stats["kernels"] == 1
+
+
+def test_softmax_over_symbolic_row_length():
+    fn = lambda x: torch.softmax(x, -1) + x.logsumexp(-1, keepdim=True)
+    compiled = run_sizes(fn, lambda n: (torch.randn(4, n),), (3, 50, 3000), dynamic=True)
+    assert len(assert_ran(compiled).graphs) == 1
+
+
+def test_cross_entropy_over_symbolic_batch():
+    fn = lambda logits, target: F.cross_entropy(logits, target)
+    compiled = run_sizes(fn, lambda n: (torch.randn(n, 11), torch.randint(0, 11, (n,))), (2, 5, 70), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1
+
+
+def test_automatic_dynamic_recompiles_once():
+    fn = lambda x: torch.relu(x) * 2 + x.sum(-1, keepdim=True)
+    compiled = run_sizes(fn, lambda n: (torch.randn(n, 8),), (2, 3, 4, 5, 9, 31))
+    report = assert_ran(compiled)
+    # The first shape compiles static; the second, with the batch dim symbolic, serves the rest.
+    assert len(report.graphs) == 2
+    assert not graphs(compiled)[0].graph.hints and graphs(compiled)[1].graph.hints
+
+
+def test_dynamic_false_compiles_each_shape():
+    compiled = run_sizes(lambda x: x.exp() + 1, lambda n: (torch.randn(n),), (2, 3, 4), dynamic=False)
+    assert len(assert_ran(compiled).graphs) == 3
+
+
+def test_mark_dynamic_and_torch_compile_backend():
+    fn = lambda x: torch.tanh(x).sum(0)
+    compiled = torch.compile(fn, backend="fusec", dynamic=True)
+    x = torch.randn(5, 6)
+    torch._dynamo.mark_dynamic(x, 0)
+    for n in (5, 6, 12):
+        x = torch.randn(n, 6)
+        torch.testing.assert_close(compiled(x), fn(x))
+    marked = fusec.compile(fn, dynamic=False)
+    for n in (5, 7, 8):
+        x = torch.randn(n, 6)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch.testing.assert_close(marked(x), fn(x))
+    assert len(assert_ran(marked).graphs) == 1
+
+
+def test_views_and_cat_on_symbolic_dims():
+    def fn(x, y):
+        both = torch.cat([x, y], 0)  # rows s0 + s1
+        flat = both.reshape(-1, 4).permute(1, 0)
+        return flat * 2, x[:, 1:].sum(-1), both.transpose(0, 1) + 1
+    make = lambda n: (torch.randn(n, 8), torch.randn(n + 3, 8))
+    compiled = run_sizes(fn, make, (2, 4, 9), dynamic=True)
+    assert len(assert_ran(compiled).graphs) == 1
+
+
+def test_linear_with_epilogue_over_symbolic_batch():
+    lin = nn.Linear(16, 24)
+    fn = lambda x: F.gelu(lin(x)) + 1
+    with torch.no_grad():
+        compiled = run_sizes(fn, lambda n: (torch.randn(n, 16),), (2, 5, 33), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1
+    assert any(k.kind == "matmul" for k in report.graphs[0].plan.kernels)
+
+
+def test_training_with_a_short_last_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.LayerNorm(12), nn.Linear(12, 3))
+    ref = nn.Sequential(*[m for m in model])
+    compiled = fusec.compile(model)
+    counts = []
+    for n in (8, 8, 5, 3, 8, 7, 2, 6):
+        x, target = torch.randn(n, 6), torch.randint(0, 3, (n,))
+        model.zero_grad()
+        loss = F.cross_entropy(compiled(x), target)
+        loss.backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        F.cross_entropy(ref(x), target).backward()
+        for g, e in zip(got, [p.grad for p in model.parameters()], strict=True):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+        counts.append(len(graphs(compiled)))
+    assert_ran(compiled)
+    # Dynamo wraps a module's call: its automatic dynamic makes the batch symbolic by the
+    # third distinct size; that forward and backward serve every later size.
+    assert counts[3] <= 6 and counts[-1] == counts[3], counts
+    assert all(g.graph.hints for g in graphs(compiled)[-2:])
+
+
+@pytest.mark.fallback_expected
+def test_what_fusec_cannot_do_symbolically_runs_through_torch(monkeypatch, caplog):
+    monkeypatch.setenv("FUSEC_STRICT", "0")
+    # A size computed through floats (a rounding of s0 * 1.5): fusec does not write those as source.
+    fn = lambda x: F.interpolate(x[None, None], scale_factor=1.5).exp()
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        run_sizes(fn, lambda n: (torch.randn(n),), (4, 6, 10), dynamic=True)
+    assert "runs through torch" in caplog.text and "is not sums, products" in caplog.text
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.tuples(st.integers(2, 9), st.integers(2, 300)), min_size=2, max_size=4))
+def test_random_shape_sequences_match_eager(shapes):
+    torch._dynamo.reset()
+    fn = lambda x, b: (torch.softmax(x + b[:, None], -1), (x * x).sum(0), torch.relu(x) - b[:, None])
+    compiled = fusec.compile(fn, dynamic=True)
+    for rows, cols in shapes:
+        x, b = torch.randn(rows, cols), torch.randn(rows)
+        for e, g in zip(fn(x, b), compiled(x, b), strict=True):
+            torch.testing.assert_close(g, e)
+    report = assert_ran(compiled)
+    # Dynamo specializes a size equal to another (duck sizing): at most one more graph.
+    assert len(report.graphs) <= 2
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason=NO_TRANSFORMERS)
+def test_gpt2_over_sequence_lengths_and_batch_sizes():
+    model, _ = hf_models.gpt2(layers=1)
+    compiled = fusec.compile(model)
+    with torch.no_grad():
+        for batch, seq in ((1, 5), (2, 9), (3, 17), (1, 64), (2, 33), (3, 40)):
+            ids = torch.randint(0, 256, (batch, seq))
+            torch.testing.assert_close(compiled(ids).last_hidden_state, model(ids).last_hidden_state)
+    report = assert_ran(compiled)
+    # static (1, 5); then batch and length symbolic; a batch of 1 is a specialization of its own
+    assert len(report.graphs) <= 3
+    kernels = report.stats["ran"]["kernels"]
+    assert kernels > 4 * report.stats["ran"]["extern_calls"], report.stats
