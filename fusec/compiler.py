@@ -18,7 +18,8 @@ from fusec import sizes
 from fusec.device import device_model
 from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
-from fusec.kernels.extents import extents, persistent_for
+from fusec.kernels.compile import load_kernel
+from fusec.kernels.extents import ROWS_VARIANT, extents, persistent_for, row_variants
 from fusec.kernels.matmul import render_matmul
 from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.pointwise import render_combo, render_pointwise
@@ -103,6 +104,10 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
     step = replace(step, persistent=persistent_for(graph, step))
     exact = extents(graph, step) if step.kind == "reduction" else (step.numel, step.rnumel)
     source, fn_name = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1]), interpret=interpret)
+    if row_variants(graph, step):
+        # The same rows kept in registers, for a call whose rows fit one block: one more entry.
+        rows, _ = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1], persistent=True), interpret)
+        source += "\n\n" + rows.replace(f"def {fn_name}(", f"def {fn_name}{ROWS_VARIANT}(")
     library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
     signature = re.search(rf"^def {re.escape(fn_name)}\((.*?)\):", source, re.M | re.S)
     params = tuple(p.split(":")[0].strip() for p in signature.group(1).split(","))
@@ -199,6 +204,10 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     interpret = record.execution == INTERPRETER
     try:
         kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
+        for k in record.plan.all_kernels():  # a reduction's persistent variant, where it has one
+            if f"def {k.fn_name}{ROWS_VARIANT}(" in k.source:
+                kernels[k.id + ROWS_VARIANT] = load_kernel(k.source, k.fn_name + ROWS_VARIANT, interpret,
+                                                          options.cache_dir)
     except Exception as exc:
         if options.strict:
             raise

@@ -18,7 +18,7 @@ from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
 from fusec.kernels.dtypes import compute_dtype
-from fusec.kernels.extents import extents, launch_at, size_args
+from fusec.kernels.extents import ROWS_VARIANT, extents, fits_block, launch_at, size_args
 from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
@@ -39,15 +39,20 @@ def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
     return size_args(kernel, extents(graph, kernel))
 
 
-def _call(graph: Graph, kernel: Kernel, fn: Any, interpret: bool) -> KernelCall | DynamicCall:
+def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool) -> KernelCall | DynamicCall:
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call."""
-    exact = extents(graph, kernel)
+    exact, fn = extents(graph, kernel), kernels[kernel.id]
     if sizes.all_static(exact) and not any(p.startswith(sizes.KERNEL_PREFIX) for p in kernel.params):
         return KernelCall(fn, _launch(graph, kernel, interpret), _sizes(graph, kernel), interpret,
                           name=kernel.id, loaded=len(kernel.inputs))
-    return DynamicCall(fn, functools.partial(launch_at, graph, kernel, interpret=interpret),
-                       functools.partial(size_args, kernel), len(exact), interpret,
+    rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
+
+    def choose(values: tuple) -> tuple[Any, Launch]:
+        if rows_fn is not None and fits_block(kernel, values[1]):
+            return rows_fn, launch_at(graph, kernel, values, interpret, persistent=True)
+        return fn, launch_at(graph, kernel, values, interpret)
+    return DynamicCall(choose, functools.partial(size_args, kernel), len(exact), interpret,
                        loaded=len(kernel.inputs), name=kernel.id)
 
 
@@ -121,7 +126,7 @@ class Runtime:
         self.on_broken = on_broken  # tells the graph's record, so reports show what runs
         # Kernels and the launcher read sizes as expressions over the symbols bound per call.
         self.exact = graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
-        self.calls = {k.id: _call(graph, k, kernels[k.id], interpret) for k in plan.all_kernels()}
+        self.calls = {k.id: _call(graph, k, kernels, interpret) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret

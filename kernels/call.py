@@ -100,37 +100,41 @@ class KernelCall:
 
 class DynamicCall:
     """Launches a kernel of a dynamic graph: the launcher passes the kernel's symbols and its
-    extents after the tensors, and blocks and grid are chosen from those extents at each call.
+    extents after the tensors, and `choose(extents)` picks the function (a reduction has a
+    persistent variant for rows that fit one block, and a looped one) and its blocks and grid.
 
-    A constexpr block size is a compiled variant: Triton's JIT caches one binary per
-    variant and per integer specialization (a size of 1, one divisible by 16), so a
-    variant compiles once and serves every size that picks it.
+    Each function and constexpr choice is a compiled variant: Triton's JIT caches one
+    binary per variant and per integer specialization (a size of 1, one divisible by 16),
+    so a variant compiles once and serves every size that picks it.
     """
 
-    def __init__(self, fn: Any, launch_at: Callable[[tuple], Launch], size_args: Callable[[tuple], tuple],
+    def __init__(self, choose: Callable[[tuple], tuple[Any, Launch]], size_args: Callable[[tuple], tuple],
                  n_extents: int, interpret: bool, *, loaded: int, name: str = "") -> None:
-        self.fn = fn
-        self.launch_at = launch_at
+        self.choose = choose
         self.size_args = size_args
         self.n_extents = n_extents
         self.interpret = interpret
         self.loaded = loaded
-        self.name = name or getattr(fn, "__name__", "kernel")
+        self.name = name
         self.launch: Launch | None = None  # the last call's
-        self.variants: set[tuple] = set()  # constexpr choices seen: each one a compiled kernel
+        self.variants: set[tuple] = set()  # (function, constexpr choices) seen: each a compiled kernel
         self.count = 0
+
+    def launch_at(self, extents: tuple) -> Launch:
+        return self.choose(extents)[1]
 
     def __call__(self, *args: Any) -> None:
         self.count += 1
         extents = tuple(int(e) for e in args[len(args) - self.n_extents:])
-        launch = self.launch = self.launch_at(extents)
-        self.variants.add(tuple(sorted(launch.constants.items())))
+        fn, launch = self.choose(extents)
+        self.launch = launch
+        self.variants.add((fn.__name__ if hasattr(fn, "__name__") else id(fn), *sorted(launch.constants.items())))
         given = (*args[:len(args) - self.n_extents], *self.size_args(extents))
         try:
             if self.interpret:
                 with _INTERPRETER:
-                    self.fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+                    fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
                 return
-            self.fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+            fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc

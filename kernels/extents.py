@@ -11,7 +11,7 @@ from fusec import sizes
 from fusec.ir import Graph, row_domain
 from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch
 from fusec.kernels.matmul import matmul_node
-from fusec.plan import Kernel
+from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel
 from fusec.sizes import Size
 
 
@@ -37,16 +37,32 @@ def size_args(kernel: Kernel, values: tuple) -> tuple:
     return tuple(values[1:]) if kernel.kind == "matmul" else tuple(values)
 
 
-def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: bool) -> Launch:
-    """Blocks, grid and warps for these extents."""
+def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: bool,
+              persistent: bool | None = None) -> Launch:
+    """Blocks, grid and warps for these extents (`persistent`: a reduction's variant, if not its own)."""
     if kernel.kind == "reduction":
-        return reduction_launch(*values, kernel.persistent, kernel.reduce_inner, interpret)
+        persistent = kernel.persistent if persistent is None else persistent
+        return reduction_launch(*values, persistent, kernel.reduce_inner, interpret)
     if kernel.kind == "matmul":
         dtype = graph[matmul_node(graph, kernel).operands()[0]].dtype
         return matmul_launch(*values, dtype, interpret)
     if kernel.kind == "combo":
         return combo_launch(list(values), interpret)
     return pointwise_launch(values[0], interpret)
+
+
+# The name of a reduction's persistent variant, beside its looped entry in one module.
+ROWS_VARIANT = "_rows"
+
+
+def fits_block(kernel: Kernel, row_length: int) -> bool:
+    """Whether a row of this length stays in registers (the persistent variant)."""
+    return row_length <= (PERSISTENT_ROW if kernel.reduce_inner else PERSISTENT_COLUMN)
+
+
+def row_variants(graph: Graph, kernel: Kernel) -> bool:
+    """A reduction whose row length is a symbol has both variants, picked per call."""
+    return kernel.kind == "reduction" and not sizes.is_static(extents(graph, kernel)[1])
 
 
 def persistent_for(graph: Graph, kernel: Kernel) -> bool:
