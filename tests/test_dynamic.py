@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fusec
+from fusec.cli import main
 from fusec.kernels.call import DynamicCall
 from tests import hf_models
 
@@ -208,3 +210,27 @@ def test_gpt2_over_sequence_lengths_and_batch_sizes():
     assert len(report.graphs) <= 3
     kernels = report.stats["ran"]["kernels"]
     assert kernels > 4 * report.stats["ran"]["extern_calls"], report.stats
+
+
+def test_inspect_cli_takes_a_symbolic_dimension(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = main(["inspect", "--example", "mlp", "--input", "Bx16x128", "--dynamic", "B=4", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads(out.read_text())
+    (graph,) = data["graphs"]
+    (symbol,) = graph["size_hints"]
+    assert graph["size_hints"][symbol] == 4 and "dynamic shapes" in printed
+    shapes = {n["symbolic_shape"] for n in data["nodes"] if n["symbolic_shape"]}
+    assert f"{symbol}x16x128" in shapes
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--input", "Bx16x128"], "dimension 'B' is no number and no --dynamic name"),
+    (["--input", "4x16x128", "--dynamic", "B"], "--dynamic B names no dimension"),
+    (["--input", "Bx16x128", "--dynamic", "B=1"], "integer of 2 or more"),
+    (["--dynamic", "B"], "give them"),
+])
+def test_inspect_cli_dynamic_mistakes_are_usage_errors(capsys, argv, message):
+    assert main(["inspect", "--example", "mlp", *argv]) == 2
+    assert message in capsys.readouterr().err
