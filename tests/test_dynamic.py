@@ -234,3 +234,13 @@ def test_inspect_cli_takes_a_symbolic_dimension(tmp_path, capsys):
 def test_inspect_cli_dynamic_mistakes_are_usage_errors(capsys, argv, message):
     assert main(["inspect", "--example", "mlp", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_dynamic_compiles_once_for_every_length(monkeypatch):
+    from fusec.bench import dynamic as bench_dynamic
+
+    monkeypatch.setitem(bench_dynamic.LENGTHS, "tiny", (16, 23, 31, 40, 17))
+    rows = {r.system: r for r in bench_dynamic.measure("cpu", quick=True)}
+    assert rows["fusec dynamic=None"].graphs == 2  # the first length static, then one symbolic graph
+    assert rows["fusec dynamic=False"].graphs == 5
+    assert "| fusec dynamic=None | 5 | 2 |" in bench_dynamic.markdown(list(rows.values()), "cpu")

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from fusec.bench import static as bench_static
+from fusec.bench.dynamic import markdown as dynamic_markdown
+from fusec.bench.dynamic import measure as measure_dynamic
 from fusec.bench.memory import TRAINING
 from fusec.bench.memory import markdown as memory_markdown
 from fusec.bench.memory import measure as measure_memory
@@ -43,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         return _overhead(names, device, args)
     if args.memory:
         return _memory(args.workloads or list(TRAINING), device, args)
+    if args.dynamic:
+        print(f"fusec bench --dynamic: sequence length changing every call, on {device}", file=sys.stderr)
+        rows = measure_dynamic(device, args.quick)
+        return _write_rows(rows, dynamic_markdown(rows, device), device, args)
     timed = systems(device)
     print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
@@ -128,6 +134,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action="store_true",
                    help="measure the bytes each system saves for backward in one training forward instead "
                         f"(default workloads: {', '.join(TRAINING)}; conv_bn_train is measured by default only)")
+    p.add_argument("--dynamic", action="store_true",
+                   help="call a transformer block with a new sequence length every call: graphs compiled, "
+                        "compile seconds and time per call, fusec with dynamic=None and False against eager")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")
