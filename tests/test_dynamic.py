@@ -148,6 +148,27 @@ def test_linear_with_epilogue_over_symbolic_batch():
     assert any(k.kind == "matmul" for k in report.graphs[0].plan.kernels)
 
 
+def test_matmul_with_m_n_and_k_symbolic():
+    fn = lambda a, b, c: torch.relu(a @ b) + c
+    make = lambda n: (torch.randn(n, n + 3), torch.randn(n + 3, 2 * n + 1), torch.randn(2 * n + 1))
+    compiled = run_sizes(fn, make, (4, 6, 19), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and [k.kind for k in report.graphs[0].plan.kernels] == ["matmul"]
+
+
+def test_dropout_over_symbolic_sizes():
+    # Dropout keeps x / (1 - p) or 0: every kept element is x * 2, and about half are kept.
+    fn = lambda x: F.dropout(x + 1, p=0.5, training=True)
+    compiled = fusec.compile(fn, dynamic=True)
+    for n in (300, 517):
+        x = torch.rand(n, 7) + 1
+        out = compiled(x)
+        kept = out != 0
+        torch.testing.assert_close(out[kept], (x[kept] + 1) * 2)
+        assert 0.4 < kept.float().mean().item() < 0.6
+    assert len(assert_ran(compiled).graphs) == 1
+
+
 def test_training_with_a_short_last_batch():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.LayerNorm(12), nn.Linear(12, 3))
