@@ -16,6 +16,7 @@ from torch import nn
 
 import fusec
 from fusec.cli import main
+from fusec.cudagraphs import refusal
 from fusec.kernels.call import DynamicCall
 from tests import hf_models
 
@@ -265,3 +266,9 @@ def test_bench_dynamic_compiles_once_for_every_length(monkeypatch):
     assert rows["fusec dynamic=None"].graphs == 2  # the first length static, then one symbolic graph
     assert rows["fusec dynamic=False"].graphs == 5
     assert "| fusec dynamic=None | 5 | 2 |" in bench_dynamic.markdown(list(rows.values()), "cpu")
+
+
+def test_a_dynamic_graph_is_not_recorded_into_a_cuda_graph():
+    compiled = run_sizes(lambda x: x.exp() * 2, lambda n: (torch.randn(n, 3),), (4, 5), dynamic=True)
+    (graph,) = graphs(compiled)
+    assert "sizes are symbols" in refusal(graph.plan, graph.name)
