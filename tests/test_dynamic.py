@@ -272,3 +272,9 @@ def test_a_dynamic_graph_is_not_recorded_into_a_cuda_graph():
     compiled = run_sizes(lambda x: x.exp() * 2, lambda n: (torch.randn(n, 3),), (4, 5), dynamic=True)
     (graph,) = graphs(compiled)
     assert "sizes are symbols" in refusal(graph.plan, graph.name)
+
+
+def test_automatic_dynamic_serves_new_python_floats():
+    compiled = run_sizes(lambda x, lr: torch.exp(x) * lr, lambda i: (torch.randn(4), 0.5 + i), range(12))
+    assert len(assert_ran(compiled).graphs) == 2
+    assert fusec.report_of(compiled).runs_eagerly is None

@@ -139,7 +139,8 @@ def _inspect(args: argparse.Namespace) -> int:
         raise UsageError("--dynamic names a dimension of the --input shapes: give them, e.g. --input Bx128 --dynamic B")
     specs, marked = substitute(args.input, sizes)
     inputs = _inputs(target, specs, args.training, args.max_input_gib)
-    mark(inputs, marked)
+    if sizes:
+        mark(inputs, marked)
     if isinstance(target.model, nn.Module):
         target.model.train(args.training)
     check_runs_eagerly(target.model, inputs)
