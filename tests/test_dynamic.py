@@ -278,3 +278,42 @@ def test_automatic_dynamic_serves_new_python_floats():
     compiled = run_sizes(lambda x, lr: torch.exp(x) * lr, lambda i: (torch.randn(4), 0.5 + i), range(12))
     assert len(assert_ran(compiled).graphs) == 2
     assert fusec.report_of(compiled).runs_eagerly is None
+
+
+class _Binary:
+    def __init__(self, runs: list) -> None:
+        self.function, self.packed_metadata, self.runs = None, None, runs
+
+    def run(self, *args) -> None:
+        self.runs.append(args)
+
+
+class _JitStub:
+    """Stands for a @triton.jit function: indexing by a grid gives the launcher, which 'compiles'."""
+
+    arg_names = ["p_x", "ks_s0", "numel", "BLOCK"]
+    __name__ = "stub"
+
+    def __init__(self) -> None:
+        self.compiles, self.runs = [], []
+
+    def __getitem__(self, grid):
+        def launch(*args, **constants):
+            self.compiles.append((grid, args, constants))
+            return _Binary(self.runs)
+        return launch
+
+
+def test_dynamic_call_keys_gpu_binaries_by_integer_class(monkeypatch):
+    from fusec.kernels.launch import pointwise_launch
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 0, raising=False)
+    fn = _JitStub()
+    call = DynamicCall(lambda ext: (fn, pointwise_launch(ext[0], False)), lambda ext: ext, 1, False, loaded=1)
+    x = torch.zeros(64)
+    for numel in (48, 64, 33, 35, 1, 2**31):
+        call(x, numel, numel)
+    # Blocks of 64 each: 48 and 64 (divisible by 16) share one binary, 33 and 35 another;
+    # 1 and a size past 32 bits each compile anew.
+    assert len(fn.compiles) == 4 and len(fn.runs) == 2
+    assert fn.runs[0][-3:] == (64, 64, 64)  # the symbol, the extent, then BLOCK in parameter order
