@@ -102,7 +102,7 @@ def inspect(model: Callable, *args: Any, training: bool = False, options: dict |
         raise TypeError(f"fusec.inspect expects a function or an nn.Module, got {type(model).__name__}")
     backend = Backend(Options.from_user(**(options or {})), launch=False)
     entry = _fresh_entry(model)
-    compiled = torch.compile(entry, backend=backend, dynamic=False)
+    compiled = torch.compile(entry, backend=backend, dynamic=backend.options.dynamic)
     if training:
         out = compiled(*args, **kwargs)
         loss = sum(t.float().sum() for t in tensors_in(out) if t.requires_grad)

@@ -317,3 +317,11 @@ def test_dynamic_call_keys_gpu_binaries_by_integer_class(monkeypatch):
     # 1 and a size past 32 bits each compile anew.
     assert len(fn.compiles) == 4 and len(fn.runs) == 2
     assert fn.runs[0][-3:] == (64, 64, 64)  # the symbol, the extent, then BLOCK in parameter order
+
+
+def test_inspect_with_dynamic_shows_symbolic_shapes():
+    report = fusec.inspect(lambda x: torch.softmax(x, -1) * 2, torch.randn(6, 40), options={"dynamic": True})
+    (graph,) = report.graphs
+    rows, cols = sorted(graph.graph.hints, key=graph.graph.hints.get)  # the example's 6 and 40
+    shapes = {n["symbolic_shape"] for n in report.to_dict()["graphs"][0]["nodes"]}
+    assert f"{rows}x{cols}" in shapes

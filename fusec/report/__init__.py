@@ -13,7 +13,7 @@ from typing import Any
 
 from fusec.compiler import CompiledGraph
 from fusec.plan import Kernel
-from fusec.report.data import STATS_KEYS, collect, counts_as_extern, edge_rows, stats_of
+from fusec.report.data import STATS_KEYS, collect, counts_as_extern, edge_rows, stats_of, symbolic_text
 from fusec.report.html import to_html
 
 __all__ = ["STATS_KEYS", "Report", "counts_as_extern"]
@@ -52,7 +52,8 @@ class Report:
                                           "view": s.is_view} for s in g.plan.externs]
                 launch = g.graph.launch_of()
                 entry["nodes"] = [{"name": n.name, "op": n.op, "kind": n.kind.value,
-                                   "shape": list(n.shape), "dtype": n.dtype, "kernel": launch.get(n.group)}
+                                   "shape": list(n.shape), "symbolic_shape": symbolic_text(n), "dtype": n.dtype,
+                                   "kernel": launch.get(n.group)}
                                   for n in g.graph]
             graphs.append(entry)
         return {"stats": self.stats, "graphs": graphs, "edges": self.edges(), "runs_eagerly": self.runs_eagerly}
