@@ -62,12 +62,13 @@ _GENERIC = (1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049, 1051, 1061, 1063, 10
 
 
 def generic_hints(names: Iterable[str]) -> dict[str, int]:
-    """A value per symbol for fusion decisions: a distinct prime each (repeating past 16)."""
+    """A value per symbol for fusion decisions: distinct primes (then those plus 1000s)."""
     return {name: _GENERIC[i % len(_GENERIC)] + 1000 * (i // len(_GENERIC)) for i, name in enumerate(sorted(names))}
 
 
 def prod(values: Iterable[Size]) -> Size:
-    return canonical(sympy.Mul(*values)) if not all_static(values := list(values)) else math.prod(values)
+    values = list(values)
+    return math.prod(values) if all_static(values) else canonical(sympy.Mul(*values))
 
 
 def at_least_one(value: Size) -> Size:
