@@ -23,6 +23,7 @@ import torch
 
 from fusec import sizes
 from fusec.ir import SIZE_DTYPE, Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec.kernels.extents import extents, is_dynamic
 from fusec.lowering_sizes import Unsupported
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, Plan, Step
@@ -350,10 +351,12 @@ class _NamedCallables(dict):
 def launcher_source(plan: Plan) -> str:
     """The launcher fusec.compile generates for `plan` on a GPU, as text (what `fusec inspect
     --launcher` writes): every kernel the template, every bound object a name."""
+    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
     code = StepCode(calls={k.id: _Named(k.id) for k in plan.all_kernels()}, callables=_NamedCallables(),
                     draw_seed=_Named("draw_seed"), bounds_error=_Named("bounds_error"),
-                    final_buffers=_Named("final_buffers"))
-    source, _ = generate(plan, code, streams=any(s.stream for s in plan.steps))
+                    final_buffers=_Named("final_buffers"),
+                    extents={k.id: extents(graph, k) for k in plan.all_kernels() if is_dynamic(graph, k)})
+    source, _ = generate(replace(plan, graph=graph), code, streams=any(s.stream for s in plan.steps))
     return source
 
 

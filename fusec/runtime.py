@@ -12,13 +12,12 @@ from typing import Any
 
 import torch
 
-from fusec import sizes
 from fusec.cudagraphs import GraphedCall, refusal
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
 from fusec.kernels.dtypes import compute_dtype
-from fusec.kernels.extents import ROWS_VARIANT, extents, fits_block, launch_at, size_args
+from fusec.kernels.extents import ROWS_VARIANT, extents, fits_block, is_dynamic, launch_at, size_args
 from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
@@ -43,7 +42,7 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call."""
     exact, fn = extents(graph, kernel), kernels[kernel.id]
-    if sizes.all_static(exact) and not any(p.startswith(sizes.KERNEL_PREFIX) for p in kernel.params):
+    if not is_dynamic(graph, kernel):
         return KernelCall(fn, _launch(graph, kernel, interpret), _sizes(graph, kernel), interpret,
                           name=kernel.id, loaded=len(kernel.inputs))
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
@@ -230,7 +229,7 @@ class Runtime:
                                  **dict.fromkeys(working, len(self.counts.kernel_ids))},
                         step_hook=self.step_hook,
                         extents={k.id: extents(self.exact, k) for k in self.plan.all_kernels()
-                                 if isinstance(self.calls[k.id], DynamicCall)})
+                                 if is_dynamic(self.exact, k)})
 
     def _choose(self, kernel: Kernel) -> str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel

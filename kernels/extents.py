@@ -31,6 +31,12 @@ def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
     return (graph[kernel.outputs[0]].numel,)
 
 
+def is_dynamic(graph: Graph, kernel: Kernel) -> bool:
+    """Whether the kernel's sizes depend on a symbol: its launch is then chosen per call."""
+    return not sizes.all_static(extents(graph, kernel)) or any(p.startswith(sizes.KERNEL_PREFIX)
+                                                              for p in kernel.params)
+
+
 def size_args(kernel: Kernel, values: tuple) -> tuple:
     """The size arguments the kernel takes after its tensors and symbols (a matmul's
     batch count is in its grid only)."""

@@ -325,3 +325,13 @@ def test_inspect_with_dynamic_shows_symbolic_shapes():
     rows, cols = sorted(graph.graph.hints, key=graph.graph.hints.get)  # the example's 6 and 40
     shapes = {n["symbolic_shape"] for n in report.to_dict()["graphs"][0]["nodes"]}
     assert f"{rows}x{cols}" in shapes
+
+
+def test_the_launcher_source_of_a_dynamic_graph_reads_its_sizes(tmp_path, capsys):
+    out = tmp_path / "launcher.py"
+    assert main(["inspect", "--example", "mlp", "--input", "Bx16x128", "--dynamic", "B=4",
+                 "--launcher", str(out)]) == 0
+    text = out.read_text()
+    # The batch size is bound from the call's inputs, and the allocations and launches use it.
+    symbol = next(line.split(" = ")[0].strip() for line in text.splitlines() if line.strip().startswith("ks_"))
+    assert f"empty_strided(((16 * {symbol}), 512)" in text
