@@ -248,7 +248,7 @@ def test_inspect_cli_takes_a_symbolic_dimension(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--input", "Bx16x128"], "dimension 'B' is no number and no --dynamic name"),
+    (["--input", "BxSx128", "--dynamic", "S"], "dimension 'B' is no number and no --dynamic name"),
     (["--input", "4x16x128", "--dynamic", "B"], "--dynamic B names no dimension"),
     (["--input", "Bx16x128", "--dynamic", "B=1"], "integer of 2 or more"),
     (["--dynamic", "B"], "give them"),

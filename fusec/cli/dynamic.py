@@ -33,12 +33,15 @@ def parse_dynamic(specs: list[str]) -> dict[str, int]:
 
 
 def substitute(specs: list[str], sizes: dict[str, int]) -> tuple[list[str], list[list[int]]]:
-    """The --input specs with named dims replaced by their sizes, and each input's symbolic dims."""
+    """The --input specs with named dims replaced by their sizes, and each input's symbolic dims
+    (without --dynamic, the specs as given: their own check says what is wrong)."""
+    if not sizes:
+        return list(specs), [[] for _ in specs]
     concrete, marked = [], []
     for spec in specs:
         shape, colon, dtype = spec.partition(":")
         dims = shape.split("x")
-        unknown = [d for d in dims if not d.isdigit() and d not in sizes]
+        unknown = [d for d in dims if _NAME.fullmatch(d) and d not in sizes]
         if unknown:
             raise UsageError(f"bad --input {spec!r}: dimension {unknown[0]!r} is no number and no --dynamic name "
                              f"(add --dynamic {unknown[0]}=SIZE)")
