@@ -149,6 +149,15 @@ def test_linear_with_epilogue_over_symbolic_batch():
     assert any(k.kind == "matmul" for k in report.graphs[0].plan.kernels)
 
 
+def test_independent_kernels_launch_as_one_combo_over_symbolic_sizes():
+    fn = lambda a, b, c: (a.exp() + 1, b.sin() * 2, c.relu() - 1)
+    make = lambda n: (torch.randn(n, 5), torch.randn(n + 11), torch.randn(2 * n, 3))
+    compiled = run_sizes(fn, make, (4, 7, 40), dynamic=True)
+    report = assert_ran(compiled)
+    # Passes decide at values of about 1000 per symbol: the largest part stays a kernel of its own.
+    assert len(report.graphs) == 1 and sorted(k.kind for k in report.graphs[0].plan.kernels) == ["combo", "pointwise"]
+
+
 def test_matmul_with_m_n_and_k_symbolic():
     fn = lambda a, b, c: torch.relu(a @ b) + c
     make = lambda n: (torch.randn(n, n + 3), torch.randn(n + 3, 2 * n + 1), torch.randn(2 * n + 1))
