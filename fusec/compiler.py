@@ -135,7 +135,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         if options.strict:
             raise
         # An internal error must never cost the user a crash: torch runs the graph.
-        reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"
+        known = isinstance(exc, Unsupported | sizes.NotRenderable)
+        reason = str(exc) if known else f"internal error: {type(exc).__name__}: {exc}"
         record.graph, record.plan = None, None
         record.runs_through_torch(reason, gm)
         log.warning("fusec: %s runs through torch: %s", name, reason)

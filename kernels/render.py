@@ -145,7 +145,7 @@ def row_count(n: Size, less: float, kind: str = "float", floor: int = 0) -> str:
     if sizes.is_static(n):
         return str(max(n - less, floor)) if kind == "int" else str(float(max(n - less, floor)))
     if less > 1:  # the row may be shorter than that
-        raise NotImplementedError(f"a variance with correction {less} over a symbolic row length")
+        raise sizes.NotRenderable(f"a variance with correction {less} over a row of symbolic length")
     return f"(rnumel - {less})" if less else "rnumel"
 
 

@@ -344,3 +344,12 @@ def test_the_launcher_source_of_a_dynamic_graph_reads_its_sizes(tmp_path, capsys
     # The batch size is bound from the call's inputs, and the allocations and launches use it.
     symbol = next(line.split(" = ")[0].strip() for line in text.splitlines() if line.strip().startswith("ks_"))
     assert f"empty_strided(((16 * {symbol}), 512)" in text
+
+
+@pytest.mark.fallback_expected
+def test_a_variance_fusec_cannot_write_symbolically_says_why(monkeypatch, caplog):
+    monkeypatch.setenv("FUSEC_STRICT", "0")
+    fn = lambda x: torch.var(x, -1, correction=2)
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        run_sizes(fn, lambda n: (torch.randn(3, n),), (5, 9), dynamic=True)
+    assert "runs through torch: a variance with correction 2.0 over a row of symbolic length" in caplog.text
