@@ -58,7 +58,7 @@ def _compile(model: Callable, options: Options) -> Any:
         raise TypeError(f"fusec.compile expects a function or an nn.Module, got {type(model).__name__}")
     _warn_float_lr(model)
     backend = Backend(options)
-    compiled = torch.compile(model, backend=backend, dynamic=False)
+    compiled = torch.compile(model, backend=backend, dynamic=options.dynamic)
     if isinstance(compiled, OptimizedModule):
         compiled.__class__ = CompiledModule
         # The state dict keeps the module's own keys: a checkpoint saved from a compiled module
@@ -135,7 +135,7 @@ def inspect(model: Callable, *args: Any, training: bool = False, options: dict |
         raise TypeError(f"fusec.inspect expects a function or an nn.Module, got {type(model).__name__}")
     backend = Backend(Options.from_user(**(options or {})), launch=False)
     entry = _fresh_entry(model)
-    compiled = torch.compile(entry, backend=backend, dynamic=False)
+    compiled = torch.compile(entry, backend=backend, dynamic=backend.options.dynamic)
     if training:
         out = compiled(*args, **kwargs)
         loss = sum(t.float().sum() for t in tensors_in(out) if t.requires_grad)

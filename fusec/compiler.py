@@ -14,13 +14,17 @@ from typing import Any
 import torch
 import torch.fx
 
+from fusec import sizes
 from fusec.device import device_model
 from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
+from fusec.kernels.compile import load_kernel
+from fusec.kernels.extents import ROWS_VARIANT, extents, persistent_for, row_variants
 from fusec.kernels.matmul import render_matmul
 from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import render_reduction
+from fusec.launcher import symbol_sources
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
 from fusec.partition import Partition
@@ -98,10 +102,17 @@ _SIGNATURE = re.compile(r"^def (\w+)\((.*?)\):", re.M | re.S)
 
 
 def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
-    """`step` with its Triton source for Triton's interpreter or for a GPU."""
+    """`step` with its Triton source for Triton's interpreter or for a GPU (`graph` symbolic:
+    the source reads sizes that depend on a symbol from its arguments)."""
     renderer = {"reduction": render_reduction, "matmul": render_matmul,
                 "combo": render_combo}.get(step.kind, render_pointwise)
-    source, fn_name = renderer(graph, step, interpret=interpret)
+    step = replace(step, persistent=persistent_for(graph, step))
+    exact = extents(graph, step) if step.kind == "reduction" else (step.numel, step.rnumel)
+    source, fn_name = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1]), interpret=interpret)
+    if row_variants(graph, step):
+        # The same rows kept in registers, for a call whose rows fit one block: one more entry.
+        rows, _ = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1], persistent=True), interpret)
+        source += "\n\n" + rows.replace(f"def {fn_name}(", f"def {fn_name}{ROWS_VARIANT}(")
     library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
     signature = next(m for m in _SIGNATURE.finditer(source) if m.group(1) == fn_name)
     params = tuple(p.split(":")[0].strip() for p in signature.group(2).split(","))
@@ -110,7 +121,8 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
 
 def render_plan(plan: Plan, interpret: bool) -> Plan:
     """The plan with every kernel's Triton source filled in, for the interpreter or a GPU."""
-    steps = tuple(rendered(plan.graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
+    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
+    steps = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
     return replace(plan, steps=steps)
 
 
@@ -128,7 +140,8 @@ def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[C
         if options.strict:
             raise
         # An internal error must never cost the user a crash: torch runs the graph.
-        reason = str(exc) if isinstance(exc, Unsupported) else f"internal error: {type(exc).__name__}: {exc}"
+        known = isinstance(exc, Unsupported | sizes.NotRenderable)
+        reason = str(exc) if known else f"internal error: {type(exc).__name__}: {exc}"
         record.graph, record.plan = None, None
         record.runs_through_torch(reason, gm)
         log.warning("fusec: %s runs through torch: %s", name, reason)
@@ -162,9 +175,13 @@ def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> 
         clock = now
 
     graph, callables = to_ir(gm, name=record.name)
+    symbol_sources(graph)  # every size symbol is read from an input, or the graph is refused
     record.modules = module_paths(gm)
     lap("lower")
-    record.graph, pass_seconds, record.history = run_passes(graph, options)
+    # Fusion compares sizes by value: for a dynamic graph, values no two distinct sizes share
+    # (the example's may, by chance); plans and reports then use the example's.
+    passed, pass_seconds, record.history = run_passes(graph.with_hints(sizes.generic_hints(graph.hints)), options)
+    record.graph = passed.with_hints(graph.hints) if graph.hints else passed
     stages += pass_seconds
     clock = time.perf_counter()
     plan = build_plan(record.graph)
@@ -194,6 +211,10 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     interpret = record.execution == INTERPRETER
     try:
         kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
+        for k in record.plan.all_kernels():  # a reduction's persistent variant, where it has one
+            if f"def {k.fn_name}{ROWS_VARIANT}(" in k.source:
+                kernels[k.id + ROWS_VARIANT] = load_kernel(k.source, k.fn_name + ROWS_VARIANT, interpret,
+                                                          options.cache_dir)
     except Exception as exc:
         if options.strict:
             raise

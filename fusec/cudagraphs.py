@@ -36,6 +36,8 @@ def refusal(plan: Plan, graph_name: str) -> str | None:
         # A training forward's outputs hold activations its backward reads later: a replay
         # before that backward (gradient accumulation) would overwrite them.
         return "training graphs are not recorded (their saved activations would be overwritten by a replay)"
+    if plan.graph.hints:
+        return f"its sizes are symbols ({', '.join(plan.graph.hints)}): a recording holds the sizes of one call"
     for kernel in plan.all_kernels():
         if "seed" in kernel.params:
             return f"{kernel.id} draws random numbers with a seed chosen per call"

@@ -18,6 +18,9 @@ from typing import Any
 
 import networkx as nx
 
+from fusec import sizes
+from fusec.sizes import Size
+
 
 class Kind(str, Enum):
     INPUT = "input"
@@ -49,6 +52,9 @@ INT_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64"})
 # A node whose value is a tuple of tensors (an extern op with several
 # results, read through `getitem` nodes) has this dtype and shape ().
 TUPLE_DTYPE = "tuple"
+# An input that is a size (a SymInt of dynamic shapes), not a tensor: its `args` hold
+# its expression over the size symbols.
+SIZE_DTYPE = "size"
 
 # The primitive op set that generated kernels implement. Frontend lowering
 # targets it; kind_of reads it; kernels/ops.py implements every name in it.
@@ -112,6 +118,15 @@ class Node:
     # A lowered node's original torch call (args, kwargs), for when it must run
     # through torch after all (a view alone); opaque nodes run `args` as is.
     torch_call: tuple[Any, ...] | None = None
+    # (shape, strides) as SymPy expressions over the graph's size symbols when a
+    # dim depends on one; `shape` and `strides` then hold the example's values (the
+    # hints passes and costs read). `Graph.symbolic()` swaps the expressions in.
+    sizes: tuple[tuple[Any, ...], tuple[Any, ...] | None] | None = None
+
+    @property
+    def symbolic_shape(self) -> tuple[Size, ...]:
+        """The shape as expressions over the size symbols (the shape itself when static)."""
+        return self.sizes[0] if self.sizes is not None else self.shape
 
     @property
     def numel(self) -> int:
@@ -175,9 +190,13 @@ def row_domain(graph: Graph, members: list[Node]) -> tuple[tuple[int, ...], tupl
     """The rows a reduction kernel walks: those of its widest reduction (None: no reduction)."""
     # Ties (equal input size) go to the domain with more rows, then to a fixed order, so
     # every caller picks the same one whatever order it lists the members in.
+    # A symbolic graph compares its domains by the example's sizes, as the passes did.
     domains = [reduction_domain(m, graph) for m in members if m.kind is Kind.REDUCTION]
-    return max(domains, default=None, key=lambda d: (
-        math.prod(d[0]), math.prod(s for i, s in enumerate(d[0]) if i not in d[1]), d))
+
+    def key(domain: tuple) -> tuple:
+        shape = tuple(sizes.hint(s, graph.hints) for s in domain[0])
+        return math.prod(shape), math.prod(s for i, s in enumerate(shape) if i not in domain[1]), shape, domain[1]
+    return max(domains, default=None, key=key)
 
 
 def finals(graph: Graph, members: list[Node]) -> list[Node]:
@@ -199,11 +218,11 @@ def inlined(graph: Graph, name: str) -> bool:
     return is_constant(graph[name]) and all(graph[u].group is not None for u in graph.users(name))
 
 
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_strides(shape: tuple[Size, ...]) -> tuple[Size, ...]:
     strides, running = [], 1
     for size in reversed(shape):
         strides.append(running)
-        running *= max(size, 1)
+        running = sizes.canonical(running * sizes.at_least_one(size))
     return tuple(reversed(strides))
 
 
@@ -219,6 +238,8 @@ class Graph:
         self.nx = nx.DiGraph()
         # Groups launched together as one combo kernel (horizontal fusion), by group id.
         self.horizontal: tuple[tuple[str, ...], ...] = ()
+        # Size symbol -> its value in the example the graph was captured with (dynamic shapes).
+        self.hints: dict[str, int] = {}
         for node in nodes:
             self.add(node)
 
@@ -240,6 +261,28 @@ class Graph:
         new = Graph(name=self.name)
         new.nx = self.nx.copy()
         new.horizontal = self.horizontal
+        new.hints = self.hints
+        return new
+
+    def with_hints(self, hints: dict[str, int]) -> Graph:
+        """The graph with its symbolic sizes' hints taken from `hints` (symbol -> value)."""
+        new = self.copy()
+        new.hints = dict(hints)
+        for node in self:
+            if node.sizes is not None:
+                shape, strides = node.sizes
+                new.update(node.replace(shape=tuple(sizes.hint(s, hints) for s in shape),
+                                        strides=None if strides is None else
+                                        tuple(sizes.hint(s, hints) for s in strides)))
+        return new
+
+    def symbolic(self) -> Graph:
+        """The graph with every node's shape and strides as expressions over the size
+        symbols (what kernels and the launcher are generated from)."""
+        new = self.copy()
+        for node in self:
+            if node.sizes is not None:
+                new.update(node.replace(shape=node.sizes[0], strides=node.sizes[1]))
         return new
 
     def update(self, node: Node) -> None:
@@ -311,7 +354,7 @@ class Graph:
         for n in self:
             group = f"  [{n.group}]" if n.group else ""
             args = ", ".join(repr(a) for a in n.args)
-            shape = "x".join(map(str, n.shape)) or "scalar"
+            shape = "x".join(map(sizes.text, n.sizes[0] if n.sizes else n.shape)) or "scalar"
             lines.append(f"  {n.name}: {n.kind.value} {n.op}({args}) -> {n.dtype}[{shape}]{group}")
         return "\n".join(lines)
 

@@ -18,9 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import sympy
 import torch
 
-from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec import sizes
+from fusec.ir import SIZE_DTYPE, Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec.kernels.extents import extents, is_dynamic
+from fusec.lowering_sizes import Unsupported
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, Plan, Step
 from fusec.stores import in_place, stores
@@ -77,6 +81,8 @@ class StepCode:
     counted: dict[str, int] = field(default_factory=dict)
     step_hook: Callable[[str], None] | None = None  # called with each step's id as it starts (tests)
     in_place: dict[str, str] = field(default_factory=dict)  # new value -> the input its kernel writes (stores)
+    # kernel id -> its extents as expressions, for kernels of a dynamic graph (sizes chosen per call)
+    extents: dict[str, tuple] = field(default_factory=dict)
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -90,6 +96,8 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     src.emit("def call(inputs):", 0)
     if inputs:
         src.emit(f"{', '.join(var(n) for n in inputs)}, = inputs")
+    for symbol, read in symbol_sources(graph, inputs).items():
+        src.emit(f"{sizes.KERNEL_PREFIX}{symbol} = {read}")
     _device_line(src, graph, inputs, code.device)
     checked = set()
     produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
@@ -137,6 +145,26 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.emit(f"return {_literal(src, returned)}")
     return "\n".join(src.lines) + "\n", src.names
+
+
+def symbol_sources(graph: Graph, inputs: list[str] | None = None) -> dict[str, str]:
+    """Where each size symbol is read at a call: a size input, or a dim (stride) of a tensor input
+    that is the symbol itself. A symbol no input gives refuses the graph (torch runs it)."""
+    inputs = [n.name for n in graph.inputs] if inputs is None else inputs
+    found: dict[str, str] = {}
+    for name in inputs:
+        node = graph[name]
+        exprs = [(node.args[0], var(name))] if node.dtype == SIZE_DTYPE else []
+        if node.sizes is not None:
+            exprs += [(e, f"{var(name)}.shape[{d}]") for d, e in enumerate(node.sizes[0])]
+            exprs += [(e, f"{var(name)}.stride({d})") for d, e in enumerate(node.sizes[1] or ())]
+        for expr, read in exprs:
+            if not sizes.is_static(expr) and expr.is_Symbol:
+                found.setdefault(expr.name, read)
+    missing = sorted(set(graph.hints) - set(found))
+    if missing:
+        raise Unsupported(f"size symbol(s) {', '.join(missing)} are no dimension of any input")
+    return {s: found[s] for s in sorted(found, key=lambda n: (len(n), n)) if s in graph.hints}
 
 
 def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
@@ -254,6 +282,8 @@ def _literal(src: Source, value: Any) -> str:
         return "{" + ", ".join(f"{k!r}: {_literal(src, v)}" for k, v in value.items()) + "}"
     if value is None or isinstance(value, (bool, str, int)):
         return repr(value)
+    if isinstance(value, sympy.Expr):
+        return sizes.source(value, python=True)
     if isinstance(value, float) and math.isfinite(value):
         return repr(value)
     return src.bind(value)
@@ -275,7 +305,8 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         elif name in code.reuse:
             emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
         else:
-            emit(f"{var(name)} = empty_strided({node.shape}, {node.strides}, dtype=D_{node.dtype}, device=device)")
+            emit(f"{var(name)} = empty_strided({_sizes(node.shape)}, {_sizes(node.strides)}, "
+                 f"dtype=D_{node.dtype}, device=device)")
         args.append(var(name))
     if kernel.numel == 0:
         return
@@ -287,8 +318,13 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         args.append("flag")
     if "seed" in kernel.params:
         args.append(f"{src.bind(code.draw_seed, 'SEED')}()")
+    exact = code.extents.get(kernel.id)
     if kernel.finals:
-        args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device)")
+        at = f", {_sizes(exact)}" if exact else ""
+        args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device{at})")
+    if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from
+        args += [p for p in kernel.params if p.startswith(sizes.KERNEL_PREFIX)]
+        args += [sizes.source(e, python=True) for e in exact]
     emit(f"{call}({', '.join(args)})")
     if flag:
         emit(f"{src.bind(code.bounds_error, 'BOUNDS')}({src.bind(kernel, 'KERNEL')}, flag)")
@@ -297,7 +333,8 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
 def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
     """Only the strides of dims longer than 1 address anything: those are checked."""
     node = graph[name]
-    dims = [d for d, s in enumerate(node.shape) if s > 1]
+    # A symbolic dim is at least 2 (Dynamo specializes 0 and 1).
+    dims = [d for d, s in enumerate(node.shape) if not sizes.is_static(s) or s > 1]
     if not dims or node.strides is None:
         return
     expected = tuple(node.strides[d] for d in dims)
@@ -305,11 +342,20 @@ def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
         # is_contiguous ignores dims of size 1 too, and is one cached flag
         src.emit(f"if not {var(name)}.is_contiguous():", indent)
     elif len(dims) == len(node.shape):
-        src.emit(f"if {var(name)}.stride() != {expected}:", indent)
+        src.emit(f"if {var(name)}.stride() != {_sizes(expected)}:", indent)
     else:
-        src.emit(f"if ({', '.join(f'{var(name)}.stride({d})' for d in dims)},) != {expected}:", indent)
+        src.emit(f"if ({', '.join(f'{var(name)}.stride({d})' for d in dims)},) != {_sizes(expected)}:", indent)
+    shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
     src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
-             f"the kernel expects {node.strides}')", indent + 1)
+             f"the kernel expects {shown}')", indent + 1)
+
+
+def _sizes(values: tuple | None) -> str:
+    """Source of a tuple of sizes (expressions read the symbols bound at the call's start)."""
+    if values is None:
+        return "None"
+    inner = ", ".join(sizes.source(v, python=True) for v in values)
+    return f"({inner},)" if len(values) == 1 else f"({inner})"
 
 
 class _Named:
@@ -328,10 +374,12 @@ class _NamedCallables(dict):
 def launcher_source(plan: Plan) -> str:
     """The launcher fusec.compile generates for `plan` on a GPU, as text (what `fusec inspect
     --launcher` writes): every kernel the template, every bound object a name."""
+    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
     code = StepCode(calls={k.id: _Named(k.id) for k in plan.all_kernels()}, callables=_NamedCallables(),
                     draw_seed=_Named("draw_seed"), bounds_error=_Named("bounds_error"),
-                    final_buffers=_Named("final_buffers"))
-    source, _ = generate(plan, code, streams=any(s.stream for s in plan.steps))
+                    final_buffers=_Named("final_buffers"),
+                    extents={k.id: extents(graph, k) for k in plan.all_kernels() if is_dynamic(graph, k)})
+    source, _ = generate(replace(plan, graph=graph), code, streams=any(s.stream for s in plan.steps))
     return source
 
 

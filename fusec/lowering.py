@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, Ref, kind_of
+from fusec.ir import ITEMSIZE, SIZE_DTYPE, Graph, Kind, Node, Ref, kind_of
 from fusec.lowering_index import (
     arange,
     div,
@@ -26,6 +26,7 @@ from fusec.lowering_index import (
     modulo,
     round_,
 )
+from fusec.lowering_sizes import Unsupported, describe, dtype_name, size_of
 from fusec.stores import STORES, stores_into_input
 
 aten = torch.ops.aten
@@ -33,14 +34,6 @@ prims = torch.ops.prims
 
 # Generated kernels handle these; complex and quantized types run through torch.
 SUPPORTED_DTYPES = frozenset(ITEMSIZE) - {"complex64", "complex128"}
-
-
-class Unsupported(Exception):
-    """The graph as a whole cannot be compiled (e.g. symbolic shapes); run it through torch."""
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 Lowered = tuple[str, tuple[Any, ...]] | None
@@ -205,6 +198,9 @@ def _slice_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ..
     if not all(isinstance(v, int) for v in (dim, start, step)) or step < 1:
         return None
     size = src_shape[dim]
+    if not isinstance(size, int):
+        # Counting from the end of a symbolic dim is index math over its symbol: torch runs it.
+        return ("slice", (args[0], dim, start, step)) if start >= 0 else None
     start = min(max(start + size if start < 0 else start, 0), size)
     return ("slice", (args[0], dim, start, step))
 
@@ -212,7 +208,7 @@ def _slice_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ..
 def _select_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
     dim = args[1] % len(src_shape)
     index = args[2]
-    if not isinstance(index, int):
+    if not isinstance(index, int) or (index < 0 and not isinstance(src_shape[dim], int)):
         return None
     return ("select", (args[0], dim, index % src_shape[dim]))
 
@@ -301,39 +297,26 @@ _SHAPE_AWARE = {
 _INDEX_DTYPES = frozenset({"int32", "int64"})
 
 
-def _static_shape(val: Any, what: str) -> tuple[int, ...]:
-    shape = tuple(val.shape)
-    if not all(isinstance(s, int) for s in shape):
-        raise Unsupported(f"{what} has a symbolic shape {shape}")
-    return shape
-
-
-def _describe(val: Any, what: str) -> dict:
-    """shape, dtype, strides of a node's value from its fake tensor."""
-    if isinstance(val, torch.Tensor):
-        strides = tuple(val.stride())
-        if not all(isinstance(s, int) for s in strides):
-            raise Unsupported(f"{what} has symbolic strides")
-        return {"shape": _static_shape(val, what), "dtype": dtype_name(val.dtype), "strides": strides}
-    return {"shape": (), "dtype": TUPLE_DTYPE, "strides": None}
-
-
 def _target_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return f"{target.namespace}.{target._opname}.{target._overloadname}"
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', repr(target))}".lstrip(".")
 
 
-def _convert_args(value: Any) -> Any:
-    """fx args -> IR args: fx nodes become Refs; every other value is kept as it is."""
+def _convert_args(value: Any, hints: dict[str, int]) -> Any:
+    """fx args -> IR args: fx nodes become Refs, sizes (SymInts, or the fx nodes computing
+    them) their expressions over the size symbols; every other value is kept as it is."""
     if isinstance(value, torch.fx.Node):
-        return Ref(value.name)
+        val = value.meta.get("val")
+        return size_of(val, hints, value.name)[1] if isinstance(val, torch.SymInt) else Ref(value.name)
     if isinstance(value, tuple):
-        return tuple(_convert_args(v) for v in value)
+        return tuple(_convert_args(v, hints) for v in value)
     if isinstance(value, list):
-        return [_convert_args(v) for v in value]
-    if isinstance(value, torch.SymInt | torch.SymFloat | torch.SymBool):
-        raise Unsupported("a symbolic scalar argument")
+        return [_convert_args(v, hints) for v in value]
+    if isinstance(value, torch.SymInt):
+        return size_of(value, hints, "an argument")[1]
+    if isinstance(value, torch.SymFloat | torch.SymBool):
+        raise Unsupported("a symbolic float or bool argument")
     return value
 
 
@@ -353,10 +336,11 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
         first = args[0][0] if isinstance(args[0], list | tuple) and args[0] else args[0]
         if not isinstance(first, Ref):
             return None
-        lowered = _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].shape)
+        lowered = _SHAPE_AWARE[packet](args, kwargs, val, graph[first.name].symbolic_shape)
         if lowered is not None and lowered[0] == "take":
             src, index = (graph[r.name] for r in lowered[1][:2])
-            if index.dtype not in _INDEX_DTYPES or tuple(val.shape) != index.shape + src.shape[1:]:
+            shape = tuple(size_of(s, graph.hints, "an index lookup")[1] for s in val.shape)
+            if index.dtype not in _INDEX_DTYPES or shape != index.symbolic_shape + src.symbolic_shape[1:]:
                 return None
         return lowered
     handler = HANDLERS.get(packet)
@@ -390,15 +374,21 @@ def _constant(value: torch.Tensor) -> torch.Tensor:
 def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[str, Callable]]:
     """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name."""
     graph = Graph(name=name)
+    hints = graph.hints = {}
     callables: dict[str, Callable] = {}
     stores: list[tuple[Ref, str]] = []
     for fx_node in gm.graph.nodes:
         what = f"{fx_node.name} ({fx_node.target})"
-        if fx_node.op == "placeholder":
-            val = fx_node.meta.get("val")
+        val = fx_node.meta.get("val")
+        if fx_node.op == "placeholder" and isinstance(val, torch.SymInt):
+            # A size handed over as a number: it binds its symbol; readers use the expression.
+            graph.add(Node(fx_node.name, "input", Kind.INPUT, (), SIZE_DTYPE, args=(size_of(val, hints, what)[1],)))
+        elif fx_node.op == "placeholder":
             if not isinstance(val, torch.Tensor):
                 raise Unsupported(f"input {fx_node.name} is not a tensor ({type(val).__name__})")
-            graph.add(Node(fx_node.name, "input", Kind.INPUT, **_describe(val, what)))
+            graph.add(Node(fx_node.name, "input", Kind.INPUT, **describe(val, what, hints)))
+        elif fx_node.op == "call_function" and isinstance(val, torch.SymInt):
+            continue  # size arithmetic: readers get its expression (_convert_args)
         elif fx_node.op == "get_attr":
             # A tensor constant of the graph (torch.tensor(...) in the model): torch hands it
             # over each call; kernels read it as one more input.
@@ -407,18 +397,18 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
                 raise Unsupported(f"attribute {fx_node.target} is not a tensor")
             target = f"constant.{fx_node.target}"
             callables[target] = functools.partial(_constant, value)
-            graph.add(Node(fx_node.name, "constant", Kind.OPAQUE, target=target, **_describe(value, what)))
+            graph.add(Node(fx_node.name, "constant", Kind.OPAQUE, target=target, **describe(value, what, hints)))
         elif fx_node.op == "output":
-            outputs = _convert_args(fx_node.args[0])
+            outputs = _convert_args(fx_node.args[0], hints)
             kwargs = ((STORES, tuple(stores)),) if stores else ()
             graph.add(Node(fx_node.name, "output", Kind.OUTPUT, (), "bool", args=tuple(outputs), kwargs=kwargs))
         elif stores_into_input(fx_node):
             stores.append((Ref(fx_node.args[1].name), fx_node.args[0].name))
         elif fx_node.op == "call_function":
-            args = tuple(_convert_args(fx_node.args))
-            kwargs = {k: _convert_args(v) for k, v in fx_node.kwargs.items()}
+            args = tuple(_convert_args(fx_node.args, hints))
+            kwargs = {k: _convert_args(v, hints) for k, v in fx_node.kwargs.items()}
             lowered = _lower_call(fx_node, graph, args, kwargs)
-            described = _describe(fx_node.meta.get("val"), what)
+            described = describe(val, what, hints)
             target = _target_name(fx_node.target)
             if lowered is None:
                 op = "getitem" if fx_node.target is operator.getitem else target

@@ -58,6 +58,8 @@ def arange(args: tuple, kwargs: dict, val: Any) -> tuple | None:
     # arange(end), arange(start, end), arange(start, end, step): the length is val's.
     start = args[0] if len(args) > 1 else 0
     step = args[2] if len(args) > 2 else 1
+    if not isinstance(val.shape[0], int):
+        return None  # its bounds are checked against the length, a symbol
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)):
         return None  # a fractional step accumulates rounding as torch's own loop does
     last = start + step * max(val.shape[0] - 1, 0)

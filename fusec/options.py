@@ -44,6 +44,10 @@ class Options:
       default): the min cut, recomputing cheap ops the backward's kernels read the inputs of;
       "none": save every value the backward reads; "aggressive": recompute every cheap op.
       Random ops (dropout) and matmuls, convolutions and attention are never recomputed.
+    dynamic: sizes as symbols, as torch.compile's `dynamic=`. None (the default): the first
+      call compiles for its shapes, a call with other shapes recompiles once with the dims
+      that changed symbolic, and that graph serves every later size; True: symbolic from
+      the first call; False: every new shape compiles anew.
     """
 
     fuse: bool = True
@@ -57,6 +61,7 @@ class Options:
     cudagraphs: bool = False
     cpu: str = "torch"
     remat: str = "auto"
+    dynamic: bool | None = None
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -89,6 +94,8 @@ class Options:
 
     def validate(self) -> None:
         """Every option's type and range, with a message naming the option and what it accepts."""
+        if self.dynamic not in (None, True, False):
+            _bad("dynamic", "None (automatic), True or False", self.dynamic)
         for name in ("fuse", "horizontal", "strict", "cudagraphs"):
             if not isinstance(getattr(self, name), bool):
                 _bad(name, "True or False", getattr(self, name))

@@ -38,6 +38,7 @@ from torch._functorch.partitioners import (
     get_default_op_list,
     min_cut_rematerialization_partition,
 )
+from torch.fx.experimental.symbolic_shapes import optimization_hint
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.checkpoint import CheckpointPolicy
 
@@ -174,7 +175,8 @@ def _storage(node: torch.fx.Node) -> Any:
 
 
 def _storage_bytes(node: torch.fx.Node) -> int:
-    return node.meta["val"].untyped_storage().nbytes()
+    # Sizes of a dynamic graph are counted at the example's values: an int() would add a guard.
+    return optimization_hint(node.meta["val"].untyped_storage().nbytes())
 
 
 def _is_tensor(node: torch.fx.Node) -> bool:
@@ -185,9 +187,9 @@ def _value(node: torch.fx.Node, reason: str) -> Value:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return Value(node.name, _op_name(node), (), "", 0, reason)
-    shape = tuple(int(s) for s in val.shape)
+    shape = tuple(optimization_hint(s) for s in val.shape)
     return Value(node.name, _op_name(node), shape, str(val.dtype).removeprefix("torch."),
-                 val.numel() * val.element_size(), reason)
+                 optimization_hint(val.numel()) * val.element_size(), reason)
 
 
 def _op_name(node: torch.fx.Node) -> str:

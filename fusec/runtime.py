@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -14,17 +15,11 @@ import torch
 from fusec.cudagraphs import GraphedCall, refusal
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
-from fusec.kernels.call import KernelCall, KernelFailed
+from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
 from fusec.kernels.dtypes import compute_dtype
-from fusec.kernels.launch import (
-    Launch,
-    combo_launch,
-    matmul_configs,
-    matmul_launch,
-    pointwise_launch,
-    reduction_launch,
-)
-from fusec.kernels.matmul import matmul_problem, matmul_sizes
+from fusec.kernels.extents import ROWS_VARIANT, extents, fits_block, is_dynamic, launch_at, size_args
+from fusec.kernels.launch import Launch, matmul_configs
+from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
 from fusec.stores import in_place
@@ -35,24 +30,30 @@ __all__ = ["EAGER_RAISES", "BadIndex", "KernelFailed", "Runtime", "StrideMismatc
 
 
 def _launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
-    if kernel.kind == "reduction":
-        return reduction_launch(kernel.numel, kernel.rnumel, kernel.persistent, kernel.reduce_inner, interpret)
-    if kernel.kind == "matmul":
-        return matmul_launch(*matmul_problem(graph, kernel), interpret)
-    if kernel.kind == "combo":
-        return combo_launch([p.numel for p in kernel.parts], interpret)
-    return pointwise_launch(kernel.numel, interpret)
+    """A static kernel's launch."""
+    return launch_at(graph, kernel, extents(graph, kernel), interpret)
 
 
 def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
-    """The size arguments a kernel takes after its tensors."""
-    if kernel.kind == "reduction":
-        return kernel.numel, kernel.rnumel
-    if kernel.kind == "matmul":
-        return matmul_sizes(graph, kernel)
-    if kernel.kind == "combo":
-        return tuple(p.numel for p in kernel.parts)
-    return (kernel.numel,)
+    """The size arguments a static kernel takes after its tensors."""
+    return size_args(kernel, extents(graph, kernel))
+
+
+def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool) -> KernelCall | DynamicCall:
+    """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
+    chosen from the extents the launcher passes at each call."""
+    exact, fn = extents(graph, kernel), kernels[kernel.id]
+    if not is_dynamic(graph, kernel):
+        return KernelCall(fn, _launch(graph, kernel, interpret), _sizes(graph, kernel), interpret,
+                          name=kernel.id, loaded=len(kernel.inputs))
+    rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
+
+    def choose(values: tuple) -> tuple[Any, Launch]:
+        if rows_fn is not None and fits_block(kernel, values[1]):
+            return rows_fn, launch_at(graph, kernel, values, interpret, persistent=True)
+        return fn, launch_at(graph, kernel, values, interpret)
+    return DynamicCall(choose, functools.partial(size_args, kernel), len(exact), interpret,
+                       loaded=len(kernel.inputs), name=kernel.id)
 
 
 # (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.
@@ -123,9 +124,9 @@ class Runtime:
         self.strict = strict
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
         self.on_broken = on_broken  # tells the graph's record, so reports show what runs
-        graph = plan.graph
-        self.calls = {k.id: KernelCall(kernels[k.id], _launch(graph, k, interpret), _sizes(graph, k), interpret,
-                                       name=k.id, loaded=len(k.inputs)) for k in plan.all_kernels()}
+        # Kernels and the launcher read sizes as expressions over the symbols bound per call.
+        self.exact = graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
+        self.calls = {k.id: _call(graph, k, kernels, interpret) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
@@ -157,6 +158,7 @@ class Runtime:
 
     @property
     def launches(self) -> dict[str, Launch]:
+        """Each kernel's launch (a dynamic kernel's: its last call's)."""
         return {kid: call.launch for kid, call in self.calls.items()}
 
     def __call__(self, args: list[Any]) -> Any:
@@ -211,7 +213,7 @@ class Runtime:
         """Decide each fused matmul's implementation, then generate and define the launcher."""
         library = frozenset(k.id for k in self.plan.kernels if k.library and self._choose(k) == "library")
         code = self._step_code(library)
-        self.source, names = generate(self.plan, code, streams=self.multi_stream)
+        self.source, names = generate(replace(self.plan, graph=self.exact), code, streams=self.multi_stream)
         call = compile_source(self.source, names)
         if self.cudagraphs and self.cudagraph_refusal is None:
             return GraphedCall(call, self.plan.graph.name, self.counts.ran)
@@ -231,14 +233,16 @@ class Runtime:
                         stream_ops=stream_ops, counts=self.counts.ran,
                         counted={**{k: i for i, k in enumerate(self.counts.kernel_ids)},
                                  **dict.fromkeys(working, len(self.counts.kernel_ids))},
-                        step_hook=self.step_hook)
+                        step_hook=self.step_hook,
+                        extents={k.id: extents(self.exact, k) for k in self.plan.all_kernels()
+                                 if is_dynamic(self.exact, k)})
 
     def _choose(self, kernel: Kernel) -> str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel
         and shape on this GPU on random inputs, the template in each of a few tile
         configurations."""
-        if self._matmul != "auto":
-            return self._matmul
+        if self._matmul != "auto" or isinstance(self.calls[kernel.id], DynamicCall):
+            return self._matmul if self._matmul != "auto" else "template"  # a dynamic one is not timed
         key = (kernel.source, _sizes(self.plan.graph, kernel), _device_name())
         if key not in _MATMUL_CHOICE:
             with _MATMUL_TIMING:
@@ -278,11 +282,12 @@ class Runtime:
         if flag.item():  # a host sync: eager checks its indices too
             raise BadIndex(kernel.id)
 
-    def _final_buffers(self, kernel: Kernel, device: torch.device) -> list[torch.Tensor]:
+    def _final_buffers(self, kernel: Kernel, device: torch.device, at: tuple | None = None) -> list[torch.Tensor]:
         """One partial per program for each final reduction, and the kernel's ticket counter
-        (zeroed once; the last program resets it)."""
+        (zeroed once; the last program resets it). `at`: a dynamic kernel's extents this call."""
         graph = self.plan.graph
-        programs = self.calls[kernel.id].launch.grid[0]
+        call = self.calls[kernel.id]
+        programs = (call.launch_at(at) if at is not None else call.launch).grid[0]
         partials = [torch.empty(programs, dtype=DTYPES[compute_dtype(graph[f].dtype)], device=device)
                     for f in kernel.finals]
         tickets = self.tickets.__dict__.setdefault("by_kernel", {})

@@ -14,7 +14,7 @@ dispatch, which is the interpreter's own entry point.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -96,3 +96,71 @@ class KernelCall:
             raise TypeError(f"kernel {self.name}: no value for parameter(s) {', '.join(missing)}")
         return (*self.sizes, *(self.launch.constants[n] for n in names))
 
+
+
+class DynamicCall:
+    """Launches a kernel of a dynamic graph: the launcher passes the kernel's symbols and its
+    extents after the tensors, and `choose(extents)` picks the function (a reduction has a
+    persistent variant for rows that fit one block, and a looped one) and its blocks and grid.
+
+    Each function and constexpr choice is a compiled variant: Triton compiles one binary
+    per variant and per specialization of its integer arguments (`int_class`), so a variant
+    compiles once and serves every size that picks it. On a GPU the binary is kept here
+    under that key, with the pointers' alignment, and launched directly as KernelCall does.
+    """
+
+    def __init__(self, choose: Callable[[tuple], tuple[Any, Launch]], size_args: Callable[[tuple], tuple],
+                 n_extents: int, interpret: bool, *, loaded: int, name: str = "") -> None:
+        self.choose = choose
+        self.size_args = size_args
+        self.n_extents = n_extents
+        self.interpret = interpret
+        self.loaded = loaded
+        self.name = name
+        self.launch: Launch | None = None  # the last call's
+        self.variants: set[tuple] = set()  # (function, constexpr choices) seen: each a compiled kernel
+        self.binaries: dict[tuple, Any] = {}  # specialization key -> (compiled kernel, constants in order)
+        self.count = 0
+
+    def launch_at(self, extents: tuple) -> Launch:
+        return self.choose(extents)[1]
+
+    def __call__(self, *args: Any) -> None:
+        self.count += 1
+        extents = tuple(int(e) for e in args[len(args) - self.n_extents:])
+        fn, launch = self.choose(extents)
+        self.launch = launch
+        self.variants.add((fn.__name__ if hasattr(fn, "__name__") else id(fn), *sorted(launch.constants.items())))
+        given = (*args[:len(args) - self.n_extents], *self.size_args(extents))
+        try:
+            if self.interpret:
+                with _INTERPRETER:
+                    fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+                return
+            self._launch(fn, launch, given)
+        except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
+            raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _launch(self, fn: Any, launch: Launch, given: tuple) -> None:
+        # Everything a binary depends on: the variant, the device, the loaded pointers' alignment
+        # (the rest come from the allocator) and the class of every integer argument.
+        device = given[0].device.index
+        key = (id(fn), launch.num_warps, *sorted(launch.constants.items()), device,
+               *[a.data_ptr() % 16 == 0 for a in given[:self.loaded]],
+               *[int_class(a) for a in given if isinstance(a, int)])
+        found = self.binaries.get(key)
+        if found is None or _launch_hooks_set():
+            binary = fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+            names = list(fn.arg_names)[len(given):]
+            self.binaries[key] = (binary, tuple(launch.constants[n] for n in names))
+            return
+        binary, constants = found
+        grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
+        stream = torch._C._cuda_getCurrentRawStream(device)
+        binary.run(*grid, stream, binary.function, binary.packed_metadata, None, None, None, *given, *constants)
+
+
+def int_class(value: int) -> tuple[bool, bool, bool]:
+    """What Triton specializes an integer argument on: equal to 1 (a constant), divisible by
+    16 (an alignment hint), and fitting 32 bits (its type): one binary per class."""
+    return value == 1, value % 16 == 0, -(2**31) <= value < 2**31

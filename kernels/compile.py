@@ -23,7 +23,7 @@ import triton
 
 log = logging.getLogger("fusec")
 
-_LOADED: dict[str, Any] = {}
+_LOADED: dict[tuple[str, str], Any] = {}
 _WARNED: set[str] = set()  # cache problems already reported: each is said once
 
 
@@ -113,8 +113,8 @@ def load_kernel(source: str, fn_name: str, interpret: bool, cache_dir: Path) -> 
     the cache: the cache file only gives tracebacks and Triton's source lookups a name.
     """
     key = source_key(source, interpret)
-    if key in _LOADED:
-        return _LOADED[key]
+    if (key, fn_name) in _LOADED:  # a module may define several entries (a reduction's variants)
+        return _LOADED[key, fn_name]
     path = _cached_file(Path(cache_dir), f"{fn_name}_{key}.py", source)
     filename = str(path) if path is not None else f"<fusec kernel {fn_name}_{key}>"
     # Triton reads a kernel's source through linecache: give it this text, whatever the file holds.
@@ -124,5 +124,5 @@ def load_kernel(source: str, fn_name: str, interpret: bool, cache_dir: Path) -> 
     with interpreter(interpret):
         exec(compile(source, filename, "exec"), module.__dict__)
     kernel = getattr(module, fn_name)
-    _LOADED[key] = kernel
+    _LOADED[key, fn_name] = kernel
     return kernel

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fusec import sizes
 from fusec.ir import Node
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
+from fusec.sizes import Size, source
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,10 @@ class IndexedValues:
             if len(self.graph[ref.name].shape) != len(node.shape):
                 continue  # torch's legacy cat skips an empty 1-d part (an empty KV cache)
             size = self.graph[ref.name].shape[dim]
-            end = start + size
-            if size:
-                local = self.out.let(f"tl.where(({pos} >= {start}) & ({pos} < {end}), {pos} - {start}, 0)", "x")
+            end = sizes.canonical(start + size)
+            if size != 0:
+                local = self.out.let(f"tl.where(({pos} >= {source(start)}) & ({pos} < {source(end)}), "
+                                     f"{pos} - {source(start)}, 0)", "x")
                 value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
                 parts.append((end, self.to(value.expr, dtype) if value.dtype != dtype else value.expr))
             start = end
@@ -47,7 +50,7 @@ class IndexedValues:
             return Value(f"tl.full({self.scalar_shape}, 0, {TL_TYPE[dtype]})", dtype)
         expr = parts[-1][1]
         for end, value in reversed(parts[:-1]):
-            expr = f"tl.where({pos} < {end}, {value}, {expr})"
+            expr = f"tl.where({pos} < {source(end)}, {value}, {expr})"
         return Value(self.out.let(expr), dtype)
 
     def rand(self, node: Node, idx: Index) -> Value:
@@ -88,12 +91,12 @@ class IndexedValues:
         size, rank = self.graph[src_name].shape[0], len(self.graph[index_name].shape)
         where = self.value(index_name, Index(idx.dims[:rank])).expr
         if wrap:
-            where = self.out.let(f"tl.where({where} < 0, {where} + {size}, {where})", "x")
+            where = self.out.let(f"tl.where({where} < 0, {where} + {source(size)}, {where})", "x")
         return self.value(src_name, Index((self.checked(where, size), *idx.dims[rank:])))
 
-    def checked(self, where: str, size: int) -> str:
+    def checked(self, where: str, size: Size) -> str:
         """`where` if in [0, size), else 0, flagged so the runtime raises as eager does."""
-        bad = self.out.let(f"({where} < 0) | ({where} >= {size})", "t")
+        bad = self.out.let(f"({where} < 0) | ({where} >= {source(size)})", "t")
         self.flags_bad_index = True
         mask = self.out.mask(bad)
         flag_mask = bad if mask is None else f"({mask}) & {bad}"

@@ -22,7 +22,17 @@ and 16-bit products are exact in float32, so the result is the tensor-core one.
 from __future__ import annotations
 
 from fusec.ir import Graph, Kind, Node
-from fusec.kernels.render import Index, Renderer, Value, kernel_name, live_lines, module_source, needs_int64, param
+from fusec.kernels.render import (
+    Index,
+    Renderer,
+    Value,
+    kernel_name,
+    live_lines,
+    module_source,
+    needs_int64,
+    param,
+    size_params,
+)
 from fusec.plan import Kernel
 
 # float32 operands multiply in full precision ("ieee"), as torch does by
@@ -128,8 +138,8 @@ class MatmulRenderer(Renderer):
             value = self.value(name, idx)
             self.out.emit(self.store(node, idx, value, "mmask & nmask", "[BLOCK_M, BLOCK_N]"))
         fn_name = kernel_name(self.graph, self.kernel)
-        params = [*self.params(), "M", "N", "K", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr",
-                  "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr", "DOT_F32: tl.constexpr"]
+        params = [*self.params(), *size_params(self.graph, self.kernel), "M", "N", "K", "BLOCK_M: tl.constexpr",
+                  "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr", "DOT_F32: tl.constexpr"]
         body = live_lines(self.out.scope.lines, [])
         return module_source(fn_name, params, body, self.kernel.members, [self]), fn_name
 

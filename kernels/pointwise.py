@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from fusec import sizes
 from fusec.ir import Graph, Node, contiguous_strides
-from fusec.kernels.render import Index, Renderer, kernel_name, live_lines, module_source, needs_int64, param
+from fusec.kernels.render import (
+    Index,
+    Renderer,
+    kernel_name,
+    live_lines,
+    module_source,
+    needs_int64,
+    param,
+    size_params,
+)
 from fusec.plan import Kernel
 
 
@@ -17,7 +27,7 @@ class PointwiseRenderer(Renderer):
 
     def iteration_index(self, node: Node) -> Index:
         """Unravel `offs` over the output's dims, innermost = smallest stride (coalesced stores)."""
-        strides = node.strides or contiguous_strides(node.shape)
+        strides = [sizes.hint(s, self.graph.hints) for s in node.strides or contiguous_strides(node.shape)]
         order = sorted(range(len(node.shape)), key=lambda d: (-strides[d], d))
         return self.unravel(self.offs, node.shape, order)
 
@@ -35,7 +45,7 @@ class PointwiseRenderer(Renderer):
         pid = "tl.program_id(0).to(tl.int64)" if needs_int64(self.graph, k) else "tl.program_id(0)"
         body = self.body(pid, "numel")
         fn_name = kernel_name(self.graph, k)
-        params = [*self.params(), "numel", "BLOCK: tl.constexpr"]
+        params = [*self.params(), *size_params(self.graph, k), "numel", "BLOCK: tl.constexpr"]
         return module_source(fn_name, params, body, k.members, [self]), fn_name
 
 
@@ -60,6 +70,7 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[
     # The runtime passes the combo's inputs, then its outputs, then the extras.
     params = [param(n) for n in kernel.inputs + kernel.outputs]
     params += [p for p in ("p_bad_index", "seed") if any(p in r.params() for r in renderers)]
+    params += size_params(graph, kernel)
     params += [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
     return module_source(fn_name, params, body, kernel.members, renderers), fn_name

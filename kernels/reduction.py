@@ -27,6 +27,8 @@ from fusec.kernels.render import (
     module_source,
     needs_int64,
     param,
+    row_count,
+    size_params,
 )
 from fusec.plan import Kernel
 
@@ -160,12 +162,12 @@ class ReductionRenderer(Renderer):
         """A whole row in registers: the mean, then the squared deviations from it. A looped row:
         Welford's update per lane in one pass, the lanes merged exactly (Chan et al.)."""
         n = self.kernel.rnumel
-        divisor = float(max(n - node.args[3], 0))
+        divisor = row_count(n, node.args[3])
         if self.kernel.persistent:
             yield
             lanes = self._lanes(self.to(self.value(src, self.row_index()).expr, dtype), "0")
             yield
-            mean = self.out.let(f"{self._across(lanes, 'sum', dtype)} / {float(max(n, 1))}", "m")
+            mean = self.out.let(f"{self._across(lanes, 'sum', dtype)} / {row_count(n, 0, floor=1)}", "m")
             squares = self._lanes(f"(({lanes} - {mean}) * ({lanes} - {mean}))", "0")
             return Value(self.out.let(f"{self._across(squares, 'sum', dtype)} / {divisor}"), dtype)
         mean, m2 = self._accumulator("0", dtype), self._accumulator("0", dtype)
@@ -182,7 +184,7 @@ class ReductionRenderer(Renderer):
         lane = self._arange("RBLOCK", reduced=True)
         count = self.out.let(f"((rnumel - {lane} + RBLOCK - 1) // RBLOCK).to({TL_TYPE[dtype]})")
         total = self._across(self.out.let(f"{count} * {mean}"), "sum", dtype)
-        row_mean = self.out.let(f"{total} / {float(max(n, 1))}", "m")
+        row_mean = self.out.let(f"{total} / {row_count(n, 0, floor=1)}", "m")
         spread = self.out.let(f"{m2} + {count} * ({mean} - {row_mean}) * ({mean} - {row_mean})")
         return Value(self.out.let(f"{self._across(spread, 'sum', dtype)} / {divisor}"), dtype)
 
@@ -312,7 +314,7 @@ class ReductionRenderer(Renderer):
         if looped:
             self.helpers.add("_" + node.op)
             best_v = self._accumulator(identity, dtype, self.row_shape)
-            best_i = self._accumulator(str(self.kernel.rnumel), "int64", self.row_shape)
+            best_i = self._accumulator(row_count(self.kernel.rnumel, 0, "int"), "int64", self.row_shape)
         yield
         lanes = self._lanes(self.value(src, self.row_index()).expr, identity)
         # Positions within this chunk: the library combine returns these on a GPU and
@@ -372,7 +374,7 @@ class ReductionRenderer(Renderer):
             self._finish([n for n in k.outputs if n in totals])
         fn_name = kernel_name(self.graph, k)
         params = [*self.params(), *(f"p_partial_{f}" for f in k.finals), *(["p_ticket"] if k.finals else []),
-                  "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
+                  *size_params(self.graph, k), "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
         body = live_lines(self.out.scope.lines, [])
         return module_source(fn_name, params, body, k.members, [self]), fn_name
 

@@ -10,17 +10,18 @@ store (pointwise.py, reduction.py).
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from fusec import sizes
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
 from fusec.kernels.helpers import HELPERS
 from fusec.kernels.indexed import Index, IndexedValues, Value
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
 from fusec.plan import Kernel
+from fusec.sizes import Size, source
 
 _NAME = re.compile(r"[A-Za-z_]\w*")
 
@@ -109,10 +110,10 @@ def param(name: str) -> str:
     return f"p_{name}"
 
 
-def term(index: str, stride: int) -> str:
+def term(index: str, stride: Size) -> str:
     if index == "0" or stride == 0:
         return ""
-    return index if stride == 1 else f"{index} * {stride}"
+    return index if stride == 1 else f"{index} * {source(stride)}"
 
 
 def live_lines(lines: list[str], roots: list[str]) -> list[str]:
@@ -128,13 +129,33 @@ def live_lines(lines: list[str], roots: list[str]) -> list[str]:
 
 
 def needs_int64(graph: Graph, kernel: Kernel) -> bool:
-    """Offsets overflow int32 once a tensor spans 2**31 elements."""
+    """Offsets overflow int32 once a tensor spans 2**31 elements (which a symbolic size may)."""
     for name in kernel.inputs + kernel.outputs:
         node = graph[name]
+        if not (sizes.all_static(node.shape) and sizes.all_static(node.strides)):
+            return True
         extent = sum((s - 1) * st for s, st in zip(node.shape, node.strides or ()) if s)
         if max(extent, node.numel) >= 2**31:
             return True
     return kernel.numel >= 2**31
+
+
+def row_count(n: Size, less: float, kind: str = "float", floor: int = 0) -> str:
+    """max(n - less, floor): a literal, or from `rnumel` for a symbolic row length (2 or more)."""
+    if sizes.is_static(n):
+        return str(max(n - less, floor)) if kind == "int" else str(float(max(n - less, floor)))
+    if less > 1:  # the row may be shorter than that
+        raise sizes.NotRenderable(f"a variance with correction {less} over a row of symbolic length")
+    return f"(rnumel - {less})" if less else "rnumel"
+
+
+def size_params(graph: Graph, kernel: Kernel) -> list[str]:
+    """The kernel's parameters for the size symbols its buffers' shapes and strides use."""
+    # Members' operands too: a constant computed inline (an arange) is neither input nor member.
+    names = [n for k in (kernel, *kernel.parts) for n in k.members + k.inputs + k.outputs]
+    names += [op for n in list(names) for op in graph[n].operands()]
+    used = sizes.symbols(v for n in dict.fromkeys(names) for v in (*graph[n].shape, *(graph[n].strides or ())))
+    return [sizes.KERNEL_PREFIX + s for s in used]
 
 
 # Ops whose Triton expression may come out in another type than the node's
@@ -163,18 +184,18 @@ class Renderer(IndexedValues):
         return to(expr, dtype, self.interpret)
 
     # index math -------------------------------------------------------------
-    def unravel(self, linear: str, shape: tuple[int, ...], order: list[int] | None = None) -> Index:
+    def unravel(self, linear: str, shape: tuple[Size, ...], order: list[int] | None = None) -> Index:
         """Split a linear offset over `shape`, walking dims in `order` (innermost last)."""
         order = list(range(len(shape))) if order is None else order
         dims, divisor = ["0"] * len(shape), 1
-        total = math.prod(shape)
-        for d in reversed(order):
+        for position in reversed(range(len(order))):
+            d = order[position]
             if shape[d] == 1:
                 continue
-            quotient = linear if divisor == 1 else self.out.let(f"{linear} // {divisor}", "x")
-            outermost = divisor * shape[d] >= total
-            dims[d] = quotient if outermost else self.out.let(f"{quotient} % {shape[d]}", "x")
-            divisor *= shape[d]
+            quotient = linear if divisor == 1 else self.out.let(f"{linear} // {source(divisor)}", "x")
+            outermost = all(shape[e] == 1 for e in order[:position])
+            dims[d] = quotient if outermost else self.out.let(f"{quotient} % {source(shape[d])}", "x")
+            divisor = sizes.canonical(divisor * shape[d])
         return Index(tuple(dims), linear if order == sorted(order) else None)
 
     def linearize(self, idx: Index, shape: tuple[int, ...]) -> str:

@@ -36,12 +36,13 @@ def _exact(args: tuple) -> tuple:
 def eliminate_common_subexpressions(graph: Graph) -> Graph:
     """No two pure nodes compute the same op on the same arguments."""
     out = Graph(name=graph.name)
+    out.hints = graph.hints
     alias: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     for node in graph:
         node = _renamed(node, alias)
         if node.kind in _CSE_KINDS and node.op != "rand":
-            key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides)
+            key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides, node.sizes)
             if key in seen:
                 alias[node.name] = seen[key]
                 continue
@@ -60,6 +61,7 @@ def eliminate_identities(graph: Graph) -> Graph:
     """No multiply or divide by one that only computing ops read, with its operand's shape
     and dtype, remains."""
     out = Graph(name=graph.name)
+    out.hints = graph.hints
     alias: dict[str, str] = {}
     for node in graph:
         node = _renamed(node, alias)
@@ -68,7 +70,7 @@ def eliminate_identities(graph: Graph) -> Graph:
         readers = {graph[u].kind for u in graph.users(node.name)}
         if _is_identity(node) and readers <= {Kind.POINTWISE, Kind.REDUCTION, Kind.MATMUL}:
             src = out[node.args[0].name]
-            if (src.shape, src.dtype) == (node.shape, node.dtype):
+            if (src.symbolic_shape, src.dtype) == (node.symbolic_shape, node.dtype):
                 alias[node.name] = src.name
                 continue
         out.add(node)

@@ -17,6 +17,7 @@ import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
+from fusec.passes.symbolic import coincidence
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
 # Views that keep a reduction kernel's rows intact (they only add or drop
@@ -82,6 +83,12 @@ class _Grouping:
 
     def refusal(self, gu: str, gv: str) -> str | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
+        reason = self._refusal(gu, gv)
+        if reason is None and self.graph.hints:
+            reason = coincidence(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
+        return reason
+
+    def _refusal(self, gu: str, gv: str) -> str | None:
         through = self.groups.cycle_witness(gu, gv)
         if through is not None:
             return f"would create a cycle through {self._first_member(through)}"

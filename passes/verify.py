@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, kind_of
+from fusec.ir import ITEMSIZE, SIZE_DTYPE, TUPLE_DTYPE, Graph, Kind, Node, kind_of
 
 
 class InvariantError(AssertionError):
@@ -55,13 +55,16 @@ def verify_change(before: Graph, graph: Graph, after: str = "") -> None:
 
 
 def _check_node(graph: Graph, node: Node, position: dict[str, int], where: str) -> None:
-    if node.dtype not in ITEMSIZE and not (node.dtype == TUPLE_DTYPE and node.kind is Kind.OPAQUE):
+    if node.dtype not in ITEMSIZE and not (node.dtype == TUPLE_DTYPE and node.kind is Kind.OPAQUE) \
+            and not (node.dtype == SIZE_DTYPE and node.kind is Kind.INPUT):
         raise InvariantError(f"{node.name} has no usable dtype ({node.dtype!r}){where}")
     if not isinstance(node.shape, tuple) or any(not isinstance(s, int) or s < 0 for s in node.shape):
         raise InvariantError(f"{node.name} has no concrete shape ({node.shape!r}){where}")
     if node.kind not in (Kind.INPUT, Kind.OUTPUT) and node.kind is not kind_of(node.op):
         raise InvariantError(f"{node.name} ({node.op}) is {node.kind.value}, but its op makes it "
                              f"{kind_of(node.op).value}{where}")
+    if node.sizes is not None and (len(node.sizes[0]) != len(node.shape) or not graph.hints):
+        raise InvariantError(f"{node.name}'s sizes {node.sizes[0]} do not match its shape {node.shape}{where}")
     operands = set(node.operands())
     if operands != set(graph.producers(node.name)):
         raise InvariantError(f"{node.name}: edges {sorted(graph.producers(node.name))} "

@@ -165,21 +165,6 @@ def test_kernel_source_is_cached_on_disk(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.fallback_expected
-def test_symbolic_shapes_fall_back_to_torch_unless_strict(monkeypatch, caplog):
-    fn = lambda x: torch.exp(x) + 1
-    with pytest.raises(Exception, match="Unsupported: input arg0_1 is not a tensor"):
-        torch.compile(fn, backend="fusec", dynamic=True)(torch.randn(3, 4))
-    torch._dynamo.reset()
-    monkeypatch.setenv("FUSEC_STRICT", "0")
-    compiled = torch.compile(fn, backend="fusec", dynamic=True)
-    with caplog.at_level(logging.WARNING, logger="fusec"):
-        for n in (3, 5):
-            x = torch.randn(n, 4)
-            torch.testing.assert_close(compiled(x), fn(x))
-    assert "runs through torch" in caplog.text
-
-
 def test_wrong_input_shape_raises_eagers_error():
     lin = nn.Linear(8, 4)
     compiled = fusec.compile(lin)

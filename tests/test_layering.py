@@ -20,12 +20,12 @@ FOLDERS = {"fusec": "fusec", "passes": "fusec.passes", "kernels": "fusec.kernels
 
 # Lowest first: a module may import its own layer and any layer below it.
 LAYERS = [
-    ("base", ["fusec.ir", "fusec.options", "fusec.execution"]),
+    ("base", ["fusec.ir", "fusec.sizes", "fusec.options", "fusec.execution"]),
     ("passes", ["fusec.passes"]),
     ("plan", ["fusec.plan", "fusec.streams", "fusec.device", "fusec.stores"]),
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
-                  "fusec.lowering", "fusec.lowering_index", "fusec.decompositions",
+                  "fusec.lowering", "fusec.lowering_index", "fusec.lowering_sizes", "fusec.decompositions",
                   "fusec.decompositions_elementwise", "fusec.decompositions_foreach", "fusec.partition",
                   "fusec.frontend", "fusec.package", "fusec.graph_source"]),
     ("api", ["fusec.api", "fusec.exporter", "fusec.runner"]),

@@ -202,7 +202,8 @@ def test_functions_sharing_a_dump_dir_keep_their_own_dumps(tmp_path):
 @pytest.mark.parametrize("vary", ["shape", "python float"])
 def test_hitting_the_recompile_limit_is_said_once_and_reported(caplog, vary):
     limit = torch._dynamo.config.recompile_limit
-    compiled = fusec.compile(lambda x, lr: torch.exp(x) * lr)
+    # dynamic=False: each new shape or float compiles anew (automatic dynamic would serve them all)
+    compiled = fusec.compile(lambda x, lr: torch.exp(x) * lr, dynamic=False)
     with caplog.at_level("WARNING", logger="fusec"):
         for i in range(limit + 3):
             x = torch.randn(i + 1 if vary == "shape" else 4)

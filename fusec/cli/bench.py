@@ -12,6 +12,8 @@ import torch
 
 from fusec.bench import export as bench_export
 from fusec.bench import static as bench_static
+from fusec.bench.dynamic import markdown as dynamic_markdown
+from fusec.bench.dynamic import measure as measure_dynamic
 from fusec.bench.memory import TRAINING
 from fusec.bench.memory import markdown as memory_markdown
 from fusec.bench.memory import measure as measure_memory
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fusec bench --optimizer: AdamW steps on {device}, {settings.tier} sizes", file=sys.stderr)
         rows = measure_optimizer(device, settings.tier, budget_s=settings.budget_s)
         return _write_rows(rows, optimizer_markdown(rows, device), device, args)
+    if args.dynamic:
+        print(f"fusec bench --dynamic: sequence length changing every call, on {device}", file=sys.stderr)
+        rows = measure_dynamic(device, args.quick)
+        return _write_rows(rows, dynamic_markdown(rows, device), device, args)
     timed = systems(device)
     print(f"fusec bench: {len(names)} workload(s) under {', '.join(timed)} on {device}, {settings.dtype}, "
           f"{settings.tier} sizes", file=sys.stderr)
@@ -167,6 +173,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", action="store_true",
                    help="measure one AdamW step over a GPT-2-small-shaped parameter list instead: launches and "
                         "time under eager foreach, eager fused, torch.compile and fusec")
+    p.add_argument("--dynamic", action="store_true",
+                   help="call a transformer block with a new sequence length every call: graphs compiled, "
+                        "compile seconds and time per call, fusec with dynamic=None and False against eager")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per workload and system")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a bar chart of speedup over eager")

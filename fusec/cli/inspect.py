@@ -19,6 +19,7 @@ from rich.console import Console
 from torch import nn
 
 import fusec
+from fusec.cli.dynamic import DEFAULT_SIZE, mark, parse_dynamic, substitute
 from fusec.cli.eager_check import check_runs_eagerly
 from fusec.cli.paths import first_unwritable
 from fusec.cli.stored import PACKAGE_SUFFIX, stored_report
@@ -45,7 +46,9 @@ TARGET names NAME in a file or module: an nn.Module subclass (built with no
 arguments), a function that returns a module or (model, example_args), or a
 function of tensors. --input gives one argument each, in order, as SHAPE or
 SHAPE:DTYPE (8x128x768:float16); they replace the target's own example
-inputs. Inputs are numbered from 1 in error messages. With --training the
+inputs. A dim may be a name given by --dynamic (--input Bx128 --dynamic B=8):
+it is compiled as a size symbol, and the report shows shapes such as s0x128.
+Inputs are numbered from 1 in error messages. With --training the
 model is put in train mode and floating inputs require grad.
 
 fusec inspect runs the TARGET's file (or imports its module) as an import
@@ -72,6 +75,7 @@ Exit status: 0 done; 2 a mistake in the command, the target or its inputs
 examples:
   fusec inspect --example transformer --html report.html
   fusec inspect model.py:Block --input 8x128x768:float16 --training
+  fusec inspect model.py:Block --input BxSx768 --dynamic B=4 --dynamic S=128
   fusec inspect mypkg.models:make_block --json report.json --kernels kernels/
 """
 
@@ -88,6 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-examples", action="store_true", help="list the bundled examples and exit")
     p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
                    help="one model argument, e.g. 8x128x768:float16 (repeat per argument)")
+    p.add_argument("--dynamic", action="append", default=[], metavar="NAME[=SIZE]",
+                   help="a named --input dimension (--input Bx128) compiled as a symbol; SIZE is its example "
+                        f"value (default {DEFAULT_SIZE})")
     p.add_argument("--max-input-gib", type=float, default=DEFAULT_MAX_INPUT_GIB, metavar="GIB",
                    help="refuse --input tensors needing more memory than this (default %(default)g)")
     p.add_argument("--training", action="store_true", help="inspect the forward and backward graphs")
@@ -152,7 +159,13 @@ def _inspect(args: argparse.Namespace) -> int:
 def _traced(args: argparse.Namespace, options: dict[str, Any]) -> tuple[fusec.Report, str, list[dict[str, Any]]]:
     """Trace and plan the target on its inputs: the report, the target's label and its inputs."""
     target = example_target(args.example) if args.example else resolve_target(args.target)
-    inputs = _inputs(target, args.input, args.training, args.max_input_gib)
+    sizes = parse_dynamic(args.dynamic)
+    if sizes and not args.input:
+        raise UsageError("--dynamic names a dimension of the --input shapes: give them, e.g. --input Bx128 --dynamic B")
+    specs, marked = substitute(args.input, sizes)
+    inputs = _inputs(target, specs, args.training, args.max_input_gib)
+    if sizes:
+        mark(inputs, marked)
     if isinstance(target.model, nn.Module):
         target.model.train(args.training)
     check_runs_eagerly(target.model, inputs)

@@ -10,8 +10,9 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from fusec import sizes
 from fusec.compiler import CompiledGraph
-from fusec.ir import Kind
+from fusec.ir import Kind, Node
 from fusec.launcher import planned_peak, unfused_peak
 from fusec.passes.cost import H100, bytes_fused, bytes_unfused
 from fusec.passes.parallel import critical_path, dag_width
@@ -144,7 +145,7 @@ def _graph_row(record: CompiledGraph) -> dict[str, Any]:
     dag = cost_dag(record.plan, record.device_model)
     path, seconds = critical_path(dag)
     row.update({"ops": len(record.graph.op_nodes()), "kernels": len(record.plan.kernels),
-                "dag_width": dag_width(dag),
+                "dag_width": dag_width(dag), "size_hints": dict(record.graph.hints),
                 "serial_seconds": sum(step_seconds(record.plan, s, record.device_model) for s in record.plan.steps),
                 "critical_path": {"steps": list(path), "seconds": seconds}})
     return row
@@ -156,6 +157,11 @@ def _history_row(name: str, graph: Any) -> dict[str, Any]:
     groups = {n.group for n in ops if n.group is not None}
     refused = sum(1 for *_, data in graph.nx.edges(data=True) if "reason" in data)
     return {"pass": name, "ops": len(ops), "groups": len(groups), "refused_edges": refused}
+
+
+def symbolic_text(node: Node) -> str | None:
+    """A shape over size symbols as a report shows it (`s0x768`); None when static."""
+    return "x".join(map(sizes.text, node.sizes[0])) if node.sizes is not None else None
 
 
 def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
@@ -170,7 +176,8 @@ def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
         # The kernel a node runs in is the launched one: a combo part's group (k4) runs in k0+k4+k5.
         kernel = step.id if isinstance(step, Kernel) else None
         rows.append({"graph": record.name, "name": n.name, "op": n.op, "kind": n.kind.value,
-                     "shape": list(n.shape), "dtype": n.dtype, "target": n.target, "kernel": kernel,
+                     "shape": list(n.shape), "symbolic_shape": symbolic_text(n),
+                     "dtype": n.dtype, "target": n.target, "kernel": kernel,
                      "part": n.group if kernel is not None and n.group != kernel else None,
                      "module": record.modules.get(n.name),
                      "step": step.id if step else None, "stream": step.stream if step else None,

@@ -131,7 +131,7 @@ def _labels(n: dict[str, Any]) -> tuple[str, str]:
     if n["kind"] == "output":
         return n["name"], ""
     first = n["name"] if not is_op(n) else short_op(n["op"])
-    second = f"{shape(n['shape'])} {n['dtype']}"
+    second = f"{n.get('symbolic_shape') or shape(n['shape'])} {n['dtype']}"
     if n["kernel"] and is_op(n):
         second = f"{n.get('part') or n['kernel']} · {second}"
     return clip(first), clip(second)
@@ -141,4 +141,5 @@ def _tooltip(n: dict[str, Any]) -> str:
     where = n["kernel"] or ("extern call (torch)" if n["extern"] else "no launch")
     stream = f", stream {n['stream']}" if n["stream"] is not None else ""
     module = f"\nmodule {n['module']}" if n.get("module") else ""
-    return f"{n['name']}: {n['op']} [{n['kind']}] -> {n['dtype']}[{shape(n['shape'])}]\n{where}{stream}{module}"
+    dims = n.get("symbolic_shape") or shape(n["shape"])
+    return f"{n['name']}: {n['op']} [{n['kind']}] -> {n['dtype']}[{dims}]\n{where}{stream}{module}"

@@ -49,6 +49,9 @@ def _graph(data: dict[str, Any], graph: dict[str, Any], console: Console) -> Non
                       f"{escape(graph['fallback'])}", soft_wrap=True)
         return
     console.print(f"{graph['ops']} ops, {graph['kernels']} kernels, DAG width {graph['dag_width']}")
+    if graph.get("size_hints"):
+        hints = ", ".join(f"{s}={v}" for s, v in graph["size_hints"].items())
+        console.print(f"dynamic shapes: one graph for every size; bytes and times at the example's {hints}")
     kernels = [k for k in data["kernels"] if k["graph"] == name]
     if kernels:
         table = Table(title=f"kernels of {escape(name)}", title_justify="left")
