@@ -42,8 +42,15 @@ def _half_exp_pair(x):
     return big, up, down
 
 
+def _floating(x):
+    """An integer or bool input as the float torch computes these ops in (negating a uint8 or
+    the most negative int8 first would wrap)."""
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
 def _sinh(x):
     # Near 0, e^x - e^-x cancels: expm1 keeps the digits there.
+    x = _floating(x)
     small = (aten.expm1(x) - aten.expm1(-x)) * 0.5
     big, up, down = _half_exp_pair(x)
     large = aten.where(big, aten.sign(x) * (up - down), up - down)
@@ -51,11 +58,12 @@ def _sinh(x):
 
 
 def _cosh(x):
+    x = _floating(x)
     _, up, down = _half_exp_pair(x)
     return up + down
 
 
-# aten op -> its decomposition; only float inputs reach the float math (integers keep torch's).
+# aten op -> its decomposition (integer inputs are computed in torch's default float dtype, as eager does).
 TABLE = {
     aten.log10.default: _log10,
     aten.fmax.default: _fmax,

@@ -129,10 +129,16 @@ def _inputs(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...
             names: list[str]) -> tuple[list[dict], dict]:
     """Each graph input in order (a weight by its state-dict name, or a user input), and the weights."""
     signature = program.graph_signature
-    mutated = [*signature.buffers_to_mutate.values(), *signature.user_inputs_to_mutate.values()]
-    if mutated:
-        raise ValueError(f"fusec.export: the model writes into {', '.join(mutated)} (a module in training mode "
-                         "updates its running statistics): call model.eval() first; packages serve inference")
+    buffers = list(signature.buffers_to_mutate.values())
+    if buffers:
+        raise ValueError(f"fusec.export: the model writes into its buffers {', '.join(buffers)} (a module in "
+                         "training mode updates its running statistics): call model.eval() first; packages "
+                         "serve inference")
+    written = list(signature.user_inputs_to_mutate.values())
+    if written:
+        raise ValueError(f"fusec.export: the model writes into its input(s) {', '.join(written)} (an in-place op "
+                         "such as x.add_(1)): a package serves functions that return their results; compute "
+                         "into a new tensor instead (x + 1)")
     bad = [s.kind.name for s in program.graph_signature.output_specs if s.kind is not OutputKind.USER_OUTPUT]
     if bad:
         raise ValueError(f"fusec.export: the graph has outputs of kind {', '.join(bad)}; packages serve inference")

@@ -174,7 +174,12 @@ def pow_scalar(a, exponent: float, floating: bool = True) -> str:
 def pow_of_scalar(base: float, b) -> str:
     """base ** b for a positive scalar base other than 1 (lowering takes no other): the
     logarithm is taken here, once; b == 0 gives 1, NaN included, as torch.pow."""
-    return f"tl.where({b} == 0, 1.0, tl.exp({b} * {math.log(base)!r}))"
+    exponent = math.log2(base)
+    if exponent == int(exponent):  # a power of two: exp2 of an exact product
+        return f"tl.where({b} == 0, 1.0, tl.exp2({b} * {exponent!r}))"
+    # Otherwise b * log2(base) in float64: in float32 its rounding error, multiplied by the
+    # exponent's size, reaches the result (10.0 ** 30 would be off by 4e-6, eager by < 1 ulp).
+    return f"tl.where({b} == 0, 1.0, tl.exp2({b}.to(tl.float64) * {exponent!r}))"
 
 
 OPS: dict[str, Callable[..., str]] = {

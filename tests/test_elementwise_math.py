@@ -64,3 +64,18 @@ def test_other_dtypes(dtype):
     check(lambda x, y: torch.fmax(x, y) - torch.fmin(y, x), x, y, kernels=1)
     if dtype.is_floating_point:
         check(lambda x: torch.log10(x.abs() + 1) + torch.cosh(x * 0.1), x, kernels=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.bool])
+def test_sinh_cosh_of_integers_compute_in_float_first(dtype):
+    # Negating a uint8 wraps and the most negative int8 has no positive: the float comes first.
+    x = {torch.uint8: torch.tensor([0, 1, 3, 200]), torch.int8: torch.tensor([-128, -3, 0, 5]),
+         torch.bool: torch.tensor([True, False])}[dtype].to(dtype)
+    check(lambda x: torch.stack([torch.sinh(x), torch.cosh(x)]), x)
+
+
+@pytest.mark.parametrize("base", [2.0, 10.0, 0.5, 1.5])
+def test_scalar_to_a_tensor_power_keeps_float32_precision(base):
+    # Adam's beta ** step; large exponents are where a float32 b * log(base) loses digits.
+    t = torch.tensor([0.0, 1.0, 3.0, 17.0, 30.0, 50.0, -20.0, 0.5, float("nan")])
+    check(lambda t: torch.pow(base, t) * 1.0, t, kernels=1, externs=0, rtol=1.3e-6, atol=0)

@@ -301,6 +301,14 @@ def test_export_refuses_a_model_that_updates_its_buffers(tmp_path):
     assert not (tmp_path / "train.fusec").exists()
 
 
+def test_export_refuses_a_function_that_writes_into_its_input(tmp_path):
+    def bump(x):
+        x.add_(1)
+        return x * 2
+    with pytest.raises(ValueError, match=r"writes into its input\(s\) \w+ .*compute into a new tensor"):
+        fusec.export(bump, torch.randn(4), path=tmp_path / "bump.fusec")
+
+
 def test_export_refuses_non_tensor_inputs(tmp_path):
     with pytest.raises(TypeError, match="argument 2 is a int; example inputs must be tensors"):
         fusec.export(lambda x, n: x * n, torch.randn(3), 2, path=tmp_path / "f.fusec")

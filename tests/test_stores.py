@@ -38,14 +38,17 @@ def test_an_updated_input_is_written_by_its_kernel():
     assert planned_peak(graph.plan) == 4
 
 
-def test_a_later_read_of_the_old_value_makes_it_a_copy_at_the_end():
+# Triton's interpreter runs a pointwise program over up to 65,536 elements: only a tensor larger
+# than that spreads over several programs, where a store racing another program's read shows.
+@pytest.mark.parametrize("n", [6, 300])
+def test_a_later_read_of_the_old_value_makes_it_a_copy_at_the_end(n):
     # The transposed read of x's old value happens element for element elsewhere: a store into
     # x's buffer in the same kernel would let one program overwrite what another still reads.
     def f(x):
         y = x.t() * 2
         x.add_(1)
         return y
-    graph, direct, all_stores = _run(f, torch.randn(6, 6))
+    graph, direct, all_stores = _run(f, torch.randn(n, n))
     assert len(all_stores) == 1 and not direct
     assert ".copy_(" in graph.runtime.source
 
