@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 
+from fusec.decompositions_index import DECOMPOSITIONS as INDEXING
+from fusec.decompositions_norm import DECOMPOSITIONS as GROUP_NORM
+from fusec.decompositions_pool import DECOMPOSITIONS as POOLING
+
 aten = torch.ops.aten
 
 # Composite ops decomposed beyond torch's core ATen set, into pointwise math,
@@ -28,6 +32,8 @@ _EXTRA = [
     aten._native_batch_norm_legit, aten.native_batch_norm, aten.native_batch_norm_backward,
     aten._batch_norm_with_update, aten._batch_norm_with_update_functional,
     aten._batch_norm_no_update, aten.batch_norm_backward,
+    # Group norm's backward (its forward: decompositions_norm.py); vector norms: a sum of powers.
+    aten.native_group_norm_backward, aten.linalg_vector_norm,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.
@@ -68,6 +74,9 @@ def decomposition_table() -> dict:
     table[aten.baddbmm.default] = _addmm
     table[aten.split_with_sizes.default] = _split_with_sizes
     table[aten.split.Tensor] = _split
+    table.update(POOLING)
+    table.update(GROUP_NORM)
+    table.update(INDEXING)
     return table
 
 

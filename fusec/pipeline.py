@@ -13,6 +13,7 @@ from fusec.ir import Graph
 from fusec.options import Options
 from fusec.passes.classify import classify
 from fusec.passes.cleanup import cleanup
+from fusec.passes.constants import private_constants
 from fusec.passes.fuse import fuse
 from fusec.passes.horizontal import horizontal
 from fusec.passes.verify import verify, verify_change
@@ -24,7 +25,10 @@ log = logging.getLogger("fusec")
 
 def pass_list(options: Options) -> list[tuple[str, Pass]]:
     fuel = options.fuel if options.fuse else 0
-    passes = [("classify", classify), ("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
+    passes = [("classify", classify), ("cleanup", cleanup)]
+    if options.fuse:
+        passes.append(("private_constants", private_constants))
+    passes.append(("fuse", functools.partial(fuse, fuel=fuel)))
     if options.fuse and options.horizontal:
         passes.append(("horizontal", horizontal))
     return passes

@@ -159,6 +159,8 @@ class _Grouping:
             src = self.node[node.operands()[0]]
             if self._of_constant(node):
                 continue  # index math over a constant (arange[None]): no row's values to move
+            if node.op == "reshape" and node.numel == src.numel == per_element:
+                continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
@@ -296,8 +298,29 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             else:
                 state.merge(gu, gv)
                 merges += 1
+    _retry_refused(state, refused, None if fuel is None else fuel - merges)
     _merge_siblings(graph, state)
     return _apply(graph, state, refused)
+
+
+def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], str], fuel: int | None) -> None:
+    """Edges refused once may merge now: a producer whose readers of another shape (a
+    pooling window's slices of one padded tensor) have since joined one group no longer
+    escapes it. Retried in graph order until a round merges nothing."""
+    merged = True
+    while merged:
+        merged = False
+        for src, dst in list(refused):
+            if fuel is not None and fuel <= 0:
+                return
+            gu, gv = state.vertex(src), state.vertex(dst)
+            if gu != gv:
+                if state.refusal(gu, gv) is not None:
+                    continue
+                state.merge(gu, gv)
+                merged = True
+                fuel = None if fuel is None else fuel - 1
+            del refused[src, dst]
 
 
 def _merge_siblings(graph: Graph, state: _Grouping) -> None:
