@@ -152,18 +152,31 @@ class _Grouping:
                 return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
                         f"the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
+        row_valued = self._reduced_in(members)
         for name in members:
             node = self.node[name]
             if node.kind is not Kind.VIEW:
                 continue
             src = self.node[node.operands()[0]]
-            if self._of_constant(node):
-                continue  # index math over a constant (arange[None]): no row's values to move
+            if self._of_constant(node) or src.name not in row_valued:
+                # Index math over a constant (arange[None]) or over loaded values (a BN
+                # weight's [C] -> [C,1,1]): computed at any index, no row's values to move.
+                continue
             if node.op == "reshape" and node.numel == src.numel == per_element:
                 continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
+
+    def _reduced_in(self, members: set[str]) -> set[str]:
+        """The members computed from one of the group's reductions (their values exist
+        only for the row the kernel is on)."""
+        found: set[str] = set()
+        for name in sorted(members, key=self.position.__getitem__):
+            node = self.node[name]
+            if node.kind is Kind.REDUCTION or any(op in found for op in node.operands()):
+                found.add(name)
+        return found
 
     def _of_constant(self, node: Node) -> bool:
         while node.kind is Kind.VIEW:

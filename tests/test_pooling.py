@@ -116,3 +116,15 @@ def test_global_pool_backward_equals_eager():
 def test_pooling_report_names_no_extern():
     stats = fusec.inspect(lambda x: F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 2), torch.randn(1, 2, 6, 6)).stats
     assert (stats["kernels"], stats["extern_calls"]) == (1, 0)
+
+
+def test_squeeze_excite_pool_shares_the_kernel_of_its_batch_norm():
+    # MobileNet's squeeze-excite: BN's per-channel [C] -> [C,1,1] weights, hardswish and the
+    # global pool in one reduction kernel (the weights are loaded, so reading them through a
+    # view moves no row's values).
+    w, b = torch.rand(6) + 0.5, torch.randn(6)
+
+    def f(x):
+        y = F.hardswish(x * w.reshape(6, 1, 1) + b.reshape(6, 1, 1))
+        return y, F.adaptive_avg_pool2d(y, 1)
+    check(f, torch.randn(2, 6, 5, 5), kernels=1, externs=0)
