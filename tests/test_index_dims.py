@@ -1,5 +1,6 @@
-"""x[:, idx] and x[..., idx]: a gather along that dim inside the consuming kernel, with
-eager's negative positions and its IndexError past either end."""
+"""x[:, idx] and x[..., idx] (a gather along that dim) and x[i, j] (one lookup into the
+merged leading dims) inside the consuming kernel, with eager's negative positions and
+its IndexError past either end."""
 
 import pytest
 import torch
@@ -37,4 +38,24 @@ def test_out_of_range_raises_eagers_error(bad):
         fn(x, idx)
     with pytest.raises(IndexError) as got:
         fusec.compile(fn)(x, idx)
+    assert str(got.value) == str(expected.value)
+
+
+def test_indices_on_the_leading_dims_are_one_lookup():
+    x = torch.randn(4, 5, 3)
+    i, j = torch.tensor([1, -1, 3]), torch.tensor([[0], [4]])  # broadcast to [2, 3]
+    check(lambda x, i, j: x[i, j] * 2, x, i, j, kernels=1, externs=0)
+    check(lambda x, i: x[i, i % 5, i % 3] + 1, x, torch.tensor([0, 2, -1]), kernels=1, externs=0)
+
+
+@pytest.mark.fallback_expected
+@pytest.mark.parametrize("i, j", [([4], [0]), ([-5], [0]), ([0], [5]), ([1], [-6])])
+def test_leading_indices_out_of_range_raise_eagers_error(i, j):
+    def fn(x, i, j):
+        return x[i, j] + 1
+    x, i, j = torch.randn(4, 5), torch.tensor(i), torch.tensor(j)
+    with pytest.raises(IndexError) as expected:
+        fn(x, i, j)
+    with pytest.raises(IndexError) as got:
+        fusec.compile(fn)(x, i, j)
     assert str(got.value) == str(expected.value)
