@@ -116,6 +116,8 @@ def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
         return None  # torch rejects the padding; an empty input runs in torch
     out = tuple(output_size(s, k, st, p, d, ceil_mode)
                 for s, k, st, p, d in zip(x.shape[-2:], kernel, stride, pad, dilation))
+    if min(out) < 1:
+        return None  # torch's "output size is too small"
     return kernel, stride, pad, dilation, out
 
 
