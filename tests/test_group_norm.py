@@ -47,7 +47,9 @@ def test_group_norm_statistics_equal_eager():
 
 def test_group_norm_backward_equals_eager():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _group_norm(4, 8), nn.SiLU())
-    check_training(model, torch.randn(2, 3, 6, 6), rtol=1e-4, atol=1e-4)
+    # Backward: torch's decomposition (per-channel sums, per-group sums, then the input,
+    # weight and bias grads), 5 kernels.
+    check_training(model, torch.randn(2, 3, 6, 6), kernels=[1, 5], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("ord", [2, 1, 3.5, float("inf"), -float("inf"), 0])

@@ -59,3 +59,9 @@ def test_leading_indices_out_of_range_raise_eagers_error(i, j):
     with pytest.raises(IndexError) as got:
         fusec.compile(fn)(x, i, j)
     assert str(got.value) == str(expected.value)
+
+
+def test_filled_tensors_are_constants_in_their_readers_kernel():
+    def fn(x):
+        return x + x.new_full((8,), 2.0) * torch.full((4, 1), 3.0) + torch.scalar_tensor(0.5)
+    check(fn, torch.randn(4, 8), kernels=1, externs=0)
