@@ -7,11 +7,16 @@ convolution, matmul), which stay whole.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 
 from fusec.decompositions_elementwise import TABLE as ELEMENTWISE
 from fusec.decompositions_foreach import foreach_decompositions
+from fusec.decompositions_index import DECOMPOSITIONS as INDEXING
+from fusec.decompositions_norm import DECOMPOSITIONS as GROUP_NORM
+from fusec.decompositions_pool import DECOMPOSITIONS as POOLING
 
 aten = torch.ops.aten
 
@@ -31,6 +36,8 @@ _EXTRA = [
     aten._native_batch_norm_legit, aten.native_batch_norm, aten.native_batch_norm_backward,
     aten._batch_norm_with_update, aten._batch_norm_with_update_functional,
     aten._batch_norm_no_update, aten.batch_norm_backward,
+    # Group norm's backward (its forward: decompositions_norm.py); vector norms: a sum of powers.
+    aten.native_group_norm_backward, aten.linalg_vector_norm,
 ]
 
 # Kept whole: torch's fused kernels beat anything decomposed from them.
@@ -63,6 +70,19 @@ def _split(x, split_size, dim=0):
     return _split_with_sizes(x, sizes or [0], dim)
 
 
+def _static_only(decomposition):
+    """`decomposition` for tensors of static shapes; with symbolic sizes (dynamic shapes) the op
+    stays whole and runs through torch: its window and index arithmetic is written for ints."""
+    @functools.wraps(decomposition)
+    def guarded(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if any(isinstance(size, torch.SymInt) for t in tensors for size in t.shape) or \
+                any(isinstance(a, torch.SymInt) for a in (*args, *kwargs.values())):
+            return NotImplemented
+        return decomposition(*args, **kwargs)
+    return guarded
+
+
 def decomposition_table() -> dict:
     table = {**core_aten_decompositions(), **get_decompositions(_EXTRA), **foreach_decompositions()}
     for op in _KEEP:
@@ -72,6 +92,7 @@ def decomposition_table() -> dict:
     table[aten.split_with_sizes.default] = _split_with_sizes
     table[aten.split.Tensor] = _split
     table.update(ELEMENTWISE)
+    table.update({op: _static_only(fn) for op, fn in {**POOLING, **GROUP_NORM, **INDEXING}.items()})
     return table
 
 

@@ -12,10 +12,11 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import sympy
 import torch
 import torch.fx
 
-from fusec.ir import ITEMSIZE, SIZE_DTYPE, Graph, Kind, Node, Ref, kind_of
+from fusec.ir import ITEMSIZE, POINTWISE_OPS, SIZE_DTYPE, Graph, Kind, Node, Ref, kind_of
 from fusec.lowering_index import (
     arange,
     div,
@@ -344,7 +345,14 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
                 return None
         return lowered
     handler = HANDLERS.get(packet)
-    return handler(args, kwargs, val) if handler else None
+    lowered = handler(args, kwargs, val) if handler else None
+    if lowered is not None and lowered[0] in POINTWISE_OPS and any(map(_symbolic, lowered[1])):
+        return None  # a size as a value (x * s0): kernels take sizes in index math only
+    return lowered
+
+
+def _symbolic(arg: Any) -> bool:
+    return isinstance(arg, sympy.Basic) and not arg.is_number
 
 
 _COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
@@ -354,8 +362,9 @@ def _comparison_dtype(args: tuple, graph: Graph) -> torch.dtype:
     """The dtype torch compares in: result_type over the operands, where a Python scalar
     or 0-d tensor only counts when it is of a higher category (x_half < 0.1 compares in
     half, uint8 < int8 in int16)."""
+    # A size (an integer, or a SymPy expression over size symbols) compares as a Python int.
     probes = [torch.empty((1,) * len(graph[a.name].shape), dtype=getattr(torch, graph[a.name].dtype))
-              if isinstance(a, Ref) else a for a in args]
+              if isinstance(a, Ref) else (a if isinstance(a, bool | int | float) else 1) for a in args]
     return torch.result_type(*probes)
 
 

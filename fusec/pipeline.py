@@ -12,6 +12,7 @@ from pathlib import Path
 from fusec.ir import Graph
 from fusec.options import Options
 from fusec.passes.cleanup import cleanup
+from fusec.passes.constants import private_constants
 from fusec.passes.fuse import fuse
 from fusec.passes.horizontal import horizontal
 from fusec.passes.verify import verify, verify_change
@@ -23,7 +24,10 @@ log = logging.getLogger("fusec")
 
 def pass_list(options: Options) -> list[tuple[str, Pass]]:
     fuel = options.fuel if options.fuse else 0
-    passes = [("cleanup", cleanup), ("fuse", functools.partial(fuse, fuel=fuel))]
+    passes = [("cleanup", cleanup)]
+    if options.fuse:
+        passes.append(("private_constants", private_constants))
+    passes.append(("fuse", functools.partial(fuse, fuel=fuel)))
     if options.fuse and options.horizontal:
         passes.append(("horizontal", horizontal))
     return passes

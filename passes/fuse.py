@@ -161,18 +161,33 @@ class _Grouping:
                 return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
                         f"the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
+        row_valued = self._reduced_in(members)
         for name in members:
             node = self.node[name]
             if node.kind is not Kind.VIEW:
                 continue
             src = self.node[node.operands()[0]]
-            if self._of_constant(node):
-                continue  # index math over a constant (arange[None]): no row's values to move
+            if self._of_constant(node) or src.name not in row_valued:
+                # Index math over a constant (arange[None]) or over loaded values (a BN
+                # weight's [C] -> [C,1,1]): computed at any index, no row's values to move.
+                continue
             if _unit_dims_only(node, src):
                 continue
+            if node.op == "reshape" and node.numel == src.numel == per_element:
+                continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return f"{name} ({node.op}) would move values between the rows of a reduction"
         return self._misaligned_read(members, domain)
+
+    def _reduced_in(self, members: set[str]) -> set[str]:
+        """The members computed from one of the group's reductions (their values exist
+        only for the row the kernel is on)."""
+        found: set[str] = set()
+        for name in sorted(members, key=self.position.__getitem__):
+            node = self.node[name]
+            if node.kind is Kind.REDUCTION or any(op in found for op in node.operands()):
+                found.add(name)
+        return found
 
     def _of_constant(self, node: Node) -> bool:
         while node.kind is Kind.VIEW:
@@ -330,8 +345,29 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             else:
                 state.merge(gu, gv)
                 merges += 1
+    _retry_refused(state, refused, None if fuel is None else fuel - merges)
     _merge_siblings(graph, state)
     return _apply(graph, state, refused)
+
+
+def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], str], fuel: int | None) -> None:
+    """Edges refused once may merge now: a producer whose readers of another shape (a
+    pooling window's slices of one padded tensor) have since joined one group no longer
+    escapes it. Retried in graph order until a round merges nothing."""
+    merged = True
+    while merged:
+        merged = False
+        for src, dst in list(refused):
+            if fuel is not None and fuel <= 0:
+                return
+            gu, gv = state.vertex(src), state.vertex(dst)
+            if gu != gv:
+                if state.refusal(gu, gv) is not None:
+                    continue
+                state.merge(gu, gv)
+                merged = True
+                fuel = None if fuel is None else fuel - 1
+            del refused[src, dst]
 
 
 def _merge_siblings(graph: Graph, state: _Grouping) -> None:

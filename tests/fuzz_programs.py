@@ -255,10 +255,26 @@ class Builder:
     def step(self) -> Val | None:
         kind = self.src.choice(["unary"] * 6 + ["binary"] * 6 + ["scalar"] * 2 + ["cast"] * 2 + ["view"] * 4
                                + ["reduce"] * 3 + ["norm"] + ["compare"] * 2 + ["matmul"] * 2 + ["int"] * 2
-                               + ["cat"] * 2 + ["dropout"] + ["random"])
+                               + ["cat"] * 2 + ["dropout"] + ["random"] + ["window"])
         return getattr(self, f"_{kind}")()
 
     # pointwise ------------------------------------------------------------------------
+    def _window(self):
+        """A constant pad or a 2-D pool over the last two dims (a strided, padded window)."""
+        a = self.pick(lambda v: v.value.dtype.is_floating_point and v.value.dim() >= 1)
+        if a is None:
+            return None
+        x, src = a.name, self.src
+        k, stride, pad = src.int(1, 3), src.int(1, 3), src.int(0, 1)
+        ceil = src.choice(["False", "True"])
+        planes = f"{x}.unsqueeze(0)" if a.value.dim() == 2 else (f"{x}.reshape(1, 1, -1)" if a.value.dim() == 1
+                                                                     else x)
+        forms = [f"F.pad({x}, ({src.int(-1, 2)}, {src.int(0, 2)}), value={src.choice(['0.0', '-1.5'])})",
+                 f"F.max_pool2d({planes}, {k}, {stride}, {min(pad, k // 2)}, ceil_mode={ceil})",
+                 f"F.avg_pool2d({planes}, {k}, {stride}, {min(pad, k // 2)}, ceil_mode={ceil})"]
+        expr = src.choice(forms)
+        return self.emit(expr, [a], exact=a.exact and "avg" not in expr, finite=a.finite)
+
     def _unary(self):
         a = self.pick(lambda v: v.value.dtype.is_floating_point)
         if a is None:

@@ -153,8 +153,9 @@ def test_dump_writes_graph_after_each_pass(tmp_path):
     (folder,) = tmp_path.iterdir()
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["00_capture.dot", "00_capture.txt", "01_cleanup.dot", "01_cleanup.txt",
-                     "02_fuse.dot", "02_fuse.txt", "03_horizontal.dot", "03_horizontal.txt"]
-    assert "[k0]" in (folder / "02_fuse.txt").read_text()
+                     "02_private_constants.dot", "02_private_constants.txt", "03_fuse.dot", "03_fuse.txt",
+                     "04_horizontal.dot", "04_horizontal.txt"]
+    assert "[k0]" in (folder / "03_fuse.txt").read_text()
 
 
 def test_kernel_source_is_cached_on_disk(tmp_path):

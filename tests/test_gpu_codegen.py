@@ -125,3 +125,18 @@ def test_gpu_source_differs_from_the_interpreters_only_where_bfloat16_is_involve
     report = check(lambda x: torch.softmax(x * 2, -1) + 1, x, kernels=1)
     graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
     assert rendered(graph, kernel, interpret=False).source == kernel.source
+
+
+def test_pooling_padding_group_norm_and_gathers_compile_for_sm90(sm90):
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 9, 9)
+    gn = nn.GroupNorm(2, 8)
+    run(lambda x: F.max_pool2d(torch.relu(x), 3, 2, 1, return_indices=True), x)  # int64 indices, NaN rule
+    run(lambda x: (F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), F.pad(x, (1, 2), value=-1.0)), x)
+    run(lambda x: F.adaptive_avg_pool2d(F.silu(gn(x)), 1), x)
+    run(lambda x, i: x[:, i] * 2, x, torch.tensor([1, -2, 0]))
+    pool = nn.Sequential(nn.Tanh(), nn.MaxPool2d(3, 2, 1))
+    xg = x.clone().requires_grad_()
+    torch._dynamo.reset()
+    fusec.compile(pool)(xg).sum().backward()  # the backward's spread and shifted windows
+    assert len(sm90) >= 6

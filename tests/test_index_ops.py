@@ -175,10 +175,9 @@ def test_out_of_range_row_lookup_raises_eagers_error(fn):
     assert str(got.value) == str(expected.value)
 
 
-def test_mask_and_several_indices_run_through_torch():
-    x = torch.randn(4, 5)
-    check(lambda x, i: x[i, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
-    check(lambda x, i: x[:, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
+def test_several_indices_not_on_the_leading_dims_run_through_torch():
+    x = torch.randn(2, 4, 5)
+    check(lambda x, i: x[:, i, i] + 1, x, torch.tensor([0, 3]), kernels=1, externs=1)
 
 
 def test_arange_of_one_and_two_arguments():

@@ -26,7 +26,8 @@ LAYERS = [
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
                   "fusec.lowering", "fusec.lowering_index", "fusec.lowering_sizes", "fusec.decompositions",
-                  "fusec.decompositions_elementwise", "fusec.decompositions_foreach", "fusec.partition",
+                  "fusec.decompositions_elementwise", "fusec.decompositions_foreach", "fusec.decompositions_pool",
+                  "fusec.decompositions_norm", "fusec.decompositions_index", "fusec.partition",
                   "fusec.frontend", "fusec.package", "fusec.graph_source"]),
     ("api", ["fusec.api", "fusec.exporter", "fusec.runner"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.

@@ -188,7 +188,8 @@ def _node_rows(record: CompiledGraph) -> list[dict[str, Any]]:
 
 def _kernel_row(record: CompiledGraph, k: Kernel) -> dict[str, Any]:
     return {"graph": record.name, "id": k.id, "kind": k.kind, "members": list(k.members),
-            "module": common_module([record.modules.get(m) for m in k.members]),
+            "module": common_module(_computing([record.modules.get(m) for m in k.members],
+                                               [record.graph[m].kind is Kind.VIEW for m in k.members])),
             "ops": [record.graph[m].op for m in k.members], "inputs": list(k.inputs), "outputs": list(k.outputs),
             "numel": k.numel, "bytes": k.bytes, "flops": k.flops,
             "seconds": step_seconds(record.plan, k, record.device_model),
@@ -200,6 +201,13 @@ def _extern_row(record: CompiledGraph, e: Extern) -> dict[str, Any]:
             "view": e.is_view, "counted": counts_as_extern(e, record), "flops": e.flops,
             "seconds": step_seconds(record.plan, e, record.device_model),
             "stream": e.stream, "waits": list(e.waits)}
+
+
+def _computing(paths: list[str | None], views: list[bool]) -> list[str | None]:
+    """The module paths of the members that compute (a reshape a kernel stores through for
+    the next module's matmul is index math, not that module's work); all if none does."""
+    computing = [p for p, view in zip(paths, views, strict=True) if not view]
+    return computing if any(computing) else paths
 
 
 def common_module(paths: list[str | None]) -> str | None:
