@@ -17,6 +17,7 @@ import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
+from fusec.passes.refusal import Refusal, boundary_refusal
 from fusec.passes.symbolic import coincidence
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
@@ -81,17 +82,17 @@ class _Grouping:
             self.domains[group] = row_domain(self.graph, [self.node[m] for m in self.members[group]])
         return self.domains[group]
 
-    def refusal(self, gu: str, gv: str) -> str | None:
+    def refusal(self, gu: str, gv: str) -> Refusal | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
         reason = self._refusal(gu, gv)
         if reason is None and self.graph.hints:
             reason = coincidence(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
         return reason
 
-    def _refusal(self, gu: str, gv: str) -> str | None:
+    def _refusal(self, gu: str, gv: str) -> Refusal | None:
         through = self.groups.cycle_witness(gu, gv)
         if through is not None:
-            return f"would create a cycle through {self._first_member(through)}"
+            return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
         mu, mv = self.matmul(gu), self.matmul(gv)
         if mu or mv:
             return self._matmul_refusal(gu, gv, mu, mv)
@@ -101,14 +102,15 @@ class _Grouping:
         if domain and finals(self.graph, [self.node[m] for m in members]):
             reason = final_refusal(self.graph, [self.node[m] for m in members], self.position)
             if reason and du and dv and du != dv:
-                return f"reduction feeds a reduction of another shape: {_domain_text(du)} vs {_domain_text(dv)}"
+                return Refusal("reduction-shapes", f"reduction feeds a reduction of another shape: "
+                                f"{_domain_text(du)} vs {_domain_text(dv)}")
             if reason:
                 return reason
         if domain is None:
             shapes = {o.shape for o in self.outputs(members)}
             if len(shapes) > 1:
                 a, b = sorted(shapes, key=lambda s: (len(s), s))[:2]
-                return f"shapes differ: {_shape(b)} vs {_shape(a)}"
+                return Refusal("shapes", f"shapes differ: {_shape(b)} vs {_shape(a)}")
             return None
         return self._row_refusal(members, domain)
 
@@ -122,15 +124,15 @@ class _Grouping:
             name = self.node[name].operands()[0]
         return name
 
-    def _matmul_refusal(self, gu: str, gv: str, mu: Node | None, mv: Node | None) -> str | None:
+    def _matmul_refusal(self, gu: str, gv: str, mu: Node | None, mv: Node | None) -> Refusal | None:
         """A matmul kernel holds its matmuls (several only if they share the left operand
         and shape), views their operands are read through (index math per tile), and an
         epilogue over the output tile."""
         if mu and mv and (self.left_operand(mu) != self.left_operand(mv) or mu.shape != mv.shape or
                           self.node[mu.operands()[1]].shape != self.node[mv.operands()[1]].shape):
-            return f"matmuls {mu.name} and {mv.name} do not share a left operand and shape"
+            return Refusal("matmul-operands", f"matmuls {mu.name} and {mv.name} do not share a left operand and shape")
         if self.domain(gu) or self.domain(gv):
-            return "a matmul and a reduction do not share a kernel"
+            return Refusal("matmul-reduction", "a matmul and a reduction do not share a kernel")
         members = set(self.members[gu]) | set(self.members[gv])
         products = [self.node[m] for m in members if self.node[m].kind is Kind.MATMUL]
         for name in sorted(members, key=self.position.__getitem__):
@@ -142,16 +144,17 @@ class _Grouping:
                     # Views are index math and casts convert each loaded tile; anything
                     # else would be recomputed for every tile that reads it.
                     if node.kind is not Kind.VIEW and node.op != "cast":
-                        return f"{name} would be recomputed for every tile of {mm.name}"
+                        return Refusal("tile-recompute", f"{name} would be recomputed for every tile of {mm.name}")
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
                         self.reaches(mm.name, name):
-                    return f"{name} ({node.op}) would read {mm.name} at another tile"
+                    return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at another tile")
         for out in self.outputs(members):
             if out.numel != products[0].numel:
-                return f"shapes differ: {_shape(out.shape)} vs the product {_shape(products[0].shape)}"
+                return Refusal("shapes",
+                               f"shapes differ: {_shape(out.shape)} vs the product {_shape(products[0].shape)}")
         return None
 
-    def _row_refusal(self, members: set[str], domain: Domain) -> str | None:
+    def _row_refusal(self, members: set[str], domain: Domain) -> Refusal | None:
         """A reduction kernel works row by row: its outputs are per element or per row,
         and no view may move values between rows."""
         per_element, per_row = row_shapes(domain)
@@ -176,7 +179,7 @@ class _Grouping:
             if node.op == "reshape" and node.numel == src.numel == per_element:
                 continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
-                return f"{name} ({node.op}) would move values between the rows of a reduction"
+                return Refusal("row-move", f"{name} ({node.op}) would move values between the rows of a reduction")
         return self._misaligned_read(members, domain)
 
     def _reduced_in(self, members: set[str]) -> set[str]:
@@ -194,7 +197,7 @@ class _Grouping:
             node = self.node[node.operands()[0]]
         return is_constant(node)
 
-    def _misaligned_read(self, members: set[str], domain: Domain) -> str | None:
+    def _misaligned_read(self, members: set[str], domain: Domain) -> Refusal | None:
         """Why some member would read a value computed from this kernel's reductions at
         another row than its own (x + x.sum(1) on a square x broadcasts across rows)."""
         row_valued = set()
@@ -205,7 +208,7 @@ class _Grouping:
         for name in row_valued:
             node = self.node[name]
             if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.node[node.operands()[0]], domain):
-                return f"{name} would put {node.operands()[0]} on another row than its own"
+                return Refusal("row-read", f"{name} would put {node.operands()[0]} on another row than its own")
             if node.kind in (Kind.REDUCTION, Kind.VIEW):
                 continue
             for op in node.operands():
@@ -220,7 +223,7 @@ class _Grouping:
                 else:
                     own_row = _reads_own_row(self.node[op].shape, node.shape, domain)
                 if not own_row:
-                    return f"{name} would read {op} at another row than its own"
+                    return Refusal("row-read", f"{name} would read {op} at another row than its own")
         return None
 
     def _first_member(self, vertex: str) -> str:
@@ -288,7 +291,7 @@ def _keeps_rows(view: Node, src: Node, domain: Domain) -> bool:
 _FINAL_OPS = frozenset({"sum", "amax", "amin"})
 
 
-def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -> str | None:
+def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -> Refusal | None:
     """Why reductions of another shape than the rows cannot be the group's final reductions
     (`position`: each node's index in the graph's topological order)."""
     domain = row_domain(graph, members)
@@ -297,29 +300,12 @@ def final_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -
     for node in finals(graph, members):
         shape, dims = reduction_domain(node, graph)
         if node.op not in _FINAL_OPS or math.prod(shape) != per_row or len(dims) != len(shape) or per_row < 2:
-            return f"{node.name} is not a sum, max or min over every row"
+            return Refusal("final-reduction", f"{node.name} is not a sum, max or min over every row")
         # Everything computed from a total needs every row done: only the last program has it.
         later = bounded_descendants(graph.nx, position, node.name, max(position[n] for n in names)) & names
         if any(graph[n].numel != 1 for n in later):
-            return f"{node.name} is a total over all rows that per-row work would read"
+            return Refusal("total-read", f"{node.name} is a total over all rows that per-row work would read")
     return None
-
-
-def _boundary_reason(src: Node, dst: Node) -> str:
-    for node in (src, dst):
-        if node.kind is Kind.OPAQUE:
-            return f"{node.name} runs through torch ({node.target or node.op})"
-        if node.kind is Kind.OUTPUT:
-            return "graph output"
-        if node.kind is Kind.INPUT:
-            return "graph input"
-        if node.kind is Kind.VIEW and node.group is None:
-            return f"{node.name} is a view torch runs as an alias (no kernel reads it)"
-        if node.kind is Kind.MATMUL and node.group is None:
-            return f"{node.name} runs through torch: a matmul with no epilogue to fuse uses torch's own"
-        if is_constant(node):
-            return f"{node.name} is a constant that torch fills (a graph output or read by torch)"
-    return "not fused"
 
 
 def fuse(graph: Graph, fuel: int | None = None) -> Graph:
@@ -327,7 +313,7 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
     share one shape; values are unchanged. `fuel` caps the number of merges
     (0: every op is its own kernel)."""
     state = _Grouping(graph)
-    refused: dict[tuple[str, str], str] = {}
+    refused: dict[tuple[str, str], Refusal] = {}
     merges = 0
     for dst in graph:
         if dst.kind not in FUSIBLE:
@@ -337,7 +323,8 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             if src not in state.group_of or gu == gv:
                 continue
             if fuel is not None and merges >= fuel:
-                refused[src, dst.name] = f"out of fusion fuel ({fuel} merges)" if fuel else "fusion is off"
+                refused[src, dst.name] = Refusal("fuel", f"out of fusion fuel ({fuel} merges)" if fuel else
+                                                 "fusion is off")
                 continue
             reason = state.refusal(gu, gv)
             if reason:
@@ -350,7 +337,7 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
     return _apply(graph, state, refused)
 
 
-def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], str], fuel: int | None) -> None:
+def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], Refusal], fuel: int | None) -> None:
     """Edges refused once may merge now: a producer whose readers of another shape (a
     pooling window's slices of one padded tensor) have since joined one group no longer
     escapes it. Retried in graph order until a round merges nothing."""
@@ -426,7 +413,7 @@ def _merge_each(state: _Grouping, buckets) -> None:
                     far = None
 
 
-def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) -> Graph:
+def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], Refusal]) -> Graph:
     """Name the groups k0, k1, ... in topological order and label boundary edges."""
     out = graph.copy()
     names: dict[str, str] = {}
@@ -448,5 +435,5 @@ def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], str]) 
         if (a.group is not None and a.group == b.group) or (inlined(out, src) and b.group is not None):
             data.pop("reason", None)
             continue
-        data["reason"] = refused.get((src, dst)) or _boundary_reason(a, b)
+        data["reason"] = refused.get((src, dst)) or boundary_refusal(a, b)
     return out

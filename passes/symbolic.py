@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fusec import sizes
 from fusec.ir import Graph, Kind, Node, reduction_domain
+from fusec.passes.refusal import Refusal
 
 
 def _compared(graph: Graph, node: Node) -> list[tuple[object, object]]:
@@ -32,7 +33,7 @@ def _same(a: object, b: object) -> bool:
     return sizes.equal(a, b)  # type: ignore[arg-type]
 
 
-def coincidence(graph: Graph, members: list[Node]) -> str | None:
+def coincidence(graph: Graph, members: list[Node]) -> Refusal | None:
     """Two sizes of the group and its operands equal in the example but not as expressions."""
     names = {m.name for m in members}
     nodes = members + [graph[op] for m in members for op in dict.fromkeys(m.operands()) if op not in names]
@@ -41,8 +42,8 @@ def coincidence(graph: Graph, members: list[Node]) -> str | None:
         for hint, exact in _compared(graph, node):
             first = seen.setdefault(hint, exact)
             if first is not exact and first != exact and not _same(first, exact):
-                return (f"sizes {_text(first)} and {_text(exact)} are equal in the example only "
-                        "(dynamic shapes): fusing them would hold for this size alone")
+                return Refusal("symbolic", f"sizes {_text(first)} and {_text(exact)} are equal in the example only "
+                               "(dynamic shapes): fusing them would hold for this size alone")
     return None
 
 

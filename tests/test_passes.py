@@ -1,11 +1,14 @@
 """Pass tests on hand-built graphs: no torch, groups named by node."""
 
+import pickle
+
 import pytest
 
 from fusec.ir import Graph, Kind, Node, Ref, kind_of
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
+from fusec.passes.refusal import CODES, Refusal
 from fusec.passes.verify import InvariantError, verify, verify_change
 from tests.graphs import build
 
@@ -177,3 +180,14 @@ def test_fusion_refuses_a_merge_through_an_outside_path_in_a_long_graph():
     out = fuse(build(spec, ["b"]))
     assert out.nx.edges["a", "b"]["reason"] == "would create a cycle through t0"
     verify(out)
+
+
+def test_every_refused_edge_has_a_code_tests_and_reports_group_by():
+    g = fuse(build([("x", "input", []), ("a", "exp", ["x"]), ("s", "cumsum", ["a"]), ("c", "add", ["a", "s"])],
+                   ["c"]))
+    reasons = {(u, v): d["reason"] for u, v, d in g.nx.edges(data=True) if "reason" in d}
+    assert reasons and all(isinstance(r, Refusal) and r.code in CODES for r in reasons.values())
+    assert reasons["a", "s"].code == "extern" and reasons["a", "s"] == "s runs through torch (aten.cumsum.default)"
+    assert pickle.loads(pickle.dumps(reasons["a", "s"])).code == "extern"  # plans in packages keep it
+    with pytest.raises(ValueError, match="unknown refusal code 'nope'"):
+        Refusal("nope", "text")

@@ -12,6 +12,7 @@ import torch
 
 import fusec
 from fusec.passes.cost import H100
+from fusec.passes.refusal import CODES
 
 SCHEMA_DOC = Path(__file__).resolve().parents[1] / "docs" / "report-schema.md"
 
@@ -69,3 +70,13 @@ def test_html_shows_the_passes():
     passes = page.split("<h3>Passes</h3>", 1)[1].split("</table>", 1)[0]
     for name in ("capture", "cleanup", "fuse", "horizontal"):
         assert f"<td>{name}</td>" in passes
+
+
+def test_edges_carry_the_refusal_code():
+    def f(x, w):
+        h = x @ w
+        return torch.softmax(h, -1).sum(0)  # a matmul, then a reduction: refused by rule
+    data = fusec.inspect(f, torch.randn(16, 32), torch.randn(32, 32)).to_dict()
+    codes = {e["code"] for e in data["edges"]}
+    assert "matmul-reduction" in codes or "library-matmul" in codes, data["edges"]
+    assert all(e["code"] in CODES for e in data["edges"])

@@ -86,7 +86,8 @@ def edge_rows(graphs: list[CompiledGraph]) -> list[dict[str, str]]:
                 continue
             kind = "kernels" if a.group and b.group else "torch"
             rows.append({"graph": g.name, "src": src, "dst": dst, "src_kernel": launch.get(a.group, src),
-                         "dst_kernel": launch.get(b.group, dst), "kind": kind, "reason": data["reason"]})
+                         "dst_kernel": launch.get(b.group, dst), "kind": kind, "reason": str(data["reason"]),
+                         "code": getattr(data["reason"], "code", "other")})
     return rows
 
 

@@ -13,6 +13,7 @@ import re
 from html import escape
 from typing import Any
 
+from fusec.passes.refusal import CODES
 from fusec.report import format as fmt
 from fusec.report.draw import draw
 from fusec.report.overview import launched, step_arrow_id, step_box_id, step_drawing
@@ -136,20 +137,26 @@ def reason_pattern(reason: str, names: set[str]) -> str:
 
 
 def _refusals(data: dict[str, Any], name: str) -> str:
-    """Unfused edges grouped by reason, most frequent first; each links to its arrow in the launch graph."""
+    """Unfused edges grouped by the rule that refused them (the reason's code), most frequent first,
+    with the distinct reasons under each; each edge links to its arrow in the launch graph."""
     edges = [e for e in data["edges"] if e["graph"] == name]
     if not edges:
         return "<h3>Not fused</h3><p>none</p>"
     names = {n["name"] for n in data["nodes"] if n["graph"] == name}
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in edges:
-        groups.setdefault(reason_pattern(e["reason"], names), []).append(e)
+        groups.setdefault(e["code"], []).append(e)
     steps = launched(data, name)
-    out = [f"<h3>Not fused</h3><p>{len(edges)} edges between different launches, {len(groups)} kinds of reason:</p>",
-           '<table class="refusals"><tr><th>edges</th><th>reason</th><th>where</th></tr>']
-    for pattern, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+    out = [f"<h3>Not fused</h3><p>{len(edges)} edges between different launches, refused by {len(groups)} "
+           "rules:</p>", '<table class="refusals"><tr><th>edges</th><th>rule</th><th>reasons</th><th>where</th></tr>']
+    for code, group in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        patterns = list(dict.fromkeys(reason_pattern(e["reason"], names) for e in group))
+        shown = "<br>".join(escape(p) for p in patterns[:3]) + (f"<br>… {len(patterns) - 3} more" if len(patterns) > 3
+                                                                 else "")
         links = " ".join(_edge_link(name, e, steps) for e in group)
-        out.append(f'<tr data-search="{escape(pattern)}"><td class=num>{len(group)}</td><td>{escape(pattern)}</td>'
+        search = " ".join([code, *patterns])
+        out.append(f'<tr data-search="{escape(search)}"><td class=num>{len(group)}</td>'
+                   f"<td><code>{escape(code)}</code>: {escape(CODES.get(code, code))}</td><td>{shown}</td>"
                    f"<td><details><summary>{len(group)} edges</summary>{links}</details></td></tr>")
     out.append("</table>")
     return "\n".join(out)
