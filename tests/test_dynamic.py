@@ -225,6 +225,28 @@ def test_strided_slice_of_a_symbolic_dim_stays_in_bounds(fn, monkeypatch):
     assert len(report.graphs) == 1 and report.stats["kernels"] == 1
 
 
+@pytest.mark.parametrize("fn", [lambda x: F.pad(torch.sigmoid(x), (1, 2, 3, 0), value=-1.5) * 2,
+                                lambda x: F.pad(torch.sigmoid(x), (-1, 2, 0, -2)) * 2], ids=["grow", "cut"])
+def test_constant_pad_of_symbolic_sizes_is_one_kernel(fn):
+    compiled = run_sizes(fn, lambda n: (torch.randn(2, n, n + 3),), (5, 8, 13), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and report.stats["kernels"] == 1 and report.stats["extern_calls"] == 0
+
+
+def test_constant_pad_gradient_over_symbolic_sizes():
+    fn = lambda x: (F.pad(torch.relu(x), (1, -1, 2, 0)) * 3).tanh()
+    compiled = fusec.compile(fn, dynamic=True)
+    for n in (5, 8, 11):
+        x = torch.randn(2, n, n + 2, requires_grad=True)
+        mine = x.detach().clone().requires_grad_()
+        grad = torch.randn(2, n + 2, n + 2)
+        fn(x).backward(grad)
+        compiled(mine).backward(grad)
+        torch.testing.assert_close(mine.grad, x.grad)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 2 and report.stats["extern_calls"] == 0  # forward and backward
+
+
 def test_size_source_brackets_divisions_inside_products():
     s0, s1 = sympy.symbols("s0 s1", integer=True, positive=True)
     exprs = [s1 * FloorDiv(s0 + 1, 2), 3 * PythonMod(s0, 4) * s1, FloorDiv(s0, 3) * FloorDiv(s1, 2),
