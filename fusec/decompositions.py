@@ -72,7 +72,10 @@ def _split(x, split_size, dim=0):
 
 def _static_only(decomposition):
     """`decomposition` for tensors of static shapes; with symbolic sizes (dynamic shapes) the op
-    stays whole and runs through torch: its window and index arithmetic is written for ints."""
+    stays whole and runs through torch. Decomposed, the pooling windows' positions and the
+    index wrap-around use a size as a value, which torch computes op by op beside the kernels
+    (a max pool: some 45 small torch ops a call; a group norm: one more kernel than whole), and
+    avg pooling's geometry needs ints."""
     @functools.wraps(decomposition)
     def guarded(*args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
@@ -93,6 +96,8 @@ def decomposition_table() -> dict:
     table[aten.split.Tensor] = _split
     table.update(ELEMENTWISE)
     table.update({op: _static_only(fn) for op, fn in {**POOLING, **GROUP_NORM, **INDEXING}.items()})
+    # A constant pad is slices and concatenations with constants at any size: one kernel.
+    table[aten.constant_pad_nd.default] = POOLING[aten.constant_pad_nd.default]
     return table
 
 

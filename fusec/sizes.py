@@ -122,17 +122,24 @@ def _source(expr: sympy.Expr, python: bool) -> str:
     if expr.is_Integer:
         return str(int(expr))
     if expr.is_Pow:  # s0**2: a product, which Triton and Python both read
-        return " * ".join([_source(expr.base, python)] * int(expr.exp))
-    # Sizes are not negative: // and % agree in Python and Triton.
+        return " * ".join([_operand(expr.base, python)] * int(expr.exp))
+    # Sizes are not negative: // and % agree in Python and Triton. The whole is bracketed:
+    # // and % bind as tightly as *, so `s1 * (s0) // (2)` would read as (s1 * s0) // 2.
     if name in _DIVISIONS | _MODULO:
         op = "//" if name in _DIVISIONS else "%"
-        return f"({_source(expr.args[0], python)}) {op} ({_source(expr.args[1], python)})"
+        return f"(({_source(expr.args[0], python)}) {op} ({_source(expr.args[1], python)}))"
     if name in _EXTREMES:
         a, b = (_source(arg, python) for arg in expr.args)
         return f"{_EXTREMES[name][0 if python else 1]}({a}, {b})"
-    parts = [_source(arg, python) for arg in expr.args]
-    parts = [f"({p})" if a.is_Add else p for a, p in zip(expr.args, parts, strict=True)]
-    return " + ".join(parts) if expr.is_Add else " * ".join(parts)
+    if expr.is_Add:
+        return " + ".join(_source(arg, python) for arg in expr.args)
+    return " * ".join(_operand(arg, python) for arg in expr.args)
+
+
+def _operand(expr: sympy.Expr, python: bool) -> str:
+    """A factor of a product: a sum in brackets."""
+    text = _source(expr, python)
+    return f"({text})" if expr.is_Add else text
 
 
 def text(value: Size) -> str:

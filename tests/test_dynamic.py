@@ -7,17 +7,20 @@ import json
 import logging
 
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 from eager import TOL, assert_ran
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._sympy.functions import FloorDiv, PythonMod
 
 import fusec
 from fusec.cli import main
 from fusec.cudagraphs import refusal
 from fusec.kernels.call import DynamicCall
+from fusec.sizes import source as size_source
 from tests import hf_models
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
@@ -201,6 +204,57 @@ def test_training_with_a_short_last_batch():
     # third distinct size; that forward and backward serve every later size.
     assert counts[3] <= 6 and counts[-1] == counts[3], counts
     assert all(g.graph.hints for g in graphs(compiled)[-2:])
+
+
+# Literal steps: a step read from a variable becomes a symbol of its own under dynamic=True.
+@pytest.mark.parametrize("fn", [lambda x: torch.relu(x)[:, ::2] * 2, lambda x: torch.relu(x)[:, 1::3] * 2],
+                         ids=["step2", "step3"])
+def test_strided_slice_of_a_symbolic_dim_stays_in_bounds(fn, monkeypatch):
+    # The output has s1 * ((s0 + 1) // 2) elements; read as (s1 * (s0 + 1)) // 2 the launch
+    # covered more than the buffer, and the kernel wrote past its end.
+    launched, launch = [], DynamicCall.__call__
+
+    def recording(self, *args):
+        launched.append(args[-1])  # the extent the launch covers: the output's element count
+        launch(self, *args)
+    monkeypatch.setattr(DynamicCall, "__call__", recording)
+    make = lambda n: (torch.randn(n % 5 + 2, n),)
+    compiled = run_sizes(fn, make, (9, 12, 13, 17, 40), dynamic=True)
+    assert launched == [fn(*make(n)).numel() for n in (9, 12, 13, 17, 40)]
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and report.stats["kernels"] == 1
+
+
+@pytest.mark.parametrize("fn", [lambda x: F.pad(torch.sigmoid(x), (1, 2, 3, 0), value=-1.5) * 2,
+                                lambda x: F.pad(torch.sigmoid(x), (-1, 2, 0, -2)) * 2], ids=["grow", "cut"])
+def test_constant_pad_of_symbolic_sizes_is_one_kernel(fn):
+    compiled = run_sizes(fn, lambda n: (torch.randn(2, n, n + 3),), (5, 8, 13), dynamic=True)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and report.stats["kernels"] == 1 and report.stats["extern_calls"] == 0
+
+
+def test_constant_pad_gradient_over_symbolic_sizes():
+    fn = lambda x: (F.pad(torch.relu(x), (1, -1, 2, 0)) * 3).tanh()
+    compiled = fusec.compile(fn, dynamic=True)
+    for n in (5, 8, 11):
+        x = torch.randn(2, n, n + 2, requires_grad=True)
+        mine = x.detach().clone().requires_grad_()
+        grad = torch.randn(2, n + 2, n + 2)
+        fn(x).backward(grad)
+        compiled(mine).backward(grad)
+        torch.testing.assert_close(mine.grad, x.grad)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 2 and report.stats["extern_calls"] == 0  # forward and backward
+
+
+def test_size_source_brackets_divisions_inside_products():
+    s0, s1 = sympy.symbols("s0 s1", integer=True, positive=True)
+    exprs = [s1 * FloorDiv(s0 + 1, 2), 3 * PythonMod(s0, 4) * s1, FloorDiv(s0, 3) * FloorDiv(s1, 2),
+             (s0 + 1) ** 2, s1 * sympy.Max(1, FloorDiv(s0 + 1, 2))]
+    for expr in exprs:
+        for a, b in ((7, 3), (12, 5), (2, 9)):
+            text = size_source(expr, python=True)
+            assert eval(text, {"ks_s0": a, "ks_s1": b}) == int(expr.subs({s0: a, s1: b})), (expr, text)
 
 
 @pytest.mark.fallback_expected

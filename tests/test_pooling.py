@@ -42,8 +42,9 @@ def test_max_pool_values_and_indices_equal_eager(kernel, stride, padding, dilati
 
 
 def test_max_pool_over_changing_shapes_equals_eager():
-    # The second shape recompiles with symbolic sizes (dynamic=None): the window arithmetic that
-    # uses a size as a value runs through torch, the rest in kernels; every result is eager's.
+    # The second shape recompiles with symbolic sizes (dynamic=None): there the pool stays whole
+    # and torch runs it (decomposed, its window positions would be many small torch ops), the
+    # ReLU and subtraction in a kernel; every result is eager's.
     def f(x):
         return F.max_pool2d(torch.relu(x) - 1, 3, 2, 1, return_indices=True)
     compiled = fusec.compile(f)
