@@ -162,10 +162,10 @@ def _as_exported(x: Any, spec: dict[str, Any], name: str) -> torch.Tensor:
     if got["shape"] != spec["shape"]:
         if "exported" in spec:
             raise ValueError(f"{name} has shape {tuple(got['shape'])}; the package serves "
-                             f"({', '.join(map(str, spec['exported']))}), here {tuple(spec['shape'])}")
+                             f"({', '.join(map(str, spec['exported']))}), at this call's sizes {tuple(spec['shape'])}")
         raise ValueError(f"{name} has shape {tuple(got['shape'])}; the package was exported for "
-                         f"{tuple(spec['shape'])} (packages have static shapes: export again with this shape, "
-                         "or with dynamic_shapes)")
+                         f"{tuple(spec['shape'])} (this package's shapes are static: export again with this "
+                         "shape, or with dynamic_shapes=)")
     if got["dtype"] != spec["dtype"]:
         raise ValueError(f"{name} is {got['dtype']}; the package was exported for {spec['dtype']}")
     if x.device.type != spec["device"]:
