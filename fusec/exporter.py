@@ -3,8 +3,9 @@
 The capture is torch.export's (parameters lifted to inputs, one flat ATen graph
 decomposed with fusec's table), so loading needs no Dynamo and no AOTAutograd;
 everything after it is fusec's one pipeline (`plan_graph`: lowering, passes, plan,
-streams, kernel sources). Shapes are static: the package serves the example
-inputs' shapes, dtypes and device.
+streams, kernel sources). Shapes are the example inputs' unless torch.export's
+`dynamic_shapes` makes dims symbols: the manifest then holds each dim as an int or
+its expression over the symbols (`"s0"`), and each symbol's range.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sympy
 import torch
 from torch import nn
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree
 
+from fusec import sizes
 from fusec.compiler import CompiledGraph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.graph_source import extern_targets, graph_source, torch_callable
@@ -60,10 +63,11 @@ class _Function(nn.Module):
 
 
 def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, weights: bool = True,
-           **options: Any) -> Exported:
+           dynamic_shapes: Any = None, **options: Any) -> Exported:
     """Trace `model(*args)`, plan and generate its kernels, and write them to one file at `path`.
 
-    `args` are tensors; the package serves exactly their shapes and dtypes, on their device.
+    `args` are tensors; the package serves their dtypes on their device, and their shapes
+    except the dims `dynamic_shapes` (torch.export's, e.g. `{"x": {0: Dim("batch")}}`) names.
     With `weights=False` the package holds only the names, shapes and dtypes of the
     parameters and buffers: give them with `runner.load_state_dict(...)` after `fusec.load`.
     Options are fusec.compile's (fusec.Options); those that decide how it runs (cpu, strict,
@@ -77,11 +81,14 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
             raise TypeError(f"fusec.export: argument {i} is a {type(arg).__name__}; example inputs must be "
                             "tensors (bind other arguments into the model, e.g. with functools.partial)")
     module = model if isinstance(model, nn.Module) else _Function(model)
+    names = _input_names(model, len(args))
+    dynamic = _positional(dynamic_shapes, names)
     with torch.no_grad(), warnings.catch_warnings():
         # torch.export's own use of a deprecated pytree check: nothing the user can change
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-        program = torch.export.export(module, tuple(args)).run_decompositions(DECOMPOSITIONS)
-    placeholders, weight_values = _inputs(program, args, _input_names(model, len(args)))
+        shapes = dynamic if dynamic is None or isinstance(model, nn.Module) else (dynamic,)  # forward(*args)
+        program = torch.export.export(module, tuple(args), dynamic_shapes=shapes).run_decompositions(DECOMPOSITIONS)
+    placeholders, weight_values = _inputs(program, args, names)
     gm = program.graph_module
     record, _ = plan_graph(gm, GRAPH_NAME, opts)
     for target in extern_targets(record.plan) if record.plan is not None else ():
@@ -94,7 +101,8 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
         members["launcher.py"] = launcher_source(record.plan).encode()
         members.update({f"kernels/{k.id}.py": k.source.encode() for k in record.plan.all_kernels()})
     manifest = {**versions(), "device": record.device, "execution": record.execution,
-                "placeholders": placeholders, "weights_included": weights, "graph_globals": references,
+                "placeholders": placeholders, "symbols": _symbols(program, placeholders, dynamic or ()),
+                "weights_included": weights, "graph_globals": references,
                 "outputs": _outputs(gm), "output_tree": _pytree.treespec_dumps(program.call_spec.out_spec),
                 "options": {k: str(v) for k, v in vars(opts).items() if k not in ("cache_dir", "dump_dir")},
                 "fallback": record.fallback}
@@ -111,7 +119,46 @@ def versions() -> dict[str, str]:
 
 
 def tensor_spec(t: torch.Tensor) -> dict[str, Any]:
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "strides": list(t.stride())}
+    """Shape, dtype and strides as JSON: a symbolic size is its expression's text (`"s0"`, `"96*s0"`)."""
+    return {"shape": [_dim(d) for d in t.shape], "dtype": str(t.dtype).removeprefix("torch."),
+            "strides": [_dim(d) for d in t.stride()]}
+
+
+def _dim(size: int | torch.SymInt) -> int | str:
+    if isinstance(size, torch.SymInt):
+        expr = sizes.canonical(size.node.expr)
+        return int(expr) if sizes.is_static(expr) else sizes.text(expr)
+    return int(size)
+
+
+def _positional(dynamic_shapes: Any, names: list[str]) -> tuple | None:
+    """torch.export's `dynamic_shapes` for the inputs in order (a dict is keyed by the model's names)."""
+    if dynamic_shapes is None or isinstance(dynamic_shapes, (tuple, list)):
+        return None if dynamic_shapes is None else tuple(dynamic_shapes)
+    if not isinstance(dynamic_shapes, dict):
+        raise TypeError(f"fusec.export: dynamic_shapes is a {type(dynamic_shapes).__name__}; give a dict keyed by "
+                        f"input name ({', '.join(names)}) or a tuple in input order, as torch.export takes")
+    unknown = sorted(set(dynamic_shapes) - set(names))
+    if unknown:
+        raise ValueError(f"fusec.export: dynamic_shapes names {', '.join(unknown)}, which the model's inputs "
+                         f"({', '.join(names)}) are not")
+    return tuple(dynamic_shapes.get(name) for name in names)
+
+
+def _symbols(program: torch.export.ExportedProgram, placeholders: list[dict], dynamic: tuple) -> dict[str, dict]:
+    """Each size symbol of the inputs: the Dim's name it came from and its range (max None: unbounded)."""
+    dims = {}
+    for spec, given in zip((p for p in placeholders if p["kind"] == "input"), dynamic, strict=False):
+        items = given.items() if isinstance(given, dict) else enumerate(given or ())
+        for d, dim in items:
+            if isinstance(spec["shape"][d], str) and isinstance(getattr(dim, "__name__", None), str):
+                dims.setdefault(spec["shape"][d], dim.__name__)
+    out = {}
+    for symbol, bounds in program.range_constraints.items():
+        upper = bounds.upper
+        out[str(symbol)] = {"dim": dims.get(str(symbol), str(symbol)), "min": int(bounds.lower),
+                            "max": int(upper) if isinstance(upper, (int, sympy.Integer)) else None}
+    return out
 
 
 def _input_names(model: Callable[..., Any], count: int) -> list[str]:
@@ -150,8 +197,9 @@ def _inputs(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...
             placeholders.append({"kind": "weight", "name": spec.target, **tensor_spec(value)})
         elif spec.kind is InputKind.USER_INPUT:
             arg, name = next(user)
+            fake = program.graph.find_nodes(op="placeholder", target=spec.arg.name)[0].meta["val"]
             placeholders.append({"kind": "input", "name": name, "device": arg.device.type,
-                                 **tensor_spec(arg)})
+                                 **tensor_spec(fake)})
         else:
             raise ValueError(f"fusec.export: the graph takes an input of kind {spec.kind.name} "
                              f"({spec.arg.name}), which packages do not serve")

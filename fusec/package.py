@@ -107,7 +107,8 @@ def read(path: str | Path, expected: str | None = None) -> Package:
 
 
 # What plan.pkl may name: fusec's IR and plan, the networkx graph inside it, torch's dtypes
-# and devices (in op arguments). Anything else in it means it was not written by fusec.export.
+# and devices (in op arguments), the SymPy terms of symbolic sizes (dynamic shapes).
+# Anything else in it means it was not written by fusec.export.
 _ALLOWED = {
     "fusec.compiler": {"CompiledGraph"},
     "fusec.ir": {"Graph", "Node", "Ref", "Kind"},
@@ -120,6 +121,14 @@ _ALLOWED = {
     "networkx.classes.coreviews": {"AdjacencyView", "AtlasView", "FilterAtlas", "FilterAdjacency"},
     "networkx.classes.reportviews": {"NodeView", "OutEdgeView", "InEdgeView", "EdgeView", "DegreeView",
                                      "InDegreeView", "OutDegreeView"},
+    "sympy.core.symbol": {"Symbol"},
+    "sympy.core.numbers": {"Integer", "Zero", "One", "NegativeOne"},
+    "sympy.core.add": {"Add"},
+    "sympy.core.mul": {"Mul"},
+    "sympy.core.power": {"Pow"},
+    "sympy.functions.elementary.miscellaneous": {"Min", "Max"},
+    "torch.utils._sympy.functions": {"FloorDiv", "CleanDiv", "PythonMod", "Mod", "ModularIndexing", "Min", "Max"},
+    "torch.serialization": {"_get_layout"},  # a layout by its name (`torch.strided`), as torch pickles one
     "builtins": {"set", "frozenset", "slice", "complex", "object", "getattr"},
     "copyreg": {"_reconstructor"},
     "torch": {"device", "layout", "memory_format", "strided", "contiguous_format", "channels_last",

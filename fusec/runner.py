@@ -18,6 +18,7 @@ from torch.utils import _pytree
 
 from fusec.compiler import CompiledGraph
 from fusec.execution import TORCH, TRITON, announce, execution_mode
+from fusec.export_sizes import bind_symbols, size_at
 from fusec.exporter import tensor_spec, versions
 from fusec.graph_source import define, extern_targets, torch_callable
 from fusec.kernels.parallel_load import load_kernels
@@ -61,8 +62,9 @@ def check_setup(package: Package) -> None:
 class Runner:
     """A loaded package: `runner(*inputs)` computes what the exported model did (no autograd).
 
-    Inputs must have the exported shapes and dtypes, on the exported device; one with
-    other strides is copied to the exported layout first.
+    Inputs must have the exported shapes (a symbolic dim: any size in its range, the
+    same wherever the symbol stands) and dtypes, on the exported device; one with other
+    strides is copied to the exported layout at its sizes first.
     """
 
     def __init__(self, package: Package, options: Options) -> None:
@@ -70,6 +72,7 @@ class Runner:
         self.record: CompiledGraph = load_plan(package.members["plan.pkl"])
         self._specs = package.manifest["placeholders"]
         self._inputs = [s for s in self._specs if s["kind"] == "input"]
+        self._symbols: dict[str, dict[str, Any]] = package.manifest.get("symbols", {})
         self._weights: dict[str, torch.Tensor] | None = None
         if package.manifest["weights_included"]:
             self._weights = torch.load(io.BytesIO(package.members["weights.pt"]), weights_only=True)
@@ -113,7 +116,12 @@ class Runner:
         if len(inputs) != len(self._inputs):
             raise TypeError(f"{self.path} takes {len(self._inputs)} input(s) "
                             f"({', '.join(s['name'] for s in self._inputs)}), got {len(inputs)}")
-        return [_as_exported(x, spec, i) for i, (x, spec) in enumerate(zip(inputs, self._inputs), start=1)]
+        names = [f"input {i} ({spec['name']})" for i, spec in enumerate(self._inputs, start=1)]
+        for name, x in zip(names, inputs, strict=True):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+        values = bind_symbols(inputs, self._inputs, names, self._symbols) if self._symbols else {}
+        return [_as_exported(x, _at(spec, values), name) for x, spec, name in zip(inputs, self._inputs, names)]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self._weights is None:
@@ -138,15 +146,26 @@ class Runner:
         return Report([self.record])
 
 
-def _as_exported(x: Any, spec: dict[str, Any], which: int | str) -> torch.Tensor:
+def _at(spec: dict[str, Any], values: dict[str, int]) -> dict[str, Any]:
+    """The spec with its symbolic sizes and strides evaluated at the call's symbol values."""
+    if not values:
+        return spec
+    return {**spec, "shape": [size_at(d, values) for d in spec["shape"]],
+            "strides": [size_at(d, values) for d in spec["strides"]], "exported": spec["shape"]}
+
+
+def _as_exported(x: Any, spec: dict[str, Any], name: str) -> torch.Tensor:
     """`x` if it is what the package was exported for; a copy if only its strides differ."""
-    name = f"input {which} ({spec['name']})" if isinstance(which, int) else which
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
     got = tensor_spec(x)
     if got["shape"] != spec["shape"]:
+        if "exported" in spec:
+            raise ValueError(f"{name} has shape {tuple(got['shape'])}; the package serves "
+                             f"({', '.join(map(str, spec['exported']))}), at this call's sizes {tuple(spec['shape'])}")
         raise ValueError(f"{name} has shape {tuple(got['shape'])}; the package was exported for "
-                         f"{tuple(spec['shape'])} (packages have static shapes: export again with this shape)")
+                         f"{tuple(spec['shape'])} (this package's shapes are static: export again with this "
+                         "shape, or with dynamic_shapes=)")
     if got["dtype"] != spec["dtype"]:
         raise ValueError(f"{name} is {got['dtype']}; the package was exported for {spec['dtype']}")
     if x.device.type != spec["device"]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.export import Dim
 
 import fusec
 from fusec import compiler
@@ -71,15 +72,15 @@ import fusec
 
 results = {}
 for name, spec in json.loads(sys.argv[1]).items():
-    inputs = torch.load(spec["inputs"], weights_only=True)
+    calls = torch.load(spec["inputs"], weights_only=True)
     expected = torch.load(spec["expected"], weights_only=True)
     runner = fusec.load(spec["package"])
-    got = runner(*inputs)
-    try:
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-        error = None
-    except AssertionError as exc:
-        error = str(exc)
+    error = None
+    for inputs, want in zip(calls, expected, strict=True):
+        try:
+            torch.testing.assert_close(runner(*inputs), want, rtol=1e-5, atol=1e-5)
+        except AssertionError as exc:
+            error = f"shapes {[tuple(x.shape) for x in inputs]}: {exc}"
     graph = runner.report().graphs[0]
     counts = graph.runtime.counts
     results[name] = {"error": error, "planned": sorted(k.id for k in graph.plan.kernels),
@@ -94,19 +95,36 @@ print(json.dumps({"results": results, "frames": frames, "aot_autograd": aot,
 """
 
 
+def dynamic_cases() -> dict[str, tuple]:
+    """Model, example inputs, torch.export's dynamic_shapes, and the inputs of each call a package serves."""
+    torch.manual_seed(0)
+    batch, seq = Dim("batch", min=1, max=64), Dim("seq", min=2, max=32)
+    transformer, (x,) = build("transformer")
+    return {
+        "dynamic_batch": (reduction, (torch.randn(16, 96),), {"x": {0: batch}},
+                          [(torch.randn(n, 96),) for n in (1, 5, 16, 64)]),
+        "dynamic_shared_batch": (two_outputs, (torch.randn(8, 64), torch.randn(8, 64)),
+                                 {"x": {0: batch}, "residual": {0: batch}},
+                                 [(torch.randn(n, 64), torch.randn(n, 64)) for n in (3, 8, 33)]),
+        "dynamic_sequence": (transformer, (x,), ({1: seq},),
+                             [(torch.randn(2, n, x.shape[2]),) for n in (3, 16, 29)]),
+    }
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, tuple]:
-    """Each case exported, with its inputs and eager's outputs saved beside it."""
+    """Each case exported, with the inputs of its calls and eager's outputs saved beside it."""
     folder = tmp_path_factory.mktemp("packages")
     out = {}
-    for name, (model, args) in cases().items():
+    every = {name: (model, args, None, [args]) for name, (model, args) in cases().items()} | dynamic_cases()
+    for name, (model, args, dynamic, calls) in every.items():
         with torch.no_grad():
-            expected = model(*args)
+            expected = [model(*inputs) for inputs in calls]
         package = folder / f"{name}.fusec"
-        done = fusec.export(model, *args, path=package)
-        torch.save(args, folder / f"{name}.inputs.pt")
+        done = fusec.export(model, *args, path=package, dynamic_shapes=dynamic)
+        torch.save(calls, folder / f"{name}.inputs.pt")
         torch.save(expected, folder / f"{name}.expected.pt")
-        out[name] = (done, model, args, expected)
+        out[name] = (done, model, args, expected[0])
     return out
 
 
@@ -130,6 +148,53 @@ def test_loaded_in_a_fresh_process_equals_eager_and_runs_every_kernel(fresh_proc
     assert result["planned"], "the package has no generated kernel"
     assert result["ran"] == dict.fromkeys(result["planned"], 1), result
     assert result["calls"] == 1 and result["through_torch"] == 0
+
+
+@pytest.mark.parametrize("name", list(dynamic_cases()))
+def test_dynamic_package_serves_several_sizes_in_a_fresh_process(exported, fresh_process, name):
+    calls = len(dynamic_cases()[name][3])
+    result = fresh_process["results"][name]
+    assert result["error"] is None, result["error"]
+    assert result["planned"], "the package has no generated kernel"
+    assert result["ran"] == dict.fromkeys(result["planned"], calls), result
+    assert result["calls"] == calls and result["through_torch"] == 0
+    assert any(isinstance(d, str) for d in exported[name][0].manifest["placeholders"][-1]["shape"])
+
+
+def test_dynamic_manifest_holds_symbols_with_their_ranges(exported):
+    manifest = exported["dynamic_shared_batch"][0].manifest
+    x, residual = manifest["placeholders"]
+    assert isinstance(x["shape"][0], str) and x["shape"] == residual["shape"] and x["shape"][1] == 64
+    assert manifest["symbols"] == {x["shape"][0]: {"dim": "batch", "min": 1, "max": 64}}
+    assert manifest["outputs"][0]["shape"] == x["shape"]
+
+
+def test_dynamic_package_refuses_sizes_it_does_not_serve(exported):
+    runner = fusec.load(exported["dynamic_batch"][0].path)
+    with pytest.raises(ValueError, match=r"input 1 \(x\) dim 0 is 65, outside batch \(s\d+\)'s range \[1, 64\]: "
+                                         r"export again with a Dim"):
+        runner(torch.randn(65, 96))
+    with pytest.raises(ValueError, match=r"has shape \(4, 95\); the package serves \(s\d+, 96\), "
+                                         r"at this call's sizes \(4, 96\)"):
+        runner(torch.randn(4, 95))
+    with pytest.raises(ValueError, match=r"has 3 dims, shape \(4, 96, 1\); the package serves 2 dims"):
+        runner(torch.randn(4, 96, 1))
+    shared = fusec.load(exported["dynamic_shared_batch"][0].path)
+    with pytest.raises(ValueError, match=r"input 2 \(residual\) dim 0 is 5 but input 1 \(x\) dim 0 is 4: both "
+                                         r"are batch \(s\d+\) in the exported program, so they must be equal"):
+        shared(torch.randn(4, 64), torch.randn(5, 64))
+
+
+def test_dynamic_input_in_another_layout_is_copied_at_its_sizes(exported):
+    runner = fusec.load(exported["dynamic_batch"][0].path)
+    transposed = torch.randn(96, 7).t()
+    torch.testing.assert_close(runner(transposed), reduction(transposed))
+    assert runner.report().graphs[0].runtime.counts.through_torch == 0
+
+
+def test_dynamic_shapes_naming_no_input_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"dynamic_shapes names y, which the model's inputs \(x\) are not"):
+        fusec.export(reduction, torch.randn(4, 8), path=tmp_path / "r.fusec", dynamic_shapes={"y": {0: Dim("b")}})
 
 
 def test_loading_compiles_no_frame(fresh_process):
@@ -245,7 +310,7 @@ def test_inputs_other_than_exported_are_refused_with_what_to_do(exported):
     done, _, args, _ = exported["reduction"]
     runner = fusec.load(done.path)
     with pytest.raises(ValueError, match=r"input 1 \(x\) has shape \(8, 96\); the package was exported for "
-                                         r"\(16, 96\) \(packages have static shapes: export again"):
+                                         r"\(16, 96\) \(this package's shapes are static: export again"):
         runner(torch.randn(8, 96))
     with pytest.raises(ValueError, match=r"input 1 .* is float64; the package was exported for float32"):
         runner(args[0].double())
