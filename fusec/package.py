@@ -116,7 +116,6 @@ _ALLOWED = {
     "fusec.streams": {"StreamDecision"},
     "fusec.passes.cost": {"DeviceModel"},
     "fusec.passes.refusal": {"Refusal"},
-    "torch.serialization": {"_get_layout"},  # how torch pickles a layout (torch.strided) in op arguments
     "networkx.classes.digraph": {"DiGraph"},
     "networkx.classes.coreviews": {"AdjacencyView", "AtlasView", "FilterAtlas", "FilterAdjacency"},
     "networkx.classes.reportviews": {"NodeView", "OutEdgeView", "InEdgeView", "EdgeView", "DegreeView",
