@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 import fusec
@@ -34,6 +35,15 @@ def check(fn, *args, kernels: int | None = None, externs: int | None = None, **t
     if externs is not None:
         assert report.stats["extern_calls"] == externs, report.summary()
     return report
+
+
+def assert_raises_as_eager(fn, *args, error: type[Exception] = IndexError) -> None:
+    """Compiled, `fn(*args)` raises what eager raises: the same exception type and message."""
+    with pytest.raises(error) as expected:
+        fn(*args)
+    with pytest.raises(error) as got:
+        fusec.compile(fn)(*args)
+    assert str(got.value) == str(expected.value)
 
 
 def assert_ran(compiled) -> fusec.Report:
