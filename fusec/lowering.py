@@ -12,10 +12,10 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-import sympy
 import torch
 import torch.fx
 
+from fusec import sizes
 from fusec.ir import ITEMSIZE, POINTWISE_OPS, SIZE_DTYPE, Graph, Kind, Node, Ref, kind_of
 from fusec.lowering_index import (
     arange,
@@ -346,13 +346,9 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
         return lowered
     handler = HANDLERS.get(packet)
     lowered = handler(args, kwargs, val) if handler else None
-    if lowered is not None and lowered[0] in POINTWISE_OPS and any(map(_symbolic, lowered[1])):
+    if lowered is not None and lowered[0] in POINTWISE_OPS and not sizes.all_static(lowered[1]):
         return None  # a size as a value (x * s0): kernels take sizes in index math only
     return lowered
-
-
-def _symbolic(arg: Any) -> bool:
-    return isinstance(arg, sympy.Basic) and not arg.is_number
 
 
 _COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
