@@ -43,6 +43,11 @@ class OpResult:
     detail: str = ""  # what differed or what was raised
 
 
+def op_name(info: Any) -> str:
+    """An OpInfo's name with its variant, as `--op` takes it (`div.floor_rounding`)."""
+    return info.name + (f".{info.variant_test_name}" if info.variant_test_name else "")
+
+
 def elementwise_opinfos() -> list[Any]:
     """PyTorch's float32 elementwise OpInfos on the CPU (unary and binary ufuncs), by name."""
     try:
@@ -51,7 +56,7 @@ def elementwise_opinfos() -> list[Any]:
         raise RuntimeError(f"PyTorch's OpInfo database cannot be imported ({exc}): pip install expecttest") from exc
     chosen = {}
     for info in (*unary_ufuncs, *binary_ufuncs):
-        name = info.name + (f".{info.variant_test_name}" if info.variant_test_name else "")
+        name = op_name(info)
         if name.startswith(_SKIP_PREFIXES) or info.name in _SKIP:
             continue
         if torch.float32 in info.supported_dtypes("cpu"):
@@ -68,7 +73,7 @@ def check(info: Any, sample: Any) -> OpResult:
     """Compile one sample alone, run it against eager, and classify it."""
     import fusec
 
-    name = info.name + (f".{info.variant_test_name}" if info.variant_test_name else "")
+    name = op_name(info)
     tensors = [sample.input, *sample.args]
     positions = [i for i, v in enumerate(tensors) if isinstance(v, torch.Tensor)]
 
@@ -108,8 +113,7 @@ def sweep(per_op: int = 1, only: list[str] | None = None) -> list[OpResult]:
     level, logger.level = logger.level, logging.ERROR
     try:
         for info in elementwise_opinfos():
-            name = info.name + (f".{info.variant_test_name}" if info.variant_test_name else "")
-            if only and name not in only:
+            if only and op_name(info) not in only:
                 continue
             results += [check(info, sample) for sample in samples(info, per_op)]
     finally:
