@@ -27,8 +27,8 @@ from fusec.compiler import rendered
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.dtypes import compute_dtype
+from fusec.kernels.kinds import static_launch, static_size_args
 from fusec.plan import Kernel
-from fusec.runtime import _launch, _sizes
 
 H100 = (90, 32)  # compute capability, warp size
 _POINTER = {"bool": "i1", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
@@ -54,7 +54,7 @@ class KernelStats:
 
 def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any]) -> tuple[dict, dict]:
     """Triton's signature of the kernel as the runtime calls it, and the divisibility hints."""
-    sizes = list(_sizes(graph, kernel))
+    sizes = list(static_size_args(graph, kernel))
     types, hints = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constants:
@@ -85,7 +85,7 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
     from triton.compiler import compile as triton_compile
 
     gpu = rendered(graph, kernel, interpret=False)
-    launch = _launch(graph, gpu, interpret=False)
+    launch = static_launch(graph, gpu, interpret=False)
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
     types, hints = signature(graph, gpu, fn, launch.constants)
     source = ASTSource(fn, types, dict(launch.constants), attrs=hints)
