@@ -28,7 +28,7 @@ from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.kinds import static_launch, static_size_args
-from fusec.plan import Kernel, LaunchExtra
+from fusec.plan import Kernel, KernelKind, LaunchExtra
 
 H100 = (90, 32)  # compute capability, warp size
 _POINTER = {"bool": "i1", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
@@ -120,7 +120,7 @@ def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
 def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:
     """Passes over each row and bytes moved against the minimum: every per-element input
     is read once per pass, everything else once."""
-    if kernel.kind != "reduction":
+    if kernel.kind is not KernelKind.REDUCTION:
         return None, None
     passes = 1 if kernel.persistent else source.count(LOOP)
     elements = kernel.numel * kernel.rnumel
