@@ -27,8 +27,8 @@ from fusec.compiler import rendered
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.dtypes import compute_dtype
-from fusec.plan import Kernel
-from fusec.runtime import _launch, _sizes
+from fusec.kernels.kinds import static_launch, static_size_args
+from fusec.plan import Kernel, KernelKind, LaunchExtra
 
 H100 = (90, 32)  # compute capability, warp size
 _POINTER = {"bool": "i1", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
@@ -54,28 +54,30 @@ class KernelStats:
 
 def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any]) -> tuple[dict, dict]:
     """Triton's signature of the kernel as the runtime calls it, and the divisibility hints."""
-    sizes = list(_sizes(graph, kernel))
     types, hints = {}, {}
+    plain = iter(_arguments(graph, kernel))
     for i, name in enumerate(fn.arg_names):
         if name in constants:
             types[name] = "constexpr"
             continue
-        if name.startswith("p_partial_"):
-            types[name] = "*" + _POINTER[compute_dtype(graph[name.removeprefix("p_partial_")].dtype)]
-        elif name in ("p_bad_index", "p_ticket"):
-            types[name] = "*i32"
-        elif name.startswith("p_"):
-            types[name] = "*" + _POINTER[graph[name.removeprefix("p_")].dtype]
-        elif name == "seed":
-            types[name] = "i64"
-            continue
-        else:
-            size = sizes.pop(0)
-            types[name] = "i32" if -(2**31) <= size < 2**31 else "i64"
-            if size % 16:
-                continue
-        hints[(i,)] = [["tt.divisibility", 16]]  # allocations are 16-byte aligned
+        types[name], aligned = next(plain)
+        if aligned:
+            hints[(i,)] = [["tt.divisibility", 16]]
     return types, hints
+
+
+def _arguments(graph: Graph, kernel: Kernel) -> list[tuple[str, bool]]:
+    """(Triton type, divisible by 16) of each argument the launcher passes a static kernel: its
+    buffers (allocations are 16-byte aligned), its launch extras, then its sizes."""
+    args = [("*" + _POINTER[graph[n].dtype], True) for n in kernel.inputs + kernel.outputs]
+    for extra in kernel.extras:
+        if extra is LaunchExtra.SEED:
+            args.append(("i64", False))  # a fresh value every call: never specialized on
+        elif extra is LaunchExtra.BAD_INDEX:
+            args.append(("*i32", True))
+        else:  # one partial per final reduction, then the ticket
+            args += [("*" + _POINTER[compute_dtype(graph[f].dtype)], True) for f in kernel.finals] + [("*i32", True)]
+    return args + [("i32" if -(2**31) <= n < 2**31 else "i64", n % 16 == 0) for n in static_size_args(graph, kernel)]
 
 
 def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
@@ -85,7 +87,7 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
     from triton.compiler import compile as triton_compile
 
     gpu = rendered(graph, kernel, interpret=False)
-    launch = _launch(graph, gpu, interpret=False)
+    launch = static_launch(graph, gpu, interpret=False)
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
     types, hints = signature(graph, gpu, fn, launch.constants)
     source = ASTSource(fn, types, dict(launch.constants), attrs=hints)
@@ -118,7 +120,7 @@ def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
 def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:
     """Passes over each row and bytes moved against the minimum: every per-element input
     is read once per pass, everything else once."""
-    if kernel.kind != "reduction":
+    if kernel.kind is not KernelKind.REDUCTION:
         return None, None
     passes = 1 if kernel.persistent else source.count(LOOP)
     elements = kernel.numel * kernel.rnumel

@@ -19,11 +19,8 @@ from fusec.device import device_model
 from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
-from fusec.kernels.extents import ROWS_VARIANT, extents, persistent_for, row_variants
-from fusec.kernels.matmul import render_matmul
+from fusec.kernels.kinds import ROWS_VARIANT, persistent_for, render
 from fusec.kernels.parallel_load import load_kernels
-from fusec.kernels.pointwise import render_combo, render_pointwise
-from fusec.kernels.reduction import render_reduction
 from fusec.launcher import symbol_sources
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
@@ -98,25 +95,14 @@ def graph_device(gm: torch.fx.GraphModule) -> str:
     return device
 
 
-_SIGNATURE = re.compile(r"^def (\w+)\((.*?)\):", re.M | re.S)
-
-
 def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
     """`step` with its Triton source for Triton's interpreter or for a GPU (`graph` symbolic:
     the source reads sizes that depend on a symbol from its arguments)."""
-    renderer = {"reduction": render_reduction, "matmul": render_matmul,
-                "combo": render_combo}.get(step.kind, render_pointwise)
     step = replace(step, persistent=persistent_for(graph, step))
-    exact = extents(graph, step) if step.kind == "reduction" else (step.numel, step.rnumel)
-    source, fn_name = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1]), interpret=interpret)
-    if row_variants(graph, step):
-        # The same rows kept in registers, for a call whose rows fit one block: one more entry.
-        rows, _ = renderer(graph, replace(step, numel=exact[0], rnumel=exact[1], persistent=True), interpret)
-        source += "\n\n" + rows.replace(f"def {fn_name}(", f"def {fn_name}{ROWS_VARIANT}(")
+    out = render(graph, step, interpret)
     library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
-    signature = next(m for m in _SIGNATURE.finditer(source) if m.group(1) == fn_name)
-    params = tuple(p.split(":")[0].strip() for p in signature.group(2).split(","))
-    return replace(step, source=source, fn_name=fn_name, params=params, library=library)
+    return replace(step, source=out.source, fn_name=out.fn_name, params=out.params, extras=out.extras,
+                   symbols=out.symbols, rows_fn=out.rows_fn, library=library)
 
 
 def render_plan(plan: Plan, interpret: bool) -> Plan:
@@ -212,9 +198,8 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     try:
         kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
         for k in record.plan.all_kernels():  # a reduction's persistent variant, where it has one
-            if f"def {k.fn_name}{ROWS_VARIANT}(" in k.source:
-                kernels[k.id + ROWS_VARIANT] = load_kernel(k.source, k.fn_name + ROWS_VARIANT, interpret,
-                                                          options.cache_dir)
+            if k.rows_fn:
+                kernels[k.id + ROWS_VARIANT] = load_kernel(k.source, k.rows_fn, interpret, options.cache_dir)
     except Exception as exc:
         if options.strict:
             raise

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fusec.plan import Extern, Plan
+from fusec.plan import Extern, LaunchExtra, Plan
 from fusec.stores import stores
 
 log = logging.getLogger("fusec")
@@ -39,9 +39,9 @@ def refusal(plan: Plan, graph_name: str) -> str | None:
     if plan.graph.hints:
         return f"its sizes are symbols ({', '.join(plan.graph.hints)}): a recording holds the sizes of one call"
     for kernel in plan.all_kernels():
-        if "seed" in kernel.params:
+        if LaunchExtra.SEED in kernel.extras:
             return f"{kernel.id} draws random numbers with a seed chosen per call"
-        if "p_bad_index" in kernel.params:
+        if LaunchExtra.BAD_INDEX in kernel.extras:
             return f"{kernel.id} checks its indices on the host after the launch"
     if stores(plan.graph):
         return "it writes new values into its inputs (an optimizer step): a replay would write into copies of them"

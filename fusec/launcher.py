@@ -23,10 +23,10 @@ import torch
 
 from fusec import sizes
 from fusec.ir import SIZE_DTYPE, Graph, Kind, Ref, contiguous_strides, iter_refs
-from fusec.kernels.extents import extents, is_dynamic
+from fusec.kernels.kinds import extents, is_dynamic
 from fusec.lowering_sizes import Unsupported
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
-from fusec.plan import Extern, Kernel, Plan, Step
+from fusec.plan import Extern, Kernel, LaunchExtra, Plan, Step
 from fusec.stores import in_place, stores
 
 DTYPES = {name: getattr(torch, name) for name in
@@ -312,18 +312,18 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         return
     call = _ident(kernel.id)
     src.names[call] = code.calls[kernel.id]
-    flag = "p_bad_index" in kernel.params
+    flag = LaunchExtra.BAD_INDEX in kernel.extras
     if flag:
         emit("flag = torch.zeros(1, dtype=D_int32, device=device)")
         args.append("flag")
-    if "seed" in kernel.params:
+    if LaunchExtra.SEED in kernel.extras:
         args.append(f"{src.bind(code.draw_seed, 'SEED')}()")
     exact = code.extents.get(kernel.id)
-    if kernel.finals:
+    if LaunchExtra.PARTIALS in kernel.extras:
         at = f", {_sizes(exact)}" if exact else ""
         args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device{at})")
     if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from
-        args += [p for p in kernel.params if p.startswith(sizes.KERNEL_PREFIX)]
+        args += list(kernel.symbols)
         args += [sizes.source(e, python=True) for e in exact]
     emit(f"{call}({', '.join(args)})")
     if flag:

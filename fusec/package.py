@@ -112,7 +112,7 @@ def read(path: str | Path, expected: str | None = None) -> Package:
 _ALLOWED = {
     "fusec.compiler": {"CompiledGraph"},
     "fusec.ir": {"Graph", "Node", "Ref", "Kind"},
-    "fusec.plan": {"Plan", "Kernel", "Extern"},
+    "fusec.plan": {"Plan", "Kernel", "Extern", "KernelKind", "LaunchExtra"},
     "fusec.streams": {"StreamDecision"},
     "fusec.passes.cost": {"DeviceModel"},
     "fusec.passes.refusal": {"Refusal"},

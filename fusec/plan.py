@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
 import networkx as nx
 
@@ -11,12 +12,38 @@ from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, row_domain
 from fusec.passes.cost import group_bytes, group_flops, op_bytes
 
 
+class KernelKind(str, Enum):
+    """What shape of kernel a group renders to; `fusec.kernels.kinds` maps each to its renderer,
+    launch rule and size arguments. Prints and serializes as its value (`"pointwise"`)."""
+
+    POINTWISE = "pointwise"
+    REDUCTION = "reduction"
+    MATMUL = "matmul"
+    COMBO = "combo"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class LaunchExtra(str, Enum):
+    """An argument the launcher passes after a kernel's buffers, in this order, when the kernel
+    takes it: a bounds flag it sets on an out-of-range index, the call's random seed, and one
+    partial buffer per final reduction plus the ticket counter the last program takes."""
+
+    BAD_INDEX = "bad_index"
+    SEED = "seed"
+    PARTIALS = "partials"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One generated kernel: a fusion group, its buffers and its source."""
 
     id: str
-    kind: str
+    kind: KernelKind
     members: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
@@ -34,6 +61,9 @@ class Kernel:
     source: str = ""
     fn_name: str = ""
     params: tuple[str, ...] = ()  # the entry function's parameters, as rendered
+    extras: tuple[LaunchExtra, ...] = ()  # what the launcher passes after the buffers
+    symbols: tuple[str, ...] = ()  # the size-symbol parameters, passed after the extras
+    rows_fn: str = ""  # the entry that keeps rows in registers, picked per call ("" when none)
     stream: int = 0
     waits: tuple[str, ...] = ()
 
@@ -89,13 +119,13 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     names = {m.name for m in members}
     inputs = [op for m in members for op in m.operands() if op not in names and not is_constant(graph[op])]
     outputs = [m.name for m in graph.escaping(members)]
-    kernel = Kernel(id=group, kind="pointwise", members=tuple(m.name for m in members),
+    kernel = Kernel(id=group, kind=KernelKind.POINTWISE, members=tuple(m.name for m in members),
                     inputs=tuple(dict.fromkeys(inputs)), outputs=tuple(outputs),
                     numel=graph[outputs[0]].numel, bytes=group_bytes(graph, members),
                     flops=group_flops(graph, members))
     if any(m.kind is Kind.MATMUL for m in members):
         product = next(m for m in members if m.kind is Kind.MATMUL)
-        kernel = replace(kernel, kind="matmul", numel=product.numel)
+        kernel = replace(kernel, kind=KernelKind.MATMUL, numel=product.numel)
         return replace(kernel, library=_library(graph, kernel, members))
     domain = row_domain(graph, members)
     if domain is None:
@@ -107,8 +137,8 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     inner = last < 0 or last in dims
     rows = math.prod(s for d, s in enumerate(shape) if d not in dims)
     persistent = rnumel <= (PERSISTENT_ROW if inner else PERSISTENT_COLUMN)
-    return replace(kernel, kind="reduction", numel=rows, rnumel=rnumel, persistent=persistent, reduce_inner=inner,
-                   finals=tuple(m.name for m in finals(graph, members)))
+    return replace(kernel, kind=KernelKind.REDUCTION, numel=rows, rnumel=rnumel, persistent=persistent,
+                   reduce_inner=inner, finals=tuple(m.name for m in finals(graph, members)))
 
 
 def _extern(graph: Graph, node: Node) -> Extern:
@@ -135,7 +165,7 @@ def _library(graph: Graph, kernel: Kernel, members: list[Node]) -> tuple[Kernel 
 
 def _combo(parts: list[Kernel]) -> Kernel:
     """Independent pointwise kernels as one launch: each program runs one block of one part."""
-    return Kernel(id="+".join(p.id for p in parts), kind="combo",
+    return Kernel(id="+".join(p.id for p in parts), kind=KernelKind.COMBO,
                   members=tuple(m for p in parts for m in p.members),
                   inputs=tuple(dict.fromkeys(i for p in parts for i in p.inputs)),
                   outputs=tuple(o for p in parts for o in p.outputs), numel=sum(p.numel for p in parts),

@@ -17,7 +17,16 @@ from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
 from fusec.kernels.dtypes import compute_dtype
-from fusec.kernels.extents import ROWS_VARIANT, extents, fits_block, is_dynamic, launch_at, size_args
+from fusec.kernels.kinds import (
+    ROWS_VARIANT,
+    extents,
+    fits_block,
+    is_dynamic,
+    launch_at,
+    size_args,
+    static_launch,
+    static_size_args,
+)
 from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
@@ -29,22 +38,12 @@ log = logging.getLogger("fusec")
 __all__ = ["EAGER_RAISES", "BadIndex", "KernelFailed", "Runtime", "StrideMismatch"]
 
 
-def _launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
-    """A static kernel's launch."""
-    return launch_at(graph, kernel, extents(graph, kernel), interpret)
-
-
-def _sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
-    """The size arguments a static kernel takes after its tensors."""
-    return size_args(kernel, extents(graph, kernel))
-
-
 def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool) -> KernelCall | DynamicCall:
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call."""
     exact, fn = extents(graph, kernel), kernels[kernel.id]
     if not is_dynamic(graph, kernel):
-        return KernelCall(fn, _launch(graph, kernel, interpret), _sizes(graph, kernel), interpret,
+        return KernelCall(fn, static_launch(graph, kernel, interpret), static_size_args(graph, kernel), interpret,
                           name=kernel.id, loaded=len(kernel.inputs))
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
 
@@ -243,7 +242,7 @@ class Runtime:
         configurations."""
         if self._matmul != "auto" or isinstance(self.calls[kernel.id], DynamicCall):
             return self._matmul if self._matmul != "auto" else "template"  # a dynamic one is not timed
-        key = (kernel.source, _sizes(self.plan.graph, kernel), _device_name())
+        key = (kernel.source, static_size_args(self.plan.graph, kernel), _device_name())
         if key not in _MATMUL_CHOICE:
             with _MATMUL_TIMING:
                 if key not in _MATMUL_CHOICE:

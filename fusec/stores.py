@@ -16,7 +16,7 @@ import torch
 import torch.fx
 
 from fusec.ir import INDEXING_OPS, Graph, Kind, Ref
-from fusec.plan import Kernel, Plan
+from fusec.plan import Kernel, KernelKind, Plan
 
 STORES = "stores"  # the output node's kwarg: ((Ref(new value), input name), ...)
 
@@ -92,7 +92,7 @@ def _members_before(plan: Plan, kernel: Kernel) -> set[str]:
 
 def _safe(graph: Graph, kernel: Kernel, src: str, dst: str, before: set[str]) -> bool:
     """Nothing reads `dst`'s old value after the kernel, and the kernel reads it element for element."""
-    if kernel.kind not in ("pointwise", "combo") or graph[dst].numel == 0:
+    if kernel.kind not in (KernelKind.POINTWISE, KernelKind.COMBO) or graph[dst].numel == 0:
         return False
     part = _part_of(kernel, src)
     if part.numel != graph[dst].numel:

@@ -24,13 +24,14 @@ from __future__ import annotations
 from fusec.ir import Graph, Kind, Node
 from fusec.kernels.render import (
     Index,
+    Rendered,
     Renderer,
     Value,
     kernel_name,
     live_lines,
-    module_source,
     needs_int64,
     param,
+    rendered_module,
     size_params,
 )
 from fusec.plan import Kernel
@@ -114,7 +115,7 @@ class MatmulRenderer(Renderer):
         return value.expr if value.dtype == dtype else self.to(value.expr, dtype)
 
     # the kernel ----------------------------------------------------------------
-    def render(self) -> tuple[str, str]:
+    def render(self) -> Rendered:
         self._tile_order()
         for acc in self.accumulator.values():
             self.out.emit(f"{acc} = tl.full([BLOCK_M, BLOCK_N], 0, tl.float32)")
@@ -137,11 +138,11 @@ class MatmulRenderer(Renderer):
                 idx = self.unravel(self.linearize(self.tile, self.node.shape), node.shape)
             value = self.value(name, idx)
             self.out.emit(self.store(node, idx, value, "mmask & nmask", "[BLOCK_M, BLOCK_N]"))
-        fn_name = kernel_name(self.graph, self.kernel)
-        params = [*self.params(), *size_params(self.graph, self.kernel), "M", "N", "K", "BLOCK_M: tl.constexpr",
+        symbols = size_params(self.graph, self.kernel)
+        params = [*self.params(), *symbols, "M", "N", "K", "BLOCK_M: tl.constexpr",
                   "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr", "DOT_F32: tl.constexpr"]
         body = live_lines(self.out.scope.lines, [])
-        return module_source(fn_name, params, body, self.kernel.members, [self]), fn_name
+        return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
 
     def _accumulate(self, node: Node) -> None:
         """acc += the K slice of a @ b; a tile loaded once serves every matmul that reads it."""
@@ -189,6 +190,6 @@ class MatmulRenderer(Renderer):
             self.out.emit(line)
 
 
-def render_matmul(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
-    """Triton source of a matmul group's kernel (for the interpreter or a GPU) and its entry's name."""
+def render_matmul(graph: Graph, kernel: Kernel, interpret: bool = True) -> Rendered:
+    """A matmul group's kernel, for the interpreter or a GPU."""
     return MatmulRenderer(graph, kernel, interpret).render()

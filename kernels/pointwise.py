@@ -6,15 +6,17 @@ from fusec import sizes
 from fusec.ir import Graph, Node, contiguous_strides
 from fusec.kernels.render import (
     Index,
+    Rendered,
     Renderer,
+    extra_params,
     kernel_name,
     live_lines,
-    module_source,
     needs_int64,
     param,
+    rendered_module,
     size_params,
 )
-from fusec.plan import Kernel
+from fusec.plan import Kernel, LaunchExtra
 
 
 class PointwiseRenderer(Renderer):
@@ -40,21 +42,21 @@ class PointwiseRenderer(Renderer):
         body = [f"{self.offs} = {block} * BLOCK + tl.arange(0, BLOCK)", f"{self.mask} = {self.offs} < {numel}"]
         return body + live_lines(self.out.scope.lines, stores) + stores
 
-    def render(self) -> tuple[str, str]:
+    def render(self) -> Rendered:
         k = self.kernel
         pid = "tl.program_id(0).to(tl.int64)" if needs_int64(self.graph, k) else "tl.program_id(0)"
         body = self.body(pid, "numel")
-        fn_name = kernel_name(self.graph, k)
-        params = [*self.params(), *size_params(self.graph, k), "numel", "BLOCK: tl.constexpr"]
-        return module_source(fn_name, params, body, k.members, [self]), fn_name
+        symbols = size_params(self.graph, k)
+        params = [*self.params(), *symbols, "numel", "BLOCK: tl.constexpr"]
+        return rendered_module(kernel_name(self.graph, k), params, body, [self], self.extras(), symbols)
 
 
-def render_pointwise(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
-    """Triton source of the group's kernel (for the interpreter or a GPU) and its entry's name."""
+def render_pointwise(graph: Graph, kernel: Kernel, interpret: bool = True) -> Rendered:
+    """The group's kernel, for the interpreter or a GPU."""
     return PointwiseRenderer(graph, kernel, interpret=interpret).render()
 
 
-def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
+def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Rendered:
     """One launch for independent pointwise kernels: program ids are dealt out part by
     part (ceil(numel_i / BLOCK) each) and each program runs one block of its part."""
     renderers = [PointwiseRenderer(graph, part, part=f"h{i}_", interpret=interpret)
@@ -68,9 +70,9 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[
         start = f"(pid - end{i - 1})" if i else "pid"
         body.extend("    " + line for line in renderer.body(start, f"numel{i}"))
     # The runtime passes the combo's inputs, then its outputs, then the extras.
-    params = [param(n) for n in kernel.inputs + kernel.outputs]
-    params += [p for p in ("p_bad_index", "seed") if any(p in r.params() for r in renderers)]
-    params += size_params(graph, kernel)
-    params += [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
+    extras = tuple(e for e in LaunchExtra if any(e in r.extras() for r in renderers))
+    symbols = size_params(graph, kernel)
+    params = [param(n) for n in kernel.inputs + kernel.outputs] + extra_params(extras, ())
+    params += symbols + [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
-    return module_source(fn_name, params, body, kernel.members, renderers), fn_name
+    return rendered_module(fn_name, params, body, renderers, extras, symbols)

@@ -20,13 +20,14 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.render import (
     Index,
+    Rendered,
     Renderer,
     Value,
     kernel_name,
     live_lines,
-    module_source,
     needs_int64,
     param,
+    rendered_module,
     row_count,
     size_params,
 )
@@ -344,7 +345,7 @@ class ReductionRenderer(Renderer):
         return "[:, None]" if self.inner else "[None, :]"
 
     # the kernel ----------------------------------------------------------------
-    def render(self) -> tuple[str, str]:
+    def render(self, entry_suffix: str = "") -> Rendered:
         k = self.kernel
         pid = "tl.program_id(0).to(tl.int64)" if needs_int64(self.graph, k) else "tl.program_id(0)"
         self.out.emit(f"xoffs = {pid} * XBLOCK + {self._arange('XBLOCK', reduced=False)}")
@@ -372,11 +373,11 @@ class ReductionRenderer(Renderer):
                     self.out.emit(self.store(node, idx, self.value(name, idx), "xmask & rmask", self.block_shape))
         if k.finals:
             self._finish([n for n in k.outputs if n in totals])
-        fn_name = kernel_name(self.graph, k)
-        params = [*self.params(), *(f"p_partial_{f}" for f in k.finals), *(["p_ticket"] if k.finals else []),
-                  *size_params(self.graph, k), "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
+        symbols = size_params(self.graph, k)
+        params = [*self.params(), *symbols, "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
         body = live_lines(self.out.scope.lines, [])
-        return module_source(fn_name, params, body, k.members, [self]), fn_name
+        fn_name = kernel_name(self.graph, k) + entry_suffix
+        return rendered_module(fn_name, params, body, [self], self.extras(), symbols)
 
     def _per_element(self, node: Node) -> bool:
         return node.numel != self.kernel.numel
@@ -435,8 +436,3 @@ class ReductionRenderer(Renderer):
                           f"other={identity}, volatile=True)")
             self.out.emit(f"{acc} = {_ELEMENTWISE[kind].format(a=acc, b='got')}")
         return Value(self._library_reduce(acc, kind, dtype, [0]), dtype)
-
-
-def render_reduction(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[str, str]:
-    """Triton source of a reduction group's kernel (for the interpreter or a GPU) and its entry's name."""
-    return ReductionRenderer(graph, kernel, interpret).render()

@@ -20,7 +20,7 @@ from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
 from fusec.kernels.helpers import HELPERS
 from fusec.kernels.indexed import Index, IndexedValues, Value
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
-from fusec.plan import Kernel
+from fusec.plan import Kernel, LaunchExtra
 from fusec.sizes import Size, source
 
 _NAME = re.compile(r"[A-Za-z_]\w*")
@@ -330,10 +330,23 @@ class Renderer(IndexedValues):
             addr = f"tl.broadcast_to({addr}, {shape})"
         return f"tl.store({param(node.name)} + {addr}, {self.to(expr, node.dtype)}, mask={mask})"
 
+    def extras(self) -> tuple[LaunchExtra, ...]:
+        """What the body needs passed after the buffers (known once the body is rendered)."""
+        wanted = {LaunchExtra.BAD_INDEX: self.flags_bad_index, LaunchExtra.SEED: self.uses_seed,
+                  LaunchExtra.PARTIALS: bool(self.kernel.finals)}
+        return tuple(e for e in LaunchExtra if wanted[e])
+
     def params(self) -> list[str]:
+        """The buffers' parameters, then the extras'."""
         k = self.kernel
-        return ([param(n) for n in k.inputs + k.outputs] + (["p_bad_index"] if self.flags_bad_index else [])
-                + (["seed"] if self.uses_seed else []))
+        return [param(n) for n in k.inputs + k.outputs] + extra_params(self.extras(), k.finals)
+
+
+def extra_params(extras: tuple[LaunchExtra, ...], finals: tuple[str, ...]) -> list[str]:
+    """The parameters the launch extras take, in the order the launcher passes them."""
+    names = {LaunchExtra.BAD_INDEX: ["p_bad_index"], LaunchExtra.SEED: ["seed"],
+             LaunchExtra.PARTIALS: [*(f"p_partial_{f}" for f in finals), "p_ticket"]}
+    return [name for extra in extras for name in names[extra]]
 
 
 def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str | None]:
@@ -384,6 +397,26 @@ def round_bf16(expr: str) -> str:
     return f"tl.where({x} != {x}, {x}, {rounded})"
 
 
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a renderer returns: a kernel's Triton module and how its entry is called."""
+
+    source: str
+    fn_name: str
+    params: tuple[str, ...]  # the entry's parameters, in order
+    extras: tuple[LaunchExtra, ...] = ()  # passed after the buffers (their parameters follow them)
+    symbols: tuple[str, ...] = ()  # size-symbol parameters, passed after the extras
+    rows_fn: str = ""  # a second entry keeping each row in registers ("" when none)
+
+
+def rendered_module(fn_name: str, params: list[str], body: list[str], renderers: list[Renderer],
+                    extras: tuple[LaunchExtra, ...], symbols: list[str]) -> Rendered:
+    """The module of `module_source` with its entry's signature as data (constexpr marks dropped)."""
+    members = tuple(m for r in renderers for m in r.kernel.members)
+    source = module_source(fn_name, params, body, members, renderers)
+    return Rendered(source, fn_name, tuple(p.split(":")[0] for p in params), extras, tuple(symbols))
 
 
 def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],

@@ -177,7 +177,7 @@ def test_wrong_input_shape_raises_eagers_error():
 def test_internal_error_falls_back_to_torch_unless_strict(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(fusec.compiler, "render_pointwise", broken)
+    monkeypatch.setattr(fusec.compiler, "render", broken)
     fn = lambda x: torch.exp(x) + 1
     x = torch.randn(4)
     with caplog.at_level(logging.WARNING, logger="fusec"):

@@ -98,7 +98,7 @@ def test_how_cpu_graphs_run_is_said_once_per_process(caplog, cpu, level, says, n
 def test_a_graph_that_falls_back_runs_through_torch(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(fusec.compiler, "render_pointwise", broken)
+    monkeypatch.setattr(fusec.compiler, "render", broken)
     compiled = fusec.compile(lambda x: torch.exp(x) + 1, strict=False, cpu="interpret")
     compiled(torch.randn(4))
     assert fusec.report_of(compiled).stats["execution"] == "torch"

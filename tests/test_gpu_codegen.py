@@ -14,6 +14,7 @@ from fusec.bench import static as bench_static
 from fusec.compiler import rendered
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
+from fusec.kernels.kinds import static_launch
 from tests.eager import check
 
 try:
@@ -54,7 +55,7 @@ def sm90(monkeypatch, tmp_path):
     def also_for_gpu(self, *args):
         graph, kernel = owners[id(self)]
         gpu = rendered(graph, kernel, interpret=False)
-        constants = runtime._launch(graph, gpu, interpret=False).constants
+        constants = static_launch(graph, gpu, interpret=False).constants
         fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=tmp_path)
         types, _ = bench_static.signature(graph, gpu, fn, constants)
         plain = [n for n in fn.arg_names if n not in constants]

@@ -9,7 +9,7 @@ from fusec.ir import Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.launch import matmul_launch
 from fusec.kernels.matmul import matmul_problem, matmul_sizes, render_matmul
-from fusec.plan import Kernel
+from fusec.plan import Kernel, KernelKind
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-4), "float16": dict(rtol=2e-3, atol=1e-2),
        "bfloat16": dict(rtol=1.6e-2, atol=6e-2)}
@@ -51,13 +51,14 @@ class Builder:
         """Every non-input node is a member; tensors they read from outside are inputs."""
         members = [n.name for n in self.graph if n.kind is not Kind.INPUT]
         inputs = [op for m in members for op in self.graph[m].operands() if op not in members]
-        return Kernel(id="k0", kind="matmul", members=tuple(members), inputs=tuple(dict.fromkeys(inputs)),
+        return Kernel(id="k0", kind=KernelKind.MATMUL, members=tuple(members), inputs=tuple(dict.fromkeys(inputs)),
                       outputs=tuple(outputs), numel=self.graph[outputs[0]].numel, bytes=0)
 
 
 def run(b: Builder, kernel: Kernel, tmp_path) -> dict[str, torch.Tensor]:
     """Render, load and launch the kernel as the runtime does; outputs start as NaN."""
-    source, fn_name = render_matmul(b.graph, kernel)
+    result = render_matmul(b.graph, kernel)
+    source, fn_name = result.source, result.fn_name
     outs = {}
     for name in kernel.outputs:
         node = b.graph[name]
@@ -156,7 +157,7 @@ def test_bias_gelu_epilogue(dtype, tmp_path):
     mm = b.matmul("mm", b.input("x", (33, 48)), b.input("w", (48, 40), transposed=True))
     out = gelu_epilogue(b, mm, b.input("bias", (40,)))
     kernel = b.kernel([out])
-    source, _ = render_matmul(b.graph, kernel)
+    source = render_matmul(b.graph, kernel).source
     assert "tl.dot" in source and "tl.math.erf" in source
     got = run(b, kernel, tmp_path)[out]
     check(got, gelu(f64(b, "x") @ f64(b, "w") + f64(b, "bias")), dtype)
@@ -203,7 +204,8 @@ def test_source_shape(tmp_path):
     mm = b.matmul("mm", b.input("x", (4, 8, 32)), b.input("w", (4, 32, 16)))
     out = b.pointwise("mm_relu", "relu", Ref(mm))
     kernel = b.kernel([out])
-    source, fn_name = render_matmul(b.graph, kernel)
+    result = render_matmul(b.graph, kernel)
+    source, fn_name = result.source, result.fn_name
     assert fn_name == "k0_matmul_relu"
     assert source.count("@triton.jit") == 1 and "for k0 in range(0, K, BLOCK_K):" in source
     assert "tl.dot" in source and "tl.where" in source and source.count("tl.store") == 1
@@ -218,14 +220,14 @@ def test_huge_operands_index_in_int64():
     for name, shape in (("a", (65536, 40000)), ("b", (40000, 64))):
         b.graph.add(Node(name, "input", Kind.INPUT, shape, "float16", strides=contiguous_strides(shape)))
     b.matmul("mm", "a", "b")
-    source, _ = render_matmul(b.graph, b.kernel(["mm"]))
+    source = render_matmul(b.graph, b.kernel(["mm"])).source
     assert "pid = tl.program_id(0).to(tl.int64)" in source and "k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)" in source
 
 
 def test_float32_dot_is_ieee():
     b = Builder()
     b.matmul("mm", b.input("a", (16, 16)), b.input("b", (16, 16)))
-    source, _ = render_matmul(b.graph, b.kernel(["mm"]))
+    source = render_matmul(b.graph, b.kernel(["mm"])).source
     assert 'input_precision="ieee"' in source
 
 

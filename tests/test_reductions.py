@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fusec
+from fusec.plan import LaunchExtra
 from tests.eager import check
 
 W, B = torch.randn(64), torch.randn(64)
@@ -168,7 +169,7 @@ def test_random_numbers_inside_a_reduction_kernel():
     torch.manual_seed(6)
     x = torch.randn(4, 16)
     report = check(lambda x: ((torch.rand_like(x) + 0.5).prod(1) > 0), x, kernels=1)
-    assert "seed" in report.kernels[0].params
+    assert LaunchExtra.SEED in report.kernels[0].extras and "seed" in report.kernels[0].params
 
 
 def test_per_channel_values_through_size_one_views_share_the_kernel():

@@ -1,0 +1,144 @@
+"""The kernel kinds in one table: each kind's renderer, extents, launch rule and size arguments.
+
+A kernel's extents are its problem sizes as expressions over the size symbols.
+A kernel of a static graph is launched with them as numbers, once; a kernel of
+a dynamic graph gets them at each call, computed by the launcher from the
+symbols it bound, and its blocks and grid are chosen then (`launch_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from fusec import sizes
+from fusec.ir import Graph, row_domain
+from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch
+from fusec.kernels.matmul import matmul_problem, render_matmul
+from fusec.kernels.pointwise import render_combo, render_pointwise
+from fusec.kernels.reduction import ReductionRenderer
+from fusec.kernels.render import Rendered
+from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
+from fusec.sizes import Size
+
+# The name of a reduction's persistent variant, beside its looped entry in one module.
+ROWS_VARIANT = "_rows"
+
+Renderer = Callable[[Graph, Kernel, bool], Rendered]
+
+
+@dataclass(frozen=True)
+class KindRules:
+    """How one kind of kernel is rendered and launched."""
+
+    render: Renderer
+    extents: Callable[[Graph, Kernel], tuple[Size, ...]]
+    # (graph, kernel, extents, interpret, persistent) -> blocks, grid and warps
+    launch: Callable[[Graph, Kernel, tuple, bool, bool], Launch]
+    size_args: Callable[[tuple], tuple]  # extents -> the size arguments after the tensors and symbols
+    # The entry keeping each row in registers, rendered beside the looped one when the row length is a symbol.
+    render_rows: Renderer | None = None
+
+
+def _elements(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
+    return (graph[kernel.outputs[0]].numel,)
+
+
+def _parts(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
+    return tuple(graph[p.outputs[0]].numel for p in kernel.parts)
+
+
+def _rows(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
+    shape, dims = row_domain(graph, [graph[m] for m in kernel.members])
+    return sizes.prod(s for d, s in enumerate(shape) if d not in dims), sizes.prod(shape[d] for d in dims)
+
+
+def _render_reduction(graph: Graph, kernel: Kernel, interpret: bool, entry_suffix: str = "") -> Rendered:
+    rows, length = _rows(graph, kernel)
+    exact = replace(kernel, numel=rows, rnumel=length)
+    return ReductionRenderer(graph, exact, interpret).render(entry_suffix)
+
+
+def _render_rows(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
+    return _render_reduction(graph, replace(kernel, persistent=True), interpret, ROWS_VARIANT)
+
+
+KINDS: dict[KernelKind, KindRules] = {
+    KernelKind.POINTWISE: KindRules(
+        render_pointwise, _elements,
+        lambda graph, kernel, values, interpret, persistent: pointwise_launch(values[0], interpret),
+        tuple),
+    KernelKind.REDUCTION: KindRules(
+        _render_reduction, _rows,
+        lambda graph, kernel, values, interpret, persistent: reduction_launch(
+            *values, persistent, kernel.reduce_inner, interpret),
+        tuple, render_rows=_render_rows),
+    KernelKind.MATMUL: KindRules(
+        render_matmul, lambda graph, kernel: matmul_problem(graph, kernel)[:4],
+        lambda graph, kernel, values, interpret, persistent: matmul_launch(
+            *values, matmul_problem(graph, kernel)[4], interpret),
+        lambda values: tuple(values[1:])),  # the batch count is in the grid only
+    KernelKind.COMBO: KindRules(
+        render_combo, _parts,
+        lambda graph, kernel, values, interpret, persistent: combo_launch(list(values), interpret),
+        tuple),
+}
+
+
+def render(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
+    """The kernel's module (for Triton's interpreter or a GPU), with the rows-in-registers
+    entry beside the looped one where the kind has one and the row length is a symbol."""
+    rules = KINDS[kernel.kind]
+    out = rules.render(graph, kernel, interpret)
+    if rules.render_rows is not None and row_variants(graph, kernel):
+        rows = rules.render_rows(graph, kernel, interpret)
+        out = replace(out, source=f"{out.source}\n\n{rows.source}", rows_fn=rows.fn_name)
+    return out
+
+
+def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
+    """pointwise (numel,); reduction (rows, row length); combo each part's numel;
+    matmul (batch, M, N, K)."""
+    return KINDS[kernel.kind].extents(graph, kernel)
+
+
+def is_dynamic(graph: Graph, kernel: Kernel) -> bool:
+    """Whether the kernel's sizes depend on a symbol: its launch is then chosen per call."""
+    return not sizes.all_static(extents(graph, kernel)) or bool(kernel.symbols)
+
+
+def size_args(kernel: Kernel, values: tuple) -> tuple:
+    """The size arguments the kernel takes after its tensors and symbols."""
+    return KINDS[kernel.kind].size_args(values)
+
+
+def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: bool,
+              persistent: bool | None = None) -> Launch:
+    """Blocks, grid and warps for these extents (`persistent`: a reduction's variant, if not its own)."""
+    persistent = kernel.persistent if persistent is None else persistent
+    return KINDS[kernel.kind].launch(graph, kernel, values, interpret, persistent)
+
+
+def static_launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
+    """The launch of a kernel whose extents are numbers (a static graph's): chosen once."""
+    return launch_at(graph, kernel, extents(graph, kernel), interpret)
+
+
+def static_size_args(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
+    """The size arguments of a kernel whose extents are numbers, after its tensors."""
+    return size_args(kernel, extents(graph, kernel))
+
+
+def fits_block(kernel: Kernel, row_length: int) -> bool:
+    """Whether a row of this length stays in registers (the persistent variant)."""
+    return row_length <= (PERSISTENT_ROW if kernel.reduce_inner else PERSISTENT_COLUMN)
+
+
+def row_variants(graph: Graph, kernel: Kernel) -> bool:
+    """A kernel with rows whose length is a symbol has both entries, picked per call."""
+    return KINDS[kernel.kind].render_rows is not None and not sizes.is_static(extents(graph, kernel)[1])
+
+
+def persistent_for(graph: Graph, kernel: Kernel) -> bool:
+    """A row whose length is a symbol may be any length: it loops (the loop serves short rows too)."""
+    return kernel.persistent and not row_variants(graph, kernel)
