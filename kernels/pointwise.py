@@ -11,8 +11,9 @@ from fusec.kernels.render import (
     live_lines,
     module_source,
     needs_int64,
-    param,
+    scalar_params,
     size_params,
+    tensor_params,
 )
 from fusec.plan import Kernel
 
@@ -68,8 +69,9 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> tuple[
         start = f"(pid - end{i - 1})" if i else "pid"
         body.extend("    " + line for line in renderer.body(start, f"numel{i}"))
     # The runtime passes the combo's inputs, then its outputs, then the extras.
-    params = [param(n) for n in kernel.inputs + kernel.outputs]
+    params = tensor_params(graph, kernel.inputs + kernel.outputs)
     params += [p for p in ("p_bad_index", "seed") if any(p in r.params() for r in renderers)]
+    params += scalar_params(graph, kernel.inputs)
     params += size_params(graph, kernel)
     params += [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
