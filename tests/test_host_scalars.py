@@ -95,15 +95,20 @@ def _model() -> torch.nn.Module:
 def _grads(model: torch.nn.Module, step: int) -> None:
     generator = torch.Generator().manual_seed(step)
     for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=generator)
+        p.grad = torch.randn(p.shape, generator=generator).to(p.device)
 
 
-@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
-def test_adam_with_host_step_counts_and_lr_equals_eager(scalars_on_host, cls):
-    # capturable=False keeps each step count a 0-dim CPU tensor; lr a 0-dim CPU tensor too.
-    eager_model, model = _model(), _model()
-    eager_opt = cls(eager_model.parameters(), lr=0.05, weight_decay=0.1, foreach=False)
-    opt = cls(model.parameters(), lr=torch.tensor(0.05), weight_decay=0.1, foreach=False)
+def _adam(cls, model: torch.nn.Module, foreach: bool | None, lr) -> torch.optim.Optimizer:
+    # The foreach path takes a tensor lr only when capturable (the step counts then live with the
+    # parameters: on a CPU, 0-dim CPU tensors all the same).
+    extra = dict(capturable=True) if foreach and isinstance(lr, torch.Tensor) else {}
+    return cls(model.parameters(), lr=lr, weight_decay=0.1, foreach=foreach, **extra)
+
+
+def _five_steps(cls, foreach: bool | None, lr, device: str = "cpu"):
+    """Eager and compiled optimizers stepped 5 times under a scheduler; the compiled step."""
+    eager_model, model = _model().to(device), _model().to(device)
+    eager_opt, opt = _adam(cls, eager_model, foreach, 0.05), _adam(cls, model, foreach, lr)
     schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7) for o in (eager_opt, opt)]
     step = fusec.compile(opt.step)
     for i in range(5):
@@ -116,12 +121,63 @@ def test_adam_with_host_step_counts_and_lr_equals_eager(scalars_on_host, cls):
     for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         for key, value in eager_opt.state[q].items():
-            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(opt.state[p][key].cpu(), value.cpu(), rtol=1e-5, atol=1e-6)
+    return step
+
+
+@pytest.mark.parametrize("foreach", [True, None], ids=["foreach", "default"])
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.AdamW])
+def test_adam_with_host_step_counts_and_lr_equals_eager(scalars_on_host, cls, foreach):
+    step = _five_steps(cls, foreach, torch.tensor(0.05))
     report = assert_ran(step)
     (graph,) = report.graphs
     plan = graph.plan
     host_ops = [s for s in plan.externs if plan.graph[s.node].host]
-    assert host_ops and host_ops == [s for s in plan.externs if does_work(plan, s) or plan.graph[s.node].host]
-    assert len(plan.kernels) == 1  # every parameter and moment, one combo launch
+    # the step counts' updates and bias corrections run on the host; nothing else runs through torch
+    assert host_ops and all(plan.graph[s.node].host or not does_work(plan, s) for s in plan.externs)
+    assert len(plan.kernels) == 1  # every parameter and both moments, one combo launch
     assert report.stats["extern_calls"] == 0 and report.stats["host_ops"] == len(host_ops)
+    assert report.stats["ran"]["extern_calls"] == 0  # host ops are no launches
     assert ".item()" in graph.runtime.source
+    # parameters and moments written by the kernel; the 4 step counts copied on the host
+    assert (report.stats["stores_in_place"], report.stats["stores_copied"]) == (3 * 4, 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("foreach", [True, None], ids=["foreach", "default"])
+def test_adamw_with_a_cpu_lr_tensor_on_a_gpu(foreach):
+    # PyTorch's compiled-optimizer recipe: lr a CPU tensor beside CUDA parameters.
+    step = _five_steps(torch.optim.AdamW, foreach, torch.tensor(0.05), device="cuda")
+    report = assert_ran(step)
+    for g in report.graphs:
+        assert g.device == "cuda" and len(g.plan.kernels) <= 2, (g.name, [s.id for s in g.plan.steps])
+        assert any(n.host for n in g.graph), "lr is read as a host scalar"
+    assert report.stats["extern_calls"] == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("foreach", [True, None], ids=["foreach", "default"])
+def test_adamw_stepped_eagerly_first_keeps_cpu_step_counts_working_on_a_gpu(foreach):
+    # Stepped eagerly once, the state holds CPU step counts (capturable=False) when compiling
+    # (Dynamo may move them to the parameters' GPU: either way the step equals eager's).
+    model = _model().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, foreach=foreach)
+    _grads(model, 0)
+    opt.step()
+    assert all(s["step"].is_cpu for s in opt.state.values())
+    eager = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = _model().cuda()
+    reference.load_state_dict(eager)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05, foreach=foreach)
+    ref_opt.load_state_dict(opt.state_dict())
+    step = fusec.compile(opt.step)
+    for i in range(1, 4):
+        _grads(model, i)
+        _grads(reference, i)
+        step()
+        ref_opt.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    report = assert_ran(step)
+    assert report.stats["extern_calls"] == 0
+    assert all(g.device == "cuda" and len(g.plan.kernels) <= 2 for g in report.graphs)
