@@ -24,7 +24,7 @@ from fusec.launcher import launcher_source
 from fusec.lowering import Unsupported
 from fusec.options import Options
 from fusec.plan import does_work
-from tests.eager import assert_ran
+from tests.eager import assert_ran, check
 
 
 def adam_like(p, g, m, step, lr):
@@ -85,6 +85,25 @@ def test_a_cpu_value_computed_from_a_gpu_tensor_is_refused():
 @pytest.fixture
 def scalars_on_host(monkeypatch):
     monkeypatch.setattr(lowering_host, "ON_CPU", True)
+
+
+def test_every_kernel_kind_reads_host_scalars_as_arguments(scalars_on_host):
+    x, w = torch.randn(8, 16), torch.randn(16, 4)
+    half, three, tenth = torch.tensor(0.5), torch.tensor(3), torch.tensor(0.1, dtype=torch.float64)
+
+    def fn(x, w, s, k, d):
+        # a reduction's prologue and epilogue, a matmul's epilogue, a float64 scalar, a host-only value
+        return (x * s).sum(-1) + k, torch.relu(x @ w * s), x * d, (s + 1) * 2
+
+    report = check(fn, x, w, half, three, tenth, externs=0)
+    assert report.stats["host_ops"] == 2  # s + 1, then * 2: on the host
+    (graph,) = report.graphs
+    kinds = {k.kind for k in graph.plan.kernels}
+    assert {"reduction", "matmul"} <= kinds
+    read = {p for k in graph.plan.kernels for p in k.params if p.startswith("s_")}
+    assert len(read) == 3 and all(graph.graph[p[2:]].host for p in read), read
+    sources = "".join(k.source for k in graph.plan.kernels)
+    assert all(f": tl.{t}" in sources for t in ("float32", "int64", "float64"))
 
 
 def _model() -> torch.nn.Module:
