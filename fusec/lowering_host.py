@@ -27,16 +27,28 @@ def is_scalar_on_host(value: object) -> bool:
 
 
 def host_scalars(gm: torch.fx.GraphModule, device: str) -> frozenset[str]:
-    """The nodes of a graph on `device` whose values are host scalars; every one of them is
-    computed from host scalars alone."""
+    """The nodes of a graph on `device` whose values are host scalars: 0-dim CPU inputs and
+    constants, and 0-dim CPU values computed from host scalars alone."""
     if device != "cuda" and not (device == "cpu" and ON_CPU):
         return frozenset()
-    host = {n.name for n in gm.graph.nodes if is_scalar_on_host(n.meta.get("val"))}
+    host: set[str] = set()
     for node in gm.graph.nodes:
-        if node.name not in host or node.op != "call_function":
+        if not is_scalar_on_host(node.meta.get("val")):
             continue
-        for operand in node.all_input_nodes:
-            if isinstance(operand.meta.get("val"), torch.Tensor) and operand.name not in host:
-                raise Unsupported(f"tensors on several devices (cpu, {device}): {node.name} ({node.target}) "
-                                  f"computes a CPU value from {operand.name}, a {device} tensor")
+        operand = next((o for o in node.all_input_nodes if _on_device(o, host)), None)
+        if operand is None:
+            host.add(node.name)
+        elif device == "cuda":
+            raise Unsupported(f"tensors on several devices (cpu, cuda): {node.name} ({node.target}) "
+                              f"computes a CPU value from {operand.name}, a cuda tensor")
+        # else a CPU graph's 0-dim value computed from its other tensors (a sum): one of them
     return frozenset(host)
+
+
+def _on_device(node: torch.fx.Node, host: set[str]) -> bool:
+    """Whether `node` holds a tensor of the graph's device (a host scalar is none)."""
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return node.name not in host
+    return isinstance(val, tuple | list) and any(isinstance(v, torch.Tensor) and not is_scalar_on_host(v)
+                                                 for v in val)

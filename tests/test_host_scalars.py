@@ -106,6 +106,35 @@ def test_every_kernel_kind_reads_host_scalars_as_arguments(scalars_on_host):
     assert all(f": tl.{t}" in sources for t in ("float32", "int64", "float64"))
 
 
+class Scaled(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4)
+        self.register_buffer("scale", torch.tensor(0.7))
+
+    def forward(self, x, t):
+        return (torch.tanh(self.lin(x)) * self.scale * t).sum()
+
+
+def test_training_with_host_scalars_equals_eager(scalars_on_host):
+    # forward and backward read the buffer and t as scalars; the loss's gradient is one too
+    torch.manual_seed(0)
+    eager, model = Scaled(), Scaled()
+    model.load_state_dict(eager.state_dict())
+    x, t = torch.randn(5, 8), torch.tensor(2.0, requires_grad=True)
+    u = t.detach().clone().requires_grad_()
+    compiled = fusec.compile(model)
+    eager(x, t).backward()
+    torch.testing.assert_close(compiled(x, u), eager(x, t.detach()))
+    compiled(x, u).backward()
+    torch.testing.assert_close(u.grad, t.grad)
+    for p, q in zip(model.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    report = assert_ran(compiled)
+    assert [g.name.split("_")[0] for g in report.graphs] == ["forward", "backward"]
+    assert all(any(n.host for n in g.graph) for g in report.graphs)
+
+
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
