@@ -9,11 +9,14 @@ taken down the host path (`lowering_host.ON_CPU`) runs for real in the interpret
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functionalize
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.optim.adamw import adamw
 
 import fusec
 from fusec import lowering_host
@@ -66,6 +69,30 @@ def test_a_gpu_graph_keeps_its_cpu_scalars_on_the_host():
     assert "v_lr_1.item(), v_sub.item()" in source
     assert "v_step_1.copy_(v_add)" in source  # the step count's new value, stored on the host
     assert "device = v_p_1.device" in source  # outputs go on the GPU, not beside the scalars
+
+
+def test_torch_adamw_on_gpu_parameters_with_cpu_step_counts_and_lr_is_one_kernel():
+    def step(params, grads, exp_avgs, exp_avg_sqs, steps, lr):
+        adamw(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, capturable=False,
+              lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, maximize=False, amsgrad=False)
+        return ()
+
+    shapes = [(5, 6), (5,), (3, 5), (3,)]
+    with FakeTensorMode() as mode:
+        tensors = [[torch.rand(s, device="cuda") for s in shapes] for _ in range(4)]
+        steps, lr = [torch.tensor(1.0) for _ in shapes], torch.tensor(0.01)
+        # what Dynamo traces: the step counts stay tensors (torch.optim reads them with .item() in eager)
+        with mock.patch("torch.compiler.is_compiling", return_value=True):
+            gm = make_fx(functionalize(step, remove="mutations_and_views"),
+                         decomposition_table=DECOMPOSITIONS)(*tensors, steps, lr)
+        with mode:
+            record, _ = plan_graph(gm, "inference_0", Options(strict=True))
+    plan = record.plan
+    assert record.device == "cuda" and record.fallback is None
+    assert len(plan.kernels) == 1  # every parameter and both moments, one combo launch
+    # per parameter: step + 1, the bias corrections and the step size, all on the host
+    assert plan.externs and all(plan.graph[s.node].host for s in plan.externs)
+    assert any(plan.graph[n].host for n in plan.kernels[0].inputs)  # step sizes as scalar arguments
 
 
 def test_a_graph_with_host_scalars_is_not_recorded_into_a_cuda_graph():
