@@ -101,7 +101,6 @@ def test_a_graph_with_host_scalars_is_not_recorded_into_a_cuda_graph():
     assert refusal(_planned(lambda x, y: (x * y,), ((8,), "cuda"), ((), "cuda")).plan, "inference_0") is None
 
 
-@pytest.mark.fallback_expected
 def test_a_cpu_value_computed_from_a_gpu_tensor_is_refused():
     with pytest.raises(Unsupported, match=r"several devices \(cpu, cuda\): .*sum_1"):
         _planned(lambda x, s: ((x.sum().cpu() + s),), ((8,), "cuda"), ((), "cpu"))

@@ -69,6 +69,7 @@ def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
 
 
 def host_ops(plan: Plan) -> int:
+    """The torch calls a plan runs on host scalars (fusec/lowering_host.py)."""
     return sum(plan.graph[s.node].host and plan.graph[s.node].op != "constant" for s in plan.externs)
 
 
