@@ -23,6 +23,7 @@ from fusec.kernels.kinds import ROWS_VARIANT, persistent_for, render
 from fusec.kernels.parallel_load import load_kernels
 from fusec.launcher import symbol_sources
 from fusec.lowering import Unsupported, to_ir
+from fusec.lowering_host import host_scalars, is_scalar_on_host
 from fusec.options import Options
 from fusec.partition import Partition
 from fusec.passes.cost import H100, DeviceModel
@@ -80,13 +81,18 @@ def _module_path(dynamo_path: str) -> str:
 
 
 def graph_device(gm: torch.fx.GraphModule) -> str:
-    """The one device the graph's tensors live on; several devices are unsupported."""
-    devices = set()
+    """The one device the graph's tensors live on; several devices are unsupported, except
+    0-dim CPU tensors beside GPU ones (host scalars: fusec/lowering_host.py)."""
+    devices, host = set(), False
     for node in gm.graph.nodes:
         val = node.meta.get("val")
         for v in val if isinstance(val, (tuple, list)) else (val,):
-            if isinstance(v, torch.Tensor):
+            if is_scalar_on_host(v):
+                host = True
+            elif isinstance(v, torch.Tensor):
                 devices.add(v.device.type)
+    if host and not devices:
+        devices.add("cpu")
     if len(devices) > 1:
         raise Unsupported(f"tensors on several devices ({', '.join(sorted(devices))})")
     device = devices.pop() if devices else "cpu"
@@ -160,7 +166,7 @@ def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> 
         stages.append((name, now - clock))
         clock = now
 
-    graph, callables = to_ir(gm, name=record.name)
+    graph, callables = to_ir(gm, name=record.name, host=host_scalars(gm, record.device))
     symbol_sources(graph)  # every size symbol is read from an input, or the graph is refused
     record.modules = module_paths(gm)
     lap("lower")

@@ -43,6 +43,10 @@ def refusal(plan: Plan, graph_name: str) -> str | None:
             return f"{kernel.id} draws random numbers with a seed chosen per call"
         if LaunchExtra.BAD_INDEX in kernel.extras:
             return f"{kernel.id} checks its indices on the host after the launch"
+    host = [n.name for n in plan.graph if n.host]
+    if host:
+        # A replay would launch its kernels with the values the recording read (Inductor refuses too).
+        return f"it reads CPU scalars ({', '.join(host[:3])}{', ...' if len(host) > 3 else ''}) as kernel arguments"
     if stores(plan.graph):
         return "it writes new values into its inputs (an optimizer step): a replay would write into copies of them"
     for step in plan.steps:

@@ -122,6 +122,9 @@ class Node:
     # dim depends on one; `shape` and `strides` then hold the example's values (the
     # hints passes and costs read). `Graph.symbolic()` swaps the expressions in.
     sizes: tuple[tuple[Any, ...], tuple[Any, ...] | None] | None = None
+    # A 0-dim CPU tensor of a GPU graph (an optimizer's step count, a CPU lr): torch computes it
+    # on the host and kernels take its value as a scalar argument, as eager's GPU kernels do.
+    host: bool = False
 
     @property
     def symbolic_shape(self) -> tuple[Size, ...]:

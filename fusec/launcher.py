@@ -220,7 +220,7 @@ def _ident(step_id: str) -> str:
 
 def _device_line(src: Source, graph: Graph, inputs: list[str], default: torch.device) -> None:
     """Outputs go where the first tensor input lives (cuda:1 too), else on the graph's device."""
-    first = next((n for n in inputs if graph[n].dtype in DTYPES), None)
+    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
     if first is not None:
         src.emit(f"device = {var(first)}.device")
     else:
@@ -297,7 +297,7 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         if name not in checked and name not in produced_by_kernel:
             _stride_check(src, graph, name, indent)
             checked.add(name)
-    args = [var(n) for n in kernel.inputs]
+    args = [var(n) for n in kernel.inputs if not graph[n].host]
     for name in kernel.outputs:
         node = graph[name]
         if name in code.in_place:
@@ -322,6 +322,7 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
     if LaunchExtra.PARTIALS in kernel.extras:
         at = f", {_sizes(exact)}" if exact else ""
         args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device{at})")
+    args += [f"{var(n)}.item()" for n in kernel.inputs if graph[n].host]  # host scalars, after the extras
     if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from
         args += list(kernel.symbols)
         args += [sizes.source(e, python=True) for e in exact]

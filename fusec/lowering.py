@@ -376,8 +376,10 @@ def _constant(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[str, Callable]]:
-    """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name."""
+def to_ir(gm: torch.fx.GraphModule, name: str = "graph",
+          host: frozenset[str] = frozenset()) -> tuple[Graph, dict[str, Callable]]:
+    """The IR of an ATen FX graph, and the torch callables of its extern nodes by target name
+    (`host`: the nodes that are host scalars, fusec/lowering_host.py: torch computes them)."""
     graph = Graph(name=name)
     hints = graph.hints = {}
     callables: dict[str, Callable] = {}
@@ -391,7 +393,8 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
         elif fx_node.op == "placeholder":
             if not isinstance(val, torch.Tensor):
                 raise Unsupported(f"input {fx_node.name} is not a tensor ({type(val).__name__})")
-            graph.add(Node(fx_node.name, "input", Kind.INPUT, **describe(val, what, hints)))
+            graph.add(Node(fx_node.name, "input", Kind.INPUT, host=fx_node.name in host,
+                           **describe(val, what, hints)))
         elif fx_node.op == "call_function" and isinstance(val, torch.SymInt):
             continue  # size arithmetic: readers get its expression (_convert_args)
         elif fx_node.op == "get_attr":
@@ -402,7 +405,8 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
                 raise Unsupported(f"attribute {fx_node.target} is not a tensor")
             target = f"constant.{fx_node.target}"
             callables[target] = functools.partial(_constant, value)
-            graph.add(Node(fx_node.name, "constant", Kind.OPAQUE, target=target, **describe(value, what, hints)))
+            graph.add(Node(fx_node.name, "constant", Kind.OPAQUE, target=target, host=fx_node.name in host,
+                           **describe(value, what, hints)))
         elif fx_node.op == "output":
             outputs = _convert_args(fx_node.args[0], hints)
             kwargs = ((STORES, tuple(stores)),) if stores else ()
@@ -412,14 +416,14 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph") -> tuple[Graph, dict[st
         elif fx_node.op == "call_function":
             args = tuple(_convert_args(fx_node.args, hints))
             kwargs = {k: _convert_args(v, hints) for k, v in fx_node.kwargs.items()}
-            lowered = _lower_call(fx_node, graph, args, kwargs)
+            lowered = None if fx_node.name in host else _lower_call(fx_node, graph, args, kwargs)
             described = describe(val, what, hints)
             target = _target_name(fx_node.target)
             if lowered is None:
                 op = "getitem" if fx_node.target is operator.getitem else target
                 callables[target] = fx_node.target
                 graph.add(Node(fx_node.name, op, Kind.OPAQUE, args=args, kwargs=tuple(kwargs.items()),
-                               target=target, **described))
+                               target=target, host=fx_node.name in host, **described))
             else:
                 op, ir_args = lowered
                 ir_kwargs: tuple = ()

@@ -214,19 +214,22 @@ def _frees(plan: Plan) -> tuple[tuple[str, ...], ...]:
 
 
 def does_work(plan: Plan, step: Step) -> bool:
-    """Kernels and torch calls do work; a view (an alias), a getitem (unpacking a result)
-    and a graph constant (handed over) do none."""
+    """Kernels and torch calls do work; a view (an alias), a getitem (unpacking a result),
+    a graph constant (handed over) and a host scalar's op (torch on the CPU, no launch) do none."""
     if isinstance(step, Kernel):
         return True
-    return not step.is_view and plan.graph[step.node].op not in ("getitem", "constant")
+    node = plan.graph[step.node]
+    return not step.is_view and node.op not in ("getitem", "constant") and not node.host
 
 
 def step_dag(plan: Plan) -> nx.DiGraph:
-    """Steps as a DAG of data dependencies (views and constants excluded: they launch nothing)."""
+    """Steps as a DAG of data dependencies (views, constants and host scalars' ops excluded: they
+    launch nothing, and no kernel computes what a host scalar's op reads)."""
     producer: dict[str, str] = {}
     dag = nx.DiGraph()
     for step in plan.steps:
-        if isinstance(step, Extern) and (step.is_view or plan.graph[step.node].op == "constant"):
+        node = plan.graph[step.node] if isinstance(step, Extern) else None
+        if node is not None and (step.is_view or node.op == "constant" or node.host):
             operands = plan.graph[step.node].operands()
             producer[step.node] = producer.get(operands[0], "") if operands else ""
             continue

@@ -44,7 +44,7 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
     exact, fn = extents(graph, kernel), kernels[kernel.id]
     if not is_dynamic(graph, kernel):
         return KernelCall(fn, static_launch(graph, kernel, interpret), static_size_args(graph, kernel), interpret,
-                          name=kernel.id, loaded=len(kernel.inputs))
+                          name=kernel.id, loaded=_pointers(graph, kernel))
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
 
     def choose(values: tuple) -> tuple[Any, Launch]:
@@ -52,7 +52,12 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
             return rows_fn, launch_at(graph, kernel, values, interpret, persistent=True)
         return fn, launch_at(graph, kernel, values, interpret)
     return DynamicCall(choose, functools.partial(size_args, kernel), len(exact), interpret,
-                       loaded=len(kernel.inputs), name=kernel.id)
+                       loaded=_pointers(graph, kernel), name=kernel.id)
+
+
+def _pointers(graph: Graph, kernel: Kernel) -> int:
+    """The kernel's inputs passed as pointers (its host scalars are passed as values, after them)."""
+    return sum(not graph[n].host for n in kernel.inputs)
 
 
 # (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.
@@ -240,7 +245,8 @@ class Runtime:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel
         and shape on this GPU on random inputs, the template in each of a few tile
         configurations."""
-        if self._matmul != "auto" or isinstance(self.calls[kernel.id], DynamicCall):
+        host = any(self.plan.graph[n].host for n in kernel.inputs)  # its timing runs on tensors only
+        if self._matmul != "auto" or isinstance(self.calls[kernel.id], DynamicCall) or host:
             return self._matmul if self._matmul != "auto" else "template"  # a dynamic one is not timed
         key = (kernel.source, static_size_args(self.plan.graph, kernel), _device_name())
         if key not in _MATMUL_CHOICE:

@@ -101,9 +101,9 @@ def _safe(graph: Graph, kernel: Kernel, src: str, dst: str, before: set[str]) ->
     for member in part.members:
         node = graph[member]
         # a value computed from dst at another element's index (a view, a gather) would read an
-        # element some other program may already have written
-        if member in downstream and (node.kind is Kind.VIEW or node.op in INDEXING_OPS
-                                     or node.numel != part.numel):
+        # element some other program may already have written; an alias reads the same element
+        moves = node.kind is Kind.VIEW and node.op != "alias"
+        if member in downstream and (moves or node.op in INDEXING_OPS or node.numel != part.numel):
             return False
     others = set(kernel.members) - set(part.members)
     return all(reader in part.members or (reader in before and reader not in others)

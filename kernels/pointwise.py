@@ -12,9 +12,10 @@ from fusec.kernels.render import (
     kernel_name,
     live_lines,
     needs_int64,
-    param,
     rendered_module,
+    scalar_params,
     size_params,
+    tensor_params,
 )
 from fusec.plan import Kernel, LaunchExtra
 
@@ -72,7 +73,8 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Render
     # The runtime passes the combo's inputs, then its outputs, then the extras.
     extras = tuple(e for e in LaunchExtra if any(e in r.extras() for r in renderers))
     symbols = size_params(graph, kernel)
-    params = [param(n) for n in kernel.inputs + kernel.outputs] + extra_params(extras, ())
+    params = tensor_params(graph, kernel.inputs + kernel.outputs) + extra_params(extras, ())
+    params += scalar_params(graph, kernel.inputs)
     params += symbols + [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
     return rendered_module(fn_name, params, body, renderers, extras, symbols)

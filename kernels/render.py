@@ -110,6 +110,20 @@ def param(name: str) -> str:
     return f"p_{name}"
 
 
+def scalar_param(node: Node) -> str:
+    """A host scalar's parameter: its value, typed as the kernel computes with it (fusec/lowering_host.py)."""
+    return f"s_{node.name}: {TL_TYPE[compute_dtype(node.dtype)]}"
+
+
+def tensor_params(graph: Graph, names: tuple[str, ...]) -> list[str]:
+    """The kernel's pointer parameters; its host scalars' come after every pointer and extra flag."""
+    return [param(n) for n in names if not graph[n].host]
+
+
+def scalar_params(graph: Graph, names: tuple[str, ...]) -> list[str]:
+    return [scalar_param(graph[n]) for n in names if graph[n].host]
+
+
 def term(index: str, stride: Size) -> str:
     if index == "0" or stride == 0:
         return ""
@@ -275,8 +289,10 @@ class Renderer(IndexedValues):
         return self.pointwise(node, idx)
 
     def load(self, node: Node, idx: Index) -> Value:
-        addr = self.address(idx, node)
         dtype = compute_dtype(node.dtype)
+        if node.host:  # a scalar argument, not a pointer
+            return Value(self.out.let(f"tl.full({self.scalar_shape}, s_{node.name}, {TL_TYPE[dtype]})", "v"), dtype)
+        addr = self.address(idx, node)
         mask = self.out.mask(addr)
         if mask is None:
             # One element for the whole block: keep it a (broadcastable) block, since the
@@ -339,7 +355,8 @@ class Renderer(IndexedValues):
     def params(self) -> list[str]:
         """The buffers' parameters, then the extras'."""
         k = self.kernel
-        return [param(n) for n in k.inputs + k.outputs] + extra_params(self.extras(), k.finals)
+        return (tensor_params(self.graph, k.inputs + k.outputs) + extra_params(self.extras(), k.finals)
+                + scalar_params(self.graph, k.inputs))
 
 
 def extra_params(extras: tuple[LaunchExtra, ...], finals: tuple[str, ...]) -> list[str]:
@@ -424,6 +441,7 @@ def module_source(fn_name: str, params: list[str], body: list[str], members: tup
     """A whole kernel module: imports, the helper functions its renderers' bodies call,
     and the @triton.jit entry. Every kernel kind gets its helpers here, from its renderers."""
     helpers = sorted({name for r in renderers for name in r.helpers})
+    unspecialized = [p.split(":")[0] for p in params if p == "seed" or p.startswith("s_")]
     prelude = "".join(f"@triton.jit\n{HELPERS[name]}\n\n\n" for name in helpers)
     return "\n".join([
         "import triton",
@@ -432,8 +450,8 @@ def module_source(fn_name: str, params: list[str], body: list[str], members: tup
         "",
         prelude,
         f"# members: {', '.join(members)}",
-        # A fresh seed every call: specializing on its value would compile a variant per residue.
-        '@triton.jit(do_not_specialize=["seed"])' if "seed" in params else "@triton.jit",
+        # A fresh seed (or host scalar) every call: specializing on its value would compile a variant per value.
+        f"@triton.jit(do_not_specialize={unspecialized})" if unspecialized else "@triton.jit",
         f"def {fn_name}({', '.join(params)}):",
         *("    " + line for line in body),
         "",

@@ -86,7 +86,8 @@ def test_inspect_launches_no_kernel(monkeypatch):
     assert report.stats["kernels"] == 1
     assert set(report.stats) == {"nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused",
                                  "peak_bytes_unfused", "peak_bytes", "streams", "dag_width", "cross_stream_waits",
-                                 "compile_seconds", "execution", "ran", "saved_bytes"}
+                                 "compile_seconds", "execution", "ran", "saved_bytes", "host_ops",
+                                 "stores_in_place", "stores_copied"}
     # one 4x8 float32 output; op by op, two results are alive at once (e.g. sigmoid(x + b) and tanh(y))
     assert report.stats["peak_bytes"] == 128
     assert report.stats["peak_bytes_unfused"] >= 2 * 128

@@ -16,7 +16,8 @@ from fusec.ir import Kind, Node
 from fusec.launcher import planned_peak, unfused_peak
 from fusec.passes.cost import H100, bytes_fused, bytes_unfused
 from fusec.passes.parallel import critical_path, dag_width
-from fusec.plan import Extern, Kernel, Step, does_work
+from fusec.plan import Extern, Kernel, Plan, Step, does_work
+from fusec.stores import in_place, stores
 from fusec.streams import cost_dag, step_seconds
 
 if TYPE_CHECKING:  # the report package imports this module, not the other way
@@ -26,7 +27,7 @@ SCHEMA = 1
 
 STATS_KEYS = ("nodes", "kernels", "extern_calls", "bytes_unfused", "bytes_fused", "peak_bytes_unfused",
               "peak_bytes", "streams", "dag_width", "cross_stream_waits", "compile_seconds", "execution", "ran",
-              "saved_bytes")
+              "saved_bytes", "host_ops", "stores_in_place", "stores_copied")
 
 
 def counts_as_extern(step: Extern, record: CompiledGraph) -> bool:
@@ -59,7 +60,23 @@ def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
         # Activations the training graphs save for their backward (fusec.partition).
         "saved_bytes": sum(g.partition.saved_bytes for g in graphs
                            if g.partition is not None and g.name.startswith("forward")),
+        # torch calls on host scalars (0-dim CPU tensors of a GPU graph): on the CPU, no launch
+        "host_ops": sum(host_ops(g.plan) for g in planned),
+        # new values of the inputs a graph mutates: written by their kernel, or copied in at the end
+        "stores_in_place": sum(store_counts(g.plan)[0] for g in planned),
+        "stores_copied": sum(store_counts(g.plan)[1] for g in planned),
     }
+
+
+def host_ops(plan: Plan) -> int:
+    """The torch calls a plan runs on host scalars (fusec/lowering_host.py)."""
+    return sum(plan.graph[s.node].host and plan.graph[s.node].op != "constant" for s in plan.externs)
+
+
+def store_counts(plan: Plan) -> tuple[int, int]:
+    """(stores written in place by their kernel, stores copied into their input after the last step)."""
+    direct = len(in_place(plan))
+    return direct, len(stores(plan.graph)) - direct
 
 
 def _ran(graphs: list[CompiledGraph]) -> dict[str, int]:
@@ -145,7 +162,9 @@ def _graph_row(record: CompiledGraph) -> dict[str, Any]:
         return row
     dag = cost_dag(record.plan, record.device_model)
     path, seconds = critical_path(dag)
+    direct, copied = store_counts(record.plan)
     row.update({"ops": len(record.graph.op_nodes()), "kernels": len(record.plan.kernels),
+                "host_ops": host_ops(record.plan), "stores": {"in_place": direct, "copied": copied},
                 "dag_width": dag_width(dag), "size_hints": dict(record.graph.hints),
                 "serial_seconds": sum(step_seconds(record.plan, s, record.device_model) for s in record.plan.steps),
                 "critical_path": {"steps": list(path), "seconds": seconds}})

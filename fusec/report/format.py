@@ -20,6 +20,9 @@ STAT_LABELS = {
     "execution": "runs",
     "ran": "ran",
     "saved_bytes": "saved for backward",
+    "host_ops": "host-scalar ops (CPU, no launch)",
+    "stores_in_place": "stores into inputs, in place",
+    "stores_copied": "stores into inputs, copied",
 }
 
 EXECUTION = {"triton": "compiled Triton kernels", "interpreter": "kernels in Triton's interpreter",
