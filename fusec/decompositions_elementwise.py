@@ -102,6 +102,35 @@ def _ldexp(x, exponent):
     return aten.mul(x, aten.pow(2.0, exponent))  # as eager's ldexp: x * 2.0 ** exponent
 
 
+def _sign_bit(x):
+    """The sign bit of a float32 or float64 tensor (-0.0 and a negative NaN have it)."""
+    return x.view(torch.int64 if x.dtype == torch.float64 else torch.int32) < 0
+
+
+def _signbit(x):
+    if not x.is_floating_point():
+        return x < 0
+    return _sign_bit(x if x.dtype == torch.float64 else x.to(torch.float32))
+
+
+@float32_math
+def _copysign(a, b):
+    return torch.where(_sign_bit(b), -aten.abs(a), aten.abs(a))
+
+
+def _nextafter(a, b):
+    # The next float32 after a towards b: the bit pattern's magnitude one step up or down.
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
+        return NotImplemented
+    bits = a.view(torch.int32)
+    away_from_zero = (b > a) == (a > 0)
+    step = torch.where(away_from_zero, bits + 1, bits - 1)
+    tiny = torch.where(b > 0, 1, -(2 ** 31 - 1)).to(torch.int32)  # the smallest subnormal, signed
+    step = torch.where(a == 0, tiny, step)
+    after = step.view(torch.float32)
+    return torch.where(a == b, b, torch.where(aten.isnan(a) | aten.isnan(b), a + b, after))
+
+
 # aten op -> its decomposition (integer inputs are computed in torch's default float dtype, as eager does).
 TABLE = {
     aten.log10.default: _log10,
@@ -112,4 +141,7 @@ TABLE = {
     aten.cosh.default: _cosh,
     aten.round.decimals: _round_decimals,
     aten.ldexp.Tensor: _ldexp,
+    aten.signbit.default: _signbit,
+    aten.copysign.Tensor: _copysign,
+    aten.nextafter.default: _nextafter,
 }

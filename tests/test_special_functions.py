@@ -158,3 +158,53 @@ def test_compiled_twice_runs_the_planned_kernels():
     f(x)
     torch.testing.assert_close(f(x), torch.erfinv(torch.tanh(x)) + torch.atan(x), rtol=1e-5, atol=1e-5)
     assert assert_ran(f).stats["kernels"] == 1
+
+
+_BITS = torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, INF, -INF, NAN, 2.5, 1e-38])
+
+
+def _same_floats(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal values, NaN where NaN, and the same sign on every number (-0.0 included)."""
+    numbers = ~expected.isnan()
+    return (got.dtype == expected.dtype and torch.equal(got.isnan(), expected.isnan())
+            and torch.equal(got[numbers], expected[numbers])
+            and torch.equal(got[numbers].signbit(), expected[numbers].signbit()))
+
+
+def test_view_as_another_dtype_reads_the_same_bits():
+    x = _BITS[:-3]  # NaN payloads are not promised
+    check(lambda x: (x.view(torch.int32) + 1).view(torch.float32), x, kernels=1, externs=0, rtol=0, atol=0)
+    check(lambda x: x.view(torch.int64) - 1, x.double(), kernels=1, externs=0)
+    check(lambda x: x.view(torch.int32) < 0, x, kernels=1, externs=0)
+
+
+@pytest.mark.fallback_expected  # a view that changes the item size, or reads 16-bit floats' bits, runs in torch
+def test_view_that_changes_the_item_size_stays_in_torch():
+    for x, dtype in [(_BITS, torch.int16), (_BITS.half(), torch.int16), (_BITS.double(), torch.int32)]:
+        compiled = fusec.compile(lambda x, dtype=dtype: x.view(dtype) * 1)
+        torch.testing.assert_close(compiled(x), x.view(dtype) * 1)
+
+
+def test_signbit_copysign_and_nextafter_are_exact():
+    a, b = (t.flatten() for t in torch.meshgrid(_BITS, _BITS, indexing="ij"))
+    negative_nan = torch.zeros(1) / 0  # x86's default NaN has the sign bit set
+    for fn, args in [(torch.signbit, (torch.cat([_BITS, -_BITS, negative_nan]),)), (torch.copysign, (a, b)),
+                     (torch.copysign, (_BITS, negative_nan.expand(_BITS.shape).contiguous())),
+                     (torch.nextafter, (a, b))]:
+        compiled = fusec.compile(fn)
+        got, expected = compiled(*args), fn(*args)
+        assert torch.equal(got, expected) if got.dtype == torch.bool else _same_floats(got, expected), fn
+        assert assert_ran(compiled).stats["kernels"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.bool])
+def test_sign_ops_of_other_dtypes(dtype):
+    x = (_BITS[:-3] * 2).to(dtype)
+    y = -_BITS[:-3].to(dtype if dtype.is_floating_point else torch.float32)
+    check(lambda x, y: [torch.signbit(x), torch.copysign(x, y), torch.copysign(y, x)], x, y, kernels=1, externs=0)
+
+
+def test_sign_ops_fuse_with_their_neighbours():
+    x, y = torch.randn(50, 20), torch.randn(20)
+    check(lambda x, y: torch.where(torch.signbit(x * y), torch.copysign(x.exp(), y), torch.nextafter(x, y)).sum(0),
+          x, y, kernels=1, externs=0)
