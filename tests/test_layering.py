@@ -26,7 +26,7 @@ LAYERS = [
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
                   "fusec.lowering", "fusec.lowering_index", "fusec.lowering_sizes", "fusec.decompositions",
-                  "fusec.decompositions_elementwise", "fusec.decompositions_trig",
+                  "fusec.decompositions_elementwise", "fusec.decompositions_trig", "fusec.decompositions_bessel",
                   "fusec.decompositions_special", "fusec.decompositions_foreach", "fusec.decompositions_pool",
                   "fusec.decompositions_norm", "fusec.decompositions_index", "fusec.partition",
                   "fusec.frontend", "fusec.package", "fusec.graph_source"]),

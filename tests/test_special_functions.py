@@ -29,6 +29,11 @@ UNARY = {
     "erfinv": (torch.erfinv, 1e-6, 5e-7), "digamma": (torch.digamma, 1e-5, None),
     "trigamma": (lambda x: torch.polygamma(1, x), 1e-5, None),
     "lgamma": (torch.lgamma, 1e-5, None), "spherical_bessel_j0": (torch.special.spherical_bessel_j0, 1e-6, 4e-7),
+    "i0": (torch.i0, 1e-6, 6e-7), "i0e": (torch.special.i0e, 1e-6, 6e-7), "i1": (torch.special.i1, 2e-6, 2e-6),
+    "i1e": (torch.special.i1e, 2e-6, 2e-6), "k0": (torch.special.modified_bessel_k0, 2e-6, 1.5e-6),
+    "k1": (torch.special.modified_bessel_k1, 2e-6, 1e-6),
+    "k0e": (torch.special.scaled_modified_bessel_k0, 2e-6, 1.5e-6),
+    "k1e": (torch.special.scaled_modified_bessel_k1, 2e-6, 1e-6),
 }
 
 
@@ -61,8 +66,9 @@ def test_lgamma_near_its_zeros_keeps_digits():
 
 
 def test_poles_and_domain_edges():
-    x = torch.tensor([-0.0, 0.0, -1.0, -2.0, -7.0, -1e9, 1.0, -1.0, INF, -INF])
-    for op in (torch.lgamma, torch.digamma, torch.asin, torch.acos, torch.atanh, torch.erfinv, torch.acosh):
+    x = torch.tensor([-0.0, 0.0, -1.0, -2.0, -7.0, -1e9, 1.0, -1.0, INF, -INF, 88.5, 89.0, -95.0])
+    for op in (torch.lgamma, torch.digamma, torch.asin, torch.acos, torch.atanh, torch.erfinv, torch.acosh,
+               torch.i0, torch.special.i1, torch.special.modified_bessel_k1, torch.special.scaled_modified_bessel_k0):
         got = fusec.compile(op)(x)
         expected = op(x)
         torch.testing.assert_close(got, expected, equal_nan=True, rtol=1e-6, atol=1e-6)
@@ -107,7 +113,7 @@ def test_round_with_decimals_and_ldexp_are_eagers_bits():
 def test_half_types_compute_in_float32(dtype):
     x = (torch.rand(257) * 1.8 - 0.9).to(dtype)
     fns = [torch.atan, torch.asin, torch.acos, torch.asinh, torch.atanh, torch.erfc, torch.erfinv,
-           torch.lgamma, torch.digamma, lambda x: torch.round(x, decimals=1)]
+           torch.lgamma, torch.digamma, lambda x: torch.round(x, decimals=1), torch.i0, torch.special.i1e]
     check(lambda x: [f(x) for f in fns], x, kernels=1, externs=0)
     # Separate outputs: a sum would be rounded to 16 bits after each add by eager, not by a fused kernel.
     check(lambda x, y: [torch.hypot(x, x * 2), torch.atan2(x, -x), torch.acosh(y)], x, x.abs() + 1, kernels=1)
@@ -119,7 +125,8 @@ def test_integer_inputs_compute_in_the_default_float(dtype):
          torch.bool: torch.tensor([True, False])}[dtype].to(dtype)
     fns = [torch.atan, torch.asin, torch.acos, torch.asinh, torch.acosh, torch.atanh, torch.erfc,
            torch.erfinv, torch.lgamma, torch.digamma, torch.special.erfcx, torch.special.log_ndtr,
-           lambda x: torch.polygamma(1, x), lambda x: torch.atan2(x, x + 1)]
+           lambda x: torch.polygamma(1, x), lambda x: torch.atan2(x, x + 1), torch.i0, torch.special.i1,
+           torch.special.modified_bessel_k0, torch.special.scaled_modified_bessel_k1]
     check(lambda x: [f(x) for f in fns], x, kernels=1, externs=0)
 
 
