@@ -1,4 +1,4 @@
-"""Special functions in fusec's primitives: erfc, erfcx, log_ndtr, erfinv, lgamma, digamma,
+"""Special functions in fusec's primitives: erfc, erfcx, log_ndtr, erfinv, ndtri, lgamma, digamma,
 trigamma, spherical j0.
 
 float32 approximations with eager's special values (poles, ±inf, domain edges); the
@@ -91,6 +91,33 @@ def _erfinv(x):
     tail = _horner(aten.sqrt(w) - 3.0, _ERFINV_TAIL)
     value = torch.where(w < 5.0, central, tail) * x
     return torch.where(aten.abs(x) == 1.0, x * INF, value)
+
+
+# ndtri: P. J. Acklam's rational approximations (relative error 1.2e-9), central and tails.
+_NDTRI_A = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
+            -3.066479806614716e+01, 2.506628277459239e+00)
+_NDTRI_B = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
+            -1.328068155288572e+01)
+_NDTRI_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
+            4.374664141464968e+00, 2.938163982698783e+00)
+_NDTRI_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
+_NDTRI_TAIL = 0.02425
+
+
+@float32_math(no_16bit=True)
+def _ndtri(p):
+    # In float64: the central fraction's terms cancel to 1e-4 in float32 (p near 0.08 or 0.92).
+    # The tails from the smaller of p and 1 - p (exact near 1), so tiny p keeps its digits.
+    p = p.to(torch.float64)
+    q = aten.sqrt(-2.0 * aten.log(aten.minimum(p, 1.0 - p)))
+    tail = _horner(q, _NDTRI_C) / (_horner(q, _NDTRI_D) * q + 1.0)
+    tail = torch.where(p > 0.5, -tail, tail)
+    centred = p - 0.5
+    r = centred * centred
+    central = _horner(r, _NDTRI_A) * centred / (_horner(r, _NDTRI_B) * r + 1.0)
+    value = torch.where((p < _NDTRI_TAIL) | (p > 1.0 - _NDTRI_TAIL), tail, central)
+    value = torch.where(p == 0, -INF, torch.where(p == 1, INF, value))
+    return torch.where((p < 0) | (p > 1), NAN, value).to(torch.float32)
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -212,6 +239,7 @@ TABLE = {
     aten.special_erfcx.default: _erfcx,
     aten.special_log_ndtr.default: _log_ndtr,
     aten.erfinv.default: _erfinv,
+    aten.special_ndtri.default: _ndtri,
     aten.lgamma.default: _lgamma,
     aten.digamma.default: _digamma,
     aten.polygamma.default: _polygamma,

@@ -26,7 +26,8 @@ UNARY = {
     "asinh": (torch.asinh, 1e-6, 4e-7), "acosh": (torch.acosh, 1e-6, 4e-7),
     "atanh": (torch.atanh, 1e-6, 4e-7), "erfc": (torch.erfc, 1e-6, 1e-6),
     "erfcx": (torch.special.erfcx, 1e-5, 2e-6), "log_ndtr": (torch.special.log_ndtr, 1e-5, 2e-6),
-    "erfinv": (torch.erfinv, 1e-6, 5e-7), "digamma": (torch.digamma, 1e-5, None),
+    "erfinv": (torch.erfinv, 1e-6, 5e-7), "ndtri": (torch.special.ndtri, 1e-6, 5e-7),
+    "digamma": (torch.digamma, 1e-5, None),
     "trigamma": (lambda x: torch.polygamma(1, x), 1e-5, None),
     "lgamma": (torch.lgamma, 1e-5, None), "spherical_bessel_j0": (torch.special.spherical_bessel_j0, 1e-6, 4e-7),
     "i0": (torch.i0, 1e-6, 6e-7), "i0e": (torch.special.i0e, 1e-6, 6e-7), "i1": (torch.special.i1, 2e-6, 2e-6),
@@ -55,6 +56,11 @@ def test_unary_is_accurate_against_float64(name):
     assert relative.max() < bound, relative.max()
     # Infinities and NaN where the true value has them.
     assert torch.equal(got[~close].isnan(), truth[~close].float().isnan())
+
+
+def test_ndtri_of_tiny_probabilities_keeps_digits():
+    p = torch.tensor([1e-38, 1e-30, 1e-10, 3e-8, 0.02, 0.5, 0.98, 1 - 3e-8, 0.0, 1.0, -0.1, 1.1, NAN, 1e-45])
+    check(torch.special.ndtri, p, kernels=1, externs=0, rtol=1e-6, atol=0)
 
 
 def test_lgamma_near_its_zeros_keeps_digits():
