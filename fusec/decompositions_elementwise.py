@@ -1,8 +1,9 @@
 """Elementwise ops written in fusec's primitives, where torch's own decompositions end in a prim.
 
 Each keeps eager's special values: NaN, ±inf, -0.0 and overflow where eager's
-result is still finite. Checked against eager in tests/test_elementwise_math.py
-and over PyTorch's OpInfo samples (`fusec bench --ops`).
+result is still finite; the sign ops read the sign bit itself (a bitcast), so -0.0 and
+a negative NaN count as negative. Checked against eager in tests/test_elementwise_math.py,
+tests/test_special_functions.py and over PyTorch's OpInfo samples (`fusec bench --ops`).
 """
 
 from __future__ import annotations
