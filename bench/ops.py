@@ -134,8 +134,13 @@ def per_op(results: list[OpResult]) -> dict[str, str]:
 def markdown(results: list[OpResult], seconds: float) -> str:
     ops = per_op(results)
     counts = Counter(ops.values())
+    samples = Counter(r.cls for r in results)
+    lowered = samples["kernel"] + samples["none"]
     lines = [f"{len(ops)} elementwise ops ({len(results)} samples, {seconds:.0f} s): " +
-             ", ".join(f"{counts[c]} {c}" for c in CLASSES), "", "| class | ops |", "|---|---|"]
+             ", ".join(f"{counts[c]} {c}" for c in CLASSES),
+             f"samples: {lowered} of {len(results)} lowered ({100 * lowered / max(len(results), 1):.1f}%: "
+             f"{samples['kernel']} in kernels, {samples['none']} with nothing to compute)",
+             "", "| class | ops |", "|---|---|"]
     for cls in CLASSES:
         names = sorted(op for op, c in ops.items() if c == cls)
         lines.append(f"| {cls} | {' '.join(f'`{n}`' for n in names) or '—'} |")

@@ -12,11 +12,14 @@ import functools
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 
+from fusec.decompositions_bessel import TABLE as BESSEL
 from fusec.decompositions_elementwise import TABLE as ELEMENTWISE
 from fusec.decompositions_foreach import foreach_decompositions
 from fusec.decompositions_index import DECOMPOSITIONS as INDEXING
 from fusec.decompositions_norm import DECOMPOSITIONS as GROUP_NORM
 from fusec.decompositions_pool import DECOMPOSITIONS as POOLING
+from fusec.decompositions_special import TABLE as SPECIAL
+from fusec.decompositions_trig import TABLE as TRIG
 
 aten = torch.ops.aten
 
@@ -94,7 +97,7 @@ def decomposition_table() -> dict:
     table[aten.baddbmm.default] = _addmm
     table[aten.split_with_sizes.default] = _split_with_sizes
     table[aten.split.Tensor] = _split
-    table.update(ELEMENTWISE)
+    table.update({**ELEMENTWISE, **TRIG, **SPECIAL, **BESSEL})
     table.update({op: _static_only(fn) for op, fn in {**POOLING, **GROUP_NORM, **INDEXING}.items()})
     # A constant pad is slices and concatenations with constants at any size: one kernel.
     table[aten.constant_pad_nd.default] = POOLING[aten.constant_pad_nd.default]

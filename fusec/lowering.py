@@ -183,7 +183,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.bitwise_xor: _bool_only("logical_xor"), aten.bitwise_not: _bool_only("logical_not"),
     aten._to_copy: _to_copy, prims.convert_element_type: _convert, aten.clone: _clone,
     aten.lift_fresh_copy: _clone, aten.full: _full, aten.scalar_tensor: _scalar_tensor,
-    aten.view: _reshape, aten._unsafe_view: _reshape, aten.reshape: _reshape,
+    aten._unsafe_view: _reshape, aten.reshape: _reshape,
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
     aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy, prims.fma: _same("fma"),
@@ -254,6 +254,19 @@ def _prims_div(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) 
     return ("div", tuple(args)) if val.dtype.is_floating_point else None
 
 
+# view(dtype) reads the same bits as another type: generated for 32- and 64-bit types, whose
+# loaded value is those bits (16-bit floats load widened to float32), when the shape is kept
+# (the source has the same item size: these are the only supported types of 4 and 8 bytes).
+_BITCAST_DTYPES = frozenset({torch.float32, torch.int32, torch.float64, torch.int64})
+
+
+def _view(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
+    if not isinstance(args[1], torch.dtype):
+        return ("reshape", (args[0],))
+    same_shape = tuple(val.shape) == tuple(src_shape)
+    return ("bitcast", (args[0],)) if same_shape and val.dtype in _BITCAST_DTYPES else None
+
+
 def _broadcast_in_dim(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
     return ("broadcast_in_dim", (args[0], tuple(args[2])))
 
@@ -283,7 +296,7 @@ def _matmul(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> 
 
 
 _SHAPE_AWARE = {
-    aten.slice: _slice_handler, aten.select: _select_handler,
+    aten.slice: _slice_handler, aten.select: _select_handler, aten.view: _view,
     aten.sum: _reduction("sum", 1, 2), prims.sum: _reduction("sum", 1, None),
     aten.amax: _reduction("amax", 1, 2, "ordered"), aten.amin: _reduction("amin", 1, 2, "ordered"),
     aten.prod: _reduction("prod", 1, 2), aten.argmax: _reduction("argmax", 1, 2, "ordered"),

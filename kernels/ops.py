@@ -43,6 +43,7 @@ def reciprocal(a): return f"(1.0 / {a})"
 def sigmoid(a): return f"(1.0 / (1.0 + tl.exp(-{a})))"
 def copy(a): return a
 def cast(a): return a  # the renderer converts operands and results
+def bitcast(a, to): return f"{a}.to({to}, bitcast=True)"  # the same bits read as type `to`
 def full(value): return value
 def isnan(a): return f"({a} != {a})"
 def isinf(a): return f"(tl.abs({a}) == float(\"inf\"))"
@@ -192,7 +193,7 @@ OPS: dict[str, Callable[..., str]] = {
     "logical_and": logical_and, "logical_or": logical_or, "logical_not": logical_not,
     "logical_xor": logical_xor, "isnan": isnan, "isinf": isinf, "cast": cast, "copy": copy,
     "full": full, "fmod": fmod, "remainder": remainder, "floor_divide": floor_divide,
-    "trunc_divide": trunc_divide, "round": round_,
+    "trunc_divide": trunc_divide, "round": round_, "bitcast": bitcast,
 }
 
 # Ops whose result is bool while their operands compute in their own promoted type.

@@ -334,6 +334,8 @@ class Renderer(IndexedValues):
         fn = OPS[node.op]
         if node.op in NAN_AWARE:
             return fn(*args, floating=work in FLOAT_DTYPES)
+        if node.op == "bitcast":
+            return fn(*args, TL_TYPE[node.dtype])
         return fn(*args)
 
     def store(self, node: Node, idx: Index, value: Value, mask: str, shape: str) -> str:
@@ -377,7 +379,7 @@ def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str
         return ["bool"] * n
     if node.op == "where":
         return ["bool"] + [dtype] * (n - 1)
-    if node.op == "cast":
+    if node.op in ("cast", "bitcast"):
         return [None]
     if dtype == "bool":
         return ["int32"] * n  # True + True is True in torch: add as integers, then test != 0

@@ -141,3 +141,15 @@ def test_pooling_padding_group_norm_and_gathers_compile_for_sm90(sm90):
     torch._dynamo.reset()
     fusec.compile(pool)(xg).sum().backward()  # the backward's spread and shifted windows
     assert len(sm90) >= 6
+
+
+def test_special_functions_compile_for_sm90(sm90):
+    # fusec's own approximations (the interpreter cannot call libdevice): float32 and float64 math,
+    # bitcasts, half inputs widened.
+    x = torch.rand(300) * 1.8 - 0.9
+    run(lambda x: torch.atan2(x, x.flip(0)) + torch.asin(x) * torch.acosh(x.abs() + 1) + torch.erfinv(x), x)
+    run(lambda x: torch.lgamma(x) + torch.digamma(x) + torch.polygamma(1, x) + torch.special.ndtri(x.abs()), x)
+    run(lambda x: torch.special.i0e(x) + torch.special.modified_bessel_k1(x.abs()) + torch.erfc(x), x)
+    run(lambda x: torch.nextafter(x, -x) + torch.copysign(x, -x) + torch.signbit(x), x)
+    run(lambda x: torch.special.i1(x) + torch.atanh(x), x.half())
+    assert len(sm90) == 5
