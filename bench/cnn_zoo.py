@@ -139,6 +139,8 @@ def launches(name: str, size: int = 64) -> dict[str, int]:
 
 
 if __name__ == "__main__":
+    import sys
+
     from fusec.bench.zoo import run
 
-    run(["cnn"])
+    run({"cnn": sys.modules[__name__]})

@@ -99,6 +99,8 @@ def example(name: str) -> tuple[nn.Module, ...]:
 
 
 if __name__ == "__main__":
+    import sys
+
     from fusec.bench.zoo import run
 
-    run(["transformers"])
+    run({"transformers": sys.modules[__name__]})

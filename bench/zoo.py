@@ -8,7 +8,7 @@ way for every zoo (`bench/cnn_zoo.py`, `bench/transformer_zoo.py`), on any devic
   (`reinterpret_tensor` is not a call; an ATen view op is not counted);
 - fusec: its planned kernels plus the extern calls that do work, from `fusec.inspect` (nothing runs).
 
-`python -m fusec.bench.zoo` (or `fusec bench --zoo`) prints both zoos' tables.
+`fusec bench --zoo` prints both zoos' tables, `python bench/cnn_zoo.py` (or transformer_zoo.py) one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -108,28 +109,19 @@ def markdown(rows: list[ZooRow]) -> str:
     return "\n".join(lines)
 
 
-ZOOS = ("cnn", "transformers")
-
-
-def run(which: list[str], path: Path | None = None) -> int:
-    """Print the launch table of each zoo in `which` (of ZOOS), and write them to `path` if given."""
-    from fusec.bench import cnn_zoo, transformer_zoo
-
-    zoos = {"cnn": cnn_zoo, "transformers": transformer_zoo}
+def run(zoos: dict[str, ModuleType], path: Path | None = None) -> int:
+    """Print the launch table of each zoo module (its `ZOO`, `example(name)` and `missing()`),
+    and write them to `path` if given."""
     text = []
-    for key in which:
-        missing = zoos[key].missing()
+    for key, zoo in zoos.items():
+        missing = zoo.missing()
         if missing:
             print(f"{key} zoo skipped: {missing}")
             continue
-        table = markdown([measure(name, *zoos[key].example(name)) for name in zoos[key].ZOO])
-        text.append(f"{key} zoo: launches per eval forward (models and inputs: {Path(zoos[key].__file__).name})"
+        table = markdown([measure(name, *zoo.example(name)) for name in zoo.ZOO])
+        text.append(f"{key} zoo: launches per eval forward (models and inputs: {Path(zoo.__file__).name})"
                     f"\n\n{table}\n")
         print(text[-1])
     if path is not None:
         path.write_text("\n".join(text))
     return 0
-
-
-if __name__ == "__main__":
-    run(list(ZOOS))

@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         from fusec.bench import ops as bench_ops
         return bench_ops.run(args.samples, args.op, args.markdown)
     if args.zoo is not None:
-        from fusec.bench import zoo
-        return zoo.run(args.zoo or list(zoo.ZOOS), args.markdown)
+        from fusec.bench import cnn_zoo, transformer_zoo, zoo
+        zoos = {"cnn": cnn_zoo, "transformers": transformer_zoo}
+        return zoo.run({key: zoos[key] for key in args.zoo or zoos}, args.markdown)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
