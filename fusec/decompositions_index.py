@@ -2,7 +2,11 @@
 them: one index on a dim other than the first (`x[:, idx]`, `x[..., idx]`) is a gather
 along that dim with the index broadcast over the others; index tensors on the leading
 dims (`x[i, j]`) are one row lookup (`take`) into x with those dims merged. One index on
-the first dim is `take` itself (lowering_index.py); other forms run through torch."""
+the first dim is `take` itself (lowering_index.py); other forms run through torch.
+
+A store through a boolean mask over x's leading dims (`x[mask] = value`, `index_put`) with a
+value that does not depend on how many elements the mask selects is a `where`: it fuses with
+whatever made x and whatever reads it."""
 
 from __future__ import annotations
 
@@ -52,4 +56,25 @@ def _leading(x, indices):
     return aten.index.Tensor(rows, [torch.where(inside, flat, rows.shape[0])])
 
 
+def index_put(x, indices, values, accumulate=False):
+    """x[mask] = values, x[..., mask] = values (or += with `accumulate`: a mask selects each
+    element once)."""
+    lead = len(indices) - 1  # the dims before the mask, taken whole
+    mask = indices[-1] if indices and all(i is None for i in indices[:-1]) else None
+    if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[lead:lead + mask.dim()]):
+        return NotImplemented  # positions, several indices, or a mask eager rejects with its own error
+    trailing = x.shape[lead + mask.dim():]
+    if not lead and values.dim() == len(trailing) + 1 and values.shape[0] == 1:
+        values = values[0]  # the selected elements' dim, broadcast
+    fits = values.dim() <= len(trailing) and all(
+        v in (1, t) for v, t in zip(reversed(values.shape), reversed(trailing), strict=False))
+    if not fits or (accumulate and values.dtype != x.dtype):
+        return NotImplemented  # values per selected element: how many depends on the mask's contents
+    selected = mask.reshape(*[1] * lead, *mask.shape, *[1] * len(trailing))
+    values = values.to(x.dtype)
+    return torch.where(selected, x + values if accumulate else values, x)
+
+
 DECOMPOSITIONS = {aten.index.Tensor: index}
+# Shape-independent math: decomposed with symbolic sizes too.
+MASKED_STORES = {aten.index_put.default: index_put}
