@@ -6,8 +6,10 @@ from its generated code."""
 import pytest
 import torch
 
+import fusec
 from fusec.bench.transformer_zoo import ZOO, example
 from fusec.bench.zoo import inductor_launches, wrapper_launches
+from fusec.report import counts_as_extern
 from tests.eager import check
 
 pytest.importorskip("transformers", reason="the transformer zoo needs `transformers` (pip install -e .[models])")
@@ -61,3 +63,13 @@ def test_inductor_launches_of_a_matmul_and_its_activation():
     with torch.no_grad():
         launches = inductor_launches(f, torch.randn(8, 16), torch.randn(16, 8))
     assert launches == 2  # extern_kernels.mm, then one C++ kernel for the ReLU
+
+
+def test_unmasked_causal_lm_computes_its_positions_and_sequence_checks_in_kernels():
+    # Without an attention mask, LLaMA derives positions and checks for packed sequences
+    # (arange, diff, cumsum): all index math; torch runs only attention and bare matmuls.
+    forward, ids, _ = example("llama")
+    with torch.no_grad():
+        report = fusec.inspect(lambda i: forward.model(input_ids=i, use_cache=False), ids[:1])
+    externs = {s.target for g in report.graphs for s in g.plan.externs if counts_as_extern(s, g)}
+    assert externs == {"aten.mm.default", "aten._scaled_dot_product_flash_attention_for_cpu.default"}
