@@ -1,7 +1,6 @@
 """Three CNN families written in plain torch (the layer structure of torchvision's
 ResNet-18 and MobileNetV3-small and timm's ConvNeXt-atto, random weights), and the
-launches per forward fusec plans for each: generated kernels + extern calls that
-do work, counted by `fusec.inspect` (nothing runs).
+launches per forward of each under eager, torch.compile and fusec (bench/zoo.py counts them).
 
     python bench/cnn_zoo.py            # eval-mode forward, batch 1, 64x64 images
 """
@@ -117,6 +116,17 @@ def convnext_atto(classes: int = 1000) -> nn.Module:
 ZOO = {"resnet18": resnet18, "mobilenet_v3_small": mobilenet_v3_small, "convnext_atto": convnext_atto}
 
 
+def missing() -> str:
+    """Why the zoo cannot run here: it needs torch alone."""
+    return ""
+
+
+def example(name: str, size: int = 64) -> tuple[nn.Module, torch.Tensor]:
+    """(model, input) for one zoo model: random weights (seed 0), eval mode, batch 1."""
+    torch.manual_seed(0)
+    return ZOO[name]().eval(), torch.randn(1, 3, size, size)
+
+
 def launches(name: str, size: int = 64) -> dict[str, int]:
     """fusec's planned kernels and extern calls for one eval-mode forward of a zoo model."""
     import fusec
@@ -129,8 +139,8 @@ def launches(name: str, size: int = 64) -> dict[str, int]:
 
 
 if __name__ == "__main__":
-    print(f"{'model':<20} {'kernels':>8} {'extern':>8} {'launches':>9}")
-    for model_name in ZOO:
-        counts = launches(model_name)
-        total = counts["kernels"] + counts["extern_calls"]
-        print(f"{model_name:<20} {counts['kernels']:>8} {counts['extern_calls']:>8} {total:>9}")
+    import sys
+
+    from fusec.bench.zoo import run
+
+    run({"cnn": sys.modules[__name__]})

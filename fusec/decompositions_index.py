@@ -2,7 +2,15 @@
 them: one index on a dim other than the first (`x[:, idx]`, `x[..., idx]`) is a gather
 along that dim with the index broadcast over the others; index tensors on the leading
 dims (`x[i, j]`) are one row lookup (`take`) into x with those dims merged. One index on
-the first dim is `take` itself (lowering_index.py); other forms run through torch."""
+the first dim is `take` itself (lowering_index.py); other forms run through torch.
+
+A store through a boolean mask over x's leading dims (`x[mask] = value`, `index_put`) with a
+value that does not depend on how many elements the mask selects is a `where`: it fuses with
+whatever made x and whatever reads it.
+
+A running sum of integers or booleans over a short dim (position ids from a mask, packed
+sequence boundaries) is a sum under a triangular mask: exact, one reduction kernel with its
+producer, in place of a scan torch would run alone. Floats keep torch's sequential order."""
 
 from __future__ import annotations
 
@@ -52,4 +60,46 @@ def _leading(x, indices):
     return aten.index.Tensor(rows, [torch.where(inside, flat, rows.shape[0])])
 
 
-DECOMPOSITIONS = {aten.index.Tensor: index}
+def index_put(x, indices, values, accumulate=False):
+    """x[mask] = values, x[..., mask] = values (or += with `accumulate`: a mask selects each
+    element once)."""
+    lead = len(indices) - 1  # the dims before the mask, taken whole
+    mask = indices[-1] if indices and all(i is None for i in indices[:-1]) else None
+    if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[lead:lead + mask.dim()]):
+        return NotImplemented  # positions, several indices, or a mask eager rejects with its own error
+    trailing = x.shape[lead + mask.dim():]
+    if not lead and values.dim() == len(trailing) + 1 and values.shape[0] == 1:
+        values = values[0]  # the selected elements' dim, broadcast
+    fits = values.dim() <= len(trailing) and all(
+        v in (1, t) for v, t in zip(reversed(values.shape), reversed(trailing), strict=False))
+    if not fits or (accumulate and values.dtype != x.dtype):
+        return NotImplemented  # values per selected element: how many depends on the mask's contents
+    selected = mask.reshape(*[1] * lead, *mask.shape, *[1] * len(trailing))
+    values = values.to(x.dtype)
+    return torch.where(selected, x + values if accumulate else values, x)
+
+
+# The masked sum does length x length work per row: bounded so it stays a small kernel.
+_CUMSUM_LENGTH, _CUMSUM_WORK = 4096, 2**26
+
+
+def cumsum(x, dim, dtype=None):
+    """y[..., i, ...] = the sum of x[..., j, ...] for j <= i, for integer and boolean x."""
+    out_dtype = dtype or (x.dtype if x.dtype.is_floating_point or x.dtype.is_complex else torch.int64)
+    dim = dim % max(x.dim(), 1)
+    length = x.shape[dim] if x.dim() else 1
+    if out_dtype.is_floating_point or x.dtype.is_floating_point or x.dtype.is_complex or \
+            length > _CUMSUM_LENGTH or x.numel() * length > _CUMSUM_WORK:
+        return NotImplemented
+    if not x.dim():
+        return x.to(out_dtype).clone()
+    positions = torch.arange(length, device=x.device)
+    upto = positions[:, None] >= positions[None, :]  # [i, j]: j is summed into i
+    upto = upto.reshape(length, length, *[1] * (x.dim() - dim - 1))
+    summed = torch.where(upto, x.to(out_dtype).unsqueeze(dim), 0)  # [..., i, j, ...]
+    return summed.sum(dim + 1, dtype=out_dtype)
+
+
+DECOMPOSITIONS = {aten.index.Tensor: index, aten.cumsum.default: cumsum}
+# Shape-independent math: decomposed with symbolic sizes too.
+MASKED_STORES = {aten.index_put.default: index_put}

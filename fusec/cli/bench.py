@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ops:
         from fusec.bench import ops as bench_ops
         return bench_ops.run(args.samples, args.op, args.markdown)
+    if args.zoo is not None:
+        from fusec.bench import cnn_zoo, transformer_zoo, zoo
+        zoos = {"cnn": cnn_zoo, "transformers": transformer_zoo}
+        return zoo.run({key: zoos[key] for key in args.zoo or zoos}, args.markdown)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("fusec bench: --device cuda, but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
@@ -165,6 +169,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", action="store_true",
                    help="which of PyTorch's elementwise ops (its OpInfo samples) run in generated kernels, "
                         "each checked against eager in Triton's interpreter; exits 1 if any is wrong")
+    p.add_argument("--zoo", nargs="*", choices=("cnn", "transformers"), metavar="ZOO",
+                   help="launches per forward of real models (CNNs built in plain torch; Hugging Face "
+                        "transformers at tiny widths when installed) under eager, torch.compile and fusec, "
+                        "counted on any device (default: both zoos)")
     p.add_argument("--samples", type=int, default=1, metavar="N", help="--ops: samples per op (default 1)")
     p.add_argument("--op", nargs="+", metavar="NAME", help="--ops: only these OpInfo names (e.g. div.floor_rounding)")
     p.add_argument("--export", action="store_true",

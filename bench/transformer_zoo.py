@@ -1,0 +1,106 @@
+"""Hugging Face transformers and LLMs at tiny widths (2 layers, width 64, random weights, nothing
+downloaded), each called as in batched inference: a batch of 2 sequences of 16 tokens, the second
+padded (an attention mask with zeros), eval mode, no KV cache returned. Needs the `models` extra
+(`pip install -e .[models]`); without `transformers` the zoo says so and is skipped.
+
+    python bench/transformer_zoo.py    # launches per forward: eager, torch.compile, fusec
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+BATCH, LENGTH, VOCAB, PADDED = 2, 16, 256, 4  # the second sequence ends in PADDED padding tokens
+_DECODER_LENGTH = 8
+
+
+class Forward(nn.Module):
+    """`model(**inputs)` as a function of tensors in a fixed order, returning a tuple of tensors."""
+
+    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model(**dict(zip(self.keys, tensors, strict=True)), use_cache=False, return_dict=False)
+
+
+def _decoder_only(config_class: str, model_class: str, **extra) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import transformers
+
+        config = getattr(transformers, config_class)(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=64, **extra)
+        return getattr(transformers, model_class)(config)
+    return build
+
+
+def _gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=VOCAB,
+                                      bos_token_id=0, eos_token_id=0))
+
+
+def _bert() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                                vocab_size=VOCAB, max_position_embeddings=64))
+
+
+def _t5() -> nn.Module:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return T5ForConditionalGeneration(T5Config(num_layers=2, num_decoder_layers=2, d_model=64, d_kv=16, num_heads=4,
+                                               d_ff=128, vocab_size=VOCAB))
+
+
+ZOO: dict[str, Callable[[], nn.Module]] = {
+    "gpt2": _gpt2,
+    "bert": _bert,
+    "llama": _decoder_only("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": _decoder_only("Qwen2Config", "Qwen2ForCausalLM"),
+    "t5": _t5,
+}
+
+
+def missing() -> str:
+    """Why the zoo cannot run here ("" when it can)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return "`transformers` is not installed (pip install -e .[models])"
+    return ""
+
+
+def _inputs(name: str) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, VOCAB, (BATCH, LENGTH))
+    mask = torch.ones(BATCH, LENGTH, dtype=torch.long)
+    mask[-1, LENGTH - PADDED:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if name == "bert":  # two segments: the second half of each sequence
+        inputs["token_type_ids"] = (torch.arange(LENGTH) >= LENGTH // 2).long().expand(BATCH, LENGTH).contiguous()
+    if name == "t5":
+        inputs["decoder_input_ids"] = torch.randint(0, VOCAB, (BATCH, _DECODER_LENGTH))
+    return inputs
+
+
+def example(name: str) -> tuple[nn.Module, ...]:
+    """(forward, *inputs) for one zoo model: random weights (seed 0), eval mode."""
+    torch.manual_seed(0)
+    model = ZOO[name]().eval()
+    inputs = _inputs(name)
+    return (Forward(model, tuple(inputs)).eval(), *inputs.values())
+
+
+if __name__ == "__main__":
+    import sys
+
+    from fusec.bench.zoo import run
+
+    run({"transformers": sys.modules[__name__]})
