@@ -26,6 +26,7 @@ from fusec.lowering_index import (
     index_select,
     modulo,
     round_,
+    view,
 )
 from fusec.lowering_sizes import Unsupported, describe, dtype_name, size_of
 from fusec.stores import STORES, stores_into_input
@@ -254,19 +255,6 @@ def _prims_div(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) 
     return ("div", tuple(args)) if val.dtype.is_floating_point else None
 
 
-# view(dtype) reads the same bits as another type: generated for 32- and 64-bit types, whose
-# loaded value is those bits (16-bit floats load widened to float32), when the shape is kept
-# (the source has the same item size: these are the only supported types of 4 and 8 bytes).
-_BITCAST_DTYPES = frozenset({torch.float32, torch.int32, torch.float64, torch.int64})
-
-
-def _view(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
-    if not isinstance(args[1], torch.dtype):
-        return ("reshape", (args[0],))
-    same_shape = tuple(val.shape) == tuple(src_shape)
-    return ("bitcast", (args[0],)) if same_shape and val.dtype in _BITCAST_DTYPES else None
-
-
 def _broadcast_in_dim(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
     return ("broadcast_in_dim", (args[0], tuple(args[2])))
 
@@ -296,7 +284,7 @@ def _matmul(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> 
 
 
 _SHAPE_AWARE = {
-    aten.slice: _slice_handler, aten.select: _select_handler, aten.view: _view,
+    aten.slice: _slice_handler, aten.select: _select_handler, aten.view: view,
     aten.sum: _reduction("sum", 1, 2), prims.sum: _reduction("sum", 1, None),
     aten.amax: _reduction("amax", 1, 2, "ordered"), aten.amin: _reduction("amin", 1, 2, "ordered"),
     aten.prod: _reduction("prod", 1, 2), aten.argmax: _reduction("argmax", 1, 2, "ordered"),

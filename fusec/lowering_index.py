@@ -1,6 +1,6 @@
 """Lowering handlers for position and index plumbing and for division's rounding modes:
 arange and full_like as values computed in place, row lookups (embedding, x[idx]) as
-checked loads, floor and trunc division, remainder and fmod with torch's semantics.
+checked loads, view(dtype) as a bitcast, floor and trunc division, remainder and fmod with torch's semantics.
 
 Each handler returns `(op, args)` for fusec's primitive or None for torch (see
 fusec/lowering.py, which dispatches to them).
@@ -89,3 +89,16 @@ def index(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tu
 
 def index_select(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tuple | None:
     return ("take", (args[0], args[2], False)) if src_shape and args[1] % len(src_shape) == 0 else None
+
+
+# view(dtype) reads the same bits as another type: generated for 32- and 64-bit types, whose
+# loaded value is those bits (16-bit floats load widened to float32), when the shape is kept
+# (the source has the same item size: these are the only supported types of 4 and 8 bytes).
+_BITCAST_DTYPES = frozenset({torch.float32, torch.int32, torch.float64, torch.int64})
+
+
+def view(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tuple | None:
+    if not isinstance(args[1], torch.dtype):
+        return ("reshape", (args[0],))
+    same_shape = tuple(val.shape) == tuple(src_shape)
+    return ("bitcast", (args[0],)) if same_shape and val.dtype in _BITCAST_DTYPES else None

@@ -1,5 +1,5 @@
 """The @triton.jit helper functions generated kernels call, by name: one table for every
-kernel kind, from which `render.module_source` writes those a kernel's body uses."""
+kernel kind, from which `signature.module_source` writes those a kernel's body uses."""
 
 # Philox4x32-10 (Salmon et al., SC'11), first output word; counter (offset, salt, 0, 0).
 _PHILOX = """def _philox(seed, offset, salt):

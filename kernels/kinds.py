@@ -17,7 +17,7 @@ from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_
 from fusec.kernels.matmul import matmul_problem, render_matmul
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
-from fusec.kernels.render import Rendered
+from fusec.kernels.signature import Rendered
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
 from fusec.sizes import Size
 

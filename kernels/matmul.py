@@ -22,18 +22,8 @@ and 16-bit products are exact in float32, so the result is the tensor-core one.
 from __future__ import annotations
 
 from fusec.ir import Graph, Kind, Node
-from fusec.kernels.render import (
-    Index,
-    Rendered,
-    Renderer,
-    Value,
-    kernel_name,
-    live_lines,
-    needs_int64,
-    param,
-    rendered_module,
-    size_params,
-)
+from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64
+from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
 
 # float32 operands multiply in full precision ("ieee"), as torch does by

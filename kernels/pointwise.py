@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from fusec import sizes
 from fusec.ir import Graph, Node, contiguous_strides
-from fusec.kernels.render import (
-    Index,
+from fusec.kernels.render import Index, Renderer, live_lines, needs_int64
+from fusec.kernels.signature import (
     Rendered,
-    Renderer,
     extra_params,
     kernel_name,
-    live_lines,
-    needs_int64,
     rendered_module,
     scalar_params,
     size_params,

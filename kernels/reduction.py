@@ -18,19 +18,8 @@ import networkx as nx
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
-from fusec.kernels.render import (
-    Index,
-    Rendered,
-    Renderer,
-    Value,
-    kernel_name,
-    live_lines,
-    needs_int64,
-    param,
-    rendered_module,
-    row_count,
-    size_params,
-)
+from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64, row_count
+from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
 
 # The library's combine functions, by kind of reduction.

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from fusec import sizes
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
-from fusec.kernels.helpers import HELPERS
 from fusec.kernels.indexed import Index, IndexedValues, Value
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
+from fusec.kernels.signature import extra_params, param, scalar_params, tensor_params
 from fusec.plan import Kernel, LaunchExtra
 from fusec.sizes import Size, source
 
@@ -106,24 +106,6 @@ class Emitter:
         self.deps[name] = frozenset(roots)
 
 
-def param(name: str) -> str:
-    return f"p_{name}"
-
-
-def scalar_param(node: Node) -> str:
-    """A host scalar's parameter: its value, typed as the kernel computes with it (fusec/lowering_host.py)."""
-    return f"s_{node.name}: {TL_TYPE[compute_dtype(node.dtype)]}"
-
-
-def tensor_params(graph: Graph, names: tuple[str, ...]) -> list[str]:
-    """The kernel's pointer parameters; its host scalars' come after every pointer and extra flag."""
-    return [param(n) for n in names if not graph[n].host]
-
-
-def scalar_params(graph: Graph, names: tuple[str, ...]) -> list[str]:
-    return [scalar_param(graph[n]) for n in names if graph[n].host]
-
-
 def term(index: str, stride: Size) -> str:
     if index == "0" or stride == 0:
         return ""
@@ -161,15 +143,6 @@ def row_count(n: Size, less: float, kind: str = "float", floor: int = 0) -> str:
     if less > 1:  # the row may be shorter than that
         raise sizes.NotRenderable(f"a variance with correction {less} over a row of symbolic length")
     return f"(rnumel - {less})" if less else "rnumel"
-
-
-def size_params(graph: Graph, kernel: Kernel) -> list[str]:
-    """The kernel's parameters for the size symbols its buffers' shapes and strides use."""
-    # Members' operands too: a constant computed inline (an arange) is neither input nor member.
-    names = [n for k in (kernel, *kernel.parts) for n in k.members + k.inputs + k.outputs]
-    names += [op for n in list(names) for op in graph[n].operands()]
-    used = sizes.symbols(v for n in dict.fromkeys(names) for v in (*graph[n].shape, *(graph[n].strides or ())))
-    return [sizes.KERNEL_PREFIX + s for s in used]
 
 
 # Ops whose Triton expression may come out in another type than the node's
@@ -361,13 +334,6 @@ class Renderer(IndexedValues):
                 + scalar_params(self.graph, k.inputs))
 
 
-def extra_params(extras: tuple[LaunchExtra, ...], finals: tuple[str, ...]) -> list[str]:
-    """The parameters the launch extras take, in the order the launcher passes them."""
-    names = {LaunchExtra.BAD_INDEX: ["p_bad_index"], LaunchExtra.SEED: ["seed"],
-             LaunchExtra.PARTIALS: [*(f"p_partial_{f}" for f in finals), "p_ticket"]}
-    return [name for extra in extras for name in names[extra]]
-
-
 def _operand_types(node: Node, dtype: str, tensor_dtypes: list[str]) -> list[str | None]:
     """The dtype each argument is converted to before the op (None: keep its own)."""
     n = len(node.args)
@@ -414,52 +380,3 @@ def round_bf16(expr: str) -> str:
     bits = f"{x}.to(tl.uint32, bitcast=True)"
     rounded = f"((({bits} + 0x7FFF + (({bits} >> 16) & 1)) >> 16) << 16).to(tl.float32, bitcast=True)"
     return f"tl.where({x} != {x}, {x}, {rounded})"
-
-
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """What a renderer returns: a kernel's Triton module and how its entry is called."""
-
-    source: str
-    fn_name: str
-    params: tuple[str, ...]  # the entry's parameters, in order
-    extras: tuple[LaunchExtra, ...] = ()  # passed after the buffers (their parameters follow them)
-    symbols: tuple[str, ...] = ()  # size-symbol parameters, passed after the extras
-    rows_fn: str = ""  # a second entry keeping each row in registers ("" when none)
-
-
-def rendered_module(fn_name: str, params: list[str], body: list[str], renderers: list[Renderer],
-                    extras: tuple[LaunchExtra, ...], symbols: list[str]) -> Rendered:
-    """The module of `module_source` with its entry's signature as data (constexpr marks dropped)."""
-    members = tuple(m for r in renderers for m in r.kernel.members)
-    source = module_source(fn_name, params, body, members, renderers)
-    return Rendered(source, fn_name, tuple(p.split(":")[0] for p in params), extras, tuple(symbols))
-
-
-def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
-                  renderers: list[Renderer]) -> str:
-    """A whole kernel module: imports, the helper functions its renderers' bodies call,
-    and the @triton.jit entry. Every kernel kind gets its helpers here, from its renderers."""
-    helpers = sorted({name for r in renderers for name in r.helpers})
-    unspecialized = [p.split(":")[0] for p in params if p == "seed" or p.startswith("s_")]
-    prelude = "".join(f"@triton.jit\n{HELPERS[name]}\n\n\n" for name in helpers)
-    return "\n".join([
-        "import triton",
-        "import triton.language as tl",
-        "",
-        "",
-        prelude,
-        f"# members: {', '.join(members)}",
-        # A fresh seed (or host scalar) every call: specializing on its value would compile a variant per value.
-        f"@triton.jit(do_not_specialize={unspecialized})" if unspecialized else "@triton.jit",
-        f"def {fn_name}({', '.join(params)}):",
-        *("    " + line for line in body),
-        "",
-    ])
-
-
-def kernel_name(graph: Graph, kernel: Kernel) -> str:
-    ops = "_".join(dict.fromkeys(graph[m].op for m in kernel.members if graph[m].kind is not Kind.VIEW))
-    return f"{kernel.id}_{ops}"[:60]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fusec
 from fusec.kernels.kinds import KINDS, ROWS_VARIANT
-from fusec.kernels.render import extra_params
+from fusec.kernels.signature import extra_params
 from fusec.plan import KernelKind, LaunchExtra
 
 _ENTRY = re.compile(r"^def (\w+)\((.*?)\):", re.M | re.S)
