@@ -13,12 +13,16 @@ _CSE_KINDS = (Kind.POINTWISE, Kind.VIEW)
 
 def eliminate_dead_code(graph: Graph) -> Graph:
     """Every node left is an input or reaches the output."""
+    return _remove_dead(graph.copy())
+
+
+def _remove_dead(graph: Graph) -> Graph:
+    """`graph` itself, without the nodes that neither are inputs nor reach the output."""
     live = nx.ancestors(graph.nx, graph.output.name) | {graph.output.name}
-    out = graph.copy()
-    for node in graph:
+    for node in list(graph):
         if node.name not in live and node.kind is not Kind.INPUT:
-            out.remove(node.name)
-    return out
+            graph.remove(node.name)
+    return graph
 
 
 def _renamed(node: Node, alias: dict[str, str]) -> Node:
@@ -67,8 +71,8 @@ def eliminate_identities(graph: Graph) -> Graph:
         node = _renamed(node, alias)
         # x * 1 is a fresh tensor: where a view, torch or the caller gets it (rather than
         # only computing ops), dropping it would hand over the operand's memory and strides.
-        readers = {graph[u].kind for u in graph.users(node.name)}
-        if _is_identity(node) and readers <= {Kind.POINTWISE, Kind.REDUCTION, Kind.MATMUL}:
+        if _is_identity(node) and {graph[u].kind for u in graph.users(node.name)} <= \
+                {Kind.POINTWISE, Kind.REDUCTION, Kind.MATMUL}:
             src = out[node.args[0].name]
             if (src.symbolic_shape, src.dtype) == (node.symbolic_shape, node.dtype):
                 alias[node.name] = src.name
@@ -79,4 +83,5 @@ def eliminate_identities(graph: Graph) -> Graph:
 
 def cleanup(graph: Graph) -> Graph:
     """No dead node, no multiply by one and no duplicated pure computation remains; values are unchanged."""
-    return eliminate_dead_code(eliminate_common_subexpressions(eliminate_identities(graph)))
+    # The deduplicated graph is new and no one else's: its dead nodes go without a copy.
+    return _remove_dead(eliminate_common_subexpressions(eliminate_identities(graph)))

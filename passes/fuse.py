@@ -10,7 +10,6 @@ different groups, or a group and an extern call, keeps the reason on the edge
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import networkx as nx
@@ -18,14 +17,13 @@ import networkx as nx
 from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal, boundary_refusal
+from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
 from fusec.passes.symbolic import coincidence
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
-
-Domain = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -37,22 +35,6 @@ def _domain_text(domain: Domain) -> str:
     return f"{_shape(shape)} over dims {_shape(dims)[1:-1] or 'all'}"
 
 
-def row_shapes(domain: Domain) -> tuple[int, int]:
-    """(elements per kernel = rows x row length, rows) of a reduction domain."""
-    shape, dims = domain
-    return math.prod(shape), math.prod(s for d, s in enumerate(shape) if d not in dims)
-
-
-def keepdim_shape(domain: Domain) -> tuple[int, ...]:
-    shape, dims = domain
-    return tuple(1 if d in dims else s for d, s in enumerate(shape))
-
-
-def outer_shape(domain: Domain) -> tuple[int, ...]:
-    shape, dims = domain
-    return tuple(s for d, s in enumerate(shape) if d not in dims)
-
-
 class _Grouping:
     """Mutable state of one fuse run: group membership and the group DAG."""
 
@@ -62,7 +44,17 @@ class _Grouping:
         self.node = {n.name: n for n in graph}  # the graph does not change while fusing
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
+        # Each group's reductions and matmuls in member order: what its domain and its
+        # template depend on, without a walk over every member at every refusal.
+        self.special = {name: [self.node[name]] if self.node[name].kind in (Kind.REDUCTION, Kind.MATMUL) else []
+                        for name in self.group_of}
         self.domains: dict[str, Domain | None] = {}
+        self.reduced: dict[str, Domain] = {}  # each reduction's own domain
+        # Merges so far, and the merge count at which each group last grew: a refusal
+        # depends on its two groups only (a cycle through others never goes away), so an
+        # edge refused at count c need not be asked again until one of them grows after c.
+        self.merges = 0
+        self.grown: dict[str, int] = {}
         dag = nx.DiGraph()
         dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
@@ -79,8 +71,18 @@ class _Grouping:
     def domain(self, group: str) -> Domain | None:
         # Refusals ask for a growing group's domain at every merge it is offered: keep it.
         if group not in self.domains:
-            self.domains[group] = row_domain(self.graph, [self.node[m] for m in self.members[group]])
+            self.domains[group] = row_domain(self.graph, self.reductions(group))
         return self.domains[group]
+
+    def reductions(self, *groups: str) -> list[Node]:
+        return [n for g in groups for n in self.special[g] if n.kind is Kind.REDUCTION]
+
+    def totals(self, reductions: list[Node], domain: Domain | None) -> list[Node]:
+        """`finals` of a group with these reductions and this row domain."""
+        for node in reductions:
+            if node.name not in self.reduced:
+                self.reduced[node.name] = reduction_domain(node, self.graph)
+        return [n for n in reductions if self.reduced[n.name] != domain] if domain else []
 
     def refusal(self, gu: str, gv: str) -> Refusal | None:
         """Why the groups gu -> gv cannot merge, or None when they can."""
@@ -98,8 +100,11 @@ class _Grouping:
             return self._matmul_refusal(gu, gv, mu, mv)
         du, dv = self.domain(gu), self.domain(gv)
         members = set(self.members[gu]) | set(self.members[gv])
-        domain = row_domain(self.graph, [self.node[m] for m in members])
-        if domain and finals(self.graph, [self.node[m] for m in members]):
+        reductions = self.reductions(gu, gv)
+        # The widest of the two groups' domains is the union's (row_domain is a max).
+        domain = du if du == dv or dv is None else dv if du is None else row_domain(self.graph, reductions)
+        totals = self.totals(reductions, domain)
+        if domain and totals:
             reason = final_refusal(self.graph, [self.node[m] for m in members], self.position)
             if reason and du and dv and du != dv:
                 return Refusal("reduction-shapes", f"reduction feeds a reduction of another shape: "
@@ -112,10 +117,10 @@ class _Grouping:
                 a, b = sorted(shapes, key=lambda s: (len(s), s))[:2]
                 return Refusal("shapes", f"shapes differ: {_shape(b)} vs {_shape(a)}")
             return None
-        return self._row_refusal(members, domain)
+        return self._row_refusal(members, domain, bool(totals))
 
     def matmul(self, group: str) -> Node | None:
-        return next((self.node[m] for m in self.members[group] if self.node[m].kind is Kind.MATMUL), None)
+        return next((n for n in self.special[group] if n.kind is Kind.MATMUL), None)
 
     def left_operand(self, node: Node) -> str:
         """The tensor a matmul's left operand reads, through any views."""
@@ -154,19 +159,18 @@ class _Grouping:
                                f"shapes differ: {_shape(out.shape)} vs the product {_shape(products[0].shape)}")
         return None
 
-    def _row_refusal(self, members: set[str], domain: Domain) -> Refusal | None:
-        """A reduction kernel works row by row: its outputs are per element or per row,
-        and no view may move values between rows."""
+    def _row_refusal(self, members: set[str], domain: Domain, totals: bool) -> Refusal | None:
+        """A reduction kernel works row by row: its outputs are per element or per row
+        (or one value, for a group with `totals`), and no view may move values between rows."""
         per_element, per_row = row_shapes(domain)
-        totals = finals(self.graph, [self.node[m] for m in members])
-        for out in self.outputs(members):
+        ordered = [self.node[m] for m in sorted(members, key=self.position.__getitem__)]
+        for out in self.graph.escaping(ordered):
             if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
                 return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
                         f"the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
-        row_valued = self._reduced_in(members)
-        for name in members:
-            node = self.node[name]
+        row_valued = self._reduced_in(ordered)
+        for node in ordered:
             if node.kind is not Kind.VIEW:
                 continue
             src = self.node[node.operands()[0]]
@@ -174,22 +178,23 @@ class _Grouping:
                 # Index math over a constant (arange[None]) or over loaded values (a BN
                 # weight's [C] -> [C,1,1]): computed at any index, no row's values to move.
                 continue
-            if _unit_dims_only(node, src):
+            if unit_dims_only(node, src):
                 continue
             if node.op == "reshape" and node.numel == src.numel == per_element:
                 continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
-                return Refusal("row-move", f"{name} ({node.op}) would move values between the rows of a reduction")
-        return self._misaligned_read(members, domain)
+                return Refusal("row-move",
+                               f"{node.name} ({node.op}) would move values between the rows of a reduction")
+        return self._misaligned_read(row_valued, domain)
 
-    def _reduced_in(self, members: set[str]) -> set[str]:
-        """The members computed from one of the group's reductions (their values exist
-        only for the row the kernel is on)."""
+    @staticmethod
+    def _reduced_in(ordered: list[Node]) -> set[str]:
+        """The members (in topological order) computed from one of the group's reductions
+        (their values exist only for the row the kernel is on)."""
         found: set[str] = set()
-        for name in sorted(members, key=self.position.__getitem__):
-            node = self.node[name]
+        for node in ordered:
             if node.kind is Kind.REDUCTION or any(op in found for op in node.operands()):
-                found.add(name)
+                found.add(node.name)
         return found
 
     def _of_constant(self, node: Node) -> bool:
@@ -197,17 +202,13 @@ class _Grouping:
             node = self.node[node.operands()[0]]
         return is_constant(node)
 
-    def _misaligned_read(self, members: set[str], domain: Domain) -> Refusal | None:
-        """Why some member would read a value computed from this kernel's reductions at
-        another row than its own (x + x.sum(1) on a square x broadcasts across rows)."""
-        row_valued = set()
-        for name in sorted(members, key=self.position.__getitem__):
-            node = self.node[name]
-            if node.kind is Kind.REDUCTION or any(op in row_valued for op in node.operands()):
-                row_valued.add(name)
+    def _misaligned_read(self, row_valued: set[str], domain: Domain) -> Refusal | None:
+        """Why some member would read a value computed from this kernel's reductions
+        (`row_valued`) at another row than its own (x + x.sum(1) on a square x broadcasts
+        across rows)."""
         for name in row_valued:
             node = self.node[name]
-            if node.op == "broadcast_in_dim" and not _keeps_rows(node, self.node[node.operands()[0]], domain):
+            if node.op == "broadcast_in_dim" and not keeps_rows(node, self.node[node.operands()[0]], domain):
                 return Refusal("row-read", f"{name} would put {node.operands()[0]} on another row than its own")
             if node.kind in (Kind.REDUCTION, Kind.VIEW):
                 continue
@@ -221,7 +222,7 @@ class _Grouping:
                     own_row = node.args[1] in domain[1] and all(
                         node.shape[d] == size for d, size in enumerate(domain[0]) if d not in domain[1])
                 else:
-                    own_row = _reads_own_row(self.node[op].shape, node.shape, domain)
+                    own_row = reads_own_row(self.node[op].shape, node.shape, domain)
                 if not own_row:
                     return Refusal("row-read", f"{name} would read {op} at another row than its own")
         return None
@@ -233,59 +234,19 @@ class _Grouping:
         for name in self.members.pop(gu):
             self.group_of[name] = gv
             self.members[gv].append(name)
+        self.special[gv] += self.special.pop(gu)
         self.groups.merge(gu, gv)
         self.domains.pop(gu, None)
         self.domains.pop(gv, None)
+        self.merges += 1
+        self.grown[gv] = self.merges
+
+    def grown_since(self, count: int, *groups: str) -> bool:
+        """Whether one of `groups` has grown since the merge count was `count`."""
+        return any(self.grown.get(g, 0) > count for g in groups)
 
     def reaches(self, src: str, dst: str) -> bool:
         return reaches(self.graph.nx, self.position, src, dst)
-
-
-def _unit_dims_only(view: Node, src: Node) -> bool:
-    """Whether a reshape only adds or drops size-1 dims ([C] -> [1,C,1,1]): such a view keeps
-    every value on its row.
-
-    Why that is sound: dropping the size-1 dims from both shapes leaves the same shape, so
-    the view and its source have the same row-major strides over the dims of size > 1, and
-    the element at linear position i of the view is the element at linear position i of
-    the source (the renderer reads a reshape at `unravel(linearize(idx))`). A reduction
-    kernel holds every per-row value with its rows in row-major order (position r is row
-    r) and every per-element value in the reduced input's row-major order (position i
-    lies in the row of element i), and it stores and reads a value at the position of the
-    row it works on; a reduction's result is only ever asked for at its own row. A view
-    that is the identity on positions therefore never asks for a value of another row.
-    Where the viewed value is then broadcast against another shape, that read is checked
-    on its own (`_misaligned_read`: [1,C] against [N,C,H,W] would land on W's row).
-    """
-    return view.op in ("reshape", "alias") and _without_ones(view.shape) == _without_ones(src.shape)
-
-
-def _without_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(size for size in shape if size != 1)
-
-
-def _reads_own_row(source: tuple[int, ...], reader: tuple[int, ...], domain: Domain) -> bool:
-    """Whether broadcasting a per-row value of shape `source` into `reader` gives each
-    element its own row's value."""
-    shape, dims = domain
-    if source == reader:
-        return True
-    if reader == shape and len(source) <= len(shape):
-        padded = (1,) * (len(shape) - len(source)) + source
-        return all(padded[d] == (1 if d in dims else shape[d]) or padded[d] == shape[d] == 1
-                   for d in range(len(shape)))
-    def strip(s: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(itertools.dropwhile(lambda size: size == 1, s))
-    return math.prod(reader) == row_shapes(domain)[1] and strip(source) == strip(reader)
-
-
-def _keeps_rows(view: Node, src: Node, domain: Domain) -> bool:
-    """Whether a broadcast_in_dim puts per-row values on the outer dims, in their order."""
-    shape, dims = domain
-    moved = [d for d, size in zip(view.args[1], src.shape, strict=True) if size != 1]
-    if len(view.shape) != len(shape):  # into the rows' own shape
-        return moved == sorted(moved)
-    return moved == [d for d in range(len(shape)) if d not in dims and shape[d] != 1]
 
 
 _FINAL_OPS = frozenset({"sum", "amax", "amin"})
@@ -314,6 +275,7 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
     (0: every op is its own kernel)."""
     state = _Grouping(graph)
     refused: dict[tuple[str, str], Refusal] = {}
+    asked: dict[tuple[str, str], int] = {}  # the merge count when each edge was last refused
     merges = 0
     for dst in graph:
         if dst.kind not in FUSIBLE:
@@ -329,18 +291,22 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             reason = state.refusal(gu, gv)
             if reason:
                 refused[src, dst.name] = reason
+                asked[src, dst.name] = state.merges
             else:
                 state.merge(gu, gv)
                 merges += 1
-    _retry_refused(state, refused, None if fuel is None else fuel - merges)
+    _retry_refused(state, refused, asked, None if fuel is None else fuel - merges)
     _merge_siblings(graph, state)
     return _apply(graph, state, refused)
 
 
-def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], Refusal], fuel: int | None) -> None:
+def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], Refusal], asked: dict[tuple[str, str], int],
+                   fuel: int | None) -> None:
     """Edges refused once may merge now: a producer whose readers of another shape (a
     pooling window's slices of one padded tensor) have since joined one group no longer
-    escapes it. Retried in graph order until a round merges nothing."""
+    escapes it. Retried in graph order until a round merges nothing; an edge is asked
+    again only once one of its groups has grown since it was last refused (`asked`: the
+    merge count then)."""
     merged = True
     while merged:
         merged = False
@@ -349,7 +315,10 @@ def _retry_refused(state: _Grouping, refused: dict[tuple[str, str], Refusal], fu
                 return
             gu, gv = state.vertex(src), state.vertex(dst)
             if gu != gv:
+                if not state.grown_since(asked[src, dst], gu, gv):
+                    continue
                 if state.refusal(gu, gv) is not None:
+                    asked[src, dst] = state.merges
                     continue
                 state.merge(gu, gv)
                 merged = True

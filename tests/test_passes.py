@@ -5,6 +5,7 @@ import pickle
 import pytest
 
 from fusec.ir import Graph, Kind, Node, Ref, kind_of
+from fusec.passes import fuse as fuse_module
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
@@ -84,6 +85,31 @@ def test_fuel_caps_merges():
     g = fuse(build(spec, ["a5"]), fuel=2)
     assert len(groups(g)) == 4
     assert "out of fusion fuel" in reason(g, "a2", "a3")
+
+
+def test_a_refused_producer_joins_once_its_readers_share_a_group():
+    # b ([8]) is read by c1 and c2 ([4,8]): each edge alone is refused (b would escape with
+    # another shape); once d has taken c1 and c2, the retry finds b read inside the group only.
+    g = fuse(build([("x", "input", [], (8,)), ("y", "input", []), ("b", "exp", ["x"], (8,)),
+                    ("c1", "add", ["y", "b"]), ("c2", "mul", ["y", "b"]), ("d", "add", ["c1", "c2"])], ["d"]))
+    assert groups(g) == [{"b", "c1", "c2", "d"}]
+
+
+def test_a_refusal_is_not_asked_again_of_unchanged_groups(monkeypatch):
+    asked = []
+    refusal = fuse_module._Grouping.refusal
+
+    def counted(state, gu, gv):
+        asked.append((tuple(state.members[gu]), tuple(state.members[gv])))
+        return refusal(state, gu, gv)
+    monkeypatch.setattr(fuse_module._Grouping, "refusal", counted)
+    spec = [("x", "input", [])] + [(f"e{i}", "neg", [f"e{i-1}" if i else "x"]) for i in range(4)]
+    spec += [("a", "exp", ["e3"]), ("s", "cumsum", ["a"]), ("c", "add", ["a", "s"])]
+    g = fuse(build(spec, ["c"]))
+    assert reason(g, "a", "c") == "would create a cycle through s"
+    # e0 -> e1 ... e3 -> a merged, a -> c refused: neither group grows after, so the
+    # retry does not ask again.
+    assert len(asked) == len(set(asked)) == 5
 
 
 def test_fuse_does_not_mutate_its_input():
