@@ -43,9 +43,10 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call."""
     exact, fn = extents(graph, kernel), kernels[kernel.id]
+    loaded = len(kernel.inputs) + len(kernel.outputs)  # an output may be an input written in place
     if not is_dynamic(graph, kernel):
         return KernelCall(fn, _launch(graph, kernel, interpret), _sizes(graph, kernel), interpret,
-                          name=kernel.id, loaded=len(kernel.inputs))
+                          name=kernel.id, loaded=loaded)
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
 
     def choose(values: tuple) -> tuple[Any, Launch]:
@@ -53,7 +54,7 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
             return rows_fn, launch_at(graph, kernel, values, interpret, persistent=True)
         return fn, launch_at(graph, kernel, values, interpret)
     return DynamicCall(choose, functools.partial(size_args, kernel), len(exact), interpret,
-                       loaded=len(kernel.inputs), name=kernel.id)
+                       loaded=loaded, name=kernel.id)
 
 
 # (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.
