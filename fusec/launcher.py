@@ -29,6 +29,7 @@ from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, Plan, Step
 from fusec.pointers import all_aligned, allocator, fresh_buffers, inputs_taken
 from fusec.stores import in_place, stores
+from fusec.torch_calls import entry_point
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -271,17 +272,11 @@ def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int
     if node.op == "getitem" or node.target == "_operator.getitem":
         src.emit(f"{var(node.name)} = {var(node.args[0].name)}[{node.args[1]!r}]", indent)
         return
-    fn = src.bind(_entry_point(code.callables[node.target]), "F")
+    fn = src.bind(entry_point(code.callables[node.target]), "F")
     args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
     parts = [_literal(src, a) for a in args]
     parts += [f"{k}={_literal(src, v)}" for k, v in dict(kwargs).items()]
     src.emit(f"{var(node.name)} = {fn}({', '.join(parts)})  # {node.target}", indent)
-
-
-def _entry_point(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """An ATen overload's C++ entry point: the same op and overload, without the Python frame of
-    `OpOverload.__call__` (a fifth of a small op's host time)."""
-    return fn._op if isinstance(fn, torch._ops.OpOverload) else fn
 
 
 def _literal(src: Source, value: Any) -> str:

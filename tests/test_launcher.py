@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusec
 from fusec.bench.overhead import _stream_stub, measure, stub_launches
@@ -12,6 +13,7 @@ from fusec.kernels.call import KernelCall
 from fusec.kernels.launch import Launch
 from fusec.launcher import StrideMismatch
 from fusec.pointers import allocator
+from fusec.torch_calls import BINDINGS, aten, entry_point
 from tests.eager import assert_ran
 
 
@@ -198,3 +200,64 @@ def test_the_allocator_is_torchs_own_on_a_cpu_and_general_elsewhere():
     assert allocator(torch.device("cpu")) is _empty_strided_cpu
     made = allocator(torch.device("meta"))((4, 3), (1, 4), torch.float16)
     assert made.device.type == "meta" and made.stride() == (1, 4) and made.dtype == torch.float16
+
+
+r = torch.randn
+EXTERN_SAMPLES = {  # overload -> (args, kwargs) as a graph calls it
+    aten.mm.default: ((r(2, 3), r(3, 4)), {}),
+    aten.bmm.default: ((r(2, 2, 3), r(2, 3, 4)), {}),
+    aten.addmm.default: ((r(4), r(2, 3), r(3, 4)), {"beta": 0.5, "alpha": 2.0}),
+    aten.convolution.default: ((r(1, 2, 5, 5), r(3, 2, 3, 3), r(3), [1, 1], [1, 1], [1, 1], False, [0, 0], 1), {}),
+    aten.view.default: ((r(2, 6), [3, 4]), {}),
+    aten.permute.default: ((r(2, 3, 4), [2, 0, 1]), {}),
+    aten.expand.default: ((r(3, 1), [3, 4]), {}),
+    aten.transpose.int: ((r(2, 3), 0, 1), {}),
+    aten.unsqueeze.default: ((r(2, 3), 1), {}),
+    aten.t.default: ((r(2, 3),), {}),
+    aten.clone.default: ((r(2, 3).t(),), {"memory_format": torch.contiguous_format}),
+}
+
+
+class Dispatched(TorchDispatchMode):
+    """Records every ATen overload a call reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_every_binding_the_launcher_calls_has_a_sample():
+    assert set(EXTERN_SAMPLES) == set(BINDINGS)
+
+
+@pytest.mark.parametrize("overload", list(EXTERN_SAMPLES), ids=str)
+def test_a_binding_reaches_exactly_its_overload(overload):
+    args, kwargs = EXTERN_SAMPLES[overload]
+    fn = entry_point(overload)
+    assert fn is BINDINGS[overload]
+    with Dispatched() as through_op:
+        expected = overload(*args, **kwargs)
+    with Dispatched() as through_binding:
+        got = fn(*args, **kwargs)
+    assert through_binding.ops == through_op.ops == [overload]
+    assert got.stride() == expected.stride()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_other_overloads_are_called_through_their_cpp_object():
+    assert entry_point(aten.slice.Tensor) is aten.slice.Tensor._op
+    assert entry_point(abs) is abs
+
+
+def test_the_launcher_calls_torchs_bindings_for_matmuls_and_views():
+    fn = lambda x, w1, w2: (F.silu(x @ w1) @ w2).view(-1)
+    compiled = fusec.compile(fn)
+    x, w1, w2 = torch.randn(4, 8), torch.randn(8, 16), torch.randn(16, 8)
+    torch.testing.assert_close(compiled(x, w1, w2), fn(x, w1, w2))
+    bound = fusec.report_of(compiled).graphs[0].runtime._call.__globals__.values()
+    assert any(b is torch.mm for b in bound) and any(b is torch.Tensor.view for b in bound)
+    assert_ran(compiled)

@@ -28,7 +28,8 @@ LAYERS = [
                   "fusec.lowering", "fusec.lowering_index", "fusec.lowering_sizes", "fusec.decompositions",
                   "fusec.decompositions_elementwise", "fusec.decompositions_foreach", "fusec.decompositions_pool",
                   "fusec.decompositions_norm", "fusec.decompositions_index", "fusec.partition",
-                  "fusec.frontend", "fusec.package", "fusec.graph_source", "fusec.pointers"]),
+                  "fusec.frontend", "fusec.package", "fusec.graph_source", "fusec.pointers",
+                  "fusec.torch_calls"]),
     ("api", ["fusec.api", "fusec.exporter", "fusec.export_sizes", "fusec.runner"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.
     ("tools", ["fusec.report", "fusec.cli", "fusec.bench", "fusec.examples", "fusec", "fusec.__main__"]),
