@@ -27,7 +27,9 @@ from fusec.kernels.kinds import extents, is_dynamic
 from fusec.lowering_sizes import Unsupported
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, LaunchExtra, Plan, Step
+from fusec.pointers import all_aligned, allocator, fresh_buffers, inputs_taken
 from fusec.stores import in_place, stores
+from fusec.torch_calls import entry_point
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -83,6 +85,8 @@ class StepCode:
     in_place: dict[str, str] = field(default_factory=dict)  # new value -> the input its kernel writes (stores)
     # kernel id -> its extents as expressions, for kernels of a dynamic graph (sizes chosen per call)
     extents: dict[str, tuple] = field(default_factory=dict)
+    fresh: frozenset[str] = frozenset()  # buffers the launcher allocates (the allocator aligns them)
+    vouched: tuple[str, ...] = ()  # the inputs whose alignment the flag `aligned` holds, checked once per call
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -90,7 +94,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     """The source of `def call(inputs)` for `plan` and the globals it needs: it takes the graph's
     inputs (or `inputs`, node names) and returns the graph's outputs (or `result`, node names)."""
     graph = plan.graph
-    src = Source(names={"empty_strided": torch.empty_strided, "StrideMismatch": StrideMismatch,
+    src = Source(names={"ALLOC": allocator, "StrideMismatch": StrideMismatch,
                         "torch": torch, **{f"D_{k}": v for k, v in DTYPES.items()}, **code.stream_ops})
     inputs = [n.name for n in graph.inputs] if inputs is None else inputs
     src.emit("def call(inputs):", 0)
@@ -99,6 +103,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     for symbol, read in symbol_sources(graph, inputs).items():
         src.emit(f"{sizes.KERNEL_PREFIX}{symbol} = {read}")
     _device_line(src, graph, inputs, code.device)
+    at_start = len(src.lines)  # where the per-call allocator and alignment flag go, if wanted
     checked = set()
     produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
     # One stream: a kernel's output may take over a dead buffer of the same layout.
@@ -108,6 +113,10 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     into_inputs = stores(graph) if result is None else ()
     direct = in_place(plan) if result is None else {}
     code = replace(code, reuse={new: old for new, old in reuse.items() if new not in direct}, in_place=direct)
+    run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
+    static = [k for k in plan.all_kernels() if k.id not in code.extents]
+    code = replace(code, fresh=fresh_buffers(run, code.in_place, code.reuse),
+                   vouched=inputs_taken(static, code.in_place, inputs))
     written = {dst for _, dst in into_inputs}  # inputs stay named until their store
     if direct:
         # Every input checked before the first store: a call that must run through torch
@@ -144,6 +153,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
             src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.emit(f"return {_literal(src, returned)}")
+    src.lines[at_start:at_start] = _per_call(code)
     return "\n".join(src.lines) + "\n", src.names
 
 
@@ -262,7 +272,7 @@ def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int
     if node.op == "getitem" or node.target == "_operator.getitem":
         src.emit(f"{var(node.name)} = {var(node.args[0].name)}[{node.args[1]!r}]", indent)
         return
-    fn = src.bind(code.callables[node.target], "F")
+    fn = src.bind(entry_point(code.callables[node.target]), "F")
     args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
     parts = [_literal(src, a) for a in args]
     parts += [f"{k}={_literal(src, v)}" for k, v in dict(kwargs).items()]
@@ -305,13 +315,10 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         elif name in code.reuse:
             emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
         else:
-            emit(f"{var(name)} = empty_strided({_sizes(node.shape)}, {_sizes(node.strides)}, "
-                 f"dtype=D_{node.dtype}, device=device)")
+            emit(f"{var(name)} = empty_strided({_sizes(node.shape)}, {_sizes(node.strides)}, D_{node.dtype})")
         args.append(var(name))
     if kernel.numel == 0:
         return
-    call = _ident(kernel.id)
-    src.names[call] = code.calls[kernel.id]
     flag = LaunchExtra.BAD_INDEX in kernel.extras
     if flag:
         emit("flag = torch.zeros(1, dtype=D_int32, device=device)")
@@ -326,9 +333,36 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
     if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from
         args += list(kernel.symbols)
         args += [sizes.source(e, python=True) for e in exact]
-    emit(f"{call}({', '.join(args)})")
+    emit(f"{_callee(src, kernel, code)}({', '.join(args)})")
     if flag:
         emit(f"{src.bind(code.bounds_error, 'BOUNDS')}({src.bind(kernel, 'KERNEL')}, flag)")
+
+
+def _callee(src: Source, kernel: Kernel, code: StepCode) -> str:
+    """The kernel's call: straight to its binary where every pointer it takes is known to be
+    16-byte aligned (the allocator's buffers, inputs the per-call flag covers, others checked
+    here); else through the key its call computes from every pointer."""
+    call = _ident(kernel.id)
+    src.names[call] = code.calls[kernel.id]
+    if kernel.id in code.extents:  # a kernel of a dynamic graph keys its binary by its sizes too
+        return call
+    src.names[f"{call}_aligned"] = getattr(code.calls[kernel.id], "aligned", code.calls[kernel.id])
+    unknown = dict.fromkeys(code.in_place.get(n, n) for n in (*kernel.inputs, *kernel.outputs) if n not in code.fresh)
+    tests = ["aligned"] if any(n in code.vouched for n in unknown) else []
+    others = [var(n) for n in unknown if n not in code.vouched]  # what torch calls returned
+    if others:
+        tests.append(all_aligned(others))
+    return f"({call}_aligned if {' and '.join(tests)} else {call})" if tests else f"{call}_aligned"
+
+
+def _per_call(code: StepCode) -> list[str]:
+    """The allocator for this call's device, and whether every input a kernel takes is aligned."""
+    lines = []
+    if any(name not in code.reuse for name in code.fresh):
+        lines.append("    empty_strided = ALLOC(device)")
+    if code.vouched:
+        lines.append(f"    aligned = {all_aligned([var(n) for n in code.vouched])}  # every input a kernel takes")
+    return lines
 
 
 def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:

@@ -42,9 +42,10 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call."""
     exact, fn = extents(graph, kernel), kernels[kernel.id]
+    loaded = _pointers(graph, kernel) + len(kernel.outputs)  # an output may be an input written in place
     if not is_dynamic(graph, kernel):
         return KernelCall(fn, static_launch(graph, kernel, interpret), static_size_args(graph, kernel), interpret,
-                          name=kernel.id, loaded=_pointers(graph, kernel))
+                          name=kernel.id, loaded=loaded)
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
 
     def choose(values: tuple) -> tuple[Any, Launch]:
@@ -52,7 +53,7 @@ def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool
             return rows_fn, launch_at(graph, kernel, values, interpret, persistent=True)
         return fn, launch_at(graph, kernel, values, interpret)
     return DynamicCall(choose, functools.partial(size_args, kernel), len(exact), interpret,
-                       loaded=_pointers(graph, kernel), name=kernel.id)
+                       loaded=loaded, name=kernel.id)
 
 
 def _pointers(graph: Graph, kernel: Kernel) -> int:

@@ -441,4 +441,4 @@ def test_launcher_file_holds_each_graphs_generated_launcher(tmp_path: Path, caps
     compile(text, "l.py", "exec")  # Python, as the compiled callable runs it
     assert text.count("def call(inputs):") == 2  # the forward's and the backward's
     assert "# graph forward_" in text and "# graph backward_" in text
-    assert "k0(" in text and "empty_strided(" in text
+    assert "k0_aligned" in text and "empty_strided(" in text

@@ -1,0 +1,61 @@
+"""The memory a generated launcher hands its kernels: where it is allocated, and what is known
+of its alignment.
+
+Triton compiles a kernel once per pattern of 16-byte-aligned pointers (an aligned pointer gets
+vector loads and stores), so a launch must know its pointers' pattern to pick the binary. The
+launcher knows most of it when it writes its source: the buffers it allocates come from torch's
+allocator, whose blocks are aligned (512 bytes on a GPU, 64 on a CPU), and stay so when a later
+buffer takes one over. Only what comes from outside can be anywhere: the call's inputs (a view
+may start at any element), checked once per call in one flag, and what a torch call returned,
+checked before the kernel that reads it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch._C._dynamo.guards import _empty_strided_cpu, _empty_strided_cuda
+
+from fusec.plan import Kernel
+
+
+def allocator(device: torch.device) -> Callable[..., torch.Tensor]:
+    """`empty_strided(size, stride, dtype)` on `device` by the shortest path: torch's C++ entry
+    points that skip the argument parser (Inductor's output code calls them too) allocate on the
+    CPU or on the current CUDA device; another device takes torch.empty_strided."""
+    if device.type == "cpu":
+        return _empty_strided_cpu
+    if device.type == "cuda" and device.index == torch.cuda.current_device():
+        return _empty_strided_cuda
+    return functools.partial(_empty_strided_on, device)
+
+
+def _empty_strided_on(device: torch.device, size: tuple, stride: tuple, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty_strided(size, stride, dtype=dtype, device=device)
+
+
+def fresh_buffers(kernels: Iterable[Kernel], in_place: dict[str, str], reuse: dict[str, str]) -> frozenset[str]:
+    """The kernels' outputs the launcher allocates, or takes over from one it allocated (not an
+    input written in place): aligned by the allocator."""
+    made = {o for k in kernels for o in k.outputs if o not in in_place}
+
+    def root(name: str) -> str:
+        while name in reuse:
+            name = reuse[name]
+        return name
+    return frozenset(name for name in made if root(name) in made)
+
+
+def inputs_taken(kernels: Iterable[Kernel], in_place: dict[str, str], inputs: Sequence[str]) -> tuple[str, ...]:
+    """The inputs the kernels read or write in place, in the call's order."""
+    taken = {in_place.get(n, n) for k in kernels for n in (*k.inputs, *k.outputs)}
+    return tuple(n for n in inputs if n in taken)
+
+
+def all_aligned(tensors: Sequence[str]) -> str:
+    """Source of a test that the tensors named all start at a multiple of 16 bytes: the low
+    4 bits of their addresses' bitwise or."""
+    addresses = " | ".join(f"{name}.data_ptr()" for name in tensors)
+    return f"not (({addresses}) & 15)" if len(tensors) > 1 else f"not ({addresses} & 15)"
