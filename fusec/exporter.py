@@ -146,15 +146,23 @@ def _positional(dynamic_shapes: Any, names: list[str]) -> tuple | None:
 
 
 def _symbols(program: torch.export.ExportedProgram, placeholders: list[dict], dynamic: tuple) -> dict[str, dict]:
-    """Each size symbol of the inputs: the Dim's name it came from and its range (max None: unbounded)."""
+    """Each size symbol of the inputs: the Dim's name it came from and its range (max None: unbounded).
+    A derived Dim (`2*batch`) names the symbol of its root (`batch`); only symbols are listed, not
+    the expressions torch.export also ranges."""
     dims = {}
     for spec, given in zip((p for p in placeholders if p["kind"] == "input"), dynamic, strict=False):
         items = given.items() if isinstance(given, dict) else enumerate(given or ())
         for d, dim in items:
-            if isinstance(spec["shape"][d], str) and isinstance(getattr(dim, "__name__", None), str):
-                dims.setdefault(spec["shape"][d], dim.__name__)
+            expr = spec["shape"][d]
+            dim = getattr(dim, "root", dim)  # a derived Dim's own name is its expression's
+            if isinstance(expr, str) and isinstance(getattr(dim, "__name__", None), str):
+                symbol = sympy.sympify(expr).free_symbols
+                if len(symbol) == 1:
+                    dims.setdefault(str(symbol.pop()), dim.__name__)
     out = {}
     for symbol, bounds in program.range_constraints.items():
+        if not symbol.is_Symbol:
+            continue
         upper = bounds.upper
         out[str(symbol)] = {"dim": dims.get(str(symbol), str(symbol)), "min": int(bounds.lower),
                             "max": int(upper) if isinstance(upper, (int, sympy.Integer)) else None}
