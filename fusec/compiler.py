@@ -23,8 +23,9 @@ from fusec.kernels.extents import ROWS_VARIANT, extents, persistent_for, row_var
 from fusec.kernels.matmul import render_matmul
 from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.pointwise import render_combo, render_pointwise
+from fusec.kernels.precompile import precompile
 from fusec.kernels.reduction import render_reduction
-from fusec.launcher import symbol_sources
+from fusec.launcher import DTYPES, symbol_sources
 from fusec.lowering import Unsupported, to_ir
 from fusec.options import Options
 from fusec.partition import Partition
@@ -226,6 +227,8 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
                              strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs,
                              on_broken=lambda reason: record.runs_through_torch(reason, gm))
+    if record.execution == TRITON:  # compiled now, in parallel, not one by one at their first launch
+        precompile(record.runtime.calls, record.runtime.exact, record.plan.all_kernels(), DTYPES)
     return record.runtime
 
 

@@ -22,6 +22,7 @@ from fusec.export_sizes import bind_symbols, size_at
 from fusec.exporter import tensor_spec, versions
 from fusec.graph_source import define, extern_targets, torch_callable
 from fusec.kernels.parallel_load import load_kernels
+from fusec.kernels.precompile import precompile
 from fusec.launcher import DTYPES
 from fusec.options import Options
 from fusec.package import Package, PackageError, load_plan, read
@@ -94,8 +95,11 @@ class Runner:
         plan, interpret = self.record.plan, self.record.execution != TRITON
         kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
         callables = {target: torch_callable(target) for target in extern_targets(plan)}
-        return Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,
-                       matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=self._broken)
+        run = Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,
+                      matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=self._broken)
+        if not interpret:  # every kernel compiled now, in parallel: the first call launches only
+            precompile(run.calls, run.exact, plan.all_kernels(), DTYPES)
+        return run
 
     def _broken(self, reason: str) -> None:
         self.record.fallback, self.record.execution = reason, TORCH
