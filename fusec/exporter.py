@@ -15,6 +15,7 @@ import importlib.metadata
 import inspect
 import io
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -31,10 +32,17 @@ from torch.utils import _pytree
 from fusec import sizes
 from fusec.compiler import CompiledGraph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
+from fusec.execution import TRITON
 from fusec.graph_source import extern_targets, graph_source, torch_callable
-from fusec.launcher import launcher_source
+from fusec.kernels.binaries import current_target, pack
+from fusec.kernels.parallel_load import load_kernels
+from fusec.kernels.precompile import precompile
+from fusec.launcher import DTYPES, launcher_source
 from fusec.options import Options
 from fusec.package import dump_plan, write
+from fusec.runtime import Runtime
+
+log = logging.getLogger("fusec")
 
 GRAPH_NAME = "export_0"
 WEIGHT_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
@@ -108,8 +116,25 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
                 "fallback": record.fallback}
     if record.device == "cuda":
         manifest["gpu"] = torch.cuda.get_device_name()
+    if record.plan is not None and record.execution == TRITON:
+        manifest["binaries"], packed = _compiled(record, opts)
+        members.update(packed)
     digest = write(path, manifest, members)
     return Exported(Path(path), digest, json.loads(json.dumps(manifest)), record)
+
+
+def _compiled(record: CompiledGraph, opts: Options) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Every kernel compiled for this GPU as the runner launches it: what the manifest says of the
+    binaries (their target, each kernel's key) and the members holding them."""
+    plan = record.plan
+    try:
+        run = Runtime(plan, load_kernels(plan.all_kernels(), False, opts.cache_dir), {}, False,
+                      fallback=lambda *inputs: None)  # never called: nothing runs at export
+        keys, members = pack(precompile(run.calls, run.exact, plan.all_kernels(), DTYPES))
+        return {"target": current_target(), "kernels": keys}, members
+    except Exception as exc:  # the package then holds sources only, which compile at load
+        log.debug("fusec: export keeps no compiled kernels (%s: %s)", type(exc).__name__, exc)
+        return {"target": None, "kernels": {}}, {}
 
 
 def versions() -> dict[str, str]:
