@@ -1,5 +1,6 @@
-"""A dynamic package's sizes at a call: each symbol bound from the inputs' dims, checked
-against its range and against every other dim it stands for.
+"""A package's tensor specs and versions, and a dynamic package's sizes at a call: each
+symbol bound from the inputs' dims, checked against its range and against every other dim it
+stands for. (Export and load both read these; load imports nothing of torch.export.)
 
 A dim is a symbol (`s0`) or an expression of one (`2*s0`, from a derived `Dim` such as
 `2*batch`): a symbol that no dim is alone is solved from such an expression, and the
@@ -8,6 +9,8 @@ dim's size must then give it a whole value.
 
 from __future__ import annotations
 
+import importlib.metadata
+import sys
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -110,3 +113,22 @@ def _named_expression(text: str, symbols: dict[str, dict[str, Any]]) -> str:
 def _bound_by(text: str, values: dict[str, int], first: dict[str, str], symbols: dict[str, dict[str, Any]]) -> str:
     names = sizes.symbols([_expression(text)])
     return ", ".join(f"{_named(s, symbols)} = {values[s]} from {first[s]}" for s in names)
+
+
+def versions() -> dict[str, str]:
+    """The versions a package is made for: generated kernels and plans change between them."""
+    return {"fusec": sys.modules["fusec"].__version__, "torch": torch.__version__,
+            "triton": importlib.metadata.version("triton")}
+
+
+def tensor_spec(t: torch.Tensor) -> dict[str, Any]:
+    """Shape, dtype and strides as JSON: a symbolic size is its expression's text (`"s0"`, `"96*s0"`)."""
+    return {"shape": [_dim(d) for d in t.shape], "dtype": str(t.dtype).removeprefix("torch."),
+            "strides": [_dim(d) for d in t.stride()]}
+
+
+def _dim(size: int | torch.SymInt) -> int | str:
+    if isinstance(size, torch.SymInt):
+        expr = sizes.canonical(size.node.expr)
+        return int(expr) if sizes.is_static(expr) else sizes.text(expr)
+    return int(size)

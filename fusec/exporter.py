@@ -11,12 +11,10 @@ its expression over the symbols (`"s0"`), and each symbol's range.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import inspect
 import io
 import json
 import logging
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +27,10 @@ from torch import nn
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree
 
-from fusec import sizes
 from fusec.compiler import CompiledGraph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.execution import TRITON
+from fusec.export_sizes import tensor_spec, versions
 from fusec.graph_source import extern_targets, graph_source, torch_callable
 from fusec.kernels.binaries import current_target, pack
 from fusec.kernels.parallel_load import load_kernels
@@ -135,25 +133,6 @@ def _compiled(record: CompiledGraph, opts: Options) -> tuple[dict[str, Any], dic
     except Exception as exc:  # the package then holds sources only, which compile at load
         log.debug("fusec: export keeps no compiled kernels (%s: %s)", type(exc).__name__, exc)
         return {"target": None, "kernels": {}}, {}
-
-
-def versions() -> dict[str, str]:
-    """The versions a package is made for: generated kernels and plans change between them."""
-    return {"fusec": sys.modules["fusec"].__version__, "torch": torch.__version__,
-            "triton": importlib.metadata.version("triton")}
-
-
-def tensor_spec(t: torch.Tensor) -> dict[str, Any]:
-    """Shape, dtype and strides as JSON: a symbolic size is its expression's text (`"s0"`, `"96*s0"`)."""
-    return {"shape": [_dim(d) for d in t.shape], "dtype": str(t.dtype).removeprefix("torch."),
-            "strides": [_dim(d) for d in t.stride()]}
-
-
-def _dim(size: int | torch.SymInt) -> int | str:
-    if isinstance(size, torch.SymInt):
-        expr = sizes.canonical(size.node.expr)
-        return int(expr) if sizes.is_static(expr) else sizes.text(expr)
-    return int(size)
 
 
 def _positional(dynamic_shapes: Any, names: list[str]) -> tuple | None:

@@ -18,8 +18,7 @@ from torch.utils import _pytree
 
 from fusec.compiler import CompiledGraph
 from fusec.execution import TORCH, TRITON, announce, execution_mode
-from fusec.export_sizes import bind_symbols, size_at
-from fusec.exporter import tensor_spec, versions
+from fusec.export_sizes import bind_symbols, size_at, tensor_spec, versions
 from fusec.graph_source import define, extern_targets, torch_callable
 from fusec.kernels.binaries import current_target, install
 from fusec.kernels.parallel_load import load_kernels
