@@ -159,15 +159,15 @@ def install_binaries(package: Package) -> str:
     made = package.manifest.get("binaries")
     if not made or not made["kernels"]:
         return "the package holds no compiled kernels: they compile from their sources at load"
-    here = current_target()
-    if made["target"] != here:
-        said = f"compiled for {made['target']}, this GPU is {here}: the kernels compile from their sources at load"
-        log.info("fusec: %s was %s", package.path, said)
-        return said
     try:
+        here = current_target()
+        if made["target"] != here:
+            said = f"compiled for {made['target']}, this GPU is {here}: the kernels compile from their sources at load"
+            log.info("fusec: %s was %s", package.path, said)
+            return said
         count = install(package.members)
-    except (OSError, ValueError) as exc:  # an unwritable cache: the kernels compile, as without binaries
-        log.debug("fusec: %s: compiled kernels not installed (%s)", package.path, exc)
+    except Exception as exc:  # an unwritable cache, another Triton's API: the kernels compile, as without binaries
+        log.debug("fusec: %s: compiled kernels not installed (%s: %s)", package.path, type(exc).__name__, exc)
         return f"its compiled kernels could not be installed ({exc}): they compile from their sources at load"
     return f"{count} compiled kernel(s) for {here} installed into Triton's cache"
 

@@ -26,6 +26,7 @@ from typing import Any
 from triton.runtime.jit import MockTensor
 
 from fusec.ir import Graph
+from fusec.kernels.call import KernelCall
 from fusec.kernels.dtypes import compute_dtype
 from fusec.plan import Kernel
 
@@ -62,10 +63,10 @@ def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], siz
 
 def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel], dtypes: Mapping[str, Any],
                workers: int | None = None) -> dict[str, Any]:
-    """Compile each static kernel's launch in `calls` (kernel id -> KernelCall) on `workers` threads;
+    """Compile each static kernel's launch in `calls` (kernel id -> its call) on `workers` threads;
     kernel id -> its compiled binary, for those that compiled (the others compile when launched).
     `dtypes` maps fusec's dtype names to the framework's (what a mock tensor carries)."""
-    todo = [(k, calls[k.id]) for k in kernels if k.numel and hasattr(calls.get(k.id), "sizes")]
+    todo = [(k, calls[k.id]) for k in kernels if k.numel and isinstance(calls.get(k.id), KernelCall)]
     # Launches of one function go to one thread: Triton builds a function's per-device cache on first use.
     by_function: dict[int, list] = {}
     for kernel, call in todo:
