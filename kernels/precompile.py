@@ -9,6 +9,10 @@ count as aligned, as the allocator's buffers are), the very sizes and constants 
 first real launch computes, so that launch compiles nothing. Triton's on-disk cache
 (`TRITON_CACHE_DIR`) keeps the binaries for the next process.
 
+Threads, not processes: a warmed-up binary must land in this process's JIT cache. Triton
+holds the GIL through much of a compile (ptxas runs as a subprocess), so threads gain where
+cores are free and cost nothing where they are not.
+
 This is an optimisation only: a kernel that cannot be warmed up (an argument it takes
 that the plan does not describe, a Triton without `warmup`) is logged at debug level
 and compiles at its first launch as before. Kernels of dynamic graphs, whose sizes
