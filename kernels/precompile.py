@@ -9,9 +9,10 @@ count as aligned, as the allocator's buffers are), the very sizes and constants 
 first real launch computes, so that launch compiles nothing. Triton's on-disk cache
 (`TRITON_CACHE_DIR`) keeps the binaries for the next process.
 
-Threads, not processes: a warmed-up binary must land in this process's JIT cache. Triton
-holds the GIL through much of a compile (ptxas runs as a subprocess), so threads gain where
-cores are free and cost nothing where they are not.
+Threads, not processes: a warmed-up binary must land in this process's JIT cache (a process
+pool would fill only Triton's disk cache, to be read back here). What threads gain depends on
+how much of a compile runs without the GIL (ptxas does, as a subprocess); compiling for sm_90
+on a busy 2-core CPU they gained little, and lost nothing.
 
 This is an optimisation only: a kernel that cannot be warmed up (an argument it takes
 that the plan does not describe, a Triton without `warmup`) is logged at debug level
