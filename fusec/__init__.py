@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _mount_source_tree() -> None:
@@ -29,14 +31,33 @@ def _mount_source_tree() -> None:
 
 _mount_source_tree()
 
-from fusec.api import compile, inspect, report_of  # noqa: E402
-from fusec.exporter import export  # noqa: E402
-from fusec.frontend import register as _register  # noqa: E402
 from fusec.options import Options  # noqa: E402
 from fusec.report import Report  # noqa: E402
 from fusec.runner import load  # noqa: E402
 
-_register()
+# Capturing (compile, inspect) imports Dynamo and AOTAutograd, exporting torch.export: seconds
+# that a process serving a package (`fusec.load`) never needs. They are imported when first used.
+_LAZY = {"compile": "fusec.api", "inspect": "fusec.api", "report_of": "fusec.api", "export": "fusec.exporter"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fusec' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    _register()
+    globals()[name] = value = getattr(module, name)
+    return value
+
+
+def _register() -> None:
+    # backend="fusec" without the package's entry point installed (a source checkout on the path).
+    from fusec.frontend import register
+
+    register()
+
+
+if "torch._dynamo" in sys.modules:  # already paid for: make backend="fusec" known at once
+    _register()
 
 __all__ = ["compile", "inspect", "report_of", "export", "load", "Options", "Report"]
 __version__ = "0.1.0"

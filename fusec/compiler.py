@@ -21,7 +21,8 @@ from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.kinds import ROWS_VARIANT, persistent_for, render
 from fusec.kernels.parallel_load import load_kernels
-from fusec.launcher import symbol_sources
+from fusec.kernels.precompile import precompile
+from fusec.launcher import DTYPES, symbol_sources
 from fusec.lowering import Unsupported, to_ir
 from fusec.lowering_host import host_scalars, is_scalar_on_host
 from fusec.options import Options
@@ -217,6 +218,8 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
                              strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs,
                              on_broken=lambda reason: record.runs_through_torch(reason, gm))
+    if record.execution == TRITON:  # compiled now, in parallel, not one by one at their first launch
+        precompile(record.runtime.calls, record.runtime.exact, record.plan.all_kernels(), DTYPES)
     return record.runtime
 
 

@@ -11,11 +11,10 @@ its expression over the symbols (`"s0"`), and each symbol's range.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import inspect
 import io
 import json
-import sys
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,13 +27,20 @@ from torch import nn
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree
 
-from fusec import sizes
 from fusec.compiler import CompiledGraph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
+from fusec.execution import TRITON
+from fusec.export_sizes import tensor_spec, versions
 from fusec.graph_source import extern_targets, graph_source, torch_callable
-from fusec.launcher import launcher_source
+from fusec.kernels.binaries import current_target, pack
+from fusec.kernels.parallel_load import load_kernels
+from fusec.kernels.precompile import precompile
+from fusec.launcher import DTYPES, launcher_source
 from fusec.options import Options
 from fusec.package import dump_plan, write
+from fusec.runtime import Runtime
+
+log = logging.getLogger("fusec")
 
 GRAPH_NAME = "export_0"
 WEIGHT_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
@@ -108,27 +114,25 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
                 "fallback": record.fallback}
     if record.device == "cuda":
         manifest["gpu"] = torch.cuda.get_device_name()
+    if record.plan is not None and record.execution == TRITON:
+        manifest["binaries"], packed = _compiled(record, opts)
+        members.update(packed)
     digest = write(path, manifest, members)
     return Exported(Path(path), digest, json.loads(json.dumps(manifest)), record)
 
 
-def versions() -> dict[str, str]:
-    """The versions a package is made for: generated kernels and plans change between them."""
-    return {"fusec": sys.modules["fusec"].__version__, "torch": torch.__version__,
-            "triton": importlib.metadata.version("triton")}
-
-
-def tensor_spec(t: torch.Tensor) -> dict[str, Any]:
-    """Shape, dtype and strides as JSON: a symbolic size is its expression's text (`"s0"`, `"96*s0"`)."""
-    return {"shape": [_dim(d) for d in t.shape], "dtype": str(t.dtype).removeprefix("torch."),
-            "strides": [_dim(d) for d in t.stride()]}
-
-
-def _dim(size: int | torch.SymInt) -> int | str:
-    if isinstance(size, torch.SymInt):
-        expr = sizes.canonical(size.node.expr)
-        return int(expr) if sizes.is_static(expr) else sizes.text(expr)
-    return int(size)
+def _compiled(record: CompiledGraph, opts: Options) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Every kernel compiled for this GPU as the runner launches it: what the manifest says of the
+    binaries (their target, each kernel's key) and the members holding them."""
+    plan = record.plan
+    try:
+        run = Runtime(plan, load_kernels(plan.all_kernels(), False, opts.cache_dir), {}, False,
+                      fallback=lambda *inputs: None)  # never called: nothing runs at export
+        keys, members = pack(precompile(run.calls, run.exact, plan.all_kernels(), DTYPES))
+        return {"target": current_target(), "kernels": keys}, members
+    except Exception as exc:  # the package then holds sources only, which compile at load
+        log.debug("fusec: export keeps no compiled kernels (%s: %s)", type(exc).__name__, exc)
+        return {"target": None, "kernels": {}}, {}
 
 
 def _positional(dynamic_shapes: Any, names: list[str]) -> tuple | None:
@@ -146,15 +150,23 @@ def _positional(dynamic_shapes: Any, names: list[str]) -> tuple | None:
 
 
 def _symbols(program: torch.export.ExportedProgram, placeholders: list[dict], dynamic: tuple) -> dict[str, dict]:
-    """Each size symbol of the inputs: the Dim's name it came from and its range (max None: unbounded)."""
+    """Each size symbol of the inputs: the Dim's name it came from and its range (max None: unbounded).
+    A derived Dim (`2*batch`) names the symbol of its root (`batch`); only symbols are listed, not
+    the expressions torch.export also ranges."""
     dims = {}
     for spec, given in zip((p for p in placeholders if p["kind"] == "input"), dynamic, strict=False):
         items = given.items() if isinstance(given, dict) else enumerate(given or ())
         for d, dim in items:
-            if isinstance(spec["shape"][d], str) and isinstance(getattr(dim, "__name__", None), str):
-                dims.setdefault(spec["shape"][d], dim.__name__)
+            expr = spec["shape"][d]
+            dim = getattr(dim, "root", dim)  # a derived Dim's own name is its expression's
+            if isinstance(expr, str) and isinstance(getattr(dim, "__name__", None), str):
+                symbol = sympy.sympify(expr).free_symbols
+                if len(symbol) == 1:
+                    dims.setdefault(str(symbol.pop()), dim.__name__)
     out = {}
     for symbol, bounds in program.range_constraints.items():
+        if not symbol.is_Symbol:
+            continue
         upper = bounds.upper
         out[str(symbol)] = {"dim": dims.get(str(symbol), str(symbol)), "min": int(bounds.lower),
                             "max": int(upper) if isinstance(upper, (int, sympy.Integer)) else None}

@@ -187,10 +187,15 @@ HANDLERS: dict[Any, Handler] = {
     aten._unsafe_view: _reshape, aten.reshape: _reshape,
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
     aten.transpose: _transpose, aten.t: _t, aten.expand: _expand, aten.alias: _alias,
-    aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy, prims.fma: _same("fma"),
+    aten.rand_like: _rand, aten.rand: _rand, aten.copy: _copy,
     aten.full_like: full_like, aten.arange: arange, aten.remainder: modulo("remainder"),
     aten.fmod: modulo("fmod"), aten.round: round_,
 }
+
+
+# Ops that exist only once Inductor has defined them (prims.fma), which a process that only loads
+# packages never imports: found by name, so importing fusec does not import Inductor.
+BY_NAME: dict[str, Handler] = {"prims::fma": _same("fma")}
 
 
 def _slice_handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> Lowered:
@@ -345,7 +350,7 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
             if index.dtype not in _INDEX_DTYPES or shape != index.symbolic_shape + src.symbolic_shape[1:]:
                 return None
         return lowered
-    handler = HANDLERS.get(packet)
+    handler = HANDLERS.get(packet) or BY_NAME.get(packet._qualified_op_name)
     lowered = handler(args, kwargs, val) if handler else None
     if lowered is not None and lowered[0] in POINTWISE_OPS and not sizes.all_static(lowered[1]):
         return None  # a size as a value (x * s0): kernels take sizes in index math only

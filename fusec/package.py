@@ -8,6 +8,8 @@ Members (all listed, with their SHA-256, in `manifest.json`):
     weights.pt      parameters, buffers and constants (torch.save; read with weights_only=True)
     launcher.py     the launcher fusec generates from the plan (to read; regenerated at load)
     kernels/*.py    each kernel's Triton source (to read; the plan holds what runs)
+    binaries/<key>/ exported on a GPU: each kernel compiled there, Triton's cache entry (metadata
+                    JSON, cubin, IRs) under its key; `manifest["binaries"]` names the target
 
 Every member is checked against the manifest before any of it is unpickled or
 executed. The manifest's own SHA-256 is the package's digest: `fusec.load(path,

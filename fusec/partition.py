@@ -32,12 +32,6 @@ from typing import Any
 import torch
 import torch.fx
 from torch._functorch import config as functorch_config
-from torch._functorch.partitioners import (
-    classify_nodes,
-    default_partition,
-    get_default_op_list,
-    min_cut_rematerialization_partition,
-)
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.checkpoint import CheckpointPolicy
@@ -77,10 +71,18 @@ class Partition:
     default_saved_bytes: int  # what the default partition saves, for comparison
 
 
+def _partitioners() -> Any:
+    """torch._functorch.partitioners, imported when a training graph is split: it imports Inductor
+    and Dynamo, which a process that only loads packages never needs."""
+    import torch._functorch.partitioners
+
+    return torch._functorch.partitioners
+
+
 def partitioner(remat: str, on_partition: Callable[[Partition], None]) -> Callable[..., Any]:
     """An AOTAutograd `partition_fn` for `remat`; each partition it makes is handed to `on_partition`."""
     def partition(joint: torch.fx.GraphModule, joint_inputs: Any, **kwargs: Any) -> tuple[Any, Any]:
-        fw, bw = default_partition(joint, joint_inputs, **kwargs)
+        fw, bw = _partitioners().default_partition(joint, joint_inputs, **kwargs)
         default = _describe(remat, "default", fw, bw, 0)
         chosen = default
         if remat != "none":
@@ -103,13 +105,14 @@ def _min_cut(remat: str, joint: torch.fx.GraphModule, joint_inputs: Any, kwargs:
     if remat == "auto":
         _save_unfused_materialized(joint, kwargs)
     with functorch_config.patch(_MIN_CUT_CONFIG[remat]):
-        return min_cut_rematerialization_partition(joint, joint_inputs, **kwargs)
+        return _partitioners().min_cut_rematerialization_partition(joint, joint_inputs, **kwargs)
 
 
 def _save_unfused_materialized(joint: torch.fx.GraphModule, kwargs: dict[str, Any]) -> None:
     """Tags MUST_SAVE each cheap forward value that an unfusible backward op (a matmul) reads and
     whose recompute no backward kernel could take in: none reads it or what it is computed from."""
-    info = classify_nodes(joint, list(kwargs.get("static_lifetime_input_indices") or []), kwargs["num_fwd_outputs"])
+    static = list(kwargs.get("static_lifetime_input_indices") or [])
+    info = _partitioners().classify_nodes(joint, static, kwargs["num_fwd_outputs"])
     ops = _op_types()
     for node in joint.graph.nodes:
         if node.op != "call_function" or not info.is_required_fw(node) or "recompute" in node.meta:
@@ -228,4 +231,4 @@ def _why_recomputed(node: torch.fx.Node) -> str:
 
 @functools.cache
 def _op_types() -> Any:
-    return get_default_op_list()
+    return _partitioners().get_default_op_list()

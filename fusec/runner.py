@@ -18,10 +18,11 @@ from torch.utils import _pytree
 
 from fusec.compiler import CompiledGraph
 from fusec.execution import TORCH, TRITON, announce, execution_mode
-from fusec.export_sizes import bind_symbols, size_at
-from fusec.exporter import tensor_spec, versions
+from fusec.export_sizes import bind_symbols, size_at, tensor_spec, versions
 from fusec.graph_source import define, extern_targets, torch_callable
+from fusec.kernels.binaries import current_target, install
 from fusec.kernels.parallel_load import load_kernels
+from fusec.kernels.precompile import precompile
 from fusec.launcher import DTYPES
 from fusec.options import Options
 from fusec.package import Package, PackageError, load_plan, read
@@ -73,6 +74,7 @@ class Runner:
         self._specs = package.manifest["placeholders"]
         self._inputs = [s for s in self._specs if s["kind"] == "input"]
         self._symbols: dict[str, dict[str, Any]] = package.manifest.get("symbols", {})
+        self.binaries: str | None = None  # on a GPU: whether the package's compiled kernels serve it
         self._weights: dict[str, torch.Tensor] | None = None
         if package.manifest["weights_included"]:
             self._weights = torch.load(io.BytesIO(package.members["weights.pt"]), weights_only=True)
@@ -87,6 +89,8 @@ class Runner:
         announce(self.record.execution)
         if self.record.execution == TORCH:
             return
+        if self.record.execution == TRITON:
+            self.binaries = install_binaries(package)
         self.record.runtime = self._runtime(options)
         self._run = self.record.runtime
 
@@ -94,8 +98,11 @@ class Runner:
         plan, interpret = self.record.plan, self.record.execution != TRITON
         kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
         callables = {target: torch_callable(target) for target in extern_targets(plan)}
-        return Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,
-                       matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=self._broken)
+        run = Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,
+                      matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=self._broken)
+        if not interpret:  # every kernel compiled now, in parallel: the first call launches only
+            precompile(run.calls, run.exact, plan.all_kernels(), DTYPES)
+        return run
 
     def _broken(self, reason: str) -> None:
         self.record.fallback, self.record.execution = reason, TORCH
@@ -144,6 +151,25 @@ class Runner:
     def report(self) -> Report:
         """The report of the stored plan (as `fusec.report_of` gives for a live model), with what ran."""
         return Report([self.record])
+
+
+def install_binaries(package: Package) -> str:
+    """The package's compiled kernels put into Triton's cache when they were made for this GPU
+    (the first call then compiles nothing); what was done, in words."""
+    made = package.manifest.get("binaries")
+    if not made or not made["kernels"]:
+        return "the package holds no compiled kernels: they compile from their sources at load"
+    try:
+        here = current_target()
+        if made["target"] != here:
+            said = f"compiled for {made['target']}, this GPU is {here}: the kernels compile from their sources at load"
+            log.info("fusec: %s was %s", package.path, said)
+            return said
+        count = install(package.members)
+    except Exception as exc:  # an unwritable cache, another Triton's API: the kernels compile, as without binaries
+        log.debug("fusec: %s: compiled kernels not installed (%s: %s)", package.path, type(exc).__name__, exc)
+        return f"its compiled kernels could not be installed ({exc}): they compile from their sources at load"
+    return f"{count} compiled kernel(s) for {here} installed into Triton's cache"
 
 
 def _at(spec: dict[str, Any], values: dict[str, int]) -> dict[str, Any]:

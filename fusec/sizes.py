@@ -66,6 +66,18 @@ def generic_hints(names: Iterable[str]) -> dict[str, int]:
     return {name: _GENERIC[i % len(_GENERIC)] + 1000 * (i // len(_GENERIC)) for i, name in enumerate(sorted(names))}
 
 
+def linear(value: Size) -> tuple[sympy.Symbol, int, int] | None:
+    """`scale*s + offset` (a derived dim such as `2*s0`) as (s, scale, offset), scale > 0;
+    None for any other size."""
+    if is_static(value) or len(value.free_symbols) != 1:
+        return None
+    symbol = next(iter(value.free_symbols))
+    scale, offset = value.coeff(symbol), value.subs(symbol, 0)
+    if not (scale.is_Integer and offset.is_Integer and scale > 0) or (value - scale * symbol - offset).expand() != 0:
+        return None
+    return symbol, int(scale), int(offset)
+
+
 def prod(values: Iterable[Size]) -> Size:
     values = list(values)
     return math.prod(values) if all_static(values) else canonical(sympy.Mul(*values))

@@ -28,5 +28,8 @@ def stored_report(path: str, args: argparse.Namespace) -> tuple[Report, str, lis
     inputs = [{"shape": s["shape"], "dtype": s["dtype"]} for s in package.manifest["placeholders"]
               if s["kind"] == "input"]
     made = package.manifest
-    label = f"{path} (exported with fusec {made['fusec']}, torch {made['torch']}, on {made['device']})"
+    binaries = made.get("binaries") or {}
+    compiled = (f", {len(binaries['kernels'])} kernel(s) compiled for {binaries['target']}" if binaries.get("kernels")
+                else ", kernel sources only" if made["device"] == "cuda" else "")
+    label = f"{path} (exported with fusec {made['fusec']}, torch {made['torch']}, on {made['device']}{compiled})"
     return Report([record]), label, inputs
