@@ -18,11 +18,11 @@ import torch
 from triton.runtime import driver
 
 import fusec
-import fusec.runtime as runtime
 from fusec.compiler import rendered
 from fusec.examples import build
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
+from fusec.kernels.kinds import static_launch, static_size_args
 from fusec.kernels.precompile import precompile, warmup_arguments
 from fusec.launcher import DTYPES
 
@@ -82,8 +82,8 @@ def _gpu_calls(graph, kernels, folder) -> dict[str, KernelCall]:
     for kernel in kernels:
         gpu = rendered(graph, kernel, interpret=False)
         fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=folder)
-        calls[kernel.id] = KernelCall(fn, runtime._launch(graph, gpu, interpret=False), runtime._sizes(graph, gpu),
-                                      interpret=False, loaded=len(gpu.inputs), name=kernel.id)
+        calls[kernel.id] = KernelCall(fn, static_launch(graph, gpu, interpret=False), static_size_args(graph, gpu),
+                                      interpret=False, loaded=len(gpu.inputs) + len(gpu.outputs), name=kernel.id)
     return calls
 
 
@@ -128,8 +128,8 @@ def test_warmup_arguments_name_every_parameter():
     graph = report.graphs[0].plan.graph
     for kernel in report.graphs[0].plan.kernels:
         gpu = rendered(graph, kernel, interpret=False)
-        launch = runtime._launch(graph, gpu, interpret=False)
-        named = warmup_arguments(graph, gpu, gpu.params, runtime._sizes(graph, gpu), launch.constants, str)
+        launch = static_launch(graph, gpu, interpret=False)
+        named = warmup_arguments(graph, gpu, gpu.params, static_size_args(graph, gpu), launch.constants, str)
         assert list(named) == list(gpu.params)
         assert all(named[n] == v for n, v in launch.constants.items() if n in named)
         assert all(isinstance(named[n], str) for n in gpu.params if n.startswith("p_"))
