@@ -29,6 +29,7 @@ class Kind(str, Enum):
     VIEW = "view"
     REDUCTION = "reduction"
     MATMUL = "matmul"
+    SCAN = "scan"
     OPAQUE = "opaque"  # run by torch: an extern call
 
 
@@ -80,6 +81,9 @@ VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice
 REDUCTION_OPS = frozenset({"sum", "prod", "amax", "amin", "argmax", "argmin", "any", "all", "var"})
 # matmul(a, b): [*batch, M, K] @ [*batch, K, N], at most one batch dim.
 MATMUL_OPS = frozenset({"matmul"})
+# scan(x, dim, combine, reverse): the running sum or product ("sum", "prod") of x along dim,
+# from the end of the dim when `reverse` (cumsum, cumprod and cumsum's gradient).
+SCAN_OPS = frozenset({"scan"})
 
 
 def kind_of(op: str) -> Kind:
@@ -92,6 +96,8 @@ def kind_of(op: str) -> Kind:
         return Kind.MATMUL
     if op in VIEW_OPS:
         return Kind.VIEW
+    if op in SCAN_OPS:
+        return Kind.SCAN
     return Kind.OPAQUE
 
 

@@ -27,6 +27,7 @@ from fusec.lowering_index import (
     modulo,
     round_,
 )
+from fusec.lowering_scan import reverse_scan, scan
 from fusec.lowering_sizes import Unsupported, describe, dtype_name, size_of
 from fusec.stores import STORES, stores_into_input
 
@@ -292,6 +293,7 @@ _SHAPE_AWARE = {
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
     aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: embedding,
     aten.index: index, aten.index_select: index_select,
+    aten.cumsum: scan("sum"), aten.cumprod: scan("prod"),
 }
 
 # Index tensors a row lookup reads (a bool or uint8 index is a mask: torch runs it).
@@ -344,6 +346,8 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
             if index.dtype not in _INDEX_DTYPES or shape != index.symbolic_shape + src.symbolic_shape[1:]:
                 return None
         return lowered
+    if packet is aten.flip:
+        return reverse_scan(args, graph)
     handler = HANDLERS.get(packet)
     lowered = handler(args, kwargs, val) if handler else None
     if lowered is not None and lowered[0] in POINTWISE_OPS and not sizes.all_static(lowered[1]):

@@ -18,9 +18,10 @@ import networkx as nx
 from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal, boundary_refusal
+from fusec.passes.scan_fusion import scan_refusal
 from fusec.passes.symbolic import coincidence
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
@@ -93,6 +94,10 @@ class _Grouping:
         through = self.groups.cycle_witness(gu, gv)
         if through is not None:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
+        if self.scans(gu) or self.scans(gv):
+            reason = scan_refusal(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
+            if reason:
+                return reason
         mu, mv = self.matmul(gu), self.matmul(gv)
         if mu or mv:
             return self._matmul_refusal(gu, gv, mu, mv)
@@ -113,6 +118,9 @@ class _Grouping:
                 return Refusal("shapes", f"shapes differ: {_shape(b)} vs {_shape(a)}")
             return None
         return self._row_refusal(members, domain)
+
+    def scans(self, group: str) -> bool:
+        return any(self.node[m].kind is Kind.SCAN for m in self.members[group])
 
     def matmul(self, group: str) -> Node | None:
         return next((self.node[m] for m in self.members[group] if self.node[m].kind is Kind.MATMUL), None)

@@ -25,7 +25,7 @@ LAYERS = [
     ("plan", ["fusec.plan", "fusec.streams", "fusec.device", "fusec.stores"]),
     ("kernels", ["fusec.kernels"]),
     ("compiler", ["fusec.compiler", "fusec.runtime", "fusec.launcher", "fusec.cudagraphs", "fusec.pipeline",
-                  "fusec.lowering", "fusec.lowering_index", "fusec.lowering_sizes", "fusec.decompositions",
+                  "fusec.lowering", "fusec.lowering_index", "fusec.lowering_scan", "fusec.lowering_sizes", "fusec.decompositions",
                   "fusec.decompositions_elementwise", "fusec.decompositions_foreach", "fusec.decompositions_pool",
                   "fusec.decompositions_norm", "fusec.decompositions_index", "fusec.partition",
                   "fusec.frontend", "fusec.package", "fusec.graph_source"]),
