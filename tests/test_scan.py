@@ -7,6 +7,7 @@ import torch
 import fusec
 from fusec.kernels.scan import scan_launch
 from tests.eager import assert_ran, check
+from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
 
 # Eager's CPU cumsum adds in float64; the kernel adds float32 in a tree within each chunk.
 LONG_TOL = {"rtol": 1e-4, "atol": 1e-3}
@@ -23,7 +24,7 @@ def test_every_dim_of_1d_2d_3d_inputs(shape, op):
     x = torch.rand(shape) + 0.5
     for dim in range(-len(shape), len(shape)):
         _reset()
-        check(lambda x: op(x, dim), x, kernels=1)
+        check(lambda x, dim=dim: op(x, dim), x, kernels=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.int8, torch.uint8, torch.bool])
@@ -106,7 +107,7 @@ def test_cumsum_gradient_is_a_reverse_scan():
     fn(xe).backward()
     torch.testing.assert_close(x.grad, xe.grad)
     report = assert_ran(compiled)
-    backward = [g for g in report.graphs if "backward" in g.name][0]
+    backward = next(g for g in report.graphs if "backward" in g.name)
     assert backward.plan.externs == [] and len(backward.plan.kernels) == 1
     assert any(n.op == "scan" and n.args[3] for n in backward.plan.graph)  # from the end of the dim
 
@@ -119,3 +120,15 @@ def test_symbolic_row_length():
         torch.testing.assert_close(compiled(x), torch.cumsum(x, -1) * 2)
     report = assert_ran(compiled)
     assert report.stats["kernels"] == 1
+
+
+def test_scan_kernels_compile_for_sm90(sm90):
+    torch.manual_seed(8)
+    x = torch.randn(5, 37)
+    run(lambda x: (torch.cumsum(torch.sigmoid(x), 1) - 1, torch.cumprod(x, 0)), x)
+    run(lambda m: m.long().cumsum(-1).masked_fill(m == 0, 1), torch.randint(0, 2, (2, 9)))
+    run(lambda x: torch.cumsum(x, -1, dtype=torch.float16), torch.randn(3, 3000))  # looped rows
+    run(lambda x: torch.cumsum(x, 0).to(torch.bfloat16), torch.randn(6, 4, dtype=torch.bfloat16))
+    xg = torch.randn(4, 37, requires_grad=True)
+    fusec.compile(lambda x: (torch.cumsum(x, 1) * x).sum())(xg).backward()  # the reverse scan
+    assert len(sm90) >= 6
