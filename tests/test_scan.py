@@ -122,7 +122,7 @@ def test_symbolic_row_length():
     assert report.stats["kernels"] == 1
 
 
-def test_scan_kernels_compile_for_sm90(sm90):
+def test_scan_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture imported above)
     torch.manual_seed(8)
     x = torch.randn(5, 37)
     run(lambda x: (torch.cumsum(torch.sigmoid(x), 1) - 1, torch.cumprod(x, 0)), x)
