@@ -81,8 +81,9 @@ VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice
 REDUCTION_OPS = frozenset({"sum", "prod", "amax", "amin", "argmax", "argmin", "any", "all", "var"})
 # matmul(a, b): [*batch, M, K] @ [*batch, K, N], at most one batch dim.
 MATMUL_OPS = frozenset({"matmul"})
-# scan(x, dim, combine, reverse): the running sum or product ("sum", "prod") of x along dim,
-# from the end of the dim when `reverse` (cumsum, cumprod and cumsum's gradient).
+# scan(x, dim, combine, reverse): the running sum, product or log-sum-exp ("sum", "prod",
+# "logsumexp") of x along dim, from the end of the dim when `reverse` (cumsum, cumprod,
+# logcumsumexp and cumsum's gradient).
 SCAN_OPS = frozenset({"scan"})
 
 

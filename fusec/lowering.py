@@ -293,7 +293,7 @@ _SHAPE_AWARE = {
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
     aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: embedding,
     aten.index: index, aten.index_select: index_select,
-    aten.cumsum: scan("sum"), aten.cumprod: scan("prod"),
+    aten.cumsum: scan("sum"), aten.cumprod: scan("prod"), aten.logcumsumexp: scan("logsumexp"),
 }
 
 # Index tensors a row lookup reads (a bool or uint8 index is a mask: torch runs it).

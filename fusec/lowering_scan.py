@@ -1,4 +1,4 @@
-"""Lowering of cumulative ops to the IR's `scan`, and of a scan read backwards (cumsum's
+"""Lowering of cumulative ops (cumsum, cumprod, logcumsumexp) to the IR's `scan`, and of a scan read backwards (cumsum's
 gradient, `x.flip(d).cumsum(d).flip(d)`) to one scan from the end of the dim."""
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ Lowered = tuple[str, tuple[Any, ...]] | None
 
 
 def scan(combine: str) -> Callable:
-    """cumsum/cumprod along one dim; the result's dtype (int64 for integers and bool, or
-    `dtype=`) is the node's, and the kernel converts the input to it as eager does."""
+    """cumsum/cumprod/logcumsumexp along one dim; the result's dtype (int64 for integers and
+    bool, or `dtype=`) is the node's, and the kernel converts the input to it as eager does."""
     def handler(args: tuple, kwargs: dict, val: Any, src_shape: tuple) -> Lowered:
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not src_shape or not isinstance(dim, int):
             return None  # a 0-d scan is a copy: torch runs it
+        if combine == "logsumexp" and not val.dtype.is_floating_point:
+            return None  # eager's error, from torch
         return ("scan", (args[0], dim % len(src_shape), combine, False))
     return handler
 

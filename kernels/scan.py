@@ -1,4 +1,4 @@
-"""Render a scan fusion group: cumsum/cumprod along one dim with its pointwise neighbours.
+"""Render a scan fusion group: cumsum/cumprod/logcumsumexp along one dim with its pointwise neighbours.
 
 A row is the scan's line along its dim (strided when the dim is not the last).
 Each program takes XBLOCK rows and walks them RBLOCK positions at a time: the
@@ -30,8 +30,10 @@ from fusec.kernels.render import (
 from fusec.plan import Kernel
 from fusec.sizes import Size
 
-_IDENTITY = {"sum": "0", "prod": "1"}
-_COMBINE = {"sum": "{a} + {b}", "prod": "{a} * {b}"}
+_IDENTITY = {"sum": "0", "prod": "1", "logsumexp": '-float("inf")'}
+_COMBINE = {"sum": "{a} + {b}", "prod": "{a} * {b}", "logsumexp": "_logaddexp({a}, {b})"}
+# The library's combines, which Triton's interpreter runs as one numpy call (others per element).
+_LIBRARY = {"sum": "tl.standard._sum_combine", "prod": "tl.standard._prod_combine"}
 
 
 def scan_node(graph: Graph, kernel: Kernel) -> Node:
@@ -90,7 +92,9 @@ class ScanRenderer(Renderer):
             x = self.to(x, node.dtype)  # `dtype=` converts each element before the scan, as eager
         lanes = self.out.let(f"tl.where(xmask & rmask, tl.broadcast_to({self.to(x, dtype)}, [XBLOCK, RBLOCK]), "
                              f"{_IDENTITY[combine]})")
-        chunk = self.out.let(f"tl.associative_scan({lanes}, 1, tl.standard._{combine}_combine)", "s")
+        if combine not in _LIBRARY:
+            self.helpers.add("_logaddexp")
+        chunk = self.out.let(f"tl.associative_scan({lanes}, 1, {_LIBRARY.get(combine, '_logaddexp')})", "s")
         scanned = self.out.let(_COMBINE[combine].format(a="carry", b=chunk), "s")
         last = self.out.let(f"tl.where(roffs == tl.minimum(rnumel, r0 + RBLOCK) - 1, {scanned}, "
                             f"{'0.0' if dtype in FLOAT_DTYPES else '0'})")

@@ -1,10 +1,13 @@
 """cumsum and cumprod as scan kernels: differential tests against eager over dtypes, dims,
 odd and long rows, zero-size tensors and NaN/inf, with their pointwise neighbours fused."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import fusec
+from fusec.kernels import kinds
 from fusec.kernels.scan import scan_launch
 from tests.eager import assert_ran, check
 from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
@@ -129,6 +132,31 @@ def test_scan_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture importe
     run(lambda m: m.long().cumsum(-1).masked_fill(m == 0, 1), torch.randint(0, 2, (2, 9)))
     run(lambda x: torch.cumsum(x, -1, dtype=torch.float16), torch.randn(3, 3000))  # looped rows
     run(lambda x: torch.cumsum(x, 0).to(torch.bfloat16), torch.randn(6, 4, dtype=torch.bfloat16))
+    run(lambda x: torch.logcumsumexp(x, 1), x)
     xg = torch.randn(4, 37, requires_grad=True)
     fusec.compile(lambda x: (torch.cumsum(x, 1) * x).sum())(xg).backward()  # the reverse scan
-    assert len(sm90) >= 6
+    assert len(sm90) >= 7
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logcumsumexp(dtype):
+    torch.manual_seed(9)
+    x = (torch.randn(3, 21) * 30).to(dtype)
+    x[0, 4], x[1, 0], x[1, 7], x[2, 3:5] = float("nan"), -float("inf"), float("inf"), -float("inf")
+    check(lambda x: torch.logcumsumexp(x * 0.5, 1) - 1, x, kernels=1)
+    _reset()
+    check(lambda x: torch.logcumsumexp(x, 0), torch.full((3, 2), -float("inf"), dtype=dtype), kernels=1)
+    _reset()
+    check(lambda x: torch.logcumsumexp(x, 1), torch.randn(2, 70), kernels=1)
+
+
+def test_every_combine_carries_across_chunks_forward_and_reverse(monkeypatch):
+    small = lambda rows, length, interpret: replace(scan_launch(rows, length, interpret), constants={
+        "XBLOCK": 4, "RBLOCK": 16}, grid=((rows + 3) // 4,))
+    monkeypatch.setattr(kinds, "scan_launch", small)  # 70 positions: five chunks a row
+    torch.manual_seed(10)
+    x = torch.randn(6, 70)
+    x[1, 20], x[2, 33], x[3, 50] = float("inf"), float("nan"), 0.0
+    check(lambda x: (x.cumsum(1), (1 + x / 70).cumprod(1), torch.logcumsumexp(x, 1), x.cumprod(1)), x, kernels=4)
+    _reset()
+    check(lambda x: x.flip(1).cumsum(1).flip(1) * 2, x, kernels=1)
