@@ -64,6 +64,7 @@ class _Grouping:
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
         self.domains: dict[str, Domain | None] = {}
+        self.scanning = {n.name for n in graph if n.kind is Kind.SCAN}  # groups holding a scan
         dag = nx.DiGraph()
         dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
@@ -120,7 +121,7 @@ class _Grouping:
         return self._row_refusal(members, domain)
 
     def scans(self, group: str) -> bool:
-        return any(self.node[m].kind is Kind.SCAN for m in self.members[group])
+        return group in self.scanning
 
     def matmul(self, group: str) -> Node | None:
         return next((self.node[m] for m in self.members[group] if self.node[m].kind is Kind.MATMUL), None)
@@ -242,6 +243,8 @@ class _Grouping:
             self.group_of[name] = gv
             self.members[gv].append(name)
         self.groups.merge(gu, gv)
+        if gu in self.scanning:
+            self.scanning.add(gv)
         self.domains.pop(gu, None)
         self.domains.pop(gv, None)
 
