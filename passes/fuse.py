@@ -95,7 +95,7 @@ class _Grouping:
         through = self.groups.cycle_witness(gu, gv)
         if through is not None:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
-        if self.scans(gu) or self.scans(gv):
+        if {gu, gv} & self.scanning:
             reason = scan_refusal(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
             if reason:
                 return reason
@@ -119,9 +119,6 @@ class _Grouping:
                 return Refusal("shapes", f"shapes differ: {_shape(b)} vs {_shape(a)}")
             return None
         return self._row_refusal(members, domain)
-
-    def scans(self, group: str) -> bool:
-        return group in self.scanning
 
     def matmul(self, group: str) -> Node | None:
         return next((self.node[m] for m in self.members[group] if self.node[m].kind is Kind.MATMUL), None)
