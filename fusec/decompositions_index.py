@@ -7,10 +7,7 @@ the first dim is `take` itself (lowering_index.py); other forms run through torc
 A store through a boolean mask over x's leading dims (`x[mask] = value`, `index_put`) with a
 value that does not depend on how many elements the mask selects is a `where`: it fuses with
 whatever made x and whatever reads it.
-
-A running sum of integers or booleans over a short dim (position ids from a mask, packed
-sequence boundaries) is a sum under a triangular mask: exact, one reduction kernel with its
-producer, in place of a scan torch would run alone. Floats keep torch's sequential order."""
+"""
 
 from __future__ import annotations
 
@@ -79,27 +76,6 @@ def index_put(x, indices, values, accumulate=False):
     return torch.where(selected, x + values if accumulate else values, x)
 
 
-# The masked sum does length x length work per row: bounded so it stays a small kernel.
-_CUMSUM_LENGTH, _CUMSUM_WORK = 4096, 2**26
-
-
-def cumsum(x, dim, dtype=None):
-    """y[..., i, ...] = the sum of x[..., j, ...] for j <= i, for integer and boolean x."""
-    out_dtype = dtype or (x.dtype if x.dtype.is_floating_point or x.dtype.is_complex else torch.int64)
-    dim = dim % max(x.dim(), 1)
-    length = x.shape[dim] if x.dim() else 1
-    if out_dtype.is_floating_point or x.dtype.is_floating_point or x.dtype.is_complex or \
-            length > _CUMSUM_LENGTH or x.numel() * length > _CUMSUM_WORK:
-        return NotImplemented
-    if not x.dim():
-        return x.to(out_dtype).clone()
-    positions = torch.arange(length, device=x.device)
-    upto = positions[:, None] >= positions[None, :]  # [i, j]: j is summed into i
-    upto = upto.reshape(length, length, *[1] * (x.dim() - dim - 1))
-    summed = torch.where(upto, x.to(out_dtype).unsqueeze(dim), 0)  # [..., i, j, ...]
-    return summed.sum(dim + 1, dtype=out_dtype)
-
-
-DECOMPOSITIONS = {aten.index.Tensor: index, aten.cumsum.default: cumsum}
+DECOMPOSITIONS = {aten.index.Tensor: index}
 # Shape-independent math: decomposed with symbolic sizes too.
 MASKED_STORES = {aten.index_put.default: index_put}

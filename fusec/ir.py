@@ -29,6 +29,7 @@ class Kind(str, Enum):
     VIEW = "view"
     REDUCTION = "reduction"
     MATMUL = "matmul"
+    SCAN = "scan"
     OPAQUE = "opaque"  # run by torch: an extern call
 
 
@@ -81,6 +82,10 @@ VIEW_OPS = frozenset({"reshape", "permute", "expand", "broadcast_in_dim", "slice
 REDUCTION_OPS = frozenset({"sum", "prod", "amax", "amin", "argmax", "argmin", "any", "all", "var"})
 # matmul(a, b): [*batch, M, K] @ [*batch, K, N], at most one batch dim.
 MATMUL_OPS = frozenset({"matmul"})
+# scan(x, dim, combine, reverse): the running sum, product or log-sum-exp ("sum", "prod",
+# "logsumexp") of x along dim, from the end of the dim when `reverse` (cumsum, cumprod,
+# logcumsumexp and cumsum's gradient).
+SCAN_OPS = frozenset({"scan"})
 
 
 def kind_of(op: str) -> Kind:
@@ -93,6 +98,8 @@ def kind_of(op: str) -> Kind:
         return Kind.MATMUL
     if op in VIEW_OPS:
         return Kind.VIEW
+    if op in SCAN_OPS:
+        return Kind.SCAN
     return Kind.OPAQUE
 
 

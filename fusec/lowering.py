@@ -28,6 +28,7 @@ from fusec.lowering_index import (
     round_,
     view,
 )
+from fusec.lowering_scan import reverse_scan, scan
 from fusec.lowering_sizes import Unsupported, describe, dtype_name, size_of
 from fusec.stores import STORES, stores_into_input
 
@@ -108,10 +109,6 @@ def _to_copy(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return ("cast", (args[0],))
 
 
-def _convert(args: tuple, kwargs: dict, val: Any) -> Lowered:
-    return ("cast", (args[0],))
-
-
 def _clone(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return ("copy", (args[0],))
 
@@ -182,7 +179,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.logical_xor: _same("logical_xor"), aten.logical_not: _same("logical_not"),
     aten.bitwise_and: _bool_only("logical_and"), aten.bitwise_or: _bool_only("logical_or"),
     aten.bitwise_xor: _bool_only("logical_xor"), aten.bitwise_not: _bool_only("logical_not"),
-    aten._to_copy: _to_copy, prims.convert_element_type: _convert, aten.clone: _clone,
+    aten._to_copy: _to_copy, prims.convert_element_type: _same("cast"), aten.clone: _clone,
     aten.lift_fresh_copy: _clone, aten.full: _full, aten.scalar_tensor: _scalar_tensor,
     aten._unsafe_view: _reshape, aten.reshape: _reshape,
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,
@@ -298,6 +295,7 @@ _SHAPE_AWARE = {
     prims.broadcast_in_dim: _broadcast_in_dim, aten.gather: _gather,
     aten.mm: _matmul, aten.bmm: _matmul, aten.cat: _cat, aten.embedding: embedding,
     aten.index: index, aten.index_select: index_select,
+    aten.cumsum: scan("sum"), aten.cumprod: scan("prod"), aten.logcumsumexp: scan("logsumexp"),
 }
 
 # Index tensors a row lookup reads (a bool or uint8 index is a mask: torch runs it).
@@ -350,6 +348,8 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
             if index.dtype not in _INDEX_DTYPES or shape != index.symbolic_shape + src.symbolic_shape[1:]:
                 return None
         return lowered
+    if packet is aten.flip:
+        return reverse_scan(args, graph)
     handler = HANDLERS.get(packet) or BY_NAME.get(packet._qualified_op_name)
     lowered = handler(args, kwargs, val) if handler else None
     if lowered is not None and lowered[0] in POINTWISE_OPS and not sizes.all_static(lowered[1]):

@@ -20,6 +20,7 @@ class KernelKind(str, Enum):
     REDUCTION = "reduction"
     MATMUL = "matmul"
     COMBO = "combo"
+    SCAN = "scan"
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -47,10 +48,10 @@ class Kernel:
     members: tuple[str, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    numel: int  # elements (pointwise) or rows (reduction) the grid covers
+    numel: int  # elements (pointwise) or rows (reduction, scan) the grid covers
     bytes: int
     flops: int = 0
-    rnumel: int = 1  # elements per row of a reduction kernel
+    rnumel: int = 1  # elements per row of a reduction or scan kernel
     persistent: bool = True  # a reduction's row fits one block (no loop over it)
     reduce_inner: bool = True  # the reduced dims hold the contiguous one
     parts: tuple[Kernel, ...] = ()  # a combo's pointwise kernels, launched as one
@@ -127,6 +128,11 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
         product = next(m for m in members if m.kind is Kind.MATMUL)
         kernel = replace(kernel, kind=KernelKind.MATMUL, numel=product.numel)
         return replace(kernel, library=_library(graph, kernel, members))
+    scan = next((m for m in members if m.kind is Kind.SCAN), None)
+    if scan is not None:
+        # Rows are the scan's lines along its dim; the kernel walks each in order, carrying its running value.
+        length = scan.shape[scan.args[1]]
+        return replace(kernel, kind=KernelKind.SCAN, numel=scan.numel // max(length, 1), rnumel=length)
     domain = row_domain(graph, members)
     if domain is None:
         return kernel

@@ -30,4 +30,11 @@ HELPERS = {
     "_argmin": ("def _argmin(v1, i1, v2, i2):\n"
                 "    first = (v1 < v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"
                 "    return tl.where(first, v1, v2), tl.where(first, i1, i2)"),
+    # log(exp(a) + exp(b)) as eager's logcumsumexp adds: NaN wins, equal infinities stay.
+    "_logaddexp": ("def _logaddexp(a, b):\n"
+                   "    first = (a > b) | (a != a)\n"
+                   "    hi = tl.where(first, a, b)\n"
+                   "    lo = tl.where(first, b, a)\n"
+                   "    same = (hi == lo) & (tl.abs(hi) == float(\"inf\"))\n"
+                   "    return tl.where(same, hi, hi + tl.log(1.0 + tl.exp(lo - hi)))"),
 }

@@ -17,6 +17,7 @@ from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_
 from fusec.kernels.matmul import matmul_problem, render_matmul
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
+from fusec.kernels.scan import render_scan, scan_extents, scan_launch
 from fusec.kernels.signature import Rendered
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
 from fusec.sizes import Size
@@ -82,6 +83,10 @@ KINDS: dict[KernelKind, KindRules] = {
         render_combo, _parts,
         lambda graph, kernel, values, interpret, persistent: combo_launch(list(values), interpret),
         tuple),
+    KernelKind.SCAN: KindRules(
+        render_scan, scan_extents,
+        lambda graph, kernel, values, interpret, persistent: scan_launch(*values, interpret),
+        tuple),
 }
 
 
@@ -97,7 +102,7 @@ def render(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
 
 
 def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
-    """pointwise (numel,); reduction (rows, row length); combo each part's numel;
+    """pointwise (numel,); reduction and scan (rows, row length); combo each part's numel;
     matmul (batch, M, N, K)."""
     return KINDS[kernel.kind].extents(graph, kernel)
 

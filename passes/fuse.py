@@ -18,9 +18,10 @@ from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal, boundary_refusal
 from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
+from fusec.passes.scan_fusion import scan_refusal
 from fusec.passes.symbolic import coincidence
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL)
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
@@ -55,6 +56,7 @@ class _Grouping:
         # edge refused at count c need not be asked again until one of them grows after c.
         self.merges = 0
         self.grown: dict[str, int] = {}
+        self.scanning = {n.name for n in graph if n.kind is Kind.SCAN}  # groups holding a scan
         dag = nx.DiGraph()
         dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
@@ -95,6 +97,10 @@ class _Grouping:
         through = self.groups.cycle_witness(gu, gv)
         if through is not None:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
+        if {gu, gv} & self.scanning:
+            reason = scan_refusal(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
+            if reason:
+                return reason
         mu, mv = self.matmul(gu), self.matmul(gv)
         if mu or mv:
             return self._matmul_refusal(gu, gv, mu, mv)
@@ -236,6 +242,8 @@ class _Grouping:
             self.members[gv].append(name)
         self.special[gv] += self.special.pop(gu)
         self.groups.merge(gu, gv)
+        if gu in self.scanning:
+            self.scanning.add(gv)
         self.domains.pop(gu, None)
         self.domains.pop(gv, None)
         self.merges += 1
