@@ -50,6 +50,7 @@ class KernelStats:
     store_bits: int
     passes: int | None  # over each row (reductions)
     bytes_vs_min: float | None  # bytes moved / (inputs once + outputs once), reductions
+    narrowest_load: int = 0  # bits: a scalar 16-bit load here means a read that does not coalesce
 
 
 def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any]) -> tuple[dict, dict]:
@@ -92,9 +93,9 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
     return triton_compile(source, target=GPUTarget("cuda", *H100), options={"num_warps": launch.num_warps})
 
 
-def widest(ptx: str, op: str) -> int:
-    """Bits moved by the widest global `op` ("ld" or "st") in the PTX."""
-    return max((int(n or 1) * int(bits) for o, n, bits in _ACCESS.findall(ptx) if o == op), default=0)
+def widest(ptx: str, op: str, pick: Any = max) -> int:
+    """Bits moved by the widest (or with `pick=min` the narrowest) global `op` ("ld" or "st") in the PTX."""
+    return pick((int(n or 1) * int(bits) for o, n, bits in _ACCESS.findall(ptx) if o == op), default=0)
 
 
 def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
@@ -137,7 +138,8 @@ def kernel_stats(workload: str, graph: Graph, kernel: Kernel, cache_dir: Path) -
     registers, spills = ptxas_usage(ptx)
     passes, ratio = row_traffic(graph, kernel, rendered(graph, kernel, interpret=False).source)
     return KernelStats(workload, kernel.id, kernel.kind, binary.metadata.num_warps, registers, spills,
-                       binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"), passes, ratio)
+                       binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"), passes, ratio,
+                       widest(ptx, "ld", min))
 
 
 def static_report(names: list[str], dtype: torch.dtype, tier: str, cache_dir: Path,
@@ -162,10 +164,11 @@ def markdown(rows: list[KernelStats]) -> str:
         return "-" if value is None else str(value)
 
     lines = ["| workload | kernel | kind | warps | registers | spill bytes | shared | widest load | widest store "
-             "| passes | bytes / min |", "|" + "---|" * 11]
+             "| passes | bytes / min | narrowest load |", "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r.workload} | {r.kernel} | {r.kind} | {r.warps} | {show(r.registers)} | {show(r.spills)} "
-                     f"| {r.shared} | {r.load_bits} b | {r.store_bits} b | {show(r.passes)} | {show(r.bytes_vs_min)} |")
+                     f"| {r.shared} | {r.load_bits} b | {r.store_bits} b | {show(r.passes)} | {show(r.bytes_vs_min)} "
+                     f"| {r.narrowest_load} b |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from fusec import sizes
 from fusec.ir import Graph, row_domain
-from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch
+from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch, tile_launch
 from fusec.kernels.matmul import matmul_node
+from fusec.kernels.tiles import tiling
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel
 from fusec.sizes import Size
 
 
 def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
-    """pointwise (numel,); reduction (rows, row length); combo each part's numel;
-    matmul (batch, M, N, K)."""
+    """pointwise (numel,), or (rows, columns) of its 2-D tiles; reduction (rows, row length);
+    combo each part's numel; matmul (batch, M, N, K)."""
     if kernel.kind == "reduction":
         members = [graph[m] for m in kernel.members]
         shape, dims = row_domain(graph, members)
@@ -28,7 +29,8 @@ def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
         return (batch[0] if batch else 1), m, n, graph[node.operands()[0]].shape[-1]
     if kernel.kind == "combo":
         return tuple(graph[p.outputs[0]].numel for p in kernel.parts)
-    return (graph[kernel.outputs[0]].numel,)
+    tiles = tiling(graph, kernel)
+    return (graph[kernel.outputs[0]].numel,) if tiles is None else (tiles.ynumel, tiles.xnumel)
 
 
 def is_dynamic(graph: Graph, kernel: Kernel) -> bool:
@@ -54,7 +56,7 @@ def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: 
         return matmul_launch(*values, dtype, interpret)
     if kernel.kind == "combo":
         return combo_launch(list(values), interpret)
-    return pointwise_launch(values[0], interpret)
+    return pointwise_launch(values[0], interpret) if len(values) == 1 else tile_launch(*values, interpret)
 
 
 # The name of a reduction's persistent variant, beside its looped entry in one module.

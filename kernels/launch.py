@@ -32,6 +32,21 @@ def pointwise_launch(numel: int, interpret: bool) -> Launch:
     return Launch((triton.cdiv(numel, block),), {"BLOCK": block}, _warps(block))
 
 
+def tile_launch(ynumel: int, xnumel: int, interpret: bool) -> Launch:
+    """YBLOCK x XBLOCK tiles, numbered row by row on a 1-D grid. On a GPU 32 x 32 (as
+    Inductor's first tile): each thread holds 8 elements, a 128-bit vector of a 16-bit
+    type along either dim; a dim shorter than 32 gives its share to the other."""
+    if interpret:
+        xblock = min(_pow2(xnumel), 1 << 16)
+        yblock = min(_pow2(ynumel), max(1, (1 << 16) // xblock))
+    else:
+        xblock = min(_pow2(xnumel), 32)
+        yblock = min(_pow2(ynumel), 1024 // xblock)
+        xblock = min(_pow2(xnumel), 1024 // yblock)
+    grid = (triton.cdiv(ynumel, yblock) * triton.cdiv(xnumel, xblock),)
+    return Launch(grid, {"YBLOCK": yblock, "XBLOCK": xblock}, _warps(yblock * xblock))
+
+
 def combo_launch(numels: list[int], interpret: bool) -> Launch:
     """One BLOCK for every part (sized for the largest); the grid is the parts' blocks end to end."""
     single = pointwise_launch(max(numels), interpret)

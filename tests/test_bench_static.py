@@ -55,3 +55,18 @@ def test_static_flag_prints_and_writes_the_table(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("| layer_norm"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[5] == "0" and cells[7] == "128 b" and cells[9] == "1"  # no spills, 128-bit loads, one pass
+
+
+def test_transposed_read_loads_and_stores_full_vectors_through_a_tile(tmp_path):
+    """y + sigmoid(x.t()) in bfloat16: every global load and store is 128 bits wide (a
+    1-D block loads x as scalars a row apart), the tile's transpose goes through shared
+    memory, as Inductor's 32 x 32 tile does."""
+    [row] = bench_static.static_report(["transpose_add"], torch.bfloat16, "tiny", tmp_path, {"rows": 256, "cols": 512})
+    assert row.kind == "pointwise" and row.spills == 0
+    assert (row.narrowest_load, row.load_bits, row.store_bits) == (128, 128, 128)
+    assert 0 < row.shared <= 32 * 32 * 4
+
+
+def test_narrowest_access_is_read_from_the_ptx():
+    ptx = "ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];\n@%p1 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];"
+    assert bench_static.widest(ptx, "ld", min) == 16
