@@ -36,6 +36,7 @@ def test_long_softmax_reads_each_row_twice_with_full_vectors(long_rows):
     assert row.kind == "reduction"
     assert row.registers is not None and row.spills == 0
     assert (row.load_bits, row.store_bits) == (128, 128)
+    assert row.warps == 16  # 4096 of a row a step, 8 values a thread
     # online max and sum, then the write pass: 2 reads + 1 write against 1 + 1
     assert (row.passes, row.bytes_vs_min) == (2, 1.5)
 
