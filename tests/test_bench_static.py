@@ -51,11 +51,14 @@ def test_static_flag_prints_and_writes_the_table(tmp_path, capsys):
     path = tmp_path / "static.md"
     assert main(["--static", "--quick", "--workload", "layer_norm", "--markdown", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "| layer_norm | k0 | reduction |" in out
+    assert "| layer_norm | fusec | k0 | reduction |" in out
     assert path.read_text() == out.rstrip("\n") + "\n"
-    row = next(line for line in out.splitlines() if line.startswith("| layer_norm"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[5] == "0" and cells[7] == "128 b" and cells[9] == "1"  # no spills, 128-bit loads, one pass
+    rows = {cells[1]: cells for line in out.splitlines() if line.startswith("| layer_norm")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    ours, inductor = rows["fusec"], rows["inductor"]  # Inductor's kernel, compiled on a faked H100
+    assert ours[6] == "0" and ours[8] == "128 b" and ours[11] == "1"  # no spills, 128-bit loads, one pass
+    assert inductor[2].startswith("triton_") and inductor[8] == "128 b"
+    assert "- layer_norm: launches per call: fusec 1, Inductor 1" in out
 
 
 def test_transposed_read_loads_and_stores_full_vectors_through_a_tile(tmp_path):
