@@ -34,6 +34,7 @@ _KERNEL = re.compile(r"^(\w+) = async_compile\.triton\('(\w+)', '''(.*?)''', dev
 _RUN = re.compile(r"^\s+(\w+)\.run\(", re.M)
 _EXTERN = re.compile(r"extern_kernels\.\w+\(")
 _LOOP = re.compile(r"for r0_offset in ")
+_ERROR = re.compile(r"^[\w.]*(Error|Exception|Exit)\b")
 PROPERTIES = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132,
                        regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
                        max_threads_per_block=1024, warp_size=32, total_memory=80 * 2**30, gcnArchName="",
@@ -54,7 +55,8 @@ def inductor_stats(name: str, dtype: torch.dtype, tier: str, sizes: dict | None,
         raise RuntimeError(f"Inductor took over {timeout:.0f} s") from exc
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        raise RuntimeError((done.stderr.strip().splitlines() or ["no output"])[-1][:200])
+        said = done.stderr.strip().splitlines() or ["no output"]
+        raise RuntimeError(next((line for line in reversed(said) if _ERROR.match(line)), said[-1])[:200])
     found = json.loads(lines[-1])
     return found["kernels"], found["launches"]
 
@@ -213,12 +215,17 @@ def main(argv: list[str]) -> None:
     name, dtype, tier, sizes = argv
     workload = WORKLOADS[name]
     case = workload.build({**workload.sizes[tier], **json.loads(sizes)}, torch.device("meta"), getattr(torch, dtype))
-    if isinstance(case.fn, torch.nn.Module) or case.grad_outputs is not None:
-        raise SystemExit("modules and training steps are not traced for Inductor here")
+    if case.grad_outputs is not None:
+        raise SystemExit("a training step is not traced for Inductor here (forward only)")
+    fn, args = case.fn, case.args
+    if isinstance(fn, torch.nn.Module):  # its weights are inputs, as torch.compile passes them
+        module = fn
+        fn, args = (lambda weights, *a: torch.func.functional_call(module, weights, a)), (
+            {**dict(module.named_parameters()), **dict(module.named_buffers())}, *args)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tmp, "inductor")))
         fake_h100()
-        code = output_code(case.fn, case.args)
+        code = output_code(fn, args)
         rows = kernel_rows(name, code, Path(tmp))
     print(json.dumps({"kernels": rows, "launches": len(_RUN.findall(code)) + len(_EXTERN.findall(code))}))
 
