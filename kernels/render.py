@@ -179,7 +179,7 @@ class Renderer(IndexedValues):
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
-        self.loop: int | None = None  # the loop over a row being rendered (numbered from 0), if any
+        self.loop: int | None = None  # the loop over a row last begun (numbered from 0); None before one
         self.last_loop: dict[str, int] = {}  # input -> the last loop over the row that reads it
 
     def to(self, expr: str, dtype: str) -> str:
