@@ -7,21 +7,22 @@ configuration the runtime uses and the hints Triton's launch would pass
 registers, spills, shared memory, the widest global load and store in the
 PTX (128 bits is a full vector), and for a reduction the passes over each
 row and the bytes it moves against the minimum (each input read once, each
-output written once).
+output written once). Beside each workload's kernels, TorchInductor's for the
+same graph, compiled the same way (`inductor_static`), and both systems'
+launches per call, so "as good as Inductor" is read from one table.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fusec.bench.inductor_static import inductor_stats
+from fusec.bench.ptx import H100, ptxas_usage, widest
 from fusec.bench.workloads import WORKLOADS
 from fusec.compiler import rendered
 from fusec.ir import Graph
@@ -30,10 +31,8 @@ from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.kinds import static_launch, static_size_args
 from fusec.plan import Kernel, KernelKind, LaunchExtra
 
-H100 = (90, 32)  # compute capability, warp size
 _POINTER = {"bool": "i1", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
             "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
-_ACCESS = re.compile(r"\b(ld|st)\.global[\w:.]*?(?:\.v(\d))?\.[bfsu](\d+)\b")
 LOOP = "for r0 in range(0, rnumel, RBLOCK)"
 
 
@@ -50,6 +49,8 @@ class KernelStats:
     store_bits: int
     passes: int | None  # over each row (reductions)
     bytes_vs_min: float | None  # bytes moved / (inputs once + outputs once), reductions
+    narrowest_load: int = 0  # bits: a scalar 16-bit load here means a read that does not coalesce
+    system: str = "fusec"  # or "inductor": TorchInductor's kernel for the same workload
 
 
 def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any]) -> tuple[dict, dict]:
@@ -94,29 +95,6 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
     return triton_compile(source, target=GPUTarget("cuda", *H100), options={"num_warps": launch.num_warps})
 
 
-def widest(ptx: str, op: str) -> int:
-    """Bits moved by the widest global `op` ("ld" or "st") in the PTX."""
-    return max((int(n or 1) * int(bits) for o, n, bits in _ACCESS.findall(ptx) if o == op), default=0)
-
-
-def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
-    """Registers and spill bytes, from `ptxas -v` on the PTX (None when ptxas is missing)."""
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        ptxas = get_ptxas(H100[0]).path
-    except Exception:
-        return None, None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "k.ptx")
-        path.write_text(ptx)
-        out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", str(path), "-o", str(path.with_suffix(".cubin"))],
-                             capture_output=True, text=True, check=False)
-    text = out.stdout + out.stderr
-    regs = re.findall(r"Used (\d+) registers", text)
-    spills = re.findall(r"(\d+) bytes spill stores", text)
-    return (int(regs[-1]) if regs else None), (int(spills[-1]) if spills else None)
-
-
 def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:
     """Passes over each row and bytes moved against the minimum: every per-element input
     is read once per pass, everything else once."""
@@ -139,35 +117,41 @@ def kernel_stats(workload: str, graph: Graph, kernel: Kernel, cache_dir: Path) -
     registers, spills = ptxas_usage(ptx)
     passes, ratio = row_traffic(graph, kernel, rendered(graph, kernel, interpret=False).source)
     return KernelStats(workload, kernel.id, kernel.kind, binary.metadata.num_warps, registers, spills,
-                       binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"), passes, ratio)
+                       binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"), passes, ratio,
+                       widest(ptx, "ld", min))
 
 
 def static_report(names: list[str], dtype: torch.dtype, tier: str, cache_dir: Path,
                   sizes: dict[str, int] | None = None) -> list[KernelStats]:
     """Plan each workload at `tier`'s sizes (updated by `sizes`) on CPU tensors, then compile
     every kernel of its plan for sm_90."""
+    return [row for name in names for row in workload_report(name, dtype, tier, cache_dir, sizes)[0]]
+
+
+def workload_report(name: str, dtype: torch.dtype, tier: str, cache_dir: Path,
+                    sizes: dict[str, int] | None = None) -> tuple[list[KernelStats], int]:
+    """One workload's kernels compiled for sm_90, and its launches per call (kernels and
+    extern calls that do work)."""
     import fusec
 
-    rows = []
-    for name in names:
-        workload = WORKLOADS[name]
-        case = workload.build({**workload.sizes[tier], **(sizes or {})}, torch.device("cpu"), dtype)
-        report = fusec.inspect(case.fn, *case.args, training=case.grad_outputs is not None)
-        for graph in report.graphs:
-            if graph.plan is not None:
-                rows += [kernel_stats(name, graph.plan.graph, k, cache_dir) for k in graph.plan.all_kernels()]
-    return rows
+    workload = WORKLOADS[name]
+    case = workload.build({**workload.sizes[tier], **(sizes or {})}, torch.device("cpu"), dtype)
+    report = fusec.inspect(case.fn, *case.args, training=case.grad_outputs is not None)
+    rows = [kernel_stats(name, graph.plan.graph, k, cache_dir)
+            for graph in report.graphs if graph.plan is not None for k in graph.plan.all_kernels()]
+    return rows, report.stats["kernels"] + report.stats["extern_calls"]
 
 
 def markdown(rows: list[KernelStats]) -> str:
     def show(value: object) -> str:
         return "-" if value is None else str(value)
 
-    lines = ["| workload | kernel | kind | warps | registers | spill bytes | shared | widest load | widest store "
-             "| passes | bytes / min |", "|" + "---|" * 11]
+    lines = ["| workload | system | kernel | kind | warps | registers | spill bytes | shared | widest load "
+             "| widest store | narrowest load | passes | bytes / min |", "|" + "---|" * 13]
     for r in rows:
-        lines.append(f"| {r.workload} | {r.kernel} | {r.kind} | {r.warps} | {show(r.registers)} | {show(r.spills)} "
-                     f"| {r.shared} | {r.load_bits} b | {r.store_bits} b | {show(r.passes)} | {show(r.bytes_vs_min)} |")
+        lines.append(f"| {r.workload} | {r.system} | {r.kernel} | {r.kind} | {r.warps} | {show(r.registers)} "
+                     f"| {show(r.spills)} | {r.shared} | {r.load_bits} b | {r.store_bits} b | {r.narrowest_load} b "
+                     f"| {show(r.passes)} | {show(r.bytes_vs_min)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +162,18 @@ def run(names: list[str], dtype: torch.dtype, quick: bool, markdown_path: Path |
     tier = "quick" if quick else "full"  # the sizes a GPU run times
     print(f"fusec bench --static: kernels of {len(names)} workload(s) compiled for sm_90, {dtype}, {tier} sizes; "
           "nothing runs on a GPU", file=sys.stderr)
-    text = markdown(static_report(names, dtype, tier, Options.from_user().cache_dir))
+    rows, notes = [], []
+    for name in names:
+        ours, launches = workload_report(name, dtype, tier, Options.from_user().cache_dir)
+        rows += ours
+        try:
+            found, their_launches = inductor_stats(name, dtype, tier, None)
+        except RuntimeError as exc:
+            notes.append(f"- {name}: launches per call: fusec {launches}; Inductor not compiled: {exc}")
+            continue
+        rows += [KernelStats(**row) for row in found]
+        notes.append(f"- {name}: launches per call: fusec {launches}, Inductor {their_launches}")
+    text = markdown(rows) + "\n" + "\n".join(notes) + "\n"
     print(text)
     if markdown_path:
         markdown_path.write_text(text)

@@ -110,6 +110,16 @@ def _bias_dropout_residual(p: dict[str, int], device: torch.device, dtype: torch
     return Case(bias_dropout_residual, args, unique_bytes=(3 * m * n + n) * dtype.itemsize, check=dropout_error)
 
 
+def transpose_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return y + torch.sigmoid(x.t())
+
+
+def _transpose_add(p: dict[str, int], device: torch.device, dtype: torch.dtype) -> Case:
+    m, n = p["rows"], p["cols"]
+    args = (_randn(device, dtype, n, m), _randn(device, dtype, m, n))
+    return Case(transpose_add, args, unique_bytes=3 * m * n * dtype.itemsize)  # x (read transposed), y in; out
+
+
 def softmax(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x, dim=-1)
 
@@ -286,6 +296,7 @@ _TRANSFORMER_SIZES = {
 _W: list[Workload] = [
     Workload("bias_gelu", "x + bias, then GELU", _bias_gelu, ROW_SIZES),
     Workload("bias_dropout_residual", "residual + dropout(x + bias), p=0.1", _bias_dropout_residual, ROW_SIZES),
+    Workload("transpose_add", "y + sigmoid(x.t()): one input read across its rows", _transpose_add, ROW_SIZES),
     Workload("softmax", "softmax over the last dim", _row_op(softmax), ROW_SIZES),
     Workload("log_softmax", "log_softmax over the last dim", _row_op(log_softmax), ROW_SIZES),
     Workload("layer_norm", "LayerNorm with weight and bias", _layer_norm, ROW_SIZES),

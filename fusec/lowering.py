@@ -179,7 +179,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.logical_xor: _same("logical_xor"), aten.logical_not: _same("logical_not"),
     aten.bitwise_and: _bool_only("logical_and"), aten.bitwise_or: _bool_only("logical_or"),
     aten.bitwise_xor: _bool_only("logical_xor"), aten.bitwise_not: _bool_only("logical_not"),
-    aten._to_copy: _to_copy, prims.convert_element_type: _same("cast"), aten.clone: _clone,
+    aten._to_copy: _to_copy, prims.convert_element_type: _to_copy, aten.clone: _clone,
     aten.lift_fresh_copy: _clone, aten.full: _full, aten.scalar_tensor: _scalar_tensor,
     aten._unsafe_view: _reshape, aten.reshape: _reshape,
     aten.squeeze: _reshape, aten.unsqueeze: _reshape, aten.permute: _permute,

@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 
 from fusec import sizes
 from fusec.ir import Graph, row_domain
-from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch
+from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch, tile_launch
 from fusec.kernels.matmul import matmul_problem, render_matmul
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
 from fusec.kernels.signature import Rendered
+from fusec.kernels.tiles import tiling
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
 from fusec.sizes import Size
 
@@ -42,7 +43,13 @@ class KindRules:
 
 
 def _elements(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
-    return (graph[kernel.outputs[0]].numel,)
+    """(numel,), or (rows, columns) of the 2-D tiles of a kernel reading a transposed layout."""
+    tiles = tiling(graph, kernel)
+    return (graph[kernel.outputs[0]].numel,) if tiles is None else (tiles.ynumel, tiles.xnumel)
+
+
+def _pointwise_launch(graph: Graph, kernel: Kernel, values: tuple, interpret: bool, persistent: bool) -> Launch:
+    return pointwise_launch(values[0], interpret) if len(values) == 1 else tile_launch(*values, interpret)
 
 
 def _parts(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
@@ -66,9 +73,7 @@ def _render_rows(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
 
 KINDS: dict[KernelKind, KindRules] = {
     KernelKind.POINTWISE: KindRules(
-        render_pointwise, _elements,
-        lambda graph, kernel, values, interpret, persistent: pointwise_launch(values[0], interpret),
-        tuple),
+        render_pointwise, _elements, _pointwise_launch, tuple),
     KernelKind.REDUCTION: KindRules(
         _render_reduction, _rows,
         lambda graph, kernel, values, interpret, persistent: reduction_launch(
@@ -102,8 +107,8 @@ def render(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
 
 
 def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
-    """pointwise (numel,); reduction and scan (rows, row length); combo each part's numel;
-    matmul (batch, M, N, K)."""
+    """pointwise (numel,) or (rows, columns) of its tiles; reduction and scan (rows, row
+    length); combo each part's numel; matmul (batch, M, N, K)."""
     return KINDS[kernel.kind].extents(graph, kernel)
 
 

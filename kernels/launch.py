@@ -19,17 +19,45 @@ class Launch:
     num_warps: int
 
 
+# An H100's multiprocessors: the GPU the shapes are chosen for when there is none to ask.
+SMS = 132
+
+
 def _pow2(n: int, floor: int = 1) -> int:
     return max(triton.next_power_of_2(max(n, 1)), floor)
 
 
-def _warps(elements: int) -> int:
-    return max(1, min(8, elements // 256))
+def _warps(elements: int, most: int = 8) -> int:
+    return max(1, min(most, elements // 256))
+
+
+def _fill(count: int, block: int, least: int) -> int:
+    """`block` halved (not below `least`) while `count` items in blocks would leave SMs idle."""
+    while block > least and triton.cdiv(count, block) < SMS:
+        block //= 2
+    return block
 
 
 def pointwise_launch(numel: int, interpret: bool) -> Launch:
-    block = min(_pow2(numel, 16), 1 << 16 if interpret else 1024)
+    """1024 elements a program on a GPU (4 warps: 8 a thread, one 128-bit vector of a
+    16-bit type), fewer, down to 256, where that leaves SMs without a program."""
+    block = min(_pow2(numel, 16), 1 << 16) if interpret else _fill(numel, min(_pow2(numel, 16), 1024), 256)
     return Launch((triton.cdiv(numel, block),), {"BLOCK": block}, _warps(block))
+
+
+def tile_launch(ynumel: int, xnumel: int, interpret: bool) -> Launch:
+    """YBLOCK x XBLOCK tiles, numbered row by row on a 1-D grid. On a GPU 32 x 32 (as
+    Inductor's first tile): each thread holds 8 elements, a 128-bit vector of a 16-bit
+    type along either dim; a dim shorter than 32 gives its share to the other."""
+    if interpret:
+        xblock = min(_pow2(xnumel), 1 << 16)
+        yblock = min(_pow2(ynumel), max(1, (1 << 16) // xblock))
+    else:
+        xblock = min(_pow2(xnumel), 32)
+        yblock = min(_pow2(ynumel), 1024 // xblock)
+        xblock = min(_pow2(xnumel), 1024 // yblock)
+    grid = (triton.cdiv(ynumel, yblock) * triton.cdiv(xnumel, xblock),)
+    return Launch(grid, {"YBLOCK": yblock, "XBLOCK": xblock}, _warps(yblock * xblock))
 
 
 def combo_launch(numels: list[int], interpret: bool) -> Launch:
@@ -40,19 +68,28 @@ def combo_launch(numels: list[int], interpret: bool) -> Launch:
 
 
 def reduction_launch(rows: int, rnumel: int, persistent: bool, inner: bool, interpret: bool) -> Launch:
-    """XBLOCK rows per program, RBLOCK row elements per step (the whole row when persistent)."""
+    """XBLOCK rows per program, RBLOCK row elements per step (the whole row when persistent).
+
+    On a GPU a program takes up to 4096 elements a step (a looped row as many at a time),
+    fewer rows while the grid would leave SMs idle; warps grow with the step, one per 256
+    elements up to 16 (Inductor's for long rows): 8 values a thread, a 128-bit vector of
+    a 16-bit type."""
     budget = 1 << 16 if interpret else 4096
     if persistent:
         rblock = _pow2(rnumel, 2)
     else:
-        rblock = min(_pow2(rnumel, 2), budget // 8 if interpret else (1024 if inner else 64))
+        rblock = min(_pow2(rnumel, 2), budget // 8 if interpret else (budget if inner else 64))
+    if interpret:
+        xblock = min(_pow2(rows), max(1, budget // rblock), 1 << 16 if inner else 1 << 12)
+        return Launch((triton.cdiv(rows, xblock),), {"XBLOCK": xblock, "RBLOCK": rblock}, 1)
     if inner:
-        xblock = min(_pow2(rows), max(1, budget // rblock))
+        xblock = _fill(rows, min(_pow2(rows), max(1, budget // rblock)), 1)
+        warps = _warps(xblock * rblock, 16)
     else:
         # Rows run along the contiguous dim: take many of them so loads coalesce.
-        xblock = min(_pow2(rows), max(1, (budget // rblock)), 1 << 12 if interpret else 64)
-    return Launch((triton.cdiv(rows, xblock),), {"XBLOCK": xblock, "RBLOCK": rblock},
-                  _warps(xblock * rblock) if not interpret else 1)
+        xblock = min(_pow2(rows), max(1, (budget // rblock)), 64)
+        warps = _warps(xblock * rblock)
+    return Launch((triton.cdiv(rows, xblock),), {"XBLOCK": xblock, "RBLOCK": rblock}, warps)
 
 
 def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:

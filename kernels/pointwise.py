@@ -1,9 +1,9 @@
-"""Render a pointwise fusion group as one Triton kernel over a 1-D block of elements."""
+"""Render a pointwise fusion group as one Triton kernel over a 1-D block of elements,
+or over a 2-D tile where an input is read along another dim than the output is written."""
 
 from __future__ import annotations
 
-from fusec import sizes
-from fusec.ir import Graph, Node, contiguous_strides
+from fusec.ir import Graph, Node
 from fusec.kernels.render import Index, Renderer, live_lines, needs_int64
 from fusec.kernels.signature import (
     Rendered,
@@ -14,7 +14,10 @@ from fusec.kernels.signature import (
     size_params,
     tensor_params,
 )
+from fusec.kernels.tiles import Tiles, iteration_order, tiling
 from fusec.plan import Kernel, LaunchExtra
+
+TILE = "[YBLOCK, XBLOCK]"
 
 
 class PointwiseRenderer(Renderer):
@@ -22,14 +25,14 @@ class PointwiseRenderer(Renderer):
 
     def __init__(self, graph: Graph, kernel: Kernel, part: str = "", interpret: bool = True) -> None:
         self.offs, self.mask = f"{part}offs", f"{part}mask"
-        super().__init__(graph, kernel, roots={self.offs: self.mask}, prefix=part, interpret=interpret)
-        self.scalar_shape = "[BLOCK]"
+        self.tiles = None if part else tiling(graph, kernel)
+        roots = {self.offs: self.mask} if self.tiles is None else {"yoffs": "ymask", "xoffs": "xmask"}
+        super().__init__(graph, kernel, roots=roots, prefix=part, interpret=interpret)
+        self.scalar_shape = "[BLOCK]" if self.tiles is None else "[1, 1]"
 
     def iteration_index(self, node: Node) -> Index:
         """Unravel `offs` over the output's dims, innermost = smallest stride (coalesced stores)."""
-        strides = [sizes.hint(s, self.graph.hints) for s in node.strides or contiguous_strides(node.shape)]
-        order = sorted(range(len(node.shape)), key=lambda d: (-strides[d], d))
-        return self.unravel(self.offs, node.shape, order)
+        return self.unravel(self.offs, node.shape, iteration_order(node, self.graph.hints))
 
     def body(self, block: str, numel: str) -> list[str]:
         """The kernel body for the `block`-th block of this kernel's `numel` elements."""
@@ -40,12 +43,31 @@ class PointwiseRenderer(Renderer):
         body = [f"{self.offs} = {block} * BLOCK + tl.arange(0, BLOCK)", f"{self.mask} = {self.offs} < {numel}"]
         return body + live_lines(self.out.scope.lines, stores) + stores
 
+    def tile_body(self, tiles: Tiles, pid: str) -> list[str]:
+        """The kernel body for the `pid`-th tile, tiles numbered row by row."""
+        shape = self.graph[self.kernel.outputs[0]].shape
+        rows = self.unravel("yoffs", tuple(shape[d] for d in tiles.y_dims))
+        cols = self.unravel("xoffs", tuple(shape[d] for d in tiles.x_dims))
+        dims = ["0"] * len(shape)
+        for d, expr in [*zip(tiles.y_dims, rows.dims), *zip(tiles.x_dims, cols.dims)]:
+            dims[d] = expr
+        idx = Index(tuple(dims))
+        stores = [self.store(self.graph[name], idx, self.value(name, idx), "xmask & ymask", TILE)
+                  for name in self.kernel.outputs]
+        body = [f"pid = {pid}", "xtiles = (xnumel + XBLOCK - 1) // XBLOCK",
+                "yoffs = (pid // xtiles) * YBLOCK + tl.arange(0, YBLOCK)[:, None]",
+                "xoffs = (pid % xtiles) * XBLOCK + tl.arange(0, XBLOCK)[None, :]",
+                "ymask = yoffs < ynumel", "xmask = xoffs < xnumel"]
+        return body + live_lines(self.out.scope.lines, stores) + stores
+
     def render(self) -> Rendered:
         k = self.kernel
         pid = "tl.program_id(0).to(tl.int64)" if needs_int64(self.graph, k) else "tl.program_id(0)"
-        body = self.body(pid, "numel")
+        body = self.body(pid, "numel") if self.tiles is None else self.tile_body(self.tiles, pid)
         symbols = size_params(self.graph, k)
-        params = [*self.params(), *symbols, "numel", "BLOCK: tl.constexpr"]
+        extents = ["numel", "BLOCK: tl.constexpr"] if self.tiles is None else [
+            "ynumel", "xnumel", "YBLOCK: tl.constexpr", "XBLOCK: tl.constexpr"]
+        params = [*self.params(), *symbols, *extents]
         return rendered_module(kernel_name(self.graph, k), params, body, [self], self.extras(), symbols)
 
 

@@ -18,6 +18,7 @@ import networkx as nx
 
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
+from fusec.kernels.hints import last_loops
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64, row_count
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
@@ -107,6 +108,7 @@ class ReductionRenderer(Renderer):
         if self.kernel.persistent:
             yield
             return
+        self.loop = 0 if self.loop is None else self.loop + 1  # numbered for the eviction hints
         with self.out.block("for r0 in range(0, rnumel, RBLOCK):"):
             self.out.bind_root("roffs", f"r0 + {self._arange('RBLOCK', reduced=True)}", {"roffs"})
             self.out.emit("rmask = roffs < rnumel")
@@ -342,10 +344,11 @@ class ReductionRenderer(Renderer):
         if k.persistent:
             self.out.emit(f"roffs = {self._arange('RBLOCK', reduced=True)}")
             self.out.emit("rmask = roffs < rnumel")
-        for names in self._passes():
-            self._pass(names)
-        totals = self._after_finals()
+        totals, passes = self._after_finals(), self._passes()
         per_element = [n for n in k.outputs if self._per_element(self.graph[n]) and n not in totals]
+        self.last_loop = {} if k.persistent else last_loops(self.graph, k, [*passes, per_element])
+        for names in passes:
+            self._pass(names)
         stores = []
         for name in k.outputs:
             if name not in per_element and name not in totals:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fusec import sizes
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
+from fusec.kernels.hints import eviction
 from fusec.kernels.indexed import Index, IndexedValues, Value
 from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
 from fusec.kernels.signature import extra_params, param, scalar_params, tensor_params
@@ -165,6 +166,8 @@ class Renderer(IndexedValues):
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
+        self.loop: int | None = None  # the loop over a row last begun (numbered from 0); None before one
+        self.last_loop: dict[str, int] = {}  # input -> the last loop over the row that reads it
 
     def to(self, expr: str, dtype: str) -> str:
         """`to` for this renderer's target."""
@@ -204,7 +207,8 @@ class Renderer(IndexedValues):
         """The index into a view's source that holds the view's element at `idx`."""
         src = self.graph[node.operands()[0]]
         if node.op == "reshape":
-            return self.unravel(self.linearize(idx, node.shape), src.shape)
+            return self.squeeze_index(idx, node.shape, src.shape) or self.unravel(self.linearize(idx, node.shape),
+                                                                                 src.shape)
         if node.op == "permute":
             dims = ["0"] * len(src.shape)
             for out_dim, src_dim in enumerate(node.args[1]):
@@ -227,6 +231,18 @@ class Renderer(IndexedValues):
         if node.op == "alias":
             return idx
         raise NotImplementedError(f"view op {node.op}")
+
+    @staticmethod
+    def squeeze_index(idx: Index, shape: tuple[Size, ...], src: tuple[Size, ...]) -> Index | None:
+        """A reshape that only adds or drops size-1 dims keeps each dim's index (no
+        division: a transposed read stays visible as one); None for any other reshape."""
+        kept, src_kept = [d for d, s in enumerate(shape) if s != 1], [d for d, s in enumerate(src) if s != 1]
+        if [shape[d] for d in kept] != [src[d] for d in src_kept]:
+            return None
+        dims = ["0"] * len(src)
+        for d, e in zip(src_kept, kept):
+            dims[d] = idx.dims[e]
+        return Index(tuple(dims), idx.linear)  # size-1 dims leave the row-major offset as it is
 
     def address(self, idx: Index, node: Node) -> str:
         strides = node.strides or contiguous_strides(node.shape)
@@ -267,12 +283,14 @@ class Renderer(IndexedValues):
             return Value(self.out.let(f"tl.full({self.scalar_shape}, s_{node.name}, {TL_TYPE[dtype]})", "v"), dtype)
         addr = self.address(idx, node)
         mask = self.out.mask(addr)
+        policy = eviction(self.graph, self.kernel, node, self.loop, self.last_loop)
+        hint = f", eviction_policy=\"{policy}\"" if policy else ""
         if mask is None:
             # One element for the whole block: keep it a (broadcastable) block, since the
             # interpreter cannot mix 0-d and block operands in every operator.
-            raw = f"tl.broadcast_to(tl.load({param(node.name)} + {addr}), {self.scalar_shape})"
+            raw = f"tl.broadcast_to(tl.load({param(node.name)} + {addr}{hint}), {self.scalar_shape})"
         else:
-            raw = f"tl.load({param(node.name)} + {addr}, mask={mask}, other=0)"
+            raw = f"tl.load({param(node.name)} + {addr}, mask={mask}, other=0{hint})"
         expr = raw if dtype == node.dtype else f"{raw}.to({TL_TYPE[dtype]})"
         return Value(self.out.let(expr, "v"), dtype)
 

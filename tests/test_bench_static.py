@@ -36,6 +36,7 @@ def test_long_softmax_reads_each_row_twice_with_full_vectors(long_rows):
     assert row.kind == "reduction"
     assert row.registers is not None and row.spills == 0
     assert (row.load_bits, row.store_bits) == (128, 128)
+    assert row.warps == 16  # 4096 of a row a step, 8 values a thread
     # online max and sum, then the write pass: 2 reads + 1 write against 1 + 1
     assert (row.passes, row.bytes_vs_min) == (2, 1.5)
 
@@ -50,8 +51,26 @@ def test_static_flag_prints_and_writes_the_table(tmp_path, capsys):
     path = tmp_path / "static.md"
     assert main(["--static", "--quick", "--workload", "layer_norm", "--markdown", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "| layer_norm | k0 | reduction |" in out
+    assert "| layer_norm | fusec | k0 | reduction |" in out
     assert path.read_text() == out.rstrip("\n") + "\n"
-    row = next(line for line in out.splitlines() if line.startswith("| layer_norm"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[5] == "0" and cells[7] == "128 b" and cells[9] == "1"  # no spills, 128-bit loads, one pass
+    rows = {cells[1]: cells for line in out.splitlines() if line.startswith("| layer_norm")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    ours, inductor = rows["fusec"], rows["inductor"]  # Inductor's kernel, compiled on a faked H100
+    assert ours[6] == "0" and ours[8] == "128 b" and ours[11] == "1"  # no spills, 128-bit loads, one pass
+    assert inductor[2].startswith("triton_") and inductor[8] == "128 b"
+    assert "- layer_norm: launches per call: fusec 1, Inductor 1" in out
+
+
+def test_transposed_read_loads_and_stores_full_vectors_through_a_tile(tmp_path):
+    """y + sigmoid(x.t()) in bfloat16: every global load and store is 128 bits wide (a
+    1-D block loads x as scalars a row apart), the tile's transpose goes through shared
+    memory, as Inductor's 32 x 32 tile does."""
+    [row] = bench_static.static_report(["transpose_add"], torch.bfloat16, "tiny", tmp_path, {"rows": 256, "cols": 512})
+    assert row.kind == "pointwise" and row.spills == 0
+    assert (row.narrowest_load, row.load_bits, row.store_bits) == (128, 128, 128)
+    assert 0 < row.shared <= 32 * 32 * 4
+
+
+def test_narrowest_access_is_read_from_the_ptx():
+    ptx = "ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];\n@%p1 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];"
+    assert bench_static.widest(ptx, "ld", min) == 16

@@ -153,3 +153,20 @@ def test_special_functions_compile_for_sm90(sm90):
     run(lambda x: torch.nextafter(x, -x) + torch.copysign(x, -x) + torch.signbit(x), x)
     run(lambda x: torch.special.i1(x) + torch.atanh(x), x.half())
     assert len(sm90) == 5
+
+
+def test_tiled_transposes_and_eviction_hints_compile_for_sm90(sm90, tmp_path):
+    """2-D tiles over every transposition of a 3-D input, with a broadcast row (evict_last)
+    and a looped row (evict_last, then evict_first), compile for sm_90: the hints reach the PTX."""
+    torch.manual_seed(4)
+    x, b = torch.randn(3, 20, 24), torch.randn(20)
+    for perm in ((0, 2, 1), (2, 1, 0), (1, 2, 0)):
+        y = torch.randn(*[x.shape[p] for p in perm])
+        run(lambda x, y, perm=perm: y + torch.sigmoid(x.permute(*perm)), x, y)
+    run(lambda x, b: x.transpose(1, 2) * b + 1, x, b)
+    assert len(sm90) == 4
+    long_rows = torch.randn(4, 40000)
+    report = check(lambda x: torch.softmax(x, -1), long_rows, kernels=1)
+    graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert "evict_last" in ptx and "evict_first" in ptx

@@ -1,0 +1,37 @@
+"""What a kernel compiled for an H100 (sm_90) is made of, read from its PTX and from
+`ptxas -v`: the widths of its global loads and stores, its registers and spills."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+H100 = (90, 32)  # compute capability, warp size
+_ACCESS = re.compile(r"\b(ld|st)\.global[\w:.]*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+
+
+def widest(ptx: str, op: str, pick: Any = max) -> int:
+    """Bits moved by the widest (or with `pick=min` the narrowest) global `op` ("ld" or "st") in the PTX."""
+    return pick((int(n or 1) * int(bits) for o, n, bits in _ACCESS.findall(ptx) if o == op), default=0)
+
+
+def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
+    """Registers and spill bytes, from `ptxas -v` on the PTX (None when ptxas is missing)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        ptxas = get_ptxas(H100[0]).path
+    except Exception:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "k.ptx")
+        path.write_text(ptx)
+        out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", str(path), "-o", str(path.with_suffix(".cubin"))],
+                             capture_output=True, text=True, check=False)
+    text = out.stdout + out.stderr
+    regs = re.findall(r"Used (\d+) registers", text)
+    spills = re.findall(r"(\d+) bytes spill stores", text)
+    return (int(regs[-1]) if regs else None), (int(spills[-1]) if spills else None)
+
