@@ -127,3 +127,21 @@ def test_bit_ops_eager_refuses_are_refused_with_its_error():
             fn(x)
         with pytest.raises(Exception, match="not implemented for 'Float'"):
             fusec.compile(fn)(x)
+
+
+def test_bit_ops_broadcast_strided_empty_and_in_place():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-(1 << 31), (1 << 31) - 1, (33, 17), generator=g, dtype=torch.int64).to(torch.int32)
+    counts = torch.randint(-3, 40, (17,), generator=g, dtype=torch.int16)
+    check(lambda a, c: [(a.t() >> c[:, None]) ^ a.t(), a << c, ~(a | c)], a, counts, kernels=1, externs=0)
+    empty = torch.zeros(0, 5, dtype=torch.int8)
+    check(lambda e: [e & 3, e << 2], empty)
+
+    def in_place(a, c):
+        a = a.clone()
+        a <<= 3
+        a ^= c
+        a >>= 1
+        return a
+
+    check(in_place, a, counts.to(torch.int32), kernels=1, externs=0)

@@ -182,6 +182,9 @@ def test_what_stays_in_torch_still_equals_eager():
     # eager refuses half-precision erfcx on a CPU: so does the compiled call, with eager's error.
     with pytest.raises(RuntimeError, match="erfcx"):
         fusec.compile(torch.special.erfcx)(x.half())
+    for fn, name in [(torch.special.bessel_y1, "bessel_y1"), (torch.special.airy_ai, "airy_ai")]:
+        with pytest.raises(RuntimeError, match=f"{name}_cpu.*Half"):
+            fusec.compile(fn)(x.half())
 
 
 def test_integers_where_eager_refuses_them():
