@@ -66,7 +66,7 @@ POINTWISE_OPS = frozenset({
     "relu", "clamp", "where", "eq", "ne", "lt", "le", "gt", "ge",
     "logical_and", "logical_or", "logical_not", "logical_xor", "isnan", "isinf",
     "cast", "copy", "full", "fmod", "remainder", "floor_divide", "trunc_divide", "round",
-    "bitcast",
+    "bitcast", "bit_and", "bit_or", "bit_xor", "bit_not", "shift_left", "shift_right",
 })
 # An indirect load: gather(src, dim, index) reads src at positions held in index;
 # cat(*tensors, dim) reads the tensor whose range along dim holds the position;

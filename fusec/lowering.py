@@ -17,6 +17,7 @@ import torch.fx
 
 from fusec import sizes
 from fusec.ir import ITEMSIZE, POINTWISE_OPS, SIZE_DTYPE, Graph, Kind, Node, Ref, kind_of
+from fusec.lowering_bits import BIT_OPS
 from fusec.lowering_index import (
     arange,
     div,
@@ -97,12 +98,6 @@ def _clamp_max(args: tuple, kwargs: dict, val: Any) -> Lowered:
     return ("minimum", tuple(args)) if isinstance(args[1], Ref) else ("clamp", (args[0], None, args[1]))
 
 
-def _bool_only(op: str) -> Handler:
-    def handler(args: tuple, kwargs: dict, val: Any) -> Lowered:
-        return (op, tuple(args)) if val.dtype == torch.bool else None
-    return handler
-
-
 def _to_copy(args: tuple, kwargs: dict, val: Any) -> Lowered:
     if set(kwargs) - {"dtype", "layout", "device", "memory_format", "non_blocking"}:
         return None
@@ -177,8 +172,7 @@ HANDLERS: dict[Any, Handler] = {
     aten.gt: _same("gt"), aten.ge: _same("ge"),
     aten.logical_and: _same("logical_and"), aten.logical_or: _same("logical_or"),
     aten.logical_xor: _same("logical_xor"), aten.logical_not: _same("logical_not"),
-    aten.bitwise_and: _bool_only("logical_and"), aten.bitwise_or: _bool_only("logical_or"),
-    aten.bitwise_xor: _bool_only("logical_xor"), aten.bitwise_not: _bool_only("logical_not"),
+    **BIT_OPS,
     aten._to_copy: _to_copy, prims.convert_element_type: _to_copy, aten.clone: _clone,
     aten.lift_fresh_copy: _clone, aten.full: _full, aten.scalar_tensor: _scalar_tensor,
     aten._unsafe_view: _reshape, aten.reshape: _reshape,

@@ -57,6 +57,27 @@ def logical_and(a, b): return f"(({a} != 0) & ({b} != 0))"
 def logical_or(a, b): return f"(({a} != 0) | ({b} != 0))"
 def logical_xor(a, b): return f"(({a} != 0) ^ ({b} != 0))"
 def logical_not(a): return f"({a} == 0)"
+def bit_and(a, b): return f"({a} & {b})"
+def bit_or(a, b): return f"({a} | {b})"
+def bit_xor(a, b): return f"({a} ^ {b})"
+def bit_not(a): return f"(~{a})"
+
+
+def _past_width(b, bits) -> str:
+    # eager's test: a negative count or one of at least the type's width (C++ leaves those undefined).
+    return f"(({b} < 0) | ({b} >= {bits}))"
+
+
+def shift_left(a, b, bits):
+    """a << b; 0 past the width, as eager."""
+    past = _past_width(b, bits)
+    return f"tl.where({past}, 0, {a} << tl.where({past}, 0, {b}))"
+
+
+def shift_right(a, b, bits):
+    """a >> b, arithmetic for signed types; past the width the sign fills it (-1 or 0), as eager."""
+    past = _past_width(b, bits)
+    return f"tl.where({past}, tl.where({a} < 0, -1, 0), {a} >> tl.where({past}, 0, {b}))"
 def where(c, a, b): return f"tl.where({c}, {a}, {b})"
 def sign(a): return f"tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0)"
 
@@ -193,11 +214,14 @@ OPS: dict[str, Callable[..., str]] = {
     "logical_and": logical_and, "logical_or": logical_or, "logical_not": logical_not,
     "logical_xor": logical_xor, "isnan": isnan, "isinf": isinf, "cast": cast, "copy": copy,
     "full": full, "fmod": fmod, "remainder": remainder, "floor_divide": floor_divide,
-    "trunc_divide": trunc_divide, "round": round_, "bitcast": bitcast,
+    "trunc_divide": trunc_divide, "round": round_, "bitcast": bitcast, "bit_and": bit_and, "bit_or": bit_or,
+    "bit_xor": bit_xor, "bit_not": bit_not, "shift_left": shift_left, "shift_right": shift_right,
 }
 
 # Ops whose result is bool while their operands compute in their own promoted type.
 PREDICATES = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "isnan", "isinf"})
+# Integer bit ops: a Python integer operand may widen Triton's result past the node's type.
+BIT_OPS = frozenset({"bit_and", "bit_or", "bit_xor", "bit_not", "shift_left", "shift_right"})
 # Ops that take a `floating` flag: NaN handling and float-only Triton calls skipped for integers.
 NAN_AWARE = frozenset({"maximum", "minimum", "relu", "clamp", "floor", "ceil", "trunc", "floor_divide",
                        "trunc_divide", "round"})

@@ -19,7 +19,7 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
 from fusec.kernels.hints import eviction
 from fusec.kernels.indexed import Index, IndexedValues, Value
-from fusec.kernels.ops import NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
+from fusec.kernels.ops import BIT_OPS, NAN_AWARE, OPS, PREDICATES, pow_of_scalar, pow_scalar
 from fusec.kernels.signature import extra_params, param, scalar_params, tensor_params
 from fusec.plan import Kernel, LaunchExtra
 from fusec.sizes import Size, source
@@ -148,7 +148,7 @@ def row_count(n: Size, less: float, kind: str = "float", floor: int = 0) -> str:
 
 # Ops whose Triton expression may come out in another type than the node's
 # (integer literals, `where` over scalars); every other op keeps its operands' type.
-_RETYPED = frozenset({"sign", "where", "cast", "pow", "full"})
+_RETYPED = frozenset({"sign", "where", "cast", "pow", "full"}) | BIT_OPS
 _LOGICAL = frozenset({"logical_and", "logical_or", "logical_xor", "logical_not"})
 
 

@@ -1,4 +1,5 @@
-"""log10, tan, sinh, cosh, fmax, fmin and tensor-bounded clamps in generated kernels, special values as eager's."""
+"""log10, tan, sinh, cosh, fmax, fmin, tensor-bounded clamps and integer bit ops in generated kernels,
+special values as eager's."""
 
 from __future__ import annotations
 
@@ -79,3 +80,68 @@ def test_scalar_to_a_tensor_power_keeps_float32_precision(base):
     # Adam's beta ** step; large exponents are where a float32 b * log(base) loses digits.
     t = torch.tensor([0.0, 1.0, 3.0, 17.0, 30.0, 50.0, -20.0, 0.5, float("nan")])
     check(lambda t: torch.pow(base, t) * 1.0, t, kernels=1, externs=0, rtol=1.3e-6, atol=0)
+
+
+INTEGERS = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+def _bits_and_counts(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each type's extremes and small values, and shift counts inside, at and past its width (negative too)."""
+    info = torch.iinfo(dtype)
+    low = -1 if info.min < 0 else 7
+    a = torch.tensor([info.min, info.max, 0, 1, low, 100, 37, 5, info.max // 3, info.min // 2], dtype=dtype)
+    counts = [0, 1, 3, info.bits - 1, info.bits, info.bits + 1, -1 if info.min < 0 else 200, 2, 63 % info.bits,
+              info.max]
+    return a, torch.tensor(counts, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", INTEGERS)
+def test_integer_bit_ops_and_shifts_equal_eager(dtype):
+    a, b = _bits_and_counts(dtype)
+    # Shifts by a negative count or past the width give eager's answer (0, or the sign filled in), not C's.
+    check(lambda a, b: [a & b, a | b, a ^ b, ~a, a << b, a >> b, torch.bitwise_left_shift(a, b),
+                        torch.bitwise_right_shift(a, b), a & 0x5A, a | 3, a ^ -1, a >> 2, a << 5, 3 << b,
+                        -100 >> b, 300 << b], a, b, kernels=1, externs=0)
+
+
+def test_bit_ops_of_mixed_widths_and_bools_promote_as_eager():
+    a, b = torch.arange(-64, 64, 9, dtype=torch.int8), torch.arange(0, 1 << 20, 1 << 16, dtype=torch.int32)[:15]
+    check(lambda a, b: [a & b, a | b, a ^ b, a << (b >> 16), b >> a.abs()], a, b, kernels=1, externs=0)
+    flags, n = torch.tensor([True, False, True]), torch.tensor([3, 6, -1])
+    check(lambda f, n: [f & n, f | n, f ^ n, f & f, ~f, ~n], flags, n, kernels=1, externs=0)
+
+
+def test_bit_ops_fuse_with_their_neighbours():
+    x = torch.randn(64, 33)
+    # Bits of a float (a bitcast), masked and shifted, back to a float; then a reduction: one kernel.
+    check(lambda x: (((x.view(torch.int32) >> 23) & 0xFF) - 127).float().sum(-1), x, kernels=1, externs=0)
+    i = torch.arange(64 * 33, dtype=torch.int64).reshape(64, 33)
+    check(lambda i, x: torch.where(((i * 2654435761) ^ (i << 7)) & 1 == 1, x, -x).relu() + 1, i, x,
+          kernels=1, externs=0)
+
+
+def test_bit_ops_eager_refuses_are_refused_with_its_error():
+    x = torch.randn(4)
+    for fn in (lambda x: x & x, lambda x: x << 2):
+        with pytest.raises(RuntimeError):
+            fn(x)
+        with pytest.raises(Exception, match="not implemented for 'Float'"):
+            fusec.compile(fn)(x)
+
+
+def test_bit_ops_broadcast_strided_empty_and_in_place():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-(1 << 31), (1 << 31) - 1, (33, 17), generator=g, dtype=torch.int64).to(torch.int32)
+    counts = torch.randint(-3, 40, (17,), generator=g, dtype=torch.int16)
+    check(lambda a, c: [(a.t() >> c[:, None]) ^ a.t(), a << c, ~(a | c)], a, counts, kernels=1, externs=0)
+    empty = torch.zeros(0, 5, dtype=torch.int8)
+    check(lambda e: [e & 3, e << 2], empty)
+
+    def in_place(a, c):
+        a = a.clone()
+        a <<= 3
+        a ^= c
+        a >>= 1
+        return a
+
+    check(in_place, a, counts.to(torch.int32), kernels=1, externs=0)

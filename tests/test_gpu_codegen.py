@@ -170,3 +170,13 @@ def test_tiled_transposes_and_eviction_hints_compile_for_sm90(sm90, tmp_path):
     graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
     ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
     assert "evict_last" in ptx and "evict_first" in ptx
+
+
+def test_bessel_airy_and_integer_bit_ops_compile_for_sm90(sm90):
+    x = torch.rand(300) * 40 - 20
+    run(lambda x: torch.special.bessel_j0(x) + torch.special.bessel_y1(x.abs()) + torch.special.airy_ai(x), x)
+    # Shifts and bit ops mix signedness and widths (a uint8 beside int32 counts, negative literals).
+    for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        a, counts = torch.arange(-50, 50).to(dtype), torch.arange(100, dtype=torch.int32) % 70
+        run(lambda a, c: [(a << c) ^ (a >> c), ~a & 0x5A, -100 >> c, a | c], a, counts)
+    assert len(sm90) == 6

@@ -35,7 +35,14 @@ UNARY = {
     "k1": (torch.special.modified_bessel_k1, 2e-6, 1e-6),
     "k0e": (torch.special.scaled_modified_bessel_k0, 2e-6, 1.5e-6),
     "k1e": (torch.special.scaled_modified_bessel_k1, 2e-6, 1e-6),
+    # eager's own Cephes forms in the same float32 steps: as close to eager as rounding allows (their
+    # float32 error near the zeros of J and Y is eager's too: test_bessel_j_y_and_airy_err_as_eager_does).
+    "bessel_j0": (torch.special.bessel_j0, 1e-6, None), "bessel_j1": (torch.special.bessel_j1, 1e-6, None),
+    "bessel_y0": (torch.special.bessel_y0, 1e-6, None), "bessel_y1": (torch.special.bessel_y1, 1e-6, None),
+    "airy_ai": (torch.special.airy_ai, 1e-6, None),
 }
+JY_AIRY = [torch.special.bessel_j0, torch.special.bessel_j1, torch.special.bessel_y0, torch.special.bessel_y1,
+           torch.special.airy_ai]
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
@@ -56,6 +63,24 @@ def test_unary_is_accurate_against_float64(name):
     assert relative.max() < bound, relative.max()
     # Infinities and NaN where the true value has them.
     assert torch.equal(got[~close].isnan(), truth[~close].float().isnan())
+
+
+def test_bessel_j_y_and_airy_at_their_branch_points_and_limits():
+    # J and Y switch forms at 5 and Ai at +-2.09; Y is -inf at 0 and NaN below; Ai is 0 past 103.892, NaN at
+    # +-inf; Ai's series stops at a number of terms that depends on x (eager's loop), up to 10.
+    edges = torch.tensor([4.9999995, 5.0, 5.0000005, 1e-5, 9.9e-6, 2.0899997, 2.09, 2.0900002, -2.0899997, -2.09,
+                          -2.0900002, 8.3203353, 103.89, 103.9, 1e-38, -1e-38, 1e-45, 0.0, -0.0, INF, -INF, NAN])
+    x = torch.cat([edges, torch.linspace(-2.09, 2.09, 1001), torch.logspace(-10, 3, 300), -torch.logspace(-10, 3, 300)])
+    check(lambda x: [f(x) for f in JY_AIRY], x, kernels=1, externs=0, rtol=1e-6, atol=1e-6)
+
+
+def test_bessel_j_y_and_airy_err_as_eager_does():
+    x = torch.cat([torch.rand(2000) * 60, -torch.rand(500) * 60])
+    for f in JY_AIRY:
+        got, eager, truth = fusec.compile(f)(x).double(), f(x).double(), f(x.double())
+        finite = torch.isfinite(truth)
+        ours, theirs = (got - truth).abs()[finite].max(), (eager - truth).abs()[finite].max()
+        assert ours <= theirs * 1.5 + 1e-7, (f, ours, theirs)
 
 
 def test_ndtri_of_tiny_probabilities_keeps_digits():
@@ -132,7 +157,7 @@ def test_integer_inputs_compute_in_the_default_float(dtype):
     fns = [torch.atan, torch.asin, torch.acos, torch.asinh, torch.acosh, torch.atanh, torch.erfc,
            torch.erfinv, torch.lgamma, torch.digamma, torch.special.erfcx, torch.special.log_ndtr,
            lambda x: torch.polygamma(1, x), lambda x: torch.atan2(x, x + 1), torch.i0, torch.special.i1,
-           torch.special.modified_bessel_k0, torch.special.scaled_modified_bessel_k1]
+           torch.special.modified_bessel_k0, torch.special.scaled_modified_bessel_k1, *JY_AIRY]
     check(lambda x: [f(x) for f in fns], x, kernels=1, externs=0)
 
 
@@ -142,6 +167,8 @@ def test_fused_with_neighbours():
           externs=0, rtol=1e-5, atol=1e-4)
     check(lambda x, y: torch.asinh(x * y).relu() + torch.digamma(y.exp()) - torch.hypot(x, y), x, y,
           kernels=1, externs=0)
+    check(lambda x, y: (torch.special.bessel_j0(x * 4) + torch.special.bessel_y1(y.abs() * 9)
+                        - torch.special.airy_ai(x - y)).sum(-1), x, y, kernels=1, externs=0, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.fallback_expected  # these stay in torch, as fusec says
@@ -155,6 +182,9 @@ def test_what_stays_in_torch_still_equals_eager():
     # eager refuses half-precision erfcx on a CPU: so does the compiled call, with eager's error.
     with pytest.raises(RuntimeError, match="erfcx"):
         fusec.compile(torch.special.erfcx)(x.half())
+    for fn, name in [(torch.special.bessel_y1, "bessel_y1"), (torch.special.airy_ai, "airy_ai")]:
+        with pytest.raises(RuntimeError, match=f"{name}_cpu.*Half"):
+            fusec.compile(fn)(x.half())
 
 
 def test_integers_where_eager_refuses_them():
