@@ -1,7 +1,9 @@
 """Pass tests on hand-built graphs: no torch, groups named by node."""
 
 import pickle
+import random
 
+import networkx as nx
 import pytest
 
 from fusec.ir import Graph, Kind, Node, Ref, kind_of
@@ -9,6 +11,7 @@ from fusec.passes import fuse as fuse_module
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
+from fusec.passes.reach import ContractedDag, SetReach
 from fusec.passes.refusal import CODES, Refusal
 from fusec.passes.verify import InvariantError, verify, verify_change
 from tests.graphs import build
@@ -267,11 +270,6 @@ def _traced(fn, log):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_set_reach_stays_exact_as_members_merge(seed):
-    import random
-
-    import networkx as nx
-
-    from fusec.passes.reach import ContractedDag, SetReach
     rng = random.Random(seed)
     dag = nx.DiGraph()
     dag.add_nodes_from(range(40))
