@@ -15,7 +15,7 @@ import math
 import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
-from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
+from fusec.passes.reach import ContractedDag, SetReach, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal, boundary_refusal
 from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
 from fusec.passes.scan_fusion import scan_refusal
@@ -86,15 +86,16 @@ class _Grouping:
                 self.reduced[node.name] = reduction_domain(node, self.graph)
         return [n for n in reductions if self.reduced[n.name] != domain] if domain else []
 
-    def refusal(self, gu: str, gv: str) -> Refusal | None:
-        """Why the groups gu -> gv cannot merge, or None when they can."""
-        reason = self._refusal(gu, gv)
+    def refusal(self, gu: str, gv: str, acyclic: bool = False) -> Refusal | None:
+        """Why the groups gu -> gv cannot merge, or None when they can (`acyclic`: no path
+        of two edges or more joins them, known already)."""
+        reason = self._refusal(gu, gv, acyclic)
         if reason is None and self.graph.hints:
             reason = coincidence(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
         return reason
 
-    def _refusal(self, gu: str, gv: str) -> Refusal | None:
-        through = self.groups.cycle_witness(gu, gv)
+    def _refusal(self, gu: str, gv: str, acyclic: bool) -> Refusal | None:
+        through = None if acyclic else self.groups.cycle_witness(gu, gv)
         if through is not None:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
         if {gu, gv} & self.scanning:
@@ -371,12 +372,15 @@ def _merge_each(state: _Grouping, buckets) -> None:
     """Merge the groups of each bucket into as few groups as the refusals allow."""
     for bucket in buckets:
         groups = list(dict.fromkeys(bucket))
+        if sum(g in state.members for g in groups) >= _SWEPT_BUCKET:
+            _merge_swept(state, groups)
+            continue
         while len(groups) > 1:
             first = groups.pop(0)
             if first not in state.members:
                 continue
             # Siblings far down a chain from `first` are refused for a cycle: one search
-            # finds them all, instead of one search per pair (buckets hold hundreds).
+            # finds them all, instead of one search per pair.
             far: set | None = None
             for other in list(groups):
                 if other not in state.members:
@@ -388,6 +392,35 @@ def _merge_each(state: _Grouping, buckets) -> None:
                     state.merge(other, first)
                     groups.remove(other)
                     far = None
+
+
+# Buckets this large (hundreds of reductions over rows of one shape) keep their members'
+# reachability up to date across merges instead of searching the graph again per merge.
+_SWEPT_BUCKET = 8
+
+
+def _merge_swept(state: _Grouping, groups: list[str]) -> None:
+    """_merge_each's merges for one bucket, the cycle test read from bits: a path between
+    two members that is not a single edge makes a cycle; where one edge joins them, the
+    exact search decides whether another path does too."""
+    reach = SetReach(state.groups, [g for g in groups if g in state.members])
+    dag = state.groups.dag
+    while len(groups) > 1:
+        first = groups.pop(0)
+        if first not in state.members:
+            continue
+        for other in list(groups):
+            if other not in state.members:
+                continue
+            if reach.joined(other, first):
+                if not (dag.has_edge(other, first) or dag.has_edge(first, other)):
+                    continue
+                if state.groups.cycle_witness(other, first) is not None:
+                    continue
+            if state.refusal(other, first, acyclic=True) is None:
+                state.merge(other, first)
+                reach.merge(other, first)
+                groups.remove(other)
 
 
 def _apply(graph: Graph, state: _Grouping, refused: dict[tuple[str, str], Refusal]) -> Graph:

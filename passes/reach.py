@@ -121,3 +121,37 @@ class ContractedDag:
                     stack.append(v)
         return seen
 
+
+
+class SetReach:
+    """Which vertices of a set reach which others, kept exact while they merge with each
+    other: one sweep of the DAG in reverse topological order, then a few bit operations
+    per merge (a path between two members only visits vertices numbered between theirs)."""
+
+    def __init__(self, dags: ContractedDag, members: list) -> None:
+        self.bit = {v: 1 << i for i, v in enumerate(members)}
+        lo, hi = min(dags.order[v] for v in members), max(dags.order[v] for v in members)
+        window = sorted((v for v, o in dags.order.items() if lo <= o <= hi), key=dags.order.__getitem__,
+                        reverse=True)
+        below: dict = {}  # vertex -> bits of the members it reaches
+        for v in window:
+            bits = 0
+            for succ in dags.dag.successors(v):
+                if succ in below:
+                    bits |= below[succ] | self.bit.get(succ, 0)
+            below[v] = bits
+        self.reach = {v: below[v] for v in members}
+
+    def joined(self, a: Vertex, b: Vertex) -> bool:
+        """Whether a path leads from a to b or from b to a."""
+        return bool(self.reach[a] & self.bit[b] or self.reach[b] & self.bit[a])
+
+    def merge(self, gone: Vertex, kept: Vertex) -> None:
+        """Contract `gone` into `kept`: whatever reached either now reaches what either reached."""
+        both = self.bit[gone] | self.bit[kept]
+        merged = (self.reach.pop(gone) | self.reach[kept]) & ~both
+        del self.bit[gone]
+        for v, bits in self.reach.items():
+            if bits & both:
+                self.reach[v] = (bits | merged | self.bit[kept]) & ~(both ^ self.bit[kept])
+        self.reach[kept] = merged

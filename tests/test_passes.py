@@ -1,7 +1,9 @@
 """Pass tests on hand-built graphs: no torch, groups named by node."""
 
 import pickle
+import random
 
+import networkx as nx
 import pytest
 
 from fusec.ir import Graph, Kind, Node, Ref, kind_of
@@ -9,6 +11,7 @@ from fusec.passes import fuse as fuse_module
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
+from fusec.passes.reach import ContractedDag, SetReach
 from fusec.passes.refusal import CODES, Refusal
 from fusec.passes.verify import InvariantError, verify, verify_change
 from tests.graphs import build
@@ -217,3 +220,72 @@ def test_every_refused_edge_has_a_code_tests_and_reports_group_by():
     assert pickle.loads(pickle.dumps(reasons["a", "s"])).code == "extern"  # plans in packages keep it
     with pytest.raises(ValueError, match="unknown refusal code 'nope'"):
         Refusal("nope", "text")
+
+
+def _sum_rows(name: str, src: str) -> Node:
+    return Node(name, "sum", Kind.REDUCTION, (4, 1), "float32", strides=(1, 1), args=(Ref(src), (1,), True),
+                target="aten.sum.dim_IntList")
+
+
+def test_sibling_reductions_merge_by_bits_and_an_edge_asks_the_exact_search(monkeypatch):
+    # Nine sums of x's rows share a kernel: no path joins them, so no search runs. The sum r
+    # reads s0's group by an edge (m -> u) and through cumsum t too: the bits say "joined",
+    # only the exact search can say the edge is not the only path, and it refuses the cycle.
+    g = Graph(name="test")
+    g.add(Node("x", "input", Kind.INPUT, (4, 8), "float32", strides=(8, 1)))
+    for i in range(9):
+        g.add(_sum_rows(f"s{i}", "x"))
+    g.add(Node("m", "mul", Kind.POINTWISE, (4, 8), "float32", strides=(8, 1), args=(Ref("x"), Ref("s0")),
+               target="aten.mul.Tensor"))
+    g.add(Node("t", "cumsum", kind_of("aten.cumsum.default"), (4, 1), "float32", strides=(1, 1),
+               args=(Ref("s0"), 0), target="aten.cumsum.default"))
+    g.add(Node("u", "add", Kind.POINTWISE, (4, 8), "float32", strides=(8, 1), args=(Ref("m"), Ref("t")),
+               target="aten.add.Tensor"))
+    g.add(_sum_rows("r", "u"))
+    g.add(Node("output", "output", Kind.OUTPUT, (), "bool", args=tuple(Ref(n) for n in ["r", "m"] +
+                                                                        [f"s{i}" for i in range(9)])))
+    searched = []
+    witness = fuse_module.ContractedDag.cycle_witness
+
+    def counted(dag, a, b):
+        searched.append({a, b})
+        return witness(dag, a, b)
+    monkeypatch.setattr(fuse_module.ContractedDag, "cycle_witness", counted)
+    monkeypatch.setattr(fuse_module, "_merge_each", _traced(fuse_module._merge_each, searched))
+    out = fuse(g)
+    verify(out)
+    assert {f"s{i}" for i in range(9)} | {"m"} in groups(out)
+    assert out["r"].group != out["s0"].group and out["r"].group == out["u"].group
+    start = searched.index("siblings") + 1
+    siblings = searched[start:searched.index("siblings", start)]  # the reductions' bucket
+    assert siblings == [{"m", "r"}]  # a group's vertex is named by the member it merged into last
+
+
+def _traced(fn, log):
+    def traced(*args):
+        log.append("siblings")
+        return fn(*args)
+    return traced
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_set_reach_stays_exact_as_members_merge(seed):
+    rng = random.Random(seed)
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(40))
+    dag.add_edges_from((u, v) for u in range(40) for v in range(u + 1, 40) if rng.random() < 0.08)
+    members = sorted(rng.sample(range(40), 12))
+    dags = ContractedDag(dag, {v: v for v in dag})
+    reach = SetReach(dags, members)
+    for _ in range(30):
+        live = list(reach.reach)
+        for a in live:
+            for b in live:
+                if a != b:
+                    assert reach.joined(a, b) == (nx.has_path(dags.dag, a, b) or nx.has_path(dags.dag, b, a))
+        if len(live) < 2:
+            break
+        gone, kept = rng.sample(live, 2)
+        if dags.cycle_witness(gone, kept) is None:
+            dags.merge(gone, kept)
+            reach.merge(gone, kept)
