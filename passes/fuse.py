@@ -99,7 +99,8 @@ class _Grouping:
         if through is not None:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
         if {gu, gv} & self.scanning:
-            reason = scan_refusal(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
+            members = [self.node[m] for m in self.members[gu] + self.members[gv]]
+            reason = scan_refusal(self.graph, members, self.position)
             if reason:
                 return reason
         mu, mv = self.matmul(gu), self.matmul(gv)
@@ -173,8 +174,8 @@ class _Grouping:
         ordered = [self.node[m] for m in sorted(members, key=self.position.__getitem__)]
         for out in self.graph.escaping(ordered):
             if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
-                return (f"shapes differ: {_shape(out.shape)} is neither an element nor a row of "
-                        f"the reduction over {_domain_text(domain)}")
+                return Refusal("shapes", f"shapes differ: {_shape(out.shape)} is neither an element nor "
+                                         f"a row of the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
         row_valued = self._reduced_in(ordered)
         for node in ordered:

@@ -3,14 +3,14 @@ of its row, and pointwise work behind it that reads the running value where it w
 
 from __future__ import annotations
 
-import networkx as nx
-
 from fusec.ir import POINTWISE_OPS, Graph, Kind, Node
+from fusec.passes.reach import bounded_descendants
 from fusec.passes.refusal import Refusal
 
 
-def scan_refusal(graph: Graph, members: list[Node]) -> Refusal | None:
-    """Why `members` cannot be one scan kernel (None: they can, or hold no scan)."""
+def scan_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -> Refusal | None:
+    """Why `members` cannot be one scan kernel (None: they can, or hold no scan); `position`
+    is a topological order of the graph's nodes."""
     scans = [m for m in members if m.kind is Kind.SCAN]
     if not scans:
         return None
@@ -18,7 +18,8 @@ def scan_refusal(graph: Graph, members: list[Node]) -> Refusal | None:
         return Refusal("scan", f"scans {scans[0].name} and {scans[1].name} would share a kernel")
     scan = scans[0]
     names = {m.name for m in members}
-    after = nx.descendants(graph.nx, scan.name) & names
+    # A member the scan reaches comes before the last member in topological order: the search stops there.
+    after = bounded_descendants(graph.nx, position, scan.name, max(position[n] for n in names)) & names
     for node in members:
         if node.kind in (Kind.REDUCTION, Kind.MATMUL):
             return Refusal("scan", f"a scan ({scan.name}) and a {node.kind.value} ({node.name}) do not share a kernel")

@@ -80,3 +80,11 @@ def test_edges_carry_the_refusal_code():
     codes = {e["code"] for e in data["edges"]}
     assert "matmul-reduction" in codes or "library-matmul" in codes, data["edges"]
     assert all(e["code"] in CODES for e in data["edges"])
+
+
+def test_an_output_neither_per_element_nor_per_row_is_refused_as_shapes():
+    # A slice of a row-wise result: its 3 columns are neither the rows' 8 elements nor one per row.
+    torch._dynamo.reset()
+    data = fusec.inspect(lambda x: (x - x.amax(-1, keepdim=True))[:, :3], torch.randn(4, 8)).to_dict()
+    (edge,) = [e for e in data["edges"] if "neither an element nor a row" in e["reason"]]
+    assert edge["code"] == "shapes", edge
