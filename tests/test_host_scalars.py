@@ -28,6 +28,7 @@ from fusec.lowering import Unsupported
 from fusec.options import Options
 from fusec.plan import does_work
 from tests.eager import assert_ran, check
+from tests.optim_steps import set_grads, small_model, stepped
 
 
 def adam_like(p, g, m, step, lr):
@@ -161,17 +162,6 @@ def test_training_with_host_scalars_equals_eager(scalars_on_host):
     assert all(any(n.host for n in g.graph) for g in report.graphs)
 
 
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-
-
-def _grads(model: torch.nn.Module, step: int) -> None:
-    generator = torch.Generator().manual_seed(step)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=generator).to(p.device)
-
-
 def _adam(cls, model: torch.nn.Module, foreach: bool | None, lr) -> torch.optim.Optimizer:
     # The foreach path takes a tensor lr only when capturable (the step counts then live with the
     # parameters: on a CPU, 0-dim CPU tensors all the same).
@@ -181,17 +171,9 @@ def _adam(cls, model: torch.nn.Module, foreach: bool | None, lr) -> torch.optim.
 
 def _five_steps(cls, foreach: bool | None, lr, device: str = "cpu"):
     """Eager and compiled optimizers stepped 5 times under a scheduler; the compiled step."""
-    eager_model, model = _model().to(device), _model().to(device)
+    eager_model, model = small_model().to(device), small_model().to(device)
     eager_opt, opt = _adam(cls, eager_model, foreach, 0.05), _adam(cls, model, foreach, lr)
-    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7) for o in (eager_opt, opt)]
-    step = fusec.compile(opt.step)
-    for i in range(5):
-        _grads(eager_model, i)
-        _grads(model, i)
-        eager_opt.step()
-        step()
-        for scheduler in schedulers:
-            scheduler.step()
+    *_, step = stepped(eager_model, model, eager_opt, opt, 5)
     for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
         for key, value in eager_opt.state[q].items():
@@ -234,20 +216,20 @@ def test_adamw_with_a_cpu_lr_tensor_on_a_gpu(foreach):
 def test_adamw_stepped_eagerly_first_keeps_cpu_step_counts_working_on_a_gpu(foreach):
     # Stepped eagerly once, the state holds CPU step counts (capturable=False) when compiling
     # (Dynamo may move them to the parameters' GPU: either way the step equals eager's).
-    model = _model().cuda()
+    model = small_model().cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=0.05, foreach=foreach)
-    _grads(model, 0)
+    set_grads(model, 0)
     opt.step()
     assert all(s["step"].is_cpu for s in opt.state.values())
     eager = {k: v.clone() for k, v in model.state_dict().items()}
-    reference = _model().cuda()
+    reference = small_model().cuda()
     reference.load_state_dict(eager)
     ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05, foreach=foreach)
     ref_opt.load_state_dict(opt.state_dict())
     step = fusec.compile(opt.step)
     for i in range(1, 4):
-        _grads(model, i)
-        _grads(reference, i)
+        set_grads(model, i)
+        set_grads(reference, i)
         step()
         ref_opt.step()
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):

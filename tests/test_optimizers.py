@@ -13,6 +13,7 @@ import torch
 import fusec
 from fusec.stores import in_place, stores
 from tests.eager import assert_ran, check
+from tests.optim_steps import set_grads, small_model, stepped
 
 OPTIMIZERS = {
     "sgd_momentum": (torch.optim.SGD, dict(momentum=0.9)),
@@ -23,11 +24,6 @@ OPTIMIZERS = {
     "adagrad": (torch.optim.Adagrad, dict(lr_decay=0.01)),
 }
 STEPS = 5
-
-
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
 
 
 def _optimizer(name: str, model: torch.nn.Module, foreach: bool | None, compiled: bool) -> torch.optim.Optimizer:
@@ -41,28 +37,14 @@ def _optimizer(name: str, model: torch.nn.Module, foreach: bool | None, compiled
     return cls(model.parameters(), lr=0.05, foreach=foreach, **kwargs)
 
 
-def _grads(model: torch.nn.Module, step: int) -> None:
-    generator = torch.Generator().manual_seed(step)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=generator)
-
-
 @pytest.mark.parametrize("foreach", [True, None], ids=["foreach", "default"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_compiled_step_equals_eager_with_a_scheduler(name, foreach):
-    eager_model, model = _model(), _model()
+    eager_model, model = small_model(), small_model()
     eager_opt = _optimizer(name, eager_model, foreach, compiled=False)
     opt = _optimizer(name, model, foreach, compiled=True)
-    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7) for o in (eager_opt, opt)]
-    step = fusec.compile(opt.step)
     graphs_after = []
-    for i in range(STEPS):
-        _grads(eager_model, i)
-        _grads(model, i)
-        eager_opt.step()
-        step()
-        for scheduler in schedulers:
-            scheduler.step()
+    for step in stepped(eager_model, model, eager_opt, opt, STEPS):
         graphs_after.append(len(fusec.report_of(step).graphs))
     for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
@@ -85,11 +67,11 @@ def test_compiled_step_equals_eager_with_a_scheduler(name, foreach):
 
 
 def test_compiled_step_writes_into_the_parameters_own_storage():
-    model = _model()
+    model = small_model()
     opt = _optimizer("adamw", model, True, compiled=True)
     pointers = [p.data_ptr() for p in model.parameters()]
     before = [p.detach().clone() for p in model.parameters()]
-    _grads(model, 0)
+    set_grads(model, 0)
     step = fusec.compile(opt.step)
     step()
     assert [p.data_ptr() for p in model.parameters()] == pointers
@@ -105,11 +87,11 @@ def test_a_scalar_to_a_tensor_power_is_generated():
 
 
 def test_a_float_lr_is_said_to_recompile_each_new_value(caplog):
-    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    opt = torch.optim.SGD(small_model().parameters(), lr=0.1)
     with caplog.at_level("WARNING", logger="fusec"):
         fusec.compile(opt.step)
     assert "lr=torch.tensor" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="fusec"):
-        fusec.compile(torch.optim.SGD(_model().parameters(), lr=torch.tensor(0.1)).step)
+        fusec.compile(torch.optim.SGD(small_model().parameters(), lr=torch.tensor(0.1)).step)
     assert not caplog.text
