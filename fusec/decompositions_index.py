@@ -28,7 +28,7 @@ def index(x, indices):
         return NotImplemented
     dim = present[0]
     idx = indices[dim]
-    if idx.dtype not in _INDEX_DTYPES or idx.dim() != 1 or x.numel() == 0:
+    if idx.dim() != 1 or x.numel() == 0:
         return NotImplemented
     # Negative positions count from the end, as in eager; past either end the gather flags it.
     size = x.shape[dim]

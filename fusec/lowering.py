@@ -71,8 +71,8 @@ def _pow(args: tuple, kwargs: dict, val: Any) -> Lowered:
         # A positive scalar to a tensor power (an optimizer's beta ** step): exp(b * log(base)).
         positive = isinstance(args[0], int | float) and not isinstance(args[0], bool) and 0 < args[0] != 1
         return ("pow", tuple(args)) if positive and val.dtype.is_floating_point else None
-    if isinstance(args[0], Ref) and (val.dtype.is_floating_point or (
-            not isinstance(args[1], Ref | bool | float) and 0 <= args[1] <= 16)):
+    if val.dtype.is_floating_point or (
+            not isinstance(args[1], Ref | bool | float) and 0 <= args[1] <= 16):
         return ("pow", tuple(args))
     return None
 

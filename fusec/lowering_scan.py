@@ -27,7 +27,7 @@ def scan(combine: str) -> Callable:
 
 
 def _flip_dim(graph: Graph, name: str, dims: Any) -> int | None:
-    """The one dim a flip reverses (None: not one dim, or a size-1 dim's no-op)."""
+    """The one dim a flip reverses (None: it reverses several, or its dims are not given as integers)."""
     if not isinstance(dims, list | tuple) or len(dims) != 1 or not isinstance(dims[0], int):
         return None
     return dims[0] % len(graph[name].shape)

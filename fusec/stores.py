@@ -15,7 +15,7 @@ import networkx as nx
 import torch
 import torch.fx
 
-from fusec.ir import INDEXING_OPS, Graph, Kind, Ref
+from fusec.ir import INDEXING_OPS, Graph, Kind, iter_refs
 from fusec.plan import Kernel, KernelKind, Plan
 
 STORES = "stores"  # the output node's kwarg: ((Ref(new value), input name), ...)
@@ -45,7 +45,7 @@ def in_place(plan: Plan) -> dict[str, str]:
     writes it.
     """
     graph = plan.graph
-    returned = {ref.name for ref in _refs(graph.output.args)}
+    returned = {ref.name for ref in iter_refs(graph.output.args)}
     producer = {o: k for k in plan.kernels for o in k.outputs}
     one_stream = all(s.stream == 0 for s in plan.steps)
     claimed: set[str] = set()
@@ -61,14 +61,6 @@ def in_place(plan: Plan) -> dict[str, str]:
             direct[src] = dst
             claimed.add(src)
     return direct
-
-
-def _refs(value: object) -> list[Ref]:
-    if isinstance(value, Ref):
-        return [value]
-    if isinstance(value, tuple | list):
-        return [r for v in value for r in _refs(v)]
-    return []
 
 
 def _same_layout(graph: Graph, src: str, dst: str) -> bool:

@@ -40,6 +40,7 @@ def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
     planned = [g for g in graphs if g.plan is not None and g.fallback is None]  # what runs
     kernels = sum(len(g.plan.kernels) for g in planned)
     externs = sum(counts_as_extern(s, g) for g in planned for s in g.plan.externs)
+    counts = [store_counts(g.plan) for g in planned]  # (in place, copied) per graph
     decided = [g.streams for g in planned if g.streams is not None]
     return {
         "nodes": sum(len(g.graph.op_nodes()) for g in planned),
@@ -63,8 +64,8 @@ def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
         # torch calls on host scalars (0-dim CPU tensors of a GPU graph): on the CPU, no launch
         "host_ops": sum(host_ops(g.plan) for g in planned),
         # new values of the inputs a graph mutates: written by their kernel, or copied in at the end
-        "stores_in_place": sum(store_counts(g.plan)[0] for g in planned),
-        "stores_copied": sum(store_counts(g.plan)[1] for g in planned),
+        "stores_in_place": sum(in_place for in_place, _ in counts),
+        "stores_copied": sum(copied for _, copied in counts),
     }
 
 
