@@ -18,8 +18,7 @@ from fusec import sizes
 from fusec.device import device_model
 from fusec.execution import INTERPRETER, TORCH, TRITON, announce, execution_mode
 from fusec.ir import Graph
-from fusec.kernels.compile import load_kernel
-from fusec.kernels.kinds import ROWS_VARIANT, persistent_for, render
+from fusec.kernels.kinds import persistent_for, render
 from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.precompile import precompile
 from fusec.launcher import DTYPES, symbol_sources
@@ -204,9 +203,6 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     interpret = record.execution == INTERPRETER
     try:
         kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
-        for k in record.plan.all_kernels():  # a reduction's persistent variant, where it has one
-            if k.rows_fn:
-                kernels[k.id + ROWS_VARIANT] = load_kernel(k.source, k.rows_fn, interpret, options.cache_dir)
     except Exception as exc:
         if options.strict:
             raise

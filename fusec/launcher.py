@@ -114,7 +114,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     direct = in_place(plan) if result is None else {}
     code = replace(code, reuse={new: old for new, old in reuse.items() if new not in direct}, in_place=direct)
     run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
-    static = [k for k in plan.all_kernels() if k.id not in code.extents]
+    static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
     code = replace(code, fresh=fresh_buffers(run, code.in_place, code.reuse),
                    vouched=inputs_taken(static, code.in_place, inputs))
     written = {dst for _, dst in into_inputs}  # inputs stay named until their store

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fusec.kernels.compile import interpreter, load_kernel
+from fusec.kernels.kinds import ROWS_VARIANT
 from fusec.plan import Kernel
 
 MAX_WORKERS = 8
@@ -28,10 +29,13 @@ def default_workers(n_kernels: int) -> int:
 
 def load_kernels(kernels: Sequence[Kernel], interpret: bool, cache_dir: Path,
                  workers: int | None = None) -> dict[str, Any]:
-    """Each kernel's id -> its loaded @triton.jit function, loaded by `workers` threads
-    (default: one per core, at most MAX_WORKERS). Identical sources load once."""
+    """Each kernel's id -> its loaded @triton.jit function (and `id + ROWS_VARIANT` -> its
+    rows-in-registers entry, where it has one), loaded by `workers` threads (default: one per
+    core, at most MAX_WORKERS). Identical sources load once."""
     workers = default_workers(len(kernels)) if workers is None else workers
-    unique = {(k.source, k.fn_name): k for k in kernels}
+    entries = {k.id: (k.source, k.fn_name) for k in kernels}
+    entries |= {k.id + ROWS_VARIANT: (k.source, k.rows_fn) for k in kernels if k.rows_fn}
+    unique = set(entries.values())
     # The interpreter switch is process-wide: set it once around all loads, so every
     # thread's own set-and-restore finds (and leaves) the value it wants.
     with interpreter(interpret):
@@ -41,4 +45,4 @@ def load_kernels(kernels: Sequence[Kernel], interpret: bool, cache_dir: Path,
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fusec-load") as pool:
                 futures = {key: pool.submit(load_kernel, *key, interpret, cache_dir) for key in unique}
                 loaded = {key: future.result() for key, future in futures.items()}
-    return {k.id: loaded[k.source, k.fn_name] for k in kernels}
+    return {name: loaded[key] for name, key in entries.items()}

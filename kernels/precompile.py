@@ -30,7 +30,7 @@ from typing import Any
 
 from triton.runtime.jit import MockTensor
 
-from fusec.ir import Graph
+from fusec.ir import FLOAT_DTYPES, Graph
 from fusec.kernels.call import KernelCall
 from fusec.kernels.dtypes import compute_dtype
 from fusec.plan import Kernel
@@ -45,7 +45,8 @@ _INT32 = ("p_bad_index", "p_ticket")  # the bounds flag and a final reduction's 
 def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], sizes: Iterable[int],
                      constants: Mapping[str, Any], tensor: Callable[[str], Any]) -> dict[str, Any]:
     """Each parameter of the kernel by name, as its launch passes it: `tensor(dtype)` for a pointer
-    (fusec's IR dtype name), the seed's class, the bound sizes in order, then the constants."""
+    (fusec's IR dtype name), the seed's class, a host scalar's type, the bound sizes in order, then
+    the constants."""
     sizes = list(sizes)
     out: dict[str, Any] = {}
     for name in arg_names:
@@ -59,6 +60,8 @@ def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], siz
             out[name] = tensor(graph[name.removeprefix("p_")].dtype)
         elif name == "seed":
             out[name] = SEED
+        elif name.startswith("s_"):  # a host scalar: unspecialized, any value of its type
+            out[name] = 1.0 if compute_dtype(graph[name.removeprefix("s_")].dtype) in FLOAT_DTYPES else 1
         else:
             out[name] = sizes.pop(0)
     if sizes:
