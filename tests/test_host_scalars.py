@@ -20,9 +20,11 @@ from torch.optim.adamw import adamw
 
 import fusec
 from fusec import lowering_host
-from fusec.compiler import plan_graph
+from fusec.compiler import plan_graph, rendered
 from fusec.cudagraphs import refusal
 from fusec.decompositions import DECOMPOSITIONS
+from fusec.kernels.kinds import static_launch, static_size_args
+from fusec.kernels.precompile import warmup_arguments
 from fusec.launcher import launcher_source
 from fusec.lowering import Unsupported
 from fusec.options import Options
@@ -131,6 +133,15 @@ def test_every_kernel_kind_reads_host_scalars_as_arguments(scalars_on_host):
     assert len(read) == 3 and all(graph.graph[p[2:]].host for p in read), read
     sources = "".join(k.source for k in graph.plan.kernels)
     assert all(f": tl.{t}" in sources for t in ("float32", "int64", "float64"))
+    # Compiling ahead of the first launch on a GPU passes each scalar a value of its type.
+    planned = graph.plan.graph
+    for kernel in graph.plan.kernels:
+        gpu = rendered(planned, kernel, interpret=False)
+        constants = static_launch(planned, gpu, False).constants
+        named = warmup_arguments(planned, gpu, gpu.params, static_size_args(planned, gpu), constants, str)
+        assert list(named) == list(gpu.params)
+        scalars = {n: named[n] for n in gpu.params if n.startswith("s_")}
+        assert all(isinstance(v, float) == (graph.graph[n[2:]].dtype != "int64") for n, v in scalars.items()), scalars
 
 
 class Scaled(torch.nn.Module):
