@@ -9,10 +9,11 @@ count as aligned, as the allocator's buffers are), the very sizes and constants 
 first real launch computes, so that launch compiles nothing. Triton's on-disk cache
 (`TRITON_CACHE_DIR`) keeps the binaries for the next process.
 
-Threads, not processes: a warmed-up binary must land in this process's JIT cache (a process
-pool would fill only Triton's disk cache, to be read back here). What threads gain depends on
-how much of a compile runs without the GIL (ptxas does, as a subprocess); compiling for sm_90
-on a busy 2-core CPU they gained little, and lost nothing.
+Where there are enough kernels and cores (`compile_mode`), the kernels compile in worker
+processes first (`compile_pool`: Triton's compile holds the GIL, so threads of one process
+barely overlap), into Triton's disk cache under the key this process's JIT computes; the
+warmup here then reads each binary back instead of compiling it. Otherwise they compile here,
+on threads or one after the other.
 
 This is an optimisation only: a kernel that cannot be warmed up (an argument it takes
 that the plan does not describe, a Triton without `warmup`) is logged at debug level
@@ -22,15 +23,19 @@ are known only per call, always do.
 
 from __future__ import annotations
 
+import linecache
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+import triton
+from triton.runtime import driver
 from triton.runtime.jit import MockTensor
 
 from fusec.ir import FLOAT_DTYPES, Graph
+from fusec.kernels import compile_pool
 from fusec.kernels.call import KernelCall
 from fusec.kernels.dtypes import compute_dtype
 from fusec.plan import Kernel
@@ -38,6 +43,8 @@ from fusec.plan import Kernel
 log = logging.getLogger("fusec")
 
 MAX_WORKERS = 8
+POOL_MIN_KERNELS = 4
+POOL_MIN_CPUS = 4
 SEED = 2**31  # the class of every seed the runtime draws (>= 2**31: a 64-bit integer)
 _INT32 = ("p_bad_index", "p_ticket")  # the bounds flag and a final reduction's ticket counter
 
@@ -69,28 +76,101 @@ def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], siz
     return out
 
 
+def compile_mode(functions: int, cpus: int) -> str:
+    """How to compile `functions` kernel functions on `cpus` cores: `serial`, `threads` or `processes`.
+    A worker process costs about half a second to start and a core to run; below
+    POOL_MIN_KERNELS kernels or POOL_MIN_CPUS cores it does not pay (measured: bench/README.md)."""
+    if functions < 2 or cpus < 2:
+        return "serial"
+    if functions >= POOL_MIN_KERNELS and cpus >= POOL_MIN_CPUS:
+        return "processes"
+    return "threads"
+
+
 def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel], dtypes: Mapping[str, Any],
-               workers: int | None = None) -> dict[str, Any]:
-    """Compile each static kernel's launch in `calls` (kernel id -> its call) on `workers` threads;
-    kernel id -> its compiled binary, for those that compiled (the others compile when launched).
-    `dtypes` maps fusec's dtype names to the framework's (what a mock tensor carries)."""
+               workers: int | None = None, mode: str | None = None) -> dict[str, Any]:
+    """Compile each static kernel's launch in `calls` (kernel id -> its call); kernel id -> its compiled
+    binary, for those that compiled (the others compile when launched). `dtypes` maps fusec's dtype
+    names to the framework's (what a mock tensor carries); `workers` caps the threads or processes,
+    `mode` overrides `compile_mode`."""
     todo = [(k, calls[k.id]) for k in kernels if k.numel and isinstance(calls.get(k.id), KernelCall)]
     # Launches of one function go to one thread: Triton builds a function's per-device cache on first use.
     by_function: dict[int, list] = {}
     for kernel, call in todo:
         by_function.setdefault(id(call.fn), []).append((kernel, call))
     groups = list(by_function.values())
-    workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(groups))) if workers is None else workers
+    cpus = _cpus()
+    mode = mode or compile_mode(len(groups), cpus)
+    workers = max(1, min(MAX_WORKERS, cpus)) if workers is None else workers
+    if mode == "processes":
+        _compile_in_workers(todo, graph, dtypes, workers)
 
     def compile_group(group: list) -> list[tuple[str, Any]]:
         return [(kernel.id, _warm(graph, kernel, call, dtypes)) for kernel, call in group]
 
-    if workers <= 1 or len(groups) <= 1:
+    if mode != "threads" or workers <= 1 or len(groups) <= 1:
         done = [pair for group in groups for pair in compile_group(group)]
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fusec-compile") as pool:
+        with ThreadPoolExecutor(max_workers=min(workers, len(groups)), thread_name_prefix="fusec-compile") as pool:
             done = [pair for pairs in pool.map(compile_group, groups) for pair in pairs]
     return {kid: binary for kid, binary in done if binary is not None}
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _compile_in_workers(todo: list, graph: Graph, dtypes: Mapping[str, Any], workers: int) -> None:
+    """Compile every kernel of `todo` in the worker processes, into Triton's disk cache; returns
+    when all are done. A kernel a worker did not compile is compiled here, by the warmup after."""
+    try:
+        environment = _environment()
+        pool = compile_pool.shared_pool(workers)
+    except Exception as exc:
+        log.debug("fusec: no compile workers (%s: %s); kernels compile in this process", type(exc).__name__, exc)
+        return
+    futures = {}
+    for kernel, call in todo:
+        try:
+            futures[pool.submit(_job(graph, kernel, call, dtypes, environment))] = kernel.id
+        except Exception as exc:
+            log.debug("fusec: %s not sent to a compile worker (%s: %s)", kernel.id, type(exc).__name__, exc)
+    for future in as_completed(futures):
+        if future.exception() is not None:
+            log.debug("fusec: a compile worker did not compile %s (%s); it compiles in this process",
+                      futures[future], future.exception())
+
+
+def _environment() -> dict[str, Any]:
+    """What a worker needs to compile as this process would: its GPU target, and the
+    environment Triton's cache key reads, with the cache folder this process uses."""
+    target = driver.active.get_current_target()
+    return {"target": (target.backend, target.arch, target.warp_size),
+            "env": {**os.environ, "TRITON_CACHE_DIR": triton.knobs.cache.dir}}
+
+
+def _job(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any], environment: dict) -> dict[str, Any]:
+    """One kernel's warmup as a worker runs it: its module's source and the same arguments."""
+    fn = call.fn.fn
+    filename = fn.__code__.co_filename
+    source = "".join(linecache.getlines(filename))
+    if not source:
+        raise LookupError(f"no source for {filename}")
+    launch = call.launch
+    named = warmup_arguments(graph, kernel, call.fn.arg_names, call.sizes, launch.constants,
+                             lambda dtype: _Pointer(str(dtypes[dtype])))
+    return {"source": source, "filename": filename, "module": fn.__module__, "fn_name": fn.__name__,
+            "values": {n: v for n, v in named.items() if not isinstance(v, _Pointer)},
+            "pointers": {n: v.dtype for n, v in named.items() if isinstance(v, _Pointer)},
+            "grid": tuple(launch.grid), "num_warps": launch.num_warps, **environment}
+
+
+class _Pointer:
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
 
 
 def _warm(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any]) -> Any:

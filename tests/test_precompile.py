@@ -58,7 +58,7 @@ def sm90_jit(monkeypatch, tmp_path):
     driver._active = saved
 
 
-def _recorded_launches(monkeypatch, model, args) -> tuple:
+def _recorded_launches(model, args) -> tuple:
     """Run `model` on the interpreter; each kernel's graph, plan kernel and the arguments it was launched with."""
     launched: dict[str, tuple] = {}
     launch = KernelCall.__call__
@@ -67,13 +67,13 @@ def _recorded_launches(monkeypatch, model, args) -> tuple:
         launched.setdefault(self.name, given)
         return launch(self, *given)
 
-    monkeypatch.setattr(KernelCall, "__call__", record)
     torch._dynamo.reset()
-    compiled = fusec.compile(model)
-    with torch.no_grad():
-        compiled(*args)
+    with pytest.MonkeyPatch.context() as patch:  # its own: the test's (TRITON_CACHE_DIR) stays
+        patch.setattr(KernelCall, "__call__", record)
+        compiled = fusec.compile(model)
+        with torch.no_grad():
+            compiled(*args)
     graph = fusec.report_of(compiled).graphs[0]
-    monkeypatch.undo()
     return graph.plan.graph, [k for k in graph.plan.all_kernels() if k.id in launched], launched
 
 
@@ -87,15 +87,8 @@ def _gpu_calls(graph, kernels, folder) -> dict[str, KernelCall]:
     return calls
 
 
-@pytest.mark.parametrize("name", ["transformer", "pointwise"])
-def test_first_launch_finds_the_precompiled_binary(sm90_jit, monkeypatch, name):
-    model, args = build(name)
-    graph, kernels, launched = _recorded_launches(monkeypatch, model, args)
-    assert kernels
-    calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
-    binaries = precompile(calls, graph, kernels, DTYPES, workers=2)
-    assert set(binaries) == {k.id for k in kernels}
-    assert all(b.metadata.target.arch == 90 for b in binaries.values())
+def _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries) -> None:
+    """Each kernel's first launch, with the arguments the runtime passed it, finds its binary: no compile."""
     for kernel in kernels:
         call = calls[kernel.id]
 
@@ -109,9 +102,21 @@ def test_first_launch_finds_the_precompiled_binary(sm90_jit, monkeypatch, name):
         assert found is binaries[kernel.id]
 
 
+@pytest.mark.parametrize("name", ["transformer", "pointwise"])
+def test_first_launch_finds_the_precompiled_binary(sm90_jit, monkeypatch, name):
+    model, args = build(name)
+    graph, kernels, launched = _recorded_launches(model, args)
+    assert kernels
+    calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
+    binaries = precompile(calls, graph, kernels, DTYPES, workers=2, mode="threads")
+    assert set(binaries) == {k.id for k in kernels}
+    assert all(b.metadata.target.arch == 90 for b in binaries.values())
+    _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries)
+
+
 def test_a_kernel_that_cannot_be_warmed_up_compiles_at_launch_as_before(sm90_jit, monkeypatch, caplog):
     model, args = build("pointwise")
-    graph, kernels, _ = _recorded_launches(monkeypatch, model, args)
+    graph, kernels, _ = _recorded_launches(model, args)
     calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
     broken = kernels[0]
     calls[broken.id].sizes = (*calls[broken.id].sizes, 7)  # one argument more than the kernel takes

@@ -1,0 +1,149 @@
+"""Kernels compiled in worker processes: on a CPU, with Triton's JIT pointed at an sm_90 target, a
+worker's binary is a disk-cache hit for this process's own warmup (the keys match), a worker that
+fails or dies costs only time, the pool is reused by later graphs and stopped at exit, and no
+worker starts where nothing is compiled for a GPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+
+import fusec
+from fusec.examples import build
+from fusec.kernels import compile as compile_module
+from fusec.kernels import compile_pool
+from fusec.kernels import precompile as precompile_module
+from fusec.kernels.precompile import compile_mode, precompile
+from fusec.launcher import DTYPES
+from tests.test_precompile import _assert_first_launches_find, _gpu_calls, _recorded_launches
+from tests.test_precompile import sm90_jit as sm90_jit  # a fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fresh_pool():
+    compile_pool.shutdown()
+    yield
+    compile_pool.shutdown()
+
+
+def _listen(monkeypatch) -> list[bool]:
+    """Whether each compile Triton's JIT asks for in this process from now on finds its binary on disk."""
+    events: list[bool] = []
+    monkeypatch.setattr(triton.knobs.compilation, "listener", lambda **info: events.append(info["cache_hit"]))
+    return events
+
+
+def _plan(monkeypatch, tmp_path, name="pointwise"):
+    """A model's graph, kernels, their recorded launches and calls compiling for the GPU, each call
+    a fresh JIT function (not one an earlier test compiled: its binaries stay in memory)."""
+    graph, kernels, launched = _recorded_launches(*build(name))
+    assert kernels
+    monkeypatch.setattr(compile_module, "_LOADED", {})
+    return graph, kernels, launched, _gpu_calls(graph, kernels, tmp_path / "fusec")
+
+
+def test_a_kernel_a_worker_compiled_is_a_cache_hit_here(sm90_jit, monkeypatch, fresh_pool):
+    graph, kernels, launched, calls = _plan(monkeypatch, sm90_jit)
+    compiles = _listen(monkeypatch)
+    binaries = precompile(calls, graph, kernels, DTYPES, workers=2, mode="processes")
+    assert set(binaries) == {k.id for k in kernels}
+    assert all(b.metadata.target.arch == 90 for b in binaries.values())
+    assert compiles == [True] * len(kernels)  # every binary read back from what the workers wrote
+    _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries)
+
+
+def test_the_pool_is_reused_by_later_graphs(sm90_jit, monkeypatch, fresh_pool):
+    graph, kernels, _, calls = _plan(monkeypatch, sm90_jit)
+    compiles = _listen(monkeypatch)
+    precompile(calls, graph, kernels, DTYPES, workers=2, mode="processes")
+    pool = compile_pool.shared_pool(2)
+    processes = list(pool._processes)
+    assert pool.started == len(processes) == 2
+    graph, more, _, calls = _plan(monkeypatch, sm90_jit, "transformer")
+    again = _listen(monkeypatch)
+    assert len(precompile(calls, graph, more, DTYPES, workers=2, mode="processes")) == len(more)
+    assert compile_pool.shared_pool(2) is pool and pool._processes == processes
+    assert all(p.poll() is None for p in processes)  # still running, between graphs
+    assert compiles == [True] * len(kernels) and again == [True] * len(more)
+
+
+def _sabotage(monkeypatch, kernel_id: str, source: str) -> None:
+    """The job of `kernel_id` carries `source` instead of its kernel's."""
+    job = precompile_module._job
+
+    def sabotaged(graph, kernel, *rest):
+        made = job(graph, kernel, *rest)
+        return {**made, "source": source} if kernel.id == kernel_id else made
+    monkeypatch.setattr(precompile_module, "_job", sabotaged)
+
+
+@pytest.mark.parametrize("source, why", [("raise RuntimeError('no kernel here')", "RuntimeError: no kernel here"),
+                                         ("import os\nos._exit(3)", "the compile worker died")])
+def test_a_kernel_no_worker_compiled_compiles_here(sm90_jit, monkeypatch, fresh_pool, caplog, source, why):
+    graph, kernels, launched, calls = _plan(monkeypatch, sm90_jit, "mlp")
+    assert len(kernels) > 1
+    compiles = _listen(monkeypatch)
+    caplog.clear()
+    victim = kernels[0]
+    _sabotage(monkeypatch, victim.id, source)
+    with caplog.at_level(logging.DEBUG, logger="fusec"):
+        binaries = precompile(calls, graph, kernels, DTYPES, workers=1, mode="processes")
+    assert set(binaries) == {k.id for k in kernels}
+    assert compiles.count(False) == 1 and compiles.count(True) == len(kernels) - 1  # the victim compiled here
+    assert f"a compile worker did not compile {victim.id}" in caplog.text and why in caplog.text
+    assert not [r for r in caplog.records if r.levelno > logging.DEBUG]
+    _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries)
+    if "died" in why:  # the next job went to a worker started in its place
+        assert compile_pool.shared_pool(1).started == 2
+
+
+_EXIT_WITH_A_POOL = textwrap.dedent("""
+    import atexit, json
+    from fusec.kernels import compile_pool
+    workers = []
+    # Registered first, so it runs after the pool's own exit handler.
+    atexit.register(lambda: print(json.dumps([w.poll() for w in workers])))
+    pool = compile_pool.shared_pool(2)
+    assert "WorkerFailed" in repr(pool.submit({}).exception(timeout=120))  # a job that is no job: a worker ran it
+    workers.extend(pool._processes)
+""")
+
+
+def test_workers_stop_when_the_process_exits(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", _EXIT_WITH_A_POOL], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    codes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert codes == [0, 0]  # both workers had exited when the process ended
+
+
+@pytest.mark.parametrize("cpu", ["interpret", "torch"])
+def test_no_worker_starts_where_no_kernel_is_compiled_for_a_gpu(monkeypatch, fresh_pool, cpu):
+    def no_pool(workers):
+        raise AssertionError("a compile pool was started")
+    monkeypatch.setattr(compile_pool, "shared_pool", no_pool)
+    model, args = build("pointwise")
+    compiled = fusec.compile(model, cpu=cpu)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*args), model(*args))
+    assert fusec.report_of(compiled).graphs[0].plan is not None
+    assert compile_pool._POOL is None
+
+
+def test_processes_only_for_enough_kernels_and_cores():
+    assert compile_mode(1, 64) == "serial" and compile_mode(20, 1) == "serial"
+    assert compile_mode(3, 2) == "threads" and compile_mode(20, 2) == "threads"
+    assert compile_mode(precompile_module.POOL_MIN_KERNELS, precompile_module.POOL_MIN_CPUS) == "processes"
+    assert compile_mode(precompile_module.POOL_MIN_KERNELS - 1, 64) == "threads"
