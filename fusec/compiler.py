@@ -215,7 +215,8 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
                              strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs,
                              on_broken=lambda reason: record.runs_through_torch(reason, gm))
     if record.execution == TRITON:  # compiled now, in parallel, not one by one at their first launch
-        precompile(record.runtime.calls, record.runtime.exact, record.plan.all_kernels(), DTYPES)
+        # Not waited for where worker processes compile them: the next graph is planned meanwhile.
+        precompile(record.runtime.calls, record.runtime.exact, record.plan.all_kernels(), DTYPES, wait=False)
     return record.runtime
 
 

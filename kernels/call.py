@@ -23,6 +23,7 @@ import triton
 from fusec.kernels.launch import Launch
 
 _knobs = getattr(getattr(triton, "knobs", None), "runtime", None)
+_FUTURE = getattr(triton, "FutureKernel", ())  # what the JIT files for a compile still running
 
 # Triton's interpreter keeps the running program's grid index and its patched `tl` in
 # module globals: two interpreted launches at once would read each other's program ids.
@@ -108,6 +109,8 @@ class KernelCall:
         """Through Triton's JIT: compiles on first sight of a specialization; returns the binary."""
         launch = self.launch
         binary = self.fn[launch.grid](*args, *self.sizes, **launch.constants, num_warps=launch.num_warps)
+        if isinstance(binary, _FUTURE):  # compiled in the background (kernels/precompile.py): now done
+            binary = binary.result()
         if self.tail is None and not self.interpret:
             self.tail = self._tail(len(args))
         return binary

@@ -136,6 +136,7 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 _POOL: CompilePool | None = None
 _POOL_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set while the process's pool is being shut down
 
 
 def shared_pool(workers: int) -> CompilePool:
@@ -154,7 +155,16 @@ def shutdown() -> None:
     with _POOL_LOCK:
         pool, _POOL = _POOL, None
     if pool is not None:
-        pool.shutdown()
+        _STOPPING.set()
+        try:
+            pool.shutdown()
+        finally:
+            _STOPPING.clear()
+
+
+def stopping() -> bool:
+    """Whether the process's pool is being shut down (its unfinished jobs fail: not worth compiling)."""
+    return _STOPPING.is_set()
 
 
 # ---- the worker's side: this file run as a script ----

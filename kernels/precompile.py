@@ -23,11 +23,12 @@ are known only per call, always do.
 
 from __future__ import annotations
 
+import contextvars
 import linecache
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import triton
@@ -88,11 +89,12 @@ def compile_mode(functions: int, cpus: int) -> str:
 
 
 def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel], dtypes: Mapping[str, Any],
-               workers: int | None = None, mode: str | None = None) -> dict[str, Any]:
+               workers: int | None = None, mode: str | None = None, wait: bool = True) -> dict[str, Any]:
     """Compile each static kernel's launch in `calls` (kernel id -> its call); kernel id -> its compiled
     binary, for those that compiled (the others compile when launched). `dtypes` maps fusec's dtype
     names to the framework's (what a mock tensor carries); `workers` caps the threads or processes,
-    `mode` overrides `compile_mode`."""
+    `mode` overrides `compile_mode`. With `wait=False`, kernels going to worker processes are not
+    waited for: each binary is then Triton's FutureKernel, which its first launch waits for."""
     todo = [(k, calls[k.id]) for k in kernels if k.numel and isinstance(calls.get(k.id), KernelCall)]
     # Launches of one function go to one thread: Triton builds a function's per-device cache on first use.
     by_function: dict[int, list] = {}
@@ -103,7 +105,11 @@ def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel]
     mode = mode or compile_mode(len(groups), cpus)
     workers = max(1, min(MAX_WORKERS, cpus)) if workers is None else workers
     if mode == "processes":
-        _compile_in_workers(todo, graph, dtypes, workers)
+        compiling = _compile_in_workers(todo, graph, dtypes, workers)
+        later = None if wait or not compiling else _warm_when_compiled(todo, graph, dtypes, compiling)
+        if later is not None:
+            return later
+        _wait(compiling)
 
     def compile_group(group: list) -> list[tuple[str, Any]]:
         return [(kernel.id, _warm(graph, kernel, call, dtypes)) for kernel, call in group]
@@ -123,25 +129,90 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _compile_in_workers(todo: list, graph: Graph, dtypes: Mapping[str, Any], workers: int) -> None:
-    """Compile every kernel of `todo` in the worker processes, into Triton's disk cache; returns
-    when all are done. A kernel a worker did not compile is compiled here, by the warmup after."""
+def _compile_in_workers(todo: list, graph: Graph, dtypes: Mapping[str, Any], workers: int) -> dict[str, Future]:
+    """Send every kernel of `todo` to the worker processes, which compile it into Triton's disk
+    cache; kernel id -> the future of its compile. A kernel no worker compiles is compiled here,
+    by the warmup that follows."""
     try:
         environment = _environment()
         pool = compile_pool.shared_pool(workers)
     except Exception as exc:
         log.debug("fusec: no compile workers (%s: %s); kernels compile in this process", type(exc).__name__, exc)
-        return
+        return {}
     futures = {}
     for kernel, call in todo:
         try:
-            futures[pool.submit(_job(graph, kernel, call, dtypes, environment))] = kernel.id
+            futures[kernel.id] = pool.submit(_job(graph, kernel, call, dtypes, environment))
         except Exception as exc:
             log.debug("fusec: %s not sent to a compile worker (%s: %s)", kernel.id, type(exc).__name__, exc)
-    for future in as_completed(futures):
-        if future.exception() is not None:
-            log.debug("fusec: a compile worker did not compile %s (%s); it compiles in this process",
-                      futures[future], future.exception())
+    return futures
+
+
+def _wait(compiling: Mapping[str, Future]) -> None:
+    for kernel_id, future in compiling.items():
+        _log_failure(kernel_id, future)
+
+
+def _log_failure(kernel_id: str, future: Future) -> None:
+    if future.exception() is not None:
+        log.debug("fusec: a compile worker did not compile %s (%s); it compiles in this process",
+                  kernel_id, future.exception())
+
+
+class _AfterWorker(Executor):
+    """Runs each compile Triton's JIT hands it once the worker compiling that kernel (`worker`, set
+    before each warmup) is done: the binary is then read back from the disk cache."""
+
+    worker: tuple[str, Future] | None = None
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        out: Future = Future()
+
+        def compile_here(_: Any = None) -> None:
+            try:
+                out.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # the kernel's first launch raises it, as its own compile would
+                out.set_exception(exc)
+
+        def when_compiled(done: Future) -> None:
+            if compile_pool.stopping():  # exiting: no compile for kernels that will not run
+                out.set_exception(compile_pool.WorkerFailed("the compile pool was shut down"))
+                return
+            _log_failure(kernel_id, done)
+            compile_here()
+
+        if self.worker is None:
+            compile_here()
+        else:
+            kernel_id, future = self.worker
+            future.add_done_callback(when_compiled)
+        return out
+
+
+def _warm_when_compiled(todo: list, graph: Graph, dtypes: Mapping[str, Any],
+                        compiling: Mapping[str, Future]) -> dict[str, Any] | None:
+    """Warm up each kernel under Triton's AsyncCompileMode: the JIT files a FutureKernel in its cache
+    and returns at once, its compile runs when the worker's is done, and the kernel's first launch
+    waits for it. None where that mode is missing (older Triton) or already active."""
+    if not hasattr(triton, "AsyncCompileMode"):
+        return None
+    executor = _AfterWorker()
+    async_mode = triton.AsyncCompileMode(executor)
+
+    def warm_all() -> dict[str, Any]:
+        async_mode.__enter__()  # in a copy of this context, left there: its exit waits for every compile
+        warmed = {}
+        for kernel, call in todo:
+            executor.worker = (kernel.id, compiling[kernel.id]) if kernel.id in compiling else None
+            warmed[kernel.id] = _warm(graph, kernel, call, dtypes)
+        return warmed
+
+    try:
+        warmed = contextvars.copy_context().run(warm_all)
+    except RuntimeError as exc:
+        log.debug("fusec: kernels waited for as they compile (%s)", exc)
+        return None
+    return {kid: binary for kid, binary in warmed.items() if binary is not None}
 
 
 def _environment() -> dict[str, Any]:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ from fusec.examples import build
 from fusec.kernels import compile as compile_module
 from fusec.kernels import compile_pool
 from fusec.kernels import precompile as precompile_module
+from fusec.kernels.call import KernelCall
+from fusec.kernels.launch import Launch
 from fusec.kernels.precompile import compile_mode, precompile
 from fusec.launcher import DTYPES
 from tests.test_precompile import _assert_first_launches_find, _gpu_calls, _recorded_launches
@@ -70,7 +72,7 @@ def test_the_pool_is_reused_by_later_graphs(sm90_jit, monkeypatch, fresh_pool):
     pool = compile_pool.shared_pool(2)
     processes = list(pool._processes)
     assert pool.started == len(processes) == 2
-    graph, more, _, calls = _plan(monkeypatch, sm90_jit, "transformer")
+    graph, more, _, calls = _plan(monkeypatch, sm90_jit, "mlp")
     again = _listen(monkeypatch)
     assert len(precompile(calls, graph, more, DTYPES, workers=2, mode="processes")) == len(more)
     assert compile_pool.shared_pool(2) is pool and pool._processes == processes
@@ -88,9 +90,10 @@ def _sabotage(monkeypatch, kernel_id: str, source: str) -> None:
     monkeypatch.setattr(precompile_module, "_job", sabotaged)
 
 
-@pytest.mark.parametrize("source, why", [("raise RuntimeError('no kernel here')", "RuntimeError: no kernel here"),
-                                         ("import os\nos._exit(3)", "the compile worker died")])
-def test_a_kernel_no_worker_compiled_compiles_here(sm90_jit, monkeypatch, fresh_pool, caplog, source, why):
+@pytest.mark.parametrize("source, why, wait", [
+    ("raise RuntimeError('no kernel here')", "RuntimeError: no kernel here", False),
+    ("import os\nos._exit(3)", "the compile worker died", True)])
+def test_a_kernel_no_worker_compiled_compiles_here(sm90_jit, monkeypatch, fresh_pool, caplog, source, why, wait):
     graph, kernels, launched, calls = _plan(monkeypatch, sm90_jit, "mlp")
     assert len(kernels) > 1
     compiles = _listen(monkeypatch)
@@ -98,19 +101,37 @@ def test_a_kernel_no_worker_compiled_compiles_here(sm90_jit, monkeypatch, fresh_
     victim = kernels[0]
     _sabotage(monkeypatch, victim.id, source)
     with caplog.at_level(logging.DEBUG, logger="fusec"):
-        binaries = precompile(calls, graph, kernels, DTYPES, workers=1, mode="processes")
-    assert set(binaries) == {k.id for k in kernels}
+        binaries = precompile(calls, graph, kernels, DTYPES, workers=1, mode="processes", wait=wait)
+        _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries)
+        compiled = [b.result() if isinstance(b, triton.FutureKernel) else b for b in binaries.values()]
+    assert set(binaries) == {k.id for k in kernels} and all(b.metadata.target.arch == 90 for b in compiled)
     assert compiles.count(False) == 1 and compiles.count(True) == len(kernels) - 1  # the victim compiled here
     assert f"a compile worker did not compile {victim.id}" in caplog.text and why in caplog.text
     assert not [r for r in caplog.records if r.levelno > logging.DEBUG]
-    _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries)
     if "died" in why:  # the next job went to a worker started in its place
         assert compile_pool.shared_pool(1).started == 2
 
 
+def test_the_first_launch_of_a_kernel_compiled_in_the_background_keeps_the_binary():
+    class Function:  # a JIT function whose launch returns the future of a compile, done
+        arg_names = ["p_x", "n"]
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: future
+
+    binary = object()
+    done: Future = Future()
+    done.set_result(binary)
+    future = triton.FutureKernel(lambda kernel: None, lambda kernel: None, done)
+    call = KernelCall(Function(), Launch(grid=(1,), num_warps=4, constants={}), (8,), interpret=False, loaded=1)
+    assert call._dispatch((torch.empty(8),)) is binary
+
+
 _EXIT_WITH_A_POOL = textwrap.dedent("""
-    import atexit, json
-    from fusec.kernels import compile_pool
+    import atexit, importlib.util, json, sys
+    spec = importlib.util.spec_from_file_location("compile_pool", sys.argv[1])  # without torch: quicker
+    compile_pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compile_pool)
     workers = []
     # Registered first, so it runs after the pool's own exit handler.
     atexit.register(lambda: print(json.dumps([w.poll() for w in workers])))
@@ -121,9 +142,8 @@ _EXIT_WITH_A_POOL = textwrap.dedent("""
 
 
 def test_workers_stop_when_the_process_exits(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", _EXIT_WITH_A_POOL], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-c", _EXIT_WITH_A_POOL, str(ROOT / "kernels" / "compile_pool.py")],
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     codes = json.loads(done.stdout.strip().splitlines()[-1])
     assert codes == [0, 0]  # both workers had exited when the process ended
@@ -147,3 +167,16 @@ def test_processes_only_for_enough_kernels_and_cores():
     assert compile_mode(3, 2) == "threads" and compile_mode(20, 2) == "threads"
     assert compile_mode(precompile_module.POOL_MIN_KERNELS, precompile_module.POOL_MIN_CPUS) == "processes"
     assert compile_mode(precompile_module.POOL_MIN_KERNELS - 1, 64) == "threads"
+
+
+def test_a_graph_does_not_wait_for_its_workers_its_first_launch_does(sm90_jit, monkeypatch, fresh_pool):
+    graph, kernels, launched, calls = _plan(monkeypatch, sm90_jit, "mlp")
+    compiles = _listen(monkeypatch)
+    pending = precompile(calls, graph, kernels, DTYPES, workers=2, mode="processes", wait=False)
+    assert set(pending) == {k.id for k in kernels}
+    assert all(isinstance(p, triton.FutureKernel) for p in pending.values())
+    assert any(p.kernel is None for p in pending.values())  # returned while the workers were compiling
+    # The first launch finds what the JIT filed, and waits for it (KernelCall._dispatch: `result()`).
+    _assert_first_launches_find(monkeypatch, calls, kernels, launched, pending)
+    assert all(p.result().metadata.target.arch == 90 for p in pending.values())
+    assert compiles == [True] * len(kernels)  # read back from the workers' binaries, none compiled here
