@@ -85,12 +85,19 @@ class CompilePool:
             if self._closed:
                 return
             self._closed = True
+        self._fail_queued()  # first: the feeders would take every job queued before their stop
         for _ in self._threads:
             self._jobs.put(_STOP)
         for thread in self._threads:
             thread.join(timeout=30)
-        while not self._jobs.empty():
-            item = self._jobs.get()
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
             if item is not _STOP:
                 item[1].set_exception(WorkerFailed("the compile pool was shut down"))
 
@@ -128,7 +135,7 @@ def _stop(process: subprocess.Popen | None) -> None:
     with contextlib.suppress(OSError):
         process.stdin.close()  # the worker's loop ends at the end of its input
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=5)  # an idle worker exits at once; a busy one is stopped mid-compile
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -137,6 +144,16 @@ def _stop(process: subprocess.Popen | None) -> None:
 _POOL: CompilePool | None = None
 _POOL_LOCK = threading.Lock()
 _STOPPING = threading.Event()  # set while the process's pool is being shut down
+
+
+def _forget_in_child() -> None:
+    # A forked child has the pool's queue but not its threads (nor, maybe, a free lock): it starts its own.
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def shared_pool(workers: int) -> CompilePool:
@@ -241,6 +258,7 @@ def _main() -> None:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a compiler prints must not corrupt the replies
+    import triton.compiler  # noqa: F401  (imported while the parent plans, not at the first job)
     with os.fdopen(0, "rb") as jobs, replies:
         _serve(jobs, replies)
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -180,3 +182,17 @@ def test_a_graph_does_not_wait_for_its_workers_its_first_launch_does(sm90_jit, m
     _assert_first_launches_find(monkeypatch, calls, kernels, launched, pending)
     assert all(p.result().metadata.target.arch == 90 for p in pending.values())
     assert compiles == [True] * len(kernels)  # read back from the workers' binaries, none compiled here
+
+
+def test_shutting_down_fails_the_queued_jobs_without_running_them():
+    slow = {"source": "import time\ntime.sleep(1)", "filename": "<slow>", "module": "slow", "fn_name": "missing",
+            "env": dict(os.environ), "target": ("cuda", 90, 32), "values": {}, "pointers": {}, "grid": (1,),
+            "num_warps": 4}
+    pool = compile_pool.CompilePool(1)
+    futures = [pool.submit(slow) for _ in range(6)]
+    assert "missing" in str(futures[0].exception(timeout=120))  # ran: the module has no such kernel
+    started = time.perf_counter()
+    pool.shutdown()
+    assert time.perf_counter() - started < 4  # at most the job in hand ran on, not the 4 or 5 queued
+    failed = [f for f in futures if "shut down" in str(f.exception(timeout=0))]
+    assert len(failed) >= 3 and all(p.poll() is not None for p in pool._processes)
