@@ -13,7 +13,9 @@ Where there are enough kernels and cores (`compile_mode`), the kernels compile i
 processes first (`compile_pool`: Triton's compile holds the GIL, so threads of one process
 barely overlap), into Triton's disk cache under the key this process's JIT computes; the
 warmup here then reads each binary back instead of compiling it. Otherwise they compile here,
-on threads or one after the other.
+on threads or one after the other. `fusec.compile` does not wait for the workers: under
+Triton's AsyncCompileMode each warmup files a FutureKernel in the JIT's cache and returns, the
+next graph is planned meanwhile, and a kernel's first launch waits for its binary.
 
 This is an optimisation only: a kernel that cannot be warmed up (an argument it takes
 that the plan does not describe, a Triton without `warmup`) is logged at debug level
