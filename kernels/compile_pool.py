@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 _HEADER = struct.Struct("<Q")  # each message: its length, then the pickled object
 _STOP = None  # the job that stops a feeder thread and its worker
+MAX_DEATHS = 3
 
 
 class WorkerFailed(RuntimeError):
@@ -57,6 +58,8 @@ def _receive(pipe: BinaryIO) -> Any:
 
 class CompilePool:
     """`workers` processes, started at once, fed by one thread each from a shared queue of jobs."""
+
+    command = (sys.executable, __file__)  # a worker: this file run as a script
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -102,7 +105,7 @@ class CompilePool:
                 item[1].set_exception(WorkerFailed("the compile pool was shut down"))
 
     def _start_worker(self) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, close_fds=True)
         with self._lock:
             self.started += 1
@@ -110,18 +113,26 @@ class CompilePool:
         return process
 
     def _feed(self) -> None:
-        process: subprocess.Popen | None = self._start_worker()  # at once: it imports while the first jobs come
+        process = None
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            process = self._start_worker()  # at once: it imports Triton while the first jobs come
+        deaths = 0  # in a row: past MAX_DEATHS, no worker is started again and jobs fail at once
         while (item := self._jobs.get()) is not _STOP:
             job, future = item
+            if deaths >= MAX_DEATHS:
+                future.set_exception(WorkerFailed(f"the compile workers died {deaths} times in a row"))
+                continue
             try:
-                process = process if process is not None and process.poll() is None else self._start_worker()
+                if process is None or process.poll() is not None:
+                    process = self._start_worker()
                 _send(process.stdin, job)
                 status, value = _receive(process.stdout)
-            except (OSError, EOFError, pickle.PickleError) as exc:
+            except Exception as exc:  # it could not start, the job does not pickle, or it died
                 _stop(process)
-                process = None
+                process, deaths = None, deaths + 1
                 future.set_exception(WorkerFailed(f"the compile worker died ({type(exc).__name__}: {exc})"))
                 continue
+            deaths = 0
             if status == "ok":
                 future.set_result(value)
             else:

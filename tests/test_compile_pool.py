@@ -196,3 +196,14 @@ def test_shutting_down_fails_the_queued_jobs_without_running_them():
     assert time.perf_counter() - started < 4  # at most the job in hand ran on, not the 4 or 5 queued
     failed = [f for f in futures if "shut down" in str(f.exception(timeout=0))]
     assert len(failed) >= 3 and all(p.poll() is not None for p in pool._processes)
+
+
+def test_workers_that_keep_dying_are_given_up():
+    class Dying(compile_pool.CompilePool):
+        command = (sys.executable, "-c", "")  # a worker that exits at once
+
+    pool = Dying(1)
+    errors = [str(pool.submit({}).exception(timeout=120)) for _ in range(compile_pool.MAX_DEATHS + 2)]
+    pool.shutdown()
+    assert all("died" in e for e in errors) and pool.started <= compile_pool.MAX_DEATHS + 1
+    assert all("in a row" in e for e in errors[-2:])  # no worker started for these
