@@ -56,6 +56,8 @@ def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], siz
             out[name] = tensor(compute_dtype(graph[name.removeprefix("p_partial_")].dtype))
         elif name in _INT32:
             out[name] = tensor("int32")
+        elif name == "p_split":  # a split row's partials
+            out[name] = tensor("float32")
         elif name.startswith("p_"):
             out[name] = tensor(graph[name.removeprefix("p_")].dtype)
         elif name == "seed":
@@ -72,18 +74,19 @@ def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], siz
 def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel], dtypes: Mapping[str, Any],
                workers: int | None = None) -> dict[str, Any]:
     """Compile each static kernel's launch in `calls` (kernel id -> its call) on `workers` threads;
-    kernel id -> its compiled binary, for those that compiled (the others compile when launched).
-    `dtypes` maps fusec's dtype names to the framework's (what a mock tensor carries)."""
-    todo = [(k, calls[k.id]) for k in kernels if k.numel and isinstance(calls.get(k.id), KernelCall)]
+    kernel id -> its compiled binary, for those that compiled (the others compile when launched);
+    a split row's second launch as `id/2`. `dtypes` maps fusec's dtype names to the framework's
+    (what a mock tensor carries)."""
+    todo = [(k, call, name) for k in kernels if k.numel for name, call in _launches(k.id, calls.get(k.id))]
     # Launches of one function go to one thread: Triton builds a function's per-device cache on first use.
     by_function: dict[int, list] = {}
-    for kernel, call in todo:
-        by_function.setdefault(id(call.fn), []).append((kernel, call))
+    for kernel, call, name in todo:
+        by_function.setdefault(id(call.fn), []).append((kernel, call, name))
     groups = list(by_function.values())
     workers = max(1, min(MAX_WORKERS, os.cpu_count() or 1, len(groups))) if workers is None else workers
 
     def compile_group(group: list) -> list[tuple[str, Any]]:
-        return [(kernel.id, _warm(graph, kernel, call, dtypes)) for kernel, call in group]
+        return [(name, _warm(graph, kernel, call, dtypes)) for kernel, call, name in group]
 
     if workers <= 1 or len(groups) <= 1:
         done = [pair for group in groups for pair in compile_group(group)]
@@ -91,6 +94,14 @@ def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fusec-compile") as pool:
             done = [pair for pairs in pool.map(compile_group, groups) for pair in pairs]
     return {kid: binary for kid, binary in done if binary is not None}
+
+
+def _launches(kernel_id: str, call: Any) -> list[tuple[str, KernelCall]]:
+    """The static launches of a kernel's call: itself, or a split row's two stages."""
+    if isinstance(call, KernelCall):
+        return [(kernel_id, call)]
+    stages = getattr(call, "stages", ())
+    return [(kernel_id + ("/2" if i else ""), stage) for i, stage in enumerate(stages)]
 
 
 def _warm(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any]) -> Any:
