@@ -100,9 +100,13 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path, stage: int = 0) 
     gpu = rendered(graph, kernel, interpret=False)
     launch = gpu_launches(graph, gpu)[stage]
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
-    types, hints = signature(graph, gpu, fn, launch.constants)
-    source = ASTSource(fn, types, dict(launch.constants), attrs=hints)
-    return triton_compile(source, target=GPUTarget("cuda", *H100), options={"num_warps": launch.num_warps})
+    constants = {n: v for n, v in launch.constants.items() if n in fn.arg_names}
+    types, hints = signature(graph, gpu, fn, constants)
+    source = ASTSource(fn, types, constants, attrs=hints)
+    # The rest are compile options; a kernel asserting on the device is compiled with debug on, as its JIT asks.
+    options = {n: v for n, v in launch.constants.items() if n not in constants}
+    options |= {"num_warps": launch.num_warps, "debug": bool(fn.debug)}
+    return triton_compile(source, target=GPUTarget("cuda", *H100), options=options)
 
 
 def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:

@@ -137,7 +137,17 @@ def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: 
               persistent: bool | None = None) -> Launch:
     """Blocks, grid and warps for these extents (`persistent`: a reduction's variant, if not its own)."""
     persistent = kernel.persistent if persistent is None else persistent
-    return KINDS[kernel.kind].launch(graph, kernel, values, interpret, persistent)
+    return with_options(kernel, KINDS[kernel.kind].launch(graph, kernel, values, interpret, persistent))
+
+
+def with_options(kernel: Kernel, launch: Launch) -> Launch:
+    """A kernel checking its indices on the device is compiled with Triton's debug on, which
+    keeps its asserts; the launch turns off what debug also adds, an overflow check on every
+    32-bit integer add, subtract and multiply (+42% PTX instructions in embedding + layer_norm).
+    Compile options travel with the constants: the launch passes both as keywords."""
+    if not kernel.asserts:
+        return launch
+    return replace(launch, constants={**launch.constants, "sanitize_overflow": False})
 
 
 def static_launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
@@ -181,4 +191,5 @@ def split_launch(graph: Graph, kernel: Kernel, interpret: bool) -> SplitLaunch |
     rows, length = extents(graph, kernel)
     split = row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
     first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows, length), interpret)
+    first, second = with_options(kernel, first), with_options(kernel, second)
     return SplitLaunch(first, second, partial_count(graph, kernel) * rows * split.split)

@@ -58,10 +58,13 @@ def sm90(monkeypatch, tmp_path):
         launches = bench_static.gpu_launches(graph, gpu)
         fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=tmp_path)
         types, _ = bench_static.signature(graph, gpu, fn, launches[0].constants)
-        # A row split on the GPU takes its partials; here it may run whole (or split, taking them too).
-        plain = [n for n in fn.arg_names if n not in launches[0].constants
-                 and (n != SPLIT_PARAM or SPLIT_PARAM in self.fn.arg_names)]
-        assert [types[n] for n in plain] == [_signature(a) for a in [*args, *self.sizes]], kernel.id
+        # Every argument the interpreter's kernel takes here, by name, has the type the GPU's takes. Their
+        # parameters differ in two: a row split on the GPU takes its partials (here it may run whole), and a
+        # GPU gather checks its indices on the device where the interpreter's sets the bounds flag.
+        given = dict(zip(self.fn.arg_names, [*args, *self.sizes], strict=False))
+        plain = [n for n in fn.arg_names if n not in launches[0].constants]
+        assert set(plain) ^ set(given) <= {SPLIT_PARAM, "p_bad_index"}, kernel.id
+        assert {n: types[n] for n in plain if n in given} == {n: _signature(given[n]) for n in plain if n in given}
         for stage in range(len(launches)):
             binary = bench_static.compile_sm90(graph, kernel, tmp_path, stage)
             assert binary.metadata.shared <= SHARED_LIMIT, (kernel.id, binary.metadata.shared)
