@@ -134,9 +134,11 @@ def split_launches(rows: int, rnumel: int, split: Split, write_pass: bool, inter
     groups = whole.grid[0]
     constants = {**whole.constants, "CHUNK": split.chunk, "SPLIT": split.split}
     first = Launch((groups, split.chunks), {**constants, "STAGE": 1}, whole.num_warps)
-    second = Launch((groups, split.chunks) if write_pass else (groups, 1), {**constants, "STAGE": 2},
-                    whole.num_warps)
-    return first, second
+    if write_pass:
+        return first, Launch((groups, split.chunks), {**constants, "STAGE": 2}, whole.num_warps)
+    # Only the partials to combine: a warp per 256 of them.
+    warps = 1 if interpret else _warps(constants["XBLOCK"] * split.split, 16)
+    return first, Launch((groups, 1), {**constants, "STAGE": 2}, warps)
 
 
 def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:
