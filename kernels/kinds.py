@@ -190,6 +190,6 @@ def split_launch(graph: Graph, kernel: Kernel, interpret: bool) -> SplitLaunch |
         return None
     rows, length = extents(graph, kernel)
     split = row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
-    first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows, length), interpret)
+    first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows), interpret)
     first, second = with_options(kernel, first), with_options(kernel, second)
     return SplitLaunch(first, second, partial_count(graph, kernel) * rows * split.split)

@@ -115,8 +115,8 @@ def row_split(rows: int, rnumel: int, persistent: bool, inner: bool, interpret: 
     SM's threads). None: one program per row group."""
     if persistent or not inner or (interpret and not SPLIT_IN_INTERPRETER):
         return None
-    if not isinstance(rows, int) or not isinstance(rnumel, int):
-        return None
+    if not isinstance(rows, int) or not isinstance(rnumel, int) or rnumel >= 2**31:
+        return None  # a symbolic size is split never; chunk offsets are 32-bit
     rblock = reduction_launch(rows, rnumel, persistent, inner, interpret).constants["RBLOCK"]
     if rows >= 2 * SMS or rnumel <= 2 * rblock:
         return None

@@ -10,6 +10,8 @@ rows' values, and where outputs are per element each program writes its own chun
 
 from __future__ import annotations
 
+import networkx as nx
+
 from fusec.ir import Graph, Kind, Node
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.indexed import Value
@@ -42,9 +44,11 @@ def partial_count(graph: Graph, kernel: Kernel) -> int:
                if graph[n].kind is Kind.REDUCTION and n not in kernel.finals)
 
 
-def writes_elements(graph: Graph, kernel: Kernel, rows: int, rnumel: int) -> bool:
-    """Whether an output is per element (then stage 2 has a program per chunk too)."""
-    return any(graph[o].numel == rows * rnumel != rows for o in kernel.outputs)
+def writes_elements(graph: Graph, kernel: Kernel, rows: int) -> bool:
+    """Whether an output is per element, as the renderer tells them (not one a row, nor computed
+    from a total over all rows): then stage 2 has a program per chunk too, to write it."""
+    later = set(kernel.finals).union(*(nx.descendants(graph.nx, f) for f in kernel.finals))
+    return any(graph[o].numel != rows and o not in later for o in kernel.outputs)
 
 
 class SplitRows:
