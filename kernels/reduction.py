@@ -6,7 +6,8 @@ shape), or broadcast operands. A row that fits one block stays in registers
 once). A longer row loops, in as few passes as the reductions' dependencies
 allow: reductions that do not read each other share a pass, softmax's sum of
 exp(x - max) is kept online (rescaled as the running max grows) in the max's
-pass, and variance is Welford's; per-element outputs take one more pass.
+pass, and variance is Welford's; per-element outputs take one more pass. Few long
+rows are split across programs (reduction_split.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.hints import last_loops
 from fusec.kernels.launch import Split
-from fusec.kernels.reduction_split import SPLIT_CONSTANTS, SPLIT_PARAM, SplitRows
-from fusec.kernels.reduction_split import safe_shift as _safe
+from fusec.kernels.reduction_split import SPLIT_CONSTANTS, SPLIT_PARAM, SplitRows, safe_shift
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64, row_count
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
@@ -200,13 +200,13 @@ class ReductionRenderer(SplitRows, Renderer):
         yield
         x = self._lanes(self.value(x_name, self.row_index()).expr, '-float("inf")')
         grown = self.out.let(_ELEMENTWISE["max"].format(a=lane_max, b=x))
-        scale = f"tl.where({lane_max} == -float(\"inf\"), 0.0, tl.exp({_safe(lane_max)} - {_safe(grown)}))"
-        self.out.emit(f"{lane_sum} = {lane_sum} * {scale} + tl.exp({x} - {_safe(grown)})")
+        scale = f"tl.where({lane_max} == -float(\"inf\"), 0.0, tl.exp({safe_shift(lane_max)} - {safe_shift(grown)}))"
+        self.out.emit(f"{lane_sum} = {lane_sum} * {scale} + tl.exp({x} - {safe_shift(grown)})")
         self.out.emit(f"{lane_max} = {grown}")
         yield
-        row_max = self.out.let(_safe(self.reduced[peak].expr), "m")
+        row_max = self.out.let(safe_shift(self.reduced[peak].expr), "m")
         lanes = self.out.let(f"tl.where({lane_max} == -float(\"inf\"), 0.0, "
-                             f"{lane_sum} * tl.exp({_safe(lane_max)} - {row_max}))")
+                             f"{lane_sum} * tl.exp({safe_shift(lane_max)} - {row_max}))")
         total = self._across(lanes, "sum", dtype)
         if self.stage == 1:  # a chunk's partial: its sum relative to its own max
             return Value(total, dtype)

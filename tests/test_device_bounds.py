@@ -102,9 +102,10 @@ def test_on_a_gpu_no_call_syncs_and_an_index_out_of_range_fails_a_device_assert(
     torch.testing.assert_close(compiled(ids, table, pos), embed(ids, table, pos))
     torch.cuda.set_sync_debug_mode("error")  # a host sync (a flag's .item()) now raises
     try:
-        torch.testing.assert_close(compiled(ids, table, pos), embed(ids, table, pos), check_device=False)
+        out = compiled(ids, table, pos)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out, embed(ids, table, pos))
     # A failed device-side assert ends the CUDA context: in a process of its own.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", _OUT_OF_RANGE], env=env, capture_output=True, text=True,

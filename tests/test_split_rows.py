@@ -118,6 +118,16 @@ def test_a_full_reduction_of_a_large_tensor_is_split(split, op):
     assert call.stages[0].launch.grid == (1, 37)  # 300300 elements in chunks of 8192
 
 
+def test_a_very_long_row_in_many_chunks(split):
+    """2**19 elements a row: 64 chunks, the maximum late in the last one."""
+    torch.manual_seed(6)
+    x = torch.randn(2, 1 << 19)
+    x[1, -3] = 40.0
+    report = check(lambda x: (torch.logsumexp(x, -1), x.sum(-1)), x, kernels=1, rtol=1e-4, atol=1e-3)
+    [call] = split_kernels(report)
+    assert call.stages[0].launch.grid == (1, 64) and call.stages[0].launch.constants["SPLIT"] == 64
+
+
 def test_reductions_that_do_not_merge_keep_whole_rows(split):
     """argmax, prod and a reduction reading another (two passes) run a row per program."""
     x = torch.randn(2, LENGTH)
