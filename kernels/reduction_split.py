@@ -68,6 +68,7 @@ class SplitRows:
         return not (self.kernel.finals and per_element)
 
     def render_split(self, names: list[str], per_element: list[str], totals: set[str]) -> None:
+        """Both stages in one body, picked by the constant STAGE (each launch compiles one)."""
         self.out.emit("rstart = tl.program_id(1) * CHUNK")
         self.out.emit("rlen = tl.minimum(rnumel - rstart, CHUNK)")
         self.partials: dict[str, list[str]] = {}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fusec.kernels.launch as launch
-from fusec.kernels.launch import SMS, Split, row_split
+from fusec.kernels.launch import SMS, Split, row_split, split_launches
 from fusec.kernels.reduction_split import SPLIT_PARAM
 from fusec.split_rows import SplitCall
 from tests.eager import check
@@ -157,3 +157,14 @@ def test_gpu_keeps_rows_in_registers_and_columns_whole():
     assert row_split(4, 4096, persistent=True, inner=True, interpret=False) is None
     assert row_split(4, 1 << 20, persistent=False, inner=False, interpret=False) is None
     assert row_split(4, 1 << 20, persistent=False, inner=True, interpret=True) is None
+
+
+def test_gpu_stage_two_has_a_program_per_chunk_only_where_it_writes_elements():
+    split = Split(4096, 8, 8)
+    first, writes = split_launches(64, 32768, split, write_pass=True, interpret=False)
+    _, combines = split_launches(64, 32768, split, write_pass=False, interpret=False)
+    assert first.grid == writes.grid == (64, 8) and first.num_warps == writes.num_warps == 16
+    assert (first.constants["STAGE"], writes.constants["STAGE"]) == (1, 2)
+    assert first.constants["CHUNK"] == 4096 and first.constants["RBLOCK"] == 4096
+    # Only 8 partials a row to combine: one program per row, one warp.
+    assert combines.grid == (64, 1) and combines.num_warps == 1
