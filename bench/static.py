@@ -28,12 +28,14 @@ from fusec.compiler import rendered
 from fusec.ir import Graph
 from fusec.kernels.compile import load_kernel
 from fusec.kernels.dtypes import compute_dtype
-from fusec.kernels.kinds import static_launch, static_size_args
+from fusec.kernels.kinds import split_launch, static_launch, static_size_args
+from fusec.kernels.launch import Launch
+from fusec.kernels.reduction_split import SPLIT_PARAM
 from fusec.plan import Kernel, KernelKind, LaunchExtra
 
 _POINTER = {"bool": "i1", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
             "float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
-LOOP = "for r0 in range(0, rnumel, RBLOCK)"
+LOOP = "for r0 in range("  # a loop over a row, or over this program's chunk of a split row
 
 
 @dataclass(frozen=True)
@@ -78,21 +80,33 @@ def _arguments(graph: Graph, kernel: Kernel) -> list[tuple[str, bool]]:
             args.append(("*i32", True))
         else:  # one partial per final reduction, then the ticket
             args += [("*" + _POINTER[compute_dtype(graph[f].dtype)], True) for f in kernel.finals] + [("*i32", True)]
+    if SPLIT_PARAM in kernel.params:
+        args.append(("*fp32", True))  # the split row's partials, from the allocator
     return args + [("i32" if -(2**31) <= n < 2**31 else "i64", n % 16 == 0) for n in static_size_args(graph, kernel)]
 
 
-def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
-    """The kernel compiled for sm_90 as a GPU launch would compile it."""
+def gpu_launches(graph: Graph, gpu: Kernel) -> list[Launch]:
+    """The launches of a kernel rendered for the GPU: one, or a split row's two stages."""
+    split = split_launch(graph, gpu, interpret=False)
+    return [static_launch(graph, gpu, interpret=False)] if split is None else [split.first, split.second]
+
+
+def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path, stage: int = 0) -> Any:
+    """The kernel compiled for sm_90 as a GPU launch would compile it (`stage`: which of its launches)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.compiler import compile as triton_compile
 
     gpu = rendered(graph, kernel, interpret=False)
-    launch = static_launch(graph, gpu, interpret=False)
+    launch = gpu_launches(graph, gpu)[stage]
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
-    types, hints = signature(graph, gpu, fn, launch.constants)
-    source = ASTSource(fn, types, dict(launch.constants), attrs=hints)
-    return triton_compile(source, target=GPUTarget("cuda", *H100), options={"num_warps": launch.num_warps})
+    constants = {n: v for n, v in launch.constants.items() if n in fn.arg_names}
+    types, hints = signature(graph, gpu, fn, constants)
+    source = ASTSource(fn, types, constants, attrs=hints)
+    # The rest are compile options; a kernel asserting on the device is compiled with debug on, as its JIT asks.
+    options = {n: v for n, v in launch.constants.items() if n not in constants}
+    options |= {"num_warps": launch.num_warps, "debug": bool(fn.debug)}
+    return triton_compile(source, target=GPUTarget("cuda", *H100), options=options)
 
 
 def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:
@@ -111,14 +125,22 @@ def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, 
     return passes, round(moved / max(minimum, 1), 2)
 
 
-def kernel_stats(workload: str, graph: Graph, kernel: Kernel, cache_dir: Path) -> KernelStats:
-    binary = compile_sm90(graph, kernel, cache_dir)
-    ptx = binary.asm["ptx"]
-    registers, spills = ptxas_usage(ptx)
-    passes, ratio = row_traffic(graph, kernel, rendered(graph, kernel, interpret=False).source)
-    return KernelStats(workload, kernel.id, kernel.kind, binary.metadata.num_warps, registers, spills,
-                       binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"), passes, ratio,
-                       widest(ptx, "ld", min))
+def kernel_stats(workload: str, graph: Graph, kernel: Kernel, cache_dir: Path) -> list[KernelStats]:
+    """A row per launch: one, or a split row's two stages (`k0/1`, `k0/2`; the passes and bytes
+    of the whole kernel on the first)."""
+    gpu = rendered(graph, kernel, interpret=False)
+    stages = len(gpu_launches(graph, gpu))
+    passes, ratio = row_traffic(graph, kernel, gpu.source)
+    rows = []
+    for stage in range(stages):
+        binary = compile_sm90(graph, kernel, cache_dir, stage)
+        ptx = binary.asm["ptx"]
+        registers, spills = ptxas_usage(ptx)
+        name = kernel.id if stages == 1 else f"{kernel.id}/{stage + 1}"
+        rows.append(KernelStats(workload, name, kernel.kind, binary.metadata.num_warps, registers, spills,
+                                binary.metadata.shared, widest(ptx, "ld"), widest(ptx, "st"),
+                                *((passes, ratio) if stage == 0 else (None, None)), widest(ptx, "ld", min)))
+    return rows
 
 
 def static_report(names: list[str], dtype: torch.dtype, tier: str, cache_dir: Path,
@@ -137,9 +159,10 @@ def workload_report(name: str, dtype: torch.dtype, tier: str, cache_dir: Path,
     workload = WORKLOADS[name]
     case = workload.build({**workload.sizes[tier], **(sizes or {})}, torch.device("cpu"), dtype)
     report = fusec.inspect(case.fn, *case.args, training=case.grad_outputs is not None)
-    rows = [kernel_stats(name, graph.plan.graph, k, cache_dir)
-            for graph in report.graphs if graph.plan is not None for k in graph.plan.all_kernels()]
-    return rows, report.stats["kernels"] + report.stats["extern_calls"]
+    rows = [row for graph in report.graphs if graph.plan is not None for k in graph.plan.all_kernels()
+            for row in kernel_stats(name, graph.plan.graph, k, cache_dir)]
+    second_stages = sum(row.kernel.endswith("/2") for row in rows)  # a split row launches twice
+    return rows, report.stats["kernels"] + report.stats["extern_calls"] + second_stages
 
 
 def markdown(rows: list[KernelStats]) -> str:

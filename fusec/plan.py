@@ -65,6 +65,7 @@ class Kernel:
     extras: tuple[LaunchExtra, ...] = ()  # what the launcher passes after the buffers
     symbols: tuple[str, ...] = ()  # the size-symbol parameters, passed after the extras
     rows_fn: str = ""  # the entry that keeps rows in registers, picked per call ("" when none)
+    asserts: bool = False  # checks its indices on the device: launched with device-side asserts on
     stream: int = 0
     waits: tuple[str, ...] = ()
 

@@ -24,6 +24,7 @@ from fusec.kernels.kinds import (
     is_dynamic,
     launch_at,
     size_args,
+    split_launch,
     static_launch,
     static_size_args,
 )
@@ -31,6 +32,7 @@ from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
+from fusec.split_rows import SplitCall
 from fusec.stores import in_place
 
 log = logging.getLogger("fusec")
@@ -38,12 +40,15 @@ log = logging.getLogger("fusec")
 __all__ = ["EAGER_RAISES", "BadIndex", "KernelFailed", "Runtime", "StrideMismatch"]
 
 
-def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool) -> KernelCall | DynamicCall:
+def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool) -> Any:
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call."""
     exact, fn = extents(graph, kernel), kernels[kernel.id]
     loaded = _pointers(graph, kernel) + len(kernel.outputs)  # an output may be an input written in place
     if not is_dynamic(graph, kernel):
+        split = split_launch(graph, kernel, interpret)
+        if split is not None:
+            return SplitCall(fn, split, static_size_args(graph, kernel), interpret, name=kernel.id, loaded=loaded)
         return KernelCall(fn, static_launch(graph, kernel, interpret), static_size_args(graph, kernel), interpret,
                           name=kernel.id, loaded=loaded)
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)

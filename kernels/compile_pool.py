@@ -246,7 +246,7 @@ def _compile(job: dict[str, Any], dtypes: dict[str, _Dtype]) -> str:
     for name, dtype in job["pointers"].items():
         named[name] = MockTensor(dtypes.setdefault(dtype, _Dtype(dtype)))  # one object per dtype, as torch's
     fn = getattr(module, job["fn_name"])
-    return fn.warmup(grid=job["grid"], num_warps=job["num_warps"], **named).hash
+    return fn.warmup(grid=job["grid"], **job["options"], **named).hash
 
 
 def _serve(jobs: BinaryIO, replies: BinaryIO) -> None:

@@ -95,10 +95,17 @@ class IndexedValues:
         return self.value(src_name, Index((self.checked(where, size), *idx.dims[rank:])))
 
     def checked(self, where: str, size: Size) -> str:
-        """`where` if in [0, size), else 0, flagged so the runtime raises as eager does."""
+        """`where` if in [0, size), else 0. On a GPU an index out of range fails a device-side
+        assert, as eager's CUDA indexing does (no flag for the host to read back after every
+        launch); in Triton's interpreter it sets a flag the runtime reads, to raise eager's IndexError."""
         bad = self.out.let(f"({where} < 0) | ({where} >= {source(size)})", "t")
-        self.flags_bad_index = True
         mask = self.out.mask(bad)
+        if not self.interpret:
+            self.asserts = True
+            masked = "" if mask is None else f", mask={mask}"
+            self.out.emit(f'tl.device_assert({bad} == 0, "index out of bounds"{masked})')
+            return self.out.let(f"tl.where({bad}, 0, {where})", "x")
+        self.flags_bad_index = True
         flag_mask = bad if mask is None else f"({mask}) & {bad}"
         self.out.emit(f"tl.store(p_bad_index + {bad}.to(tl.int32) * 0, {bad}.to(tl.int32), mask={flag_mask})")
         return self.out.let(f"tl.where({bad}, 0, {where})", "x")

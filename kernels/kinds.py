@@ -13,10 +13,20 @@ from dataclasses import dataclass, replace
 
 from fusec import sizes
 from fusec.ir import Graph, row_domain
-from fusec.kernels.launch import Launch, combo_launch, matmul_launch, pointwise_launch, reduction_launch, tile_launch
+from fusec.kernels.launch import (
+    Launch,
+    combo_launch,
+    matmul_launch,
+    pointwise_launch,
+    reduction_launch,
+    row_split,
+    split_launches,
+    tile_launch,
+)
 from fusec.kernels.matmul import matmul_problem, render_matmul
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
+from fusec.kernels.reduction_split import SPLIT_PARAM, partial_count, writes_elements
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
 from fusec.kernels.signature import Rendered
 from fusec.kernels.tiles import tiling
@@ -64,7 +74,8 @@ def _rows(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
 def _render_reduction(graph: Graph, kernel: Kernel, interpret: bool, entry_suffix: str = "") -> Rendered:
     rows, length = _rows(graph, kernel)
     exact = replace(kernel, numel=rows, rnumel=length)
-    return ReductionRenderer(graph, exact, interpret).render(entry_suffix)
+    split = None if entry_suffix else row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
+    return ReductionRenderer(graph, exact, interpret, split).render(entry_suffix)
 
 
 def _render_rows(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
@@ -126,7 +137,17 @@ def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: 
               persistent: bool | None = None) -> Launch:
     """Blocks, grid and warps for these extents (`persistent`: a reduction's variant, if not its own)."""
     persistent = kernel.persistent if persistent is None else persistent
-    return KINDS[kernel.kind].launch(graph, kernel, values, interpret, persistent)
+    return with_options(kernel, KINDS[kernel.kind].launch(graph, kernel, values, interpret, persistent))
+
+
+def with_options(kernel: Kernel, launch: Launch) -> Launch:
+    """A kernel checking its indices on the device is compiled with Triton's debug on, which
+    keeps its asserts; the launch turns off what debug also adds, an overflow check on every
+    32-bit integer add, subtract and multiply (+42% PTX instructions in embedding + layer_norm).
+    Compile options travel with the constants: the launch passes both as keywords."""
+    if not kernel.asserts:
+        return launch
+    return replace(launch, constants={**launch.constants, "sanitize_overflow": False})
 
 
 def static_launch(graph: Graph, kernel: Kernel, interpret: bool) -> Launch:
@@ -152,3 +173,23 @@ def row_variants(graph: Graph, kernel: Kernel) -> bool:
 def persistent_for(graph: Graph, kernel: Kernel) -> bool:
     """A row whose length is a symbol may be any length: it loops (the loop serves short rows too)."""
     return kernel.persistent and not row_variants(graph, kernel)
+
+
+@dataclass(frozen=True)
+class SplitLaunch:
+    """A rendered kernel whose rows are split: its two launches and its partials' size."""
+
+    first: Launch
+    second: Launch
+    partials: int  # float32 values
+
+
+def split_launch(graph: Graph, kernel: Kernel, interpret: bool) -> SplitLaunch | None:
+    """The launches of a rendered static reduction that split its rows (None: it did not)."""
+    if SPLIT_PARAM not in kernel.params:
+        return None
+    rows, length = extents(graph, kernel)
+    split = row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
+    first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows), interpret)
+    first, second = with_options(kernel, first), with_options(kernel, second)
+    return SplitLaunch(first, second, partial_count(graph, kernel) * rows * split.split)

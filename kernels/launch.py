@@ -92,6 +92,55 @@ def reduction_launch(rows: int, rnumel: int, persistent: bool, inner: bool, inte
     return Launch((triton.cdiv(rows, xblock),), {"XBLOCK": xblock, "RBLOCK": rblock}, warps)
 
 
+# Triton's interpreter runs one program at a time: a split row only adds programs there, so
+# it keeps whole rows unless this is set (tests set it, to run the split kernels).
+SPLIT_IN_INTERPRETER = False
+MAX_SPLITS = 512
+
+
+@dataclass(frozen=True)
+class Split:
+    """A row cut into chunks of CHUNK elements (a multiple of RBLOCK), one program each;
+    `chunks` of them are non-empty, SPLIT is that count rounded up to a power of two."""
+
+    chunk: int
+    chunks: int
+    split: int
+
+
+def row_split(rows: int, rnumel: int, persistent: bool, inner: bool, interpret: bool) -> Split | None:
+    """How a looped row is cut when the rows alone would leave SMs idle (fewer than two
+    programs an SM, as Inductor's rule) and each row is at least two steps long: chunks
+    of whole steps, enough for four programs an SM (a 16-warp program is a quarter of an
+    SM's threads). None: one program per row group."""
+    if persistent or not inner or (interpret and not SPLIT_IN_INTERPRETER):
+        return None
+    if not isinstance(rows, int) or not isinstance(rnumel, int) or rnumel >= 2**31:
+        return None  # a symbolic size is split never; chunk offsets are 32-bit
+    rblock = reduction_launch(rows, rnumel, persistent, inner, interpret).constants["RBLOCK"]
+    if rows >= 2 * SMS or rnumel <= 2 * rblock:
+        return None
+    want = min(_pow2(triton.cdiv(4 * SMS, rows)), MAX_SPLITS)
+    chunk = triton.cdiv(triton.cdiv(rnumel, want), rblock) * rblock
+    chunks = triton.cdiv(rnumel, chunk)
+    return None if chunks < 2 else Split(chunk, chunks, _pow2(chunks))
+
+
+def split_launches(rows: int, rnumel: int, split: Split, write_pass: bool, interpret: bool) -> tuple[Launch, Launch]:
+    """The two launches of a split row: every chunk's partials (a program per row group and
+    chunk), then the rows' values from them, with a program per chunk again where a pass
+    writes each element (softmax), else one per row group."""
+    whole = reduction_launch(rows, rnumel, False, True, interpret)
+    groups = whole.grid[0]
+    constants = {**whole.constants, "CHUNK": split.chunk, "SPLIT": split.split}
+    first = Launch((groups, split.chunks), {**constants, "STAGE": 1}, whole.num_warps)
+    if write_pass:
+        return first, Launch((groups, split.chunks), {**constants, "STAGE": 2}, whole.num_warps)
+    # Only the partials to combine: a warp per 256 of them.
+    warps = 1 if interpret else _warps(constants["XBLOCK"] * split.split, 16)
+    return first, Launch((groups, 1), {**constants, "STAGE": 2}, warps)
+
+
 def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:
     """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes."""
     if interpret:

@@ -66,6 +66,8 @@ def warmup_arguments(graph: Graph, kernel: Kernel, arg_names: Iterable[str], siz
             out[name] = tensor(compute_dtype(graph[name.removeprefix("p_partial_")].dtype))
         elif name in _INT32:
             out[name] = tensor("int32")
+        elif name == "p_split":  # a split row's partials
+            out[name] = tensor("float32")
         elif name.startswith("p_"):
             out[name] = tensor(graph[name.removeprefix("p_")].dtype)
         elif name == "seed":
@@ -93,15 +95,15 @@ def compile_mode(functions: int, cpus: int) -> str:
 def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel], dtypes: Mapping[str, Any],
                workers: int | None = None, mode: str | None = None, wait: bool = True) -> dict[str, Any]:
     """Compile each static kernel's launch in `calls` (kernel id -> its call); kernel id -> its compiled
-    binary, for those that compiled (the others compile when launched). `dtypes` maps fusec's dtype
-    names to the framework's (what a mock tensor carries); `workers` caps the threads or processes,
+    binary, for those that compiled (the others compile when launched); a split row's second launch
+    as `id/2`. `dtypes` maps fusec's dtype names to the framework's (what a mock tensor carries); `workers` caps the threads or processes,
     `mode` overrides `compile_mode`. With `wait=False`, kernels going to worker processes are not
     waited for: each binary is then Triton's FutureKernel, which its first launch waits for."""
-    todo = [(k, calls[k.id]) for k in kernels if k.numel and isinstance(calls.get(k.id), KernelCall)]
+    todo = [(k, call, name) for k in kernels if k.numel for name, call in _launches(k.id, calls.get(k.id))]
     # Launches of one function go to one thread: Triton builds a function's per-device cache on first use.
     by_function: dict[int, list] = {}
-    for kernel, call in todo:
-        by_function.setdefault(id(call.fn), []).append((kernel, call))
+    for kernel, call, name in todo:
+        by_function.setdefault(id(call.fn), []).append((kernel, call, name))
     groups = list(by_function.values())
     cpus = _cpus()
     mode = mode or compile_mode(len(groups), cpus)
@@ -114,7 +116,7 @@ def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel]
         _wait(compiling)
 
     def compile_group(group: list) -> list[tuple[str, Any]]:
-        return [(kernel.id, _warm(graph, kernel, call, dtypes)) for kernel, call in group]
+        return [(name, _warm(graph, kernel, call, dtypes)) for kernel, call, name in group]
 
     if mode != "threads" or workers <= 1 or len(groups) <= 1:
         done = [pair for group in groups for pair in compile_group(group)]
@@ -142,11 +144,11 @@ def _compile_in_workers(todo: list, graph: Graph, dtypes: Mapping[str, Any], wor
         log.debug("fusec: no compile workers (%s: %s); kernels compile in this process", type(exc).__name__, exc)
         return {}
     futures = {}
-    for kernel, call in todo:
+    for kernel, call, name in todo:
         try:
-            futures[kernel.id] = pool.submit(_job(graph, kernel, call, dtypes, environment))
+            futures[name] = pool.submit(_job(graph, kernel, call, dtypes, environment))
         except Exception as exc:
-            log.debug("fusec: %s not sent to a compile worker (%s: %s)", kernel.id, type(exc).__name__, exc)
+            log.debug("fusec: %s not sent to a compile worker (%s: %s)", name, type(exc).__name__, exc)
     return futures
 
 
@@ -204,9 +206,9 @@ def _warm_when_compiled(todo: list, graph: Graph, dtypes: Mapping[str, Any],
     def warm_all() -> dict[str, Any]:
         async_mode.__enter__()  # in a copy of this context, left there: its exit waits for every compile
         warmed = {}
-        for kernel, call in todo:
-            executor.worker = (kernel.id, compiling[kernel.id]) if kernel.id in compiling else None
-            warmed[kernel.id] = _warm(graph, kernel, call, dtypes)
+        for kernel, call, name in todo:
+            executor.worker = (name, compiling[name]) if name in compiling else None
+            warmed[name] = _warm(graph, kernel, call, dtypes)
         return warmed
 
     try:
@@ -238,7 +240,7 @@ def _job(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any], env
     return {"source": source, "filename": filename, "module": fn.__module__, "fn_name": fn.__name__,
             "values": {n: v for n, v in named.items() if not isinstance(v, _Pointer)},
             "pointers": {n: v.dtype for n, v in named.items() if isinstance(v, _Pointer)},
-            "grid": tuple(launch.grid), "num_warps": launch.num_warps, **environment}
+            "grid": tuple(launch.grid), "options": compile_options(launch, named), **environment}
 
 
 class _Pointer:
@@ -246,12 +248,26 @@ class _Pointer:
         self.dtype = dtype
 
 
+def _launches(kernel_id: str, call: Any) -> list[tuple[str, KernelCall]]:
+    """The static launches of a kernel's call: itself, or a split row's two stages."""
+    if isinstance(call, KernelCall):
+        return [(kernel_id, call)]
+    stages = getattr(call, "stages", ())
+    return [(kernel_id + ("/2" if i else ""), stage) for i, stage in enumerate(stages)]
+
+
+def compile_options(launch: Any, named: Mapping[str, Any]) -> dict[str, Any]:
+    """The launch's compile options as its JIT call passes them: warps, and the constants that are
+    no parameter of the kernel (e.g. the overflow check a kernel asserting on the device turns off)."""
+    return {"num_warps": launch.num_warps, **{n: v for n, v in launch.constants.items() if n not in named}}
+
+
 def _warm(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any]) -> Any:
     launch = call.launch
     try:
         named = warmup_arguments(graph, kernel, call.fn.arg_names, call.sizes, launch.constants,
                                  lambda dtype: MockTensor(dtypes[dtype]))
-        return call.fn.warmup(grid=launch.grid, num_warps=launch.num_warps, **named)
+        return call.fn.warmup(grid=launch.grid, **named, **compile_options(launch, named))
     except Exception as exc:  # never fatal: the kernel compiles at its first launch instead
         log.debug("fusec: %s not compiled ahead of its launch (%s: %s); it compiles when first launched",
                   kernel.id, type(exc).__name__, exc)

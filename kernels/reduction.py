@@ -6,7 +6,8 @@ shape), or broadcast operands. A row that fits one block stays in registers
 once). A longer row loops, in as few passes as the reductions' dependencies
 allow: reductions that do not read each other share a pass, softmax's sum of
 exp(x - max) is kept online (rescaled as the running max grows) in the max's
-pass, and variance is Welford's; per-element outputs take one more pass.
+pass, and variance is Welford's; per-element outputs take one more pass. Few long
+rows are split across programs (reduction_split.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import networkx as nx
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.hints import last_loops
+from fusec.kernels.launch import Split
+from fusec.kernels.reduction_split import SPLIT_CONSTANTS, SPLIT_PARAM, SplitRows, safe_shift
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64, row_count
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
@@ -52,13 +55,8 @@ def _highest(dtype: str) -> str:
     return 'float("inf")' if dtype in FLOAT_DTYPES else str(_INT_MAX[dtype])
 
 
-def _safe(m: str) -> str:
-    """A row's shift for exp: its max, or 0 where the max is infinite (NaN stays NaN)."""
-    return f"tl.where(tl.abs({m}) == float(\"inf\"), 0.0, {m})"
-
-
-class ReductionRenderer(Renderer):
-    def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True) -> None:
+class ReductionRenderer(SplitRows, Renderer):
+    def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True, split: Split | None = None) -> None:
         super().__init__(graph, kernel, roots={"xoffs": "xmask", "roffs": "rmask"}, interpret=interpret)
         self.shape, self.dims = row_domain(graph, [graph[m] for m in kernel.members])
         self.outer = [d for d in range(len(self.shape)) if d not in self.dims]
@@ -71,6 +69,8 @@ class ReductionRenderer(Renderer):
         self.accumulators = 0
         self.online: dict[str, str] = {}  # sum of exp(x - max) -> the max, computed in one pass
         self.lane_max: dict[str, str] = {}  # such a max -> the running max per lane its sum keeps
+        self.split = split  # the chunks a row is cut into, where its shape asks for them
+        self.stage = 0
 
     # the two iteration spaces ------------------------------------------------
     def x_index(self) -> Index:
@@ -109,7 +109,8 @@ class ReductionRenderer(Renderer):
             yield
             return
         self.loop = 0 if self.loop is None else self.loop + 1  # numbered for the eviction hints
-        with self.out.block("for r0 in range(0, rnumel, RBLOCK):"):
+        span = "rstart, rstart + rlen" if self.stage else "0, rnumel"  # a split row: this program's chunk
+        with self.out.block(f"for r0 in range({span}, RBLOCK):"):
             self.out.bind_root("roffs", f"r0 + {self._arange('RBLOCK', reduced=True)}", {"roffs"})
             self.out.emit("rmask = roffs < rnumel")
             yield
@@ -169,15 +170,21 @@ class ReductionRenderer(Renderer):
                          f"{self.block_shape})")
         delta = self.out.let(f"{x} - {mean}")
         # One reciprocal per chunk (a float32 one: float64 divides, to keep its precision).
-        step = f"{delta} * (1.0 / (r0 // RBLOCK + 1))" if dtype == "float32" else f"{delta} / (r0 // RBLOCK + 1)"
+        k = "(r0 - rstart) // RBLOCK + 1" if self.stage else "r0 // RBLOCK + 1"
+        step = f"{delta} * (1.0 / ({k}))" if dtype == "float32" else f"{delta} / ({k})"
         self.out.emit(f"{mean} = tl.where(xmask & rmask, {mean} + {step}, {mean})")
         self.out.emit(f"{m2} = tl.where(xmask & rmask, {m2} + {delta} * ({x} - {mean}), {m2})")
         yield
         lane = self._arange("RBLOCK", reduced=True)
-        count = self.out.let(f"((rnumel - {lane} + RBLOCK - 1) // RBLOCK).to({TL_TYPE[dtype]})")
+        length = "rlen" if self.stage else "rnumel"
+        count = self.out.let(f"(({length} - {lane} + RBLOCK - 1) // RBLOCK).to({TL_TYPE[dtype]})")
         total = self._across(self.out.let(f"{count} * {mean}"), "sum", dtype)
-        row_mean = self.out.let(f"{total} / {row_count(n, 0, floor=1)}", "m")
+        size = "rlen.to(tl.float32)" if self.stage else row_count(n, 0, floor=1)
+        row_mean = self.out.let(f"{total} / {size}", "m")
         spread = self.out.let(f"{m2} + {count} * ({mean} - {row_mean}) * ({mean} - {row_mean})")
+        if self.stage == 1:  # a chunk's partials: its mean and M2
+            self.partials[node.name] = [row_mean, self._across(spread, "sum", dtype)]
+            return Value(row_mean, dtype)
         return Value(self.out.let(f"{self._across(spread, 'sum', dtype)} / {divisor}"), dtype)
 
     def _online_sum(self, node: Node, peak: str) -> Steps:
@@ -193,14 +200,16 @@ class ReductionRenderer(Renderer):
         yield
         x = self._lanes(self.value(x_name, self.row_index()).expr, '-float("inf")')
         grown = self.out.let(_ELEMENTWISE["max"].format(a=lane_max, b=x))
-        scale = f"tl.where({lane_max} == -float(\"inf\"), 0.0, tl.exp({_safe(lane_max)} - {_safe(grown)}))"
-        self.out.emit(f"{lane_sum} = {lane_sum} * {scale} + tl.exp({x} - {_safe(grown)})")
+        scale = f"tl.where({lane_max} == -float(\"inf\"), 0.0, tl.exp({safe_shift(lane_max)} - {safe_shift(grown)}))"
+        self.out.emit(f"{lane_sum} = {lane_sum} * {scale} + tl.exp({x} - {safe_shift(grown)})")
         self.out.emit(f"{lane_max} = {grown}")
         yield
-        row_max = self.out.let(_safe(self.reduced[peak].expr), "m")
+        row_max = self.out.let(safe_shift(self.reduced[peak].expr), "m")
         lanes = self.out.let(f"tl.where({lane_max} == -float(\"inf\"), 0.0, "
-                             f"{lane_sum} * tl.exp({_safe(lane_max)} - {row_max}))")
+                             f"{lane_sum} * tl.exp({safe_shift(lane_max)} - {row_max}))")
         total = self._across(lanes, "sum", dtype)
+        if self.stage == 1:  # a chunk's partial: its sum relative to its own max
+            return Value(total, dtype)
         c = self.value(shift, self.index_for(self.graph[shift], self.x_index())).expr
         return Value(self.out.let(f"{total} * tl.exp({row_max} - {c})"), dtype)
 
@@ -347,14 +356,30 @@ class ReductionRenderer(Renderer):
         totals, passes = self._after_finals(), self._passes()
         per_element = [n for n in k.outputs if self._per_element(self.graph[n]) and n not in totals]
         self.last_loop = {} if k.persistent else last_loops(self.graph, k, [*passes, per_element])
-        for names in passes:
-            self._pass(names)
+        split = self.splittable(passes, per_element)
+        if split:
+            self.render_split(passes[0], per_element, totals)
+        else:
+            for names in passes:
+                self._pass(names)
+            self.finish_rows(per_element, totals, "xmask")
+        symbols = size_params(self.graph, k)
+        params = [*self.params(), *([SPLIT_PARAM] if split else []), *symbols, "numel", "rnumel",
+                  "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr", *(SPLIT_CONSTANTS if split else ())]
+        body = live_lines(self.out.scope.lines, [])
+        fn_name = kernel_name(self.graph, k) + entry_suffix
+        return rendered_module(fn_name, params, body, [self], self.extras(), symbols)
+
+    def finish_rows(self, per_element: list[str], totals: set[str], row_mask: str) -> None:
+        """Once the reductions are known: the per-row outputs (stored under `row_mask`), a pass
+        writing the per-element ones, and the totals over all rows."""
+        k = self.kernel
         stores = []
         for name in k.outputs:
             if name not in per_element and name not in totals:
                 node = self.graph[name]
                 idx = self.index_for(node, self.x_index())
-                stores.append(self.store(node, idx, self.value(name, idx), "xmask", self.row_shape))
+                stores.append(self.store(node, idx, self.value(name, idx), row_mask, self.row_shape))
         for line in stores:
             self.out.emit(line)
         if per_element:
@@ -365,11 +390,6 @@ class ReductionRenderer(Renderer):
                     self.out.emit(self.store(node, idx, self.value(name, idx), "xmask & rmask", self.block_shape))
         if k.finals:
             self._finish([n for n in k.outputs if n in totals])
-        symbols = size_params(self.graph, k)
-        params = [*self.params(), *symbols, "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
-        body = live_lines(self.out.scope.lines, [])
-        fn_name = kernel_name(self.graph, k) + entry_suffix
-        return rendered_module(fn_name, params, body, [self], self.extras(), symbols)
 
     def _per_element(self, node: Node) -> bool:
         return node.numel != self.kernel.numel

@@ -164,6 +164,7 @@ class Renderer(IndexedValues):
         self.out = Emitter(roots, prefix)
         self.helpers: set[str] = set()  # the functions of helpers.HELPERS the body calls
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
+        self.asserts = False  # a GPU gather checks its indices on the device (compiled with debug on)
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
         self.uses_seed = False  # random numbers: take the call's seed
         self.loop: int | None = None  # the loop over a row last begun (numbered from 0); None before one

@@ -20,6 +20,7 @@ class Body(Protocol):
 
     kernel: Kernel
     helpers: set[str]
+    asserts: bool
 
 
 def param(name: str) -> str:
@@ -66,6 +67,7 @@ class Rendered:
     extras: tuple[LaunchExtra, ...] = ()  # passed after the buffers (their parameters follow them)
     symbols: tuple[str, ...] = ()  # size-symbol parameters, passed after the extras
     rows_fn: str = ""  # a second entry keeping each row in registers ("" when none)
+    asserts: bool = False  # checks indices on the device (compiled with Triton's debug on)
 
 
 def rendered_module(fn_name: str, params: list[str], body: list[str], renderers: Sequence[Body],
@@ -73,7 +75,8 @@ def rendered_module(fn_name: str, params: list[str], body: list[str], renderers:
     """The module of `module_source` with its entry's signature as data (constexpr marks dropped)."""
     members = tuple(m for r in renderers for m in r.kernel.members)
     source = module_source(fn_name, params, body, members, renderers)
-    return Rendered(source, fn_name, tuple(p.split(":")[0] for p in params), extras, tuple(symbols))
+    return Rendered(source, fn_name, tuple(p.split(":")[0] for p in params), extras, tuple(symbols),
+                    asserts=any(r.asserts for r in renderers))
 
 
 def module_source(fn_name: str, params: list[str], body: list[str], members: tuple[str, ...],
@@ -83,6 +86,9 @@ def module_source(fn_name: str, params: list[str], body: list[str], members: tup
     helpers = sorted({name for r in renderers for name in r.helpers})
     unspecialized = [p.split(":")[0] for p in params if p == "seed" or p.startswith("s_")]
     prelude = "".join(f"@triton.jit\n{HELPERS[name]}\n\n\n" for name in helpers)
+    options = [f"do_not_specialize={unspecialized}"] if unspecialized else []
+    if any(r.asserts for r in renderers):
+        options.append("debug=True")  # Triton drops device-side asserts from kernels compiled without it
     return "\n".join([
         "import triton",
         "import triton.language as tl",
@@ -91,7 +97,7 @@ def module_source(fn_name: str, params: list[str], body: list[str], members: tup
         prelude,
         f"# members: {', '.join(members)}",
         # A fresh seed (or host scalar) every call: specializing on its value would compile a variant per value.
-        f"@triton.jit(do_not_specialize={unspecialized})" if unspecialized else "@triton.jit",
+        f"@triton.jit({', '.join(options)})" if options else "@triton.jit",
         f"def {fn_name}({', '.join(params)}):",
         *("    " + line for line in body),
         "",

@@ -24,11 +24,16 @@ def test_widest_access_is_read_from_the_ptx():
 
 @pytest.fixture(scope="module")
 def long_rows(tmp_path_factory):
-    """Softmax and cross-entropy over rows too long to keep in registers, in bfloat16."""
+    """Softmax and cross-entropy over rows too long to keep in registers, in bfloat16: enough
+    rows for two programs an SM (a row a program), then few rows (each split across programs)."""
     cache = tmp_path_factory.mktemp("kernels")
-    softmax = bench_static.static_report(["softmax"], torch.bfloat16, "tiny", cache, {"rows": 64, "cols": 16384})
-    loss = bench_static.static_report(["cross_entropy"], torch.bfloat16, "tiny", cache, {"rows": 16, "vocab": 16384})
-    return {"softmax": softmax, "cross_entropy": loss}
+    report = {}
+    for rows, split in ((512, ""), (16, "split ")):
+        report[split + "softmax"] = bench_static.static_report(["softmax"], torch.bfloat16, "tiny", cache,
+                                                               {"rows": rows, "cols": 16384})
+        report[split + "cross_entropy"] = bench_static.static_report(["cross_entropy"], torch.bfloat16, "tiny",
+                                                                     cache, {"rows": rows, "vocab": 16384})
+    return report
 
 
 def test_long_softmax_reads_each_row_twice_with_full_vectors(long_rows):
@@ -45,6 +50,20 @@ def test_cross_entropy_reads_the_logits_once(long_rows):
     [row] = long_rows["cross_entropy"]
     assert row.spills == 0 and row.load_bits == 128
     assert (row.passes, row.bytes_vs_min) == (1, 1.0)
+
+
+def test_split_rows_compile_to_two_launches_with_full_vectors_and_no_spills(long_rows):
+    """16 rows of 16384: each cut into 4 chunks of one 4096-element step (64 programs where
+    whole rows gave 16); stage 1 reads each chunk once, stage 2 reads it again and writes it."""
+    first, second = long_rows["split softmax"]
+    assert (first.kernel, second.kernel) == ("k0/1", "k0/2")
+    assert first.spills == second.spills == 0 and first.warps == second.warps == 16
+    assert first.load_bits == second.load_bits == second.store_bits == 128
+    assert first.narrowest_load == 128  # stage 1 reads only the row (its partials are stores)
+    assert (first.passes, first.bytes_vs_min) == (2, 1.5)  # as the whole row: read, then read and write
+    stats, totals = long_rows["split cross_entropy"]
+    assert stats.spills == totals.spills == 0 and stats.load_bits == 128
+    assert (stats.passes, stats.bytes_vs_min) == (1, 1.0)
 
 
 def test_static_flag_prints_and_writes_the_table(tmp_path, capsys):

@@ -14,7 +14,7 @@ from fusec.bench import static as bench_static
 from fusec.compiler import rendered
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
-from fusec.kernels.kinds import static_launch
+from fusec.kernels.reduction_split import SPLIT_PARAM
 from tests.eager import check
 
 try:
@@ -55,13 +55,19 @@ def sm90(monkeypatch, tmp_path):
     def also_for_gpu(self, *args):
         graph, kernel = owners[id(self)]
         gpu = rendered(graph, kernel, interpret=False)
-        constants = static_launch(graph, gpu, interpret=False).constants
+        launches = bench_static.gpu_launches(graph, gpu)
         fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=tmp_path)
-        types, _ = bench_static.signature(graph, gpu, fn, constants)
-        plain = [n for n in fn.arg_names if n not in constants]
-        assert [types[n] for n in plain] == [_signature(a) for a in [*args, *self.sizes]], kernel.id
-        binary = bench_static.compile_sm90(graph, kernel, tmp_path)
-        assert binary.metadata.shared <= SHARED_LIMIT, (kernel.id, binary.metadata.shared)
+        types, _ = bench_static.signature(graph, gpu, fn, launches[0].constants)
+        # Every argument the interpreter's kernel takes here, by name, has the type the GPU's takes. Their
+        # parameters differ in two: a row split on the GPU takes its partials (here it may run whole), and a
+        # GPU gather checks its indices on the device where the interpreter's sets the bounds flag.
+        given = dict(zip(self.fn.arg_names, [*args, *self.sizes], strict=False))
+        plain = [n for n in fn.arg_names if n not in launches[0].constants]
+        assert set(plain) ^ set(given) <= {SPLIT_PARAM, "p_bad_index"}, kernel.id
+        assert {n: types[n] for n in plain if n in given} == {n: _signature(given[n]) for n in plain if n in given}
+        for stage in range(len(launches)):
+            binary = bench_static.compile_sm90(graph, kernel, tmp_path, stage)
+            assert binary.metadata.shared <= SHARED_LIMIT, (kernel.id, binary.metadata.shared)
         compiled.append(kernel.id)
         return launch(self, *args)
 
@@ -168,8 +174,9 @@ def test_tiled_transposes_and_eviction_hints_compile_for_sm90(sm90, tmp_path):
     long_rows = torch.randn(4, 40000)
     report = check(lambda x: torch.softmax(x, -1), long_rows, kernels=1)
     graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
-    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
-    assert "evict_last" in ptx and "evict_first" in ptx
+    # 4 rows split on a GPU: stage 1 keeps the row it reads for stage 2 (evict_last), which streams it.
+    first, second = (bench_static.compile_sm90(graph, kernel, tmp_path, stage).asm["ptx"] for stage in (0, 1))
+    assert "evict_last" in first and "evict_first" in second
 
 
 def test_bessel_airy_and_integer_bit_ops_compile_for_sm90(sm90):

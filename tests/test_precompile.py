@@ -22,9 +22,10 @@ from fusec.compiler import rendered
 from fusec.examples import build
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
-from fusec.kernels.kinds import static_launch, static_size_args
+from fusec.kernels.kinds import split_launch, static_launch, static_size_args
 from fusec.kernels.precompile import precompile, warmup_arguments
 from fusec.launcher import DTYPES
+from fusec.split_rows import SplitCall
 
 try:
     from triton.backends.compiler import GPUTarget
@@ -125,6 +126,30 @@ def test_a_kernel_that_cannot_be_warmed_up_compiles_at_launch_as_before(sm90_jit
     assert broken.id not in binaries and len(binaries) == len(kernels) - 1
     assert f"{broken.id} not compiled ahead of its launch" in caplog.text
     assert not [r for r in caplog.records if r.levelno > logging.DEBUG]
+
+
+def test_both_launches_of_a_split_row_are_precompiled(sm90_jit, monkeypatch):
+    """4 rows of 40000 split on a GPU: each stage's launch (the runtime's arguments and the
+    partials buffer) finds its precompiled binary."""
+    torch.manual_seed(0)
+    graph, [kernel], launched = _recorded_launches(monkeypatch, lambda x: torch.softmax(x, -1),
+                                                   (torch.randn(4, 40000),))
+    gpu = rendered(graph, kernel, interpret=False)
+    fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=sm90_jit / "fusec")
+    split = split_launch(graph, gpu, interpret=False)
+    call = SplitCall(fn, split, static_size_args(graph, gpu), interpret=False, loaded=2, name=kernel.id)
+    binaries = precompile({kernel.id: call}, graph, [gpu], DTYPES)
+    assert set(binaries) == {kernel.id, kernel.id + "/2"}
+
+    def no_compile(*a, **k):
+        raise AssertionError("the launch would compile again")
+    monkeypatch.setattr(fn, "_do_compile", no_compile)
+    partials = torch.empty(split.partials)
+    for stage, name in zip(call.stages, (kernel.id, kernel.id + "/2"), strict=True):
+        launch = stage.launch
+        found = fn.run(*launched[kernel.id], partials, *stage.sizes, grid=launch.grid, warmup=True,
+                       **launch.constants, num_warps=launch.num_warps)
+        assert found is binaries[name]
 
 
 def test_warmup_arguments_name_every_parameter():
