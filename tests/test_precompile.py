@@ -132,7 +132,7 @@ def test_both_launches_of_a_split_row_are_precompiled(sm90_jit, monkeypatch):
     """4 rows of 40000 split on a GPU: each stage's launch (the runtime's arguments and the
     partials buffer) finds its precompiled binary."""
     torch.manual_seed(0)
-    graph, [kernel], launched = _recorded_launches(monkeypatch, lambda x: torch.softmax(x, -1),
+    graph, [kernel], launched = _recorded_launches(lambda x: torch.softmax(x, -1),
                                                    (torch.randn(4, 40000),))
     gpu = rendered(graph, kernel, interpret=False)
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=sm90_jit / "fusec")
