@@ -92,7 +92,7 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path) -> Any:
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
     types, hints = signature(graph, gpu, fn, launch.constants)
     source = ASTSource(fn, types, dict(launch.constants), attrs=hints)
-    return triton_compile(source, target=GPUTarget("cuda", *H100), options={"num_warps": launch.num_warps})
+    return triton_compile(source, target=GPUTarget("cuda", *H100), options=launch.options())
 
 
 def row_traffic(graph: Graph, kernel: Kernel, source: str) -> tuple[int | None, float | None]:

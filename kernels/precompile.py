@@ -98,7 +98,7 @@ def _warm(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any]) ->
     try:
         named = warmup_arguments(graph, kernel, call.fn.arg_names, call.sizes, launch.constants,
                                  lambda dtype: MockTensor(dtypes[dtype]))
-        return call.fn.warmup(grid=launch.grid, num_warps=launch.num_warps, **named)
+        return call.fn.warmup(grid=launch.grid, **launch.options(), **named)
     except Exception as exc:  # never fatal: the kernel compiles at its first launch instead
         log.debug("fusec: %s not compiled ahead of its launch (%s: %s); it compiles when first launched",
                   kernel.id, type(exc).__name__, exc)

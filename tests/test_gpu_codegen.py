@@ -3,6 +3,8 @@ with Triton's own compiler and ptxas, no GPU needed: catches what the CPU interp
 accepts but the GPU compiler rejects (float-only math on integers, scalar/block mixes,
 shared memory over the limit)."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,3 +182,52 @@ def test_bessel_airy_and_integer_bit_ops_compile_for_sm90(sm90):
         a, counts = torch.arange(-50, 50).to(dtype), torch.arange(100, dtype=torch.int32) % 70
         run(lambda a, c: [(a << c) ^ (a >> c), ~a & 0x5A, -100 >> c, a | c], a, counts)
     assert len(sm90) == 6
+
+
+def _matmul_kernel(fn, *args):
+    """The one matmul kernel fusec plans for `fn` (planned only: CPU tensors of GPU sizes)."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        (graph,) = fusec.inspect(fn, *args).graphs
+    (kernel,) = [k for k in graph.plan.kernels if k.kind == "matmul"]
+    return graph.plan.graph, kernel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act, tile, stages", [(None, (256, 128), 4), (F.gelu, (128, 128), 5)], ids=["bias", "gelu"])
+def test_hopper_matmul_tiles_compile_without_spills(tmp_path, act, tile, stages):
+    """Linear 1024 -> 2048 over 4096 rows, bfloat16: a bias add alone takes 256 x 128 tiles in
+    4 stages (192 KiB of shared memory), a GELU after it 128 x 128 tiles in 5 (160 KiB); 8
+    warps of wgmma, operands copied 16 bytes at a time, 128-bit stores, nothing spilled."""
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    torch.manual_seed(5)
+    lin = nn.Linear(1024, 2048).to(torch.bfloat16)
+    graph, kernel = _matmul_kernel(lambda x: lin(x) if act is None else act(lin(x)),
+                                   torch.randn(4096, 1024, dtype=torch.bfloat16))
+    launch = static_launch(graph, kernel, interpret=False)
+    assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"]) == tile
+    assert (launch.num_warps, launch.num_stages, launch.constants["EVEN_K"]) == (8, stages, True)
+    binary = bench_static.compile_sm90(graph, kernel, tmp_path)
+    ptx = binary.asm["ptx"]
+    assert binary.metadata.num_stages == stages
+    assert binary.metadata.shared == stages * (tile[0] + tile[1]) * 64 * 2 <= SHARED_LIMIT
+    assert "wgmma.mma_async" in ptx and "cp.async.cg.shared.global" in ptx
+    assert (bench_static.widest(ptx, "ld"), bench_static.widest(ptx, "st")) == (128, 128)
+    registers, spills = bench_static.ptxas_usage(ptx)
+    assert registers is None or (registers <= 255 and spills == 0)
+
+
+@pytest.mark.parametrize("k, masked", [(1024, False), (1000, True)])
+def test_even_k_drops_the_k_mask_on_sm90(tmp_path, k, masked):
+    """K a multiple of BLOCK_K: the K loop's operand loads carry no mask once compiled
+    (the all-true mask folds away); otherwise both are masked. The bias is masked by N."""
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    lin = nn.Linear(k, 512).to(torch.bfloat16)
+    graph, kernel = _matmul_kernel(lambda x: torch.relu(lin(x)), torch.randn(512, k, dtype=torch.bfloat16))
+    assert static_launch(graph, kernel, interpret=False).constants["EVEN_K"] is not masked
+    ttir = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ttir"]
+    loads = re.findall(r"tt\.load %[\w.]+(,)?", ttir)
+    assert len(loads) == 3
+    assert sum(bool(comma) for comma in loads) == (3 if masked else 1)
