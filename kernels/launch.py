@@ -104,6 +104,9 @@ def reduction_launch(rows: int, rnumel: int, persistent: bool, inner: bool, inte
 SHARED = 227 * 1024
 # float32 accumulator values a thread may hold with room left for the epilogue (of 255 registers).
 ACCUMULATOR_REGISTERS = 128
+# Epilogue ops past which 128 x 128 tiles spill on sm_90 (a backward's GELU gradient, 14 ops: 28
+# bytes; the forward GELU, 6 ops, takes 160 registers): such epilogues get 128 x 64 tiles.
+HEAVY_EPILOGUE = 8
 
 
 def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1, epilogue: int = 0, *,
@@ -125,7 +128,8 @@ def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: 
         tile = (128, 256) if n >= m else (256, 128)
         return _matmul_config(batch, m, n, k, (*tile, block_k), 8, dtype, accumulators)
     if _tiles(batch, m, n, 128, 128) >= 64:
-        return _matmul_config(batch, m, n, k, (128, 128, block_k), 8, dtype, accumulators)
+        block_n = 128 if epilogue <= HEAVY_EPILOGUE else 64
+        return _matmul_config(batch, m, n, k, (128, block_n, block_k), 8, dtype, accumulators)
     # A smaller problem gets 64x64 tiles so more programs run at once.
     return _matmul_config(batch, m, n, k, (64, 64, block_k), 4, dtype, accumulators)
 

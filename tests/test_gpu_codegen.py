@@ -193,18 +193,28 @@ def _matmul_kernel(fn, *args):
     return graph.plan.graph, kernel
 
 
+def _gelu_gradient(y, r):
+    """A GELU's gradient times r (the shape of a backward's epilogue): 12 ops after the matmul."""
+    return r * (F.gelu(y) + y * torch.exp(-0.5 * y * y) * 0.3989)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("act, tile, stages", [(None, (256, 128), 4), (F.gelu, (128, 128), 5)], ids=["bias", "gelu"])
-def test_hopper_matmul_tiles_compile_without_spills(tmp_path, act, tile, stages):
+@pytest.mark.parametrize("epilogue, tile, stages", [
+    (lambda y, r: y, (256, 128), 4),
+    (lambda y, r: F.gelu(y), (128, 128), 5),
+    (_gelu_gradient, (128, 64), 5),
+], ids=["bias", "gelu", "gelu-gradient"])
+def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, stages):
     """Linear 1024 -> 2048 over 4096 rows, bfloat16: a bias add alone takes 256 x 128 tiles in
-    4 stages (192 KiB of shared memory), a GELU after it 128 x 128 tiles in 5 (160 KiB); 8
-    warps of wgmma, operands copied 16 bytes at a time, 128-bit stores, nothing spilled."""
+    4 stages (192 KiB of shared memory), a GELU after it 128 x 128 tiles in 5 (160 KiB), a
+    longer epilogue 128 x 64; 8 warps of wgmma, operands copied 16 bytes at a time, 128-bit
+    stores, nothing spilled."""
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     torch.manual_seed(5)
     lin = nn.Linear(1024, 2048).to(torch.bfloat16)
-    graph, kernel = _matmul_kernel(lambda x: lin(x) if act is None else act(lin(x)),
-                                   torch.randn(4096, 1024, dtype=torch.bfloat16))
+    x, r = torch.randn(4096, 1024, dtype=torch.bfloat16), torch.randn(4096, 2048, dtype=torch.bfloat16)
+    graph, kernel = _matmul_kernel(lambda x, r: epilogue(lin(x), r), x, r)
     launch = static_launch(graph, kernel, interpret=False)
     assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"]) == tile
     assert (launch.num_warps, launch.num_stages, launch.constants["EVEN_K"]) == (8, stages, True)
