@@ -105,7 +105,7 @@ def test_first_launch_finds_the_precompiled_binary(sm90_jit, monkeypatch, name):
         launch = call.launch
         # KernelCall._dispatch's own arguments, through Triton's JIT, stopping short of the launch.
         found = call.fn.run(*launched[kernel.id], *call.sizes, grid=launch.grid, warmup=True,
-                            **launch.constants, num_warps=launch.num_warps)
+                            **launch.constants, **launch.options())
         assert found is binaries[kernel.id]
 
 
