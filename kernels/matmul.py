@@ -28,6 +28,7 @@ from fusec.ir import Graph, Kind, Node
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
+from fusec.sizes import source
 
 # float32 operands multiply in full precision ("ieee"), as torch does by
 # default; the tf32 Triton would otherwise pick drops 13 mantissa bits.
@@ -127,8 +128,12 @@ class MatmulRenderer(Renderer):
         with self.out.block("for k0 in range(0, K, BLOCK_K):"):
             offsets = "k0 + tl.arange(0, BLOCK_K)"
             self.out.emit(f"k = ({offsets}).to(tl.int64)" if self.wide else f"k = {offsets}")
-            # EVEN_K: no K tail; the all-true mask folds away, so K loads go unmasked.
-            self.out.emit("kmask = tl.full([BLOCK_K], True, tl.int1) if EVEN_K else k < K")
+            # EVEN_K: no K tail; the all-true mask folds away, so K loads go unmasked. Otherwise K
+            # is compared as written in the graph (a number when static): Triton then knows how many
+            # elements share a mask bit (8 for K = 1000) and copies 16 bytes at a time, pipelined,
+            # where the argument K, not a multiple of 16, would give it 1: scalar loads, no stages.
+            limit = source(self.graph[self.node.operands()[0]].symbolic_shape[-1])
+            self.out.emit(f"kmask = tl.full([BLOCK_K], True, tl.int1) if EVEN_K else k < {limit}")
             self.out.bind_root("ka", "k[None, :]", {"ka"})
             self.out.bind_root("kb", "k[:, None]", {"kb"})
             for node in self.nodes:

@@ -231,13 +231,17 @@ def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, st
 @pytest.mark.parametrize("k, masked", [(1024, False), (1000, True)])
 def test_even_k_drops_the_k_mask_on_sm90(tmp_path, k, masked):
     """K a multiple of BLOCK_K: the K loop's operand loads carry no mask once compiled
-    (the all-true mask folds away); otherwise both are masked. The bias is masked by N."""
+    (the all-true mask folds away); otherwise both are masked. The bias is masked by N.
+    Either way the operands are copied 16 bytes at a time through 5 stages: K = 1000 is
+    compared as a number, so Triton knows 8 elements share each mask bit."""
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     lin = nn.Linear(k, 512).to(torch.bfloat16)
     graph, kernel = _matmul_kernel(lambda x: torch.relu(lin(x)), torch.randn(512, k, dtype=torch.bfloat16))
     assert static_launch(graph, kernel, interpret=False).constants["EVEN_K"] is not masked
-    ttir = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ttir"]
-    loads = re.findall(r"tt\.load %[\w.]+(,)?", ttir)
+    binary = bench_static.compile_sm90(graph, kernel, tmp_path)
+    assert binary.metadata.shared == 5 * (64 + 64) * 64 * 2  # 64 x 64 tiles (few of them), 5 stages
+    assert bench_static.widest(binary.asm["ptx"], "ld") == 128
+    loads = re.findall(r"tt\.load %[\w.]+(,)?", binary.asm["ttir"])
     assert len(loads) == 3
     assert sum(bool(comma) for comma in loads) == (3 if masked else 1)
