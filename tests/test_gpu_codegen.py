@@ -245,3 +245,18 @@ def test_even_k_drops_the_k_mask_on_sm90(tmp_path, k, masked):
     loads = re.findall(r"tt\.load %[\w.]+(,)?", binary.asm["ttir"])
     assert len(loads) == 3
     assert sum(bool(comma) for comma in loads) == (3 if masked else 1)
+
+
+def test_contiguous_dims_are_indexed_as_one_run(tmp_path):
+    """A channel concat of 28 x 28 planes: the row and column a plane's offset splits into are
+    read back as one offset (`offs % 784`), so Triton proves 16 consecutive elements (784 =
+    16 x 49; 28 = 4 x 7 allowed 4) and every load is a 128-bit vector, as Inductor's are."""
+    torch.manual_seed(6)
+    a, b = torch.randn(1, 8, 28, 28, dtype=torch.bfloat16), torch.randn(1, 16, 28, 28, dtype=torch.bfloat16)
+    report = check(lambda a, b: torch.cat([torch.relu(a), torch.sigmoid(b)], 1), a, b, kernels=1)
+    graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
+    assert "offs % 784" in kernel.source and "% 28" not in kernel.source
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
