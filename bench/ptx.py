@@ -1,5 +1,8 @@
 """What a kernel compiled for an H100 (sm_90) is made of, read from its PTX and from
-`ptxas -v`: the widths of its global loads and stores, its registers and spills."""
+`ptxas -v`: the widths of its global loads and stores, its registers and spills.
+
+A pipelined loop (a matmul's K loop) reads global memory with asynchronous copies
+into shared memory (`cp.async`), not `ld.global`: they count as loads of their size."""
 
 from __future__ import annotations
 
@@ -11,11 +14,16 @@ from typing import Any
 
 H100 = (90, 32)  # compute capability, warp size
 _ACCESS = re.compile(r"\b(ld|st)\.global[\w:.]*?(?:\.v(\d))?\.[bfsu](\d+)\b")
+# cp.async.cg.shared.global [dst], [src], 16, ...: the third operand is the bytes copied.
+_COPY = re.compile(r"\bcp\.async\.c[ag]\.shared\.global[\w:.]*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
 
 
 def widest(ptx: str, op: str, pick: Any = max) -> int:
     """Bits moved by the widest (or with `pick=min` the narrowest) global `op` ("ld" or "st") in the PTX."""
-    return pick((int(n or 1) * int(bits) for o, n, bits in _ACCESS.findall(ptx) if o == op), default=0)
+    bits = [int(n or 1) * int(width) for o, n, width in _ACCESS.findall(ptx) if o == op]
+    if op == "ld":
+        bits += [8 * int(size, 0) for size in _COPY.findall(ptx)]
+    return pick(bits, default=0)
 
 
 def ptxas_usage(ptx: str) -> tuple[int | None, int | None]:

@@ -105,7 +105,7 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path, stage: int = 0) 
     source = ASTSource(fn, types, constants, attrs=hints)
     # The rest are compile options; a kernel asserting on the device is compiled with debug on, as its JIT asks.
     options = {n: v for n, v in launch.constants.items() if n not in constants}
-    options |= {"num_warps": launch.num_warps, "debug": bool(fn.debug)}
+    options |= {**launch.options(), "debug": bool(fn.debug)}
     return triton_compile(source, target=GPUTarget("cuda", *H100), options=options)
 
 

@@ -108,7 +108,7 @@ class KernelCall:
     def _dispatch(self, args: Sequence[Any]) -> Any:
         """Through Triton's JIT: compiles on first sight of a specialization; returns the binary."""
         launch = self.launch
-        binary = self.fn[launch.grid](*args, *self.sizes, **launch.constants, num_warps=launch.num_warps)
+        binary = self.fn[launch.grid](*args, *self.sizes, **launch.constants, **launch.options())
         if isinstance(binary, _FUTURE):  # compiled in the background (kernels/precompile.py): now done
             binary = binary.result()
         if self.tail is None and not self.interpret:
@@ -162,7 +162,7 @@ class DynamicCall:
         try:
             if self.interpret:
                 with _INTERPRETER:
-                    fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+                    fn[launch.grid](*given, **launch.constants, **launch.options())
                 return
             self._launch(fn, launch, given)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
@@ -172,12 +172,12 @@ class DynamicCall:
         # Everything a binary depends on: the variant, the device, the loaded pointers' alignment
         # (the rest come from the allocator) and the class of every integer argument.
         device = given[0].device.index
-        key = (id(fn), launch.num_warps, *sorted(launch.constants.items()), device,
+        key = (id(fn), *launch.options().items(), *sorted(launch.constants.items()), device,
                *[a.data_ptr() % 16 == 0 for a in given[:self.loaded]],
                *[int_class(a) for a in given if isinstance(a, int)])
         found = self.binaries.get(key)
         if found is None or _launch_hooks_set():
-            binary = fn[launch.grid](*given, **launch.constants, num_warps=launch.num_warps)
+            binary = fn[launch.grid](*given, **launch.constants, **launch.options())
             names = list(fn.arg_names)[len(given):]
             self.binaries[key] = (binary, tuple(launch.constants[n] for n in names))
             return

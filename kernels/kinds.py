@@ -93,7 +93,7 @@ KINDS: dict[KernelKind, KindRules] = {
     KernelKind.MATMUL: KindRules(
         render_matmul, lambda graph, kernel: matmul_problem(graph, kernel)[:4],
         lambda graph, kernel, values, interpret, persistent: matmul_launch(
-            *values, matmul_problem(graph, kernel)[4], interpret),
+            *values, *matmul_problem(graph, kernel)[4:], interpret=interpret),
         lambda values: tuple(values[1:])),  # the batch count is in the grid only
     KernelKind.COMBO: KindRules(
         render_combo, _parts,

@@ -11,12 +11,20 @@ from dataclasses import dataclass
 
 import triton
 
+from fusec.ir import ITEMSIZE
+
 
 @dataclass(frozen=True)
 class Launch:
     grid: tuple[int, ...]
     constants: dict
     num_warps: int
+    num_stages: int | None = None  # software-pipelined loads in flight (matmul); None: Triton's default
+
+    def options(self) -> dict[str, int]:
+        """The compile options Triton takes beside the constexprs."""
+        staged = {} if self.num_stages is None else {"num_stages": self.num_stages}
+        return {"num_warps": self.num_warps, **staged}
 
 
 # An H100's multiprocessors: the GPU the shapes are chosen for when there is none to ask.
@@ -141,36 +149,80 @@ def split_launches(rows: int, rnumel: int, split: Split, write_pass: bool, inter
     return first, Launch((groups, 1), {**constants, "STAGE": 2}, warps)
 
 
-def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:
-    """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes."""
+# Shared memory one program may use on an sm_90 GPU: what bounds the stages of a pipelined K loop.
+SHARED = 227 * 1024
+# float32 accumulator values a thread may hold with room left for the epilogue (of 255 registers).
+ACCUMULATOR_REGISTERS = 128
+# Epilogue ops past which 128 x 128 tiles spill on sm_90 (a backward's GELU gradient, 14 ops: 28
+# bytes; the forward GELU, 6 ops, takes 160 registers): such epilogues get 128 x 64 tiles.
+HEAVY_EPILOGUE = 8
+
+
+def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1, epilogue: int = 0, *,
+                  interpret: bool) -> Launch:
+    """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes.
+    `accumulators`: the matmuls that share each tile of the left operand (each holds a tile);
+    `epilogue`: the arithmetic ops applied to the tiles before they are stored."""
     if interpret:
         # Every program and every K step costs Python time: few, large tiles.
         block_m, block_n, block_k = (min(_pow2(size, 16), 64) for size in (m, n, k))
-        warps = 1
-    else:
-        # 128x128 tiles once there are enough to fill the SMs; a smaller problem
-        # gets 64x64 tiles so more programs run at once.
-        edge = 128 if batch * triton.cdiv(m, 128) * triton.cdiv(n, 128) >= 64 else 64
-        block_m, block_n = min(_pow2(m, 16), edge), min(_pow2(n, 16), edge)
-        # A K step of 128 bytes per row for either operand width.
-        block_k = min(_pow2(k, 16), 32 if dtype == "float32" else 64)
-        warps = 8 if block_m * block_n >= 128 * 128 else 4
-    grid = (batch * triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+        return _matmul_config(batch, m, n, k, (block_m, block_n, block_k), 1, dtype, interpret=True)
+    # A K step of 128 bytes per row for either operand width.
+    block_k = 32 if dtype == "float32" else 64
+    if dtype != "float32" and accumulators == 1 and epilogue <= 1 and _tiles(batch, m, n, 128, 256) >= SMS:
+        # Hopper's large tiles (a full wave of them): 8 warps, two warpgroups of wgmma, the long
+        # side along the larger of M and N, and as many stages as shared memory holds (4). Their
+        # 128 accumulator values a thread leave room for a bias add (230 registers on sm_90); a
+        # residual add or a GELU more spills (84-144 bytes), so those take 128 x 128 tiles.
+        tile = (128, 256) if n >= m else (256, 128)
+        return _matmul_config(batch, m, n, k, (*tile, block_k), 8, dtype, accumulators)
+    if _tiles(batch, m, n, 128, 128) >= 64:
+        block_n = 128 if epilogue <= HEAVY_EPILOGUE else 64
+        return _matmul_config(batch, m, n, k, (128, block_n, block_k), 8, dtype, accumulators)
+    # A smaller problem gets 64x64 tiles so more programs run at once.
+    return _matmul_config(batch, m, n, k, (64, 64, block_k), 4, dtype, accumulators)
+
+
+def _tiles(batch: int, m: int, n: int, block_m: int, block_n: int) -> int:
+    return batch * triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+
+
+def _matmul_config(batch: int, m: int, n: int, k: int, blocks: tuple[int, int, int], warps: int,
+                   dtype: str, accumulators: int = 1, interpret: bool = False) -> Launch:
+    """A tile configuration clipped to the problem, with its grid, EVEN_K and stages (none
+    in the interpreter, which has no pipeline)."""
+    block_m, block_n, block_k = (min(_pow2(size, 16), edge) for size, edge in zip((m, n, k), blocks, strict=True))
+    # Several accumulators share the registers one would have: narrower tiles keep them out of local memory.
+    while not interpret and block_n > 32 and block_m * block_n * accumulators > ACCUMULATOR_REGISTERS * 32 * warps:
+        block_n //= 2
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
+                 # K a multiple of the step: the K loop's loads need no mask (a constexpr, as Inductor's).
+                 "EVEN_K": k % block_k == 0,
                  # The interpreter's bfloat16 dot is wrong; a float32 dot of 16-bit operands is exact.
                  "DOT_F32": interpret}
-    return Launch(grid, constants, warps)
+    stages = None if interpret else _stages(block_m, block_n * accumulators, block_k, dtype)
+    return Launch((_tiles(batch, m, n, block_m, block_n),), constants, warps, stages)
 
 
-def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str) -> list[Launch]:
-    """The GPU tile configurations timed once per shape: the size heuristic's choice,
-    then square 64 and wide 128x64 tiles (each clipped to the problem), deduplicated."""
-    first = matmul_launch(batch, m, n, k, dtype, interpret=False)
-    configs = [first]
-    for edge_m, edge_n, warps in ((64, 64, 4), (128, 64, 4)):
-        block_m, block_n = min(_pow2(m, 16), edge_m), min(_pow2(n, 16), edge_n)
-        constants = {**first.constants, "BLOCK_M": block_m, "BLOCK_N": block_n}
-        grid = (batch * triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-        if all(c.constants != constants for c in configs):
-            configs.append(Launch(grid, constants, warps))
+def _stages(block_m: int, block_n: int, block_k: int, dtype: str) -> int:
+    """Loads in flight: as many K steps of both operand tiles as fit in shared memory, 2 to 5.
+    float32 operands multiply on the FMA units (an "ieee" dot), which the loads already outpace:
+    Triton's default of 3."""
+    if dtype == "float32":
+        return 3
+    step = (block_m + block_n) * block_k * ITEMSIZE[dtype]
+    return max(2, min(5, SHARED // step))
+
+
+def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1,
+                   epilogue: int = 0) -> list[Launch]:
+    """The GPU tile configurations timed once per shape: the size heuristic's choice, then
+    128 x 128 (8 warps), square 64 and wide 128 x 64 tiles (4 warps), each clipped to the
+    problem, deduplicated."""
+    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, interpret=False)]
+    block_k = configs[0].constants["BLOCK_K"]
+    for block_m, block_n, warps in ((128, 128, 8), (64, 64, 4), (128, 64, 4)):
+        config = _matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype, accumulators)
+        if all((c.constants, c.num_warps) != (config.constants, config.num_warps) for c in configs):
+            configs.append(config)
     return configs

@@ -13,18 +13,22 @@ tiles they share stay in L2 (the Triton tutorial's grouped ordering).
 
 Kernel parameters, in order: the group's inputs then its outputs (as every
 renderer), then the runtime sizes `matmul_sizes` returns (M, N, K), then the
-constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M and DOT_F32 that
-`kernels.launch.matmul_launch` chooses. DOT_F32 upcasts the operand tiles to
+constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K and DOT_F32 that
+`kernels.launch.matmul_launch` chooses. EVEN_K (K a multiple of BLOCK_K) drops
+the K mask from the loop's loads. DOT_F32 upcasts the operand tiles to
 float32 before the dot: Triton's interpreter computes bfloat16 dots wrongly,
 and 16-bit products are exact in float32, so the result is the tensor-core one.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from fusec.ir import Graph, Kind, Node
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
+from fusec.sizes import source
 
 # float32 operands multiply in full precision ("ieee"), as torch does by
 # default; the tf32 Triton would otherwise pick drops 13 mantissa bits.
@@ -45,18 +49,30 @@ def matmul_node(graph: Graph, kernel: Kernel) -> Node:
     return matmul_nodes(graph, kernel)[0]
 
 
-def matmul_problem(graph: Graph, kernel: Kernel) -> tuple[int, int, int, int, str]:
-    """(batch, M, N, K, operand dtype): what `matmul_launch` sizes the tiles from."""
-    node = matmul_node(graph, kernel)
-    a = graph[node.operands()[0]]
-    *batch, m, n = node.shape
-    return (batch[0] if batch else 1), m, n, a.shape[-1], a.dtype
+class MatmulProblem(NamedTuple):
+    """What `matmul_launch` sizes the tiles from."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    dtype: str  # the operands'
+    accumulators: int  # matmuls sharing each tile of the left operand, each with a tile of its own
+    epilogue: int  # arithmetic ops after the matmuls (casts aside): registers each output tile needs
+
+
+def matmul_problem(graph: Graph, kernel: Kernel) -> MatmulProblem:
+    nodes = matmul_nodes(graph, kernel)
+    a = graph[nodes[0].operands()[0]]
+    *batch, m, n = nodes[0].shape
+    epilogue = sum(graph[p].kind is Kind.POINTWISE and graph[p].op != "cast" for p in kernel.members)
+    return MatmulProblem((batch[0] if batch else 1), m, n, a.shape[-1], a.dtype, len(nodes), epilogue)
 
 
 def matmul_sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
     """The size arguments the kernel takes after its tensors: (M, N, K)."""
-    _, m, n, k, _ = matmul_problem(graph, kernel)
-    return m, n, k
+    problem = matmul_problem(graph, kernel)
+    return problem.m, problem.n, problem.k
 
 
 class MatmulRenderer(Renderer):
@@ -112,7 +128,12 @@ class MatmulRenderer(Renderer):
         with self.out.block("for k0 in range(0, K, BLOCK_K):"):
             offsets = "k0 + tl.arange(0, BLOCK_K)"
             self.out.emit(f"k = ({offsets}).to(tl.int64)" if self.wide else f"k = {offsets}")
-            self.out.emit("kmask = k < K")
+            # EVEN_K: no K tail; the all-true mask folds away, so K loads go unmasked. Otherwise K
+            # is compared as written in the graph (a number when static): Triton then knows how many
+            # elements share a mask bit (8 for K = 1000) and copies 16 bytes at a time, pipelined,
+            # where the argument K, not a multiple of 16, would give it 1: scalar loads, no stages.
+            limit = source(self.graph[self.node.operands()[0]].symbolic_shape[-1])
+            self.out.emit(f"kmask = tl.full([BLOCK_K], True, tl.int1) if EVEN_K else k < {limit}")
             self.out.bind_root("ka", "k[None, :]", {"ka"})
             self.out.bind_root("kb", "k[:, None]", {"kb"})
             for node in self.nodes:
@@ -129,8 +150,8 @@ class MatmulRenderer(Renderer):
             value = self.value(name, idx)
             self.out.emit(self.store(node, idx, value, "mmask & nmask", "[BLOCK_M, BLOCK_N]"))
         symbols = size_params(self.graph, self.kernel)
-        params = [*self.params(), *symbols, "M", "N", "K", "BLOCK_M: tl.constexpr",
-                  "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr", "DOT_F32: tl.constexpr"]
+        constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_F32")
+        params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
         body = live_lines(self.out.scope.lines, [])
         return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
 

@@ -257,9 +257,9 @@ def _launches(kernel_id: str, call: Any) -> list[tuple[str, KernelCall]]:
 
 
 def compile_options(launch: Any, named: Mapping[str, Any]) -> dict[str, Any]:
-    """The launch's compile options as its JIT call passes them: warps, and the constants that are
-    no parameter of the kernel (e.g. the overflow check a kernel asserting on the device turns off)."""
-    return {"num_warps": launch.num_warps, **{n: v for n, v in launch.constants.items() if n not in named}}
+    """The launch's compile options as its JIT call passes them: warps, stages, and the constants
+    that are no parameter of the kernel (e.g. the overflow check a device-side assert turns off)."""
+    return {**launch.options(), **{n: v for n, v in launch.constants.items() if n not in named}}
 
 
 def _warm(graph: Graph, kernel: Kernel, call: Any, dtypes: Mapping[str, Any]) -> Any:

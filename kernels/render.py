@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from fusec import sizes
 from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, Ref, contiguous_strides
+from fusec.kernels.contiguous import Piece, merge_contiguous
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype, literal, promote
 from fusec.kernels.hints import eviction
 from fusec.kernels.indexed import Index, IndexedValues, Value
@@ -169,6 +170,7 @@ class Renderer(IndexedValues):
         self.uses_seed = False  # random numbers: take the call's seed
         self.loop: int | None = None  # the loop over a row last begun (numbered from 0); None before one
         self.last_loop: dict[str, int] = {}  # input -> the last loop over the row that reads it
+        self.pieces: dict[str, Piece] = {}  # index names that are a piece of a linear offset (unravel)
 
     def to(self, expr: str, dtype: str) -> str:
         """`to` for this renderer's target."""
@@ -186,6 +188,8 @@ class Renderer(IndexedValues):
             quotient = linear if divisor == 1 else self.out.let(f"{linear} // {source(divisor)}", "x")
             outermost = all(shape[e] == 1 for e in order[:position])
             dims[d] = quotient if outermost else self.out.let(f"{quotient} % {source(shape[d])}", "x")
+            if isinstance(divisor, int) and isinstance(shape[d], int):
+                self.pieces[dims[d]] = Piece(linear, divisor, shape[d], outermost)
             divisor = sizes.canonical(divisor * shape[d])
         return Index(tuple(dims), linear if order == sorted(order) else None)
 
@@ -249,7 +253,9 @@ class Renderer(IndexedValues):
         strides = node.strides or contiguous_strides(node.shape)
         if idx.linear is not None and strides == contiguous_strides(node.shape):
             return idx.linear
-        terms = [term(i, st) for i, s, st in zip(idx.dims, node.shape, strides) if s != 1]
+        dims, shape, strides = merge_contiguous(idx.dims, node.shape, strides, self.pieces,
+                                                lambda expr: self.out.let(expr, "x"))
+        terms = [term(i, st) for i, s, st in zip(dims, shape, strides) if s != 1]
         return self.out.let(" + ".join(t for t in terms if t) or "0", "x")
 
     # values -----------------------------------------------------------------

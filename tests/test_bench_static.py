@@ -22,6 +22,17 @@ def test_widest_access_is_read_from_the_ptx():
     assert bench_static.widest("", "st") == 0
 
 
+def test_asynchronous_copies_count_as_loads_of_their_size():
+    """A pipelined K loop reads global memory by cp.async into shared memory."""
+    ptx = """
+        cp.async.cg.shared.global [ %r157 + 0 ], [ %rd5 + 0 ], 0x10, %r158;
+        cp.async.ca.shared.global [ %r159 + 0 ], [ %rd6 + 0 ], 4, %r158;
+        ld.global.L1::evict_last.b32 { %r1 }, [ %rd1 + 0 ];
+    """
+    assert (bench_static.widest(ptx, "ld"), bench_static.widest(ptx, "ld", min)) == (128, 32)
+    assert bench_static.widest(ptx, "st") == 0
+
+
 @pytest.fixture(scope="module")
 def long_rows(tmp_path_factory):
     """Softmax and cross-entropy over rows too long to keep in registers, in bfloat16: enough

@@ -3,6 +3,8 @@ with Triton's own compiler and ptxas, no GPU needed: catches what the CPU interp
 accepts but the GPU compiler rejects (float-only math on integers, scalar/block mixes,
 shared memory over the limit)."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,3 +189,81 @@ def test_bessel_airy_and_integer_bit_ops_compile_for_sm90(sm90):
         a, counts = torch.arange(-50, 50).to(dtype), torch.arange(100, dtype=torch.int32) % 70
         run(lambda a, c: [(a << c) ^ (a >> c), ~a & 0x5A, -100 >> c, a | c], a, counts)
     assert len(sm90) == 6
+
+
+def _matmul_kernel(fn, *args):
+    """The one matmul kernel fusec plans for `fn` (planned only: CPU tensors of GPU sizes)."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        (graph,) = fusec.inspect(fn, *args).graphs
+    (kernel,) = [k for k in graph.plan.kernels if k.kind == "matmul"]
+    return graph.plan.graph, kernel
+
+
+def _gelu_gradient(y, r):
+    """A GELU's gradient times r (the shape of a backward's epilogue): 12 ops after the matmul."""
+    return r * (F.gelu(y) + y * torch.exp(-0.5 * y * y) * 0.3989)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epilogue, tile, stages", [
+    (lambda y, r: y, (256, 128), 4),
+    (lambda y, r: F.gelu(y), (128, 128), 5),
+    (_gelu_gradient, (128, 64), 5),
+], ids=["bias", "gelu", "gelu-gradient"])
+def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, stages):
+    """Linear 1024 -> 2048 over 4096 rows, bfloat16: a bias add alone takes 256 x 128 tiles in
+    4 stages (192 KiB of shared memory), a GELU after it 128 x 128 tiles in 5 (160 KiB), a
+    longer epilogue 128 x 64; 8 warps of wgmma, operands copied 16 bytes at a time, 128-bit
+    stores, nothing spilled."""
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    torch.manual_seed(5)
+    lin = nn.Linear(1024, 2048).to(torch.bfloat16)
+    x, r = torch.randn(4096, 1024, dtype=torch.bfloat16), torch.randn(4096, 2048, dtype=torch.bfloat16)
+    graph, kernel = _matmul_kernel(lambda x, r: epilogue(lin(x), r), x, r)
+    launch = static_launch(graph, kernel, interpret=False)
+    assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"]) == tile
+    assert (launch.num_warps, launch.num_stages, launch.constants["EVEN_K"]) == (8, stages, True)
+    binary = bench_static.compile_sm90(graph, kernel, tmp_path)
+    ptx = binary.asm["ptx"]
+    assert binary.metadata.num_stages == stages
+    assert binary.metadata.shared == stages * (tile[0] + tile[1]) * 64 * 2 <= SHARED_LIMIT
+    assert "wgmma.mma_async" in ptx and "cp.async.cg.shared.global" in ptx
+    assert (bench_static.widest(ptx, "ld"), bench_static.widest(ptx, "st")) == (128, 128)
+    registers, spills = bench_static.ptxas_usage(ptx)
+    assert registers is None or (registers <= 255 and spills == 0)
+
+
+@pytest.mark.parametrize("k, masked", [(1024, False), (1000, True)])
+def test_even_k_drops_the_k_mask_on_sm90(tmp_path, k, masked):
+    """K a multiple of BLOCK_K: the K loop's operand loads carry no mask once compiled
+    (the all-true mask folds away); otherwise both are masked. The bias is masked by N.
+    Either way the operands are copied 16 bytes at a time through 5 stages: K = 1000 is
+    compared as a number, so Triton knows 8 elements share each mask bit."""
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    lin = nn.Linear(k, 512).to(torch.bfloat16)
+    graph, kernel = _matmul_kernel(lambda x: torch.relu(lin(x)), torch.randn(512, k, dtype=torch.bfloat16))
+    assert static_launch(graph, kernel, interpret=False).constants["EVEN_K"] is not masked
+    binary = bench_static.compile_sm90(graph, kernel, tmp_path)
+    assert binary.metadata.shared == 5 * (64 + 64) * 64 * 2  # 64 x 64 tiles (few of them), 5 stages
+    assert bench_static.widest(binary.asm["ptx"], "ld") == 128
+    loads = re.findall(r"tt\.load %[\w.]+(,)?", binary.asm["ttir"])
+    assert len(loads) == 3
+    assert sum(bool(comma) for comma in loads) == (3 if masked else 1)
+
+
+def test_contiguous_dims_are_indexed_as_one_run(tmp_path):
+    """A channel concat of 28 x 28 planes: the row and column a plane's offset splits into are
+    read back as one offset (`offs % 784`), so Triton proves 16 consecutive elements (784 =
+    16 x 49; 28 = 4 x 7 allowed 4) and every load is a 128-bit vector, as Inductor's are."""
+    torch.manual_seed(6)
+    a, b = torch.randn(1, 8, 28, 28, dtype=torch.bfloat16), torch.randn(1, 16, 28, 28, dtype=torch.bfloat16)
+    report = check(lambda a, b: torch.cat([torch.relu(a), torch.sigmoid(b)], 1), a, b, kernels=1)
+    graph, kernel = report.graphs[0].plan.graph, report.kernels[0]
+    assert "offs % 784" in kernel.source and "% 28" not in kernel.source
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128

@@ -176,3 +176,20 @@ def test_auto_choice_times_configs_and_library_once(monkeypatch, fastest):
     assert len(timed) == n_configs + 1  # timed once per shape, then cached
     (choice,) = runtime._MATMUL_CHOICE.values()
     assert (choice == "library") == (fastest == "library")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k, even", [(64, True), (128, True), (40, False), (100, False)])
+def test_k_loop_with_and_without_a_tail(dtype, k, even):
+    """EVEN_K (K a multiple of BLOCK_K) loads the operands unmasked; otherwise the last K
+    step is masked. Both equal eager; an inf beyond no K tail reaches the result either way."""
+    torch.manual_seed(9)
+    a, b, bias = torch.randn(20, k).to(dtype), torch.randn(k, 36).to(dtype), torch.randn(36).to(dtype)
+    a[3, k - 1] = float("inf")  # the last K element counts, masked or not
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2.2e-2}[dtype]
+    compiled = fusec.compile(lambda a, b, bias: torch.relu(a @ b + bias))
+    expected = torch.relu(a @ b + bias)
+    torch.testing.assert_close(compiled(a, b, bias), expected, rtol=tol, atol=tol, equal_nan=True)
+    (graph,) = assert_ran(compiled).graphs
+    (kernel,) = graph.plan.kernels
+    assert graph.runtime.calls[kernel.id].launch.constants["EVEN_K"] is even

@@ -7,7 +7,7 @@ import torch
 
 from fusec.ir import Graph, Kind, Node, Ref, contiguous_strides
 from fusec.kernels.compile import load_kernel
-from fusec.kernels.launch import matmul_launch
+from fusec.kernels.launch import matmul_configs, matmul_launch
 from fusec.kernels.matmul import matmul_problem, matmul_sizes, render_matmul
 from fusec.plan import Kernel, KernelKind
 
@@ -211,7 +211,7 @@ def test_source_shape(tmp_path):
     assert "tl.dot" in source and "tl.where" in source and source.count("tl.store") == 1
     assert "input_precision" not in source  # 16-bit operands take tensor cores as they are
     assert matmul_sizes(b.graph, kernel) == (8, 16, 32)
-    assert matmul_problem(b.graph, kernel) == (4, 8, 16, 32, "bfloat16")
+    assert matmul_problem(b.graph, kernel) == (4, 8, 16, 32, "bfloat16", 1, 1)  # one matmul, relu after it
 
 
 def test_huge_operands_index_in_int64():
@@ -231,17 +231,42 @@ def test_float32_dot_is_ieee():
     assert 'input_precision="ieee"' in source
 
 
-@pytest.mark.parametrize("problem, blocks, warps", [
-    ((1, 4096, 4096, 4096, "float16"), (128, 128, 64), 8),
-    ((1, 512, 512, 512, "bfloat16"), (64, 64, 64), 4),
-    ((1, 8, 4096, 4096, "float16"), (16, 64, 64), 4),
-    ((8, 1024, 1024, 64, "float32"), (128, 128, 32), 8),
-    ((1, 30, 20, 10, "float32"), (32, 32, 16), 4),
+@pytest.mark.parametrize("problem, blocks, warps, stages", [
+    # A bias add after one matmul: Hopper's 128 x 256 tiles, the long side along the larger dim.
+    ((1, 4096, 4096, 4096, "float16", 1, 1), (128, 256, 64), 8, 4),
+    ((1, 8192, 1024, 1024, "bfloat16", 1, 1), (256, 128, 64), 8, 4),
+    # GELU or a residual after it, SwiGLU's two accumulators: 128 x 128, stages up to shared memory.
+    ((1, 4096, 4096, 4096, "bfloat16", 1, 6), (128, 128, 64), 8, 5),
+    ((1, 4096, 5632, 2048, "bfloat16", 2, 3), (128, 128, 64), 8, 4),
+    ((1, 4096, 4096, 1024, "bfloat16", 3, 3), (128, 64, 64), 8, 5),  # Q, K, V: narrower tiles
+    ((1, 8192, 4096, 1024, "bfloat16", 1, 14), (128, 64, 64), 8, 5),  # a GELU's gradient
+    ((1, 512, 512, 512, "bfloat16", 1, 1), (64, 64, 64), 4, 5),
+    ((1, 8, 4096, 4096, "float16", 1, 0), (16, 64, 64), 4, 5),
+    ((8, 1024, 1024, 64, "float32", 1, 0), (128, 128, 32), 8, 3),
+    ((1, 30, 20, 10, "float32", 1, 0), (32, 32, 16), 4, 3),
 ])
-def test_gpu_tiles(problem, blocks, warps):
+def test_gpu_tiles(problem, blocks, warps, stages):
     launch = matmul_launch(*problem, interpret=False)
     c = launch.constants
-    assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) == blocks and launch.num_warps == warps
-    assert c["DOT_F32"] is False
+    assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) == blocks
+    assert (launch.num_warps, launch.num_stages) == (warps, stages)
+    assert c["DOT_F32"] is False and c["EVEN_K"] is (problem[3] % blocks[2] == 0)
     batch, m, n = problem[:3]
     assert launch.grid == (batch * -(-m // blocks[0]) * -(-n // blocks[1]),)
+    # Every K step's operand tiles, each stage's, fit in an sm_90 program's shared memory.
+    size = 4 if problem[4] == "float32" else 2
+    assert launch.num_stages * (blocks[0] + blocks[1] * problem[5]) * blocks[2] * size <= 227 * 1024
+
+
+@pytest.mark.parametrize("k, even", [(4096, True), (4000, False), (24, False), (16, True)])
+def test_even_k_is_decided_at_launch(k, even):
+    for interpret in (True, False):
+        assert matmul_launch(1, 256, 256, k, "bfloat16", interpret=interpret).constants["EVEN_K"] is even
+
+
+def test_configs_timed_on_a_gpu_start_with_the_heuristics_and_differ():
+    configs = matmul_configs(1, 8192, 3072, 1024, "bfloat16", 1, 1)
+    assert configs[0] == matmul_launch(1, 8192, 3072, 1024, "bfloat16", 1, 1, interpret=False)
+    shapes = [(c.constants["BLOCK_M"], c.constants["BLOCK_N"], c.num_warps) for c in configs]
+    assert shapes == [(256, 128, 8), (128, 128, 8), (64, 64, 4), (128, 64, 4)]
+    assert all(c.num_stages and c.constants["EVEN_K"] for c in configs)

@@ -99,7 +99,7 @@ def _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries)
         launch = call.launch
         # KernelCall._dispatch's own arguments, through Triton's JIT, stopping short of the launch.
         found = call.fn.run(*launched[kernel.id], *call.sizes, grid=launch.grid, warmup=True,
-                            **launch.constants, num_warps=launch.num_warps)
+                            **launch.constants, **launch.options())
         assert found is binaries[kernel.id]
 
 
