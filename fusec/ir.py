@@ -305,14 +305,16 @@ class Graph:
 
     # queries ----------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
-        return self.nx.nodes[name]["node"]
+        # networkx's own node dict: passes index a graph hundreds of thousands of times,
+        # and `nx.nodes[name]` adds a call to each.
+        return self.nx._node[name]["node"]
 
     def __contains__(self, name: str) -> bool:
         return name in self.nx
 
     def __iter__(self) -> Iterator[Node]:
-        for name in self.nx.nodes:
-            yield self.nx.nodes[name]["node"]
+        for _, node in self.nx.nodes(data="node"):
+            yield node
 
     def __len__(self) -> int:
         return self.nx.number_of_nodes()

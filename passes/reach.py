@@ -122,36 +122,59 @@ class ContractedDag:
         return seen
 
 
-
 class SetReach:
     """Which vertices of a set reach which others, kept exact while they merge with each
-    other: one sweep of the DAG in reverse topological order, then a few bit operations
-    per merge (a path between two members only visits vertices numbered between theirs)."""
+    other: one sweep of the DAG each way, then a few bit operations per merge (a path
+    between two members only visits vertices numbered between theirs). Member i is bit
+    i, in the order given."""
 
     def __init__(self, dags: ContractedDag, members: list) -> None:
-        self.bit = {v: 1 << i for i, v in enumerate(members)}
+        self.members = list(members)
+        self.index = {v: i for i, v in enumerate(self.members)}
+        self.live = (1 << len(self.members)) - 1
         lo, hi = min(dags.order[v] for v in members), max(dags.order[v] for v in members)
-        window = sorted((v for v, o in dags.order.items() if lo <= o <= hi), key=dags.order.__getitem__,
-                        reverse=True)
-        below: dict = {}  # vertex -> bits of the members it reaches
+        window = sorted((v for v, o in dags.order.items() if lo <= o <= hi), key=dags.order.__getitem__)
+        self.below = self._sweep(reversed(window), dags.dag.successors)  # members each one reaches
+        self.above = self._sweep(window, dags.dag.predecessors)  # members that reach each one
+
+    def _sweep(self, window, neighbours) -> dict:
+        """For each member, the bits of the members it meets following `neighbours`
+        (`window`: the vertices numbered between the members, neighbours first)."""
+        met: dict = {}
         for v in window:
             bits = 0
-            for succ in dags.dag.successors(v):
-                if succ in below:
-                    bits |= below[succ] | self.bit.get(succ, 0)
-            below[v] = bits
-        self.reach = {v: below[v] for v in members}
+            for u in neighbours(v):
+                if u in met:
+                    bits |= met[u] | self.bit(u)
+            met[v] = bits
+        return {v: met[v] for v in self.members}
+
+    def bit(self, v: Vertex) -> int:
+        return 1 << self.index[v] if v in self.index else 0
 
     def joined(self, a: Vertex, b: Vertex) -> bool:
         """Whether a path leads from a to b or from b to a."""
-        return bool(self.reach[a] & self.bit[b] or self.reach[b] & self.bit[a])
+        return bool((self.below[a] | self.above[a]) & self.bit(b))
+
+    def unjoined_after(self, a: Vertex, i: int) -> int:
+        """The bits of live members after member i that no path joins to a."""
+        return self.live & ~((2 << i) - 1) & ~(self.below[a] | self.above[a])
+
+    def first_of(self, bits: int) -> Vertex:
+        """The member of the lowest of `bits` (not 0)."""
+        return self.members[(bits & -bits).bit_length() - 1]
 
     def merge(self, gone: Vertex, kept: Vertex) -> None:
         """Contract `gone` into `kept`: whatever reached either now reaches what either reached."""
-        both = self.bit[gone] | self.bit[kept]
-        merged = (self.reach.pop(gone) | self.reach[kept]) & ~both
-        del self.bit[gone]
-        for v, bits in self.reach.items():
+        both, keep = self.bit(gone) | self.bit(kept), self.bit(kept)
+        below = (self.below.pop(gone) | self.below[kept]) & ~both
+        above = (self.above.pop(gone) | self.above[kept]) & ~both
+        self.live &= ~self.bit(gone)
+        del self.index[gone]
+        for v, bits in self.below.items():
             if bits & both:
-                self.reach[v] = (bits | merged | self.bit[kept]) & ~(both ^ self.bit[kept])
-        self.reach[kept] = merged
+                self.below[v] = bits & ~both | keep | below
+        for v, bits in self.above.items():
+            if bits & both:
+                self.above[v] = bits & ~both | keep | above
+        self.below[kept], self.above[kept] = below, above
