@@ -19,12 +19,11 @@ from fusec.passes.siblings import merge_siblings
 
 def fuse(graph: Graph, fuel: int | None = None) -> Graph:
     """Each group is convex, holds only pointwise/view nodes, and all its outputs
-    share one shape; values are unchanged. `fuel` caps the number of merges
-    (0: every op is its own kernel)."""
+    share one shape; values are unchanged. `fuel` caps the number of merges, those
+    of siblings included (0: every op is its own kernel)."""
     state = Grouping(graph)
     refused: dict[tuple[str, str], Refusal] = {}
     asked: dict[tuple[str, str], int] = {}  # the merge count when each edge was last refused
-    merges = 0
     for dst in graph:
         if dst.kind not in FUSIBLE:
             continue
@@ -32,7 +31,7 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
             gu, gv = state.vertex(src), state.vertex(dst.name)
             if src not in state.group_of or gu == gv:
                 continue
-            if fuel is not None and merges >= fuel:
+            if fuel is not None and state.merges >= fuel:
                 refused[src, dst.name] = Refusal("fuel", f"out of fusion fuel ({fuel} merges)" if fuel else
                                                  "fusion is off")
                 continue
@@ -42,9 +41,8 @@ def fuse(graph: Graph, fuel: int | None = None) -> Graph:
                 asked[src, dst.name] = state.merges
             else:
                 state.merge(gu, gv)
-                merges += 1
-    _retry_refused(state, refused, asked, None if fuel is None else fuel - merges)
-    merge_siblings(graph, state)
+    _retry_refused(state, refused, asked, fuel)
+    merge_siblings(graph, state, fuel)
     return _apply(graph, state, refused)
 
 
@@ -59,7 +57,7 @@ def _retry_refused(state: Grouping, refused: dict[tuple[str, str], Refusal], ask
     while merged:
         merged = False
         for src, dst in list(refused):
-            if fuel is not None and fuel <= 0:
+            if fuel is not None and state.merges >= fuel:
                 return
             gu, gv = state.vertex(src), state.vertex(dst)
             if gu != gv:
@@ -70,31 +68,34 @@ def _retry_refused(state: Grouping, refused: dict[tuple[str, str], Refusal], ask
                     continue
                 state.merge(gu, gv)
                 merged = True
-                fuel = None if fuel is None else fuel - 1
             del refused[src, dst]
 
 
 def _apply(graph: Graph, state: Grouping, refused: dict[tuple[str, str], Refusal]) -> Graph:
     """Name the groups k0, k1, ... in topological order and label boundary edges."""
     out = graph.copy()
-    names: dict[str, str] = {}
+    names: dict[str, str | None] = {}  # vertex -> its kernel, None when it is not one
+    kernels = 0
     for node in graph:
         vertex = state.group_of.get(node.name)
         if vertex is None:
             continue
-        members = state.members[vertex]
-        if all(graph[m].kind in (Kind.VIEW, Kind.MATMUL) for m in members) and \
-                sum(graph[m].kind is Kind.MATMUL for m in members) <= 1:
-            # Nothing to fuse: views run as torch aliases, a bare matmul as torch's own.
-            continue
         if vertex not in names:
-            names[vertex] = f"k{len(names)}"
-        out.update(node.replace(group=names[vertex]))
-    for src, dst in graph.nx.edges:
-        a, b = out[src], out[dst]
-        data = out.nx.edges[src, dst]
-        if (a.group is not None and a.group == b.group) or (inlined(out, src) and b.group is not None):
+            names[vertex] = f"k{kernels}" if _is_kernel(graph, state.members[vertex]) else None
+            kernels += names[vertex] is not None
+        if names[vertex] is not None:
+            out.update(node.replace(group=names[vertex]))
+    group = {name: node.group for name, node in out.nx.nodes(data="node")}
+    for src, dst, data in out.nx.edges(data=True):
+        if (group[src] is not None and group[src] == group[dst]) or (group[dst] is not None and inlined(out, src)):
             data.pop("reason", None)
             continue
-        data["reason"] = refused.get((src, dst)) or boundary_refusal(a, b)
+        data["reason"] = refused.get((src, dst)) or boundary_refusal(out[src], out[dst])
     return out
+
+
+def _is_kernel(graph: Graph, members: list[str]) -> bool:
+    """Whether a group has something to fuse: views alone run as torch aliases, a bare
+    matmul as torch's own."""
+    kinds = [graph[m].kind for m in members]
+    return not all(k in (Kind.VIEW, Kind.MATMUL) for k in kinds) or kinds.count(Kind.MATMUL) > 1

@@ -19,10 +19,11 @@ from fusec.passes.reach import SetReach
 _BITS_BUCKET = 8
 
 
-def merge_siblings(graph: Graph, state: Grouping) -> None:
+def merge_siblings(graph: Graph, state: Grouping, fuel: int | None = None) -> None:
     """Merge the groups of each bucket of siblings into as few groups as the refusals
     allow: reductions by row domain, matmuls by left operand and shape, then pointwise
-    groups by a tensor they read and their shape."""
+    groups by a tensor they read and their shape; none once the grouping has made
+    `fuel` merges."""
     by_domain: dict[tuple, list[str]] = {}
     for node in graph:
         group = state.group_of.get(node.name)
@@ -33,9 +34,9 @@ def merge_siblings(graph: Graph, state: Grouping) -> None:
         if key and group not in by_domain.setdefault(key, []):
             by_domain[key].append(group)
     for bucket in by_domain.values():
-        _merge_bucket(state, bucket)
+        _merge_bucket(state, bucket, fuel)
     for bucket in _pointwise_readers(graph, state).values():
-        _merge_bucket(state, bucket)
+        _merge_bucket(state, bucket, fuel)
 
 
 def _pointwise_readers(graph: Graph, state: Grouping) -> dict[tuple, list[str]]:
@@ -53,7 +54,7 @@ def _pointwise_readers(graph: Graph, state: Grouping) -> dict[tuple, list[str]]:
     return readers
 
 
-def _merge_bucket(state: Grouping, bucket: Iterable[str]) -> None:
+def _merge_bucket(state: Grouping, bucket: Iterable[str], fuel: int | None = None) -> None:
     """Merge each group of the bucket, in order, with every later one that joins it
     without a cycle and that the refusals allow."""
     groups = [g for g in dict.fromkeys(bucket) if g in state.members]
@@ -63,6 +64,8 @@ def _merge_bucket(state: Grouping, bucket: Iterable[str]) -> None:
     while len(groups) > 1:
         first = groups.pop(0)
         for other in cycles.partners(first, groups):
+            if fuel is not None and state.merges >= fuel:
+                return
             if state.refusal(other, first, acyclic=True) is None:
                 state.merge(other, first)
                 cycles.merged(other, first)
@@ -102,10 +105,10 @@ class _Bits:
 
     def partners(self, first: str, groups: list[str]) -> Iterator[str]:
         """The groups (in order) that merging with `first` leaves acyclic, as it grows."""
-        reach, dag, at = self.reach, self.dags.dag, self.reach.index[first]
+        reach, dags, at = self.reach, self.dags, self.reach.index[first]
         while True:
             adjacent = 0
-            for v in (*dag.successors(first), *dag.predecessors(first)):
+            for v in (*dags.successors(first), *dags.predecessors(first)):
                 adjacent |= reach.bit(v)
             later = reach.live & ~((2 << at) - 1)
             candidates = reach.unjoined_after(first, at) | (adjacent & later)
@@ -113,7 +116,7 @@ class _Bits:
                 return
             other = reach.first_of(candidates)
             at = reach.index[other]
-            if not reach.joined(other, first) or self.dags.cycle_witness(other, first) is None:
+            if not reach.joined(other, first) or dags.cycle_witness(other, first) is None:
                 yield other
 
     def merged(self, gone: str, kept: str) -> None:
