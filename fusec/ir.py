@@ -203,11 +203,13 @@ def row_domain(graph: Graph, members: list[Node]) -> tuple[tuple[int, ...], tupl
     # every caller picks the same one whatever order it lists the members in.
     # A symbolic graph compares its domains by the example's sizes, as the passes did.
     domains = [reduction_domain(m, graph) for m in members if m.kind is Kind.REDUCTION]
+    return max(domains, default=None, key=lambda domain: domain_width(graph, domain))
 
-    def key(domain: tuple) -> tuple:
-        shape = tuple(sizes.hint(s, graph.hints) for s in domain[0])
-        return math.prod(shape), math.prod(s for i, s in enumerate(shape) if i not in domain[1]), shape, domain[1]
-    return max(domains, default=None, key=key)
+
+def domain_width(graph: Graph, domain: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple:
+    """What row_domain orders domains by: input size, rows, then shape and dims (a total order)."""
+    shape = tuple(sizes.hint(s, graph.hints) for s in domain[0])
+    return math.prod(shape), math.prod(s for i, s in enumerate(shape) if i not in domain[1]), shape, domain[1]
 
 
 def finals(graph: Graph, members: list[Node]) -> list[Node]:

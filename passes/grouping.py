@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import math
 
-import networkx as nx
-
-from fusec.ir import Graph, Kind, Node, is_constant, reduction_domain, row_domain
+from fusec.ir import Graph, Kind, Node, domain_width, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
 from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
@@ -39,6 +37,7 @@ class Grouping:
         self.graph = graph
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
         self.node = {n.name: n for n in graph}  # the graph does not change while fusing
+        self.users = {name: frozenset(graph.nx.successors(name)) for name in self.node}
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
         # Each group's reductions, matmuls and scans in member order: what its domain, its
@@ -51,24 +50,32 @@ class Grouping:
         # edge refused at count c need not be asked again until one of them grows after c.
         self.merges = 0
         self.grown: dict[str, int] = {}
-        dag = nx.DiGraph()
-        dag.add_nodes_from(self.vertex(n.name) for n in graph)
-        for src, dst in graph.nx.edges:
-            dag.add_edge(self.vertex(src), self.vertex(dst))
         # Every vertex starts as one node, numbered by the graph's (topological) node order.
-        self.groups = ContractedDag(dag, dict(self.position))
+        self.groups = ContractedDag(graph.nx.edges, dict(self.position))
 
     def vertex(self, name: str) -> str:
         return self.group_of.get(name, name)
 
-    def outputs(self, members: set[str]) -> list[Node]:
-        return self.graph.escaping([self.node[m] for m in sorted(members, key=self.position.__getitem__)])
+    def ordered(self, members: set[str]) -> list[Node]:
+        return [self.node[m] for m in sorted(members, key=self.position.__getitem__)]
+
+    def outputs(self, members: set[str], ordered: list[Node] | None = None) -> list[Node]:
+        """The members something outside them reads, in topological order."""
+        return [m for m in ordered or self.ordered(members) if not self.users[m.name] <= members]
 
     def domain(self, group: str) -> Domain | None:
         # Refusals ask for a growing group's domain at every merge it is offered: keep it.
         if group not in self.domains:
             self.domains[group] = row_domain(self.graph, self.reductions(group))
         return self.domains[group]
+
+    def wider(self, du: Domain | None, dv: Domain | None) -> Domain | None:
+        """The domain of two groups' union: the wider of theirs (row_domain is a max)."""
+        if du == dv or dv is None:
+            return du
+        if du is None:
+            return dv
+        return max(du, dv, key=lambda domain: domain_width(self.graph, domain))
 
     def reductions(self, *groups: str) -> list[Node]:
         return [n for g in groups for n in self.special[g] if n.kind is Kind.REDUCTION]
@@ -103,8 +110,7 @@ class Grouping:
         du, dv = self.domain(gu), self.domain(gv)
         members = set(self.members[gu]) | set(self.members[gv])
         reductions = self.reductions(gu, gv)
-        # The widest of the two groups' domains is the union's (row_domain is a max).
-        domain = du if du == dv or dv is None else dv if du is None else row_domain(self.graph, reductions)
+        domain = self.wider(du, dv)
         totals = self.totals(reductions, domain)
         if domain and totals:
             reason = final_refusal(self.graph, members, domain, totals, self.position)
@@ -165,8 +171,8 @@ class Grouping:
         """A reduction kernel works row by row: its outputs are per element or per row
         (or one value, for a group with `totals`), and no view may move values between rows."""
         per_element, per_row = row_shapes(domain)
-        ordered = [self.node[m] for m in sorted(members, key=self.position.__getitem__)]
-        for out in self.graph.escaping(ordered):
+        ordered = self.ordered(members)
+        for out in self.outputs(members, ordered):
             if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
                 return Refusal("shapes", f"shapes differ: {_shape(out.shape)} is neither an element nor "
                                          f"a row of the reduction over {_domain_text(domain)}")
@@ -233,13 +239,13 @@ class Grouping:
         return self.members.get(vertex, [vertex])[0]
 
     def merge(self, gu: str, gv: str) -> None:
+        self.domains[gv] = self.wider(self.domain(gu), self.domain(gv))
+        del self.domains[gu]
         for name in self.members.pop(gu):
             self.group_of[name] = gv
             self.members[gv].append(name)
         self.special[gv] += self.special.pop(gu)
         self.groups.merge(gu, gv)
-        self.domains.pop(gu, None)
-        self.domains.pop(gv, None)
         self.merges += 1
         self.grown[gv] = self.merges
 
