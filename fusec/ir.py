@@ -260,14 +260,13 @@ class Graph:
     def add(self, node: Node) -> Node:
         if node.name in self.nx:
             raise ValueError(f"duplicate node name {node.name!r}")
-        self.nx.add_node(node.name, node=node)
+        positions: dict[str, tuple[int, ...]] = {}  # operand -> the argument positions it is read at
         for position, operand in enumerate(node.operands()):
             if operand not in self.nx:
                 raise ValueError(f"{node.name} reads {operand!r}, which is not defined before it")
-            if self.nx.has_edge(operand, node.name):
-                self.nx.edges[operand, node.name]["positions"] += (position,)
-            else:
-                self.nx.add_edge(operand, node.name, positions=(position,))
+            positions[operand] = (*positions.get(operand, ()), position)
+        self.nx.add_node(node.name, node=node)
+        self.nx.add_edges_from((operand, node.name, {"positions": at}) for operand, at in positions.items())
         return node
 
     def copy(self) -> Graph:

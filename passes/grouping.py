@@ -38,6 +38,8 @@ class Grouping:
         self.position = {name: i for i, name in enumerate(graph.nx.nodes)}
         self.node = {n.name: n for n in graph}  # the graph does not change while fusing
         self.users = {name: frozenset(graph.nx.successors(name)) for name in self.node}
+        self.reads = {name: tuple(dict.fromkeys(node.operands())) for name, node in self.node.items()}
+        self.own_row: dict[tuple, bool] = {}  # reads_own_row's answers: a few shapes, asked thousands of times
         self.group_of = {n.name: n.name for n in graph if n.kind in FUSIBLE and not is_constant(n)}
         self.members = {name: [name] for name in self.group_of}
         # Each group's reductions, matmuls and scans in member order: what its domain, its
@@ -193,15 +195,14 @@ class Grouping:
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 return Refusal("row-move",
                                f"{node.name} ({node.op}) would move values between the rows of a reduction")
-        return self._misaligned_read(row_valued, domain)
+        return self._misaligned_read(ordered, row_valued, domain)
 
-    @staticmethod
-    def _reduced_in(ordered: list[Node]) -> set[str]:
+    def _reduced_in(self, ordered: list[Node]) -> set[str]:
         """The members (in topological order) computed from one of the group's reductions
         (their values exist only for the row the kernel is on)."""
         found: set[str] = set()
         for node in ordered:
-            if node.kind is Kind.REDUCTION or any(op in found for op in node.operands()):
+            if node.kind is Kind.REDUCTION or not found.isdisjoint(self.reads[node.name]):
                 found.add(node.name)
         return found
 
@@ -210,17 +211,19 @@ class Grouping:
             node = self.node[node.operands()[0]]
         return is_constant(node)
 
-    def _misaligned_read(self, row_valued: set[str], domain: Domain) -> Refusal | None:
-        """Why some member would read a value computed from this kernel's reductions
-        (`row_valued`) at another row than its own (x + x.sum(1) on a square x broadcasts
-        across rows)."""
-        for name in row_valued:
-            node = self.node[name]
+    def _misaligned_read(self, ordered: list[Node], row_valued: set[str], domain: Domain) -> Refusal | None:
+        """Why some member (of `ordered`, in topological order) would read a value computed
+        from this kernel's reductions (`row_valued`) at another row than its own (x + x.sum(1)
+        on a square x broadcasts across rows)."""
+        for node in ordered:
+            name = node.name
+            if name not in row_valued:
+                continue
             if node.op == "broadcast_in_dim" and not keeps_rows(node, self.node[node.operands()[0]], domain):
                 return Refusal("row-read", f"{name} would put {node.operands()[0]} on another row than its own")
             if node.kind in (Kind.REDUCTION, Kind.VIEW):
                 continue
-            for op in node.operands():
+            for op in self.reads[name]:
                 if op not in row_valued:
                     continue
                 if node.op == "take":
@@ -230,7 +233,10 @@ class Grouping:
                     own_row = node.args[1] in domain[1] and all(
                         node.shape[d] == size for d, size in enumerate(domain[0]) if d not in domain[1])
                 else:
-                    own_row = reads_own_row(self.node[op].shape, node.shape, domain)
+                    key = (self.node[op].shape, node.shape, domain)
+                    if key not in self.own_row:
+                        self.own_row[key] = reads_own_row(*key)
+                    own_row = self.own_row[key]
                 if not own_row:
                     return Refusal("row-read", f"{name} would read {op} at another row than its own")
         return None
