@@ -11,7 +11,7 @@ from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
 from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
 from fusec.passes.scan_fusion import scan_refusal
-from fusec.passes.symbolic import coincidence
+from fusec.passes.symbolic import Sizes, coincidence, sizes_seen
 
 FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN)
 # Views that keep a reduction kernel's rows intact (they only add or drop
@@ -47,6 +47,7 @@ class Grouping:
         self.special = {name: [self.node[name]] if self.node[name].kind in _SPECIAL else [] for name in self.group_of}
         self.domains: dict[str, Domain | None] = {}
         self.reduced: dict[str, Domain] = {}  # each reduction's own domain
+        self.seen: dict[str, tuple[Sizes, Refusal | None]] = {}  # a group's sizes, of a dynamic graph
         # Merges so far, and the merge count at which each group last grew: a refusal
         # depends on its two groups only (a cycle through others never goes away), so an
         # edge refused at count c need not be asked again until one of them grows after c.
@@ -94,8 +95,15 @@ class Grouping:
         of two edges or more joins them, known already)."""
         reason = self._refusal(gu, gv, acyclic)
         if reason is None and self.graph.hints:
-            reason = coincidence(self.graph, [self.node[m] for m in self.members[gu] + self.members[gv]])
+            (su, clash_u), (sv, clash_v) = self.sizes(gu), self.sizes(gv)
+            reason = clash_u or clash_v or coincidence(su, sv)
         return reason
+
+    def sizes(self, group: str) -> tuple[Sizes, Refusal | None]:
+        """A group's sizes (symbolic.sizes_seen), kept: a union's are the two groups' together."""
+        if group not in self.seen:
+            self.seen[group] = sizes_seen(self.graph, [self.node[m] for m in self.members[group]])
+        return self.seen[group]
 
     def _refusal(self, gu: str, gv: str, acyclic: bool) -> Refusal | None:
         through = None if acyclic else self.groups.cycle_witness(gu, gv)
@@ -247,6 +255,13 @@ class Grouping:
     def merge(self, gu: str, gv: str) -> None:
         self.domains[gv] = self.wider(self.domain(gu), self.domain(gv))
         del self.domains[gu]
+        if self.graph.hints:  # a refusal compared both groups' sizes: the union has no clash
+            (su, _), (sv, _) = self.sizes(gu), self.sizes(gv)
+            small, large = (su, sv) if len(su) <= len(sv) else (sv, su)
+            for hint, exact in small.items():
+                large.setdefault(hint, exact)
+            self.seen[gv] = (large, None)
+            del self.seen[gu]
         for name in self.members.pop(gu):
             self.group_of[name] = gv
             self.members[gv].append(name)
