@@ -172,7 +172,8 @@ def _plan(gm: torch.fx.GraphModule, record: CompiledGraph, options: Options) -> 
     lap("lower")
     # Fusion compares sizes by value: for a dynamic graph, values no two distinct sizes share
     # (the example's may, by chance); plans and reports then use the example's.
-    passed, pass_seconds, record.history = run_passes(graph.with_hints(sizes.generic_hints(graph.hints)), options)
+    generic = graph.with_hints(sizes.generic_hints(graph.hints)) if graph.hints else graph
+    passed, pass_seconds, record.history = run_passes(generic, options)
     record.graph = passed.with_hints(graph.hints) if graph.hints else passed
     stages += pass_seconds
     clock = time.perf_counter()

@@ -203,11 +203,13 @@ def row_domain(graph: Graph, members: list[Node]) -> tuple[tuple[int, ...], tupl
     # every caller picks the same one whatever order it lists the members in.
     # A symbolic graph compares its domains by the example's sizes, as the passes did.
     domains = [reduction_domain(m, graph) for m in members if m.kind is Kind.REDUCTION]
+    return max(domains, default=None, key=lambda domain: domain_width(graph, domain))
 
-    def key(domain: tuple) -> tuple:
-        shape = tuple(sizes.hint(s, graph.hints) for s in domain[0])
-        return math.prod(shape), math.prod(s for i, s in enumerate(shape) if i not in domain[1]), shape, domain[1]
-    return max(domains, default=None, key=key)
+
+def domain_width(graph: Graph, domain: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple:
+    """What row_domain orders domains by: input size, rows, then shape and dims (a total order)."""
+    shape = tuple(sizes.hint(s, graph.hints) for s in domain[0])
+    return math.prod(shape), math.prod(s for i, s in enumerate(shape) if i not in domain[1]), shape, domain[1]
 
 
 def finals(graph: Graph, members: list[Node]) -> list[Node]:
@@ -258,14 +260,13 @@ class Graph:
     def add(self, node: Node) -> Node:
         if node.name in self.nx:
             raise ValueError(f"duplicate node name {node.name!r}")
-        self.nx.add_node(node.name, node=node)
+        positions: dict[str, tuple[int, ...]] = {}  # operand -> the argument positions it is read at
         for position, operand in enumerate(node.operands()):
             if operand not in self.nx:
                 raise ValueError(f"{node.name} reads {operand!r}, which is not defined before it")
-            if self.nx.has_edge(operand, node.name):
-                self.nx.edges[operand, node.name]["positions"] += (position,)
-            else:
-                self.nx.add_edge(operand, node.name, positions=(position,))
+            positions[operand] = (*positions.get(operand, ()), position)
+        self.nx.add_node(node.name, node=node)
+        self.nx.add_edges_from((operand, node.name, {"positions": at}) for operand, at in positions.items())
         return node
 
     def copy(self) -> Graph:
@@ -305,14 +306,16 @@ class Graph:
 
     # queries ----------------------------------------------------------------
     def __getitem__(self, name: str) -> Node:
-        return self.nx.nodes[name]["node"]
+        # networkx's own node dict: passes index a graph hundreds of thousands of times,
+        # and `nx.nodes[name]` adds a call to each.
+        return self.nx._node[name]["node"]
 
     def __contains__(self, name: str) -> bool:
         return name in self.nx
 
     def __iter__(self) -> Iterator[Node]:
-        for name in self.nx.nodes:
-            yield self.nx.nodes[name]["node"]
+        for _, node in self.nx.nodes(data="node"):
+            yield node
 
     def __len__(self) -> int:
         return self.nx.number_of_nodes()

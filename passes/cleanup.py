@@ -11,11 +11,6 @@ from fusec.ir import Graph, Kind, Node, Ref
 _CSE_KINDS = (Kind.POINTWISE, Kind.VIEW)
 
 
-def eliminate_dead_code(graph: Graph) -> Graph:
-    """Every node left is an input or reaches the output."""
-    return _remove_dead(graph.copy())
-
-
 def _remove_dead(graph: Graph) -> Graph:
     """`graph` itself, without the nodes that neither are inputs nor reach the output."""
     live = nx.ancestors(graph.nx, graph.output.name) | {graph.output.name}
@@ -37,36 +32,19 @@ def _exact(args: tuple) -> tuple:
     return tuple((type(a), repr(a)) if isinstance(a, float) else a for a in args)
 
 
-def eliminate_common_subexpressions(graph: Graph) -> Graph:
-    """No two pure nodes compute the same op on the same arguments."""
-    out = Graph(name=graph.name)
-    out.hints = graph.hints
-    alias: dict[str, str] = {}
-    seen: dict[tuple, str] = {}
-    for node in graph:
-        node = _renamed(node, alias)
-        if node.kind in _CSE_KINDS and node.op != "rand":
-            key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides, node.sizes)
-            if key in seen:
-                alias[node.name] = seen[key]
-                continue
-            seen[key] = node.name
-        out.add(node)
-    return out
-
-
 def _is_identity(node) -> bool:
     """x * 1 and x / 1 are exactly x (NaN, inf and -0.0 included); x + 0 is not (-0.0 + 0 = 0)."""
     return node.op in ("mul", "div") and len(node.args) == 2 and isinstance(node.args[0], Ref) and \
         not isinstance(node.args[1], Ref | bool) and node.args[1] == 1
 
 
-def eliminate_identities(graph: Graph) -> Graph:
-    """No multiply or divide by one that only computing ops read, with its operand's shape
-    and dtype, remains."""
+def _simplified(graph: Graph) -> Graph:
+    """The graph without a multiply or divide by one that only computing ops read (with its
+    operand's shape and dtype), and without a pure node computing what an earlier one did."""
     out = Graph(name=graph.name)
     out.hints = graph.hints
-    alias: dict[str, str] = {}
+    alias: dict[str, str] = {}  # a dropped node -> the node its readers read instead
+    seen: dict[tuple, str] = {}
     for node in graph:
         node = _renamed(node, alias)
         # x * 1 is a fresh tensor: where a view, torch or the caller gets it (rather than
@@ -77,11 +55,17 @@ def eliminate_identities(graph: Graph) -> Graph:
             if (src.symbolic_shape, src.dtype) == (node.symbolic_shape, node.dtype):
                 alias[node.name] = src.name
                 continue
+        if node.kind in _CSE_KINDS and node.op != "rand":
+            key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides, node.sizes)
+            if key in seen:
+                alias[node.name] = seen[key]
+                continue
+            seen[key] = node.name
         out.add(node)
     return out
 
 
 def cleanup(graph: Graph) -> Graph:
     """No dead node, no multiply by one and no duplicated pure computation remains; values are unchanged."""
-    # The deduplicated graph is new and no one else's: its dead nodes go without a copy.
-    return _remove_dead(eliminate_common_subexpressions(eliminate_identities(graph)))
+    # The simplified graph is new and no one else's: its dead nodes go without a copy.
+    return _remove_dead(_simplified(graph))

@@ -11,7 +11,7 @@ pruning Inductor's scheduler does with its nodes' min/max order.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 import networkx as nx
 
@@ -39,12 +39,26 @@ class ContractedDag:
     """A DAG whose vertices can be merged, with a topological numbering kept valid.
 
     `order[v]` increases along every edge. Numbers are not contiguous: a merge
-    frees one.
+    frees one. Adjacency is kept as insertion-ordered dicts (the order searches try
+    successors in, as networkx would): fusion merges thousands of times, and plain
+    dicts cost a fraction of a networkx graph's edge updates.
     """
 
-    def __init__(self, dag: nx.DiGraph, order: dict) -> None:
-        self.dag = dag
+    def __init__(self, edges: Iterable[tuple[Vertex, Vertex]], order: dict) -> None:
         self.order = order
+        self.succ: dict[Vertex, dict] = {v: {} for v in order}
+        self.pred: dict[Vertex, dict] = {v: {} for v in order}
+        for u, v in edges:
+            self.succ[u][v] = self.pred[v][u] = None
+
+    def successors(self, v: Vertex) -> Iterable[Vertex]:
+        return self.succ[v].keys()
+
+    def predecessors(self, v: Vertex) -> Iterable[Vertex]:
+        return self.pred[v].keys()
+
+    def has_edge(self, u: Vertex, v: Vertex) -> bool:
+        return v in self.succ[u]
 
     def cycle_witness(self, a: Vertex, b: Vertex) -> Vertex | None:
         """A vertex other than a and b on a path between them (merging them would make a
@@ -53,7 +67,7 @@ class ContractedDag:
             a, b = b, a
         limit = self.order[b]
         dead: set = set()  # explored already: reaches b only through the direct edge if at all
-        for succ in self.dag.successors(a):
+        for succ in self.succ[a]:
             if succ == b or succ in dead or self.order[succ] > limit:
                 continue
             dead.add(succ)
@@ -65,9 +79,9 @@ class ContractedDag:
         """Vertices numbered at most `limit` that a reaches by a path of two edges or more:
         merging a with any of them would make a cycle."""
         seen: set = set()
-        stack = list(self.dag.successors(a))
+        stack = list(self.succ[a])
         while stack:
-            for succ in self.dag.successors(stack.pop()):
+            for succ in self.succ[stack.pop()]:
                 if succ not in seen and self.order[succ] <= limit:
                     seen.add(succ)
                     stack.append(succ)
@@ -76,7 +90,7 @@ class ContractedDag:
     def _reaches_from(self, start: Vertex, b: Vertex, limit: int, seen: set) -> bool:
         stack = [start]
         while stack:
-            for succ in self.dag.successors(stack.pop()):
+            for succ in self.succ[stack.pop()]:
                 if succ == b:
                     return True
                 if succ not in seen and self.order[succ] < limit:
@@ -89,13 +103,14 @@ class ContractedDag:
         a, b = (gone, kept) if self.order[gone] < self.order[kept] else (kept, gone)
         self._reorder(a, b)
         slot = self.order[b]
-        for pred in self.dag.predecessors(gone):
+        for pred in self.pred.pop(gone):
+            del self.succ[pred][gone]
             if pred != kept:
-                self.dag.add_edge(pred, kept)
-        for succ in self.dag.successors(gone):
+                self.succ[pred][kept] = self.pred[kept][pred] = None
+        for succ in self.succ.pop(gone):
+            del self.pred[succ][gone]
             if succ != kept:
-                self.dag.add_edge(kept, succ)
-        self.dag.remove_node(gone)
+                self.succ[kept][succ] = self.pred[succ][kept] = None
         del self.order[gone]
         self.order[kept] = slot
 
@@ -104,54 +119,77 @@ class ContractedDag:
         reaches b come first, then a and everything it reaches: b's new number is then a
         valid number for the merged vertex (Pearce-Kelly with the edge b -> a added)."""
         lo, hi = self.order[a], self.order[b]
-        forward = {a} | self._window(a, self.dag.successors, lambda o: o < hi)
-        backward = {b} | self._window(b, self.dag.predecessors, lambda o: o > lo)
+        forward = {a} | self._window(a, self.succ, lambda o: o < hi)
+        backward = {b} | self._window(b, self.pred, lambda o: o > lo)
         slots = sorted(self.order[v] for v in forward | backward)
         sequence = sorted(backward, key=self.order.__getitem__) + sorted(forward, key=self.order.__getitem__)
         for vertex, slot in zip(sequence, slots, strict=True):
             self.order[vertex] = slot
 
-    def _window(self, start: Vertex, neighbours, inside) -> set:
+    def _window(self, start: Vertex, neighbours: dict, inside) -> set:
         seen: set = set()
         stack = [start]
         while stack:
-            for v in neighbours(stack.pop()):
+            for v in neighbours[stack.pop()]:
                 if v not in seen and inside(self.order[v]):
                     seen.add(v)
                     stack.append(v)
         return seen
 
 
-
 class SetReach:
     """Which vertices of a set reach which others, kept exact while they merge with each
-    other: one sweep of the DAG in reverse topological order, then a few bit operations
-    per merge (a path between two members only visits vertices numbered between theirs)."""
+    other: one sweep of the DAG each way, then a few bit operations per merge (a path
+    between two members only visits vertices numbered between theirs). Member i is bit
+    i, in the order given."""
 
     def __init__(self, dags: ContractedDag, members: list) -> None:
-        self.bit = {v: 1 << i for i, v in enumerate(members)}
+        self.members = list(members)
+        self.index = {v: i for i, v in enumerate(self.members)}
+        self.live = (1 << len(self.members)) - 1
         lo, hi = min(dags.order[v] for v in members), max(dags.order[v] for v in members)
-        window = sorted((v for v, o in dags.order.items() if lo <= o <= hi), key=dags.order.__getitem__,
-                        reverse=True)
-        below: dict = {}  # vertex -> bits of the members it reaches
+        window = sorted((v for v, o in dags.order.items() if lo <= o <= hi), key=dags.order.__getitem__)
+        self.below = self._sweep(reversed(window), dags.successors)  # members each one reaches
+        self.above = self._sweep(window, dags.predecessors)  # members that reach each one
+
+    def _sweep(self, window, neighbours) -> dict:
+        """For each member, the bits of the members it meets following `neighbours`
+        (`window`: the vertices numbered between the members, neighbours first)."""
+        met: dict = {}
         for v in window:
             bits = 0
-            for succ in dags.dag.successors(v):
-                if succ in below:
-                    bits |= below[succ] | self.bit.get(succ, 0)
-            below[v] = bits
-        self.reach = {v: below[v] for v in members}
+            for u in neighbours(v):
+                if u in met:
+                    bits |= met[u] | self.bit(u)
+            met[v] = bits
+        return {v: met[v] for v in self.members}
+
+    def bit(self, v: Vertex) -> int:
+        return 1 << self.index[v] if v in self.index else 0
 
     def joined(self, a: Vertex, b: Vertex) -> bool:
         """Whether a path leads from a to b or from b to a."""
-        return bool(self.reach[a] & self.bit[b] or self.reach[b] & self.bit[a])
+        return bool((self.below[a] | self.above[a]) & self.bit(b))
+
+    def unjoined_after(self, a: Vertex, i: int) -> int:
+        """The bits of live members after member i that no path joins to a."""
+        return self.live & ~((2 << i) - 1) & ~(self.below[a] | self.above[a])
+
+    def first_of(self, bits: int) -> Vertex:
+        """The member of the lowest of `bits` (not 0)."""
+        return self.members[(bits & -bits).bit_length() - 1]
 
     def merge(self, gone: Vertex, kept: Vertex) -> None:
         """Contract `gone` into `kept`: whatever reached either now reaches what either reached."""
-        both = self.bit[gone] | self.bit[kept]
-        merged = (self.reach.pop(gone) | self.reach[kept]) & ~both
-        del self.bit[gone]
-        for v, bits in self.reach.items():
+        both, keep = self.bit(gone) | self.bit(kept), self.bit(kept)
+        below = (self.below.pop(gone) | self.below[kept]) & ~both
+        above = (self.above.pop(gone) | self.above[kept]) & ~both
+        self.live &= ~self.bit(gone)
+        del self.index[gone]
+        for v, bits in self.below.items():
             if bits & both:
-                self.reach[v] = (bits | merged | self.bit[kept]) & ~(both ^ self.bit[kept])
-        self.reach[kept] = merged
+                self.below[v] = bits & ~both | keep | below
+        for v, bits in self.above.items():
+            if bits & both:
+                self.above[v] = bits & ~both | keep | above
+        self.below[kept], self.above[kept] = below, above

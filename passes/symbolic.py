@@ -2,8 +2,8 @@
 
 A group is only as sound as those comparisons: two sizes equal in the example
 must be equal as expressions over the size symbols too, or the group would be
-right for this example only. `coincidence` finds such a pair; the fuse pass
-refuses the merge with it as the reason.
+right for this example only. `sizes_seen` and `coincidence` find such a pair;
+the fuse pass refuses the merge with it as the reason.
 """
 
 from __future__ import annotations
@@ -33,18 +33,43 @@ def _same(a: object, b: object) -> bool:
     return sizes.equal(a, b)  # type: ignore[arg-type]
 
 
-def coincidence(graph: Graph, members: list[Node]) -> Refusal | None:
-    """Two sizes of the group and its operands equal in the example but not as expressions."""
-    names = {m.name for m in members}
-    nodes = members + [graph[op] for m in members for op in dict.fromkeys(m.operands()) if op not in names]
-    seen: dict[object, object] = {}
+Sizes = dict  # hint -> the first expression seen with that value
+
+
+def sizes_seen(graph: Graph, group: list[Node]) -> tuple[Sizes, Refusal | None]:
+    """The sizes fusion compares for a group (its members and their operands), each value
+    with the first expression seen for it, and the refusal for two sizes equal in the
+    example but not as expressions, if the group holds such a pair."""
+    names = {m.name for m in group}
+    nodes = group + [graph[op] for m in group for op in dict.fromkeys(m.operands()) if op not in names]
+    seen: Sizes = {}
     for node in nodes:
         for hint, exact in _compared(graph, node):
             first = seen.setdefault(hint, exact)
-            if first is not exact and first != exact and not _same(first, exact):
-                return Refusal("symbolic", f"sizes {_text(first)} and {_text(exact)} are equal in the example only "
-                               "(dynamic shapes): fusing them would hold for this size alone")
+            if _differ(first, exact):
+                return seen, _refusal(first, exact)
+    return seen, None
+
+
+def coincidence(a: Sizes, b: Sizes) -> Refusal | None:
+    """Two sizes, one of each group's (`sizes_seen`), equal in the example but not as
+    expressions: the union of two groups without such a pair of their own has one exactly
+    when their sizes clash (an equal pair's partner is equal to the first seen)."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    for hint, exact in small.items():
+        first = large.get(hint, exact)
+        if _differ(first, exact):
+            return _refusal(first, exact)
     return None
+
+
+def _differ(first: object, exact: object) -> bool:
+    return first is not exact and first != exact and not _same(first, exact)
+
+
+def _refusal(first: object, exact: object) -> Refusal:
+    return Refusal("symbolic", f"sizes {_text(first)} and {_text(exact)} are equal in the example only "
+                   "(dynamic shapes): fusing them would hold for this size alone")
 
 
 def _text(value: object) -> str:
