@@ -32,6 +32,8 @@ def size_at(dim: int | str, values: dict[str, int]) -> int:
     """A manifest size (an int, or an expression's text) at the call's symbol values."""
     if isinstance(dim, int):
         return dim
+    if dim in values:  # a symbol alone
+        return values[dim]
     names, evaluate = _evaluator(dim)
     return evaluate(*[values[n] for n in names])
 
@@ -53,12 +55,19 @@ def _evaluator(text: str) -> tuple[tuple[str, ...], Callable[..., int]]:
 def solve(text: str, size: int) -> tuple[str, int | None] | None:
     """The one symbol of the expression `text` and its value where the expression equals `size`
     (None: no whole value does); None for an expression not linear in a single symbol."""
-    form = sizes.linear(_expression(text))
+    form = _linear(text)
     if form is None:
         return None
     symbol, scale, offset = form
     value, rest = divmod(size - offset, scale)
-    return symbol.name, (value if rest == 0 else None)
+    return symbol, (value if rest == 0 else None)
+
+
+@cache
+def _linear(text: str) -> tuple[str, int, int] | None:
+    """`scale*symbol + offset` of the expression `text`, worked out by SymPy once per expression."""
+    form = sizes.linear(_expression(text))
+    return None if form is None else (form[0].name, int(form[1]), int(form[2]))
 
 
 def bind_symbols(inputs: Sequence[torch.Tensor], specs: Sequence[dict[str, Any]], names: Sequence[str],
