@@ -5,7 +5,8 @@ is the CPU time between launches. Each inference workload runs at its tiny
 size, many calls in a row, timed by the wall clock:
 - on a CPU, fusec's launches are stubbed (the compiled kernel's binary is
   replaced by a no-op, so everything up to the launch is measured and the
-  interpreter is not): `call` is a whole call (Dynamo's guards, AOTAutograd's
+  interpreter is not) and the launcher generated again to call the binaries
+  itself, as on a GPU: `call` is a whole call (Dynamo's guards, AOTAutograd's
   wrapper, the launcher), `launcher` the generated launcher alone, and
   `per kernel` the launcher's time over its kernels; torch.compile and eager
   run for real on tiny tensors;

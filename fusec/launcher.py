@@ -3,11 +3,13 @@
 Like TorchInductor's output code, every decision that does not depend on the
 call's values is taken once, when the source is written: which buffer each
 step reads, each output's shape, strides and dtype, each kernel's grid, sizes
-and constants (bound into its `KernelCall`), which stream each step runs on
+and constants (written out in its launch), which stream each step runs on
 and which events it waits for, and when a buffer is dead. What is left per
 call is straight-line code: a stride check per input, an allocation per
-output, a launch per kernel, a torch call per extern op. The source is
-readable (`Launcher.source`, `fusec inspect --launcher`).
+output, a launch per kernel, a torch call per extern op. On a GPU a launch is
+a call of the kernel's compiled binary itself (no Python frame of fusec's in
+between), once its first launch has bound it. The source is readable
+(`Runtime.source`, `fusec inspect --launcher`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ it binds each argument by name, recomputes every specialization (dtype,
 key, which costs tens of microseconds of host time per launch. Here, on a
 GPU, that dispatch runs once per device and pointer-alignment pattern (the
 only things that vary between calls of one plan: sizes, dtypes and constants
-are fixed), and later launches call the compiled binary directly. Triton's
+are fixed), and later launches call the compiled binary directly; a generated
+launcher calls it itself once `FirstLaunch` has bound it. Triton's
 interpreter has no binary: on a CPU every launch goes through the JIT
 dispatch, which is the interpreter's own entry point.
 """
