@@ -380,7 +380,7 @@ def _per_call(src: Source, code: StepCode) -> list[str]:
         same = "is" if code.direct_device is None else "=="
         lines.append(f"    direct = device.index {same} {code.direct_device!r} and not HOOKS()  # binaries launched "
                      "straight")
-        lines.append("    stream = RAW_STREAM(device.index) if direct else None")
+        lines.append(f"    stream = RAW_STREAM({code.direct_device!r}) if direct else None")
     if any(name not in code.reuse for name in code.fresh):
         lines.append("    empty_strided = ALLOC(device)")
     if code.vouched:
