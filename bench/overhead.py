@@ -5,7 +5,8 @@ is the CPU time between launches. Each inference workload runs at its tiny
 size, many calls in a row, timed by the wall clock:
 - on a CPU, fusec's launches are stubbed (the compiled kernel's binary is
   replaced by a no-op, so everything up to the launch is measured and the
-  interpreter is not): `call` is a whole call (Dynamo's guards, AOTAutograd's
+  interpreter is not) and the launcher generated again to call the binaries
+  itself, as on a GPU: `call` is a whole call (Dynamo's guards, AOTAutograd's
   wrapper, the launcher), `launcher` the generated launcher alone, and
   `per kernel` the launcher's time over its kernels; torch.compile and eager
   run for real on tiny tensors;
@@ -25,6 +26,7 @@ import torch
 
 import fusec
 from fusec.bench.workloads import WORKLOADS
+from fusec.kernels.call import entry_of
 
 # The best of many short runs: on a machine shared with other work, a short run is more likely to
 # be one nothing interrupted than a long one is.
@@ -64,14 +66,14 @@ class _Always(dict):
 
 
 def stub_launches(runtime: Any) -> None:
-    """Make every kernel of `runtime` launch through the GPU path into a no-op."""
-    binary = _NoLaunch()
+    """Make every kernel of `runtime` (a static graph's) launch through the GPU path into a no-op."""
+    entry = entry_of(_NoLaunch())
     for call in runtime.calls.values():
         call.interpret = False
         given = sum(n not in call.launch.constants for n in call.fn.arg_names) - len(call.sizes)
-        call.tail = call._tail(given)
-        call.binaries = _Always(binary)
-        call.ready = _Always((binary.run, binary.function, binary.packed_metadata))
+        call.tail = call.tail_for(given)
+        call.binaries = _Always(entry)
+        call.ready = _Always(entry)
 
 
 @contextlib.contextmanager
@@ -127,6 +129,7 @@ def measure(name: str, device: str) -> Overhead | None:
             if device == "cpu":
                 for runtime in runtimes:
                     stub_launches(runtime)
+                    runtime.launch_directly()  # as on a GPU: the launcher calls the binaries itself
             call = per_call_us(lambda: ours(*args), device)
             inputs = _inputs_of(runtimes, lambda: ours(*args))
             launcher = sum(per_call_us(lambda r=r, i=i: r.run(list(i)), device) for r, i in zip(runtimes, inputs))
@@ -156,16 +159,19 @@ def markdown(rows: list[Overhead], device: str) -> str:
 
 def _inputs_of(runtimes: list[Any], call: Callable[[], Any]) -> list[list[Any]]:
     """What each compiled graph receives during `call()`: the call's tensors and what Dynamo
-    lifted (parameters)."""
+    lifted (parameters). Each runtime's launcher is built first, then wrapped for one call."""
     seen: dict[int, list[Any]] = {}
+    launchers = {}
     for runtime in runtimes:
-        def recording(inputs: list[Any], runtime: Any = runtime, run: Callable = runtime.run) -> Any:
+        launchers[id(runtime)] = launcher = runtime._built()
+
+        def recording(inputs: list[Any], runtime: Any = runtime, launcher: Callable = launcher) -> Any:
             seen[id(runtime)] = list(inputs)
-            return run(inputs)
-        runtime.run = recording
+            return launcher(inputs)
+        runtime._call = recording
     try:
         call()
     finally:
         for runtime in runtimes:
-            del runtime.run
+            runtime._call = launchers[id(runtime)]
     return [seen[id(r)] for r in runtimes]

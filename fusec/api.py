@@ -12,7 +12,7 @@ import torch
 from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.exc import TorchRuntimeError
 
-from fusec.frontend import Backend
+from fusec.frontend import Backend, leave
 from fusec.options import Options
 from fusec.report import Report
 from fusec.runtime import EAGER_RAISES
@@ -44,13 +44,15 @@ class CompiledModule(OptimizedModule):
     """torch.compile's module wrapper, raising eager's errors where eager would."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        outer = self._fusec_backend.enter()
         try:
-            with self._fusec_backend.calling():
-                return super().__call__(*args, **kwargs)
+            return super().__call__(*args, **kwargs)
         except Exception as exc:
             if not _eager_raises(exc):
                 raise
             return self._orig_mod(*args, **kwargs)
+        finally:
+            leave(outer)
 
 
 def _compile(model: Callable, options: Options) -> Any:
@@ -101,13 +103,15 @@ def _eager_errors(compiled: Callable, model: Callable, backend: Backend) -> Call
     raises its own wrapped error; run eagerly instead, so the user gets eager's."""
     @functools.wraps(model)
     def call(*args: Any, **kwargs: Any) -> Any:
+        outer = backend.enter()
         try:
-            with backend.calling():
-                return compiled(*args, **kwargs)
+            return compiled(*args, **kwargs)
         except Exception as exc:
             if not _eager_raises(exc):
                 raise
             return model(*args, **kwargs)
+        finally:
+            leave(outer)
     return call
 
 

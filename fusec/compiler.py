@@ -21,7 +21,7 @@ from fusec.ir import Graph
 from fusec.kernels.kinds import persistent_for, render
 from fusec.kernels.parallel_load import load_kernels
 from fusec.kernels.precompile import precompile
-from fusec.launcher import DTYPES, symbol_sources
+from fusec.launcher import DTYPES
 from fusec.lowering import Unsupported, to_ir
 from fusec.lowering_host import host_scalars, is_scalar_on_host
 from fusec.options import Options
@@ -30,6 +30,7 @@ from fusec.passes.cost import H100, DeviceModel
 from fusec.pipeline import run_passes
 from fusec.plan import Kernel, Plan, build_plan
 from fusec.runtime import Runtime
+from fusec.size_reads import symbol_sources
 from fusec.streams import StreamDecision, plan_streams
 
 log = logging.getLogger("fusec")
@@ -201,9 +202,11 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
     if record.execution == TORCH:
         return boxed(gm)
     start = time.perf_counter()
-    interpret = record.execution == INTERPRETER
     try:
-        kernels = load_kernels(record.plan.all_kernels(), interpret, options.cache_dir)
+        # Not waiting where worker processes compile the kernels: the next graph is planned meanwhile.
+        record.runtime, _ = build_runtime(record.plan, record.execution == INTERPRETER, options, callables,
+                                          gm.forward, on_broken=lambda reason: record.runs_through_torch(reason, gm),
+                                          wait=False)
     except Exception as exc:
         if options.strict:
             raise
@@ -212,13 +215,20 @@ def compile_graph(gm: torch.fx.GraphModule, name: str, options: Options,
         return boxed(gm)
     finally:
         record.compile_seconds += time.perf_counter() - start
-    record.runtime = Runtime(record.plan, kernels, callables, interpret, fallback=gm.forward,
-                             strict=options.strict, matmul=options.matmul, cudagraphs=options.cudagraphs,
-                             on_broken=lambda reason: record.runs_through_torch(reason, gm))
-    if record.execution == TRITON:  # compiled now, in parallel, not one by one at their first launch
-        # Not waited for where worker processes compile them: the next graph is planned meanwhile.
-        precompile(record.runtime.calls, record.runtime.exact, record.plan.all_kernels(), DTYPES, wait=False)
     return record.runtime
+
+
+def build_runtime(plan: Plan, interpret: bool, options: Options, callables: dict[str, Callable],
+                  fallback: Callable[..., Any], on_broken: Callable[[str], None] = lambda reason: None,
+                  wait: bool = True) -> tuple[Runtime, dict[str, Any]]:
+    """The Runtime of a rendered plan, its kernels loaded and, for a GPU, every static kernel
+    compiled now, in parallel, not one by one at its first launch; with the binaries made then
+    (kernel id -> compiled kernel; with `wait=False`, some may still be compiling)."""
+    kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
+    runtime = Runtime(plan, kernels, callables, interpret, fallback=fallback, strict=options.strict,
+                      matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=on_broken)
+    binaries = {} if interpret else precompile(runtime.calls, runtime.exact, plan.all_kernels(), DTYPES, wait=wait)
+    return runtime, binaries
 
 
 def boxed(gm: torch.fx.GraphModule) -> Callable[..., Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -30,18 +30,44 @@ def _expression(text: str) -> sympy.Expr:
 
 def size_at(dim: int | str, values: dict[str, int]) -> int:
     """A manifest size (an int, or an expression's text) at the call's symbol values."""
-    return dim if isinstance(dim, int) else sizes.hint(_expression(dim), values)
+    if isinstance(dim, int):
+        return dim
+    if dim in values:  # a symbol alone
+        return values[dim]
+    names, evaluate = _evaluator(dim)
+    return evaluate(*[values[n] for n in names])
+
+
+@cache
+def _evaluator(text: str) -> tuple[tuple[str, ...], Callable[..., int]]:
+    """The expression's symbols and a Python function of their values computing it: a runner
+    computes sizes at every call, and SymPy takes tens of microseconds per expression."""
+    expr = _expression(text)
+    names = tuple(sorted(s.name for s in expr.free_symbols))
+    try:
+        body = sizes.source(expr, python=True)
+    except sizes.NotRenderable:  # no Python form (an operation kernels do not render): SymPy evaluates it
+        return names, lambda *values: sizes.hint(expr, dict(zip(names, values, strict=True)))
+    # The text is fusec's own rendering of a SymPy expression: names, integers, operators.
+    return names, eval(f"lambda {', '.join(sizes.KERNEL_PREFIX + n for n in names)}: int({body})")
 
 
 def solve(text: str, size: int) -> tuple[str, int | None] | None:
     """The one symbol of the expression `text` and its value where the expression equals `size`
     (None: no whole value does); None for an expression not linear in a single symbol."""
-    form = sizes.linear(_expression(text))
+    form = _linear(text)
     if form is None:
         return None
     symbol, scale, offset = form
     value, rest = divmod(size - offset, scale)
-    return symbol.name, (value if rest == 0 else None)
+    return symbol, (value if rest == 0 else None)
+
+
+@cache
+def _linear(text: str) -> tuple[str, int, int] | None:
+    """`scale*symbol + offset` of the expression `text`, worked out by SymPy once per expression."""
+    form = sizes.linear(_expression(text))
+    return None if form is None else (form[0].name, int(form[1]), int(form[2]))
 
 
 def bind_symbols(inputs: Sequence[torch.Tensor], specs: Sequence[dict[str, Any]], names: Sequence[str],

@@ -27,18 +27,15 @@ from torch import nn
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.utils import _pytree
 
-from fusec.compiler import CompiledGraph, plan_graph
+from fusec.compiler import CompiledGraph, build_runtime, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.execution import TRITON
 from fusec.export_sizes import tensor_spec, versions
 from fusec.graph_source import extern_targets, graph_source, torch_callable
 from fusec.kernels.binaries import current_target, pack
-from fusec.kernels.parallel_load import load_kernels
-from fusec.kernels.precompile import precompile
-from fusec.launcher import DTYPES, launcher_source
+from fusec.launcher_text import launcher_source
 from fusec.options import Options
 from fusec.package import dump_plan, write
-from fusec.runtime import Runtime
 
 log = logging.getLogger("fusec")
 
@@ -124,11 +121,9 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
 def _compiled(record: CompiledGraph, opts: Options) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Every kernel compiled for this GPU as the runner launches it: what the manifest says of the
     binaries (their target, each kernel's key) and the members holding them."""
-    plan = record.plan
     try:
-        run = Runtime(plan, load_kernels(plan.all_kernels(), False, opts.cache_dir), {}, False,
-                      fallback=lambda *inputs: None)  # never called: nothing runs at export
-        keys, members = pack(precompile(run.calls, run.exact, plan.all_kernels(), DTYPES))
+        _, binaries = build_runtime(record.plan, False, opts, {}, fallback=lambda *inputs: None)  # nothing runs
+        keys, members = pack(binaries)
         return {"target": current_target(), "kernels": keys}, members
     except Exception as exc:  # the package then holds sources only, which compile at load
         log.debug("fusec: export keeps no compiled kernels (%s: %s)", type(exc).__name__, exc)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,17 +35,15 @@ class Backend:
         self.graph_ids = itertools.count()  # per backend: names are stable run to run
         self.runs_eagerly: str | None = None  # why Dynamo stopped compiling for this callable
         self.partition: Partition | None = None  # the last training graph's, for its forward and backward records
-
-    @contextlib.contextmanager
-    def calling(self) -> Iterator[None]:
-        """Marks a call of the compiled callable, so what Dynamo decides during it is ours."""
         _watch_recompile_limit()
-        outer = getattr(_CALLING, "backend", None)
+
+    def enter(self) -> Backend | None:
+        """Marks a call of the compiled callable, so what Dynamo decides during it is ours; returns
+        the mark it replaced, for `leave` at the call's end (no context manager: it costs a
+        generator per call)."""
+        outer = _CALLING.__dict__.get("backend")
         _CALLING.backend = self
-        try:
-            yield
-        finally:
-            _CALLING.backend = outer
+        return outer
 
     def hit_recompile_limit(self, function: str, limit: str, value: object) -> None:
         if self.runs_eagerly is None:
@@ -119,6 +116,11 @@ def backend_options(options: dict[str, Any] | None = None, mode: str | None = No
 
 
 _CALLING = threading.local()  # the Backend whose compiled callable this thread is in
+
+
+def leave(outer: Backend | None) -> None:
+    """The end of a call `Backend.enter` marked: the mark it replaced is back."""
+    _CALLING.backend = outer
 
 
 class _RecompileLimit(logging.Handler):

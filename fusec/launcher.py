@@ -3,11 +3,13 @@
 Like TorchInductor's output code, every decision that does not depend on the
 call's values is taken once, when the source is written: which buffer each
 step reads, each output's shape, strides and dtype, each kernel's grid, sizes
-and constants (bound into its `KernelCall`), which stream each step runs on
+and constants (written out in its launch), which stream each step runs on
 and which events it waits for, and when a buffer is dead. What is left per
 call is straight-line code: a stride check per input, an allocation per
-output, a launch per kernel, a torch call per extern op. The source is
-readable (`Launcher.source`, `fusec inspect --launcher`).
+output, a launch per kernel, a torch call per extern op. On a GPU a launch is
+a call of the kernel's compiled binary itself (no Python frame of fusec's in
+between), once its first launch has bound it. The source is readable
+(`Runtime.source`, `fusec inspect --launcher`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import sympy
 import torch
 
 from fusec import sizes
-from fusec.ir import SIZE_DTYPE, Graph, Kind, Ref, contiguous_strides, iter_refs
-from fusec.kernels.kinds import extents, is_dynamic
-from fusec.lowering_sizes import Unsupported
+from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec.kernels.call import FirstLaunch, launch_hooks_set
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, LaunchExtra, Plan, Step
 from fusec.pointers import all_aligned, allocator, fresh_buffers, inputs_taken
+from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
 from fusec.torch_calls import entry_point
 
@@ -47,6 +49,7 @@ class Source:
     names: dict[str, Any] = field(default_factory=dict)
     counter: itertools.count = field(default_factory=itertools.count)
     bound: dict[tuple[str, int], str] = field(default_factory=dict)  # (prefix, id(value)) -> its name
+    direct: bool = False  # whether some kernel is launched straight (the call then reads `direct`, `stream`)
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)
@@ -58,11 +61,6 @@ class Source:
             self.bound[key] = f"{prefix}{next(self.counter)}"
             self.names[self.bound[key]] = value
         return self.bound[key]
-
-
-def var(name: str) -> str:
-    """The local variable holding node `name`'s value (node names are identifiers)."""
-    return f"v_{name}"
 
 
 @dataclass
@@ -87,6 +85,12 @@ class StepCode:
     extents: dict[str, tuple] = field(default_factory=dict)
     fresh: frozenset[str] = frozenset()  # buffers the launcher allocates (the allocator aligns them)
     vouched: tuple[str, ...] = ()  # the inputs whose alignment the flag `aligned` holds, checked once per call
+    # Static kernels launch their compiled binaries straight from the launcher's code, when the
+    # call's tensors are on device index `direct_device` (None: a CPU's, the overhead bench's
+    # stubbed binaries) and no profiler asked Triton to see launches; one stream only.
+    direct: bool = False
+    direct_device: int | None = None
+    raw_stream: Callable[[int | None], int] | None = None  # the current stream's handle on a device
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -116,7 +120,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
     code = replace(code, fresh=fresh_buffers(run, code.in_place, code.reuse),
-                   vouched=inputs_taken(static, code.in_place, inputs))
+                   vouched=inputs_taken(static, code.in_place, inputs), direct=code.direct and not streams)
     written = {dst for _, dst in into_inputs}  # inputs stay named until their store
     if direct:
         # Every input checked before the first store: a call that must run through torch
@@ -153,43 +157,8 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
             src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.emit(f"return {_literal(src, returned)}")
-    src.lines[at_start:at_start] = _per_call(code)
+    src.lines[at_start:at_start] = _per_call(src, code)
     return "\n".join(src.lines) + "\n", src.names
-
-
-def symbol_sources(graph: Graph, inputs: list[str] | None = None) -> dict[str, str]:
-    """Where each size symbol is read at a call: a size input, or a dim (stride) of a tensor input
-    that is the symbol itself. A symbol no input gives refuses the graph (torch runs it)."""
-    inputs = [n.name for n in graph.inputs] if inputs is None else inputs
-    found: dict[str, str] = {}
-    derived: list[tuple] = []
-    for name in inputs:
-        node = graph[name]
-        exprs = [(node.args[0], var(name))] if node.dtype == SIZE_DTYPE else []
-        if node.sizes is not None:
-            exprs += [(e, f"{var(name)}.shape[{d}]") for d, e in enumerate(node.sizes[0])]
-            exprs += [(e, f"{var(name)}.stride({d})") for d, e in enumerate(node.sizes[1] or ())]
-        for expr, read in exprs:
-            if not sizes.is_static(expr) and expr.is_Symbol:
-                found.setdefault(expr.name, read)
-            elif not sizes.is_static(expr):
-                derived.append((expr, read))
-    for expr, read in derived:  # a derived dim (`2*s0`, no dim is `s0`): the symbol solved from it
-        found.update({s: r for s, r in [_solved(expr, read)] if s is not None and s not in found})
-    missing = sorted(set(graph.hints) - set(found))
-    if missing:
-        raise Unsupported(f"size symbol(s) {', '.join(missing)} are no dimension of any input")
-    return {s: found[s] for s in sorted(found, key=lambda n: (len(n), n)) if s in graph.hints}
-
-
-def _solved(expr: Any, read: str) -> tuple[str | None, str]:
-    """`scale*s + offset` read from `read`: `s` and how to read it; (None, "") for other expressions.
-    Callers check first that the size is of that form (a package's runner does)."""
-    form = sizes.linear(expr)
-    if form is None:
-        return None, ""
-    symbol, scale, offset = form
-    return symbol.name, f"(({read}) - {offset}) // {scale}"
 
 
 def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
@@ -348,31 +317,70 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
     if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from
         args += list(kernel.symbols)
         args += [sizes.source(e, python=True) for e in exact]
-    emit(f"{_callee(src, kernel, code)}({', '.join(args)})")
+    callee, tests = _callee(src, kernel, code)
+    if code.direct and tests is not None and not flag and _direct(src, kernel, code, args, tests, indent):
+        emit("else:")
+        src.emit(f"{callee}({', '.join(args)})", indent + 1)
+    else:
+        emit(f"{callee}({', '.join(args)})")
     if flag:
         emit(f"{src.bind(code.bounds_error, 'BOUNDS')}({src.bind(kernel, 'KERNEL')}, flag)")
 
 
-def _callee(src: Source, kernel: Kernel, code: StepCode) -> str:
-    """The kernel's call: straight to its binary where every pointer it takes is known to be
-    16-byte aligned (the allocator's buffers, inputs the per-call flag covers, others checked
-    here); else through the key its call computes from every pointer."""
+def _callee(src: Source, kernel: Kernel, code: StepCode) -> tuple[str, list[str] | None]:
+    """The kernel's call, and the tests that every pointer it takes is 16-byte aligned (the
+    allocator's buffers are, inputs the per-call flag covers, others are tested here): where
+    they hold, its binary for aligned pointers, bound once; else through the key its call
+    computes from every pointer. A kernel of a dynamic graph keys its binary by its sizes too
+    (no tests: None)."""
     call = _ident(kernel.id)
     src.names[call] = code.calls[kernel.id]
-    if kernel.id in code.extents:  # a kernel of a dynamic graph keys its binary by its sizes too
-        return call
+    if kernel.id in code.extents:
+        return call, None
     src.names[f"{call}_aligned"] = getattr(code.calls[kernel.id], "aligned", code.calls[kernel.id])
     unknown = dict.fromkeys(code.in_place.get(n, n) for n in (*kernel.inputs, *kernel.outputs) if n not in code.fresh)
     tests = ["aligned"] if any(n in code.vouched for n in unknown) else []
     others = [var(n) for n in unknown if n not in code.vouched]  # what torch calls returned
     if others:
         tests.append(all_aligned(others))
-    return f"({call}_aligned if {' and '.join(tests)} else {call})" if tests else f"{call}_aligned"
+    return (f"({call}_aligned if {' and '.join(tests)} else {call})" if tests else f"{call}_aligned"), tests
 
 
-def _per_call(code: StepCode) -> list[str]:
-    """The allocator for this call's device, and whether every input a kernel takes is aligned."""
+def _direct(src: Source, kernel: Kernel, code: StepCode, args: list[str], tests: list[str], indent: int) -> bool:
+    """`if direct and <aligned>:` a launch of the kernel's compiled binary itself, its grid, sizes
+    and constants written out; its first such launch goes through its call (`FirstLaunch`).
+    False, and nothing written, where the call cannot say what the binary takes."""
+    call = code.calls[kernel.id]
+    given = len(args) + len(kernel.finals) * (LaunchExtra.PARTIALS in kernel.extras)  # *FINALS: partials, ticket
+    try:
+        tail = call.tail_for(given)
+    except (AttributeError, TypeError):  # a parameter the plan has no value for: its call says so at launch
+        return False
+    prefix = _ident(kernel.id).upper()
+    names = (f"{prefix}_RUN", f"{prefix}_FN", f"{prefix}_META")
+    src.names.update(zip(names, (FirstLaunch(call, names, given, src.names), None, None), strict=True))
+    if tail is None:  # a launcher written to be read (`launcher_source`): the values are the call's
+        values = [f"*{_ident(kernel.id)}.grid", "stream", *names[1:], "None, None, None", *args,
+                  f"*{_ident(kernel.id)}.tail"]
+    else:
+        values = [*map(str, call.grid), "stream", *names[1:], "None, None, None", *args,
+                  *(_literal(src, v) for v in tail)]
+    src.emit(f"if {' and '.join(['direct', *tests])}:", indent)
+    src.emit(f"{names[0]}({', '.join(values)})", indent + 1)
+    src.direct = True
+    return True
+
+
+def _per_call(src: Source, code: StepCode) -> list[str]:
+    """The allocator for this call's device, whether every input a kernel takes is aligned, and
+    whether kernels launch their binaries straight, on which stream."""
     lines = []
+    if src.direct:
+        src.names.update(HOOKS=launch_hooks_set, RAW_STREAM=code.raw_stream)
+        same = "is" if code.direct_device is None else "=="
+        lines.append(f"    direct = device.index {same} {code.direct_device!r} and not HOOKS()  # binaries launched "
+                     "straight")
+        lines.append(f"    stream = RAW_STREAM({code.direct_device!r}) if direct else None")
     if any(name not in code.reuse for name in code.fresh):
         lines.append("    empty_strided = ALLOC(device)")
     if code.vouched:
@@ -408,33 +416,13 @@ def _sizes(values: tuple | None) -> str:
     return f"({inner},)" if len(values) == 1 else f"({inner})"
 
 
-class _Named:
-    """Stands for an object a launcher binds, in a launcher written to be read, not run."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class _NamedCallables(dict):
-    def __missing__(self, target: str) -> _Named:
-        self[target] = _Named(target)
-        return self[target]
-
-
-def launcher_source(plan: Plan) -> str:
-    """The launcher fusec.compile generates for `plan` on a GPU, as text (what `fusec inspect
-    --launcher` writes): every kernel the template, every bound object a name."""
-    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
-    code = StepCode(calls={k.id: _Named(k.id) for k in plan.all_kernels()}, callables=_NamedCallables(),
-                    draw_seed=_Named("draw_seed"), bounds_error=_Named("bounds_error"),
-                    final_buffers=_Named("final_buffers"),
-                    extents={k.id: extents(graph, k) for k in plan.all_kernels() if is_dynamic(graph, k)})
-    source, _ = generate(replace(plan, graph=graph), code, streams=any(s.stream for s in plan.steps))
-    return source
+def dynamic(kernel: Kernel, exact: tuple) -> bool:
+    """Whether a kernel with these extents is launched at sizes chosen per call (`kinds.is_dynamic`)."""
+    return not sizes.all_static(exact) or bool(kernel.symbols)
 
 
 def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
-    """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`)."""
-    scope = dict(names)
-    exec(compile(source, "<fusec launcher>", "exec"), scope)
-    return scope["call"]
+    """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`).
+    `names` become its globals (a kernel's first direct launch writes its binary there)."""
+    exec(compile(source, "<fusec launcher>", "exec"), names)
+    return names["call"]

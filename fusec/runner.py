@@ -16,13 +16,11 @@ from typing import Any
 import torch
 from torch.utils import _pytree
 
-from fusec.compiler import CompiledGraph
+from fusec.compiler import CompiledGraph, build_runtime
 from fusec.execution import TORCH, TRITON, announce, execution_mode
 from fusec.export_sizes import bind_symbols, size_at, tensor_spec, versions
 from fusec.graph_source import define, extern_targets, torch_callable
 from fusec.kernels.binaries import current_target, install
-from fusec.kernels.parallel_load import load_kernels
-from fusec.kernels.precompile import precompile
 from fusec.launcher import DTYPES
 from fusec.options import Options
 from fusec.package import Package, PackageError, load_plan, read
@@ -95,13 +93,10 @@ class Runner:
         self._run = self.record.runtime
 
     def _runtime(self, options: Options) -> Runtime:
-        plan, interpret = self.record.plan, self.record.execution != TRITON
-        kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
+        plan = self.record.plan
         callables = {target: torch_callable(target) for target in extern_targets(plan)}
-        run = Runtime(plan, kernels, callables, interpret, fallback=self._graph, strict=options.strict,
-                      matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=self._broken)
-        if not interpret:  # every kernel compiled now, in parallel: the first call launches only
-            precompile(run.calls, run.exact, plan.all_kernels(), DTYPES)
+        run, _ = build_runtime(plan, self.record.execution != TRITON, options, callables, self._graph,
+                               on_broken=self._broken)
         return run
 
     def _broken(self, reason: str) -> None:

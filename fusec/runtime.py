@@ -17,20 +17,10 @@ from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
 from fusec.kernels.dtypes import compute_dtype
-from fusec.kernels.kinds import (
-    ROWS_VARIANT,
-    extents,
-    fits_block,
-    is_dynamic,
-    launch_at,
-    size_args,
-    split_launch,
-    static_launch,
-    static_size_args,
-)
+from fusec.kernels.kinds import ROWS_VARIANT, extents, fits_block, launch_at, size_args, split_launch
 from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
-from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, generate
+from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, dynamic, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
 from fusec.split_rows import SplitCall
 from fusec.stores import in_place
@@ -40,16 +30,17 @@ log = logging.getLogger("fusec")
 __all__ = ["EAGER_RAISES", "BadIndex", "KernelFailed", "Runtime", "StrideMismatch"]
 
 
-def _call(graph: Graph, kernel: Kernel, kernels: dict[str, Any], interpret: bool) -> Any:
+def _call(graph: Graph, kernel: Kernel, exact: tuple, kernels: dict[str, Any],
+          interpret: bool) -> KernelCall | SplitCall | DynamicCall:
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
-    chosen from the extents the launcher passes at each call."""
-    exact, fn = extents(graph, kernel), kernels[kernel.id]
+    chosen from the extents the launcher passes at each call. `exact`: its extents."""
+    fn = kernels[kernel.id]
     loaded = _pointers(graph, kernel) + len(kernel.outputs)  # an output may be an input written in place
-    if not is_dynamic(graph, kernel):
-        split = split_launch(graph, kernel, interpret)
+    if not dynamic(kernel, exact):
+        split = split_launch(graph, kernel, interpret, exact)
         if split is not None:
-            return SplitCall(fn, split, static_size_args(graph, kernel), interpret, name=kernel.id, loaded=loaded)
-        return KernelCall(fn, static_launch(graph, kernel, interpret), static_size_args(graph, kernel), interpret,
+            return SplitCall(fn, split, size_args(kernel, exact), interpret, name=kernel.id, loaded=loaded)
+        return KernelCall(fn, launch_at(graph, kernel, exact, interpret), size_args(kernel, exact), interpret,
                           name=kernel.id, loaded=loaded)
     rows_fn = kernels.get(kernel.id + ROWS_VARIANT)
 
@@ -136,7 +127,8 @@ class Runtime:
         self.on_broken = on_broken  # tells the graph's record, so reports show what runs
         # Kernels and the launcher read sizes as expressions over the symbols bound per call.
         self.exact = graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
-        self.calls = {k.id: _call(graph, k, kernels, interpret) for k in plan.all_kernels()}
+        self.extents = {k.id: extents(graph, k) for k in plan.all_kernels()}
+        self.calls = {k.id: _call(graph, k, self.extents[k.id], kernels, interpret) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
@@ -152,6 +144,7 @@ class Runtime:
         self._call: Callable[[list[Any]], Any] | None = None
         self._building = threading.Lock()  # the first calls of several threads build it once
         self.cudagraphs = cudagraphs and not interpret
+        self.direct = not interpret  # static kernels' binaries are launched from the launcher's code
         self.writes_inputs = bool(in_place(plan))  # its kernels store into input buffers
         # Why the calls of this graph are not replayed from a CUDA graph (None: they are, or not asked).
         self.cudagraph_refusal = refusal(plan, graph.name) if self.cudagraphs else None
@@ -178,7 +171,7 @@ class Runtime:
         if self.broken:
             return self._through_torch(inputs)
         try:
-            return self.run(inputs)
+            return (self._call or self._built())(inputs)  # `run`, one Python frame fewer
         except StrideMismatch as exc:
             if self.strict:
                 raise
@@ -211,13 +204,19 @@ class Runtime:
             raise
 
     def run(self, inputs: list[Any]) -> tuple[Any, ...]:
-        call = self._call
-        if call is None:
-            with self._building:
-                if self._call is None:
-                    self._call = self._build()
-                call = self._call
-        return call(inputs)
+        """One call through the launcher (no fallback to torch)."""
+        return (self._call or self._built())(inputs)
+
+    def _built(self) -> Callable[[list[Any]], Any]:
+        with self._building:
+            if self._call is None:
+                self._call = self._build()
+            return self._call
+
+    def launch_directly(self) -> None:
+        """Generate the launcher again, launching each static kernel's binary straight, as on a
+        GPU: the overhead bench does so on a CPU, with no-op binaries."""
+        self.direct, self._call = True, None
 
     def _build(self) -> Callable[[list[Any]], Any]:
         """Decide each fused matmul's implementation, then generate and define the launcher."""
@@ -244,8 +243,10 @@ class Runtime:
                         counted={**{k: i for i, k in enumerate(self.counts.kernel_ids)},
                                  **dict.fromkeys(working, len(self.counts.kernel_ids))},
                         step_hook=self.step_hook,
-                        extents={k.id: extents(self.exact, k) for k in self.plan.all_kernels()
-                                 if is_dynamic(self.exact, k)})
+                        extents={kid: self.extents[kid] for kid, call in self.calls.items()
+                                 if isinstance(call, DynamicCall)},
+                        direct=self.direct, direct_device=None if self.interpret else torch.cuda.current_device(),
+                        raw_stream=getattr(torch._C, "_cuda_getCurrentRawStream", None))
 
     def _choose(self, kernel: Kernel) -> str:
         """Template or torch's matmul + epilogue kernel: as asked, or timed once per kernel
@@ -254,7 +255,7 @@ class Runtime:
         host = any(self.plan.graph[n].host for n in kernel.inputs)  # its timing runs on tensors only
         if self._matmul != "auto" or isinstance(self.calls[kernel.id], DynamicCall) or host:
             return self._matmul if self._matmul != "auto" else "template"  # a dynamic one is not timed
-        key = (kernel.source, static_size_args(self.plan.graph, kernel), _device_name())
+        key = (kernel.source, self.calls[kernel.id].sizes, _device_name())
         if key not in _MATMUL_CHOICE:
             with _MATMUL_TIMING:
                 if key not in _MATMUL_CHOICE:

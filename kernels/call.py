@@ -6,7 +6,8 @@ it binds each argument by name, recomputes every specialization (dtype,
 key, which costs tens of microseconds of host time per launch. Here, on a
 GPU, that dispatch runs once per device and pointer-alignment pattern (the
 only things that vary between calls of one plan: sizes, dtypes and constants
-are fixed), and later launches call the compiled binary directly. Triton's
+are fixed), and later launches call the compiled binary directly; a generated
+launcher calls it itself once `FirstLaunch` has bound it. Triton's
 interpreter has no binary: on a CPU every launch goes through the JIT
 dispatch, which is the interpreter's own entry point.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ _FUTURE = getattr(triton, "FutureKernel", ())  # what the JIT files for a compil
 _INTERPRETER = threading.Lock()
 
 
-def _launch_hooks_set() -> bool:
+def launch_hooks_set() -> bool:
     """Whether a profiler asked Triton to wrap launches (then every launch takes Triton's own path).
     Recent Triton keeps the hooks as chains, empty when nobody asked."""
     if _knobs is None:
@@ -58,11 +60,11 @@ class KernelCall:
         self.sizes = tuple(sizes)
         self.interpret = interpret
         self.grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
-        self.binaries: dict[tuple, Any] = {}  # (device, alignment of each pointer) -> compiled kernel
-        # device -> the binary's (run, function, metadata) for pointers all 16-byte aligned
-        self.ready: dict[int, tuple] = {}
+        # (device, alignment of each pointer) -> the compiled binary's entry (`entry_of`)
+        self.binaries: dict[tuple, tuple] = {}
+        self.ready: dict[int | None, tuple] = {}  # device -> the entry of the binary for pointers all aligned
         self.tail: tuple | None = None  # sizes and constants in parameter order, once known
-        self.count = 0  # launches so far
+        self.count = 0  # launches through this call (not those a launcher makes straight)
 
     def __call__(self, *args: Any) -> None:
         self.count += 1
@@ -74,13 +76,11 @@ class KernelCall:
             # The device (`.device` costs a sixth of `get_device()`) and the loaded tensors' alignment:
             # every other argument is the same each call.
             key = (args[0].device.index, *[a.data_ptr() % 16 == 0 for a in args[:self.loaded]])
-            binary = self.binaries.get(key)
-            if binary is None or _launch_hooks_set():
-                self.binaries[key] = self._dispatch(args)
+            entry = self.binaries.get(key)
+            if entry is None or launch_hooks_set():
+                self.binaries[key] = entry_of(self._dispatch(args))
                 return
-            stream = torch._C._cuda_getCurrentRawStream(key[0])
-            binary.run(*self.grid, stream, binary.function, binary.packed_metadata, None, None, None,
-                       *args, *self.tail)
+            run_binary(entry, self.grid, key[0], args, self.tail)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -93,14 +93,11 @@ class KernelCall:
         self.count += 1
         try:
             device = args[0].device.index
-            ready = self.ready.get(device)
-            if ready is None or _launch_hooks_set():
-                binary = self._dispatch(args)
-                self.ready[device] = (binary.run, binary.function, binary.packed_metadata)
+            entry = self.ready.get(device)
+            if entry is None or launch_hooks_set():
+                self.ready[device] = entry_of(self._dispatch(args))
                 return None
-            run, function, metadata = ready
-            run(*self.grid, torch._C._cuda_getCurrentRawStream(device), function, metadata, None, None, None,
-                *args, *self.tail)
+            run_binary(entry, self.grid, device, args, self.tail)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc
         return None
@@ -112,10 +109,10 @@ class KernelCall:
         if isinstance(binary, _FUTURE):  # compiled in the background (kernels/precompile.py): now done
             binary = binary.result()
         if self.tail is None and not self.interpret:
-            self.tail = self._tail(len(args))
+            self.tail = self.tail_for(len(args))
         return binary
 
-    def _tail(self, given: int) -> tuple:
+    def tail_for(self, given: int) -> tuple:
         """Sizes then constants, in the order of the kernel's parameters after the given arguments."""
         names = list(self.fn.arg_names)[given + len(self.sizes):]
         missing = [n for n in names if n not in self.launch.constants]
@@ -125,10 +122,23 @@ class KernelCall:
 
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """What a dynamic kernel launches at one set of extents, worked out once for them."""
+
+    fn: Any
+    launch: Launch
+    grid: tuple  # padded to 3-D
+    sizes: tuple  # the size arguments after the symbols
+    variant: tuple  # (function, constexpr choices): one compiled kernel each
+    key: tuple  # the variant as a binary's key starts: function, warps, constexpr choices
+
+
 class DynamicCall:
     """Launches a kernel of a dynamic graph: the launcher passes the kernel's symbols and its
     extents after the tensors, and `choose(extents)` picks the function (a reduction has a
-    persistent variant for rows that fit one block, and a looped one) and its blocks and grid.
+    persistent variant for rows that fit one block, and a looped one) and its blocks and grid,
+    once per extents seen (a call of sizes seen before looks its choice up).
 
     Each function and constexpr choice is a compiled variant: Triton compiles one binary
     per variant and per specialization of its integer arguments (`int_class`), so a variant
@@ -145,46 +155,92 @@ class DynamicCall:
         self.loaded = loaded
         self.name = name
         self.launch: Launch | None = None  # the last call's
-        self.variants: set[tuple] = set()  # (function, constexpr choices) seen: each a compiled kernel
-        self.binaries: dict[tuple, Any] = {}  # specialization key -> (compiled kernel, constants in order)
+        self.variants: set[tuple] = set()  # every variant chosen so far
+        self.chosen: dict[tuple, _Choice] = {}  # extents -> its choice, for the last MAX_CHOICES extents
+        self.binaries: dict[tuple, tuple] = {}  # specialization key -> (binary's entry, constants in order)
         self.count = 0
 
     def launch_at(self, extents: tuple) -> Launch:
-        return self.choose(extents)[1]
+        return self._choice(tuple(extents)).launch
+
+    def _choice(self, extents: tuple) -> _Choice:
+        choice = self.chosen.get(extents)
+        if choice is None:
+            if len(self.chosen) >= MAX_CHOICES:  # sizes drawn from a wide range: keep memory bounded
+                self.chosen.clear()
+            fn, launch = self.choose(extents)
+            constants = tuple(sorted(launch.constants.items()))
+            choice = _Choice(fn, launch, tuple(launch.grid) + (1,) * (3 - len(launch.grid)),
+                             tuple(self.size_args(extents)), (getattr(fn, "__name__", id(fn)), *constants),
+                             (id(fn), *launch.options().items(), *constants))
+            self.chosen[extents] = choice
+            self.variants.add(choice.variant)
+        return choice
 
     def __call__(self, *args: Any) -> None:
         self.count += 1
-        extents = tuple(int(e) for e in args[len(args) - self.n_extents:])
-        fn, launch = self.choose(extents)
-        self.launch = launch
-        self.variants.add((fn.__name__ if hasattr(fn, "__name__") else id(fn), *sorted(launch.constants.items())))
-        given = (*args[:len(args) - self.n_extents], *self.size_args(extents))
+        cut = len(args) - self.n_extents
+        choice = self._choice(tuple(int(e) for e in args[cut:]))
+        launch = self.launch = choice.launch
+        given = (*args[:cut], *choice.sizes)
         try:
             if self.interpret:
                 with _INTERPRETER:
-                    fn[launch.grid](*given, **launch.constants, **launch.options())
+                    choice.fn[launch.grid](*given, **launch.constants, **launch.options())
                 return
-            self._launch(fn, launch, given)
+            self._launch(choice, given)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
             raise KernelFailed(f"kernel {self.name} failed: {type(exc).__name__}: {exc}") from exc
 
-    def _launch(self, fn: Any, launch: Launch, given: tuple) -> None:
+    def _launch(self, choice: _Choice, given: tuple) -> None:
         # Everything a binary depends on: the variant, the device, the loaded pointers' alignment
         # (the rest come from the allocator) and the class of every integer argument.
         device = given[0].device.index
-        key = (id(fn), *launch.options().items(), *sorted(launch.constants.items()), device,
-               *[a.data_ptr() % 16 == 0 for a in given[:self.loaded]],
+        key = (*choice.key, device, *[a.data_ptr() % 16 == 0 for a in given[:self.loaded]],
                *[int_class(a) for a in given if isinstance(a, int)])
         found = self.binaries.get(key)
-        if found is None or _launch_hooks_set():
-            binary = fn[launch.grid](*given, **launch.constants, **launch.options())
-            names = list(fn.arg_names)[len(given):]
-            self.binaries[key] = (binary, tuple(launch.constants[n] for n in names))
+        if found is None or launch_hooks_set():
+            launch = choice.launch
+            binary = choice.fn[launch.grid](*given, **launch.constants, **launch.options())
+            names = list(choice.fn.arg_names)[len(given):]
+            self.binaries[key] = (entry_of(binary), tuple(launch.constants[n] for n in names))
             return
-        binary, constants = found
-        grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
-        stream = torch._C._cuda_getCurrentRawStream(device)
-        binary.run(*grid, stream, binary.function, binary.packed_metadata, None, None, None, *given, *constants)
+        entry, constants = found
+        run_binary(entry, choice.grid, device, given, constants)
+
+
+MAX_CHOICES = 256
+
+
+def entry_of(binary: Any) -> tuple:
+    """What a direct launch of a compiled binary needs: its entry point, function and metadata."""
+    return binary.run, binary.function, binary.packed_metadata
+
+
+def run_binary(entry: tuple, grid: tuple, device: int | None, args: Sequence[Any], tail: tuple) -> None:
+    """Launch a compiled binary straight, on the current stream, no Triton hooks (callers check
+    `launch_hooks_set` first): the grid, the stream, the binary's handles, the arguments."""
+    run, function, metadata = entry
+    run(*grid, torch._C._cuda_getCurrentRawStream(device), function, metadata, None, None, None, *args, *tail)
+
+
+class FirstLaunch:
+    """Stands in a generated launcher for a kernel's binary until the launcher first launches it
+    straight: launches through the kernel's call (which compiles or finds the binary), then puts
+    the binary's entry (`entry_of`) into the launcher's globals under `names`, so that later
+    calls launch the binary itself. Takes the arguments a binary's entry point takes."""
+
+    def __init__(self, call: KernelCall, names: tuple[str, str, str], given: int, scope: dict[str, Any]) -> None:
+        self.call, self.names, self.given, self.scope = call, names, given, scope
+
+    def __call__(self, *args: Any) -> None:
+        given = args[9:9 + self.given]  # after the grid, stream, handles and hooks
+        self.call.aligned(*given)
+        entry = self.call.ready.get(given[0].device.index)
+        # Bound only if the launcher's sizes and constants are those the call passed (they are
+        # worked out apart): else every launch keeps going through the call, slower but right.
+        if entry is not None and args[9 + self.given:] == self.call.tail and not launch_hooks_set():
+            self.scope.update(zip(self.names, entry, strict=True))
 
 
 def int_class(value: int) -> tuple[bool, bool, bool]:

@@ -184,11 +184,12 @@ class SplitLaunch:
     partials: int  # float32 values
 
 
-def split_launch(graph: Graph, kernel: Kernel, interpret: bool) -> SplitLaunch | None:
-    """The launches of a rendered static reduction that split its rows (None: it did not)."""
+def split_launch(graph: Graph, kernel: Kernel, interpret: bool, values: tuple | None = None) -> SplitLaunch | None:
+    """The launches of a rendered static reduction that split its rows (None: it did not);
+    `values`: its extents, where known already."""
     if SPLIT_PARAM not in kernel.params:
         return None
-    rows, length = extents(graph, kernel)
+    rows, length = extents(graph, kernel) if values is None else values
     split = row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
     first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows), interpret)
     first, second = with_options(kernel, first), with_options(kernel, second)

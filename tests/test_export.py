@@ -23,7 +23,7 @@ from fusec import compiler
 from fusec.bench.export import measure
 from fusec.cli import main
 from fusec.examples import build
-from fusec.launcher import launcher_source
+from fusec.launcher_text import launcher_source
 from fusec.lowering import Unsupported
 from fusec.package import PackageError, read, write
 

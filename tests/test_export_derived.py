@@ -11,7 +11,7 @@ import torch
 from torch.export import Dim
 
 import fusec
-from fusec.export_sizes import solve
+from fusec.export_sizes import _expression, size_at, solve
 from fusec.sizes import linear
 
 
@@ -86,3 +86,11 @@ def test_derived_dim_beside_its_root_must_agree(derived):
 def test_solve_linear_dims_only(text, size, expected):
     assert solve(text, size) == expected
     assert linear(7) is None
+
+
+@pytest.mark.parametrize("text", ["s0", "2*s0", "3*s0 - 2", "s0*s1 + 4", "s0**2", "floor(s0/3)", "Mod(s1, 4)",
+                                  "Max(s0, s1)"])
+def test_a_size_at_a_call_is_computed_in_python_as_sympy_computes_it(text):
+    for values in ({"s0": 5, "s1": 7}, {"s0": 64, "s1": 3}):
+        expr = _expression(text)
+        assert size_at(text, values) == int(expr.xreplace({s: values[s.name] for s in expr.free_symbols}))

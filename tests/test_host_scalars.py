@@ -25,7 +25,7 @@ from fusec.cudagraphs import refusal
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.kernels.kinds import static_launch, static_size_args
 from fusec.kernels.precompile import warmup_arguments
-from fusec.launcher import launcher_source
+from fusec.launcher_text import launcher_source
 from fusec.lowering import Unsupported
 from fusec.options import Options
 from fusec.plan import does_work

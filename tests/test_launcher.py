@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusec
 from fusec.bench.overhead import _stream_stub, measure, stub_launches
-from fusec.kernels.call import KernelCall
+from fusec.kernels.call import FirstLaunch, KernelCall, entry_of, launch_hooks_set
 from fusec.kernels.launch import Launch
 from fusec.launcher import StrideMismatch
 from fusec.pointers import allocator
@@ -260,4 +261,105 @@ def test_the_launcher_calls_torchs_bindings_for_matmuls_and_views():
     torch.testing.assert_close(compiled(x, w1, w2), fn(x, w1, w2))
     bound = fusec.report_of(compiled).graphs[0].runtime._call.__globals__.values()
     assert any(b is torch.mm for b in bound) and any(b is torch.Tensor.view for b in bound)
+    assert_ran(compiled)
+
+
+class LoggedBinary:
+    """A compiled kernel's stand-in: its entry point records what each launch passed."""
+
+    function, packed_metadata = "function", "metadata"
+
+    def __init__(self):
+        self.launches = []
+
+    def run(self, *args):
+        self.launches.append(args)
+
+
+def direct_runtime(fn, *args, **options):
+    """A graph compiled and run once; then its launches stubbed by one recording binary, the paths
+    through the kernels' calls logged, and its launcher generated again to launch binaries straight."""
+    compiled = fusec.compile(fn, **options)
+    compiled(*args)
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+    stub_launches(runtime)
+    binary, log = LoggedBinary(), []
+    for call in runtime.calls.values():
+        call.binaries = Recording("keyed", entry_of(binary), log)
+        call.ready = Recording("aligned", entry_of(binary), log)
+    runtime.launch_directly()
+    return runtime, binary, log
+
+
+def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass():
+    runtime, binary, log = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False)
+    x = torch.randn(4, 8)
+    with _stream_stub():
+        runtime.run([x])  # each kernel's first launch goes through its call, which finds its binary
+        assert [path for path, _ in log] == ["aligned"] * 4  # launched, then its binary looked up to bind
+        through_calls, log[:] = list(binary.launches), []
+        binary.launches.clear()
+        runtime.run([x])
+    assert log == []  # the second call launched both binaries from the launcher's own code
+    assert "    if direct and aligned:\n        K0_RUN(" in runtime.source
+    assert "    if direct:\n        K1_RUN(" in runtime.source  # k1 reads only a buffer the launcher allocated
+    assert len(binary.launches) == len(through_calls) == 2
+    for straight, called in zip(binary.launches, through_calls, strict=True):
+        same = [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in straight]
+        assert same == [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in called]
+    assert binary.launches[0][9] is x  # grid, stream, function, metadata and three hooks, then x
+
+
+def test_a_misaligned_input_is_not_launched_straight():
+    runtime, binary, log = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False)
+    with _stream_stub():
+        runtime.run([torch.randn(4, 8)])
+        log.clear()
+        runtime.run([misaligned((4, 8))])
+    # k0 reads the input: keyed by its pointers' alignment; k1 reads k0's buffer only: straight
+    assert log == [("keyed", (None, False, True))]
+    assert len(binary.launches) == 4
+
+
+def test_the_launcher_asks_once_per_call_whether_a_profiler_hooks_launches():
+    runtime, _, _ = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False)
+    with _stream_stub():
+        runtime.run([torch.randn(4, 8)])
+    assert runtime.source.count("HOOKS()") == 1 and runtime.source.count("_RUN(") == 2
+    assert runtime._call.__globals__["HOOKS"] is launch_hooks_set
+    hook = lambda *args: None
+    assert not launch_hooks_set()
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        assert launch_hooks_set()  # then launches take Triton's own path, which calls the hooks
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+
+
+def test_first_launch_binds_the_binary_into_the_launchers_globals():
+    fn = FakeJit()
+    call = KernelCall(fn, Launch((3,), {"BLOCK": 64}, 4), sizes=(100,), interpret=False, name="k0", loaded=2)
+    scope = {}
+    first = FirstLaunch(call, ("K0_RUN", "K0_FN", "K0_META"), 2, scope)
+    x, out = torch.zeros(100), torch.empty(100)
+    with _stream_stub():
+        first(3, 1, 1, 0, None, None, None, None, None, x, out, 100, 32)  # not the constants the call passes
+        assert scope == {}  # launched through the call, not bound
+        first(3, 1, 1, 0, None, None, None, None, None, x, out, 100, 64)
+    assert [entry[0] for entry in fn.log] == ["dispatch", "binary"]  # Triton compiled it, then the binary ran
+    assert scope["K0_FN"] == scope["K0_META"] == "handle" and scope["K0_RUN"].__self__.log is fn.log
+
+
+def test_a_dynamic_kernel_chooses_its_launch_once_per_extents():
+    compiled = fusec.compile(lambda x: (x * 2).softmax(-1), dynamic=True)
+    compiled(torch.randn(3, 5))
+    (call,) = fusec.report_of(compiled).graphs[0].runtime.calls.values()
+    chosen = []
+    choose = call.choose
+    call.choose = lambda extents: chosen.append(extents) or choose(extents)
+    for n in (5, 7, 5, 7, 7):
+        x = torch.randn(3, n)
+        torch.testing.assert_close(compiled(x), (x * 2).softmax(-1))
+    assert len(chosen) == 1  # 5 was chosen at the first call; 7 once
+    assert len(call.chosen) == 2
     assert_ran(compiled)

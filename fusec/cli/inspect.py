@@ -35,7 +35,7 @@ from fusec.cli.targets import (
     signature_hint,
 )
 from fusec.examples import EXAMPLES
-from fusec.launcher import launcher_source
+from fusec.launcher_text import launcher_source
 from fusec.report.data import collect
 from fusec.report.html import to_html
 from fusec.report.svg import to_dot, to_svg
