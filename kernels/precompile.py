@@ -94,11 +94,12 @@ def compile_mode(functions: int, cpus: int) -> str:
 
 def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel], dtypes: Mapping[str, Any],
                workers: int | None = None, mode: str | None = None, wait: bool = True) -> dict[str, Any]:
-    """Compile each static kernel's launch in `calls` (kernel id -> its call); kernel id -> its compiled
-    binary, for those that compiled (the others compile when launched); a split row's second launch
-    as `id/2`. `dtypes` maps fusec's dtype names to the framework's (what a mock tensor carries); `workers` caps the threads or processes,
-    `mode` overrides `compile_mode`. With `wait=False`, kernels going to worker processes are not
-    waited for: each binary is then Triton's FutureKernel, which its first launch waits for."""
+    """Compile each static kernel's launch in `calls` (kernel id -> its call); kernel id -> its
+    compiled binary, for those that compiled (the others compile when launched); a split row's
+    second launch as `id/2`. `dtypes` maps fusec's dtype names to the framework's (what a mock
+    tensor carries); `workers` caps the threads or processes, `mode` overrides `compile_mode`.
+    With `wait=False`, kernels going to worker processes are not waited for: each binary is then
+    Triton's FutureKernel, which its first launch waits for."""
     todo = [(k, call, name) for k in kernels if k.numel for name, call in _launches(k.id, calls.get(k.id))]
     # Launches of one function go to one thread: Triton builds a function's per-device cache on first use.
     by_function: dict[int, list] = {}

@@ -16,6 +16,7 @@ from fusec.bench import static as bench_static
 from fusec.compiler import rendered
 from fusec.kernels.call import KernelCall
 from fusec.kernels.compile import load_kernel
+from fusec.kernels.kinds import static_launch
 from fusec.kernels.reduction_split import SPLIT_PARAM
 from tests.eager import check
 
