@@ -16,7 +16,7 @@ from torch._dynamo.backends.common import aot_autograd
 from fusec.compiler import CompiledGraph, boxed, compile_graph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
 from fusec.freezing import Weight, weights_of
-from fusec.frozen import FrozenCall, freeze
+from fusec.frozen import FrozenCall, NotFrozen, freeze
 from fusec.options import Options
 from fusec.partition import Partition, partitioner
 
@@ -38,6 +38,7 @@ class Backend:
         self.graph_ids = itertools.count()  # per backend: names are stable run to run
         self.runs_eagerly: str | None = None  # why Dynamo stopped compiling for this callable
         self.partition: Partition | None = None  # the last training graph's, for its forward and backward records
+        self.warned_unfrozen = False  # freeze=True met a graph that computes gradients
 
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:
@@ -66,7 +67,8 @@ class Backend:
             partition = self.partition if kind != "inference" else None
             if kind == "inference" and weights:
                 return self._frozen(gm, example_inputs, weights, name)
-            if kind == "forward" and self.options.freeze:
+            if kind == "forward" and self.options.freeze and not self.warned_unfrozen:
+                self.warned_unfrozen = True
                 _warn_not_frozen(name)
             return self._compile(gm, name, partition)
         return compile_fn
@@ -86,9 +88,13 @@ class Backend:
     def _frozen(self, gm: torch.fx.GraphModule, example_inputs: list[Any], weights: list[Weight],
                 name: str) -> Callable:
         """`gm` with its weights as constants (fusec/frozen.py), compiled."""
-        frozen = freeze(gm, example_inputs, weights)
+        try:
+            frozen = freeze(gm, example_inputs, weights)
+        except NotFrozen as exc:
+            log.warning("fusec: freeze=True: %s is not frozen, its weights stay inputs: %s", name, exc)
+            return self._compile(gm, name, None)
         if isinstance(frozen, str):
-            log.warning("fusec: freeze=True: %s is not frozen, its weights stay inputs: %s", name, frozen)
+            log.info("fusec: freeze=True: nothing to freeze in %s: %s", name, frozen)
             return self._compile(gm, name, None)
         log.info("fusec: %s: %s", name, frozen.summary())
         return FrozenCall(frozen, self._compile(frozen.graph, name, None), boxed(gm), name)

@@ -41,31 +41,38 @@ class Frozen:
                 f"{self.folded_ops} ops folded into convolutions and matmuls")
 
 
+class NotFrozen(Exception):
+    """AOTAutograd's graph does not take Dynamo's inputs as they were: which are weights is unknown."""
+
+
 def freeze(gm: torch.fx.GraphModule, fake_inputs: list, weights: list[Weight]) -> Frozen | str:
-    """The frozen form of an ATen inference graph, or why it cannot be frozen.
+    """The frozen form of an ATen inference graph, or why there is nothing in it to freeze.
 
     `weights` are positions among the inputs of Dynamo's graph, which AOTAutograd's graph
     takes in the same order; a graph whose inputs differ (deduplicated, or a size or dtype
-    that differs) is not frozen.
+    that differs) raises NotFrozen.
     """
     gm = torch.fx.GraphModule(gm, _copy(gm.graph))
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(fake_inputs):
-        return f"its ATen graph takes {len(placeholders)} inputs where Dynamo's took {len(fake_inputs)}"
+        raise NotFrozen(f"its ATen graph takes {len(placeholders)} inputs where Dynamo's took {len(fake_inputs)}")
     written = written_inputs(gm)
     kept = []
     for weight in weights:
         node = placeholders[weight.index] if weight.index < len(placeholders) else None
         val = node.meta.get("val") if node is not None else None
         if not isinstance(val, torch.Tensor) or val.shape != weight.tensor.shape or val.dtype != weight.tensor.dtype:
-            return f"input {weight.index} of its ATen graph is not the weight {weight.name}"
+            raise NotFrozen(f"input {weight.index} of its ATen graph is not the weight {weight.name}")
         if node not in written:
             kept.append(weight)
     if not kept:
         return "no weight is read and left unwritten"
     constant = _foldable_from(gm, {placeholders[w.index] for w in kept})
     folded_ops = fold_into_producers(gm, constant)
-    constant = _foldable_from(gm, constant)  # what the folds left computed from constants only
+    constant = _computed(_foldable_from(gm, constant))  # what the folds left computed from constants only
+    if not constant:
+        return "nothing is computed from weights alone"
+    kept = [w for w in kept if placeholders[w.index] in constant]
     return _split(gm, placeholders, kept, constant, folded_ops, detect_fake_mode(fake_inputs))
 
 
@@ -92,6 +99,21 @@ def _foldable_from(gm: torch.fx.GraphModule, constant: set[torch.fx.Node]) -> se
                 done.add(node)
                 changed = True
     return done
+
+
+def _computed(constant: set[torch.fx.Node]) -> set[torch.fx.Node]:
+    """`constant` without the weights and views of weights nothing is computed from: the compiled
+    graph reads those live (a view is no launch), and they need no check at each call."""
+    constant = set(constant)
+    changed = True
+    while changed:
+        changed = False
+        for node in list(constant):
+            read_live = node.op == "placeholder" or (getattr(node.target, "is_view", False) and "val" in node.meta)
+            if read_live and not any(u in constant for u in node.users):
+                constant.discard(node)
+                changed = True
+    return constant
 
 
 def _numel(node: torch.fx.Node) -> int:

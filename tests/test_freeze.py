@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import fusec
+from fusec.bench.cnn_zoo import ConvNeXtBlock, example, launches
 from tests.eager import assert_ran
 
 
@@ -198,3 +199,41 @@ def test_torch_compile_takes_freeze_as_an_option():
 def test_freeze_must_be_a_bool():
     with pytest.raises(TypeError, match="freeze must be True or False"):
         fusec.compile(conv_bn(), freeze="yes")
+
+
+# Launches per forward (kernels + extern calls) at 32x32, frozen: MobileNetV3's projection
+# convolutions' BatchNorms had no kernel to join; ResNet's and ConvNeXt's joined one anyway.
+ZOO_FROZEN = {"resnet18": 38, "mobilenet_v3_small": 101, "convnext_atto": 68}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_zoo_model_frozen_equals_eager(name):
+    model, x = example(name, size=32)
+    report = run_frozen(model, x, rtol=1e-4, atol=1e-4)
+    assert report.stats["kernels"] + report.stats["extern_calls"] == ZOO_FROZEN[name], report.summary()
+
+
+def test_convnext_frozen_block_equals_eager_and_model_launches():
+    # The whole model runs for minutes in the interpreter: one block (depthwise conv, LayerNorm,
+    # MLP, layer scale, residual) runs, the model is planned.
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(16).eval()
+    with torch.no_grad():
+        block.gamma.uniform_(0.5, 1.5)  # not 1e-6: the block's output must depend on its MLP
+    run_frozen(block, torch.randn(1, 16, 6, 6), rtol=1e-4, atol=1e-4)
+    assert sum(launches("convnext_atto", size=32, freeze=True).values()) == ZOO_FROZEN["convnext_atto"]
+
+
+def test_mobilenet_frozen_launches_fewer_than_unfrozen():
+    assert ZOO_FROZEN["mobilenet_v3_small"] < sum(launches("mobilenet_v3_small", size=32).values())
+
+
+def test_inference_mode_and_dynamic_batch():
+    model = conv_bn()
+    compiled = fusec.compile(model, freeze=True, dynamic=True)
+    with torch.inference_mode():
+        for batch in (2, 3):
+            x = torch.randn(batch, 4, 6, 6)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    report = assert_ran(compiled)
+    assert len(report.graphs) == 1 and report.stats["kernels"] == 1
