@@ -109,11 +109,12 @@ def _fold_chain(graph: torch.fx.Graph, producer: torch.fx.Node, constant: set, f
         if operand is None or not fold.fits(user, operand):
             break
         with graph.inserting_before(user):  # after the operand; fusec/frozen.py orders the constants
-            fold.apply(graph, user, operand, constant)
+            folded = fold.apply(graph, user, operand, constant)
         producer = fold.node
-        user.replace_all_uses_with(producer)
-        graph.erase_node(user)
-        count += 1
+        if folded:
+            user.replace_all_uses_with(producer)
+            graph.erase_node(user)
+            count += 1
     return count
 
 
@@ -216,10 +217,12 @@ class _ConvFold(_Fold):
         return not transposed and args[1] in self.constant and (args[2] is None or args[2] in self.constant)
 
     def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float,
-              constant: set) -> None:
+              constant: set) -> bool:
+        """Folds `user` into the producer (True), or takes it as the producer's own tail (False)."""
         args = list(self.node.args)
         args[1], args[2] = self.new_weights(graph, user, operand, args[1], 0, args[2])
         self.node.args = tuple(args)
+        return True
 
 
 class _MatmulFold(_Fold):
@@ -238,9 +241,15 @@ class _MatmulFold(_Fold):
         return not self.mm.kwargs and self.mm.args[1] in self.constant
 
     def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float,
-              constant: set) -> None:
+              constant: set) -> bool:
+        if self.bias_add is None and user.target is aten.add.Tensor and _is_vector(operand, self.channels):
+            self.bias_add = self.node = user  # a Linear's own bias: it is the bias the folds update
+            return False
         x, weight = self.mm.args
-        bias = self.bias_add.args[1] if self.bias_add is not None else None
+        bias = None
+        if self.bias_add is not None:
+            first, second = self.bias_add.args
+            bias = second if first is self.mm else first
         weight, bias = self.new_weights(graph, user, operand, weight, 1, bias)
         self.mm.args = (x, weight)
         if self.bias_add is None and bias is not None:
@@ -249,4 +258,10 @@ class _MatmulFold(_Fold):
             self.bias_add.meta = dict(self.mm.meta)
             self.node = self.bias_add
         elif self.bias_add is not None:
-            self.bias_add.args = (self.mm, bias)
+            self.bias_add.args = (self.mm, bias) if self.bias_add.args[0] is self.mm else (bias, self.mm)
+        return True
+
+
+def _is_vector(operand: torch.fx.Node | float, length: int) -> bool:
+    val = operand.meta.get("val") if isinstance(operand, torch.fx.Node) else None
+    return isinstance(val, torch.Tensor) and tuple(val.shape) == (length,)

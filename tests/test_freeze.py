@@ -73,15 +73,23 @@ def test_channels_last_input_and_weights():
     assert_ran(compiled)
 
 
-def test_linear_bn1d_folds_into_the_matmul():
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_bn1d_folds_into_the_matmul(bias):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 8), _randomized(nn.BatchNorm1d(8)), nn.ReLU()).eval()
+    model = nn.Sequential(nn.Linear(16, 8, bias=bias), _randomized(nn.BatchNorm1d(8)), nn.ReLU()).eval()
     x = torch.randn(4, 16)
     unfrozen, frozen = counts(model, x, freeze=False), counts(model, x, freeze=True)
     assert frozen[:2] == unfrozen[:2] == (1, 0)  # the matmul with its epilogue either way
     assert frozen[2] == 3  # matmul, bias add, ReLU: BN's ops and the math on its constants are gone
     assert unfrozen[2] > 10
     run_frozen(model, x)
+
+
+def test_a_linear_with_nothing_to_fold_reads_its_weights_live(caplog):
+    model, x = nn.Sequential(nn.Linear(16, 8), nn.ReLU()).eval(), torch.randn(4, 16)
+    with caplog.at_level(logging.INFO, logger="fusec"):
+        run_frozen(model, x)
+    assert "nothing to freeze" in caplog.text  # no constant, so no check at each call
 
 
 def test_batch_norm_without_a_conv_before_it_reads_its_scale_and_shift_folded():
@@ -237,3 +245,8 @@ def test_inference_mode_and_dynamic_batch():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
     report = assert_ran(compiled)
     assert len(report.graphs) == 1 and report.stats["kernels"] == 1
+
+
+def test_export_refuses_freeze(tmp_path):
+    with pytest.raises(TypeError, match=r"freeze=True is fusec\.compile's"):
+        fusec.export(conv_bn(), torch.randn(1, 4, 6, 6), path=tmp_path / "m.fusec", freeze=True)
