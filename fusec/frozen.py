@@ -69,7 +69,7 @@ def freeze(gm: torch.fx.GraphModule, fake_inputs: list, weights: list[Weight]) -
         return "no weight is read and left unwritten"
     constant = _foldable_from(gm, {placeholders[w.index] for w in kept})
     folded_ops = fold_into_producers(gm, constant)
-    constant = _computed(_foldable_from(gm, constant))  # what the folds left computed from constants only
+    constant = _computed(gm, _foldable_from(gm, constant))  # what the folds left computed from constants only
     if not constant:
         return "nothing is computed from weights alone"
     kept = [w for w in kept if placeholders[w.index] in constant]
@@ -101,10 +101,13 @@ def _foldable_from(gm: torch.fx.GraphModule, constant: set[torch.fx.Node]) -> se
     return done
 
 
-def _computed(constant: set[torch.fx.Node]) -> set[torch.fx.Node]:
+def _computed(gm: torch.fx.GraphModule, constant: set[torch.fx.Node]) -> set[torch.fx.Node]:
     """`constant` without the weights and views of weights nothing is computed from: the compiled
-    graph reads those live (a view is no launch), and they need no check at each call."""
-    constant = set(constant)
+    graph reads those live (a view is no launch), and they need no check at each call. Nor are
+    the graph's outputs constants: each call returns new tensors, as eager does, which the caller
+    may write without writing a constant."""
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    constant = set(constant) - {n for n in output.all_input_nodes if n.op != "placeholder" and "val" in n.meta}
     changed = True
     while changed:
         changed = False

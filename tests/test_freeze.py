@@ -250,3 +250,21 @@ def test_inference_mode_and_dynamic_batch():
 def test_export_refuses_freeze(tmp_path):
     with pytest.raises(TypeError, match=r"freeze=True is fusec\.compile's"):
         fusec.export(conv_bn(), torch.randn(1, 4, 6, 6), path=tmp_path / "m.fusec", freeze=True)
+
+
+def test_an_output_computed_from_weights_alone_is_a_new_tensor_each_call():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8))
+
+        def forward(self, x):
+            return x * self.w, self.w * 2
+
+    model, x = Model(), torch.randn(4, 8)
+    compiled = fusec.compile(model, freeze=True)
+    with torch.no_grad():
+        first = compiled(x)[1]
+        first.zero_()  # the caller owns what it got
+        torch.testing.assert_close(compiled(x), model(x))
+    assert_ran(compiled)
