@@ -65,6 +65,10 @@ def freeze(gm: torch.fx.GraphModule, fake_inputs: list, weights: list[Weight]) -
             raise NotFrozen(f"input {weight.index} of its ATen graph is not the weight {weight.name}")
         if node not in written:
             kept.append(weight)
+    if len(kept) < len(weights):
+        log.warning("fusec: freeze=True: the graph writes %s, so they stay inputs and nothing computed from "
+                    "them is folded (a BatchNorm in training mode? call model.eval() for inference)",
+                    _names([w.name for w in weights if w not in kept]))
     if not kept:
         return "no weight is read and left unwritten"
     constant = _foldable_from(gm, {placeholders[w.index] for w in kept})

@@ -187,12 +187,13 @@ def test_grad_enabled_runs_unfrozen_and_says_so(caplog):
     assert model[0].weight.grad is not None
 
 
-def test_training_mode_keeps_the_running_statistics_it_writes():
+def test_training_mode_keeps_the_running_statistics_it_writes(caplog):
     train, reference = conv_bn().train(), conv_bn().train()
     x = torch.randn(2, 4, 6, 6)
     compiled = fusec.compile(train, freeze=True)
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="fusec"):
         torch.testing.assert_close(compiled(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert "1.running_mean" in caplog.text and "model.eval()" in caplog.text
     torch.testing.assert_close(train[1].running_mean, reference[1].running_mean)
     torch.testing.assert_close(train[1].running_var, reference[1].running_var)
 
