@@ -10,6 +10,8 @@ from torch import nn
 
 import fusec
 from fusec.bench.cnn_zoo import ConvNeXtBlock, example, launches
+from fusec.freezing import Weight
+from fusec.frozen import Frozen, FrozenCall
 from tests.eager import assert_ran
 
 
@@ -269,3 +271,20 @@ def test_an_output_computed_from_weights_alone_is_a_new_tensor_each_call():
         first.zero_()  # the caller owns what it got
         torch.testing.assert_close(compiled(x), model(x))
     assert_ran(compiled)
+
+
+@pytest.mark.fallback_expected
+def test_constants_that_no_longer_fit_the_compiled_graph_run_it_unfrozen(caplog):
+    # Dynamo guards a weight's size, so this is a last line of defence: a refold whose
+    # constants differ in layout from the compiled ones runs the unfrozen graph instead.
+    weight = torch.ones(4)
+    frozen = Frozen(graph=None, constants_of=lambda w: (w * 2,), live=[1], weights=[Weight(0, "scale", weight)],
+                    constants=[weight * 2], folded_ops=0)
+    call = FrozenCall(frozen, compiled=lambda inputs: ("frozen", inputs), fallback=lambda args: ("unfrozen", args),
+                      name="g")
+    x = torch.zeros(4)
+    assert call([weight, x])[0] == "frozen"
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        assert call([torch.ones(8), x])[0] == "unfrozen"
+        assert call([weight, x])[0] == "unfrozen"  # from now on
+    assert "runs through torch, unfrozen" in caplog.text and "scale" in caplog.text
