@@ -127,14 +127,14 @@ def example(name: str, size: int = 64) -> tuple[nn.Module, torch.Tensor]:
     return ZOO[name]().eval(), torch.randn(1, 3, size, size)
 
 
-def launches(name: str, size: int = 64) -> dict[str, int]:
+def launches(name: str, size: int = 64, freeze: bool = False) -> dict[str, int]:
     """fusec's planned kernels and extern calls for one eval-mode forward of a zoo model."""
     import fusec
 
     torch.manual_seed(0)
     model = ZOO[name]().eval()
     with torch.no_grad():
-        stats = fusec.inspect(model, torch.randn(1, 3, size, size)).stats
+        stats = fusec.inspect(model, torch.randn(1, 3, size, size), options={"freeze": freeze}).stats
     return {"kernels": stats["kernels"], "extern_calls": stats["extern_calls"]}
 
 

@@ -8,6 +8,9 @@ way for every zoo (`bench/cnn_zoo.py`, `bench/transformer_zoo.py`), on any devic
   (`reinterpret_tensor` is not a call; an ATen view op is not counted);
 - fusec: its planned kernels plus the extern calls that do work, from `fusec.inspect` (nothing runs).
 
+Each compiler is counted twice: as is, and frozen (weights as constants: Inductor's
+`torch._inductor.config.freezing`, fusec's `freeze=True`).
+
 `fusec bench --zoo` prints both zoos' tables, `python bench/cnn_zoo.py` (or transformer_zoo.py) one.
 """
 
@@ -31,13 +34,16 @@ _WRAPPER_CALL = re.compile(
 
 @dataclass(frozen=True)
 class ZooRow:
-    """One model's launches per forward: eager's ATen ops, Inductor's, fusec's kernels and extern calls."""
+    """One model's launches per forward: eager's ATen ops, Inductor's, fusec's kernels and extern calls;
+    Inductor's and fusec's again with the weights frozen."""
 
     model: str
     eager: int
     inductor: int
     fusec_kernels: int
     fusec_extern_calls: int
+    inductor_frozen: int
+    fusec_frozen: int
 
     @property
     def fusec(self) -> int:
@@ -71,21 +77,23 @@ def wrapper_launches(code: str) -> int:
     return sum(not _is_view(m.group(1)) for m in _WRAPPER_CALL.finditer("\n".join(body)))
 
 
-def inductor_launches(fn: Callable, *args: Any) -> int:
+def inductor_launches(fn: Callable, *args: Any, freeze: bool = False) -> int:
     """torch.compile's launches for one call of `fn(*args)`, read from its generated code."""
+    from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
-    _, codes = run_and_get_code(torch.compile(fn), *args)
+    with config.patch(freezing=freeze):
+        _, codes = run_and_get_code(torch.compile(fn), *args)
     return sum(wrapper_launches(code) for code in codes)
 
 
-def fusec_launches(fn: Callable, *args: Any) -> tuple[int, int]:
+def fusec_launches(fn: Callable, *args: Any, freeze: bool = False) -> tuple[int, int]:
     """fusec's planned (kernels, extern calls that do work) for one call of `fn(*args)`."""
     import fusec
 
     torch._dynamo.reset()  # a function Dynamo saw before would be recompiled with dynamic sizes
-    stats = fusec.inspect(fn, *args).stats
+    stats = fusec.inspect(fn, *args, options={"freeze": freeze}).stats
     return stats["kernels"], stats["extern_calls"]
 
 
@@ -94,18 +102,22 @@ def measure(name: str, fn: Callable, *args: Any) -> ZooRow:
     with torch.no_grad():
         eager = round(count_launches_cpu(lambda: fn(*args), calls=1))
         kernels, externs = fusec_launches(fn, *args)
+        fusec_frozen = sum(fusec_launches(fn, *args, freeze=True))
         inductor = inductor_launches(fn, *args)
+        inductor_frozen = inductor_launches(fn, *args, freeze=True)
     torch._dynamo.reset()
-    return ZooRow(name, eager, inductor, kernels, externs)
+    return ZooRow(name, eager, inductor, kernels, externs, inductor_frozen, fusec_frozen)
 
 
 def markdown(rows: list[ZooRow]) -> str:
-    lines = ["| model | eager ATen ops | torch.compile launches | fusec kernels + extern | fusec launches |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | eager ATen ops | torch.compile launches | fusec kernels + extern | fusec launches "
+             "| torch.compile frozen | fusec frozen |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = "" if r.fusec <= r.inductor else " (more than torch.compile)"
+        frozen_mark = "" if r.fusec_frozen <= r.inductor_frozen else " (more than torch.compile)"
         lines.append(f"| {r.model} | {r.eager} | {r.inductor} | {r.fusec_kernels} + {r.fusec_extern_calls} | "
-                     f"{r.fusec}{mark} |")
+                     f"{r.fusec}{mark} | {r.inductor_frozen} | {r.fusec_frozen}{frozen_mark} |")
     return "\n".join(lines)
 
 

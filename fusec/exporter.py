@@ -34,7 +34,7 @@ from fusec.export_sizes import tensor_spec, versions
 from fusec.graph_source import extern_targets, graph_source, torch_callable
 from fusec.kernels.binaries import current_target, pack
 from fusec.launcher_text import launcher_source
-from fusec.options import Options
+from fusec.options import OptionError, Options
 from fusec.package import dump_plan, write
 
 log = logging.getLogger("fusec")
@@ -77,6 +77,9 @@ def export(model: Callable[..., Any], *args: torch.Tensor, path: str | Path, wei
     cudagraphs, matmul, cache_dir) are given again to `fusec.load`.
     """
     opts = Options.from_user(**options)
+    if opts.freeze:
+        raise OptionError("fusec.export: freeze=True is fusec.compile's; a package's weights are inputs "
+                          "(runner.load_state_dict replaces them): export without it")
     if not callable(model):
         raise TypeError(f"fusec.export expects a function or an nn.Module, got {type(model).__name__}")
     for i, arg in enumerate(args, start=1):

@@ -14,6 +14,8 @@ from torch._dynamo.backends.common import aot_autograd
 
 from fusec.compiler import CompiledGraph, boxed, compile_graph, plan_graph
 from fusec.decompositions import DECOMPOSITIONS
+from fusec.freezing import Weight, weights_of
+from fusec.frozen import FrozenCall, NotFrozen, freeze
 from fusec.options import Options
 from fusec.partition import Partition, partitioner
 
@@ -35,6 +37,7 @@ class Backend:
         self.graph_ids = itertools.count()  # per backend: names are stable run to run
         self.runs_eagerly: str | None = None  # why Dynamo stopped compiling for this callable
         self.partition: Partition | None = None  # the last training graph's, for its forward and backward records
+        self.warned_unfrozen = False  # freeze=True met a graph that computes gradients
         _watch_recompile_limit()
 
     def enter(self) -> Backend | None:
@@ -55,27 +58,50 @@ class Backend:
     def _partitioned(self, partition: Partition) -> None:
         self.partition = partition
 
-    def _compiler(self, kind: str) -> Callable:
+    def _compiler(self, kind: str, weights: list[Weight]) -> Callable:
         def compile_fn(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
             name = f"{kind}_{next(self.graph_ids)}"
             partition = self.partition if kind != "inference" else None
-            if self.launch:
-                before = len(self.records)
-                compiled = compile_graph(gm, name, self.options, self.records)
-                for record in self.records[before:]:  # the one it made
-                    record.partition = partition
-                return compiled
-            record, _ = plan_graph(gm, name, self.options)
-            record.partition = partition
-            self.records.append(record)
-            return boxed(gm)
+            if kind == "inference" and weights:
+                return self._frozen(gm, example_inputs, weights, name)
+            if kind == "forward" and self.options.freeze and not self.warned_unfrozen:
+                self.warned_unfrozen = True
+                _warn_not_frozen(name)
+            return self._compile(gm, name, partition)
         return compile_fn
 
+    def _compile(self, gm: torch.fx.GraphModule, name: str, partition: Partition | None) -> Callable:
+        if self.launch:
+            before = len(self.records)
+            compiled = compile_graph(gm, name, self.options, self.records)
+            for record in self.records[before:]:  # the one it made
+                record.partition = partition
+            return compiled
+        record, _ = plan_graph(gm, name, self.options)
+        record.partition = partition
+        self.records.append(record)
+        return boxed(gm)
+
+    def _frozen(self, gm: torch.fx.GraphModule, example_inputs: list[Any], weights: list[Weight],
+                name: str) -> Callable:
+        """`gm` with its weights as constants (fusec/frozen.py), compiled."""
+        try:
+            frozen = freeze(gm, example_inputs, weights)
+        except NotFrozen as exc:
+            log.warning("fusec: freeze=True: %s is not frozen, its weights stay inputs: %s", name, exc)
+            return self._compile(gm, name, None)
+        if isinstance(frozen, str):
+            log.info("fusec: freeze=True: nothing to freeze in %s: %s", name, frozen)
+            return self._compile(gm, name, None)
+        log.info("fusec: %s: %s", name, frozen.summary())
+        return FrozenCall(frozen, self._compile(frozen.graph, name, None), boxed(gm), name)
+
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+        weights = weights_of(gm, example_inputs) if self.options.freeze else []
         backend = aot_autograd(
-            fw_compiler=self._compiler("forward"),
-            bw_compiler=self._compiler("backward"),
-            inference_compiler=self._compiler("inference"),
+            fw_compiler=self._compiler("forward", weights),
+            bw_compiler=self._compiler("backward", weights),
+            inference_compiler=self._compiler("inference", weights),
             decompositions=DECOMPOSITIONS,
             partition_fn=partitioner(self.options.remat, self._partitioned),
             # An input's new value (an optimizer's parameters and states) stays in the graph
@@ -90,6 +116,12 @@ class Backend:
         with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
             backend(gm, example_inputs)
         return gm
+
+
+def _warn_not_frozen(name: str) -> None:
+    log.warning("fusec: freeze=True folds weights into inference graphs only; %s computes gradients (grad "
+                "mode is on and an input or weight requires grad), so it runs unfrozen: call the model under "
+                "torch.no_grad() or torch.inference_mode() to freeze it", name)
 
 
 def _on_cpu(example_inputs: list[Any]) -> bool:

@@ -44,6 +44,10 @@ class Options:
       default): the min cut, recomputing cheap ops the backward's kernels read the inputs of;
       "none": save every value the backward reads; "aggressive": recompute every cheap op.
       Random ops (dropout) and matmuls, convolutions and attention are never recomputed.
+    freeze: an inference graph's parameters and buffers are constants (under torch.no_grad() or
+      torch.inference_mode()): pointwise ops with a per-channel constant (eval BatchNorm) fold into
+      the convolution or matmul before them, and what reads weights only is computed once. A weight
+      replaced or written in place after compile is seen at the next call and folded again.
     dynamic: sizes as symbols, as torch.compile's `dynamic=`. None (the default): the first
       call compiles for its shapes, a call with other shapes recompiles once with the dims
       that changed symbolic, and that graph serves every later size; True: symbolic from
@@ -62,6 +66,7 @@ class Options:
     cpu: str = "torch"
     remat: str = "auto"
     dynamic: bool | None = None
+    freeze: bool = False
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -96,7 +101,7 @@ class Options:
         """Every option's type and range, with a message naming the option and what it accepts."""
         if self.dynamic not in (None, True, False):
             _bad("dynamic", "None (automatic), True or False", self.dynamic)
-        for name in ("fuse", "horizontal", "strict", "cudagraphs"):
+        for name in ("fuse", "horizontal", "strict", "cudagraphs", "freeze"):
             if not isinstance(getattr(self, name), bool):
                 _bad(name, "True or False", getattr(self, name))
         if self.matmul not in ("auto", "template", "library"):
