@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from fusec.decompositions_scatter import index_put as put_at_positions
+
 aten = torch.ops.aten
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -62,8 +64,10 @@ def index_put(x, indices, values, accumulate=False):
     element once)."""
     lead = len(indices) - 1  # the dims before the mask, taken whole
     mask = indices[-1] if indices and all(i is None for i in indices[:-1]) else None
-    if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[lead:lead + mask.dim()]):
-        return NotImplemented  # positions, several indices, or a mask eager rejects with its own error
+    if mask is None or mask.dtype != torch.bool:
+        return _positions(x, indices, values, accumulate)
+    if tuple(mask.shape) != tuple(x.shape[lead:lead + mask.dim()]):
+        return NotImplemented  # a mask eager rejects with its own error
     trailing = x.shape[lead + mask.dim():]
     if not lead and values.dim() == len(trailing) + 1 and values.shape[0] == 1:
         values = values[0]  # the selected elements' dim, broadcast
@@ -74,6 +78,15 @@ def index_put(x, indices, values, accumulate=False):
     selected = mask.reshape(*[1] * lead, *mask.shape, *[1] * len(trailing))
     values = values.to(x.dtype)
     return torch.where(selected, x + values if accumulate else values, x)
+
+
+def _positions(x, indices, values, accumulate):
+    """Index tensors: a store at computed positions (decompositions_scatter.py), for static
+    shapes (a position's wrap-around uses a size as a value, which kernels do not take)."""
+    tensors = [x, values, *(i for i in indices if i is not None)]
+    if any(isinstance(size, torch.SymInt) for t in tensors for size in t.shape):
+        return NotImplemented
+    return put_at_positions(x, indices, values, accumulate)
 
 
 DECOMPOSITIONS = {aten.index.Tensor: index}

@@ -18,6 +18,7 @@ from fusec.kernels.matmul import matmul_problem, render_matmul
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
+from fusec.kernels.scatter import render_scatter, scatter_extents, scatter_launch
 from fusec.kernels.signature import Rendered
 from fusec.kernels.tiles import tiling
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
@@ -92,6 +93,7 @@ KINDS: dict[KernelKind, KindRules] = {
         render_scan, scan_extents,
         lambda graph, kernel, values, interpret, persistent: scan_launch(*values, interpret),
         tuple),
+    KernelKind.SCATTER: KindRules(render_scatter, scatter_extents, scatter_launch, tuple),
 }
 
 
@@ -108,7 +110,7 @@ def render(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
 
 def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
     """pointwise (numel,) or (rows, columns) of its tiles; reduction and scan (rows, row
-    length); combo each part's numel; matmul (batch, M, N, K)."""
+    length); combo each part's numel; matmul (batch, M, N, K); scatter (stored elements,)."""
     return KINDS[kernel.kind].extents(graph, kernel)
 
 

@@ -1,0 +1,211 @@
+"""Stores at computed positions (index_put with index tensors, index_add, index_copy, scatter,
+scatter_add, put): one scatter kernel that computes its positions and values, fused with their
+producers, and stores into (or atomically adds to) a clone of the base made by the base's own
+kernel. Differential tests against eager, kernel counts, eager's errors past the ends."""
+
+import pytest
+import torch
+
+import fusec
+from tests.eager import assert_raises_as_eager, assert_ran, check
+from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+
+
+def _kinds(report) -> list[str]:
+    return [str(k.kind) for g in report.graphs for k in g.plan.kernels]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool])
+def test_store_of_a_value_per_element_on_the_first_dim(dtype):
+    def f(x, i, v):
+        y = x.clone()
+        y[i] = v
+        return y
+
+    torch.manual_seed(0)
+    x, v = (torch.randn(9, 5) * 5).to(dtype), (torch.randn(3, 5) * 5).to(dtype)
+    report = check(f, x, torch.tensor([4, -1, 0]), v, kernels=2, externs=0)
+    assert _kinds(report) == ["pointwise", "scatter"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int32, torch.int64])
+def test_accumulate_adds_every_duplicate(dtype):
+    def f(x, i, v):
+        return (x * 2).index_put((i,), v * 3, accumulate=True)
+
+    torch.manual_seed(1)
+    x, v = (torch.randn(6, 4) * 4).to(dtype), (torch.randn(7, 4) * 4).to(dtype)
+    i = torch.tensor([5, 1, 1, -6, 5, 5, 2])
+    report = check(f, x, i, v, kernels=2, externs=0)
+    scatter = next(k for g in report.graphs for k in g.plan.kernels if k.kind == "scatter")
+    assert {"mul_1", "put"} <= set(scatter.members)  # the values' producer is in the scatter kernel
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_index_add_on_every_dim_with_alpha(dim):
+    torch.manual_seed(2)
+    x = torch.randn(4, 5, 6)
+    size = x.shape[dim]
+    i = torch.randint(0, size, (7,))
+    shape = list(x.shape)
+    shape[dim] = 7
+    check(lambda x, i, v: torch.sigmoid(x).index_add(dim, i, v.exp(), alpha=0.5), x, i, torch.randn(shape),
+          kernels=2, externs=0)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_index_copy_with_unique_indices(dim):
+    torch.manual_seed(3)
+    x = torch.randn(6, 8)
+    i = torch.randperm(x.shape[dim])[:3]
+    shape = [3, 8] if dim == 0 else [6, 3]
+    check(lambda x, i, v: (x + 1).index_copy(dim, i, v * 2), x, i, torch.randn(shape), kernels=2, externs=0)
+
+
+def test_kv_cache_write_at_positions():
+    def f(cache, pos, k):
+        cache = cache.clone()
+        cache[:, :, pos] = k
+        return cache
+
+    torch.manual_seed(4)
+    cache, k = torch.randn(2, 3, 10, 4), torch.randn(2, 3, 2, 4)
+    check(f, cache, torch.tensor([7, 8]), k, kernels=2, externs=0)
+
+
+@pytest.mark.parametrize("value_shape", [(), (5,), (3, 1), (1, 5)])
+def test_values_broadcast_over_the_indexed_shape(value_shape):
+    def f(x, i, j, v):
+        y = x.clone()
+        y[i, :, j] = v  # indices apart: their dims go first
+        return y
+
+    torch.manual_seed(5)
+    x = torch.randn(4, 5, 6)
+    check(f, x, torch.tensor([0, 3, -1]), torch.tensor([[5], [0], [2]]).reshape(3, 1)[:, 0], torch.randn(value_shape),
+          kernels=2, externs=0)
+
+
+def test_adjacent_index_tensors_broadcast_together():
+    def f(x, i, j, v):
+        return torch.ops.aten.index_put(x, [None, i, j], v, True)
+
+    torch.manual_seed(6)
+    x = torch.randn(2, 4, 5, 3)
+    i, j = torch.tensor([[0], [3], [3]]), torch.tensor([1, 4])
+    check(f, x, i, j, torch.randn(2, 3, 2, 3), kernels=2, externs=0)
+
+
+@pytest.mark.parametrize("op", ["scatter", "scatter_add", "scatter_value", "scatter_reduce_sum"])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_scatter_family(op, dim):
+    torch.manual_seed(7)
+    x, src = torch.randn(5, 6), torch.randn(6, 7)
+    if op == "scatter":  # one value per position: unique indices along dim
+        index = torch.stack([torch.randperm(x.shape[dim])[:3] for _ in range(4)], 1 - dim)
+    else:
+        index = torch.randint(0, x.shape[dim], (3, 4) if dim == 0 else (4, 3))
+    fns = {"scatter": lambda x, i, s: (x * 2).scatter(dim, i, s + 1),
+           "scatter_add": lambda x, i, s: (x * 2).scatter_add(dim, i, s + 1),
+           "scatter_value": lambda x, i, s: (x * 2).scatter(dim, i, 0.25),
+           "scatter_reduce_sum": lambda x, i, s: (x * 2).scatter_reduce(dim, i, s + 1, "sum")}
+    check(fns[op], x, index, src, kernels=2, externs=0)
+
+
+def test_put_counts_positions_over_the_flattened_tensor():
+    check(lambda x, i, v: (x - 1).put(i, v.sin(), accumulate=True), torch.randn(3, 4),
+          torch.tensor([[0, 11], [-1, 5]]), torch.randn(2, 2), kernels=2, externs=0)
+
+
+def test_strided_base_and_values():
+    def f(x, i, v):
+        return x.index_add(0, i, v)
+
+    torch.manual_seed(8)
+    x, v = torch.randn(5, 6).t(), torch.randn(5, 3).t()  # transposed: (6, 5) and (3, 5)
+    check(f, x, torch.tensor([1, 1, 4]), v, kernels=2, externs=0)
+
+
+def test_nothing_to_store():
+    check(lambda x, i, v: (x * 2).index_add(0, i, v), torch.randn(4, 3), torch.zeros(0, dtype=torch.int64),
+          torch.randn(0, 3), externs=0)
+
+
+@pytest.mark.parametrize("bad", [9, -10])
+def test_index_past_either_end_raises_eagers_error(bad):
+    def f(x, i, v):
+        return x.index_put((i,), v, accumulate=True)
+
+    assert_raises_as_eager(f, torch.randn(9, 2), torch.tensor([1, bad]), torch.randn(2, 2))
+
+
+def test_scatter_with_a_negative_index_raises_eagers_error():
+    assert_raises_as_eager(lambda x, i, s: x.scatter_add(1, i, s), torch.randn(3, 4), torch.tensor([[0, -1]]),
+                           torch.randn(1, 2), error=RuntimeError)
+
+
+def test_bfloat16_accumulation_runs_through_torch():
+    # Triton's interpreter has no atomic add of bfloat16: the add stays in torch, correct.
+    x = torch.randn(5, 3, dtype=torch.bfloat16)
+    report = check(lambda x, i, v: x.index_add(0, i, v), x, torch.tensor([1, 1]), torch.randn(2, 3).bfloat16())
+    assert report.stats["extern_calls"] >= 1
+
+
+def test_slice_scatter_is_one_concatenation():
+    check(lambda x, s: torch.slice_scatter(x * 2, s.exp(), 1, 2, 5), torch.randn(4, 7), torch.randn(4, 3),
+          kernels=1, externs=0)
+
+
+def test_two_scatters_into_one_base_each_get_their_own_buffer():
+    def f(x, i, v):
+        return x.index_add(0, i, v), x.index_add(0, i + 1, v * 2)
+
+    check(f, torch.randn(6, 3), torch.tensor([0, 2, 2]), torch.randn(3, 3), externs=0)
+
+
+def test_scatter_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture imported above)
+    torch.manual_seed(9)
+    x, i = torch.randn(16, 8), torch.randint(0, 16, (5,))
+    run(lambda x, i, v: x.index_add(0, i, v * 2), x, i, torch.randn(5, 8))
+    run(lambda x, i, v: x.index_add(0, i, v), x.half(), i, torch.randn(5, 8).half())
+    run(lambda x, i, v: x.index_copy(1, i[:3] % 8, v), x.bfloat16(), i, torch.randn(16, 3).bfloat16())
+    run(lambda x, i, s: x.scatter_add(1, i, s), x, torch.randint(0, 8, (4, 3)), torch.randn(4, 3))
+    assert len(sm90) >= 8
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(10)
+        self.embed = torch.nn.Embedding(50, 16, padding_idx=0)
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.embed(tokens)))
+
+
+def test_embedding_training_equals_eager():
+    eager, model = _Tagger(), _Tagger()
+    compiled = fusec.compile(model)
+    eager_opt, opt = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (eager, model))
+    torch.manual_seed(11)
+    for _ in range(3):
+        tokens = torch.randint(0, 50, (4, 9))
+        tokens[0, :3] = 7  # a token seen several times: its gradient rows add up
+        for fn, o in ((eager, eager_opt), (compiled, opt)):
+            o.zero_grad()
+            fn(tokens).square().mean().backward()
+            o.step()
+    for a, b in zip(eager.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    report = assert_ran(compiled)
+    backward = next(g for g in report.graphs if "backward" in g.name)
+    kinds = [str(k.kind) for k in backward.plan.kernels]
+    # the table's gradient: its zero fill, then one scatter with the padding mask fused in
+    assert kinds.count("scatter") == 1, kinds
+    assert not [s for s in backward.plan.externs if "index_put" in s.target or "embedding" in s.target]
