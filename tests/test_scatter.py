@@ -209,3 +209,44 @@ def test_embedding_training_equals_eager():
     # the table's gradient: its zero fill, then one scatter with the padding mask fused in
     assert kinds.count("scatter") == 1, kinds
     assert not [s for s in backward.plan.externs if "index_put" in s.target or "embedding" in s.target]
+
+
+def _in_place(fn, *args, kernels: int, in_place: int):
+    """fn mutates its first argument: compiled, it leaves the same values there as eager."""
+    eager_args, args = [a.clone() for a in args], [a.clone() for a in args]
+    expected = fn(*eager_args)
+    compiled = fusec.compile(fn)
+    torch.testing.assert_close(compiled(*args), expected)
+    torch.testing.assert_close(args[0], eager_args[0])
+    report = assert_ran(compiled)
+    assert (report.stats["kernels"], report.stats["stores_in_place"]) == (kernels, in_place), report.summary()
+    return report
+
+
+def test_kv_cache_write_into_an_input_stores_in_place():
+    def f(cache, pos, k):
+        cache[:, :, pos] = k * 2
+        return k.sum()
+
+    torch.manual_seed(12)
+    # no clone of the cache and no copy back: the scatter writes the two new positions only
+    _in_place(f, torch.randn(2, 3, 10, 4), torch.tensor([7, 8]), torch.randn(2, 3, 2, 4), kernels=2, in_place=1)
+
+
+def test_index_add_into_an_input_accumulates_in_place():
+    def f(out, i, v):
+        out.index_add_(0, i, torch.relu(v))
+        return i.sum()
+
+    i = torch.tensor([3, 0, 3, 3, 1])
+    _in_place(f, torch.randn(4, 6), i, torch.randn(5, 6), kernels=2, in_place=1)
+
+
+def test_a_write_whose_values_read_the_input_goes_through_a_copy():
+    def f(cache, pos):
+        cache[:, pos] = cache[:, pos - 1] * 2  # other programs may already have written what one reads
+        return pos.sum()
+
+    torch.manual_seed(13)
+    report = _in_place(f, torch.randn(3, 9), torch.tensor([4, 2]), kernels=2, in_place=0)
+    assert report.stats["stores_copied"] == 1
