@@ -45,7 +45,10 @@ def _put(x, coords: list, wrap: bool, values, accumulate: bool, contiguous: bool
         term = coord * stride if stride != 1 else coord
         position = term if position is None else position + term
     position = torch.where(inside, position, x.numel()).expand(values.shape)
-    base = aten.clone.default(x, memory_format=torch.contiguous_format) if contiguous else aten.clone.default(x)
+    base = aten.clone.default(x)
+    if contiguous and not x.is_contiguous():
+        # a copy into a row-major layout (a memory_format argument would not survive an export)
+        base = aten.copy.default(torch.zeros(x.shape, dtype=x.dtype, device=x.device), x)
     return aten.put.default(base, position, values, accumulate)
 
 
@@ -95,9 +98,9 @@ def index_put(x, indices, values, accumulate=False, contiguous=False):
 
 def _along(x, dim, index, source, accumulate: bool):
     """index_add / index_copy: source's slices along dim stored at (added to) x's slices at index."""
-    if x.dim() == 0 or index.dim() != 1 or source.dim() != x.dim():
+    if x.dim() == 0 or index.dim() > 1 or source.dim() != x.dim():
         return NotImplemented  # a 0-d form, or eager's shape error: torch's decomposition checks it
-    dim = dim % x.dim()
+    dim, index = dim % x.dim(), index.reshape(-1)
     if list(source.shape) != [len(index) if d == dim else s for d, s in enumerate(x.shape)]:
         return NotImplemented
     return index_put(x, [None] * dim + [index], source, accumulate, contiguous=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fusec
+from fusec.launcher import launcher_source
 from tests.eager import assert_raises_as_eager, assert_ran, check
 from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
 
@@ -165,7 +166,16 @@ def test_two_scatters_into_one_base_each_get_their_own_buffer():
     def f(x, i, v):
         return x.index_add(0, i, v), x.index_add(0, i + 1, v * 2)
 
-    check(f, torch.randn(6, 3), torch.tensor([0, 2, 2]), torch.randn(3, 3), externs=0)
+    report = check(f, torch.randn(6, 3), torch.tensor([0, 2, 2]), torch.randn(3, 3), externs=0)
+    # the two clones of x are one value, which neither scatter may write: each stores into a copy
+    assert launcher_source(report.graphs[0].plan).count(".copy_(") == 2
+
+
+def test_the_stored_result_is_read_by_the_next_kernel():
+    report = check(lambda x, i, v: x.index_put((i,), v.exp(), accumulate=True).sigmoid(), torch.randn(5, 2),
+                   torch.tensor([4, 4, 0]), torch.randn(3, 2), kernels=3, externs=0)
+    codes = {e["code"] for e in report.edges()}
+    assert "scatter" in codes, report.summary()  # the base before it and the reader after it
 
 
 def test_scatter_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture imported above)
@@ -250,3 +260,37 @@ def test_a_write_whose_values_read_the_input_goes_through_a_copy():
     torch.manual_seed(13)
     report = _in_place(f, torch.randn(3, 9), torch.tensor([4, 2]), kernels=2, in_place=0)
     assert report.stats["stores_copied"] == 1
+
+
+def test_index_fill_int32_indices_and_a_one_element_index():
+    check(lambda x, i: (x * 2).index_fill(1, i, 3.0), torch.randn(4, 6), torch.tensor([1, 3]), kernels=2, externs=0)
+    torch._dynamo.reset()
+    check(lambda x, i, v: x.index_put((i,), v), torch.randn(5, 6).t(), torch.tensor([1, -3], dtype=torch.int32),
+          torch.randn(2, 5), kernels=2, externs=0)  # a transposed base keeps its layout, as in eager
+    torch._dynamo.reset()
+    check(lambda x, i, v: x.index_add(0, i, v), torch.randn(5, 6), torch.tensor(2), torch.randn(1, 6),
+          kernels=2, externs=0)
+
+
+def test_symbolic_sizes_run_the_store_through_torch():
+    def f(x, i, v):
+        return x.index_add(0, i, v)
+
+    compiled = fusec.compile(f, dynamic=True)
+    for n in (5, 7):
+        x, i, v = torch.randn(n, 3), torch.tensor([0, 2, 2]), torch.randn(3, 3)
+        torch.testing.assert_close(compiled(x, i, v), f(x, i, v))
+    assert assert_ran(compiled).stats["extern_calls"] == 1
+
+
+class _Accumulate(torch.nn.Module):
+    def forward(self, x, i, v):
+        return x.t().index_add(0, i, v.exp())  # a transposed base: copied row-major first, as eager lays it out
+
+
+def test_a_package_with_a_scatter_loads_and_runs(tmp_path):
+    x, i, v = torch.randn(3, 6), torch.tensor([1, 1, 4]), torch.randn(3, 3)
+    fusec.export(_Accumulate(), x, i, v, path=tmp_path / "scatter.fusec")
+    loaded = fusec.load(tmp_path / "scatter.fusec")
+    torch.testing.assert_close(loaded(x, i, v), _Accumulate()(x, i, v))
+    assert [str(k.kind) for k in loaded.report().graphs[0].plan.kernels] == ["pointwise", "scatter"]
