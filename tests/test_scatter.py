@@ -188,39 +188,6 @@ def test_scatter_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture impo
     assert len(sm90) >= 8
 
 
-class _Tagger(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(10)
-        self.embed = torch.nn.Embedding(50, 16, padding_idx=0)
-        self.head = torch.nn.Linear(16, 5)
-
-    def forward(self, tokens):
-        return self.head(torch.tanh(self.embed(tokens)))
-
-
-def test_embedding_training_equals_eager():
-    eager, model = _Tagger(), _Tagger()
-    compiled = fusec.compile(model)
-    eager_opt, opt = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (eager, model))
-    torch.manual_seed(11)
-    for _ in range(3):
-        tokens = torch.randint(0, 50, (4, 9))
-        tokens[0, :3] = 7  # a token seen several times: its gradient rows add up
-        for fn, o in ((eager, eager_opt), (compiled, opt)):
-            o.zero_grad()
-            fn(tokens).square().mean().backward()
-            o.step()
-    for a, b in zip(eager.parameters(), model.parameters(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-    report = assert_ran(compiled)
-    backward = next(g for g in report.graphs if "backward" in g.name)
-    kinds = [str(k.kind) for k in backward.plan.kernels]
-    # the table's gradient: its zero fill, then one scatter with the padding mask fused in
-    assert kinds.count("scatter") == 1, kinds
-    assert not [s for s in backward.plan.externs if "index_put" in s.target or "embedding" in s.target]
-
-
 def _in_place(fn, *args, kernels: int, in_place: int):
     """fn mutates its first argument: compiled, it leaves the same values there as eager."""
     eager_args, args = [a.clone() for a in args], [a.clone() for a in args]
