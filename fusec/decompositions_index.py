@@ -6,13 +6,14 @@ the first dim is `take` itself (lowering_index.py); other forms run through torc
 
 A store through a boolean mask over x's leading dims (`x[mask] = value`, `index_put`) with a
 value that does not depend on how many elements the mask selects is a `where`: it fuses with
-whatever made x and whatever reads it.
+whatever made x and whatever reads it; one value per selected element is decompositions_masked.py's.
 """
 
 from __future__ import annotations
 
 import torch
 
+from fusec.decompositions_masked import per_selected
 from fusec.decompositions_scatter import index_put as put_at_positions
 
 aten = torch.ops.aten
@@ -73,8 +74,10 @@ def index_put(x, indices, values, accumulate=False):
         values = values[0]  # the selected elements' dim, broadcast
     fits = values.dim() <= len(trailing) and all(
         v in (1, t) for v, t in zip(reversed(values.shape), reversed(trailing), strict=False))
+    if not fits and not lead:
+        return per_selected(x, mask, values, accumulate)  # a value per selected element
     if not fits or (accumulate and values.dtype != x.dtype):
-        return NotImplemented  # values per selected element: how many depends on the mask's contents
+        return NotImplemented
     selected = mask.reshape(*[1] * lead, *mask.shape, *[1] * len(trailing))
     values = values.to(x.dtype)
     return torch.where(selected, x + values if accumulate else values, x)

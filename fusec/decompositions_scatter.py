@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from fusec.decompositions_masked import DECOMPOSITIONS as MASKED
+
 aten = torch.ops.aten
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -168,5 +170,5 @@ def slice_scatter(x, src, dim=0, start=None, end=None, step=1):
 DECOMPOSITIONS = {
     aten.scatter.src: scatter_src, aten.scatter.value: scatter_value, aten.scatter_add.default: scatter_add,
     aten.scatter_reduce.two: scatter_reduce, aten.slice_scatter.default: slice_scatter,
-    aten.index_add.default: index_add, aten.index_copy.default: index_copy,
+    aten.index_add.default: index_add, aten.index_copy.default: index_copy, **MASKED,
 }

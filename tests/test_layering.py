@@ -30,6 +30,7 @@ LAYERS = [
                   "fusec.decompositions_elementwise", "fusec.decompositions_trig", "fusec.decompositions_bessel",
                   "fusec.decompositions_special", "fusec.decompositions_foreach", "fusec.decompositions_pool",
                   "fusec.decompositions_norm", "fusec.decompositions_index", "fusec.decompositions_scatter",
+                  "fusec.decompositions_masked",
                   "fusec.partition",
                   "fusec.frontend", "fusec.package", "fusec.graph_source", "fusec.pointers",
                   "fusec.torch_calls"]),
