@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from fusec.decompositions_masked import DECOMPOSITIONS as MASKED
+from fusec.ir import contiguous_strides
 
 aten = torch.ops.aten
 
@@ -24,21 +25,13 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 _ATOMIC_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int32, torch.int64)
 
 
-def _row_major_strides(shape: tuple[int, ...]) -> list[int]:
-    strides, running = [], 1
-    for size in reversed(shape):
-        strides.append(running)
-        running *= size
-    return strides[::-1]
-
-
 def _put(x, coords: list, wrap: bool, values, accumulate: bool, contiguous: bool):
     """x with `values` stored at (added to) the elements at `coords` (per dim of x, an integer
     tensor broadcast to values' shape: an index to check, or an arange that is in range).
     `wrap`: negative indices count from the end; `contiguous`: the result is laid out row-major
     (as eager's scatter and index_add give it) rather than as x is (index_put, put)."""
     position, inside = None, None
-    for (coord, check), size, stride in zip(coords, x.shape, _row_major_strides(tuple(x.shape)), strict=True):
+    for (coord, check), size, stride in zip(coords, x.shape, contiguous_strides(tuple(x.shape)), strict=True):
         if check:
             coord = coord.to(torch.int64)
             coord = torch.where(coord < 0, coord + size, coord) if wrap else coord
@@ -54,11 +47,11 @@ def _put(x, coords: list, wrap: bool, values, accumulate: bool, contiguous: bool
     return aten.put.default(base, position, values, accumulate)
 
 
-def _arange_at(size: int, dim: int, rank: int):
+def _arange_at(size: int, dim: int, rank: int, device: torch.device):
     """arange(size) shaped to broadcast along `dim` of a rank-`rank` shape."""
     shape = [1] * rank
     shape[dim] = size
-    return torch.arange(size).reshape(shape)
+    return torch.arange(size, device=device).reshape(shape)
 
 
 def _supported(x, values, accumulate: bool) -> bool:
@@ -94,7 +87,7 @@ def index_put(x, indices, values, accumulate=False, contiguous=False):
             coords.append((index, True))
         else:
             at = rest.index(d)
-            coords.append((_arange_at(x.shape[d], at if at < first else at + len(batch), rank), False))
+            coords.append((_arange_at(x.shape[d], at if at < first else at + len(batch), rank, x.device), False))
     return _put(x, coords, True, values.expand(shape), accumulate, contiguous)
 
 
@@ -109,8 +102,10 @@ def _along(x, dim, index, source, accumulate: bool):
 
 
 def index_add(x, dim, index, source, alpha=1):
-    if alpha != 1 and not (x.dtype.is_floating_point and isinstance(alpha, int | float)):
-        return NotImplemented  # eager checks alpha's type against x's
+    # eager checks alpha's type against x's: a float scales floats only, and nothing scales bools
+    scalar = (int, float) if x.dtype.is_floating_point else (int,)
+    if alpha != 1 and (x.dtype == torch.bool or isinstance(alpha, bool) or not isinstance(alpha, scalar)):
+        return NotImplemented
     return _along(x, dim, index, source if alpha == 1 else source * alpha, True)
 
 
@@ -120,7 +115,7 @@ def index_copy(x, dim, index, source):
 
 def _scatter(x, dim, index, src, accumulate: bool):
     """out[..., index[i, j, ...], ...] = src[i, j, ...] along `dim` (no wrap: eager rejects a negative index)."""
-    if x.dim() == 0 or index.dtype != torch.int64 or index.dim() != x.dim() or not _supported(x, src, accumulate):
+    if x.dim() == 0 or index.dtype not in _INDEX_DTYPES or index.dim() != x.dim() or not _supported(x, src, accumulate):
         return NotImplemented
     dim = dim % x.dim()
     if src.dim() != x.dim() or any(index.shape[d] > src.shape[d] or (d != dim and index.shape[d] > x.shape[d])
@@ -131,7 +126,8 @@ def _scatter(x, dim, index, src, accumulate: bool):
         if size != src.shape[d]:
             values = aten.slice.Tensor(values, d, 0, size)
     rank = x.dim()
-    coords = [(index, True) if d == dim else (_arange_at(index.shape[d], d, rank), False) for d in range(rank)]
+    coords = [(index, True) if d == dim else (_arange_at(index.shape[d], d, rank, x.device), False)
+              for d in range(rank)]
     return _put(x, coords, False, values, accumulate, True)
 
 
@@ -140,11 +136,16 @@ def scatter_src(x, dim, index, src):
 
 
 def scatter_value(x, dim, index, value):
-    return _scatter(x, dim, index, torch.full(index.shape, value, dtype=x.dtype), False)
+    return _scatter(x, dim, index, torch.full(index.shape, value, dtype=x.dtype, device=x.device), False)
 
 
 def scatter_add(x, dim, index, src):
     return _scatter(x, dim, index, src, True)
+
+
+def scatter_with_reduce(x, dim, index, src, *, reduce):
+    """scatter's older `reduce=` form: "add" is scatter_add; "multiply" runs through torch."""
+    return _scatter(x, dim, index, src, True) if reduce == "add" else NotImplemented
 
 
 def scatter_reduce(x, dim, index, src, reduce, include_self=True):
@@ -168,7 +169,8 @@ def slice_scatter(x, src, dim=0, start=None, end=None, step=1):
 
 
 DECOMPOSITIONS = {
-    aten.scatter.src: scatter_src, aten.scatter.value: scatter_value, aten.scatter_add.default: scatter_add,
+    aten.scatter.src: scatter_src, aten.scatter.value: scatter_value,
+    aten.scatter.reduce: scatter_with_reduce, aten.scatter_add.default: scatter_add,
     aten.scatter_reduce.two: scatter_reduce, aten.slice_scatter.default: slice_scatter,
     aten.index_add.default: index_add, aten.index_copy.default: index_copy, **MASKED,
 }

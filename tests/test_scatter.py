@@ -263,3 +263,12 @@ def test_a_package_with_a_scatter_loads_and_runs(tmp_path):
     loaded = fusec.load(tmp_path / "scatter.fusec")
     torch.testing.assert_close(loaded(x, i, v), _Accumulate()(x, i, v))
     assert [str(k.kind) for k in loaded.report().graphs[0].plan.kernels] == ["pointwise", "scatter"]
+
+
+def test_integer_alpha_int32_scatter_index_and_the_older_reduce_argument():
+    check(lambda x, i, v: x.index_add(-1, i, v, alpha=-2), torch.arange(20).reshape(4, 5), torch.tensor([4, 0, 4]),
+          torch.arange(12).reshape(4, 3), kernels=2, externs=0)
+    torch._dynamo.reset()
+    index = torch.tensor([[3, 0], [1, 1]], dtype=torch.int32)
+    check(lambda x, i, s: x.scatter(0, i, s, reduce="add"), torch.randn(4, 2), index, torch.randn(2, 2),
+          kernels=2, externs=0)
