@@ -45,6 +45,9 @@ def test_accumulate_adds_every_duplicate(dtype):
     report = check(f, x, i, v, kernels=2, externs=0)
     scatter = next(k for g in report.graphs for k in g.plan.kernels if k.kind == "scatter")
     assert {"mul_1", "put"} <= set(scatter.members)  # the values' producer is in the scatter kernel
+    size = x.element_size()
+    # x read and its clone written; v and i read, and each of v's elements added (read, then written)
+    assert report.stats["bytes_fused"] == 2 * x.numel() * size + v.numel() * size + i.numel() * 8 + 2 * v.numel() * size
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
