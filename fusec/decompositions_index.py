@@ -6,12 +6,15 @@ the first dim is `take` itself (lowering_index.py); other forms run through torc
 
 A store through a boolean mask over x's leading dims (`x[mask] = value`, `index_put`) with a
 value that does not depend on how many elements the mask selects is a `where`: it fuses with
-whatever made x and whatever reads it.
+whatever made x and whatever reads it; one value per selected element is decompositions_masked.py's.
 """
 
 from __future__ import annotations
 
 import torch
+
+from fusec.decompositions_masked import per_selected
+from fusec.decompositions_scatter import index_put as put_at_positions
 
 aten = torch.ops.aten
 
@@ -62,18 +65,31 @@ def index_put(x, indices, values, accumulate=False):
     element once)."""
     lead = len(indices) - 1  # the dims before the mask, taken whole
     mask = indices[-1] if indices and all(i is None for i in indices[:-1]) else None
-    if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[lead:lead + mask.dim()]):
-        return NotImplemented  # positions, several indices, or a mask eager rejects with its own error
+    if mask is None or mask.dtype != torch.bool:
+        return _positions(x, indices, values, accumulate)
+    if tuple(mask.shape) != tuple(x.shape[lead:lead + mask.dim()]):
+        return NotImplemented  # a mask eager rejects with its own error
     trailing = x.shape[lead + mask.dim():]
     if not lead and values.dim() == len(trailing) + 1 and values.shape[0] == 1:
         values = values[0]  # the selected elements' dim, broadcast
     fits = values.dim() <= len(trailing) and all(
         v in (1, t) for v, t in zip(reversed(values.shape), reversed(trailing), strict=False))
+    if not fits and not lead:
+        return per_selected(x, mask, values, accumulate)  # a value per selected element
     if not fits or (accumulate and values.dtype != x.dtype):
-        return NotImplemented  # values per selected element: how many depends on the mask's contents
+        return NotImplemented
     selected = mask.reshape(*[1] * lead, *mask.shape, *[1] * len(trailing))
     values = values.to(x.dtype)
     return torch.where(selected, x + values if accumulate else values, x)
+
+
+def _positions(x, indices, values, accumulate):
+    """Index tensors: a store at computed positions (decompositions_scatter.py), for static
+    shapes (a position's wrap-around uses a size as a value, which kernels do not take)."""
+    tensors = [x, values, *(i for i in indices if i is not None)]
+    if any(isinstance(size, torch.SymInt) for t in tensors for size in t.shape):
+        return NotImplemented
+    return put_at_positions(x, indices, values, accumulate)
 
 
 DECOMPOSITIONS = {aten.index.Tensor: index}

@@ -30,6 +30,7 @@ class Kind(str, Enum):
     REDUCTION = "reduction"
     MATMUL = "matmul"
     SCAN = "scan"
+    SCATTER = "scatter"
     OPAQUE = "opaque"  # run by torch: an extern call
 
 
@@ -86,6 +87,11 @@ MATMUL_OPS = frozenset({"matmul"})
 # "logsumexp") of x along dim, from the end of the dim when `reverse` (cumsum, cumprod,
 # logcumsumexp and cumsum's gradient).
 SCAN_OPS = frozenset({"scan"})
+# scatter(base, positions, values, accumulate): base with values[i] stored at (added to, when
+# `accumulate`) its element positions[i] (row-major, negative counted from the end): written into
+# base's own buffer, which nothing else reads (torch's `put`, the form index_put, index_add,
+# index_copy, scatter and scatter_add decompose to).
+SCATTER_OPS = frozenset({"scatter"})
 
 
 def kind_of(op: str) -> Kind:
@@ -100,6 +106,8 @@ def kind_of(op: str) -> Kind:
         return Kind.VIEW
     if op in SCAN_OPS:
         return Kind.SCAN
+    if op in SCATTER_OPS:
+        return Kind.SCATTER
     return Kind.OPAQUE
 
 

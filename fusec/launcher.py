@@ -26,8 +26,9 @@ import torch
 from fusec import sizes
 from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
 from fusec.kernels.call import FirstLaunch, launch_hooks_set
+from fusec.kernels.scatter import owns_base
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
-from fusec.plan import Extern, Kernel, LaunchExtra, Plan, Step
+from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
 from fusec.pointers import all_aligned, allocator, fresh_buffers, inputs_taken
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
@@ -168,7 +169,9 @@ def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
     for step in plan.steps:
         if isinstance(step, Kernel) and step.id not in library:
             writes = tuple((o, (graph[o].shape, graph[o].strides, graph[o].dtype)) for o in step.outputs)
-            out.append(StepBuffers(writes, tuple(step.inputs), pooled=step.numel > 0))
+            # a scatter's buffer is its base's: neither is handed on while the other lives
+            pooled = step.numel > 0 and step.kind is not KernelKind.SCATTER
+            out.append(StepBuffers(writes, tuple(step.inputs), pooled=pooled))
         elif isinstance(step, Kernel):
             writes = tuple((o, None) for o in _outputs(step, library))
             out.append(StepBuffers(writes, tuple(step.inputs), pooled=False))
@@ -298,8 +301,12 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
             emit(f"{var(name)} = {var(code.in_place[name])}  # written into input {code.in_place[name]}")
         elif name in code.reuse:
             emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
+        elif node.kind is Kind.SCATTER and owns_base(graph, name):
+            emit(f"{var(name)} = {var(node.args[0].name)}  # stores into its base's buffer")
         else:
             emit(f"{var(name)} = empty_strided({_sizes(node.shape)}, {_sizes(node.strides)}, D_{node.dtype})")
+            if node.kind is Kind.SCATTER:
+                emit(f"{var(name)}.copy_({var(node.args[0].name)})  # its base, another step reads too")
         args.append(var(name))
     if kernel.numel == 0:
         return

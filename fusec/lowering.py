@@ -26,6 +26,7 @@ from fusec.lowering_index import (
     index,
     index_select,
     modulo,
+    put,
     round_,
     view,
 )
@@ -344,6 +345,8 @@ def _lower_call(node: torch.fx.Node, graph: Graph, args: tuple, kwargs: dict) ->
         return lowered
     if packet is aten.flip:
         return reverse_scan(args, graph)
+    if packet is aten.put:
+        return put(args, kwargs, graph, node)
     handler = HANDLERS.get(packet) or BY_NAME.get(packet._qualified_op_name)
     lowered = handler(args, kwargs, val) if handler else None
     if lowered is not None and lowered[0] in POINTWISE_OPS and not sizes.all_static(lowered[1]):

@@ -1,6 +1,7 @@
 """Lowering handlers for position and index plumbing and for division's rounding modes:
 arange and full_like as values computed in place, row lookups (embedding, x[idx]) as
-checked loads, view(dtype) as a bitcast, floor and trunc division, remainder and fmod with torch's semantics.
+checked loads, stores at computed positions (`put`) as a scatter, view(dtype) as a bitcast,
+floor and trunc division, remainder and fmod with torch's semantics.
 
 Each handler returns `(op, args)` for fusec's primitive or None for torch (see
 fusec/lowering.py, which dispatches to them).
@@ -12,8 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx
 
-from fusec.ir import Ref
+from fusec import sizes
+from fusec.ir import Graph, Ref
+from fusec.stores import stores_into_input
 
 
 def _integer_divisor_ok(args: tuple, val: Any) -> bool:
@@ -102,3 +106,38 @@ def view(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tup
         return ("reshape", (args[0],))
     same_shape = tuple(val.shape) == tuple(src_shape)
     return ("bitcast", (args[0],)) if same_shape and val.dtype in _BITCAST_DTYPES else None
+
+
+# The dtypes a scatter kernel adds to memory atomically (decompositions_scatter.py says why).
+_ATOMIC_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64"})
+
+
+def put(args: tuple, kwargs: dict, graph: Graph, node: torch.fx.Node) -> tuple | None:
+    """torch's put: one scatter kernel stores (adds, with `accumulate`) each element of source
+    at the row-major position index holds; source is read at the index's own position, so the
+    two have one shape. Static shapes only. A put into a clone of an input that the graph then
+    copies back (`cache[:, pos] = k` on an input) stores into the input itself where the
+    launcher finds that safe (fusec/stores.py): its base is the input, the clone left dead."""
+    accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    if len(args) < 3 or not all(isinstance(r, Ref) for r in args[:3]) or not isinstance(accumulate, bool):
+        return None
+    x, index, source = (graph[r.name] for r in args[:3])
+    shapes = (x.symbolic_shape, index.symbolic_shape, source.symbolic_shape)
+    if not all(sizes.all_static(s) for s in shapes) or index.shape != source.shape or not x.shape:
+        return None
+    if index.dtype != "int64" or source.dtype != x.dtype or (accumulate and x.dtype not in _ATOMIC_DTYPES):
+        return None  # eager's error, or an add the kernel cannot make atomic: torch
+    return ("scatter", (_stored_input(node) or args[0], *args[1:3], accumulate))
+
+
+def _stored_input(node: torch.fx.Node) -> Ref | None:
+    """The graph input a put's result is copied into, when the put's base is a clone of that
+    input which nothing else reads."""
+    base = node.args[0]
+    if not isinstance(base, torch.fx.Node) or base.target is not torch.ops.aten.clone.default or len(base.users) != 1:
+        return None
+    source = base.args[0]
+    if not isinstance(source, torch.fx.Node) or source.op != "placeholder":
+        return None
+    into = any(stores_into_input(user) and user.args[0] is source for user in node.users)
+    return Ref(source.name) if into else None

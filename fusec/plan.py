@@ -21,6 +21,7 @@ class KernelKind(str, Enum):
     MATMUL = "matmul"
     COMBO = "combo"
     SCAN = "scan"
+    SCATTER = "scatter"
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -134,6 +135,9 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
         # Rows are the scan's lines along its dim; the kernel walks each in order, carrying its running value.
         length = scan.shape[scan.args[1]]
         return replace(kernel, kind=KernelKind.SCAN, numel=scan.numel // max(length, 1), rnumel=length)
+    scatter = next((m for m in members if m.kind is Kind.SCATTER), None)
+    if scatter is not None:  # the grid covers the stored elements, not the base
+        return replace(kernel, kind=KernelKind.SCATTER, numel=graph[scatter.args[1].name].numel)
     domain = row_domain(graph, members)
     if domain is None:
         return kernel

@@ -84,6 +84,10 @@ def _members_before(plan: Plan, kernel: Kernel) -> set[str]:
 
 def _safe(graph: Graph, kernel: Kernel, src: str, dst: str, before: set[str]) -> bool:
     """Nothing reads `dst`'s old value after the kernel, and the kernel reads it element for element."""
+    if kernel.kind is KernelKind.SCATTER:
+        # A scatter stores into its base (`dst` itself) and reads none of it: nothing else may.
+        readers = [r for r in _readers(graph, dst) if r != src]
+        return graph[src].args[0].name == dst and all(r in before and r not in kernel.members for r in readers)
     if kernel.kind not in (KernelKind.POINTWISE, KernelKind.COMBO) or graph[dst].numel == 0:
         return False
     part = _part_of(kernel, src)

@@ -28,6 +28,7 @@ from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
 from fusec.kernels.reduction_split import SPLIT_PARAM, partial_count, writes_elements
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
+from fusec.kernels.scatter import render_scatter, scatter_extents, scatter_launch
 from fusec.kernels.signature import Rendered
 from fusec.kernels.tiles import tiling
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
@@ -103,6 +104,7 @@ KINDS: dict[KernelKind, KindRules] = {
         render_scan, scan_extents,
         lambda graph, kernel, values, interpret, persistent: scan_launch(*values, interpret),
         tuple),
+    KernelKind.SCATTER: KindRules(render_scatter, scatter_extents, scatter_launch, tuple),
 }
 
 
@@ -119,7 +121,7 @@ def render(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
 
 def extents(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
     """pointwise (numel,) or (rows, columns) of its tiles; reduction and scan (rows, row
-    length); combo each part's numel; matmul (batch, M, N, K)."""
+    length); combo each part's numel; matmul (batch, M, N, K); scatter (stored elements,)."""
     return KINDS[kernel.kind].extents(graph, kernel)
 
 

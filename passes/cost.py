@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusec.ir import TUPLE_DTYPE, Graph, Kind, Node, inlined, is_constant
+from fusec.ir import ITEMSIZE, TUPLE_DTYPE, Graph, Kind, Node, inlined, is_constant
 
 _FREE = (Kind.INPUT, Kind.OUTPUT, Kind.VIEW)
 
 
 def written_bytes(graph: Graph, node: Node) -> int:
-    """Bytes a node's op writes; a tuple-valued extern writes what its getitems read out."""
+    """Bytes a node's op writes; a tuple-valued extern writes what its getitems read out; a
+    scatter stores its elements only (an accumulating one reads each first)."""
+    if node.kind is Kind.SCATTER:
+        return graph[node.args[1].name].numel * ITEMSIZE[node.dtype] * (2 if node.args[3] else 1)
     if node.dtype == TUPLE_DTYPE:
         return sum(graph[user].nbytes for user in graph.users(node.name))
     return node.nbytes
@@ -24,15 +27,20 @@ def op_bytes(graph: Graph, node: Node) -> int:
     """Traffic of one op run as its own kernel: unique operands read once, result written once."""
     if node.kind in _FREE or node.op in ("getitem", "constant"):
         return 0
-    return _reads(graph, node.operands()) + written_bytes(graph, node)
+    return _reads(graph, _read(node, node.operands())) + written_bytes(graph, node)
 
 
 def group_bytes(graph: Graph, members: list[Node]) -> int:
     """Traffic of one fused kernel: every outside operand read once (constants are
     computed inline), every escaping value written once."""
     names = {m.name for m in members}
-    external = [op for m in members for op in m.operands() if op not in names and not is_constant(graph[op])]
-    return _reads(graph, external) + sum(m.nbytes for m in graph.escaping(members))
+    external = [op for m in members for op in _read(m, m.operands()) if op not in names and not is_constant(graph[op])]
+    return _reads(graph, external) + sum(written_bytes(graph, m) for m in graph.escaping(members))
+
+
+def _read(node: Node, operands: list[str]) -> list[str]:
+    """The operands whose memory a node reads: a scatter stores into its base without reading it."""
+    return operands[1:] if node.kind is Kind.SCATTER else operands
 
 
 def bytes_unfused(graph: Graph) -> int:

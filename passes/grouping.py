@@ -10,15 +10,17 @@ from fusec.ir import Graph, Kind, Node, domain_width, is_constant, reduction_dom
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
 from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
-from fusec.passes.scan_fusion import scan_refusal
+from fusec.passes.scatter_fusion import walker_refusal
 from fusec.passes.symbolic import Sizes, coincidence, sizes_seen
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN)
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
 # The members a group's rules look at by kind, kept per group.
-_SPECIAL = (Kind.REDUCTION, Kind.MATMUL, Kind.SCAN)
+_SPECIAL = (Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER)
+# Kinds whose kernels walk their members in a rule of their own (scan order, scatter positions).
+_WALKERS = (Kind.SCAN, Kind.SCATTER)
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -109,9 +111,9 @@ class Grouping:
         through = None if acyclic else self.groups.cycle_witness(gu, gv)
         if through is not None:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
-        if any(n.kind is Kind.SCAN for n in self.special[gu] + self.special[gv]):
+        if any(n.kind in _WALKERS for n in self.special[gu] + self.special[gv]):
             members = [self.node[m] for m in self.members[gu] + self.members[gv]]
-            reason = scan_refusal(self.graph, members, self.position)
+            reason = walker_refusal(self.graph, members, self.position)
             if reason:
                 return reason
         mu, mv = self.matmul(gu), self.matmul(gv)

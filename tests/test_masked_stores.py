@@ -1,6 +1,7 @@
 """Stores through a boolean mask (`x[mask] = value`, `index_put` with `accumulate`) are a
-`where` fused with x's producer and its readers; a value per selected element runs through
-torch, and a mask of the wrong shape raises eager's own error."""
+`where` fused with x's producer and its readers; a value per selected element (and
+masked_scatter) is a running count of the mask (a scan) and a row lookup at it; a mask of
+the wrong shape, or a count eager rejects, raises eager's own error."""
 
 import pytest
 import torch
@@ -74,15 +75,53 @@ def test_causal_mask_set_with_a_mask_store_fuses_into_softmax():
     check(f, torch.randn(2, 8, 8), kernels=1, externs=0)
 
 
-def test_a_value_per_selected_element_runs_through_torch():
-    # how many values are needed depends on the mask's contents: not a where
+def test_a_value_per_selected_element_is_a_scan_and_a_lookup():
+    # the k-th selected row takes v's k-th row, k a running count of the mask
     def f(x, mask, v):
         y = x + 1
+        y[mask] = v * 2
+        return y.tanh()
+
+    mask = torch.tensor([True, False, True, True])
+    report = check(f, torch.randn(4, 3), mask, torch.randn(3, 3), kernels=2, externs=0)
+    assert [str(k.kind) for k in report.graphs[0].plan.kernels] == ["scan", "pointwise"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_values_per_selected_element_over_a_2d_mask(dtype, accumulate):
+    def f(x, mask, v):
+        return (x * 2).index_put((mask,), v, accumulate=accumulate)
+
+    torch.manual_seed(1)
+    mask = torch.rand(5, 6) > 0.4
+    x, v = (torch.randn(5, 6, 2) * 4).to(dtype), (torch.randn(int(mask.sum()), 1) * 4).to(dtype)
+    check(f, x, mask, v, kernels=2, externs=0)
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_a_count_other_than_the_values_raises_eagers_error(count):
+    def f(x, mask, v):
+        y = x.clone()
         y[mask] = v
         return y
 
-    mask = torch.tensor([True, False, True, True])
-    check(f, torch.randn(4, 3), mask, torch.randn(3, 3), kernels=1, externs=1)
+    assert_raises_as_eager(f, torch.randn(6, 2), torch.tensor([True, False, True, False, False, True]),
+                           torch.randn(count, 2), error=RuntimeError)
+
+
+@pytest.mark.parametrize(("mask_shape", "kernels"), [((3, 4, 5), 2), ((3, 4, 1), 2), ((3, 1, 5), 3)])
+def test_masked_scatter_takes_the_source_in_order(mask_shape, kernels):
+    # a mask over whole rows counts rows; one broadcast over a middle dim is materialised first
+    torch.manual_seed(2)
+    mask = torch.rand(mask_shape) > 0.5
+    check(lambda x, m, s: (x - 1).masked_scatter(m, s.exp()).sum(-1), torch.randn(3, 4, 5), mask,
+          torch.randn(71), kernels=kernels, externs=0)
+
+
+def test_masked_scatter_with_too_small_a_source_raises_eagers_error():
+    assert_raises_as_eager(lambda x, m, s: x.masked_scatter(m, s), torch.randn(2, 3),
+                           torch.ones(2, 3, dtype=torch.bool), torch.randn(5), error=RuntimeError)
 
 
 def test_a_mask_of_the_wrong_shape_raises_eagers_error():
