@@ -30,6 +30,7 @@ class Kind(str, Enum):
     REDUCTION = "reduction"
     MATMUL = "matmul"
     SCAN = "scan"
+    SORT = "sort"
     OPAQUE = "opaque"  # run by torch: an extern call
 
 
@@ -86,6 +87,10 @@ MATMUL_OPS = frozenset({"matmul"})
 # "logsumexp") of x along dim, from the end of the dim when `reverse` (cumsum, cumprod,
 # logcumsumexp and cumsum's gradient).
 SCAN_OPS = frozenset({"scan"})
+# sort(x, dim, descending, k): the first k values of x's rows along dim in order (ascending, or
+# descending), equal values in the order they come, NaN larger than any number (sort, topk);
+# sort_index(s): the positions in x of sort s's values.
+SORT_OPS = frozenset({"sort", "sort_index"})
 
 
 def kind_of(op: str) -> Kind:
@@ -100,6 +105,8 @@ def kind_of(op: str) -> Kind:
         return Kind.VIEW
     if op in SCAN_OPS:
         return Kind.SCAN
+    if op in SORT_OPS:
+        return Kind.SORT
     return Kind.OPAQUE
 
 

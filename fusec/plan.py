@@ -21,6 +21,7 @@ class KernelKind(str, Enum):
     MATMUL = "matmul"
     COMBO = "combo"
     SCAN = "scan"
+    SORT = "sort"
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -133,6 +134,12 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
         # Rows are the scan's lines along its dim; the kernel walks each in order, carrying its running value.
         length = scan.shape[scan.args[1]]
         return replace(kernel, kind=KernelKind.SCAN, numel=scan.numel // max(length, 1), rnumel=length)
+    sort = next((m for m in members if m.op == "sort"), None)
+    if sort is not None:
+        # Rows are the sorted lines of the input, each held whole in registers.
+        src, dim = graph[sort.args[0].name], sort.args[1]
+        return replace(kernel, kind=KernelKind.SORT, numel=src.numel // max(src.shape[dim], 1),
+                       rnumel=src.shape[dim])
     domain = row_domain(graph, members)
     if domain is None:
         return kernel

@@ -19,6 +19,7 @@ from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
 from fusec.kernels.signature import Rendered
+from fusec.kernels.sort import render_sort, sort_extents, sort_launch
 from fusec.kernels.tiles import tiling
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
 from fusec.sizes import Size
@@ -91,6 +92,10 @@ KINDS: dict[KernelKind, KindRules] = {
     KernelKind.SCAN: KindRules(
         render_scan, scan_extents,
         lambda graph, kernel, values, interpret, persistent: scan_launch(*values, interpret),
+        tuple),
+    KernelKind.SORT: KindRules(
+        render_sort, sort_extents,
+        lambda graph, kernel, values, interpret, persistent: sort_launch(*values, interpret),
         tuple),
 }
 

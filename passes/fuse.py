@@ -15,13 +15,13 @@ import math
 import networkx as nx
 
 from fusec.ir import Graph, Kind, Node, finals, inlined, is_constant, reduction_domain, row_domain
+from fusec.passes import scan_fusion, sort_fusion
 from fusec.passes.reach import ContractedDag, SetReach, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal, boundary_refusal
 from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
-from fusec.passes.scan_fusion import scan_refusal
 from fusec.passes.symbolic import coincidence
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN)
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SORT)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
@@ -56,7 +56,7 @@ class _Grouping:
         # edge refused at count c need not be asked again until one of them grows after c.
         self.merges = 0
         self.grown: dict[str, int] = {}
-        self.scanning = {n.name for n in graph if n.kind is Kind.SCAN}  # groups holding a scan
+        self.scanning = {n.name for n in graph if n.kind in (Kind.SCAN, Kind.SORT)}  # groups holding a scan or sort
         dag = nx.DiGraph()
         dag.add_nodes_from(self.vertex(n.name) for n in graph)
         for src, dst in graph.nx.edges:
@@ -100,7 +100,7 @@ class _Grouping:
             return Refusal("cycle", f"would create a cycle through {self._first_member(through)}")
         if {gu, gv} & self.scanning:
             members = [self.node[m] for m in self.members[gu] + self.members[gv]]
-            reason = scan_refusal(self.graph, members, self.position)
+            reason = sort_fusion.sort_refusal(members) or scan_fusion.scan_refusal(self.graph, members, self.position)
             if reason:
                 return reason
         mu, mv = self.matmul(gu), self.matmul(gv)

@@ -37,6 +37,7 @@ CODES = {
     "row-move": "a view would move values between the rows of a reduction",
     "row-read": "a value would be read at another row than its own",
     "scan": "a scan kernel holds one scan and pointwise work of its shape",
+    "sort": "a sort kernel holds one sort: its values and their positions",
     "symbolic": "sizes equal in the example only (dynamic shapes)",
     "extern": "one end runs through torch",
     "graph-boundary": "the graph's input or output",
