@@ -3,7 +3,8 @@ downloaded), each called as in batched inference: a batch of 2 sequences of 16 t
 padded (an attention mask with zeros), eval mode, no KV cache returned. Needs the `models` extra
 (`pip install -e .[models]`); without `transformers` the zoo says so and is skipped.
 
-    python bench/transformer_zoo.py    # launches per forward: eager, torch.compile, fusec
+    python bench/transformer_zoo.py            # launches per forward: eager, torch.compile, fusec
+    python bench/transformer_zoo.py --check    # each model's outputs under fusec against eager's
 """
 
 from __future__ import annotations
@@ -142,9 +143,26 @@ def example(name: str) -> tuple[nn.Module, ...]:
     return (Forward(model, tuple(inputs)).eval(), *inputs.values())
 
 
+def check(names: list[str]) -> None:
+    """Each model's outputs with fusec's kernels (in Triton's interpreter on a CPU) against eager's."""
+    import fusec
+
+    for name in names:
+        forward, *inputs = example(name)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            got, expected = fusec.compile(forward, cpu="interpret")(*inputs), forward(*inputs)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+        print(f"{name}: equals eager")
+
+
 if __name__ == "__main__":
     import sys
 
     from fusec.bench.zoo import run
 
-    run({"transformers": sys.modules[__name__]})
+    if "--check" in sys.argv:
+        check([n for n in sys.argv[1:] if n in ZOO] or list(ZOO))
+    else:
+        run({"transformers": sys.modules[__name__]})

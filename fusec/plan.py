@@ -226,13 +226,19 @@ def _frees(plan: Plan) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(f) for f in frees)
 
 
+# Allocations of uninitialised memory: no kernel runs (Inductor's wrapper allocates the same way).
+_ALLOCATIONS = frozenset({"aten.empty.memory_format", "aten.empty_strided.default", "aten.empty_permuted.default",
+                          "aten.empty_like.default"})
+
+
 def does_work(plan: Plan, step: Step) -> bool:
     """Kernels and torch calls do work; a view (an alias), a getitem (unpacking a result),
-    a graph constant (handed over) and a host scalar's op (torch on the CPU, no launch) do none."""
+    a graph constant (handed over), an allocation (`empty`) and a host scalar's op (torch on
+    the CPU, no launch) do none."""
     if isinstance(step, Kernel):
         return True
     node = plan.graph[step.node]
-    return not step.is_view and node.op not in ("getitem", "constant") and not node.host
+    return not step.is_view and node.op not in ("getitem", "constant", *_ALLOCATIONS) and not node.host
 
 
 def step_dag(plan: Plan) -> nx.DiGraph:

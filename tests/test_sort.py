@@ -42,7 +42,7 @@ def test_nan_sorts_after_every_number_and_signed_zeros_keep_their_bits():
     x = torch.tensor([[2.0, nan, 1.0, -0.0, 0.0, nan, 1.0, -float("inf"), float("inf")]] * 3)
     for descending in (False, True):
         torch._dynamo.reset()
-        check(lambda x: torch.sort(x, dim=-1, descending=descending, stable=True), x, kernels=1, **EXACT)
+        check(lambda x, d=descending: torch.sort(x, dim=-1, descending=d, stable=True), x, kernels=1, **EXACT)
     got = fusec.compile(lambda x: torch.sort(x, stable=True)[0])(x)
     assert torch.equal(torch.signbit(got), torch.signbit(torch.sort(x, stable=True)[0]))  # -0.0 before 0.0
     check(lambda x: torch.topk(x, 3), x, kernels=1, **EXACT)  # NaN first: the largest
