@@ -9,6 +9,8 @@ Lane p then takes the element whose place is p, and its value is read again from
 the input at that position, so -0.0 and NaN's bits come out as they went in. The
 count compares every pair of a row ([XBLOCK, RBLOCK, RBLOCK] in registers): rows
 are short (a router's experts, a batch's tokens); longer ones run through torch.
+Pointwise work behind the sort is computed at the output lanes, and a sum along the
+sorted dim over the first k lanes (topk's weights normalised by their total).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import triton
 
 from fusec import sizes
-from fusec.ir import FLOAT_DTYPES, Graph, Node
+from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node
+from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.indexed import Index, Value
 from fusec.kernels.launch import Launch
 from fusec.kernels.render import Renderer, live_lines, needs_int64
@@ -54,6 +57,7 @@ class SortRenderer(Renderer):
         super().__init__(graph, kernel, roots={"xoffs": "xmask", "roffs": "rmask"}, interpret=interpret)
         self.sort = sort_node(graph, kernel)
         self.scalar_shape = "[1, 1]"
+        self.sorted: dict[str, Value] = {}  # the sort's values and positions at the output lanes
 
     def index(self, position: str) -> Index:
         """The input's (and each output's) element at `position` along the sorted dim of the
@@ -90,6 +94,32 @@ class SortRenderer(Renderer):
                               "s")
         return self.out.let(f"tl.reduce(tl.where({chosen}, {lanes}[None, None, :], 0), 2, {_SUM})", "s")
 
+    def compute(self, node: Node, idx: Index) -> Value:
+        if node.name in self.sorted:
+            return self.sorted[node.name]
+        if node.kind is Kind.REDUCTION and node.name in self.members:
+            return self._total(node)
+        return super().compute(node, idx)
+
+    def _total(self, node: Node) -> Value:
+        """A sum along the sorted dim over the row's first k lanes, [XBLOCK, 1]."""
+        dtype = compute_dtype(node.dtype)
+        value = self.value(node.args[0].name, self.index("roffs"))
+        lanes = self.out.let(f"tl.where({self._taken()}, {self.to(value.expr, dtype)}, 0)", "s")
+        return Value(self.out.let(f"tl.reduce({lanes}, 1, {_SUM})[:, None]", "s"), dtype)
+
+    def _taken(self) -> str:
+        return f"xmask & (roffs < {self.sort.args[3]})"
+
+    def _output_index(self, node: Node) -> tuple[Index, str]:
+        """Where an output is stored from, and under which mask: a sum once per row, at lane 0."""
+        if node.kind is not Kind.REDUCTION:
+            return self.index("roffs"), self._taken()
+        idx = self.index("0")
+        if len(node.shape) < len(self.sort.shape):
+            idx = Index(tuple(d for i, d in enumerate(idx.dims) if i != self.sort.args[1]))
+        return idx, "xmask & (roffs == 0)"
+
     def render(self) -> Rendered:
         k, src = self.kernel, self.sort.args[0].name
         pid = "tl.program_id(0).to(tl.int64)" if needs_int64(self.graph, k) else "tl.program_id(0)"
@@ -100,11 +130,13 @@ class SortRenderer(Renderer):
         positions = self._positions(self.value(src, self.index("roffs")))
         # The p-th value, read where it sits: exact for every dtype (-0.0 and NaN included).
         values = self.value(src, self.index(positions))
-        taken = f"xmask & (roffs < {self.sort.args[3]})"
+        for name in k.members:
+            if self.graph[name].kind is Kind.SORT:
+                self.sorted[name] = values if self.graph[name].op == "sort" else Value(positions, "int32")
         for name in k.outputs:
             node = self.graph[name]
-            value = values if node.op == "sort" else Value(positions, "int32")
-            self.out.emit(self.store(node, self.index("roffs"), value, taken, "[XBLOCK, RBLOCK]"))
+            idx, mask = self._output_index(node)
+            self.out.emit(self.store(node, idx, self.value(name, idx), mask, "[XBLOCK, RBLOCK]"))
         symbols = size_params(self.graph, k)
         params = [*self.params(), *symbols, "numel", "rnumel", "XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"]
         body = live_lines(self.out.scope.lines, [])

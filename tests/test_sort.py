@@ -94,11 +94,24 @@ def test_long_rows_and_symbolic_lengths_run_through_torch():
                                    torch.topk(torch.arange(float(n)).expand(3, n), 2))
 
 
-def test_sort_feeds_and_is_fed_by_other_kernels():
-    # a pointwise producer and consumer stay in kernels of their own: the sort ranks stored values
+def test_a_producer_is_a_kernel_of_its_own_and_a_consumer_fuses():
+    # the sort ranks stored values; what reads its rows is computed at the output lanes
     torch.manual_seed(4)
     x = torch.randn(8, 16)
-    check(lambda x: torch.sort(torch.sigmoid(x) * 2, -1)[0] + 1, x, kernels=3, externs=0)
+    check(lambda x: torch.sort(torch.sigmoid(x) * 2, -1)[0] + 1, x, kernels=2, externs=0)
+
+
+def test_pointwise_work_and_sums_along_the_sorted_dim_fuse_behind_the_sort():
+    torch.manual_seed(4)
+
+    def normalised(x):
+        weights, chosen = torch.topk(x, 3, dim=0)
+        return weights / weights.sum(0, keepdim=True) * 2, weights.sum(0), chosen + 1
+
+    check(normalised, torch.randn(9, 5), kernels=1, externs=0)
+    torch._dynamo.reset()
+    # a sum over another dim is a reduction of another shape: a kernel of its own
+    check(lambda x: torch.sort(x, -1)[0].sum(0), torch.randn(6, 7), kernels=2, externs=0)
 
 
 def test_launch_keeps_a_block_of_rows_pairs_within_the_budget():
@@ -137,9 +150,12 @@ def _route(hidden, gate, top_k):
 def test_mixture_of_experts_router_in_kernels():
     torch.manual_seed(6)
     hidden, gate = torch.randn(32, 64), torch.randn(4, 64)
-    # the gate's matmul (torch); softmax; topk; its normalisation; sort; the tokens' gather
-    # with their weights; the histogram; its running sum
-    check(_route, hidden, gate, 2, kernels=7, externs=1)
+    # the gate's matmul (torch); softmax; topk with its weights normalised; the sort with the
+    # tokens' positions (perm // top_k) and the ids as floats; the tokens' gather with their
+    # weights; the histogram; its running sum
+    report = check(_route, hidden, gate, 2, kernels=6, externs=1)
+    ops = [{report.graphs[0].graph[m].op for m in k.members} for k in report.graphs[0].plan.kernels]
+    assert {"sort", "sort_index", "sum", "div"} in ops and {"sort", "sort_index", "floor_divide", "cast"} in ops
 
 
 def test_sort_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture imported above)
@@ -147,7 +163,8 @@ def test_sort_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture importe
     x = torch.randn(6, 37)
     run(lambda x: torch.sort(x, stable=True, dim=0, descending=True), x)
     run(lambda x: torch.topk(x, 4), x)
+    run(lambda x: (lambda w: (w / w.sum(-1, keepdim=True), w.sum(-1)))(torch.topk(x, 4, dim=0)[0]), x)
     run(lambda x: torch.argsort(x.to(torch.int64), stable=True, dim=-1), x)
     run(lambda x: torch.sort(x.to(torch.bfloat16), -1)[0], torch.randn(3, MAX_SORT_ROW))
     run(lambda x: torch.histc(x, bins=4, min=-1, max=1), x)
-    assert len(sm90) >= 5
+    assert len(sm90) >= 6
