@@ -7,7 +7,7 @@ import torch
 
 import fusec
 from fusec.kernels.sort import MAX_SORT_ROW, sort_launch
-from tests.eager import check
+from tests.eager import assert_ran, check
 from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
 
 EXACT = {"rtol": 0, "atol": 0}
@@ -25,8 +25,8 @@ def _distinct(shape, dtype):
     return values.to(dtype) / (1 if not dtype.is_floating_point else 4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-                                   torch.int8, torch.uint8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+                                   torch.int32, torch.int16, torch.int8, torch.uint8])
 @pytest.mark.parametrize("descending", [False, True])
 def test_sort_every_dim_and_dtype_keeps_eager_order(dtype, descending):
     torch.manual_seed(0)
@@ -72,6 +72,22 @@ def test_an_unstable_sort_of_ties_gives_eagers_values_and_a_permutation_that_hol
     values, indices = fusec.compile(lambda x: torch.sort(x))(x)
     assert torch.equal(values, torch.sort(x)[0]) and torch.equal(x[indices], values)
     assert torch.equal(indices.sort()[0], torch.arange(64))
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (4,)])
+def test_no_rows_one_element_rows_and_a_single_row(shape):
+    check(lambda x: torch.sort(x, stable=True, dim=-1), torch.randn(shape), kernels=1, **EXACT)
+
+
+def test_topk_gradient_flows_to_the_chosen_positions():
+    torch.manual_seed(8)
+    x = torch.randn(4, 6, requires_grad=True)
+    compiled = fusec.compile(lambda x: (torch.topk(x, 2)[0] * 3).sum())
+    compiled(x).backward()
+    got, x.grad = x.grad, None
+    (torch.topk(x, 2)[0] * 3).sum().backward()
+    assert torch.equal(got, x.grad)
+    assert any(k.kind == "sort" for g in assert_ran(compiled).graphs for k in g.plan.kernels)
 
 
 def test_argsort_stores_only_the_positions():
