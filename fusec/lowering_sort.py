@@ -5,7 +5,8 @@ ATen returns the pair as a tuple that `getitem` nodes unpack. The tuple's node b
 values' node, named as the `getitem` that reads them (or as itself when nothing reads the
 values: `argsort`); that `getitem` then adds nothing, and the one reading the positions
 becomes a `sort_index` of the values' node. Rows longer than a sort kernel holds, sizes that
-are symbols and bool or complex values run through torch, as does everything else.
+are symbols, bool or complex values and `topk(sorted=False)` run through torch, as does
+everything else.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _arguments(node: torch.fx.Node) -> tuple[int, bool, int | None] | None:
         return _option(node, 1, "dim", -1), _option(node, 2, "descending", False), None
     if node.target is aten.sort.stable:
         return node.kwargs.get("dim", -1), node.kwargs.get("descending", False), None
-    if node.target is aten.topk.default:
+    if node.target is aten.topk.default and _option(node, 4, "sorted", True):
+        # unsorted, eager's order is its own (not the sorted one for k >= 5 on a CPU): torch runs it
         return _option(node, 2, "dim", -1), _option(node, 3, "largest", True), _option(node, 1, "k", None)
     return None
 

@@ -98,11 +98,13 @@ def test_argsort_stores_only_the_positions():
 
 
 @pytest.mark.fallback_expected
-def test_long_rows_and_symbolic_lengths_run_through_torch():
+def test_long_rows_unsorted_topk_and_symbolic_lengths_run_through_torch():
     torch.manual_seed(3)
     x = torch.randn(2, MAX_SORT_ROW + 1)
     report = check(lambda x: torch.sort(x, stable=True), x, **EXACT)
     assert report.stats["kernels"] == 0 and report.stats["extern_calls"] == 1
+    torch._dynamo.reset()
+    check(lambda x: torch.topk(x, 6, sorted=False), torch.randn(3, 40), kernels=0, externs=1, **EXACT)
     torch._dynamo.reset()
     compiled = fusec.compile(lambda x: torch.topk(x, 2), dynamic=True)
     for n in (5, 9):
