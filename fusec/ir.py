@@ -31,6 +31,7 @@ class Kind(str, Enum):
     MATMUL = "matmul"
     SCAN = "scan"
     SCATTER = "scatter"
+    SORT = "sort"
     OPAQUE = "opaque"  # run by torch: an extern call
 
 
@@ -92,6 +93,10 @@ SCAN_OPS = frozenset({"scan"})
 # base's own buffer, which nothing else reads (torch's `put`, the form index_put, index_add,
 # index_copy, scatter and scatter_add decompose to).
 SCATTER_OPS = frozenset({"scatter"})
+# sort(x, dim, descending, k): the first k values of x's rows along dim in order (ascending, or
+# descending), equal values in the order they come, NaN larger than any number (sort, topk);
+# sort_index(s): the positions in x of sort s's values.
+SORT_OPS = frozenset({"sort", "sort_index"})
 
 
 def kind_of(op: str) -> Kind:
@@ -108,6 +113,8 @@ def kind_of(op: str) -> Kind:
         return Kind.SCAN
     if op in SCATTER_OPS:
         return Kind.SCATTER
+    if op in SORT_OPS:
+        return Kind.SORT
     return Kind.OPAQUE
 
 

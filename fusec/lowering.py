@@ -32,6 +32,7 @@ from fusec.lowering_index import (
 )
 from fusec.lowering_scan import reverse_scan, scan
 from fusec.lowering_sizes import Unsupported, describe, dtype_name, size_of
+from fusec.lowering_sort import sort_nodes
 from fusec.stores import STORES, stores_into_input
 
 aten = torch.ops.aten
@@ -416,6 +417,9 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph",
             graph.add(Node(fx_node.name, "output", Kind.OUTPUT, (), "bool", args=tuple(outputs), kwargs=kwargs))
         elif stores_into_input(fx_node):
             stores.append((Ref(fx_node.args[1].name), fx_node.args[0].name))
+        elif fx_node.name not in host and (sorted_nodes := sort_nodes(fx_node, graph)) is not None:
+            for node in sorted_nodes:
+                graph.add(node)
         elif fx_node.op == "call_function":
             args = tuple(_convert_args(fx_node.args, hints))
             kwargs = {k: _convert_args(v, hints) for k, v in fx_node.kwargs.items()}

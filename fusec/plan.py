@@ -22,6 +22,7 @@ class KernelKind(str, Enum):
     COMBO = "combo"
     SCAN = "scan"
     SCATTER = "scatter"
+    SORT = "sort"
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -138,6 +139,12 @@ def _kernel(graph: Graph, group: str, members: list[Node]) -> Kernel:
     scatter = next((m for m in members if m.kind is Kind.SCATTER), None)
     if scatter is not None:  # the grid covers the stored elements, not the base
         return replace(kernel, kind=KernelKind.SCATTER, numel=graph[scatter.args[1].name].numel)
+    sort = next((m for m in members if m.op == "sort"), None)
+    if sort is not None:
+        # Rows are the sorted lines of the input, each held whole in registers.
+        src, dim = graph[sort.args[0].name], sort.args[1]
+        return replace(kernel, kind=KernelKind.SORT, numel=src.numel // max(src.shape[dim], 1),
+                       rnumel=src.shape[dim])
     domain = row_domain(graph, members)
     if domain is None:
         return kernel
@@ -224,13 +231,19 @@ def _frees(plan: Plan) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(f) for f in frees)
 
 
+# Allocations of uninitialised memory: no kernel runs (Inductor's wrapper allocates the same way).
+_ALLOCATIONS = frozenset({"aten.empty.memory_format", "aten.empty_strided.default", "aten.empty_permuted.default",
+                          "aten.empty_like.default"})
+
+
 def does_work(plan: Plan, step: Step) -> bool:
     """Kernels and torch calls do work; a view (an alias), a getitem (unpacking a result),
-    a graph constant (handed over) and a host scalar's op (torch on the CPU, no launch) do none."""
+    a graph constant (handed over), an allocation (`empty`) and a host scalar's op (torch on
+    the CPU, no launch) do none."""
     if isinstance(step, Kernel):
         return True
     node = plan.graph[step.node]
-    return not step.is_view and node.op not in ("getitem", "constant") and not node.host
+    return not step.is_view and node.op not in ("getitem", "constant", *_ALLOCATIONS) and not node.host
 
 
 def step_dag(plan: Plan) -> nx.DiGraph:

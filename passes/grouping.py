@@ -13,14 +13,14 @@ from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, re
 from fusec.passes.scatter_fusion import walker_refusal
 from fusec.passes.symbolic import Sizes, coincidence, sizes_seen
 
-FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER)
+FUSIBLE = (Kind.POINTWISE, Kind.VIEW, Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER, Kind.SORT)
 # Views that keep a reduction kernel's rows intact (they only add or drop
 # size-1 dims or broadcast a per-row value back over the row).
 _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
 # The members a group's rules look at by kind, kept per group.
-_SPECIAL = (Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER)
-# Kinds whose kernels walk their members in a rule of their own (scan order, scatter positions).
-_WALKERS = (Kind.SCAN, Kind.SCATTER)
+_SPECIAL = (Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER, Kind.SORT)
+# Kinds whose kernels walk their members in a rule of their own (scan order, scatter positions, sorted rows).
+_WALKERS = (Kind.SCAN, Kind.SCATTER, Kind.SORT)
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -38,6 +38,7 @@ CODES = {
     "row-read": "a value would be read at another row than its own",
     "scan": "a scan kernel holds one scan and pointwise work of its shape",
     "scatter": "a scatter kernel holds one scatter and the pointwise work only it reads",
+    "sort": "a sort kernel holds one sort: its values and their positions",
     "symbolic": "sizes equal in the example only (dynamic shapes)",
     "extern": "one end runs through torch",
     "graph-boundary": "the graph's input or output",

@@ -6,12 +6,14 @@ from __future__ import annotations
 from fusec.ir import Graph, Kind, Node
 from fusec.passes.refusal import Refusal
 from fusec.passes.scan_fusion import scan_refusal
+from fusec.passes.sort_fusion import sort_refusal
 
 
 def walker_refusal(graph: Graph, members: list[Node], position: dict[str, int]) -> Refusal | None:
     """Why `members` cannot be one kernel of a kind that walks elements of its own (a scan's
-    rows, a scatter's stored elements); `position` is a topological order of the graph's nodes."""
-    return scan_refusal(graph, members, position) or scatter_refusal(graph, members)
+    rows, a scatter's stored elements, a sort's rows); `position` is a topological order of the
+    graph's nodes."""
+    return scan_refusal(graph, members, position) or scatter_refusal(graph, members) or sort_refusal(members)
 
 
 def scatter_refusal(graph: Graph, members: list[Node]) -> Refusal | None:

@@ -31,9 +31,9 @@ LAYERS = [
                   "fusec.decompositions_elementwise", "fusec.decompositions_trig", "fusec.decompositions_bessel",
                   "fusec.decompositions_special", "fusec.decompositions_foreach", "fusec.decompositions_pool",
                   "fusec.decompositions_norm", "fusec.decompositions_index", "fusec.decompositions_scatter",
-                  "fusec.decompositions_masked", "fusec.partition",
-                  "fusec.frontend", "fusec.freezing", "fusec.frozen", "fusec.package", "fusec.graph_source",
-                  "fusec.pointers", "fusec.torch_calls", "fusec.split_rows"]),
+                  "fusec.decompositions_masked", "fusec.decompositions_routing", "fusec.lowering_sort",
+                  "fusec.partition", "fusec.frontend", "fusec.freezing", "fusec.frozen", "fusec.package",
+                  "fusec.graph_source", "fusec.pointers", "fusec.torch_calls", "fusec.split_rows"]),
     ("api", ["fusec.api", "fusec.exporter", "fusec.export_sizes", "fusec.runner"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.
     ("tools", ["fusec.report", "fusec.cli", "fusec.bench", "fusec.examples", "fusec", "fusec.__main__"]),
