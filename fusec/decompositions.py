@@ -19,8 +19,8 @@ from fusec.decompositions_index import DECOMPOSITIONS as INDEXING
 from fusec.decompositions_index import MASKED_STORES
 from fusec.decompositions_norm import DECOMPOSITIONS as GROUP_NORM
 from fusec.decompositions_pool import DECOMPOSITIONS as POOLING
-from fusec.decompositions_scatter import DECOMPOSITIONS as SCATTER
 from fusec.decompositions_routing import DECOMPOSITIONS as ROUTING
+from fusec.decompositions_scatter import DECOMPOSITIONS as SCATTER
 from fusec.decompositions_special import TABLE as SPECIAL
 from fusec.decompositions_trig import TABLE as TRIG
 
@@ -101,7 +101,8 @@ def decomposition_table() -> dict:
     table[aten.split_with_sizes.default] = _split_with_sizes
     table[aten.split.Tensor] = _split
     table.update({**ELEMENTWISE, **TRIG, **SPECIAL, **BESSEL, **MASKED_STORES})
-    table.update({op: _static_only(fn) for op, fn in {**POOLING, **GROUP_NORM, **INDEXING, **SCATTER, **ROUTING}.items()})
+    static_only = {**POOLING, **GROUP_NORM, **INDEXING, **SCATTER, **ROUTING}
+    table.update({op: _static_only(fn) for op, fn in static_only.items()})
     # A constant pad is slices and concatenations with constants at any size: one kernel.
     table[aten.constant_pad_nd.default] = POOLING[aten.constant_pad_nd.default]
     return table
