@@ -19,7 +19,7 @@ import fusec
 from fusec.bench import static as bench_static
 from fusec.compiler import render_plan
 from fusec.kernels.kinds import static_launch
-from fusec.launcher import launcher_source
+from fusec.launcher_text import launcher_source
 from fusec.plan import LaunchExtra
 from tests.eager import assert_raises_as_eager, check
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fusec
-from fusec.launcher import launcher_source
+from fusec.launcher_text import launcher_source
 from tests.eager import assert_raises_as_eager, assert_ran, check
 from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
 
