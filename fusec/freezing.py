@@ -87,29 +87,32 @@ def fold_into_producers(gm: torch.fx.GraphModule, constant: set[torch.fx.Node]) 
     """Pointwise ops with a constant per-channel operand fold into the convolution or matmul
     before them (`constant`: nodes computed from frozen inputs only; grows with the new weights).
 
-    Invariant: every value the graph outputs is unchanged up to rounding. Returns the ops folded.
+    Invariant: every value the graph outputs is unchanged up to rounding. Rewrites `gm` in place
+    (fusec/frozen.py hands it a copy of its own) and leaves the new weights after their readers
+    (fusec/frozen.py moves them into the constant graph). Returns the ops folded.
     """
     folded = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
         if node.target is aten.convolution.default:
-            folded += _fold_chain(gm.graph, node, constant, _ConvFold(node, constant))
+            folded += _fold_chain(gm.graph, _ConvFold(node, constant))
         elif node.target is aten.mm.default:
-            folded += _fold_chain(gm.graph, node, constant, _MatmulFold(node, constant))
+            folded += _fold_chain(gm.graph, _MatmulFold(node, constant))
     return folded
 
 
-def _fold_chain(graph: torch.fx.Graph, producer: torch.fx.Node, constant: set, fold: _Fold) -> int:
+def _fold_chain(graph: torch.fx.Graph, fold: _Fold) -> int:
     """Folds the producer's only user into it, again and again while the next one folds too."""
     count = 0
+    producer = fold.node
     while fold.ready() and len(producer.users) == 1:
         user = next(iter(producer.users))
         operand = _other_operand(user, producer)
         if operand is None or not fold.fits(user, operand):
             break
         with graph.inserting_before(user):  # after the operand; fusec/frozen.py orders the constants
-            folded = fold.apply(graph, user, operand, constant)
+            folded = fold.apply(graph, user, operand)
         producer = fold.node
         if folded:
             user.replace_all_uses_with(producer)
@@ -150,6 +153,11 @@ class _Fold:
         self.channels = node.meta["val"].shape[self.channel_dim]
 
     def ready(self) -> bool:
+        """The producer's weight (and bias, if any) are constants."""
+        raise NotImplementedError
+
+    def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float) -> bool:
+        """Folds `user` into the producer (True), or takes it as the producer's own tail (False)."""
         raise NotImplementedError
 
     def fits(self, user: torch.fx.Node, operand: torch.fx.Node | float) -> bool:
@@ -216,9 +224,7 @@ class _ConvFold(_Fold):
         transposed = args[6]
         return not transposed and args[1] in self.constant and (args[2] is None or args[2] in self.constant)
 
-    def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float,
-              constant: set) -> bool:
-        """Folds `user` into the producer (True), or takes it as the producer's own tail (False)."""
+    def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float) -> bool:
         args = list(self.node.args)
         args[1], args[2] = self.new_weights(graph, user, operand, args[1], 0, args[2])
         self.node.args = tuple(args)
@@ -240,8 +246,7 @@ class _MatmulFold(_Fold):
     def ready(self) -> bool:
         return not self.mm.kwargs and self.mm.args[1] in self.constant
 
-    def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float,
-              constant: set) -> bool:
+    def apply(self, graph: torch.fx.Graph, user: torch.fx.Node, operand: torch.fx.Node | float) -> bool:
         if self.bias_add is None and user.target is aten.add.Tensor and _is_vector(operand, self.channels):
             self.bias_add = self.node = user  # a Linear's own bias: it is the bias the folds update
             return False
