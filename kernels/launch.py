@@ -1,8 +1,10 @@
 """Block sizes and warps for each kernel kind, chosen from the problem size.
 
 On a GPU, blocks are sized so a warp reads consecutive addresses and a
-program has 1-4K elements of work; in Triton's interpreter every program
-costs Python overhead, so one large block does the work of many.
+program has 1-4K elements of work; a matmul's tiles, warps and pipeline
+stages are Hopper's (sm_90: wgmma, 227 KiB of shared memory a program). In
+Triton's interpreter every program costs Python overhead, so one large block
+does the work of many.
 """
 
 from __future__ import annotations
