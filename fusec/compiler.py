@@ -30,7 +30,7 @@ from fusec.passes.cost import H100, DeviceModel
 from fusec.pipeline import run_passes
 from fusec.plan import Kernel, Plan, build_plan
 from fusec.runtime import Runtime
-from fusec.size_reads import symbol_sources
+from fusec.size_reads import symbol_sources, symbolic
 from fusec.streams import StreamDecision, plan_streams
 
 log = logging.getLogger("fusec")
@@ -114,7 +114,7 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
 
 def render_plan(plan: Plan, interpret: bool) -> Plan:
     """The plan with every kernel's Triton source filled in, for the interpreter or a GPU."""
-    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
+    graph = symbolic(plan.graph)
     steps = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
     return replace(plan, steps=steps)
 

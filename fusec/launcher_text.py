@@ -8,6 +8,7 @@ from dataclasses import replace
 from fusec.kernels.kinds import extents
 from fusec.launcher import StepCode, dynamic, generate
 from fusec.plan import Plan
+from fusec.size_reads import symbolic
 
 
 class _Named:
@@ -30,7 +31,7 @@ class _NamedCallables(dict):
 def launcher_source(plan: Plan) -> str:
     """The launcher fusec.compile generates for `plan` on a GPU, as text (what `fusec inspect
     --launcher` writes): every kernel the template, every bound object a name."""
-    graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
+    graph = symbolic(plan.graph)
     exact = {k.id: extents(graph, k) for k in plan.all_kernels()}
     code = StepCode(calls={k.id: _Named(k.id) for k in plan.all_kernels()}, callables=_NamedCallables(),
                     draw_seed=_Named("draw_seed"), bounds_error=_Named("bounds_error"),

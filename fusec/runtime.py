@@ -22,6 +22,7 @@ from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, dynamic, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
+from fusec.size_reads import symbolic
 from fusec.split_rows import SplitCall
 from fusec.stores import in_place
 
@@ -126,7 +127,7 @@ class Runtime:
         self.broken: str | None = None  # set once a kernel failed: torch runs every later call
         self.on_broken = on_broken  # tells the graph's record, so reports show what runs
         # Kernels and the launcher read sizes as expressions over the symbols bound per call.
-        self.exact = graph = plan.graph.symbolic() if plan.graph.hints else plan.graph
+        self.exact = graph = symbolic(plan.graph)
         self.extents = {k.id: extents(graph, k) for k in plan.all_kernels()}
         self.calls = {k.id: _call(graph, k, self.extents[k.id], kernels, interpret) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul

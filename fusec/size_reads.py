@@ -9,6 +9,12 @@ from fusec.ir import SIZE_DTYPE, Graph
 from fusec.lowering_sizes import Unsupported
 
 
+def symbolic(graph: Graph) -> Graph:
+    """The graph kernels and launchers are generated from: sizes as expressions over the size
+    symbols (a copy), or the graph itself when it has none."""
+    return graph.symbolic() if graph.hints else graph
+
+
 def var(name: str) -> str:
     """The launcher's local variable holding node `name`'s value (node names are identifiers)."""
     return f"v_{name}"
