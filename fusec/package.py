@@ -129,7 +129,10 @@ _ALLOWED = {
     "sympy.core.power": {"Pow"},
     "sympy.functions.elementary.miscellaneous": {"Min", "Max"},
     "torch.utils._sympy.functions": {"FloorDiv", "CleanDiv", "PythonMod", "Mod", "ModularIndexing", "Min", "Max"},
-    "torch.serialization": {"_get_layout"},  # a layout by its name (`torch.strided`), as torch pickles one
+    "torch.serialization": {"_get_layout"},
+    # A memory format pickles by its dotted name under torch._utils (`torch._utils.torch.channels_last`).
+    "torch._utils": {"torch.contiguous_format", "torch.channels_last", "torch.channels_last_3d",
+                     "torch.preserve_format"},  # a layout by its name (`torch.strided`), as torch pickles one
     "builtins": {"set", "frozenset", "slice", "complex", "object", "getattr"},
     "copyreg": {"_reconstructor"},
     "torch": {"device", "layout", "memory_format", "strided", "contiguous_format", "channels_last",

@@ -25,7 +25,7 @@ from fusec.cli import main
 from fusec.examples import build
 from fusec.launcher_text import launcher_source
 from fusec.lowering import Unsupported
-from fusec.package import PackageError, read, write
+from fusec.package import PackageError, dump_plan, load_plan, read, write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -277,6 +277,12 @@ def test_plan_pickle_may_name_only_fusec_classes(exported, tmp_path, monkeypatch
     with pytest.raises(PackageError, match=r"plan.pkl names (posix|nt)\.system"):
         fusec.load(tmp_path / "evil.fusec")
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last, torch.preserve_format])
+def test_plan_pickle_may_hold_a_memory_format(fmt):
+    """A plan's op arguments may name a memory format, which torch pickles by a dotted name."""
+    assert load_plan(dump_plan({"memory_format": fmt})) == {"memory_format": fmt}
 
 
 @pytest.mark.parametrize("field, value, message", [
