@@ -20,8 +20,9 @@ from pathlib import Path
 MODES = ("serial", "threads", "processes")
 
 
-class _Hopper:
-    """What Triton's JIT asks its driver before compiling: an H100's target."""
+class Hopper:
+    """A stand-in for Triton's driver: what its JIT asks before compiling — the device, its
+    stream and target (an H100's) — so kernels compile for sm_90 on a machine without a GPU."""
 
     def get_current_device(self) -> int:
         return 0
@@ -72,7 +73,7 @@ def measure(workload: str, mode: str, workers: int) -> dict:
     from fusec.launcher import DTYPES
 
     plans = _plans(workload)
-    driver.set_active(_Hopper())
+    driver.set_active(Hopper())
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-")
     folder = tempfile.mkdtemp(prefix="fusec-")
     hits: list[bool] = []

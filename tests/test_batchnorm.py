@@ -12,7 +12,8 @@ from tests.eager import assert_ran, check
 from tests.test_training import check_training
 
 
-def _randomized(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+def randomized(bn: nn.Module) -> nn.Module:
+    """`bn` with weights and running statistics far from their defaults (in place)."""
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
@@ -23,7 +24,7 @@ def _randomized(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
 
 def conv_bn_relu(cin=3, cout=8) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), _randomized(nn.BatchNorm2d(cout)), nn.ReLU())
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), randomized(nn.BatchNorm2d(cout)), nn.ReLU())
 
 
 class BasicBlock(nn.Module):
@@ -32,9 +33,9 @@ class BasicBlock(nn.Module):
     def __init__(self, c: int = 8) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = _randomized(nn.BatchNorm2d(c))
+        self.bn1 = randomized(nn.BatchNorm2d(c))
         self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = _randomized(nn.BatchNorm2d(c))
+        self.bn2 = randomized(nn.BatchNorm2d(c))
 
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -68,7 +69,7 @@ def test_basic_block_inference_is_two_convs_and_two_kernels():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_batch_norm_inference_dtypes(dtype):
-    bn = _randomized(nn.BatchNorm2d(5)).eval().to(dtype)
+    bn = randomized(nn.BatchNorm2d(5)).eval().to(dtype)
     x = torch.randn(3, 5, 4, 7).to(dtype)
 
     def f(x):
@@ -79,7 +80,7 @@ def test_batch_norm_inference_dtypes(dtype):
 
 
 def test_batch_norm_inference_1d_and_3d():
-    bn1, bn3 = _randomized(nn.BatchNorm1d(6)).eval(), _randomized(nn.BatchNorm3d(4)).eval()
+    bn1, bn3 = randomized(nn.BatchNorm1d(6)).eval(), randomized(nn.BatchNorm3d(4)).eval()
     with torch.no_grad():
         check(bn1, torch.randn(5, 6), kernels=1, externs=0)
         check(bn1, torch.randn(5, 6, 9), kernels=1, externs=0)
@@ -87,7 +88,7 @@ def test_batch_norm_inference_1d_and_3d():
 
 
 def test_batch_norm_inference_zero_size_batch():
-    bn = _randomized(nn.BatchNorm2d(4)).eval()
+    bn = randomized(nn.BatchNorm2d(4)).eval()
     with torch.no_grad():
         check(lambda x: torch.relu(bn(x)), torch.randn(0, 4, 3, 3))
 
@@ -96,7 +97,7 @@ def test_batch_norm_inference_zero_size_batch():
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_batch_norm_training_matches_eager_with_running_stats(channels_last, momentum):
     torch.manual_seed(0)
-    eager, compiled = (_randomized(nn.BatchNorm2d(6, momentum=momentum)).train() for _ in range(2))
+    eager, compiled = (randomized(nn.BatchNorm2d(6, momentum=momentum)).train() for _ in range(2))
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(4, 6, 5, 3)
     if channels_last:
@@ -112,7 +113,7 @@ def test_batch_norm_training_matches_eager_with_running_stats(channels_last, mom
 
 def test_batch_norm_training_gradients_equal_eager():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), _randomized(nn.BatchNorm2d(6)), nn.ReLU()).train()
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), randomized(nn.BatchNorm2d(6)), nn.ReLU()).train()
     report = check_training(model, torch.randn(4, 3, 6, 6), rtol=1e-4, atol=1e-4)
     forward, backward = (Report([g]).stats for g in report.graphs)
     # Forward: the convolution, then one kernel for the per-channel mean/var over (N, H, W),
@@ -126,7 +127,7 @@ def test_batch_norm_training_gradients_equal_eager():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_batch_norm_training_16_bit(dtype):
     torch.manual_seed(0)
-    eager, compiled = (_randomized(nn.BatchNorm2d(6)).train().to(dtype) for _ in range(2))
+    eager, compiled = (randomized(nn.BatchNorm2d(6)).train().to(dtype) for _ in range(2))
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(4, 6, 5, 3).to(dtype)
     fn = fusec.compile(compiled)
@@ -154,7 +155,7 @@ def test_batch_norm_backward_is_one_kernel(remat, channels_last):
     # The per-channel sums of the gradient, the per-channel scale and the input gradient all in one
     # kernel: the [C] -> [1,C,1,1] views between them keep every channel on its own row.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), _randomized(nn.BatchNorm2d(6)), nn.ReLU()).train()
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), randomized(nn.BatchNorm2d(6)), nn.ReLU()).train()
     x = torch.randn(4, 3, 6, 5)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
@@ -171,7 +172,7 @@ def test_batch_norm_backward_is_one_kernel(remat, channels_last):
                                       (nn.BatchNorm3d, (2, 5, 3, 4, 3))])
 def test_batch_norm_1d_and_3d_backward_is_one_kernel(bn, shape):
     torch.manual_seed(0)
-    model = nn.Sequential(_randomized(bn(5)), nn.ReLU()).train()
+    model = nn.Sequential(randomized(bn(5)), nn.ReLU()).train()
     report = check_training(model, torch.randn(shape), rtol=1e-4, atol=1e-4)
     assert Report([report.graphs[1]]).stats["kernels"] == 1, report.summary()
 

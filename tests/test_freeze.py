@@ -13,15 +13,7 @@ from fusec.bench.cnn_zoo import ConvNeXtBlock, example, launches
 from fusec.freezing import Weight
 from fusec.frozen import Frozen, FrozenCall
 from tests.eager import assert_ran
-
-
-def _randomized(bn: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.5, 0.5)
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2)
-    return bn
+from tests.test_batchnorm import randomized as _randomized
 
 
 def conv_bn(cin=4, cout=8, act=True, **conv) -> nn.Module:

@@ -18,6 +18,7 @@ import torch
 from triton.runtime import driver
 
 import fusec
+from fusec.bench.compile_workers import Hopper
 from fusec.compiler import rendered
 from fusec.examples import build
 from fusec.kernels.call import KernelCall
@@ -35,26 +36,13 @@ except ImportError:  # pragma: no cover - very old Triton
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Hopper:
-    """What Triton's JIT asks its driver before compiling: the device, its stream and target."""
-
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int) -> int:
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-
 @pytest.fixture
 def sm90_jit(monkeypatch, tmp_path):
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     saved = driver._active  # None until a GPU driver was looked for: restored as found
-    driver.set_active(_Hopper())
+    driver.set_active(Hopper())
     yield tmp_path
     driver._active = saved
 
