@@ -27,10 +27,9 @@ def _picked(mask, rows, exact: bool):
     reads past the end of rows (flagged); else only a count above it does."""
     flat = mask.reshape(-1)
     rank = torch.cumsum(flat.to(torch.int64), 0) - 1
-    spare = 0
-    if exact:
-        spare = torch.where(rank[-1] + 1 == rows.shape[0], 0, rows.shape[0])
-    index = torch.where(flat, rank, spare)
+    index = torch.where(flat, rank, 0)
+    if exact:  # another count than len(rows): every read past the end, so eager's error is raised
+        index = torch.where(rank[-1] + 1 == rows.shape[0], index, rows.shape[0])
     return aten.index.Tensor(rows, [index]).reshape(*mask.shape, *rows.shape[1:])
 
 

@@ -110,6 +110,8 @@ def index_add(x, dim, index, source, alpha=1):
 
 
 def index_copy(x, dim, index, source):
+    if index.dtype != torch.int64:
+        return NotImplemented  # eager's index_copy takes int64 indices only (index_add int32 too)
     return _along(x, dim, index, source, False)
 
 

@@ -110,6 +110,15 @@ def test_a_count_other_than_the_values_raises_eagers_error(count):
                            torch.randn(count, 2), error=RuntimeError)
 
 
+def test_more_values_than_a_mask_selecting_everything_raises_eagers_error():
+    def f(x, mask, v):
+        y = x.clone()
+        y[mask] = v
+        return y
+
+    assert_raises_as_eager(f, torch.zeros(3), torch.ones(3, dtype=torch.bool), torch.arange(4.0), error=RuntimeError)
+
+
 @pytest.mark.parametrize(("mask_shape", "kernels"), [((3, 4, 5), 2), ((3, 4, 1), 2), ((3, 1, 5), 3)])
 def test_masked_scatter_takes_the_source_in_order(mask_shape, kernels):
     # a mask over whole rows counts rows; one broadcast over a middle dim is materialised first

@@ -275,3 +275,9 @@ def test_integer_alpha_int32_scatter_index_and_the_older_reduce_argument():
     index = torch.tensor([[3, 0], [1, 1]], dtype=torch.int32)
     check(lambda x, i, s: x.scatter(0, i, s, reduce="add"), torch.randn(4, 2), index, torch.randn(2, 2),
           kernels=2, externs=0)
+
+
+def test_index_copy_with_int32_indices_raises_eagers_error():
+    """Eager's index_copy takes int64 indices only (its index_add takes int32 too)."""
+    assert_raises_as_eager(lambda x, i, s: x.index_copy(0, i, s), torch.randn(5, 2),
+                           torch.tensor([1, 3], dtype=torch.int32), torch.randn(2, 2), error=RuntimeError)
