@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fusec.kernels.kinds import extents
+from fusec.kernels.reduction_split import SPLIT_PARAM
 from fusec.launcher import StepCode, dynamic, generate
 from fusec.plan import Plan
 from fusec.size_reads import symbolic
@@ -14,11 +15,15 @@ from fusec.size_reads import symbolic
 class _Named:
     """Stands for an object a launcher binds, in a launcher written to be read, not run."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, direct: bool = True) -> None:
         self.name = name
+        self.direct = direct
 
     def tail_for(self, given: int) -> None:
-        """A kernel's sizes and constants, not known here (the kernel is not compiled)."""
+        """A kernel's sizes and constants, not known here (the kernel is not compiled); a kernel the
+        launcher never launches straight (a split row's two stages) has none, as its call has none."""
+        if not self.direct:
+            raise AttributeError(f"{self.name} is launched through its call")
         return None
 
 
@@ -33,7 +38,8 @@ def launcher_source(plan: Plan) -> str:
     --launcher` writes): every kernel the template, every bound object a name."""
     graph = symbolic(plan.graph)
     exact = {k.id: extents(graph, k) for k in plan.all_kernels()}
-    code = StepCode(calls={k.id: _Named(k.id) for k in plan.all_kernels()}, callables=_NamedCallables(),
+    calls = {k.id: _Named(k.id, direct=SPLIT_PARAM not in k.params) for k in plan.all_kernels()}
+    code = StepCode(calls=calls, callables=_NamedCallables(),
                     draw_seed=_Named("draw_seed"), bounds_error=_Named("bounds_error"),
                     final_buffers=_Named("final_buffers"), direct=True, direct_device=0,
                     raw_stream=_Named("current_raw_stream"),

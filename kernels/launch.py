@@ -120,7 +120,7 @@ class Split:
 
 def row_split(rows: int, rnumel: int, persistent: bool, inner: bool, interpret: bool) -> Split | None:
     """How a looped row is cut when the rows alone would leave SMs idle (fewer than two
-    programs an SM, as Inductor's rule) and each row is at least two steps long: chunks
+    programs an SM, as Inductor's rule) and each row is longer than two steps: chunks
     of whole steps, enough for four programs an SM (a 16-warp program is a quarter of an
     SM's threads). None: one program per row group."""
     if persistent or not inner or (interpret and not SPLIT_IN_INTERPRETER):

@@ -21,7 +21,7 @@ from fusec.plan import Kernel
 
 _SPLITTABLE = frozenset({"sum", "amax", "amin", "var"})
 # What a missing chunk's partial holds, by op: it changes nothing when combined.
-_EMPTY = {"sum": "0.0", "amax": '-float("inf")', "amin": 'float("inf")', "var": "0.0"}
+_EMPTY = {"sum": "0.0", "amax": '-float("inf")', "amin": 'float("inf")'}
 _COMBINE = {"sum": "sum", "amax": "max", "amin": "min"}
 
 SPLIT_PARAM = "p_split"  # the partials: one float32 per statistic, row and chunk

@@ -1,6 +1,7 @@
 """fuse: vertical fusion into kernel groups: pointwise and view ops, with at most
-one iteration space of reductions (row-wise kernels) or matmuls sharing a left
-operand (a matmul template with its prologue views and its epilogue).
+one iteration space of reductions (row-wise kernels), matmuls sharing a left
+operand (a matmul template with its prologue views and its epilogue), or one
+scan, scatter or sort with the pointwise work its kind's rules admit.
 
 Merges are proposed along data edges in topological order, validated
 (`Grouping.refusal`: convexity, one iteration shape, the kernel kinds' rules), and applied;
@@ -18,8 +19,8 @@ from fusec.passes.siblings import merge_siblings
 
 
 def fuse(graph: Graph, fuel: int | None = None) -> Graph:
-    """Each group is convex, holds only pointwise/view nodes, and all its outputs
-    share one shape; values are unchanged. `fuel` caps the number of merges, those
+    """Each group is convex and one kernel of a kind the renderers take (its outputs per
+    element, per row, or a total); values are unchanged. `fuel` caps the number of merges, those
     of siblings included (0: every op is its own kernel)."""
     state = Grouping(graph)
     refused: dict[tuple[str, str], Refusal] = {}

@@ -8,9 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fusec
 import fusec.kernels.launch as launch
+from fusec.compiler import render_plan
 from fusec.kernels.launch import SMS, Split, row_split, split_launches
 from fusec.kernels.reduction_split import SPLIT_PARAM
+from fusec.launcher_text import launcher_source
 from fusec.split_rows import SplitCall
 from tests.eager import check
 
@@ -168,3 +171,27 @@ def test_gpu_stage_two_has_a_program_per_chunk_only_where_it_writes_elements():
     assert first.constants["CHUNK"] == 4096 and first.constants["RBLOCK"] == 4096
     # Only 8 partials a row to combine: one program per row, one warp.
     assert combines.grid == (64, 1) and combines.num_warps == 1
+
+
+def test_split_rows_in_several_row_groups(split):
+    """60 rows: several row groups, each with its own chunks' partials in stage 2."""
+    torch.manual_seed(7)
+    x = torch.randn(3, 20, 20001) * 3
+    x[1, 7, 15000] = 50.0  # a late maximum in a middle group's row
+    target = torch.randint(0, 20001, (60,))
+    report = check(lambda x: torch.softmax(x, -1), x, kernels=1, rtol=1e-4, atol=1e-4)
+    [call] = split_kernels(report)
+    assert call.stages[0].launch.grid[0] > 1 and call.stages[0].launch.grid[1] > 1
+    report = check(lambda x, t: F.cross_entropy(x.reshape(60, -1), t), x, target, kernels=1, rtol=1e-4, atol=1e-4)
+    [call] = split_kernels(report)
+    assert call.stages[0].launch.grid[0] > 1
+
+
+def test_the_readable_launcher_launches_a_split_row_through_its_call():
+    """The GPU's launcher runs a split row's two stages through its call, never its binary
+    straight; the launcher written out to be read says the same."""
+    plan = fusec.inspect(lambda x: torch.softmax(x, -1), torch.randn(8, LENGTH)).graphs[0].plan
+    gpu = render_plan(plan, interpret=False)
+    assert [SPLIT_PARAM in k.params for k in gpu.kernels] == [True]
+    source = launcher_source(gpu)
+    assert "k0)(v_arg0_1, v_div)" in source and "K0_RUN" not in source
