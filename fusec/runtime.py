@@ -297,18 +297,25 @@ class Runtime:
 
     def _final_buffers(self, kernel: Kernel, device: torch.device, at: tuple | None = None) -> list[torch.Tensor]:
         """One partial per program for each final reduction, and the kernel's ticket counter
-        (zeroed once; the last program resets it). `at`: a dynamic kernel's extents this call."""
-        graph = self.plan.graph
+        (zeroed once; the last program resets it). `at`: a dynamic kernel's extents this call.
+        Kept per thread, device, stream and program count: launches on one stream run in order,
+        so a launch finds the last one's partials read and its ticket reset."""
         call = self.calls[kernel.id]
         programs = (call.launch_at(at) if at is not None else call.launch).grid[0]
-        partials = [torch.empty(programs, dtype=DTYPES[compute_dtype(graph[f].dtype)], device=device)
-                    for f in kernel.finals]
-        tickets = self.tickets.__dict__.setdefault("by_kernel", {})
         stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-        key = (kernel.id, str(device), stream)
-        if key not in tickets:
-            tickets[key] = torch.zeros(1, dtype=torch.int32, device=device)
-        return [*partials, tickets[key]]
+        kept = self.tickets.__dict__.setdefault("by_kernel", {})
+        key = (kernel.id, device, stream, programs)
+        found = kept.get(key)
+        if found is None:
+            if len(kept) >= MAX_FINAL_BUFFERS:  # sizes drawn from a wide range: keep memory bounded
+                kept.clear()
+            graph = self.plan.graph
+            found = kept[key] = [*[torch.empty(programs, dtype=DTYPES[compute_dtype(graph[f].dtype)], device=device)
+                                   for f in kernel.finals], torch.zeros(1, dtype=torch.int32, device=device)]
+        return found
+
+
+MAX_FINAL_BUFFERS = 256
 
 
 def _record_stream(value: Any, stream: torch.cuda.Stream) -> None:

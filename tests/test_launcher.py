@@ -363,3 +363,19 @@ def test_a_dynamic_kernel_chooses_its_launch_once_per_extents():
     assert len(chosen) == 1  # 5 was chosen at the first call; 7 once
     assert len(call.chosen) == 2
     assert_ran(compiled)
+
+
+def test_a_final_reductions_partials_and_ticket_are_kept_across_calls():
+    """cross_entropy's batch mean: the partials and ticket counter are allocated once per
+    thread, device and stream, and a later call on other values still equals eager."""
+    fn = lambda x, t: F.cross_entropy(x, t)
+    compiled = fusec.compile(fn)
+    seen = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x, t = torch.randn(6, 40) * 3, torch.randint(0, 40, (6,))
+        torch.testing.assert_close(compiled(x, t), fn(x, t))
+        [graph] = assert_ran(compiled).graphs
+        [kernel] = [k for k in graph.plan.kernels if k.finals]
+        seen.append([id(b) for b in graph.runtime._final_buffers(kernel, x.device)])
+    assert seen[0] == seen[1] == seen[2] and len(seen[0]) == len(kernel.finals) + 1
