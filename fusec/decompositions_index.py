@@ -14,16 +14,16 @@ from __future__ import annotations
 import torch
 
 from fusec.decompositions_masked import per_selected
+from fusec.decompositions_scatter import INDEX_DTYPES
 from fusec.decompositions_scatter import index_put as put_at_positions
 
 aten = torch.ops.aten
 
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def index(x, indices):
     present = [d for d, i in enumerate(indices) if i is not None]
-    if not present or any(indices[d].dtype not in _INDEX_DTYPES for d in present):
+    if not present or any(indices[d].dtype not in INDEX_DTYPES for d in present):
         return NotImplemented
     if len(present) > 1:
         return _leading(x, indices) if present == list(range(len(present))) else NotImplemented

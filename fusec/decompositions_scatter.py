@@ -19,7 +19,7 @@ from fusec.ir import contiguous_strides
 
 aten = torch.ops.aten
 
-_INDEX_DTYPES = (torch.int32, torch.int64)
+INDEX_DTYPES = (torch.int32, torch.int64)  # what eager's index ops take as indices
 # The dtypes a kernel adds to memory atomically, on a GPU and in Triton's interpreter alike
 # (bfloat16 and the narrow integers have no atomic add in the interpreter: torch adds those).
 _ATOMIC_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int32, torch.int64)
@@ -64,7 +64,7 @@ def index_put(x, indices, values, accumulate=False, contiguous=False):
     indices = list(indices) + [None] * (x.dim() - len(indices))
     present = [d for d, i in enumerate(indices) if i is not None]
     if not present or len(indices) > x.dim() or not _supported(x, values, accumulate) or \
-            any(indices[d].dtype not in _INDEX_DTYPES for d in present):
+            any(indices[d].dtype not in INDEX_DTYPES for d in present):
         return NotImplemented
     try:
         batch = torch.broadcast_shapes(*(indices[d].shape for d in present))
@@ -117,7 +117,7 @@ def index_copy(x, dim, index, source):
 
 def _scatter(x, dim, index, src, accumulate: bool):
     """out[..., index[i, j, ...], ...] = src[i, j, ...] along `dim` (no wrap: eager rejects a negative index)."""
-    if x.dim() == 0 or index.dtype not in _INDEX_DTYPES or index.dim() != x.dim() or not _supported(x, src, accumulate):
+    if x.dim() == 0 or index.dtype not in INDEX_DTYPES or index.dim() != x.dim() or not _supported(x, src, accumulate):
         return NotImplemented
     dim = dim % x.dim()
     if src.dim() != x.dim() or any(index.shape[d] > src.shape[d] or (d != dim and index.shape[d] > x.shape[d])
