@@ -198,6 +198,9 @@ def split_launch(graph: Graph, kernel: Kernel, interpret: bool, values: tuple | 
         return None
     rows, length = extents(graph, kernel) if values is None else values
     split = row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
+    if split is None:  # rendered for another target than it launches on (e.g. interpreter vs GPU)
+        raise ValueError(f"kernel {kernel.id} was rendered to split its rows, but {rows} rows of {length} "
+                         f"are not split {'in the interpreter' if interpret else 'on a GPU'}: render it again")
     first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows), interpret)
     first, second = with_options(kernel, first), with_options(kernel, second)
     return SplitLaunch(first, second, partial_count(graph, kernel) * rows * split.split)

@@ -322,18 +322,25 @@ def test_a_misaligned_input_is_not_launched_straight():
 
 
 def test_the_launcher_asks_once_per_call_whether_a_profiler_hooks_launches():
-    runtime, _, _ = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False)
+    runtime, binary, _ = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False)
     with _stream_stub():
         runtime.run([torch.randn(4, 8)])
     assert runtime.source.count("HOOKS()") == 1 and runtime.source.count("_RUN(") == 2
     assert runtime._call.__globals__["HOOKS"] is launch_hooks_set
+    dispatched = []  # launches through Triton's own path, which calls the hooks
+    for call in runtime.calls.values():
+        call._dispatch = lambda args, call=call: dispatched.append(call.name) or binary
+    binary.launches.clear()
     hook = lambda *args: None
     assert not launch_hooks_set()
     triton.knobs.runtime.launch_enter_hook.add(hook)
     try:
-        assert launch_hooks_set()  # then launches take Triton's own path, which calls the hooks
+        assert launch_hooks_set()
+        with _stream_stub():
+            runtime.run([torch.randn(4, 8)])
     finally:
         triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert sorted(dispatched) == sorted(runtime.calls) and binary.launches == []  # none launched straight
 
 
 def test_first_launch_binds_the_binary_into_the_launchers_globals():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import fusec
 import fusec.kernels.launch as launch
 from fusec.compiler import render_plan
+from fusec.kernels.kinds import split_launch
 from fusec.kernels.launch import SMS, Split, row_split, split_launches
 from fusec.kernels.reduction_split import SPLIT_PARAM
 from fusec.launcher_text import launcher_source
@@ -195,3 +196,14 @@ def test_the_readable_launcher_launches_a_split_row_through_its_call():
     assert [SPLIT_PARAM in k.params for k in gpu.kernels] == [True]
     source = launcher_source(gpu)
     assert "k0)(v_arg0_1, v_div)" in source and "K0_RUN" not in source
+
+
+def test_a_split_kernel_launched_where_rows_are_not_split_says_so():
+    """Rendered for a GPU, where 8 rows split; asked for its interpreter launch, where they do not."""
+    plan = fusec.inspect(lambda x: torch.softmax(x, -1), torch.randn(8, LENGTH)).graphs[0].plan
+    gpu = render_plan(plan, interpret=False)
+    [kernel] = gpu.kernels
+    assert split_launch(gpu.graph, kernel, interpret=False) is not None
+    with pytest.raises(ValueError, match=r"k0 was rendered to split its rows, but 8 rows of 40003 are not split "
+                                         r"in the interpreter: render it again"):
+        split_launch(gpu.graph, kernel, interpret=True)
