@@ -124,6 +124,10 @@ def precompile(calls: Mapping[str, Any], graph: Graph, kernels: Iterable[Kernel]
     else:
         with ThreadPoolExecutor(max_workers=min(workers, len(groups)), thread_name_prefix="fusec-compile") as pool:
             done = [pair for pairs in pool.map(compile_group, groups) for pair in pairs]
+        # Triton's compile is not always safe on threads (a kernel now and then failed there under
+        # load): what failed on a thread is tried once more here, alone.
+        failed = {name for name, binary in done if binary is None}
+        done += compile_group([job for job in todo if job[2] in failed])
     return {kid: binary for kid, binary in done if binary is not None}
 
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,22 @@ def test_a_loaded_package_launches_without_compiling(tmp_path):
     env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", _LOAD_AND_CALL, str(path)], env=env, check=True, timeout=600)
+
+
+def test_a_kernel_that_failed_on_a_thread_is_tried_again_alone(sm90_jit, monkeypatch):
+    import fusec.kernels.precompile as precompile_module
+
+    model, args = build("transformer")
+    graph, kernels, _ = _recorded_launches(model, args)
+    calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
+    warm, threads = precompile_module._warm, []
+
+    def fails_on_a_thread(graph, kernel, call, dtypes):
+        if kernel.id == kernels[1].id and threading.current_thread() is not threading.main_thread():
+            threads.append(threading.current_thread().name)
+            return None  # as a warmup that raised: logged, no binary
+        return warm(graph, kernel, call, dtypes)
+
+    monkeypatch.setattr(precompile_module, "_warm", fails_on_a_thread)
+    binaries = precompile(calls, graph, kernels, DTYPES, workers=2, mode="threads")
+    assert threads and set(binaries) == {k.id for k in kernels}
