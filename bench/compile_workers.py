@@ -48,7 +48,8 @@ def _plans(workload: str) -> list:
     return [(g.plan.graph, [k for k in g.plan.all_kernels() if k.numel]) for g in fusec.inspect(fn, *args).graphs]
 
 
-def _calls(graph, kernels, folder: str) -> dict:
+def gpu_calls(graph, kernels, folder) -> dict:
+    """kernel id -> its KernelCall as a GPU runtime binds it (loaded from `folder`, not compiled)."""
     from fusec.compiler import rendered
     from fusec.kernels.call import KernelCall
     from fusec.kernels.compile import load_kernel
@@ -80,7 +81,7 @@ def measure(workload: str, mode: str, workers: int) -> dict:
     triton.knobs.compilation.listener = lambda **info: hits.append(info["cache_hit"])
     wall, cpu, compiled = time.perf_counter(), time.process_time(), 0
     for graph, kernels in plans:
-        compiled += len(precompile(_calls(graph, kernels, folder), graph, kernels, DTYPES, workers, mode))
+        compiled += len(precompile(gpu_calls(graph, kernels, folder), graph, kernels, DTYPES, workers, mode))
     return {"workload": workload, "mode": mode, "workers": workers, "kernels": compiled,
             "wall_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2),
             "compiled_here": hits.count(False), "read_back": hits.count(True)}

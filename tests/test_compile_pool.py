@@ -20,6 +20,7 @@ import torch
 import triton
 
 import fusec
+from fusec.bench.compile_workers import gpu_calls
 from fusec.examples import build
 from fusec.kernels import compile as compile_module
 from fusec.kernels import compile_pool
@@ -28,7 +29,7 @@ from fusec.kernels.call import KernelCall
 from fusec.kernels.launch import Launch
 from fusec.kernels.precompile import compile_mode, precompile
 from fusec.launcher import DTYPES
-from tests.test_precompile import _assert_first_launches_find, _gpu_calls, _recorded_launches
+from tests.test_precompile import _assert_first_launches_find, _recorded_launches
 from tests.test_precompile import sm90_jit as sm90_jit  # a fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def _plan(monkeypatch, tmp_path, name="pointwise"):
     graph, kernels, launched = _recorded_launches(*build(name))
     assert kernels
     monkeypatch.setattr(compile_module, "_LOADED", {})
-    return graph, kernels, launched, _gpu_calls(graph, kernels, tmp_path / "fusec")
+    return graph, kernels, launched, gpu_calls(graph, kernels, tmp_path / "fusec")
 
 
 def test_a_kernel_a_worker_compiled_is_a_cache_hit_here(sm90_jit, monkeypatch, fresh_pool):

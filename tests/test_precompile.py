@@ -19,7 +19,7 @@ import torch
 from triton.runtime import driver
 
 import fusec
-from fusec.bench.compile_workers import Hopper
+from fusec.bench.compile_workers import Hopper, gpu_calls
 from fusec.compiler import rendered
 from fusec.examples import build
 from fusec.kernels.call import KernelCall
@@ -67,16 +67,6 @@ def _recorded_launches(model, args) -> tuple:
     return graph.plan.graph, [k for k in graph.plan.all_kernels() if k.id in launched], launched
 
 
-def _gpu_calls(graph, kernels, folder) -> dict[str, KernelCall]:
-    calls = {}
-    for kernel in kernels:
-        gpu = rendered(graph, kernel, interpret=False)
-        fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=folder)
-        calls[kernel.id] = KernelCall(fn, static_launch(graph, gpu, interpret=False), static_size_args(graph, gpu),
-                                      interpret=False, loaded=len(gpu.inputs) + len(gpu.outputs), name=kernel.id)
-    return calls
-
-
 def _assert_first_launches_find(monkeypatch, calls, kernels, launched, binaries) -> None:
     """Each kernel's first launch, with the arguments the runtime passed it, finds its binary: no compile."""
     for kernel in kernels:
@@ -97,7 +87,7 @@ def test_first_launch_finds_the_precompiled_binary(sm90_jit, monkeypatch, name):
     model, args = build(name)
     graph, kernels, launched = _recorded_launches(model, args)
     assert kernels
-    calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
+    calls = gpu_calls(graph, kernels, sm90_jit / "fusec")
     binaries = precompile(calls, graph, kernels, DTYPES, workers=2, mode="threads")
     assert set(binaries) == {k.id for k in kernels}
     assert all(b.metadata.target.arch == 90 for b in binaries.values())
@@ -107,7 +97,7 @@ def test_first_launch_finds_the_precompiled_binary(sm90_jit, monkeypatch, name):
 def test_a_kernel_that_cannot_be_warmed_up_compiles_at_launch_as_before(sm90_jit, monkeypatch, caplog):
     model, args = build("pointwise")
     graph, kernels, _ = _recorded_launches(model, args)
-    calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
+    calls = gpu_calls(graph, kernels, sm90_jit / "fusec")
     broken = kernels[0]
     calls[broken.id].sizes = (*calls[broken.id].sizes, 7)  # one argument more than the kernel takes
     with caplog.at_level(logging.DEBUG, logger="fusec"):
@@ -215,7 +205,7 @@ def test_a_kernel_that_failed_on_a_thread_is_tried_again_alone(sm90_jit, monkeyp
 
     model, args = build("transformer")
     graph, kernels, _ = _recorded_launches(model, args)
-    calls = _gpu_calls(graph, kernels, sm90_jit / "fusec")
+    calls = gpu_calls(graph, kernels, sm90_jit / "fusec")
     warm, threads = precompile_module._warm, []
 
     def fails_on_a_thread(graph, kernel, call, dtypes):
