@@ -40,10 +40,11 @@ def _put(x, coords: list, wrap: bool, values, accumulate: bool, contiguous: bool
         term = coord * stride if stride != 1 else coord
         position = term if position is None else position + term
     position = torch.where(inside, position, x.numel()).expand(values.shape)
-    base = aten.clone.default(x)
     if contiguous and not x.is_contiguous():
         # a copy into a row-major layout (a memory_format argument would not survive an export)
         base = aten.copy.default(torch.zeros(x.shape, dtype=x.dtype, device=x.device), x)
+    else:
+        base = aten.clone.default(x)
     return aten.put.default(base, position, values, accumulate)
 
 
