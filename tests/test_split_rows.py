@@ -198,12 +198,21 @@ def test_the_readable_launcher_launches_a_split_row_through_its_call():
     assert "k0)(v_arg0_1, v_div)" in source and "K0_RUN" not in source
 
 
-def test_a_split_kernel_launched_where_rows_are_not_split_says_so():
-    """Rendered for a GPU, where 8 rows split; asked for its interpreter launch, where they do not."""
+def test_a_split_kernel_launches_as_its_render_cut_its_rows(monkeypatch):
+    """The launches come from the rendered kernel's own split, not from the rule asked again:
+    asked where the rule would keep rows whole (the interpreter, more SMs), they still cut
+    each row into the chunks its body was rendered for."""
     plan = fusec.inspect(lambda x: torch.softmax(x, -1), torch.randn(8, LENGTH)).graphs[0].plan
     gpu = render_plan(plan, interpret=False)
     [kernel] = gpu.kernels
-    assert split_launch(gpu.graph, kernel, interpret=False) is not None
-    with pytest.raises(ValueError, match=r"k0 was rendered to split its rows, but 8 rows of 40003 are not split "
-                                         r"in the interpreter: render it again"):
-        split_launch(gpu.graph, kernel, interpret=True)
+    rendered = row_split(8, LENGTH, persistent=False, inner=True, interpret=False)
+    assert kernel.split == (rendered.chunk, rendered.chunks, rendered.split)
+    on_gpu = split_launch(gpu.graph, kernel, interpret=False)
+    monkeypatch.setattr(launch, "SMS", 4)  # 8 rows give every SM two programs: whole rows now
+    assert row_split(8, LENGTH, persistent=False, inner=True, interpret=False) is None
+    assert split_launch(gpu.graph, kernel, interpret=False) == on_gpu
+    interpreted = split_launch(gpu.graph, kernel, interpret=True)
+    # Its rows grouped by the interpreter's blocks, each row in the chunks its body was rendered for.
+    cut = [(s.grid[1], s.constants["CHUNK"], s.constants["SPLIT"]) for s in (interpreted.first, interpreted.second)]
+    assert cut == [(s.grid[1], s.constants["CHUNK"], s.constants["SPLIT"]) for s in (on_gpu.first, on_gpu.second)]
+    assert not render_plan(plan, interpret=True).kernels[0].split  # the interpreter renders whole rows
