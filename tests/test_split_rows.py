@@ -17,6 +17,7 @@ from fusec.kernels.reduction_split import SPLIT_PARAM
 from fusec.launcher_text import launcher_source
 from fusec.split_rows import SplitCall
 from tests.eager import check
+from tests.test_online_reductions import ROWS, extreme_rows
 
 LENGTH = 40003  # five chunks of the interpreter's 8192-element step, the last one short
 
@@ -39,35 +40,11 @@ def split_kernels(report) -> list[SplitCall]:
     return found
 
 
-def extreme_rows(dtype: torch.dtype, length: int = LENGTH) -> torch.Tensor:
-    """Rows: normal, all -inf, -inf but for one value in the last chunk, a NaN, all equal,
-    a +inf, a huge maximum in the last chunk (every earlier chunk's sum rescales), and -inf
-    with one +inf."""
-    torch.manual_seed(0)
-    x = torch.randn(8, length) * 3
-    x[1] = -float("inf")
-    x[2] = -float("inf")
-    x[2, length - 5] = -2.0
-    x[3, 12345] = float("nan")
-    x[4] = 7.25
-    x[5, 17] = float("inf")
-    x[6, length - 1] = 60.0
-    x[7] = -float("inf")
-    x[7, 9] = float("inf")
-    return x.to(dtype)
-
-
-ROWS = {
-    "softmax": lambda x: torch.softmax(x, -1),
-    "log_softmax": lambda x: torch.log_softmax(x, -1),
-    "logsumexp": lambda x: torch.logsumexp(x, -1),
-}
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_split_softmax_family_matches_eager_on_extreme_rows(split, name, dtype):
-    report = check(ROWS[name], extreme_rows(dtype), kernels=1)
+    # The NaN in a middle chunk, the late values in the last, short one.
+    report = check(ROWS[name], extreme_rows(dtype, LENGTH), kernels=1)
     [call] = split_kernels(report)
     # 8 rows of 40003 in programs of 8 rows: one row group, five chunks.
     assert call.stages[0].launch.grid == (1, 5)
