@@ -109,7 +109,8 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
     out = render(graph, step, interpret)
     library = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in step.library)
     return replace(step, source=out.source, fn_name=out.fn_name, params=out.params, extras=out.extras,
-                   symbols=out.symbols, rows_fn=out.rows_fn, asserts=out.asserts, library=library)
+                   symbols=out.symbols, rows_fn=out.rows_fn, asserts=out.asserts, split=out.split,
+                   library=library)
 
 
 def render_plan(plan: Plan, interpret: bool) -> Plan:

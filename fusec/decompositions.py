@@ -17,6 +17,7 @@ from fusec.decompositions_elementwise import TABLE as ELEMENTWISE
 from fusec.decompositions_foreach import foreach_decompositions
 from fusec.decompositions_index import DECOMPOSITIONS as INDEXING
 from fusec.decompositions_index import MASKED_STORES
+from fusec.decompositions_masked import static_shapes
 from fusec.decompositions_norm import DECOMPOSITIONS as GROUP_NORM
 from fusec.decompositions_pool import DECOMPOSITIONS as POOLING
 from fusec.decompositions_routing import DECOMPOSITIONS as ROUTING
@@ -85,8 +86,7 @@ def _static_only(decomposition):
     @functools.wraps(decomposition)
     def guarded(*args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        if any(isinstance(size, torch.SymInt) for t in tensors for size in t.shape) or \
-                any(isinstance(a, torch.SymInt) for a in (*args, *kwargs.values())):
+        if not static_shapes(*tensors) or any(isinstance(a, torch.SymInt) for a in (*args, *kwargs.values())):
             return NotImplemented
         return decomposition(*args, **kwargs)
     return guarded

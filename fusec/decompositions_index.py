@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from fusec.decompositions_masked import per_selected
+from fusec.decompositions_masked import per_selected, static_shapes
 from fusec.decompositions_scatter import INDEX_DTYPES
 from fusec.decompositions_scatter import index_put as put_at_positions
 
@@ -87,7 +87,7 @@ def _positions(x, indices, values, accumulate):
     """Index tensors: a store at computed positions (decompositions_scatter.py), for static
     shapes (a position's wrap-around uses a size as a value, which kernels do not take)."""
     tensors = [x, values, *(i for i in indices if i is not None)]
-    if any(isinstance(size, torch.SymInt) for t in tensors for size in t.shape):
+    if not static_shapes(*tensors):
         return NotImplemented
     return put_at_positions(x, indices, values, accumulate)
 

@@ -17,7 +17,8 @@ import torch
 aten = torch.ops.aten
 
 
-def _static(*tensors) -> bool:
+def static_shapes(*tensors) -> bool:
+    """Whether no size of these tensors is a symbol (dynamic shapes)."""
     return not any(isinstance(size, torch.SymInt) for t in tensors for size in t.shape)
 
 
@@ -45,7 +46,7 @@ def per_selected(x, mask, values, accumulate: bool):
     one row per selected element, broadcast over the rest of x's dims."""
     trailing = x.shape[mask.dim():]
     if values.dim() != len(trailing) + 1 or values.shape[0] == 0 or mask.numel() == 0 or \
-            not _static(x, mask, values) or (accumulate and values.dtype != x.dtype):
+            not static_shapes(x, mask, values) or (accumulate and values.dtype != x.dtype):
         return NotImplemented
     try:
         if torch.broadcast_shapes(values.shape[1:], trailing) != trailing:
@@ -60,7 +61,7 @@ def masked_scatter(x, mask, source):
     A mask broadcast over x's last dims (`mask[..., None]`) selects whole rows: its running count
     is over the rows, and source is read a row at a time."""
     if mask.dtype != torch.bool or source.dtype != x.dtype or source.numel() == 0 or x.numel() == 0 or \
-            not _static(x, mask, source):
+            not static_shapes(x, mask, source):
         return NotImplemented
     try:
         if torch.broadcast_shapes(mask.shape, x.shape) != x.shape:

@@ -16,13 +16,12 @@ import torch
 
 from fusec.decompositions_masked import DECOMPOSITIONS as MASKED
 from fusec.ir import contiguous_strides
+from fusec.kernels.dtypes import ATOMIC_ADD_DTYPES
+from fusec.lowering_sizes import dtype_name
 
 aten = torch.ops.aten
 
 INDEX_DTYPES = (torch.int32, torch.int64)  # what eager's index ops take as indices
-# The dtypes a kernel adds to memory atomically, on a GPU and in Triton's interpreter alike
-# (bfloat16 and the narrow integers have no atomic add in the interpreter: torch adds those).
-_ATOMIC_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int32, torch.int64)
 
 
 def _put(x, coords: list, wrap: bool, values, accumulate: bool, contiguous: bool):
@@ -40,10 +39,11 @@ def _put(x, coords: list, wrap: bool, values, accumulate: bool, contiguous: bool
         term = coord * stride if stride != 1 else coord
         position = term if position is None else position + term
     position = torch.where(inside, position, x.numel()).expand(values.shape)
-    base = aten.clone.default(x)
     if contiguous and not x.is_contiguous():
         # a copy into a row-major layout (a memory_format argument would not survive an export)
         base = aten.copy.default(torch.zeros(x.shape, dtype=x.dtype, device=x.device), x)
+    else:
+        base = aten.clone.default(x)
     return aten.put.default(base, position, values, accumulate)
 
 
@@ -55,7 +55,7 @@ def _arange_at(size: int, dim: int, rank: int, device: torch.device):
 
 
 def _supported(x, values, accumulate: bool) -> bool:
-    return values.dtype == x.dtype and x.dim() > 0 and (not accumulate or x.dtype in _ATOMIC_DTYPES)
+    return values.dtype == x.dtype and x.dim() > 0 and (not accumulate or dtype_name(x.dtype) in ATOMIC_ADD_DTYPES)
 
 
 def index_put(x, indices, values, accumulate=False, contiguous=False):

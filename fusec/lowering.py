@@ -388,6 +388,7 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph",
     hints = graph.hints = {}
     callables: dict[str, Callable] = {}
     stores: list[tuple[Ref, str]] = []
+    rands = 0  # random nodes so far: each draws a stream of its own
     for fx_node in gm.graph.nodes:
         what = f"{fx_node.name} ({fx_node.target})"
         val = fx_node.meta.get("val")
@@ -435,7 +436,7 @@ def to_ir(gm: torch.fx.GraphModule, name: str = "graph",
                 op, ir_args = lowered
                 ir_kwargs: tuple = ()
                 if op == "rand":
-                    ir_args = (sum(n.op == "rand" for n in graph),)  # distinct streams per node
+                    ir_args, rands = (rands,), rands + 1
                 if op in _COMPARISONS:
                     common = _comparison_dtype(ir_args, graph)
                     ir_args = tuple(_round_scalar(a, common) for a in ir_args)

@@ -17,6 +17,7 @@ import torch.fx
 
 from fusec import sizes
 from fusec.ir import Graph, Ref
+from fusec.kernels.dtypes import ATOMIC_ADD_DTYPES
 from fusec.stores import stores_into_input
 
 
@@ -108,10 +109,6 @@ def view(args: tuple, kwargs: dict, val: Any, src_shape: tuple[int, ...]) -> tup
     return ("bitcast", (args[0],)) if same_shape and val.dtype in _BITCAST_DTYPES else None
 
 
-# The dtypes a scatter kernel adds to memory atomically (decompositions_scatter.py says why).
-_ATOMIC_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64"})
-
-
 def put(args: tuple, kwargs: dict, graph: Graph, node: torch.fx.Node) -> tuple | None:
     """torch's put: one scatter kernel stores (adds, with `accumulate`) each element of source
     at the row-major position index holds; source is read at the index's own position, so the
@@ -125,7 +122,7 @@ def put(args: tuple, kwargs: dict, graph: Graph, node: torch.fx.Node) -> tuple |
     shapes = (x.symbolic_shape, index.symbolic_shape, source.symbolic_shape)
     if not all(sizes.all_static(s) for s in shapes) or index.shape != source.shape or not x.shape:
         return None
-    if index.dtype != "int64" or source.dtype != x.dtype or (accumulate and x.dtype not in _ATOMIC_DTYPES):
+    if index.dtype != "int64" or source.dtype != x.dtype or (accumulate and x.dtype not in ATOMIC_ADD_DTYPES):
         return None  # eager's error, or an add the kernel cannot make atomic: torch
     return ("scatter", (_stored_input(node) or args[0], *args[1:3], accumulate))
 

@@ -68,6 +68,7 @@ class Kernel:
     symbols: tuple[str, ...] = ()  # the size-symbol parameters, passed after the extras
     rows_fn: str = ""  # the entry that keeps rows in registers, picked per call ("" when none)
     asserts: bool = False  # checks its indices on the device: launched with device-side asserts on
+    split: tuple[int, ...] = ()  # its rows cut as rendered (kernels/launch.py's Split, as a tuple); () when whole
     stream: int = 0
     waits: tuple[str, ...] = ()
 

@@ -3,7 +3,7 @@ stage 1 writing each chunk's partials into a buffer of this call, stage 2 readin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,8 +17,6 @@ class SplitCall:
 
     def __init__(self, fn: Any, split: SplitLaunch, sizes: Sequence[int], interpret: bool, *, loaded: int,
                  name: str = "") -> None:
-        self.fn = fn
-        self.sizes = tuple(sizes)
         self.stages = (KernelCall(fn, split.first, sizes, interpret, loaded=loaded, name=name),
                        KernelCall(fn, split.second, sizes, interpret, loaded=loaded, name=name))
         self.partials = split.partials
@@ -27,15 +25,15 @@ class SplitCall:
         self.count = 0
 
     def __call__(self, *args: Any) -> None:
+        self._run(KernelCall.__call__, args)
+
+    def aligned(self, *args: Any) -> None:
+        """Both launches by KernelCall.aligned (the partials come from the allocator: aligned)."""
+        self._run(KernelCall.aligned, args)
+
+    def _run(self, launch: Callable[..., None], args: tuple) -> None:
         self.count += 1
         # The allocator's block is stream-ordered: the next call may take it once stage 2 has read it.
         partials = torch.empty(self.partials, dtype=torch.float32, device=args[0].device)
         for stage in self.stages:
-            stage(*args, partials)
-
-    def aligned(self, *args: Any) -> None:
-        """Both launches by KernelCall.aligned (the partials come from the allocator: aligned)."""
-        self.count += 1
-        partials = torch.empty(self.partials, dtype=torch.float32, device=args[0].device)
-        for stage in self.stages:
-            stage.aligned(*args, partials)
+            launch(stage, *args, partials)

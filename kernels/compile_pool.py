@@ -154,7 +154,6 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 _POOL: CompilePool | None = None
 _POOL_LOCK = threading.Lock()
-_STOPPING = threading.Event()  # set while the process's pool is being shut down
 
 
 def _forget_in_child() -> None:
@@ -183,16 +182,7 @@ def shutdown() -> None:
     with _POOL_LOCK:
         pool, _POOL = _POOL, None
     if pool is not None:
-        _STOPPING.set()
-        try:
-            pool.shutdown()
-        finally:
-            _STOPPING.clear()
-
-
-def stopping() -> bool:
-    """Whether the process's pool is being shut down (its unfinished jobs fail: not worth compiling)."""
-    return _STOPPING.is_set()
+        pool.shutdown()
 
 
 # ---- the worker's side: this file run as a script ----

@@ -12,6 +12,10 @@ TL_TYPE = {
     "bfloat16": "tl.bfloat16", "float32": "tl.float32", "float64": "tl.float64",
 }
 
+# The dtypes a scatter kernel adds to memory with `tl.atomic_add`, on a GPU and in Triton's interpreter
+# alike (bfloat16 and the narrow integers have no atomic add in the interpreter: torch adds those).
+ATOMIC_ADD_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64"})
+
 # Wider types win when operands meet (torch's promotion within a category).
 _RANK = ["bool", "uint8", "int8", "int16", "int32", "int64", "float32", "float64"]
 

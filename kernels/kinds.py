@@ -9,12 +9,13 @@ symbols it bound, and its blocks and grid are chosen then (`launch_at`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 
 from fusec import sizes
 from fusec.ir import Graph, row_domain
 from fusec.kernels.launch import (
     Launch,
+    Split,
     combo_launch,
     matmul_launch,
     pointwise_launch,
@@ -77,7 +78,9 @@ def _render_reduction(graph: Graph, kernel: Kernel, interpret: bool, entry_suffi
     rows, length = _rows(graph, kernel)
     exact = replace(kernel, numel=rows, rnumel=length)
     split = None if entry_suffix else row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
-    return ReductionRenderer(graph, exact, interpret, split).render(entry_suffix)
+    out = ReductionRenderer(graph, exact, interpret, split).render(entry_suffix)
+    # Split where the body could be (splittable): the launch reads the decision from here.
+    return replace(out, split=astuple(split)) if SPLIT_PARAM in out.params else out
 
 
 def _render_rows(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
@@ -192,15 +195,12 @@ class SplitLaunch:
 
 
 def split_launch(graph: Graph, kernel: Kernel, interpret: bool, values: tuple | None = None) -> SplitLaunch | None:
-    """The launches of a rendered static reduction that split its rows (None: it did not);
-    `values`: its extents, where known already."""
-    if SPLIT_PARAM not in kernel.params:
+    """The launches of a rendered static reduction that split its rows, cut as its render cut
+    them (None: it did not); `values`: its extents, where known already."""
+    if not kernel.split:
         return None
     rows, length = extents(graph, kernel) if values is None else values
-    split = row_split(rows, length, kernel.persistent, kernel.reduce_inner, interpret)
-    if split is None:  # rendered for another target than it launches on (e.g. interpreter vs GPU)
-        raise ValueError(f"kernel {kernel.id} was rendered to split its rows, but {rows} rows of {length} "
-                         f"are not split {'in the interpreter' if interpret else 'on a GPU'}: render it again")
+    split = Split(*kernel.split)
     first, second = split_launches(rows, length, split, writes_elements(graph, kernel, rows), interpret)
     first, second = with_options(kernel, first), with_options(kernel, second)
     return SplitLaunch(first, second, partial_count(graph, kernel) * rows * split.split)

@@ -15,7 +15,8 @@ barely overlap), into Triton's disk cache under the key this process's JIT compu
 warmup here then reads each binary back instead of compiling it. Otherwise they compile here,
 on threads or one after the other. `fusec.compile` does not wait for the workers: under
 Triton's AsyncCompileMode each warmup files a FutureKernel in the JIT's cache and returns, the
-next graph is planned meanwhile, and a kernel's first launch waits for its binary.
+next graph is planned meanwhile, and a kernel's first launch waits for its worker and reads the
+binary back (or compiles it, where the worker failed) on the launching thread.
 
 This is an optimisation only: a kernel that cannot be warmed up (an argument it takes
 that the plan does not describe, a Triton without `warmup`) is logged at debug level
@@ -26,9 +27,11 @@ are known only per call, always do.
 from __future__ import annotations
 
 import contextvars
+import functools
 import linecache
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
@@ -168,41 +171,52 @@ def _log_failure(kernel_id: str, future: Future) -> None:
                   kernel_id, future.exception())
 
 
+class _CompiledWhenAsked(Future):
+    """A kernel's compile, run by the first thread that asks for its result (the kernel's first
+    launch) once the worker compiling it (`worker`) is done: the binary is then read back from the
+    disk cache, or, where the worker failed, compiled. Never on the pool's feeder threads: Triton's
+    compile is not always safe on a thread (see `precompile`), and a feeder has jobs to hand on."""
+
+    def __init__(self, compile_here: Callable[[], Any], worker: tuple[str, Future] | None) -> None:
+        super().__init__()
+        self._compile_here, self._worker = compile_here, worker
+        self._asked = threading.Lock()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._compile()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._compile()
+        return super().exception(timeout)
+
+    def _compile(self) -> None:
+        with self._asked:
+            if self.done():
+                return
+            if self._worker is not None:
+                _log_failure(*self._worker)  # waits for the worker
+            try:
+                self.set_result(self._compile_here())
+            except BaseException as exc:  # the kernel's first launch raises it, as its own compile would
+                self.set_exception(exc)
+
+
 class _AfterWorker(Executor):
-    """Runs each compile Triton's JIT hands it once the worker compiling that kernel (`worker`, set
-    before each warmup) is done: the binary is then read back from the disk cache."""
+    """Hands Triton's JIT, for each compile it asks for, a compile run when its result is first asked
+    for, after the worker compiling that kernel (`worker`, set before each warmup) is done."""
 
     worker: tuple[str, Future] | None = None
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        out: Future = Future()
-
-        def compile_here(_: Any = None) -> None:
-            try:
-                out.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # the kernel's first launch raises it, as its own compile would
-                out.set_exception(exc)
-
-        def when_compiled(done: Future) -> None:
-            if compile_pool.stopping():  # exiting: no compile for kernels that will not run
-                out.set_exception(compile_pool.WorkerFailed("the compile pool was shut down"))
-                return
-            _log_failure(kernel_id, done)
-            compile_here()
-
-        if self.worker is None:
-            compile_here()
-        else:
-            kernel_id, future = self.worker
-            future.add_done_callback(when_compiled)
-        return out
+        return _CompiledWhenAsked(functools.partial(fn, *args, **kwargs), self.worker)
 
 
 def _warm_when_compiled(todo: list, graph: Graph, dtypes: Mapping[str, Any],
                         compiling: Mapping[str, Future]) -> dict[str, Any] | None:
     """Warm up each kernel under Triton's AsyncCompileMode: the JIT files a FutureKernel in its cache
-    and returns at once, its compile runs when the worker's is done, and the kernel's first launch
-    waits for it. None where that mode is missing (older Triton) or already active."""
+    and returns at once; the kernel's first launch waits for the worker, then reads the binary back
+    (or compiles it) on its own thread. None where that mode is missing (older Triton) or already active."""
     if not hasattr(triton, "AsyncCompileMode"):
         return None
     executor = _AfterWorker()

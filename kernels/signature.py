@@ -68,6 +68,7 @@ class Rendered:
     symbols: tuple[str, ...] = ()  # size-symbol parameters, passed after the extras
     rows_fn: str = ""  # a second entry keeping each row in registers ("" when none)
     asserts: bool = False  # checks indices on the device (compiled with Triton's debug on)
+    split: tuple[int, ...] = ()  # a reduction's rows cut into chunks: its Split's fields; () when whole
 
 
 def rendered_module(fn_name: str, params: list[str], body: list[str], renderers: Sequence[Body],

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -113,6 +114,24 @@ def test_a_kernel_no_worker_compiled_compiles_here(sm90_jit, monkeypatch, fresh_
     assert not [r for r in caplog.records if r.levelno > logging.DEBUG]
     if "died" in why:  # the next job went to a worker started in its place
         assert compile_pool.shared_pool(1).started == 2
+
+
+def test_what_the_workers_hand_back_is_compiled_on_the_launching_thread(sm90_jit, monkeypatch, fresh_pool):
+    """Neither a binary a worker wrote nor the kernel a worker failed is compiled on the pool's
+    feeder threads (Triton's compile is not always safe on threads): each compiles when its first
+    launch asks for it, on that launch's thread."""
+    graph, kernels, _, calls = _plan(monkeypatch, sm90_jit, "mlp")
+    compiles: list[tuple[str, bool]] = []
+    monkeypatch.setattr(triton.knobs.compilation, "listener",
+                        lambda **info: compiles.append((threading.current_thread().name, info["cache_hit"])))
+    _sabotage(monkeypatch, kernels[0].id, "raise RuntimeError('no kernel here')")
+    pending = precompile(calls, graph, kernels, DTYPES, workers=1, mode="processes", wait=False)
+    time.sleep(1)  # time for a feeder to have compiled something, were it to
+    assert compiles == []
+    for kernel in kernels:  # as each first launch asks
+        assert pending[kernel.id].result().metadata.target.arch == 90
+    assert sorted(hit for _, hit in compiles) == [False] + [True] * (len(kernels) - 1)  # the victim compiled
+    assert {name for name, _ in compiles} == {threading.current_thread().name}
 
 
 def test_the_first_launch_of_a_kernel_compiled_in_the_background_keeps_the_binary():

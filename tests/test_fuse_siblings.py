@@ -4,6 +4,7 @@ searches merge, on random graphs of sibling reductions."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import networkx as nx
 import pytest
@@ -79,18 +80,30 @@ def test_random_graphs_merge_some_siblings_and_refuse_others():
     assert 1 < len({n.group for n in sums}) < len(sums)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_set_reach_lists_the_members_no_path_joins(seed):
+def merging_members(seed: int, density: float, count: int) -> Iterator[tuple[SetReach, list[int], nx.DiGraph]]:
+    """SetReach over `count` nodes of a random 40-node DAG while random pairs of them merge (where
+    no cycle forms): (its bits, the members still apart, the contracted DAG) before each merge."""
     rng = random.Random(seed)
     dag = nx.DiGraph()
     dag.add_nodes_from(range(40))
-    dag.add_edges_from((u, v) for u in range(40) for v in range(u + 1, 40) if rng.random() < 0.06)
-    members = sorted(rng.sample(range(40), 14))
+    dag.add_edges_from((u, v) for u in range(40) for v in range(u + 1, 40) if rng.random() < density)
+    members = sorted(rng.sample(range(40), count))
     dags = ContractedDag(dag.edges, {v: v for v in dag})
     bits = SetReach(dags, members)
     for _ in range(30):
         live = [v for v in members if v in bits.index]
-        now = nx.DiGraph({v: list(succ) for v, succ in dags.succ.items()})
+        yield bits, live, nx.DiGraph({v: list(succ) for v, succ in dags.succ.items()})
+        if len(live) < 2:
+            return
+        gone, kept = rng.sample(live, 2)
+        if dags.cycle_witness(gone, kept) is None:
+            dags.merge(gone, kept)
+            bits.merge(gone, kept)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_set_reach_lists_the_members_no_path_joins(seed):
+    for bits, live, now in merging_members(seed, 0.06, 14):
         for a in live:
             free = {v for v in live if bits.index[v] > bits.index[a] and
                     not (nx.has_path(now, a, v) or nx.has_path(now, v, a))}
@@ -99,9 +112,3 @@ def test_set_reach_lists_the_members_no_path_joins(seed):
                 found.add(bits.first_of(mask))
                 mask &= mask - 1
             assert found == free
-        if len(live) < 2:
-            break
-        gone, kept = rng.sample(live, 2)
-        if dags.cycle_witness(gone, kept) is None:
-            dags.merge(gone, kept)
-            bits.merge(gone, kept)

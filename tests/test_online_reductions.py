@@ -17,18 +17,18 @@ ROWS = {
 }
 
 
-def extreme_rows(dtype: torch.dtype) -> torch.Tensor:
-    """Rows: normal, all -inf, -inf but one late finite value, a NaN, all equal,
+def extreme_rows(dtype: torch.dtype, length: int = ROW) -> torch.Tensor:
+    """Rows: normal, all -inf, -inf but one late finite value, a NaN mid-row, all equal,
     +inf, a late huge max (the running sum rescales), and -inf with one +inf."""
     torch.manual_seed(0)
-    x = torch.randn(8, ROW) * 3
+    x = torch.randn(8, length) * 3
     x[1] = -float("inf")
     x[2] = -float("inf")
-    x[2, ROW - 5] = -2.0
-    x[3, 4321] = float("nan")
+    x[2, length - 5] = -2.0
+    x[3, length // 2] = float("nan")
     x[4] = 7.25
     x[5, 17] = float("inf")
-    x[6, ROW - 1] = 60.0
+    x[6, length - 1] = 60.0
     x[7] = -float("inf")
     x[7, 9] = float("inf")
     return x.to(dtype)

@@ -1,7 +1,6 @@
 """Pass tests on hand-built graphs: no torch, groups named by node."""
 
 import pickle
-import random
 
 import networkx as nx
 import pytest
@@ -11,10 +10,10 @@ from fusec.passes import grouping, reach, siblings
 from fusec.passes.cleanup import cleanup
 from fusec.passes.cost import bytes_fused, bytes_unfused
 from fusec.passes.fuse import fuse
-from fusec.passes.reach import ContractedDag, SetReach
 from fusec.passes.refusal import CODES, Refusal
 from fusec.passes.verify import InvariantError, verify, verify_change
 from tests.graphs import build
+from tests.test_fuse_siblings import merging_members
 
 
 def groups(graph: Graph) -> list[set[str]]:
@@ -292,23 +291,8 @@ def _traced(fn, log):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_set_reach_stays_exact_as_members_merge(seed):
-    rng = random.Random(seed)
-    dag = nx.DiGraph()
-    dag.add_nodes_from(range(40))
-    dag.add_edges_from((u, v) for u in range(40) for v in range(u + 1, 40) if rng.random() < 0.08)
-    members = sorted(rng.sample(range(40), 12))
-    dags = ContractedDag(dag.edges, {v: v for v in dag})
-    bits = SetReach(dags, members)
-    for _ in range(30):
-        live = [v for v in members if v in bits.index]
-        now = nx.DiGraph({v: list(succ) for v, succ in dags.succ.items()})
+    for bits, live, now in merging_members(seed, 0.08, 12):
         for a in live:
             for b in live:
                 if a != b:
                     assert bits.joined(a, b) == (nx.has_path(now, a, b) or nx.has_path(now, b, a))
-        if len(live) < 2:
-            break
-        gone, kept = rng.sample(live, 2)
-        if dags.cycle_witness(gone, kept) is None:
-            dags.merge(gone, kept)
-            bits.merge(gone, kept)

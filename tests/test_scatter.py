@@ -135,6 +135,29 @@ def test_strided_base_and_values():
     check(f, x, torch.tensor([1, 1, 4]), v, kernels=2, externs=0)
 
 
+@pytest.mark.parametrize("transposed", [True, False])
+def test_the_decomposed_store_makes_no_copy_it_does_not_use(transposed):
+    """A base not laid out row-major is copied into one (index_add's result is): no clone beside the copy."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from fusec.decompositions_scatter import DECOMPOSITIONS
+
+    def f(x, i, v):
+        return x.index_add(0, i, v)
+
+    torch.manual_seed(8)
+    x, v = torch.randn(5, 6).t(), torch.randn(5, 3).t()
+    if not transposed:
+        x = x.contiguous()
+    i = torch.tensor([1, 1, 4])
+    gm = make_fx(f, decomposition_table=DECOMPOSITIONS)(x, i, v)
+    unused = [n.name for n in gm.graph.nodes if n.op == "call_function" and not n.users]
+    copying = (torch.ops.aten.clone.default, torch.ops.aten.copy.default)
+    copies = [n.target for n in gm.graph.nodes if n.target in copying]
+    assert unused == [] and len(copies) == 1
+    torch.testing.assert_close(gm(x, i, v), f(x, i, v))
+
+
 def test_nothing_to_store():
     check(lambda x, i, v: (x * 2).index_add(0, i, v), torch.randn(4, 3), torch.zeros(0, dtype=torch.int64),
           torch.randn(0, 3), externs=0)

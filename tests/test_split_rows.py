@@ -17,6 +17,7 @@ from fusec.kernels.reduction_split import SPLIT_PARAM
 from fusec.launcher_text import launcher_source
 from fusec.split_rows import SplitCall
 from tests.eager import check
+from tests.test_online_reductions import ROWS, extreme_rows
 
 LENGTH = 40003  # five chunks of the interpreter's 8192-element step, the last one short
 
@@ -39,35 +40,11 @@ def split_kernels(report) -> list[SplitCall]:
     return found
 
 
-def extreme_rows(dtype: torch.dtype, length: int = LENGTH) -> torch.Tensor:
-    """Rows: normal, all -inf, -inf but for one value in the last chunk, a NaN, all equal,
-    a +inf, a huge maximum in the last chunk (every earlier chunk's sum rescales), and -inf
-    with one +inf."""
-    torch.manual_seed(0)
-    x = torch.randn(8, length) * 3
-    x[1] = -float("inf")
-    x[2] = -float("inf")
-    x[2, length - 5] = -2.0
-    x[3, 12345] = float("nan")
-    x[4] = 7.25
-    x[5, 17] = float("inf")
-    x[6, length - 1] = 60.0
-    x[7] = -float("inf")
-    x[7, 9] = float("inf")
-    return x.to(dtype)
-
-
-ROWS = {
-    "softmax": lambda x: torch.softmax(x, -1),
-    "log_softmax": lambda x: torch.log_softmax(x, -1),
-    "logsumexp": lambda x: torch.logsumexp(x, -1),
-}
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_split_softmax_family_matches_eager_on_extreme_rows(split, name, dtype):
-    report = check(ROWS[name], extreme_rows(dtype), kernels=1)
+    # The NaN in a middle chunk, the late values in the last, short one.
+    report = check(ROWS[name], extreme_rows(dtype, LENGTH), kernels=1)
     [call] = split_kernels(report)
     # 8 rows of 40003 in programs of 8 rows: one row group, five chunks.
     assert call.stages[0].launch.grid == (1, 5)
@@ -198,12 +175,21 @@ def test_the_readable_launcher_launches_a_split_row_through_its_call():
     assert "k0)(v_arg0_1, v_div)" in source and "K0_RUN" not in source
 
 
-def test_a_split_kernel_launched_where_rows_are_not_split_says_so():
-    """Rendered for a GPU, where 8 rows split; asked for its interpreter launch, where they do not."""
+def test_a_split_kernel_launches_as_its_render_cut_its_rows(monkeypatch):
+    """The launches come from the rendered kernel's own split, not from the rule asked again:
+    asked where the rule would keep rows whole (the interpreter, more SMs), they still cut
+    each row into the chunks its body was rendered for."""
     plan = fusec.inspect(lambda x: torch.softmax(x, -1), torch.randn(8, LENGTH)).graphs[0].plan
     gpu = render_plan(plan, interpret=False)
     [kernel] = gpu.kernels
-    assert split_launch(gpu.graph, kernel, interpret=False) is not None
-    with pytest.raises(ValueError, match=r"k0 was rendered to split its rows, but 8 rows of 40003 are not split "
-                                         r"in the interpreter: render it again"):
-        split_launch(gpu.graph, kernel, interpret=True)
+    rendered = row_split(8, LENGTH, persistent=False, inner=True, interpret=False)
+    assert kernel.split == (rendered.chunk, rendered.chunks, rendered.split)
+    on_gpu = split_launch(gpu.graph, kernel, interpret=False)
+    monkeypatch.setattr(launch, "SMS", 4)  # 8 rows give every SM two programs: whole rows now
+    assert row_split(8, LENGTH, persistent=False, inner=True, interpret=False) is None
+    assert split_launch(gpu.graph, kernel, interpret=False) == on_gpu
+    interpreted = split_launch(gpu.graph, kernel, interpret=True)
+    # Its rows grouped by the interpreter's blocks, each row in the chunks its body was rendered for.
+    cut = [(s.grid[1], s.constants["CHUNK"], s.constants["SPLIT"]) for s in (interpreted.first, interpreted.second)]
+    assert cut == [(s.grid[1], s.constants["CHUNK"], s.constants["SPLIT"]) for s in (on_gpu.first, on_gpu.second)]
+    assert not render_plan(plan, interpret=True).kernels[0].split  # the interpreter renders whole rows
