@@ -100,7 +100,7 @@ class ReductionRenderer(SplitRows, Renderer):
             return Index(tuple(idx.dims[d] for d in self.outer))
         if node.numel == self.kernel.numel:  # per row, another shape: rows in row-major order
             return self.unravel("xoffs", node.shape)
-        return self.unravel(self.linearize(idx, self.shape), node.shape)
+        return self.reshape_index(idx, self.shape, node.shape)
 
     @contextlib.contextmanager
     def over_row(self) -> Iterator[None]:

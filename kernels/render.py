@@ -196,8 +196,26 @@ class Renderer(IndexedValues):
     def linearize(self, idx: Index, shape: tuple[int, ...]) -> str:
         if idx.linear is not None:
             return idx.linear
-        terms = [term(i, s) for i, s in zip(idx.dims, contiguous_strides(shape))]
+        # Dims split from one offset are that offset again (`x1 * 1024 + x0` is `xoffs`).
+        dims, _, strides = merge_contiguous(idx.dims, shape, contiguous_strides(shape), self.pieces,
+                                            lambda expr: self.out.let(expr, "x"))
+        terms = [term(i, s) for i, s in zip(dims, strides)]
         return self.out.let(" + ".join(t for t in terms if t) or "0", "x")
+
+    def reshape_index(self, idx: Index, shape: tuple[Size, ...], src: tuple[Size, ...]) -> Index:
+        """`idx` over `shape` re-expressed over `src` of the same elements, row-major: the trailing
+        dims both share keep their index and only the leading ones are split again, so a weight
+        read along the last dim stays `roffs` (contiguous), where `offset % 1024` hides that."""
+        found = self.squeeze_index(idx, shape, src)
+        if found is not None:
+            return found
+        common = 0
+        while common < min(len(shape), len(src)) - 1 and shape[-1 - common] == src[-1 - common]:
+            common += 1
+        if common == 0:
+            return self.unravel(self.linearize(idx, shape), src)
+        lead = self.unravel(self.linearize(Index(idx.dims[:-common]), shape[:-common]), src[:-common])
+        return Index(lead.dims + idx.dims[-common:], idx.linear)
 
     @staticmethod
     def broadcast(idx: Index, to: tuple[int, ...], frm: tuple[int, ...]) -> Index:
@@ -212,8 +230,7 @@ class Renderer(IndexedValues):
         """The index into a view's source that holds the view's element at `idx`."""
         src = self.graph[node.operands()[0]]
         if node.op == "reshape":
-            return self.squeeze_index(idx, node.shape, src.shape) or self.unravel(self.linearize(idx, node.shape),
-                                                                                 src.shape)
+            return self.reshape_index(idx, node.shape, src.shape)
         if node.op == "permute":
             dims = ["0"] * len(src.shape)
             for out_dim, src_dim in enumerate(node.args[1]):
