@@ -30,7 +30,9 @@ class IndexedValues:
 
     def cat(self, node: Node, idx: Index) -> Value:
         """The element of whichever input's range along dim holds the position. Each
-        input is read at a clamped index (in bounds, its value unused out of range).
+        input is read at an index kept in bounds (its value unused out of range): the
+        position modulo the input's size, which runs contiguously where the position does,
+        so Triton still reads whole vectors (a constant 0 there would break every run).
         A legacy empty 1-D input (`torch.tensor([])`) is skipped, as torch skips it."""
         *refs, dim = node.args
         dtype = compute_dtype(node.dtype)
@@ -42,7 +44,7 @@ class IndexedValues:
             end = sizes.canonical(start + size)
             if size != 0:
                 local = self.out.let(f"tl.where(({pos} >= {source(start)}) & ({pos} < {source(end)}), "
-                                     f"{pos} - {source(start)}, 0)", "x")
+                                     f"{pos} - {source(start)}, {pos} % {source(size)})", "x")
                 value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
                 parts.append((end, self.to(value.expr, dtype) if value.dtype != dtype else value.expr))
             start = end

@@ -323,3 +323,16 @@ def test_a_reshaped_norm_output_is_stored_without_recomputing_it(tmp_path):
     ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
     assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
 
+
+def test_a_concat_of_small_parts_reads_whole_vectors(tmp_path):
+    """Eight 32-wide rows concatenated (parallel heads' outputs): each part's index stays in
+    bounds by a modulo that runs with the position (a constant 0 broke every run: 16-bit
+    loads), and a kernel this small still gives each thread 8 elements."""
+    torch.manual_seed(9)
+    parts = [torch.randn(1, 32, dtype=torch.bfloat16) for _ in range(8)]
+    report = check(lambda *p: torch.cat([q * 2 for q in p], -1), *parts, kernels=1)
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    graph, kernel = report.graphs[0].plan.graph, report.graphs[0].plan.kernels[0]
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
