@@ -64,7 +64,7 @@ class ReductionRenderer(SplitRows, Renderer):
         self.block_shape = "[XBLOCK, RBLOCK]" if self.inner else "[RBLOCK, XBLOCK]"
         self.row_shape = "[XBLOCK, 1]" if self.inner else "[1, XBLOCK]"
         self.scalar_shape = "[1, 1]"
-        self.axis = 1 if self.inner else 0
+        self.axis, self.fast_root = (1, "roffs") if self.inner else (0, None)  # see Renderer.fast_root
         self.reduced: dict[str, Value] = {}
         self.accumulators = 0
         self.online: dict[str, str] = {}  # sum of exp(x - max) -> the max, computed in one pass
