@@ -30,7 +30,10 @@ class IndexedValues:
 
     def cat(self, node: Node, idx: Index) -> Value:
         """The element of whichever input's range along dim holds the position. Each
-        input is read at a clamped index (in bounds, its value unused out of range).
+        input is read at an index kept in bounds (its value unused out of range): 0, or
+        where the input's size holds whole vectors (a multiple of 8) the position modulo
+        that size, which runs contiguously where the position does, so Triton still reads
+        whole vectors (0 breaks every run; elsewhere the modulo only costs registers).
         A legacy empty 1-D input (`torch.tensor([])`) is skipped, as torch skips it."""
         *refs, dim = node.args
         dtype = compute_dtype(node.dtype)
@@ -42,7 +45,7 @@ class IndexedValues:
             end = sizes.canonical(start + size)
             if size != 0:
                 local = self.out.let(f"tl.where(({pos} >= {source(start)}) & ({pos} < {source(end)}), "
-                                     f"{pos} - {source(start)}, 0)", "x")
+                                     f"{pos} - {source(start)}, {_in_bounds(pos, size)})", "x")
                 value = self.value(ref.name, Index((*idx.dims[:dim], local, *idx.dims[dim + 1:])))
                 parts.append((end, self.to(value.expr, dtype) if value.dtype != dtype else value.expr))
             start = end
@@ -109,3 +112,8 @@ class IndexedValues:
         flag_mask = bad if mask is None else f"({mask}) & {bad}"
         self.out.emit(f"tl.store(p_bad_index + {bad}.to(tl.int32) * 0, {bad}.to(tl.int32), mask={flag_mask})")
         return self.out.let(f"tl.where({bad}, 0, {where})", "x")
+
+
+def _in_bounds(pos: str, size: Size) -> str:
+    """An index within a concatenated part's `size` for positions outside it (see `cat`)."""
+    return f"{pos} % {size}" if isinstance(size, int) and size % 8 == 0 else "0"

@@ -50,8 +50,9 @@ def _fill(count: int, block: int, least: int) -> int:
 
 def pointwise_launch(numel: int, interpret: bool) -> Launch:
     """1024 elements a program on a GPU (4 warps: 8 a thread, one 128-bit vector of a
-    16-bit type), fewer, down to 256, where that leaves SMs without a program."""
-    block = min(_pow2(numel, 16), 1 << 16) if interpret else _fill(numel, min(_pow2(numel, 16), 1024), 256)
+    16-bit type), fewer, down to 256, where that leaves SMs without a program. Never fewer
+    than 256: a block smaller than a warp's 8 elements a thread is read 16 bits at a time."""
+    block = min(_pow2(numel, 16), 1 << 16) if interpret else _fill(numel, min(_pow2(numel, 256), 1024), 256)
     return Launch((triton.cdiv(numel, block),), {"BLOCK": block}, _warps(block))
 
 

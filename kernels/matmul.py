@@ -87,7 +87,7 @@ class MatmulRenderer(Renderer):
         self.batched = len(self.node.shape) == 3
         self.tile = self._index("om", "on")
         self.wide = needs_int64(graph, kernel)
-        self.reading_operand = False
+        self.reading_operand: str | None = None  # the operand tile's shape while one is read
         self.scalar_shape = "[1, 1]"
 
     def _index(self, *dims: str) -> Index:
@@ -108,15 +108,19 @@ class MatmulRenderer(Renderer):
         addr = self.address(idx, node)
         mask = self.out.mask(addr)
         guard = "" if mask is None else f", mask={mask}, other=0"
-        return Value(self.out.let(f"tl.load({param(node.name)} + {addr}{guard})", "v"), node.dtype)
+        # Pointers for the whole tile, even where the address lacks a dim (a batch-1 row read by
+        # every row of the tile): Triton then copies 16 bytes at a time, where a [1, BLOCK_K]
+        # vector spread over more threads than it has elements is read 16 bits at a time.
+        pointers = f"tl.broadcast_to({param(node.name)} + {addr}, {self.reading_operand})"
+        return Value(self.out.let(f"tl.load({pointers}{guard})", "v"), node.dtype)
 
-    def operand(self, name: str, idx: Index) -> str:
-        """The operand's tile, loaded in the operand dtype."""
-        self.reading_operand = True
+    def operand(self, name: str, idx: Index, shape: str) -> str:
+        """The operand's tile (of `shape`), loaded in the operand dtype."""
+        self.reading_operand = shape
         try:
             value = self.value(name, Index(idx.dims[-len(self.graph[name].shape):]))
         finally:
-            self.reading_operand = False
+            self.reading_operand = None
         dtype = self.graph[name].dtype
         return value.expr if value.dtype == dtype else self.to(value.expr, dtype)
 
@@ -138,15 +142,19 @@ class MatmulRenderer(Renderer):
             self.out.bind_root("kb", "k[:, None]", {"kb"})
             for node in self.nodes:
                 self._accumulate(node)
-        self.out.emit("om = rm[:, None]")
-        self.out.emit("on = rn[None, :]")
+        # The epilogue's rows and columns span the whole tile: a bias (or a per-row value) then loads
+        # as a tile too, which Triton lays out for 128-bit loads (a [1, BLOCK_N] vector would be read
+        # in the accumulator's layout, two 16-bit values a thread) and the accumulator is converted to
+        # that layout once, as its 128-bit stores need anyway.
+        self.out.emit("om = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])")
+        self.out.emit("on = tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N])")
         self.out.emit("mmask = om < M")
         self.out.emit("nmask = on < N")
         for name in self.kernel.outputs:
             node = self.graph[name]
             idx = self.tile
             if node.shape != self.node.shape:  # a reshape of the product, e.g. [B*S, N] -> [B, S, N]
-                idx = self.unravel(self.linearize(self.tile, self.node.shape), node.shape)
+                idx = self.reshape_index(self.tile, self.node.shape, node.shape)
             value = self.value(name, idx)
             self.out.emit(self.store(node, idx, value, "mmask & nmask", "[BLOCK_M, BLOCK_N]"))
         symbols = size_params(self.graph, self.kernel)
@@ -160,8 +168,8 @@ class MatmulRenderer(Renderer):
         a, b = node.operands()
         dtype = self.graph[a].dtype
         acc = self.accumulator[node.name]
-        x = self.operand(a, self._index("am", "ka"))
-        y = self.operand(b, self._index("kb", "bn"))
+        x = self.operand(a, self._index("am", "ka"), "[BLOCK_M, BLOCK_K]")
+        y = self.operand(b, self._index("kb", "bn"), "[BLOCK_K, BLOCK_N]")
         # An operand whose K dim is size 1 or stride 0 loads unmasked: zero its K tail
         # (a padded 0 * inf would otherwise make NaN).
         if "ka" not in self.out.depends(x):

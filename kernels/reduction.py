@@ -64,7 +64,7 @@ class ReductionRenderer(SplitRows, Renderer):
         self.block_shape = "[XBLOCK, RBLOCK]" if self.inner else "[RBLOCK, XBLOCK]"
         self.row_shape = "[XBLOCK, 1]" if self.inner else "[1, XBLOCK]"
         self.scalar_shape = "[1, 1]"
-        self.axis = 1 if self.inner else 0
+        self.axis, self.fast_root = (1, "roffs") if self.inner else (0, None)  # see Renderer.fast_root
         self.reduced: dict[str, Value] = {}
         self.accumulators = 0
         self.online: dict[str, str] = {}  # sum of exp(x - max) -> the max, computed in one pass
@@ -100,7 +100,7 @@ class ReductionRenderer(SplitRows, Renderer):
             return Index(tuple(idx.dims[d] for d in self.outer))
         if node.numel == self.kernel.numel:  # per row, another shape: rows in row-major order
             return self.unravel("xoffs", node.shape)
-        return self.unravel(self.linearize(idx, self.shape), node.shape)
+        return self.reshape_index(idx, self.shape, node.shape)
 
     @contextlib.contextmanager
     def over_row(self) -> Iterator[None]:

@@ -167,6 +167,10 @@ class Renderer(IndexedValues):
         self.flags_bad_index = False  # a gather may read out of bounds: take a flag buffer
         self.asserts = False  # a GPU gather checks its indices on the device (compiled with debug on)
         self.scalar_shape = "[1]"  # the block a single element is held in (a renderer's rank)
+        self.block_shape: str | None = None  # a reduction's 2-D block, and the root of its contiguous
+        # dim where every load along it is inside the block (an inner row's `roffs`; an outer
+        # reduction's `xoffs` also indexes its per-output values): such a vector loads as the block
+        self.fast_root: str | None = None
         self.uses_seed = False  # random numbers: take the call's seed
         self.loop: int | None = None  # the loop over a row last begun (numbered from 0); None before one
         self.last_loop: dict[str, int] = {}  # input -> the last loop over the row that reads it
@@ -196,8 +200,26 @@ class Renderer(IndexedValues):
     def linearize(self, idx: Index, shape: tuple[int, ...]) -> str:
         if idx.linear is not None:
             return idx.linear
-        terms = [term(i, s) for i, s in zip(idx.dims, contiguous_strides(shape))]
+        # Dims split from one offset are that offset again (`x1 * 1024 + x0` is `xoffs`).
+        dims, _, strides = merge_contiguous(idx.dims, shape, contiguous_strides(shape), self.pieces,
+                                            lambda expr: self.out.let(expr, "x"))
+        terms = [term(i, s) for i, s in zip(dims, strides)]
         return self.out.let(" + ".join(t for t in terms if t) or "0", "x")
+
+    def reshape_index(self, idx: Index, shape: tuple[Size, ...], src: tuple[Size, ...]) -> Index:
+        """`idx` over `shape` re-expressed over `src` of the same elements, row-major: the trailing
+        dims both share keep their index and only the leading ones are split again, so a weight
+        read along the last dim stays `roffs` (contiguous), where `offset % 1024` hides that."""
+        found = self.squeeze_index(idx, shape, src)
+        if found is not None:
+            return found
+        common = 0
+        while common < min(len(shape), len(src)) - 1 and shape[-1 - common] == src[-1 - common]:
+            common += 1
+        if common == 0:
+            return self.unravel(self.linearize(idx, shape), src)
+        lead = self.unravel(self.linearize(Index(idx.dims[:-common]), shape[:-common]), src[:-common])
+        return Index(lead.dims + idx.dims[-common:], idx.linear)
 
     @staticmethod
     def broadcast(idx: Index, to: tuple[int, ...], frm: tuple[int, ...]) -> Index:
@@ -212,8 +234,7 @@ class Renderer(IndexedValues):
         """The index into a view's source that holds the view's element at `idx`."""
         src = self.graph[node.operands()[0]]
         if node.op == "reshape":
-            return self.squeeze_index(idx, node.shape, src.shape) or self.unravel(self.linearize(idx, node.shape),
-                                                                                 src.shape)
+            return self.reshape_index(idx, node.shape, src.shape)
         if node.op == "permute":
             dims = ["0"] * len(src.shape)
             for out_dim, src_dim in enumerate(node.args[1]):
@@ -297,9 +318,17 @@ class Renderer(IndexedValues):
             # interpreter cannot mix 0-d and block operands in every operator.
             raw = f"tl.broadcast_to(tl.load({param(node.name)} + {addr}{hint}), {self.scalar_shape})"
         else:
-            raw = f"tl.load({param(node.name)} + {addr}, mask={mask}, other=0{hint})"
+            raw = f"tl.load({self._pointers(param(node.name), addr)}, mask={mask}, other=0{hint})"
         expr = raw if dtype == node.dtype else f"{raw}.to({TL_TYPE[dtype]})"
         return Value(self.out.let(expr, "v"), dtype)
+
+    def _pointers(self, base: str, addr: str) -> str:
+        """A vector along the block's contiguous dim (a norm's weight), read by every row of the
+        block, gets pointers for the whole block: Triton then gives each thread 8 of it (128-bit
+        loads, L1 hits past the first row), where one row of 1024 over 512 threads is 2 a thread."""
+        if self.fast_root is not None and self.out.depends(addr) == {self.fast_root}:
+            return f"tl.broadcast_to({base} + {addr}, {self.block_shape})"
+        return f"{base} + {addr}"
 
     def pointwise(self, node: Node, idx: Index) -> Value:
         dtype = compute_dtype(node.dtype)

@@ -104,3 +104,14 @@ def test_transposed_read_loads_and_stores_full_vectors_through_a_tile(tmp_path):
 def test_narrowest_access_is_read_from_the_ptx():
     ptx = "ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];\n@%p1 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];"
     assert bench_static.widest(ptx, "ld", min) == 16
+
+
+def test_batch_one_heads_load_as_wide_as_inductor(tmp_path):
+    """mlp_heads (batch 1: Linear, ReLU, Linear per head, then a concat): every kernel's
+    narrowest global load is at least Inductor's (32 bits, its concat kernel), where the
+    batch-1 row, the narrow biases and the concat's clamped reads were 16-bit; no spills."""
+    rows = bench_static.static_report(["mlp_heads"], torch.bfloat16, "tiny", tmp_path, {"heads": 2})
+    assert {row.kind for row in rows} == {"matmul", "pointwise"}
+    for row in rows:
+        assert row.narrowest_load >= 32 and row.spills in (None, 0), row
+    assert max(row.narrowest_load for row in rows if row.kind == "pointwise") == 128  # the concat

@@ -376,10 +376,10 @@ def test_dynamic_call_keys_gpu_binaries_by_integer_class(monkeypatch):
     x = torch.zeros(64)
     for numel in (48, 64, 33, 35, 1, 2**31):
         call(x, numel, numel)
-    # Blocks of 64 each: 48 and 64 (divisible by 16) share one binary, 33 and 35 another;
+    # Blocks of 256 each (a GPU's smallest): 48 and 64 (divisible by 16) share one binary, 33 and 35 another;
     # 1 and a size past 32 bits each compile anew.
     assert len(fn.compiles) == 4 and len(fn.runs) == 2
-    assert fn.runs[0][-3:] == (64, 64, 64)  # the symbol, the extent, then BLOCK in parameter order
+    assert fn.runs[0][-3:] == (64, 64, 256)  # the symbol, the extent, then BLOCK in parameter order
 
 
 def test_inspect_with_dynamic_shows_symbolic_shapes():

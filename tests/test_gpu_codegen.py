@@ -232,6 +232,7 @@ def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, st
     assert binary.metadata.shared == stages * (tile[0] + tile[1]) * 64 * 2 <= SHARED_LIMIT
     assert "wgmma.mma_async" in ptx and "cp.async.cg.shared.global" in ptx
     assert (bench_static.widest(ptx, "ld"), bench_static.widest(ptx, "st")) == (128, 128)
+    assert bench_static.widest(ptx, "ld", min) == 128  # the bias too
     registers, spills = bench_static.ptxas_usage(ptx)
     assert registers is None or (registers <= 255 and spills == 0)
 
@@ -268,3 +269,88 @@ def test_contiguous_dims_are_indexed_as_one_run(tmp_path):
         pytest.skip("this Triton has no ahead-of-time compile API")
     ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
     assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
+
+
+def test_matmul_bias_loads_full_vectors_on_sm90(tmp_path):
+    """Linear + bias + GELU in bfloat16: the bias is read as a tile (Triton gives each thread 8
+    of it, a 128-bit load), not in the accumulator's layout (two 16-bit values a thread, 32-bit
+    loads); the tile is converted for the 128-bit stores anyway, and nothing spills."""
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    lin = nn.Linear(1024, 1024).to(torch.bfloat16)
+    graph, kernel = _matmul_kernel(lambda x: F.gelu(lin(x)), torch.randn(4096, 1024, dtype=torch.bfloat16))
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
+    registers, spills = bench_static.ptxas_usage(ptx)
+    assert registers is None or spills == 0
+
+
+def test_batch_one_matmul_reads_its_row_and_bias_in_vectors(tmp_path):
+    """A batch-1 Linear (a 256-element row): the row is loaded for every row of the 16-row
+    tile, 16 bytes at a time (loaded alone it was 16-bit reads over more threads than it has
+    elements), and the 32-wide bias as a tile (64-bit: 4 values a thread of 128)."""
+    torch.manual_seed(7)
+    lin = nn.Linear(256, 32).to(torch.bfloat16)
+    x = torch.randn(1, 256, dtype=torch.bfloat16)
+    check(lambda x: lin(x), x, kernels=1, atol=2e-2, rtol=2e-2)
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    graph, kernel = _matmul_kernel(lambda x: lin(x), x)
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld") == 128 and bench_static.widest(ptx, "ld", min) >= 64
+    assert bench_static.ptxas_usage(ptx)[1] in (None, 0)
+
+
+def test_a_reshaped_norm_output_is_stored_without_recomputing_it(tmp_path):
+    """LayerNorm whose output is read as it is (a residual) and reshaped to 2-D (a Linear's
+    input): the reshape keeps the row dim, so the second output is the same values stored
+    again, read from the same row and weight (`roffs`, 128-bit loads), where splitting its
+    flat offset again read the input a second time and the weight at `offset % 1024`."""
+    torch.manual_seed(8)
+    w, b = torch.randn(1024, dtype=torch.bfloat16), torch.randn(1024, dtype=torch.bfloat16)
+
+    def f(x):
+        y = F.layer_norm(x, (1024,), w, b)
+        return y + x, y.reshape(-1, 1024) * 2
+
+    x = torch.randn(2, 8, 1024, dtype=torch.bfloat16)
+    report = check(f, x, kernels=1, atol=5e-2, rtol=5e-2)
+    graph, kernel = report.graphs[0].plan.graph, report.graphs[0].plan.kernels[0]
+    source = rendered(graph, kernel, interpret=False).source
+    assert "% 1024" not in source and source.count("tl.load(") == 3  # x, weight, bias once each
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
+
+
+def test_a_concat_of_small_parts_reads_whole_vectors(tmp_path):
+    """Eight 32-wide rows concatenated (parallel heads' outputs): each part's index stays in
+    bounds by a modulo that runs with the position (a constant 0 broke every run: 16-bit
+    loads), and a kernel this small still gives each thread 8 elements."""
+    torch.manual_seed(9)
+    parts = [torch.randn(1, 32, dtype=torch.bfloat16) for _ in range(8)]
+    report = check(lambda *p: torch.cat([q * 2 for q in p], -1), *parts, kernels=1)
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    graph, kernel = report.graphs[0].plan.graph, report.graphs[0].plan.kernels[0]
+    ptx = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
+
+
+def test_norm_weights_load_as_whole_vectors_on_sm90(tmp_path):
+    """LayerNorm over 8192 rows of 1024 in bfloat16 (4 rows a program, 16 warps): the weight and
+    bias, read by every row, get pointers for the whole block, so each thread loads 8 of them
+    (128 bits) where the one row of 1024 over 512 threads gave 2 a thread (32-bit loads)."""
+    if GPUTarget is None:
+        pytest.skip("this Triton has no ahead-of-time compile API")
+    w, b = torch.randn(1024, dtype=torch.bfloat16), torch.randn(1024, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        (graph,) = fusec.inspect(lambda x: F.layer_norm(x, (1024,), w, b),
+                                 torch.randn(8192, 1024, dtype=torch.bfloat16)).graphs
+    (kernel,) = graph.plan.kernels
+    assert static_launch(graph.plan.graph, kernel, interpret=False).constants["XBLOCK"] > 1
+    ptx = bench_static.compile_sm90(graph.plan.graph, kernel, tmp_path).asm["ptx"]
+    assert bench_static.widest(ptx, "ld", min) == bench_static.widest(ptx, "st") == 128
+    assert bench_static.ptxas_usage(ptx)[1] in (None, 0)
