@@ -24,6 +24,7 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.indexed import Index, Value
 from fusec.kernels.launch import Launch
+from fusec.kernels.reduction import highest, lowest
 from fusec.kernels.render import Renderer, live_lines, needs_int64
 from fusec.kernels.signature import Rendered, kernel_name, rendered_module, size_params
 from fusec.kernels.sort_keys import MAX_KEYED_ROW, keyed, sorted_positions
@@ -126,11 +127,21 @@ class SortRenderer(Renderer):
         return super().compute(node, idx)
 
     def _total(self, node: Node) -> Value:
-        """A sum along the sorted dim over the row's first k lanes, [XBLOCK, 1]."""
+        """A sum, max or min along the sorted dim over the row's first k lanes, [XBLOCK, 1]."""
         dtype = compute_dtype(node.dtype)
-        value = self.value(node.args[0].name, self.index("roffs"))
-        lanes = self.out.let(f"tl.where({self._taken()}, {self.to(value.expr, dtype)}, 0)", "s")
-        return Value(self.out.let(f"tl.reduce({lanes}, 1, {_SUM})[:, None]", "s"), dtype)
+        value = self.to(self.value(node.args[0].name, self.index("roffs")).expr, dtype)
+        if node.op == "sum":
+            lanes = self.out.let(f"tl.where({self._taken()}, {value}, 0)", "s")
+            return Value(self.out.let(f"tl.reduce({lanes}, 1, {_SUM})[:, None]", "s"), dtype)
+        # the library's combines run as one numpy call in the interpreter
+        extreme, fill = ("max", lowest(dtype)) if node.op == "amax" else ("min", highest(dtype))
+        lanes = self.out.let(f"tl.where({self._taken()}, {value}, {fill})", "s")
+        found = self.out.let(f"tl.reduce({lanes}, 1, tl.standard._elementwise_{extreme})[:, None]", "s")
+        if dtype not in FLOAT_DTYPES:
+            return Value(found, dtype)
+        # tl.maximum may drop NaN (the interpreter's nanmax does); torch.amax keeps it.
+        nans = self.out.let(f"tl.reduce(({lanes} != {lanes}).to(tl.int32), 1, {_SUM})[:, None]", "s")
+        return Value(self.out.let(f'tl.where({nans} > 0, float("nan"), {found})', "s"), dtype)
 
     def _taken(self) -> str:
         return f"xmask & (roffs < {self.sort.args[3]})"

@@ -179,6 +179,7 @@ def test_sort_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture importe
     x = torch.randn(6, 37)
     run(lambda x: torch.sort(x, stable=True, dim=0, descending=True), x)
     run(lambda x: torch.topk(x, 4), x)
+    run(lambda x: torch.softmax(torch.topk(x, 4)[0], -1), x)  # a max and a sum behind the sort
     run(lambda x: (lambda w: (w / w.sum(-1, keepdim=True), w.sum(-1)))(torch.topk(x, 4, dim=0)[0]), x)
     run(lambda x: torch.argsort(x.to(torch.int64), stable=True, dim=-1), x)
     run(lambda x: torch.sort(x.to(torch.float64), -1)[0], torch.randn(3, MAX_RANKED_ROW))

@@ -149,3 +149,16 @@ def test_long_sorts_compile_for_sm90_without_spills(tmp_path, dtype, length, war
     assert binary.metadata.num_warps == warps
     registers, spills = ptxas_usage(binary.asm["ptx"])
     assert registers is None or (registers <= 255 and spills == 0), (registers, spills)
+
+
+def test_a_softmax_over_topk_values_is_one_kernel_with_the_sort():
+    # a router that keeps the k largest logits and normalises them with a softmax
+    torch.manual_seed(8)
+    x = torch.randn(4, 300)
+    x[0, 5] = NAN  # NaN is the largest: its row's weights are NaN, as eager's
+    check(lambda x: torch.softmax(torch.topk(x, 8)[0], -1), x, kernels=1, externs=0)
+    torch._dynamo.reset()
+    check(lambda x: torch.topk(x, 8, largest=False)[0].amin(-1), x, kernels=1, externs=0)
+    torch._dynamo.reset()
+    check(lambda x: torch.topk(x, 5)[0].amax(-1), torch.randint(-9, 9, (3, 200), dtype=torch.int16), kernels=1,
+          externs=0)
