@@ -19,9 +19,8 @@ import torch
 import torch.fx
 
 from fusec.ir import Graph, Kind, Node, Ref
-from fusec.kernels.sort import MAX_RANKED_ROW, max_row
 from fusec.kernels.sort_keys import MAX_KEYED_ROW
-from fusec.lowering_sizes import describe, dtype_name
+from fusec.lowering_sizes import describe
 
 aten = torch.ops.aten
 log = logging.getLogger("fusec")
@@ -47,14 +46,6 @@ def _arguments(node: torch.fx.Node) -> tuple[int, bool, int | None] | None:
     return None
 
 
-def _too_long(dtype: torch.dtype, length: int) -> str:
-    name = dtype_name(dtype)
-    if length <= MAX_KEYED_ROW:
-        return (f"its rows of {length} {name} values are longer than the {MAX_RANKED_ROW} a sort kernel ranks "
-                f"(values of up to 32 bits sort in rows of up to {MAX_KEYED_ROW})")
-    return f"its rows of {length} {name} values are longer than the {max_row(name)} a sort kernel holds"
-
-
 def _values_name(node: torch.fx.Node) -> str:
     """The name the values' node takes: the `getitem` that reads them, else the call's."""
     reads = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
@@ -78,8 +69,9 @@ def _values(node: torch.fx.Node, graph: Graph) -> Node | None:
     k = length if k is None else k
     if not isinstance(k, int) or length == 0 or not 0 < k <= length:
         return None  # an empty row or eager's error (k past the end): torch
-    if length > max_row(dtype_name(x.dtype)):
-        log.warning("fusec: %s (%s) runs through torch: %s", node.name, node.target, _too_long(x.dtype, length))
+    if length > MAX_KEYED_ROW:
+        log.warning("fusec: %s (%s) runs through torch: its rows of %d are longer than the %d a sort kernel holds",
+                     node.name, node.target, length, MAX_KEYED_ROW)
         return None
     name = _values_name(node)
     return Node(name, "sort", Kind.SORT, args=(Ref(src.name), dim, bool(descending), k), target=str(node.target),

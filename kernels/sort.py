@@ -3,12 +3,12 @@
 A row is the input's line along the sorted dim (strided when the dim is not the
 last), held whole in one block: XBLOCK rows share a program. Each element's place
 is found from a key sort (kernels/sort_keys.py: the value's order and its position packed
-in one integer) for values of up to 32 bits in rows of up to 8192. 64-bit values are
-ranked instead: each element's place is the number of elements of its row that come
-before it (smaller, or larger when descending; NaN larger than any number; an equal
-one when it sits earlier, so equal values keep their order, as eager's stable sort),
-over every pair of the row ([XBLOCK, RBLOCK, RBLOCK] in registers), in rows of up to
-128; longer ones run through torch. Lane p then takes the element whose place is p,
+in one integer; 64-bit values sort twice, by each half), in rows of up to 8192 (longer
+ones run through torch). Short rows of 64-bit values are ranked instead, in one pass:
+each element's place is the number of elements of its row that come before it (smaller,
+or larger when descending; NaN larger than any number; an equal one when it sits
+earlier, so equal values keep their order, as eager's stable sort), over every pair of
+the row ([XBLOCK, RBLOCK, RBLOCK] in registers). Lane p then takes the element whose place is p,
 and its value is read again from the input at that position, so -0.0 and NaN's bits
 come out as they went in.
 Pointwise work behind the sort is computed at the output lanes, and a sum along the
@@ -27,7 +27,7 @@ from fusec.kernels.launch import Launch
 from fusec.kernels.reduction import highest, lowest
 from fusec.kernels.render import Renderer, live_lines, needs_int64
 from fusec.kernels.signature import Rendered, kernel_name, rendered_module, size_params
-from fusec.kernels.sort_keys import MAX_KEYED_ROW, keyed, sorted_positions
+from fusec.kernels.sort_keys import keyed, sorted_positions, sorted_wide_positions
 from fusec.plan import Kernel
 from fusec.sizes import Size
 
@@ -40,13 +40,14 @@ def sort_node(graph: Graph, kernel: Kernel) -> Node:
     return next(graph[m] for m in kernel.members if graph[m].op == "sort")
 
 
-def max_row(dtype: str) -> int:
-    """The longest row of `dtype` a sort kernel holds."""
-    return MAX_KEYED_ROW if keyed(dtype) else MAX_RANKED_ROW
+def by_key(dtype: str, length: Size) -> bool:
+    """Whether a row sorts by keys (else its elements are ranked over all pairs)."""
+    return keyed(dtype) or length > MAX_RANKED_ROW
 
 
 def sorts_by_key(graph: Graph, kernel: Kernel) -> bool:
-    return keyed(graph[sort_node(graph, kernel).args[0].name].dtype)
+    src = graph[sort_node(graph, kernel).args[0].name]
+    return by_key(src.dtype, sort_extents(graph, kernel)[1])
 
 
 def sort_extents(graph: Graph, kernel: Kernel) -> tuple[Size, Size]:
@@ -106,12 +107,14 @@ class SortRenderer(Renderer):
     def _positions(self, x: Value) -> str:
         """[XBLOCK, RBLOCK]: at lane p, the position along the dim of the row's p-th element in order."""
         src = self.graph[self.sort.args[0].name]
-        if keyed(src.dtype):
+        length = src.shape[self.sort.args[1]]
+        if by_key(src.dtype, length):
             if self.interpret:
                 self.helpers.add("_lane_sort")
-            length = src.shape[self.sort.args[1]]
-            return sorted_positions(x.expr, src.dtype, length, self.sort.args[2], self.interpret,
-                                    lambda expr: self.out.let(expr, "s"))
+            args = (x.expr, src.dtype, length, self.sort.args[2], self.interpret, lambda e: self.out.let(e, "s"))
+            if keyed(src.dtype):
+                return sorted_positions(*args)
+            return sorted_wide_positions(*args, lambda at: self.value(src.name, self.index(at)).expr)
         # tl.reduce with the library's combine, not tl.sum: the interpreter runs that one numpy call.
         place = self.out.let(f"tl.reduce({self._before(x)}.to(tl.int32), 2, {_SUM})", "s")
         lanes = "tl.arange(0, RBLOCK)"

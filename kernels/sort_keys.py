@@ -8,7 +8,8 @@ Descending, the bitwise not reverses that order. The integer is shifted left pas
 the row's block and the element's position goes in the low bits: equal values then order by
 position (eager's stable order, ascending or descending) and a sorted key's low bits say
 where its value came from. Lanes past the row hold the largest key, so they sort last. A key
-is int32 when the value's bits and the position's fit, else int64; 64-bit values do not fit.
+is int32 when the value's bits and the position's fit, else int64. 64-bit values do not fit:
+they sort twice, by their low half, then stably by their high half.
 On a GPU `tl.sort` (a bitonic network) orders the keys. Triton's interpreter runs that
 network's lane exchanges as reductions element by element in Python (half a minute for two
 rows of 4096), so there the same network exchanges lanes with `tl.gather` (numpy indexing).
@@ -31,7 +32,7 @@ Let = Callable[[str], str]  # binds an expression to a name in the kernel body
 
 
 def keyed(dtype: str) -> bool:
-    """Whether values of `dtype` sort by packed keys (else they are ranked, kernels/sort.py)."""
+    """Whether values of `dtype` fit one key with their position (else they sort twice)."""
     return dtype in VALUE_BITS
 
 
@@ -63,15 +64,48 @@ def _order(x: str, dtype: str, let: Let) -> str:
     return let(f"{x}.to(tl.int32)")
 
 
+def _log(length: int) -> int:
+    return max(triton.next_power_of_2(length), 1).bit_length() - 1
+
+
+def _sorted_lanes(order: str, kind: str, length: int, interpret: bool, let: Let, carried: str | None = None) -> str:
+    """[XBLOCK, RBLOCK]: at lane p, the lane of the p-th smallest `order`, ties by lane; with
+    `carried` (a position per lane, below the lane in the key), that lane's `carried` instead."""
+    log = _log(length)
+    largest = (1 << 31) - 1 if kind == "tl.int32" else (1 << 63) - 1
+    low, shift = ("roffs", log) if carried is None else (f"(roffs << {log}) | {carried}", 2 * log)
+    key = let(f"tl.where(rmask, ({order}.to({kind}) << {shift}) | {low}, {largest})")
+    ranked = let(f"_lane_sort({key}, RBLOCK, {log})" if interpret else f"tl.sort({key}, 1)")
+    return let(f"tl.where(rmask, ({ranked} & (RBLOCK - 1)).to(tl.int32), 0)")
+
+
 def sorted_positions(x: str, dtype: str, length: int, descending: bool, interpret: bool, let: Let) -> str:
     """[XBLOCK, RBLOCK]: at lane p, the position along the row of its p-th value in eager's stable
     order; `x` is the row's values ([XBLOCK, RBLOCK], lanes past `rnumel` masked)."""
     order = _order(x, dtype, let)
     if descending:
         order = let(f"~{order}")
-    kind = key_type(dtype, length)
-    log = max(triton.next_power_of_2(length), 1).bit_length() - 1
-    largest = (1 << 31) - 1 if kind == "tl.int32" else (1 << 63) - 1
-    key = let(f"tl.where(rmask, ({order}.to({kind}) << {log}) | roffs, {largest})")
-    ranked = let(f"_lane_sort({key}, RBLOCK, {log})" if interpret else f"tl.sort({key}, 1)")
-    return let(f"tl.where(rmask, ({ranked} & (RBLOCK - 1)).to(tl.int32), 0)")
+    return _sorted_lanes(order, key_type(dtype, length), length, interpret, let)
+
+
+def _wide_order(x: str, dtype: str, descending: bool, let: Let) -> str:
+    """A 64-bit value as an int64 in eager's order (descending: reversed)."""
+    order = x
+    if dtype == "float64":
+        top = (1 << 63) - 1
+        bits = let(f"tl.where({x} == 0, 0.0, {x}).to(tl.int64, bitcast=True)")
+        order = let(f"tl.where({x} != {x}, {top}, {bits} ^ (({bits} >> 63) & {top}))")
+    return let(f"~{order}") if descending else order
+
+
+def sorted_wide_positions(x: str, dtype: str, length: int, descending: bool, interpret: bool, let: Let,
+                          at: Callable[[str], str]) -> str:
+    """`sorted_positions` for 64-bit values, which leave no room for a position: two stable key
+    sorts, least significant half first (an LSD radix sort of two digits). The second sorts the
+    high halves, read again (`at`: the row's values at given positions) in the first's order, with
+    the first's lane as the tie-break and its position carried below it (32 + 2 * 13 bits for a
+    row of 8192: no lane exchange after the sort, which compiles for minutes as `tl.gather`)."""
+    order = _wide_order(x, dtype, descending, let)
+    first = _sorted_lanes(let(f"{order} & 0xFFFFFFFF"), "tl.int64", length, interpret, let)
+    high = let(f"{_wide_order(at(first), dtype, descending, let)} >> 32")
+    return _sorted_lanes(high, "tl.int64", length, interpret, let, carried=first)
