@@ -4,9 +4,10 @@ positions): one sort kernel writes both.
 ATen returns the pair as a tuple that `getitem` nodes unpack. The tuple's node becomes the
 values' node, named as the `getitem` that reads them (or as itself when nothing reads the
 values: `argsort`); that `getitem` then adds nothing, and the one reading the positions
-becomes a `sort_index` of the values' node. `topk(sorted=False)` leaves the order to the
-implementation: the sorted one is eager's too. Rows longer than a sort kernel holds run through
-torch with a warning that says why; so do, silently, sizes that are symbols and complex values.
+becomes a `sort_index` of the values' node. `topk(sorted=False)` promises no order (eager's
+CPU kernel returns its own): the kernel's sorted one keeps that contract. Rows longer than a
+sort kernel holds run through torch with a warning that says why; so do, silently, sizes that
+are symbols and complex values.
 """
 
 from __future__ import annotations

@@ -21,11 +21,12 @@ from collections.abc import Callable
 
 import triton
 
-# Bits of the integer a value of each dtype orders as; 64-bit values have no room for a position.
+# Bits of the integer a value of each dtype orders as (64-bit values: each half in turn).
 VALUE_BITS = {"bool": 8, "uint8": 8, "int8": 8, "int16": 16, "float16": 16, "bfloat16": 16,
               "int32": 32, "float32": 32}
 # The longest row a key sort holds in one program: 8192 int64 keys compile for sm_90 in
-# 16 warps with no spills (16384 spill).
+# 16 warps with no spills (16384 spill); a 64-bit value's second key holds its high half and
+# two positions: 32 + 2 * 13 bits.
 MAX_KEYED_ROW = 8192
 
 Let = Callable[[str], str]  # binds an expression to a name in the kernel body
