@@ -4,13 +4,15 @@ positions): one sort kernel writes both.
 ATen returns the pair as a tuple that `getitem` nodes unpack. The tuple's node becomes the
 values' node, named as the `getitem` that reads them (or as itself when nothing reads the
 values: `argsort`); that `getitem` then adds nothing, and the one reading the positions
-becomes a `sort_index` of the values' node. Rows longer than a sort kernel holds, sizes that
-are symbols, bool or complex values and `topk(sorted=False)` run through torch, as does
-everything else.
+becomes a `sort_index` of the values' node. `topk(sorted=False)` promises no order (eager's
+CPU kernel returns its own): the kernel's sorted one keeps that contract. Rows longer than a
+sort kernel holds run through torch with a warning that says why; so do, silently, sizes that
+are symbols and complex values.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from typing import Any
 
@@ -18,13 +20,14 @@ import torch
 import torch.fx
 
 from fusec.ir import Graph, Kind, Node, Ref
-from fusec.kernels.sort import MAX_SORT_ROW
+from fusec.kernels.sort_keys import MAX_KEYED_ROW
 from fusec.lowering_sizes import describe
 
 aten = torch.ops.aten
+log = logging.getLogger("fusec")
 
 _SORTED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8,
-                            torch.int8, torch.int16, torch.int32, torch.int64})
+                            torch.int8, torch.int16, torch.int32, torch.int64, torch.bool})
 
 
 def _option(node: torch.fx.Node, position: int, name: str, default: Any) -> Any:
@@ -39,8 +42,7 @@ def _arguments(node: torch.fx.Node) -> tuple[int, bool, int | None] | None:
         return _option(node, 1, "dim", -1), _option(node, 2, "descending", False), None
     if node.target is aten.sort.stable:
         return node.kwargs.get("dim", -1), node.kwargs.get("descending", False), None
-    if node.target is aten.topk.default and _option(node, 4, "sorted", True):
-        # unsorted, eager's order is its own (not the sorted one for k >= 5 on a CPU): torch runs it
+    if node.target is aten.topk.default:
         return _option(node, 2, "dim", -1), _option(node, 3, "largest", True), _option(node, 1, "k", None)
     return None
 
@@ -66,8 +68,12 @@ def _values(node: torch.fx.Node, graph: Graph) -> Node | None:
     dim %= x.dim()
     length = x.shape[dim]
     k = length if k is None else k
-    if not isinstance(k, int) or not 0 < length <= MAX_SORT_ROW or not 0 < k <= length:
-        return None  # an empty row, a long row or eager's error (k past the end): torch
+    if not isinstance(k, int) or length == 0 or not 0 < k <= length:
+        return None  # an empty row or eager's error (k past the end): torch
+    if length > MAX_KEYED_ROW:
+        log.warning("fusec: %s (%s) runs through torch: its rows of %d are longer than the %d a sort kernel holds",
+                     node.name, node.target, length, MAX_KEYED_ROW)
+        return None
     name = _values_name(node)
     return Node(name, "sort", Kind.SORT, args=(Ref(src.name), dim, bool(descending), k), target=str(node.target),
                 **describe(values[0], f"{name} (values of {node.target})", graph.hints))

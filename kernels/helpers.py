@@ -20,9 +20,24 @@ _PHILOX = """def _philox(seed, offset, salt):
         k1 = k1 + tl.full([], 0xBB67AE85, tl.uint32)
     return c0"""
 
+# tl.sort's bitonic network for the interpreter (kernels/sort_keys.py): at each step a lane meets
+# the lane whose position differs in one bit and keeps the smaller key where its block ascends
+# (every block, by the last stage), else the larger.
+_LANE_SORT = """def _lane_sort(keys, RBLOCK: tl.constexpr, LOG: tl.constexpr):
+    lanes = tl.broadcast_to(tl.arange(0, RBLOCK)[None, :], keys.shape)
+    for stage in tl.static_range(1, LOG + 1):
+        for step in tl.static_range(stage):
+            partner = tl.gather(keys, lanes ^ (1 << (stage - 1 - step)), 1)
+            rising = ((lanes >> stage) & 1) == 0
+            lower = (lanes & (1 << (stage - 1 - step))) == 0
+            keys = tl.where(rising == lower, tl.minimum(keys, partner), tl.maximum(keys, partner))
+    return keys"""
+
+
 HELPERS = {
     "_philox": _PHILOX,
     "_prod": "def _prod(a, b):\n    return a * b",
+    "_lane_sort": _LANE_SORT,
     # NaN counts as the largest (argmax) or smallest (argmin); ties take the first index.
     "_argmax": ("def _argmax(v1, i1, v2, i2):\n"
                 "    first = (v1 > v2) | ((v1 == v2) & (i1 < i2)) | ((v1 != v1) & ((v2 == v2) | (i1 < i2)))\n"

@@ -31,7 +31,7 @@ from fusec.kernels.reduction_split import SPLIT_PARAM, partial_count, writes_ele
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
 from fusec.kernels.scatter import render_scatter, scatter_extents, scatter_launch
 from fusec.kernels.signature import Rendered
-from fusec.kernels.sort import render_sort, sort_extents, sort_launch
+from fusec.kernels.sort import render_sort, sort_extents, sort_launch, sorts_by_key
 from fusec.kernels.tiles import tiling
 from fusec.plan import PERSISTENT_COLUMN, PERSISTENT_ROW, Kernel, KernelKind
 from fusec.sizes import Size
@@ -111,7 +111,8 @@ KINDS: dict[KernelKind, KindRules] = {
     KernelKind.SCATTER: KindRules(render_scatter, scatter_extents, scatter_launch, tuple),
     KernelKind.SORT: KindRules(
         render_sort, sort_extents,
-        lambda graph, kernel, values, interpret, persistent: sort_launch(*values, interpret),
+        lambda graph, kernel, values, interpret, persistent: sort_launch(
+            *values, interpret, sorts_by_key(graph, kernel)),
         tuple),
 }
 

@@ -47,11 +47,11 @@ _INT_MAX = {"int8": 2**7 - 1, "int16": 2**15 - 1, "int32": 2**31 - 1, "int64": 2
 Steps = Generator[None, None, Value]
 
 
-def _lowest(dtype: str) -> str:
+def lowest(dtype: str) -> str:
     return '-float("inf")' if dtype in FLOAT_DTYPES else str(_INT_MIN[dtype])
 
 
-def _highest(dtype: str) -> str:
+def highest(dtype: str) -> str:
     return 'float("inf")' if dtype in FLOAT_DTYPES else str(_INT_MAX[dtype])
 
 
@@ -141,7 +141,7 @@ class ReductionRenderer(SplitRows, Renderer):
             return Value(self._across(self.lane_max[node.name], "max", dtype), dtype)
         kind, identity, acc = {
             "sum": lambda: ("sum", "0", dtype), "prod": lambda: ("prod", "1", dtype),
-            "amax": lambda: ("max", _lowest(dtype), dtype), "amin": lambda: ("min", _highest(dtype), dtype),
+            "amax": lambda: ("max", lowest(dtype), dtype), "amin": lambda: ("min", highest(dtype), dtype),
             "any": lambda: ("max", "0", "int32"), "all": lambda: ("min", "1", "int32"),
         }[node.op]()
         if node.op in ("any", "all"):
@@ -310,7 +310,7 @@ class ReductionRenderer(SplitRows, Renderer):
         """Index of the first max (min) of each row, NaN counting as the extreme, as torch."""
         dtype = compute_dtype(self.graph[src].dtype)
         extreme = "max" if node.op == "argmax" else "min"
-        identity = _lowest(dtype) if extreme == "max" else _highest(dtype)
+        identity = lowest(dtype) if extreme == "max" else highest(dtype)
         looped = not self.kernel.persistent
         if looped:
             self.helpers.add("_" + node.op)
@@ -435,7 +435,7 @@ class ReductionRenderer(SplitRows, Renderer):
     def _final_kind(self, node: Node) -> tuple[str, str, str]:
         dtype = compute_dtype(node.dtype)
         kind = {"sum": "sum", "amax": "max", "amin": "min"}[node.op]
-        identity = {"sum": "0", "max": _lowest(dtype), "min": _highest(dtype)}[kind]
+        identity = {"sum": "0", "max": lowest(dtype), "min": highest(dtype)}[kind]
         return kind, identity, dtype
 
     def _total(self, node: Node) -> Value:

@@ -2,13 +2,15 @@
 
 A row is the input's line along the sorted dim (strided when the dim is not the
 last), held whole in one block: XBLOCK rows share a program. Each element's place
-is counted, not found by swaps: the number of elements of its row that come before
-it (smaller, or larger when descending; NaN larger than any number; an equal one
-when it sits earlier, so equal values keep their order, as eager's stable sort).
-Lane p then takes the element whose place is p, and its value is read again from
-the input at that position, so -0.0 and NaN's bits come out as they went in. The
-count compares every pair of a row ([XBLOCK, RBLOCK, RBLOCK] in registers): rows
-are short (a router's experts, a batch's tokens); longer ones run through torch.
+is found from a key sort (kernels/sort_keys.py: the value's order and its position packed
+in one integer; 64-bit values sort twice, by each half), in rows of up to 8192 (longer
+ones run through torch). Short rows of 64-bit values are ranked instead, in one pass:
+each element's place is the number of elements of its row that come before it (smaller,
+or larger when descending; NaN larger than any number; an equal one when it sits
+earlier, so equal values keep their order, as eager's stable sort), over every pair of
+the row ([XBLOCK, RBLOCK, RBLOCK] in registers). Lane p then takes the element whose place is p,
+and its value is read again from the input at that position, so -0.0 and NaN's bits
+come out as they went in.
 Pointwise work behind the sort is computed at the output lanes, and a sum along the
 sorted dim over the first k lanes (topk's weights normalised by their total).
 """
@@ -22,18 +24,30 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.indexed import Index, Value
 from fusec.kernels.launch import Launch
+from fusec.kernels.reduction import highest, lowest
 from fusec.kernels.render import Renderer, live_lines, needs_int64
 from fusec.kernels.signature import Rendered, kernel_name, rendered_module, size_params
+from fusec.kernels.sort_keys import keyed, sorted_positions, sorted_wide_positions
 from fusec.plan import Kernel
 from fusec.sizes import Size
 
-# The longest row a sort kernel holds (its pairs are RBLOCK * RBLOCK values per row).
-MAX_SORT_ROW = 128
+# The longest row a sort kernel ranks (its pairs are RBLOCK * RBLOCK values per row).
+MAX_RANKED_ROW = 128
 _SUM = "tl.standard._sum_combine"
 
 
 def sort_node(graph: Graph, kernel: Kernel) -> Node:
     return next(graph[m] for m in kernel.members if graph[m].op == "sort")
+
+
+def by_key(dtype: str, length: Size) -> bool:
+    """Whether a row sorts by keys (else its elements are ranked over all pairs)."""
+    return keyed(dtype) or length > MAX_RANKED_ROW
+
+
+def sorts_by_key(graph: Graph, kernel: Kernel) -> bool:
+    src = graph[sort_node(graph, kernel).args[0].name]
+    return by_key(src.dtype, sort_extents(graph, kernel)[1])
 
 
 def sort_extents(graph: Graph, kernel: Kernel) -> tuple[Size, Size]:
@@ -43,9 +57,14 @@ def sort_extents(graph: Graph, kernel: Kernel) -> tuple[Size, Size]:
     return sizes.prod(s for d, s in enumerate(src.shape) if d != dim), src.shape[dim]
 
 
-def sort_launch(rows: int, length: int, interpret: bool) -> Launch:
-    """The whole row in one block; XBLOCK rows share a program while their pairs fit the budget."""
+def sort_launch(rows: int, length: int, interpret: bool, by_key: bool = False) -> Launch:
+    """The whole row in one block; XBLOCK rows share a program while their keys (or pairs) fit the budget."""
     rblock = triton.next_power_of_2(max(length, 1))
+    if by_key:
+        # 512 keys a warp: 8192 int64 keys in 16 warps hold 128 registers a thread on sm_90.
+        xblock = min(triton.next_power_of_2(max(rows, 1)), max(1, (1 << (14 if interpret else 11)) // rblock))
+        warps = 1 if interpret else max(1, min(16, xblock * rblock // 512))
+        return Launch((triton.cdiv(rows, xblock),), {"XBLOCK": xblock, "RBLOCK": rblock}, warps)
     budget = 1 << 16 if interpret else 1 << 14
     xblock = min(triton.next_power_of_2(max(rows, 1)), max(1, budget // (rblock * rblock)))
     warps = 1 if interpret else max(1, min(8, xblock * rblock * rblock // 2048))
@@ -87,6 +106,15 @@ class SortRenderer(Renderer):
 
     def _positions(self, x: Value) -> str:
         """[XBLOCK, RBLOCK]: at lane p, the position along the dim of the row's p-th element in order."""
+        src = self.graph[self.sort.args[0].name]
+        length = src.shape[self.sort.args[1]]
+        if by_key(src.dtype, length):
+            if self.interpret:
+                self.helpers.add("_lane_sort")
+            args = (x.expr, src.dtype, length, self.sort.args[2], self.interpret, lambda e: self.out.let(e, "s"))
+            if keyed(src.dtype):
+                return sorted_positions(*args)
+            return sorted_wide_positions(*args, lambda at: self.value(src.name, self.index(at)).expr)
         # tl.reduce with the library's combine, not tl.sum: the interpreter runs that one numpy call.
         place = self.out.let(f"tl.reduce({self._before(x)}.to(tl.int32), 2, {_SUM})", "s")
         lanes = "tl.arange(0, RBLOCK)"
@@ -102,11 +130,21 @@ class SortRenderer(Renderer):
         return super().compute(node, idx)
 
     def _total(self, node: Node) -> Value:
-        """A sum along the sorted dim over the row's first k lanes, [XBLOCK, 1]."""
+        """A sum, max or min along the sorted dim over the row's first k lanes, [XBLOCK, 1]."""
         dtype = compute_dtype(node.dtype)
-        value = self.value(node.args[0].name, self.index("roffs"))
-        lanes = self.out.let(f"tl.where({self._taken()}, {self.to(value.expr, dtype)}, 0)", "s")
-        return Value(self.out.let(f"tl.reduce({lanes}, 1, {_SUM})[:, None]", "s"), dtype)
+        value = self.to(self.value(node.args[0].name, self.index("roffs")).expr, dtype)
+        if node.op == "sum":
+            lanes = self.out.let(f"tl.where({self._taken()}, {value}, 0)", "s")
+            return Value(self.out.let(f"tl.reduce({lanes}, 1, {_SUM})[:, None]", "s"), dtype)
+        # the library's combines run as one numpy call in the interpreter
+        extreme, fill = ("max", lowest(dtype)) if node.op == "amax" else ("min", highest(dtype))
+        lanes = self.out.let(f"tl.where({self._taken()}, {value}, {fill})", "s")
+        found = self.out.let(f"tl.reduce({lanes}, 1, tl.standard._elementwise_{extreme})[:, None]", "s")
+        if dtype not in FLOAT_DTYPES:
+            return Value(found, dtype)
+        # tl.maximum may drop NaN (the interpreter's nanmax does); torch.amax keeps it.
+        nans = self.out.let(f"tl.reduce(({lanes} != {lanes}).to(tl.int32), 1, {_SUM})[:, None]", "s")
+        return Value(self.out.let(f'tl.where({nans} > 0, float("nan"), {found})', "s"), dtype)
 
     def _taken(self) -> str:
         return f"xmask & (roffs < {self.sort.args[3]})"

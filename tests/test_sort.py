@@ -1,12 +1,12 @@
-"""sort, argsort and topk as sort kernels, and histc as a reduction: differential tests against
-eager over dtypes, dims, k, ties and NaN, rows too long for a kernel running through torch, and
-a mixture-of-experts router's kernel counts."""
+"""sort, argsort and topk as sort kernels on short rows (long ones: test_sort_long.py), and histc
+as a reduction: differential tests against eager over dtypes, dims, k, ties and NaN, what runs
+through torch, and a mixture-of-experts router's kernel counts."""
 
 import pytest
 import torch
 
 import fusec
-from fusec.kernels.sort import MAX_SORT_ROW, sort_launch
+from fusec.kernels.sort import MAX_RANKED_ROW, sort_launch
 from tests.eager import assert_ran, check
 from tests.test_gpu_codegen import run, sm90  # noqa: F401 (a fixture)
 
@@ -26,7 +26,7 @@ def _distinct(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
-                                   torch.int32, torch.int16, torch.int8, torch.uint8])
+                                   torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool])
 @pytest.mark.parametrize("descending", [False, True])
 def test_sort_every_dim_and_dtype_keeps_eager_order(dtype, descending):
     torch.manual_seed(0)
@@ -98,14 +98,7 @@ def test_argsort_stores_only_the_positions():
 
 
 @pytest.mark.fallback_expected
-def test_long_rows_unsorted_topk_and_symbolic_lengths_run_through_torch():
-    torch.manual_seed(3)
-    x = torch.randn(2, MAX_SORT_ROW + 1)
-    report = check(lambda x: torch.sort(x, stable=True), x, **EXACT)
-    assert report.stats["kernels"] == 0 and report.stats["extern_calls"] == 1
-    torch._dynamo.reset()
-    check(lambda x: torch.topk(x, 6, sorted=False), torch.randn(3, 40), kernels=0, externs=1, **EXACT)
-    torch._dynamo.reset()
+def test_symbolic_lengths_run_through_torch():
     compiled = fusec.compile(lambda x: torch.topk(x, 2), dynamic=True)
     for n in (5, 9):
         torch.testing.assert_close(compiled(torch.arange(float(n)).expand(3, n)),
@@ -133,7 +126,7 @@ def test_pointwise_work_and_sums_along_the_sorted_dim_fuse_behind_the_sort():
 
 
 def test_launch_keeps_a_block_of_rows_pairs_within_the_budget():
-    launch = sort_launch(rows=1000, length=100, interpret=False)
+    launch = sort_launch(rows=1000, length=100, interpret=False, by_key=False)
     assert launch.constants["RBLOCK"] == 128
     assert launch.constants["XBLOCK"] * 128 * 128 <= 1 << 14
 
@@ -181,8 +174,10 @@ def test_sort_kernels_compile_for_sm90(sm90):  # noqa: F811 (the fixture importe
     x = torch.randn(6, 37)
     run(lambda x: torch.sort(x, stable=True, dim=0, descending=True), x)
     run(lambda x: torch.topk(x, 4), x)
+    run(lambda x: torch.softmax(torch.topk(x, 4)[0], -1), x)  # a max and a sum behind the sort
     run(lambda x: (lambda w: (w / w.sum(-1, keepdim=True), w.sum(-1)))(torch.topk(x, 4, dim=0)[0]), x)
     run(lambda x: torch.argsort(x.to(torch.int64), stable=True, dim=-1), x)
-    run(lambda x: torch.sort(x.to(torch.bfloat16), -1)[0], torch.randn(3, MAX_SORT_ROW))
+    run(lambda x: torch.sort(x.to(torch.float64), -1)[0], torch.randn(3, MAX_RANKED_ROW))  # ranked
+    run(lambda x: torch.sort(x.to(torch.bfloat16), -1)[0], torch.randn(3, 500))  # int32 keys
     run(lambda x: torch.histc(x, bins=4, min=-1, max=1), x)
     assert len(sm90) >= 6
