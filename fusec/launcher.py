@@ -24,12 +24,12 @@ import sympy
 import torch
 
 from fusec import sizes
-from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec.ir import Graph, Kind, Ref, iter_refs
 from fusec.kernels.call import FirstLaunch, launch_hooks_set
 from fusec.kernels.scatter import owns_base
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
-from fusec.pointers import all_aligned, allocator, fresh_buffers, inputs_taken
+from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
 from fusec.torch_calls import entry_point
@@ -109,27 +109,51 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         src.emit(f"{sizes.KERNEL_PREFIX}{symbol} = {read}")
     _device_line(src, graph, inputs, code.device)
     at_start = len(src.lines)  # where the per-call allocator and alignment flag go, if wanted
-    checked = set()
-    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
-    # One stream: a kernel's output may take over a dead buffer of the same layout.
-    reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(graph.output.operands()))
     # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
     # `result` (a matmul's library alternative, timed on inputs of its own).
     into_inputs = stores(graph) if result is None else ()
-    direct = in_place(plan) if result is None else {}
-    code = replace(code, reuse={new: old for new, old in reuse.items() if new not in direct}, in_place=direct)
+    code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
+    checked = _checked_before_stores(src, plan, code, inputs)
+    _steps(src, plan, code, streams, checked, written={dst for _, dst in into_inputs})
+    for value, dst in into_inputs:
+        if value not in code.in_place:
+            src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
+    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
+    src.emit(f"return {_literal(src, returned)}")
+    src.lines[at_start:at_start] = _per_call(src, code)
+    return "\n".join(src.lines) + "\n", src.names
+
+
+def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direct: dict[str, str]) -> StepCode:
+    """`code` with what the plan decides: which new values are written into inputs (`direct`),
+    which buffers take over dead ones (one stream only), which the launcher allocates, which
+    inputs the alignment flag vouches for, and whether binaries may be launched straight."""
+    # One stream: a kernel's output may take over a dead buffer of the same layout.
+    reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(plan.graph.output.operands()))
+    reuse = {new: old for new, old in reuse.items() if new not in direct}
     run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
-    code = replace(code, fresh=fresh_buffers(run, code.in_place, code.reuse),
-                   vouched=inputs_taken(static, code.in_place, inputs), direct=code.direct and not streams)
-    written = {dst for _, dst in into_inputs}  # inputs stay named until their store
-    if direct:
-        # Every input checked before the first store: a call that must run through torch
-        # instead finds its inputs as they came.
-        for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *direct.values()]):
+    return replace(code, reuse=reuse, in_place=direct, fresh=fresh_buffers(run, direct, reuse),
+                   vouched=inputs_taken(static, direct, inputs), direct=code.direct and not streams)
+
+
+def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list[str]) -> set[str]:
+    """Where kernels write into inputs, every input's strides checked first: a call that must run
+    through torch instead finds its inputs as they came. The inputs checked."""
+    checked: set[str] = set()
+    if code.in_place:
+        for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *code.in_place.values()]):
             if name in inputs and name not in checked:
-                _stride_check(src, graph, name, 1)
+                _stride_check(src, plan.graph, name, 1)
                 checked.add(name)
+    return checked
+
+
+def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[str], written: set[str]) -> None:
+    """Each step in order: on its stream after the events it waits for, then the buffers it was
+    the last reader of deleted (inputs written into stay named until their store)."""
+    graph = plan.graph
+    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
     n_streams = 1 + max((s.stream for s in plan.steps), default=0)
     recorded = {w for s in plan.steps for w in s.waits}  # steps some other step waits for
     if streams:
@@ -153,13 +177,6 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
         _stream_epilogue(src, plan, n_streams)
-    for value, dst in into_inputs:
-        if value not in direct:
-            src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
-    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
-    src.emit(f"return {_literal(src, returned)}")
-    src.lines[at_start:at_start] = _per_call(src, code)
-    return "\n".join(src.lines) + "\n", src.names
 
 
 def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
@@ -389,30 +406,16 @@ def _per_call(src: Source, code: StepCode) -> list[str]:
                      "straight")
         lines.append(f"    stream = RAW_STREAM({code.direct_device!r}) if direct else None")
     if any(name not in code.reuse for name in code.fresh):
-        lines.append("    empty_strided = ALLOC(device)")
+        src.names.update(zip(("HERE", "ALLOC_HERE"), current_allocator(code.device.type), strict=True))
+        lines.append("    empty_strided = ALLOC_HERE if device.index == HERE() else ALLOC(device)")
     if code.vouched:
         lines.append(f"    aligned = {all_aligned([var(n) for n in code.vouched])}  # every input a kernel takes")
     return lines
 
 
 def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
-    """Only the strides of dims longer than 1 address anything: those are checked."""
-    node = graph[name]
-    # A symbolic dim is at least 2 (Dynamo specializes 0 and 1).
-    dims = [d for d, s in enumerate(node.shape) if not sizes.is_static(s) or s > 1]
-    if not dims or node.strides is None:
-        return
-    expected = tuple(node.strides[d] for d in dims)
-    if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
-        # is_contiguous ignores dims of size 1 too, and is one cached flag
-        src.emit(f"if not {var(name)}.is_contiguous():", indent)
-    elif len(dims) == len(node.shape):
-        src.emit(f"if {var(name)}.stride() != {_sizes(expected)}:", indent)
-    else:
-        src.emit(f"if ({', '.join(f'{var(name)}.stride({d})' for d in dims)},) != {_sizes(expected)}:", indent)
-    shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
-    src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
-             f"the kernel expects {shown}')", indent + 1)
+    for line, deeper in stride_check(graph[name], var(name)):
+        src.emit(line, indent + deeper)
 
 
 def _sizes(values: tuple | None) -> str:
