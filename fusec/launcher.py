@@ -32,7 +32,7 @@ from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
 from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
-from fusec.torch_calls import entry_point
+from fusec.torch_calls import REINTERPRET, entry_point, exact_layouts, reinterpretation
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -51,6 +51,7 @@ class Source:
     counter: itertools.count = field(default_factory=itertools.count)
     bound: dict[tuple[str, int], str] = field(default_factory=dict)  # (prefix, id(value)) -> its name
     direct: bool = False  # whether some kernel is launched straight (the call then reads `direct`, `stream`)
+    exact: set[str] = field(default_factory=set)  # values laid out exactly as the plan says: views reinterpret them
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)
@@ -114,6 +115,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     into_inputs = stores(graph) if result is None else ()
     code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
     checked = _checked_before_stores(src, plan, code, inputs)
+    src.exact = exact_layouts(graph, list(code.fresh))
     _steps(src, plan, code, streams, checked, written={dst for _, dst in into_inputs})
     for value, dst in into_inputs:
         if value not in code.in_place:
@@ -275,6 +277,14 @@ def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int
     node = graph[step.node]
     if node.op == "getitem" or node.target == "_operator.getitem":
         src.emit(f"{var(node.name)} = {var(node.args[0].name)}[{node.args[1]!r}]", indent)
+        return
+    found = reinterpretation(graph, node) if node.kind is Kind.VIEW and set(node.operands()) <= src.exact else None
+    if found is not None:
+        src.exact.add(node.name)
+        src.names["REINTERPRET"] = REINTERPRET
+        size, stride, offset = found
+        src.emit(f"{var(node.name)} = REINTERPRET({var(node.operands()[0])}, {size}, {stride}, {offset})  "
+                 f"# {node.target}", indent)
         return
     fn = src.bind(entry_point(code.callables[node.target]), "F")
     args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
