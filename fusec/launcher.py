@@ -32,7 +32,7 @@ from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
 from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
-from fusec.torch_calls import REINTERPRET, entry_point, exact_layouts, reinterpretation
+from fusec.torch_calls import REINTERPRET, Reinterpreted, entry_point, exact_layouts, folded_views
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -51,7 +51,9 @@ class Source:
     counter: itertools.count = field(default_factory=itertools.count)
     bound: dict[tuple[str, int], str] = field(default_factory=dict)  # (prefix, id(value)) -> its name
     direct: bool = False  # whether some kernel is launched straight (the call then reads `direct`, `stream`)
-    exact: set[str] = field(default_factory=set)  # values laid out exactly as the plan says: views reinterpret them
+    views: dict[str, Reinterpreted] = field(default_factory=dict)  # views run as one reinterpretation each
+    needed: set[str] = field(default_factory=set)  # those some other step or the caller reads
+    last_view: dict[str, int] = field(default_factory=dict)  # buffer -> the step writing its last needed view
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)
@@ -115,7 +117,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     into_inputs = stores(graph) if result is None else ()
     code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
     checked = _checked_before_stores(src, plan, code, inputs)
-    src.exact = exact_layouts(graph, list(code.fresh))
+    src.views, src.needed, src.last_view = folded_views(plan, exact_layouts(graph, list(code.fresh)))
     _steps(src, plan, code, streams, checked, written={dst for _, dst in into_inputs})
     for value, dst in into_inputs:
         if value not in code.in_place:
@@ -161,7 +163,8 @@ def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[
     if streams:
         _stream_prologue(src, n_streams)
     handed_on = set(code.reuse.values())
-    for step, dead in zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True):
+    later: dict[int, list[str]] = {}
+    for i, (step, dead) in enumerate(zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True)):
         indent = 1
         if streams:
             for producer in step.waits:
@@ -174,7 +177,12 @@ def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in recorded:
             src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
-        dead = [d for d in dead if d not in handed_on and d not in written]  # deleted where taken over
+        dead = [d for d in dead if d not in handed_on and d not in written  # deleted where taken over
+                and (d not in src.views or d in src.needed)]  # a view never written has no name
+        for d in [d for d in dead if src.last_view.get(d, i) > i]:  # views of it are written later
+            dead.remove(d)
+            later.setdefault(src.last_view[d], []).append(d)
+        dead += later.pop(i, [])
         if not streams and dead:
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
@@ -278,13 +286,12 @@ def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int
     if node.op == "getitem" or node.target == "_operator.getitem":
         src.emit(f"{var(node.name)} = {var(node.args[0].name)}[{node.args[1]!r}]", indent)
         return
-    found = reinterpretation(graph, node) if node.kind is Kind.VIEW and set(node.operands()) <= src.exact else None
-    if found is not None:
-        src.exact.add(node.name)
-        src.names["REINTERPRET"] = REINTERPRET
-        size, stride, offset = found
-        src.emit(f"{var(node.name)} = REINTERPRET({var(node.operands()[0])}, {size}, {stride}, {offset})  "
-                 f"# {node.target}", indent)
+    view = src.views.get(node.name)
+    if view is not None:  # written where read, straight from its root; else not at all
+        if node.name in src.needed:
+            src.names["REINTERPRET"] = REINTERPRET
+            src.emit(f"{var(node.name)} = REINTERPRET({var(view.root)}, {view.size}, {view.stride}, {view.offset})  "
+                     f"# {node.target}", indent)
         return
     fn = src.bind(entry_point(code.callables[node.target]), "F")
     args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
@@ -439,10 +446,3 @@ def _sizes(values: tuple | None) -> str:
 def dynamic(kernel: Kernel, exact: tuple) -> bool:
     """Whether a kernel with these extents is launched at sizes chosen per call (`kinds.is_dynamic`)."""
     return not sizes.all_static(exact) or bool(kernel.symbols)
-
-
-def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
-    """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`).
-    `names` become its globals (a kernel's first direct launch writes its binary there)."""
-    exec(compile(source, "<fusec launcher>", "exec"), names)
-    return names["call"]

@@ -20,7 +20,7 @@ from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.kinds import ROWS_VARIANT, extents, fits_block, launch_at, size_args, split_launch
 from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
-from fusec.launcher import DTYPES, StepCode, StrideMismatch, compile_source, dynamic, generate
+from fusec.launcher import DTYPES, StepCode, StrideMismatch, dynamic, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
 from fusec.size_reads import symbolic
 from fusec.split_rows import SplitCall
@@ -337,6 +337,13 @@ class _PerThread(threading.local):
 
     def __init__(self) -> None:
         self.by_kernel: dict[tuple, list[torch.Tensor]] = {}
+
+
+def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
+    """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`).
+    `names` become its globals (a kernel's first direct launch writes its binary there)."""
+    exec(compile(source, "<fusec launcher>", "exec"), names)
+    return names["call"]
 
 
 def _record_stream(value: Any, stream: torch.cuda.Stream) -> None:

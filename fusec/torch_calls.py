@@ -19,6 +19,7 @@ against 1-2 for `slice`, `view`, `permute` through their bindings).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from torch._C._dynamo.guards import _reinterpret_tensor
 from fusec import sizes
 from fusec.graph_source import GraphSourceError, torch_callable
 from fusec.ir import Graph, Kind, Node, map_refs
+from fusec.plan import Extern, Plan
 
 aten = torch.ops.aten
 REINTERPRET = _reinterpret_tensor
@@ -86,3 +88,41 @@ def exact_layouts(graph: Graph, outputs: list[str]) -> set[str]:
     """Of a launcher's kernel outputs it allocates itself, those laid out exactly as the plan says
     (a scatter's may be its base's buffer)."""
     return {name for name in outputs if graph[name].kind is not Kind.SCATTER}
+
+
+@dataclass(frozen=True)
+class Reinterpreted:
+    """A view as `REINTERPRET(root, size, stride, offset)`: `root` a buffer laid out as the plan says."""
+
+    root: str
+    size: tuple
+    stride: tuple
+    offset: int
+
+
+def reinterpreted_views(graph: Graph, views: list[str], exact: set[str]) -> dict[str, Reinterpreted]:
+    """Of the views torch would run, in launch order, those of a buffer laid out exactly as the
+    plan says (`exact`) or of such a view: each as a reinterpretation of that buffer, so a chain
+    of views (a slice, a view, a permute) is one call."""
+    found: dict[str, Reinterpreted] = {}
+    for name in views:
+        operands = list(dict.fromkeys(graph[name].operands()))
+        if graph[name].kind is not Kind.VIEW or len(operands) != 1:
+            continue
+        above = found.get(operands[0])
+        layout = reinterpretation(graph, graph[name]) if above or operands[0] in exact else None
+        if layout is not None:
+            root, base = (above.root, above.offset) if above else (operands[0], 0)
+            found[name] = Reinterpreted(root, layout[0], layout[1], base + layout[2])
+    return found
+
+
+def folded_views(plan: Plan, exact: set[str]) -> tuple[dict[str, Reinterpreted], set[str], dict[str, int]]:
+    """The plan's views that are reinterpretations of buffers laid out as planned (`exact`); those
+    a step other than such a view (or the caller) reads, the only ones a launcher writes; and for
+    each buffer, the step writing its last such view (it is deleted after that step, not before)."""
+    views = reinterpreted_views(plan.graph, [s.node for s in plan.externs], exact)
+    readers = [r for s in plan.steps if not (isinstance(s, Extern) and s.node in views) for r in plan.reads(s)]
+    needed = {v for v in views if v in {*readers, *plan.graph.output.operands()}}
+    last = {views[s.node].root: i for i, s in enumerate(plan.steps) if isinstance(s, Extern) and s.node in needed}
+    return views, needed, last

@@ -314,3 +314,15 @@ def test_the_overhead_bench_launches_kernels_as_their_gpu_renders_do():
         runtime.run([x, t])
     assert LaunchExtra.BAD_INDEX not in runtime.plan.kernels[0].extras
     assert "flag" not in runtime.source and "K0_RUN(" in runtime.source and "*FINALS" in runtime.source
+
+
+def test_overhead_rows_of_extern_heavy_workloads_compare_both_compilers_hosts():
+    from torch._inductor.select_algorithm import extern_kernels
+
+    from fusec.bench.overhead import measure
+
+    mm = extern_kernels.mm
+    row = measure("swiglu_mlp", "cpu")
+    assert row.kernels == 1 and row.externs == 2 and row.per_kernel_us is None
+    assert 0 < row.launcher_us < row.fusec_call_us and row.torch_compile_call_us is not None
+    assert extern_kernels.mm is mm  # torch.compile's extern calls run for real again after the bench
