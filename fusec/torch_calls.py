@@ -78,8 +78,10 @@ def reinterpretation(graph: Graph, node: Node) -> tuple[tuple, tuple, int] | Non
         out = fn(*map_refs(tuple(args), lambda ref: meta), **map_refs(dict(kwargs), lambda ref: meta))
     except (RuntimeError, TypeError, ValueError, IndexError):
         return None
-    if out.dtype != meta.dtype or tuple(out.shape) != tuple(node.shape) or (
-            node.strides is not None and tuple(out.stride()) != tuple(node.strides)):
+    # A reshape's schema says it aliases its operand, but where the layout forbids it, it copies.
+    if not isinstance(out, torch.Tensor) or not torch._C._is_alias_of(out, meta) or out.dtype != meta.dtype:
+        return None
+    if tuple(out.shape) != tuple(node.shape) or tuple(out.stride()) != tuple(node.strides or out.stride()):
         return None
     return tuple(out.shape), tuple(out.stride()), out.storage_offset()
 

@@ -459,3 +459,20 @@ def test_a_launch_hook_set_as_a_plain_function_is_seen(monkeypatch):
     assert not launch_hooks_set()
     monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda *args: None)
     assert launch_hooks_set()
+
+
+def test_a_reshape_that_would_copy_is_not_reinterpreted():
+    from fusec.ir import Graph, Kind, Node, Ref
+    from fusec.torch_calls import reinterpretation
+
+    graph = Graph(name="views")
+    graph.add(Node("x", "input", Kind.INPUT, (4, 6), "float32", strides=(1, 4)))  # laid out transposed
+    graph.add(Node("flat", "reshape", Kind.VIEW, (24,), "float32", strides=(1,), args=(Ref("x"), [24]),
+                   target="aten.reshape.default"))
+    graph.add(Node("p", "permute", Kind.VIEW, (6, 4), "float32", strides=(4, 1), args=(Ref("x"), [1, 0]),
+                   target="aten.permute.default"))
+    graph.add(Node("s", "slice", Kind.VIEW, (6, 3), "float32", strides=(4, 1), args=(Ref("p"), 1, 1, 4),
+                   target="aten.slice.Tensor"))
+    assert reinterpretation(graph, graph["flat"]) is None  # torch copies it: no view of x's memory
+    assert reinterpretation(graph, graph["p"]) == ((6, 4), (4, 1), 0)
+    assert reinterpretation(graph, graph["s"]) == ((6, 3), (4, 1), 1)
