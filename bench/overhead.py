@@ -5,11 +5,14 @@ is the CPU time between launches. Each inference workload runs at its tiny
 size, many calls in a row, timed by the wall clock:
 - on a CPU, fusec's launches are stubbed (the compiled kernel's binary is
   replaced by a no-op, so everything up to the launch is measured and the
-  interpreter is not) and the launcher generated again to call the binaries
-  itself, as on a GPU: `call` is a whole call (Dynamo's guards, AOTAutograd's
-  wrapper, the launcher), `launcher` the generated launcher alone, and
-  `per kernel` the launcher's time over its kernels; torch.compile and eager
-  run for real on tiny tensors;
+  interpreter is not; kernels are launched as their GPU renders are, with no
+  bounds flag) and the launcher generated again to call the binaries itself,
+  as on a GPU: `call` is a whole call (Dynamo's guards, AOTAutograd's
+  wrapper, the launcher), `launcher` the generated function alone, and
+  `per kernel` the launcher's time over its kernels; the extern calls of both
+  compilers (matmuls, attention, convolutions) are replayed, not computed
+  (`replays.py`), so both calls are host cost; torch.compile's own C++ kernels
+  and eager run for real on tiny tensors;
 - on a GPU nothing is stubbed: launches are asynchronous, so the time of a
   long run of calls, synchronized once at the end, is the host's.
 """
@@ -19,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 import fusec
+from fusec.bench.replays import inductor_externs_replayed, inductor_modules, recorded, replay_fusec_externs
 from fusec.bench.workloads import WORKLOADS
 from fusec.kernels.call import entry_of
+from fusec.kernels.signature import extra_params
+from fusec.plan import Kernel, LaunchExtra
 
 # The best of many short runs: on a machine shared with other work, a short run is more likely to
 # be one nothing interrupted than a long one is.
@@ -65,8 +71,30 @@ class _Always(dict):
         return self.value
 
 
+class _Parameters:
+    """Stands for a compiled kernel where only its parameter names are asked for."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.arg_names = names
+
+
+def _as_on_a_gpu(runtime: Any) -> None:
+    """Launch `runtime`'s kernels as their GPU renders are launched: an index out of range fails
+    a device-side assert there, so no bounds flag is allocated, passed or read back."""
+    flag = extra_params((LaunchExtra.BAD_INDEX,), ())
+    steps = []
+    for step in runtime.plan.steps:
+        if isinstance(step, Kernel) and LaunchExtra.BAD_INDEX in step.extras:
+            step = replace(step, extras=tuple(e for e in step.extras if e is not LaunchExtra.BAD_INDEX))
+            call = runtime.calls[step.id]
+            call.fn = _Parameters([n for n in call.fn.arg_names if n not in flag])
+        steps.append(step)
+    runtime.plan = replace(runtime.plan, steps=steps)
+
+
 def stub_launches(runtime: Any) -> None:
     """Make every kernel of `runtime` (a static graph's) launch through the GPU path into a no-op."""
+    _as_on_a_gpu(runtime)
     entry = entry_of(_NoLaunch())
     for call in runtime.calls.values():
         call.interpret = False
@@ -113,32 +141,66 @@ def measure(name: str, device: str) -> Overhead | None:
     if case.grad_outputs is not None:
         return None
     args = case.args
-    with torch.no_grad():
+    with torch.no_grad(), _one_thread():
         eager = per_call_us(lambda: case.fn(*args), device)
-        torch._dynamo.reset()
-        compiled = torch.compile(case.fn)
-        try:
-            torch_compile = per_call_us(lambda: compiled(*args), device)
-        except Exception:  # no C++ compiler for Inductor's CPU backend, say: the row still has fusec's
-            torch_compile = None
-        torch._dynamo.reset()
-        ours = fusec.compile(case.fn, cpu="interpret")  # fusec's launcher, its launches stubbed below
-        ours(*args)
-        runtimes = [g.runtime for g in fusec.report_of(ours).graphs if g.runtime is not None]
-        with _stream_stub() if device == "cpu" else contextlib.nullcontext():
-            if device == "cpu":
-                for runtime in runtimes:
-                    stub_launches(runtime)
-                    runtime.launch_directly()  # as on a GPU: the launcher calls the binaries itself
-            call = per_call_us(lambda: ours(*args), device)
-            inputs = _inputs_of(runtimes, lambda: ours(*args))
-            launcher = sum(per_call_us(lambda r=r, i=i: r.run(list(i)), device) for r, i in zip(runtimes, inputs))
+        torch_compile = _torch_compile_us(case.fn, args, device)
+        call, launcher, runtimes = _fusec_us(case.fn, args, device)
     kernels = sum(len(r.plan.kernels) for r in runtimes)
-    # On a CPU the extern calls (matmuls, copies) really run inside the launcher: a per-kernel
-    # figure means something only where there are none.
+    # A per-kernel figure where the launcher does nothing else: on a CPU, no extern call (replayed,
+    # but still a call each) and no view torch makes.
     externs = sum(len(r.plan.externs) for r in runtimes)
     per_kernel = launcher / kernels if kernels and (device == "cuda" or not externs) else None
     return Overhead(name, kernels, externs, call, launcher, per_kernel, torch_compile, eager)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch's CPU ops and Inductor's C++ kernels (compiled within) on one thread: a team of
+    OpenMP threads waiting for a core of a busy machine would add milliseconds to a call of a
+    few microseconds' work, which is no host cost (on a GPU these kernels run on the device)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_compile_us(fn: Callable[..., Any], args: tuple, device: str) -> float | None:
+    """A whole call of torch.compile's; on a CPU its extern calls replayed (`replays.py`)."""
+    torch._dynamo.reset()
+    loaded = {id(m) for m in inductor_modules()}
+    compiled = torch.compile(fn)
+    try:
+        compiled(*args)
+    except Exception:  # no C++ compiler for Inductor's CPU backend, say: the row still has fusec's
+        return None
+    if device != "cpu":
+        return per_call_us(lambda: compiled(*args), device)
+    with inductor_externs_replayed([m for m in inductor_modules() if id(m) not in loaded]) as replays:
+        with recorded(replays):
+            compiled(*args)
+        return per_call_us(lambda: compiled(*args), device)
+
+
+def _fusec_us(fn: Callable[..., Any], args: tuple, device: str) -> tuple[float, float, list[Any]]:
+    """A whole call of fusec's and its launchers alone; on a CPU its launches stubbed, its extern
+    calls replayed, and its launchers generated again to call the binaries themselves, as on a GPU."""
+    torch._dynamo.reset()
+    ours = fusec.compile(fn, cpu="interpret")
+    ours(*args)
+    runtimes = [g.runtime for g in fusec.report_of(ours).graphs if g.runtime is not None]
+    with _stream_stub() if device == "cpu" else contextlib.nullcontext():
+        if device == "cpu":
+            for runtime in runtimes:
+                stub_launches(runtime)
+            with recorded(replay_fusec_externs(runtimes)):  # launch_directly too
+                ours(*args)
+        call = per_call_us(lambda: ours(*args), device)
+        inputs = _inputs_of(runtimes, lambda: ours(*args))
+        launchers = [r._built() for r in runtimes]
+        launcher = sum(per_call_us(lambda f=f, i=i: f(list(i)), device) for f, i in zip(launchers, inputs))
+    return call, launcher, runtimes
 
 
 def markdown(rows: list[Overhead], device: str) -> str:
@@ -150,8 +212,8 @@ def markdown(rows: list[Overhead], device: str) -> str:
     for r in rows:
         lines.append(f"| {r.workload} | {r.kernels} | {r.externs} | {fmt(r.fusec_call_us)} | {fmt(r.launcher_us)} "
                      f"| {fmt(r.per_kernel_us)} | {fmt(r.torch_compile_call_us)} | {fmt(r.eager_call_us)} |")
-    how = ("fusec's launches stubbed (no-op binaries); torch.compile and eager run tiny tensors for real; "
-           "externs run for real inside the launcher" if device == "cpu" else
+    how = ("fusec's launches stubbed (no-op binaries); both compilers' extern calls replayed; torch.compile's "
+           "own kernels and eager run tiny tensors for real" if device == "cpu" else
            "real launches, host time of a run of calls synchronized once")
     title = f"host cost per call on {device} ({how}); best of {RUNS} runs of {CALLS} calls"
     return "\n".join([title, "", *lines]) + "\n"

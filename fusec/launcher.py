@@ -6,7 +6,8 @@ step reads, each output's shape, strides and dtype, each kernel's grid, sizes
 and constants (written out in its launch), which stream each step runs on
 and which events it waits for, and when a buffer is dead. What is left per
 call is straight-line code: a stride check per input, an allocation per
-output, a launch per kernel, a torch call per extern op. On a GPU a launch is
+output, a launch per kernel, a torch call per extern op (a chain of views of a
+buffer it allocated: one reinterpretation of that buffer). On a GPU a launch is
 a call of the kernel's compiled binary itself (no Python frame of fusec's in
 between), once its first launch has bound it. The source is readable
 (`Runtime.source`, `fusec inspect --launcher`).
@@ -24,15 +25,15 @@ import sympy
 import torch
 
 from fusec import sizes
-from fusec.ir import Graph, Kind, Ref, contiguous_strides, iter_refs
+from fusec.ir import Graph, Kind, Ref, iter_refs
 from fusec.kernels.call import FirstLaunch, launch_hooks_set
 from fusec.kernels.scatter import owns_base
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
-from fusec.pointers import all_aligned, allocator, fresh_buffers, inputs_taken
+from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
-from fusec.torch_calls import entry_point
+from fusec.torch_calls import REINTERPRET, Reinterpreted, entry_point, exact_layouts, folded_views
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -51,6 +52,9 @@ class Source:
     counter: itertools.count = field(default_factory=itertools.count)
     bound: dict[tuple[str, int], str] = field(default_factory=dict)  # (prefix, id(value)) -> its name
     direct: bool = False  # whether some kernel is launched straight (the call then reads `direct`, `stream`)
+    views: dict[str, Reinterpreted] = field(default_factory=dict)  # views run as one reinterpretation each
+    needed: set[str] = field(default_factory=set)  # those some other step or the caller reads
+    last_view: dict[str, int] = field(default_factory=dict)  # buffer -> the step writing its last needed view
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)
@@ -109,33 +113,59 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         src.emit(f"{sizes.KERNEL_PREFIX}{symbol} = {read}")
     _device_line(src, graph, inputs, code.device)
     at_start = len(src.lines)  # where the per-call allocator and alignment flag go, if wanted
-    checked = set()
-    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
-    # One stream: a kernel's output may take over a dead buffer of the same layout.
-    reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(graph.output.operands()))
     # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
     # `result` (a matmul's library alternative, timed on inputs of its own).
     into_inputs = stores(graph) if result is None else ()
-    direct = in_place(plan) if result is None else {}
-    code = replace(code, reuse={new: old for new, old in reuse.items() if new not in direct}, in_place=direct)
+    code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
+    checked = _checked_before_stores(src, plan, code, inputs)
+    src.views, src.needed, src.last_view = folded_views(plan, exact_layouts(graph, list(code.fresh)))
+    _steps(src, plan, code, streams, checked, written={dst for _, dst in into_inputs})
+    for value, dst in into_inputs:
+        if value not in code.in_place:
+            src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
+    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
+    src.emit(f"return {_literal(src, returned)}")
+    src.lines[at_start:at_start] = _per_call(src, code)
+    return "\n".join(src.lines) + "\n", src.names
+
+
+def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direct: dict[str, str]) -> StepCode:
+    """`code` with what the plan decides: which new values are written into inputs (`direct`),
+    which buffers take over dead ones (one stream only), which the launcher allocates, which
+    inputs the alignment flag vouches for, and whether binaries may be launched straight."""
+    # One stream: a kernel's output may take over a dead buffer of the same layout.
+    reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(plan.graph.output.operands()))
+    reuse = {new: old for new, old in reuse.items() if new not in direct}
     run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
-    code = replace(code, fresh=fresh_buffers(run, code.in_place, code.reuse),
-                   vouched=inputs_taken(static, code.in_place, inputs), direct=code.direct and not streams)
-    written = {dst for _, dst in into_inputs}  # inputs stay named until their store
-    if direct:
-        # Every input checked before the first store: a call that must run through torch
-        # instead finds its inputs as they came.
-        for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *direct.values()]):
+    return replace(code, reuse=reuse, in_place=direct, fresh=fresh_buffers(run, direct, reuse),
+                   vouched=inputs_taken(static, direct, inputs), direct=code.direct and not streams)
+
+
+def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list[str]) -> set[str]:
+    """Where kernels write into inputs, every input's strides checked first: a call that must run
+    through torch instead finds its inputs as they came. The inputs checked."""
+    checked: set[str] = set()
+    if code.in_place:
+        for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *code.in_place.values()]):
             if name in inputs and name not in checked:
-                _stride_check(src, graph, name, 1)
+                _stride_check(src, plan.graph, name, 1)
                 checked.add(name)
+    return checked
+
+
+def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[str], written: set[str]) -> None:
+    """Each step in order: on its stream after the events it waits for, then the buffers it was
+    the last reader of deleted (inputs written into stay named until their store)."""
+    graph = plan.graph
+    produced_by_kernel = {o for k in plan.kernels for o in _outputs(k, code.library)}
     n_streams = 1 + max((s.stream for s in plan.steps), default=0)
     recorded = {w for s in plan.steps for w in s.waits}  # steps some other step waits for
     if streams:
         _stream_prologue(src, n_streams)
     handed_on = set(code.reuse.values())
-    for step, dead in zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True):
+    later: dict[int, list[str]] = {}
+    for i, (step, dead) in enumerate(zip(plan.steps, plan.frees or [()] * len(plan.steps), strict=True)):
         indent = 1
         if streams:
             for producer in step.waits:
@@ -148,18 +178,16 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in recorded:
             src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
-        dead = [d for d in dead if d not in handed_on and d not in written]  # deleted where taken over
+        dead = [d for d in dead if d not in handed_on and d not in written  # deleted where taken over
+                and (d not in src.views or d in src.needed)]  # a view never written has no name
+        for d in [d for d in dead if src.last_view.get(d, i) > i]:  # views of it are written later
+            dead.remove(d)
+            later.setdefault(src.last_view[d], []).append(d)
+        dead += later.pop(i, [])
         if not streams and dead:
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
         _stream_epilogue(src, plan, n_streams)
-    for value, dst in into_inputs:
-        if value not in direct:
-            src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
-    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
-    src.emit(f"return {_literal(src, returned)}")
-    src.lines[at_start:at_start] = _per_call(src, code)
-    return "\n".join(src.lines) + "\n", src.names
 
 
 def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
@@ -258,6 +286,13 @@ def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int
     node = graph[step.node]
     if node.op == "getitem" or node.target == "_operator.getitem":
         src.emit(f"{var(node.name)} = {var(node.args[0].name)}[{node.args[1]!r}]", indent)
+        return
+    view = src.views.get(node.name)
+    if view is not None:  # written where read, straight from its root; else not at all
+        if node.name in src.needed:
+            src.names["REINTERPRET"] = REINTERPRET
+            src.emit(f"{var(node.name)} = REINTERPRET({var(view.root)}, {view.size}, {view.stride}, {view.offset})  "
+                     f"# {node.target}", indent)
         return
     fn = src.bind(entry_point(code.callables[node.target]), "F")
     args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
@@ -389,30 +424,16 @@ def _per_call(src: Source, code: StepCode) -> list[str]:
                      "straight")
         lines.append(f"    stream = RAW_STREAM({code.direct_device!r}) if direct else None")
     if any(name not in code.reuse for name in code.fresh):
-        lines.append("    empty_strided = ALLOC(device)")
+        src.names.update(zip(("HERE", "ALLOC_HERE"), current_allocator(code.device.type), strict=True))
+        lines.append("    empty_strided = ALLOC_HERE if device.index == HERE() else ALLOC(device)")
     if code.vouched:
         lines.append(f"    aligned = {all_aligned([var(n) for n in code.vouched])}  # every input a kernel takes")
     return lines
 
 
 def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
-    """Only the strides of dims longer than 1 address anything: those are checked."""
-    node = graph[name]
-    # A symbolic dim is at least 2 (Dynamo specializes 0 and 1).
-    dims = [d for d, s in enumerate(node.shape) if not sizes.is_static(s) or s > 1]
-    if not dims or node.strides is None:
-        return
-    expected = tuple(node.strides[d] for d in dims)
-    if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
-        # is_contiguous ignores dims of size 1 too, and is one cached flag
-        src.emit(f"if not {var(name)}.is_contiguous():", indent)
-    elif len(dims) == len(node.shape):
-        src.emit(f"if {var(name)}.stride() != {_sizes(expected)}:", indent)
-    else:
-        src.emit(f"if ({', '.join(f'{var(name)}.stride({d})' for d in dims)},) != {_sizes(expected)}:", indent)
-    shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
-    src.emit(f"raise StrideMismatch(f'{name} has strides {{tuple({var(name)}.stride())}}, "
-             f"the kernel expects {shown}')", indent + 1)
+    for line, deeper in stride_check(graph[name], var(name)):
+        src.emit(line, indent + deeper)
 
 
 def _sizes(values: tuple | None) -> str:
@@ -426,10 +447,3 @@ def _sizes(values: tuple | None) -> str:
 def dynamic(kernel: Kernel, exact: tuple) -> bool:
     """Whether a kernel with these extents is launched at sizes chosen per call (`kinds.is_dynamic`)."""
     return not sizes.all_static(exact) or bool(kernel.symbols)
-
-
-def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
-    """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`).
-    `names` become its globals (a kernel's first direct launch writes its binary there)."""
-    exec(compile(source, "<fusec launcher>", "exec"), names)
-    return names["call"]

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch._C._dynamo.guards import _empty_strided_cpu, _empty_strided_cuda
 
+from fusec import sizes
+from fusec.ir import Node, contiguous_strides
 from fusec.plan import Kernel
 
 
@@ -30,6 +32,19 @@ def allocator(device: torch.device) -> Callable[..., torch.Tensor]:
     if device.type == "cuda" and device.index == torch.cuda.current_device():
         return _empty_strided_cuda
     return functools.partial(_empty_strided_on, device)
+
+
+def current_allocator(device_type: str) -> tuple[Callable[[], int | None], Callable[..., torch.Tensor]]:
+    """The index of the current device of a type and torch's allocator on it: a launcher allocates
+    through that allocator when the call's tensors are on the current device, which costs one test
+    per call instead of a lookup (`allocator`, a third of a microsecond); elsewhere it asks `allocator`."""
+    if device_type == "cuda":
+        return torch._C._cuda_getDevice, _empty_strided_cuda
+    return _no_index, _empty_strided_cpu
+
+
+def _no_index() -> None:
+    return None  # a CPU tensor's device index
 
 
 def _empty_strided_on(device: torch.device, size: tuple, stride: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -59,3 +74,29 @@ def all_aligned(tensors: Sequence[str]) -> str:
     4 bits of their addresses' bitwise or."""
     addresses = " | ".join(f"{name}.data_ptr()" for name in tensors)
     return f"not (({addresses}) & 15)" if len(tensors) > 1 else f"not ({addresses} & 15)"
+
+
+def stride_check(node: Node, value: str) -> list[tuple[str, int]]:
+    """Source lines (and their indent under the first) raising `StrideMismatch` unless the tensor
+    `value` has `node`'s strides. Only the strides of dims longer than 1 address anything: those
+    are checked."""
+    # A symbolic dim is at least 2 (Dynamo specializes 0 and 1).
+    dims = [d for d, s in enumerate(node.shape) if not sizes.is_static(s) or s > 1]
+    if not dims or node.strides is None:
+        return []
+    expected = tuple(node.strides[d] for d in dims)
+    if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
+        test = f"if not {value}.is_contiguous():"  # is_contiguous ignores dims of size 1 too, and is one cached flag
+    elif len(dims) == len(node.shape):
+        test = f"if {value}.stride() != {_sizes(expected)}:"
+    else:
+        test = f"if ({', '.join(f'{value}.stride({d})' for d in dims)},) != {_sizes(expected)}:"
+    shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
+    raised = (f"raise StrideMismatch(f'{node.name} has strides {{tuple({value}.stride())}}, "
+              f"the kernel expects {shown}')")
+    return [(test, 0), (raised, 1)]
+
+
+def _sizes(values: tuple) -> str:
+    inner = ", ".join(sizes.source(v, python=True) for v in values)
+    return f"({inner},)" if len(values) == 1 else f"({inner})"

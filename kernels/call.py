@@ -34,7 +34,14 @@ _INTERPRETER = threading.Lock()
 
 def launch_hooks_set() -> bool:
     """Whether a profiler asked Triton to wrap launches (then every launch takes Triton's own path).
-    Recent Triton keeps the hooks as chains, empty when nobody asked."""
+    Recent Triton keeps the hooks as chains, empty when nobody asked; a launcher asks once per call."""
+    try:
+        return bool(_knobs.launch_enter_hook.calls or _knobs.launch_exit_hook.calls)
+    except AttributeError:  # a hook set as a plain function, or an older Triton
+        return _hooks_set_otherwise()
+
+
+def _hooks_set_otherwise() -> bool:
     if _knobs is None:
         return False
     enter, leave = _knobs.launch_enter_hook, _knobs.launch_exit_hook

@@ -237,3 +237,92 @@ def test_cuda_bias_gelu_is_one_launch_for_both_compilers():
         assert records[system]["launches_per_call"] == 1
         assert records[system]["max_abs_error"] < 0.1
     assert 0 < records["fusec"]["bandwidth_fraction"] < 1.5
+
+
+# --- the overhead bench's replayed extern calls ---------------------------------------------------------------------
+
+
+def test_a_replay_returns_what_its_recorded_calls_returned_in_turn_and_computes_nothing():
+    from fusec.bench.replays import Replay, recorded
+
+    ran = []
+    replay = Replay(lambda x, out=None: ran.append(x) or x * 10)
+    with recorded([replay]):
+        assert [replay(1), replay(2, out=None)] == [10, 20]
+    assert [replay(7), replay(8), replay(9)] == [10, 20, 10]  # in the recorded order, whatever is passed
+    assert ran == [1, 2]
+
+
+def test_fusecs_extern_calls_are_replayed_after_one_recorded_call():
+    from fusec.bench.overhead import _stream_stub, stub_launches
+    from fusec.bench.replays import recorded, replay_fusec_externs
+
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v).transpose(1, 2).sum(-1)
+    compiled = fusec.compile(fn, cpu="interpret")
+    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+    compiled(q, k, v)
+    [runtime] = [g.runtime for g in fusec.report_of(compiled).graphs]
+    stub_launches(runtime)
+    [replay] = replay_fusec_externs([runtime])
+    [target] = [t for t, c in runtime.callables.items() if c is replay]
+    assert "scaled_dot_product" in str(target)  # the attention is replayed; the transpose (a view) is not
+    calls = []
+    real = replay.fn
+    replay.fn = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    with _stream_stub():
+        with recorded([replay]):
+            compiled(q, k, v)
+        for _ in range(3):
+            compiled(torch.randn(1, 2, 8, 4), k, v)
+    assert calls == [1] and replay.at == 0  # computed once, then replayed (one call each)
+    assert runtime.counts.extern_calls >= 4
+
+
+def test_inductors_extern_calls_are_replayed_within_and_restored_after(tmp_path):
+    from torch._inductor.select_algorithm import extern_kernels
+
+    from fusec.bench.replays import Replay, inductor_externs_replayed
+
+    output_code = tmp_path / "output_code.py"
+    output_code.write_text("extern_kernels.mm(a, b, out=c)\nbuf = torch.ops.aten.addmm.default(x, a, b)\n")
+
+    class Module:
+        __file__ = str(output_code)
+    mm, addmm = extern_kernels.mm, torch.ops.aten.addmm.default
+    with inductor_externs_replayed([Module()]) as replays:
+        assert isinstance(extern_kernels.mm, Replay) and isinstance(torch.ops.aten.addmm.default, Replay)
+        assert [r.fn for r in replays] == [mm, addmm]
+    assert extern_kernels.mm is mm and torch.ops.aten.addmm.default is addmm
+
+
+def test_the_overhead_bench_launches_kernels_as_their_gpu_renders_do():
+    """cross_entropy's interpreted kernel takes a bounds flag; its GPU render asserts on the device
+    instead: the stubbed launcher passes no flag, reads none back, and launches the binary straight."""
+    from fusec.bench.overhead import _stream_stub, stub_launches
+    from fusec.plan import LaunchExtra
+
+    fn = lambda x, t: F.cross_entropy(x, t)
+    compiled = fusec.compile(fn, cpu="interpret")
+    x, t = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    compiled(x, t)
+    [runtime] = [g.runtime for g in fusec.report_of(compiled).graphs]
+    assert LaunchExtra.BAD_INDEX in runtime.plan.kernels[0].extras
+    stub_launches(runtime)
+    runtime.launch_directly()
+    with _stream_stub():
+        runtime.run([x, t])
+        runtime.run([x, t])
+    assert LaunchExtra.BAD_INDEX not in runtime.plan.kernels[0].extras
+    assert "flag" not in runtime.source and "K0_RUN(" in runtime.source and "*FINALS" in runtime.source
+
+
+def test_overhead_rows_of_extern_heavy_workloads_compare_both_compilers_hosts():
+    from torch._inductor.select_algorithm import extern_kernels
+
+    from fusec.bench.overhead import measure
+
+    mm = extern_kernels.mm
+    row = measure("swiglu_mlp", "cpu")
+    assert row.kernels == 1 and row.externs == 2 and row.per_kernel_us is None
+    assert 0 < row.launcher_us < row.fusec_call_us and row.torch_compile_call_us is not None
+    assert extern_kernels.mm is mm  # torch.compile's extern calls run for real again after the bench

@@ -386,3 +386,93 @@ def test_a_final_reductions_partials_and_ticket_are_kept_across_calls():
         [kernel] = [k for k in graph.plan.kernels if k.finals]
         seen.append([id(b) for b in graph.runtime._final_buffers(kernel, x.device)])
     assert seen[0] == seen[1] == seen[2] and len(seen[0]) == len(kernel.finals) + 1
+
+
+def test_views_of_the_launchers_own_buffers_are_reinterpreted():
+    """A chain of views torch would run on a buffer the launcher allocated is one `_reinterpret_tensor`
+    call, its layout worked out once: the same sizes, strides and offset as the view ops give."""
+    fn = lambda x: F.scaled_dot_product_attention(*(x * 2).view(1, 8, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0))
+    compiled = fusec.compile(fn)
+    x = torch.randn(8, 24)
+    torch.testing.assert_close(compiled(x), fn(x))
+    source = fusec.report_of(compiled).graphs[0].runtime.source
+    # q, k and v: each chain (view, permute, slice, squeeze) one call from the kernel's buffer,
+    # which is deleted once the last of them is written
+    assert source.count(" = REINTERPRET(v_mul, (1, 2, 8, 4), (192, 4, 24, 1), ") == 3
+    assert source.index("del v_mul") > source.rindex("REINTERPRET(")
+    assert source.count(" = F") == 1  # only the attention goes through torch's ops
+    assert_ran(compiled)
+
+
+def test_a_view_of_an_input_runs_through_torch_as_eager_lays_it_out():
+    """An input's layout is checked only where it addresses memory: its views are torch's own."""
+    fn = lambda x: (x[:, 1:].t(), (x * 2)[1:])
+    compiled = fusec.compile(fn)
+    x = torch.randn(6, 4)[:, :3]
+    for got, expected in zip(compiled(x), fn(x), strict=True):
+        torch.testing.assert_close(got, expected)
+        assert got.stride() == expected.stride()
+    assert compiled(x)[0].data_ptr() == x.data_ptr() + 4  # eager's view of the input itself
+    source = fusec.report_of(compiled).graphs[0].runtime.source
+    assert "REINTERPRET(v_arg0_1" not in source
+    assert_ran(compiled)
+
+
+def test_seeds_come_from_torchs_generator_one_draw_per_call():
+    from fusec.runtime import draw_seed
+
+    torch.manual_seed(5)
+    first = [draw_seed() for _ in range(4)]
+    torch.manual_seed(5)
+    assert [draw_seed() for _ in range(4)] == first  # torch.manual_seed makes them repeatable
+    assert len(set(first)) == 4 and all(2**62 <= s < 2**63 for s in first)  # one 64-bit class
+    torch.manual_seed(5)
+    draw_seed()
+    after_one = torch.rand(3)
+    torch.manual_seed(5)
+    torch.randint(0, 2**62, (), dtype=torch.int64)  # one 64-bit draw of the generator, as a seed is
+    torch.testing.assert_close(torch.rand(3), after_one)
+
+
+def test_seeds_are_drawn_into_a_buffer_per_thread():
+    import threading
+
+    from fusec.runtime import _SEED
+
+    buffers = []
+    worker = threading.Thread(target=lambda: buffers.append(_SEED.value))
+    worker.start()
+    worker.join()
+    assert buffers[0] is not _SEED.value
+
+
+def test_the_launcher_allocates_on_the_current_device_after_one_test():
+    compiled = fusec.compile(lambda x: x * 2)
+    compiled(torch.randn(4))
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+    assert "    empty_strided = ALLOC_HERE if device.index == HERE() else ALLOC(device)\n" in runtime.source
+    names = runtime._call.__globals__
+    assert names["HERE"]() is None and names["ALLOC_HERE"] is allocator(torch.device("cpu"))
+
+
+def test_a_launch_hook_set_as_a_plain_function_is_seen(monkeypatch):
+    assert not launch_hooks_set()
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", lambda *args: None)
+    assert launch_hooks_set()
+
+
+def test_a_reshape_that_would_copy_is_not_reinterpreted():
+    from fusec.ir import Graph, Kind, Node, Ref
+    from fusec.torch_calls import reinterpretation
+
+    graph = Graph(name="views")
+    graph.add(Node("x", "input", Kind.INPUT, (4, 6), "float32", strides=(1, 4)))  # laid out transposed
+    graph.add(Node("flat", "reshape", Kind.VIEW, (24,), "float32", strides=(1,), args=(Ref("x"), [24]),
+                   target="aten.reshape.default"))
+    graph.add(Node("p", "permute", Kind.VIEW, (6, 4), "float32", strides=(4, 1), args=(Ref("x"), [1, 0]),
+                   target="aten.permute.default"))
+    graph.add(Node("s", "slice", Kind.VIEW, (6, 3), "float32", strides=(4, 1), args=(Ref("p"), 1, 1, 4),
+                   target="aten.slice.Tensor"))
+    assert reinterpretation(graph, graph["flat"]) is None  # torch copies it: no view of x's memory
+    assert reinterpretation(graph, graph["p"]) == ((6, 4), (4, 1), 0)
+    assert reinterpretation(graph, graph["s"]) == ((6, 3), (4, 1), 1)
