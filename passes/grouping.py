@@ -9,7 +9,16 @@ import math
 from fusec.ir import Graph, Kind, Node, domain_width, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
-from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
+from fusec.passes.rows import (
+    Domain,
+    element_frames,
+    keepdim_shape,
+    keeps_rows,
+    outer_shape,
+    reads_own_row,
+    row_shapes,
+    unit_dims_only,
+)
 from fusec.passes.scatter_fusion import walker_refusal
 from fusec.passes.symbolic import Sizes, coincidence, sizes_seen
 
@@ -190,6 +199,9 @@ class Grouping:
                                          f"a row of the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
         row_valued = self._reduced_in(ordered)
+        frames = element_frames(ordered, row_valued, domain, self.node)
+        if isinstance(frames, Refusal):
+            return frames
         for node in ordered:
             if node.kind is not Kind.VIEW:
                 continue
@@ -198,8 +210,8 @@ class Grouping:
                 # Index math over a constant (arange[None]) or over loaded values (a BN
                 # weight's [C] -> [C,1,1]): computed at any index, no row's values to move.
                 continue
-            if unit_dims_only(node, src):
-                continue
+            if unit_dims_only(node, src) or (node.op == "permute" and node.name in frames):
+                continue  # a permuted per-element value is read at each element's own index
             if node.op == "reshape" and node.numel == src.numel == per_element:
                 continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
