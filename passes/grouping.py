@@ -215,8 +215,10 @@ class Grouping:
             if node.op == "reshape" and node.numel == src.numel == per_element:
                 continue  # the kernel indexes elements by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
+                # A permute of a per-element value has a frame (passes/rows.py); a per-row one stays in row order.
+                held = f": {src.name} holds one value per row" if node.op == "permute" else ""
                 return Refusal("row-move",
-                               f"{node.name} ({node.op}) would move values between the rows of a reduction")
+                               f"{node.name} ({node.op}) would move values between the rows of a reduction{held}")
         return self._misaligned_read(ordered, row_valued, domain)
 
     def _reduced_in(self, ordered: list[Node]) -> set[str]:
