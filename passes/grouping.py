@@ -212,8 +212,8 @@ class Grouping:
                 continue
             if unit_dims_only(node, src) or (node.op == "permute" and node.name in frames):
                 continue  # a permuted per-element value is read at each element's own index
-            if node.op == "reshape" and node.numel == src.numel == per_element:
-                continue  # the kernel indexes elements by their row-major position, which a reshape keeps
+            if node.op == "reshape" and node.numel == src.numel in (per_element, per_row):
+                continue  # the kernel indexes elements and rows by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
                 # A permute of a per-element value has a frame (passes/rows.py); a per-row one stays in row order.
                 held = f": {src.name} holds one value per row" if node.op == "permute" else ""

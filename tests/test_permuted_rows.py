@@ -123,6 +123,15 @@ def test_permuted_then_reshaped_values_stay_in_the_kernel():
           kernels=1, externs=0)
 
 
+def test_per_row_results_reshaped_stay_in_the_kernel():
+    """Mixtral's expert outputs summed over the chosen experts, (tokens, hidden) viewed as (batch,
+    sequence, hidden), then the residual: rows keep their row-major positions through a reshape."""
+    check(lambda x, r: (x * 2).sum(1).reshape(2, 16, 64) + r, torch.randn(32, 2, 64), torch.randn(2, 16, 64),
+          kernels=1, externs=0)
+    check(lambda x, r: x.amax(-1).reshape(4, 8, 2) * r + x.mean(-1).reshape(4, 8, 2),
+          torch.randn(8, 8, 5), torch.randn(4, 8, 2), kernels=1, externs=0)
+
+
 def test_permute_of_a_permute_composes():
     x = torch.randn(2, 3, 4, 5)
     check(lambda x: (torch.log_softmax(x, 1).permute(0, 2, 3, 1).permute(0, 3, 2, 1) * 2).sin(), x,
@@ -133,6 +142,20 @@ def test_a_looped_row_stores_the_permuted_value():
     """Rows too long for registers: the per-element pass stores through the permute too."""
     x = torch.randn(3, 4100, 2)
     check(lambda x: torch.softmax(x.transpose(1, 2), -1).transpose(1, 2) - x, x, kernels=1, externs=0)
+
+
+def test_dynamic_sizes_keep_the_permuted_store():
+    w, b = _affine(24)
+
+    def fn(x):
+        return x + F.layer_norm(x.permute(0, 2, 3, 1), (24,), w, b).permute(0, 3, 1, 2)
+
+    compiled = fusec.compile(fn, dynamic=True)
+    for shape in [(2, 24, 5, 7), (3, 24, 4, 6), (1, 24, 9, 2)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
+    report = fusec.report_of(compiled)
+    assert all(len(g.plan.kernels) == 1 and g.fallback is None for g in report.graphs), report.summary()
 
 
 def test_layer_norm_2d_backward_equals_eager():
