@@ -11,6 +11,7 @@ from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
 from fusec.passes.rows import (
     Domain,
+    computed_from_rows,
     element_frames,
     keepdim_shape,
     keeps_rows,
@@ -198,7 +199,7 @@ class Grouping:
                 return Refusal("shapes", f"shapes differ: {_shape(out.shape)} is neither an element nor "
                                          f"a row of the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
-        row_valued = self._reduced_in(ordered)
+        row_valued = computed_from_rows(ordered)
         frames = element_frames(ordered, row_valued, domain, self.node)
         if isinstance(frames, Refusal):
             return frames
@@ -220,15 +221,6 @@ class Grouping:
                 return Refusal("row-move",
                                f"{node.name} ({node.op}) would move values between the rows of a reduction{held}")
         return self._misaligned_read(ordered, row_valued, domain)
-
-    def _reduced_in(self, ordered: list[Node]) -> set[str]:
-        """The members (in topological order) computed from one of the group's reductions
-        (their values exist only for the row the kernel is on)."""
-        found: set[str] = set()
-        for node in ordered:
-            if node.kind is Kind.REDUCTION or not found.isdisjoint(self.reads[node.name]):
-                found.add(node.name)
-        return found
 
     def _of_constant(self, node: Node) -> bool:
         while node.kind is Kind.VIEW:

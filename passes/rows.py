@@ -123,7 +123,7 @@ def element_frames(ordered: list[Node], row_valued: set[str], domain: Domain,
         if node.kind is Kind.REDUCTION and moved:
             return Refusal("row-read", f"{node.name} would reduce {moved[0]} in a permuted order of its rows")
         if node.kind is Kind.REDUCTION or node.numel != per_element:
-            continue  # per-row values: their shapes are checked by the rules above
+            continue  # per-row values: reads_own_row and keeps_rows check how they are read
         frame = _frame(node, framed, frames, shape, nodes)
         if isinstance(frame, Refusal):
             return frame

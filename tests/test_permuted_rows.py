@@ -227,3 +227,15 @@ def test_a_per_row_value_permuted_is_still_refused():
     report = check(fn, torch.randn(2, 4, 3, 5), kernels=2)
     assert _refusals(report, "row-move") == [
         "permute_1 (permute) would move values between the rows of a reduction: div holds one value per row"]
+
+
+def test_convnext_atto_has_no_permute_left_between_its_layer_norms_and_their_rows():
+    """The zoo's ConvNeXt-atto (bench/cnn_zoo.py): every LayerNorm over channels-last C keeps its
+    permutes; the forward launches no more than the zoo table's 68."""
+    from bench.cnn_zoo import example
+
+    model, x = example("convnext_atto")
+    with torch.no_grad():
+        report = fusec.inspect(model, x)
+    assert not _refusals(report, "row-move"), _refusals(report, "row-move")
+    assert report.stats["kernels"] + report.stats["extern_calls"] <= 68, report.summary()
