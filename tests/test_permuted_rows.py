@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusec
-from bench.cnn_zoo import ConvNeXtBlock
+from fusec.bench.cnn_zoo import ConvNeXtBlock, example
 from fusec.ir import Kind, Node, Ref
 from fusec.passes.refusal import Refusal
 from fusec.passes.rows import computed_from_rows, element_frames
@@ -232,8 +232,6 @@ def test_a_per_row_value_permuted_is_still_refused():
 def test_convnext_atto_has_no_permute_left_between_its_layer_norms_and_their_rows():
     """The zoo's ConvNeXt-atto (bench/cnn_zoo.py): every LayerNorm over channels-last C keeps its
     permutes; the forward launches no more than the zoo table's 68."""
-    from bench.cnn_zoo import example
-
     model, x = example("convnext_atto")
     with torch.no_grad():
         report = fusec.inspect(model, x)
