@@ -21,6 +21,7 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node, row_domain
 from fusec.kernels.dtypes import TL_TYPE, compute_dtype
 from fusec.kernels.hints import last_loops
 from fusec.kernels.launch import Split
+from fusec.kernels.reduction_index import RowIndex, kernel_frames
 from fusec.kernels.reduction_split import SPLIT_CONSTANTS, SPLIT_PARAM, SplitRows, safe_shift
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64, row_count
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
@@ -55,10 +56,11 @@ def highest(dtype: str) -> str:
     return 'float("inf")' if dtype in FLOAT_DTYPES else str(_INT_MAX[dtype])
 
 
-class ReductionRenderer(SplitRows, Renderer):
+class ReductionRenderer(RowIndex, SplitRows, Renderer):
     def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True, split: Split | None = None) -> None:
         super().__init__(graph, kernel, roots={"xoffs": "xmask", "roffs": "rmask"}, interpret=interpret)
         self.shape, self.dims = row_domain(graph, [graph[m] for m in kernel.members])
+        self.frames = kernel_frames(graph, kernel, (self.shape, self.dims))
         self.outer = [d for d in range(len(self.shape)) if d not in self.dims]
         self.inner = kernel.reduce_inner
         self.block_shape = "[XBLOCK, RBLOCK]" if self.inner else "[RBLOCK, XBLOCK]"
@@ -71,36 +73,6 @@ class ReductionRenderer(SplitRows, Renderer):
         self.lane_max: dict[str, str] = {}  # such a max -> the running max per lane its sum keeps
         self.split = split  # the chunks a row is cut into, where its shape asks for them
         self.stage = 0
-
-    # the two iteration spaces ------------------------------------------------
-    def x_index(self) -> Index:
-        """Index into the reduced input of the current rows, the reduced dims at 0."""
-        split = self.unravel("xoffs", tuple(self.shape[d] for d in self.outer))
-        dims = ["0"] * len(self.shape)
-        for d, expr in zip(self.outer, split.dims):
-            dims[d] = expr
-        return Index(tuple(dims))
-
-    def row_index(self) -> Index:
-        """Index into the reduced input of the current rows at the current row offsets."""
-        split = self.unravel("roffs", tuple(self.shape[d] for d in self.dims))
-        dims = list(self.x_index().dims)
-        for d, expr in zip(self.dims, split.dims):
-            dims[d] = expr
-        return Index(tuple(dims), None)
-
-    def index_for(self, node: Node, idx: Index) -> Index:
-        """`idx` (over the reduced input's shape) re-expressed over `node`'s shape."""
-        if node.shape == self.shape:
-            return idx
-        keep = tuple(1 if d in self.dims else s for d, s in enumerate(self.shape))
-        if node.shape == keep:
-            return self.broadcast(idx, keep, self.shape)
-        if node.shape == tuple(self.shape[d] for d in self.outer):
-            return Index(tuple(idx.dims[d] for d in self.outer))
-        if node.numel == self.kernel.numel:  # per row, another shape: rows in row-major order
-            return self.unravel("xoffs", node.shape)
-        return self.reshape_index(idx, self.shape, node.shape)
 
     @contextlib.contextmanager
     def over_row(self) -> Iterator[None]:

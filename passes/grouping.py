@@ -9,7 +9,17 @@ import math
 from fusec.ir import Graph, Kind, Node, domain_width, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
-from fusec.passes.rows import Domain, keepdim_shape, keeps_rows, outer_shape, reads_own_row, row_shapes, unit_dims_only
+from fusec.passes.rows import (
+    Domain,
+    computed_from_rows,
+    element_frames,
+    keepdim_shape,
+    keeps_rows,
+    outer_shape,
+    reads_own_row,
+    row_shapes,
+    unit_dims_only,
+)
 from fusec.passes.scatter_fusion import walker_refusal
 from fusec.passes.symbolic import Sizes, coincidence, sizes_seen
 
@@ -189,7 +199,10 @@ class Grouping:
                 return Refusal("shapes", f"shapes differ: {_shape(out.shape)} is neither an element nor "
                                          f"a row of the reduction over {_domain_text(domain)}")
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
-        row_valued = self._reduced_in(ordered)
+        row_valued = computed_from_rows(ordered)
+        frames = element_frames(ordered, row_valued, domain, self.node)
+        if isinstance(frames, Refusal):
+            return frames
         for node in ordered:
             if node.kind is not Kind.VIEW:
                 continue
@@ -198,23 +211,16 @@ class Grouping:
                 # Index math over a constant (arange[None]) or over loaded values (a BN
                 # weight's [C] -> [C,1,1]): computed at any index, no row's values to move.
                 continue
-            if unit_dims_only(node, src):
-                continue
-            if node.op == "reshape" and node.numel == src.numel == per_element:
-                continue  # the kernel indexes elements by their row-major position, which a reshape keeps
+            if unit_dims_only(node, src) or (node.op == "permute" and node.name in frames):
+                continue  # a permuted per-element value is read at each element's own index
+            if node.op == "reshape" and node.numel == src.numel in (per_element, per_row):
+                continue  # the kernel indexes elements and rows by their row-major position, which a reshape keeps
             if node.op not in _ROW_VIEWS or node.shape not in allowed or src.shape not in allowed:
+                # A permute of a per-element value has a frame (passes/rows.py); a per-row one stays in row order.
+                held = f": {src.name} holds one value per row" if node.op == "permute" else ""
                 return Refusal("row-move",
-                               f"{node.name} ({node.op}) would move values between the rows of a reduction")
+                               f"{node.name} ({node.op}) would move values between the rows of a reduction{held}")
         return self._misaligned_read(ordered, row_valued, domain)
-
-    def _reduced_in(self, ordered: list[Node]) -> set[str]:
-        """The members (in topological order) computed from one of the group's reductions
-        (their values exist only for the row the kernel is on)."""
-        found: set[str] = set()
-        for node in ordered:
-            if node.kind is Kind.REDUCTION or not found.isdisjoint(self.reads[node.name]):
-                found.add(node.name)
-        return found
 
     def _of_constant(self, node: Node) -> bool:
         while node.kind is Kind.VIEW:
