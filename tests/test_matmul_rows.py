@@ -1,0 +1,205 @@
+"""A row reduction as a matmul epilogue: Linear -> LayerNorm / RMSNorm / softmax in one kernel
+when a row of the product fits one output tile; refused, with the reason, where it does not."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fusec
+from fusec.kernels.launch import ROW_TILE, SHARED, matmul_configs, matmul_launch
+from fusec.passes.grouping import MATMUL_ROW
+from tests.eager import assert_ran, check
+
+
+def _rms_norm(x, w, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _matmul_kernel(report):
+    (kernel,) = [k for k in report.kernels if k.kind == "matmul"]
+    return kernel
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_layer_norm_is_one_kernel(bias):
+    torch.manual_seed(0)
+    lin, ln = nn.Linear(32, 48, bias=bias), nn.LayerNorm(48)
+    nn.init.normal_(ln.weight), nn.init.normal_(ln.bias)
+    report = check(lambda x: ln(lin(x)), torch.randn(2, 5, 32), kernels=1, externs=0)
+    source = _matmul_kernel(report).source
+    assert "tl.dot" in source and "tl.reduce(" in source and "nmask" in source
+
+
+@torch.no_grad()
+def test_rows_wider_than_one_tile_of_m_and_not_a_power_of_two():
+    """N = 1000 takes a 1024-wide tile, so M = 100 rows are two tiles of 64, the last one partial."""
+    torch.manual_seed(1)
+    lin, ln = nn.Linear(24, 1000), nn.LayerNorm(1000)
+    x = torch.randn(100, 24)
+    report = check(lambda x: ln(lin(x)), x, kernels=1, externs=0, rtol=1e-4, atol=1e-4)
+    graph = report.graphs[0]
+    kernel = _matmul_kernel(report)
+    launch = graph.runtime.calls[kernel.id].launch
+    assert launch.constants["BLOCK_N"] == 1024 and launch.grid == (100 // launch.constants["BLOCK_M"] + 1,)
+
+
+@torch.no_grad()
+def test_rms_norm_after_linear():
+    torch.manual_seed(2)
+    lin, w = nn.Linear(32, 40, bias=False), torch.randn(40)
+    check(lambda x: _rms_norm(lin(x), w), torch.randn(3, 7, 32), kernels=1, externs=0)
+
+
+@torch.no_grad()
+def test_residual_add_then_layer_norm():
+    """A transformer block's out projection: Linear, + residual, LayerNorm; the sum is an output too."""
+    torch.manual_seed(3)
+    lin, ln = nn.Linear(48, 48), nn.LayerNorm(48)
+
+    def block(x, r):
+        h = lin(x) + r
+        return h, ln(h)
+
+    check(block, torch.randn(2, 9, 48), torch.randn(2, 9, 48), kernels=1, externs=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fn", [lambda y: torch.softmax(y, -1), lambda y: F.log_softmax(y, -1),
+                                lambda y: torch.logsumexp(y, -1), lambda y: y.amin(-1) + y.sum(-1)],
+                         ids=["softmax", "log_softmax", "logsumexp", "amin-sum"])
+def test_softmax_family_after_linear(fn):
+    torch.manual_seed(4)
+    lin = nn.Linear(16, 50)
+    check(lambda x: fn(lin(x)), torch.randn(4, 6, 16), kernels=1, externs=0)
+
+
+@torch.no_grad()
+def test_nan_in_a_row_is_kept_by_its_max():
+    lin = nn.Linear(8, 20)
+    x = torch.randn(6, 8)
+    x[2, 3] = float("nan")
+    check(lambda x: torch.softmax(lin(x), -1), x, kernels=1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sixteen_bit_linear_layer_norm(dtype):
+    torch.manual_seed(5)
+    lin, ln = nn.Linear(32, 96).to(dtype), nn.LayerNorm(96).to(dtype)
+    check(lambda x: ln(lin(x)), torch.randn(3, 10, 32).to(dtype), kernels=1, externs=0)
+    # The epilogue reads the float32 accumulator (every matmul epilogue does), where eager rounds
+    # the product to 16 bits before .float(): a 16-bit tolerance.
+    check(lambda x: torch.softmax(lin(x).float(), -1), torch.randn(12, 32).to(dtype), kernels=1,
+          rtol=1.6e-2, atol=1e-3)
+
+
+def test_training_matches_eager_and_saves_mean_and_rstd():
+    torch.manual_seed(6)
+    lin, ln = nn.Linear(24, 40), nn.LayerNorm(40)
+    x = torch.randn(2, 6, 24, requires_grad=True)
+    fn = lambda x: ln(lin(x))
+    grad = torch.randn(2, 6, 40)
+    fn(x).backward(grad)
+    params = [x, lin.weight, lin.bias, ln.weight, ln.bias]
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    compiled = fusec.compile(fn)
+    out = compiled(x)
+    torch.testing.assert_close(out, fn(x), rtol=1e-5, atol=1e-5)
+    out.backward(grad)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-4)
+    forward = assert_ran(compiled).graphs[0]
+    (kernel,) = forward.plan.kernels
+    graph = forward.plan.graph
+    assert kernel.kind == "matmul"
+    per_row = [o for o in kernel.outputs if graph[o].numel == 12]
+    assert per_row, "the forward's one kernel stores LayerNorm's per-row statistics for the backward"
+
+
+@torch.no_grad()
+def test_template_and_library_paths_agree():
+    """On a GPU the template is timed against torch's matmul + the epilogue as a reduction kernel."""
+    torch.manual_seed(7)
+    lin, ln = nn.Linear(16, 24), nn.LayerNorm(24)
+    fn = lambda x: ln(lin(x))
+    x = torch.randn(5, 16)
+    for mode in ("template", "library"):
+        compiled = fusec.compile(fn, matmul=mode)
+        torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
+        (graph,) = assert_ran(compiled).graphs
+        (kernel,) = graph.plan.kernels
+        ran = [s.id for s in kernel.library if s.id in graph.runtime.counts.kernels]
+        assert len(ran) == (mode == "library")
+
+
+def _edges(fn, *args):
+    torch._dynamo.reset()
+    with torch.no_grad():
+        return fusec.inspect(fn, *args).to_dict()["edges"]
+
+
+def test_rows_too_wide_are_refused_with_the_reason():
+    lin, ln = nn.Linear(8, MATMUL_ROW + 1), nn.LayerNorm(MATMUL_ROW + 1)
+    edges = _edges(lambda x: ln(lin(x)), torch.randn(4, 8))
+    refused = [e for e in edges if e["code"] == "matmul-rows"]
+    assert refused and all(f"rows of {MATMUL_ROW + 1} are too wide" in e["reason"] for e in refused), edges
+
+
+def test_reduction_over_another_axis_is_refused():
+    lin = nn.Linear(8, 16)
+    edges = _edges(lambda x: torch.softmax(lin(x), 0), torch.randn(16, 8))
+    assert any(e["code"] == "matmul-reduction" and "not along the rows" in e["reason"] for e in edges), edges
+
+
+@torch.no_grad()
+def test_square_product_transposed_before_its_reduction_is_not_fused():
+    """(x @ w).t() reduced along its last dim reads the product's columns: same shape as a row
+    reduction, but it would read other tiles. Refused, and the result is still eager's."""
+    torch.manual_seed(8)
+    w = torch.randn(16, 16)
+    fn = lambda x: torch.softmax((x @ w).t() + 1, -1)
+    report = check(fn, torch.randn(16, 16))
+    assert not any(k.kind == "matmul" and "tl.reduce(" in k.source for k in report.kernels)
+
+
+def test_gpu_tiles_cover_the_row_and_fit():
+    for n, dtype in ((768, "bfloat16"), (1000, "float32"), (64, "float16"), (48, "float32")):
+        launch = matmul_launch(1, 4096, n, 768, dtype, 1, 10, True, interpret=False)
+        c = launch.constants
+        assert c["BLOCK_N"] >= n and c["BLOCK_M"] * c["BLOCK_N"] <= max(ROW_TILE, 16 * c["BLOCK_N"])
+        assert c["GROUP_M"] == 1 and launch.grid == (4096 // c["BLOCK_M"],)
+        item = 4 if dtype == "float32" else 2
+        assert launch.num_stages * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"] * item <= SHARED
+        assert matmul_configs(1, 4096, n, 768, dtype, 1, 10, True) == [launch]
+    few = matmul_launch(1, 256, 64, 64, "float32", 1, 10, True, interpret=False)
+    assert few.constants["BLOCK_M"] == 16  # 16 programs, not 2, for 256 rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, n, norm", [
+    (torch.bfloat16, 768, "layer_norm"), (torch.float32, 1024, "layer_norm"),
+    (torch.float16, 512, "softmax"), (torch.bfloat16, 96, "rms_norm"),
+], ids=["bf16-768-ln", "fp32-1024-ln", "fp16-512-softmax", "bf16-96-rms"])
+def test_row_epilogue_compiles_for_sm90_without_spills(tmp_path, dtype, n, norm):
+    """BERT/GPT-2's widths over 4096 rows: whole-row tiles compile for sm_90 within shared memory,
+    no register spilled."""
+    GPUTarget = pytest.importorskip("triton.backends.compiler").GPUTarget  # noqa: F841 (the AOT API)
+    from fusec.bench import static as bench_static
+    from fusec.bench.ptx import ptxas_usage
+
+    torch.manual_seed(9)
+    lin, ln, w = nn.Linear(768, n).to(dtype), nn.LayerNorm(n).to(dtype), torch.randn(n, dtype=dtype)
+    tail = {"layer_norm": ln, "softmax": lambda y: torch.softmax(y, -1), "rms_norm": lambda y: _rms_norm(y, w)}[norm]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        (graph,) = fusec.inspect(lambda x: tail(lin(x)), torch.randn(4096, 768, dtype=dtype)).graphs
+    (kernel,) = graph.plan.kernels
+    assert kernel.kind == "matmul" and "tl.reduce(" in kernel.source
+    binary = bench_static.compile_sm90(graph.plan.graph, kernel, tmp_path)
+    assert binary.metadata.shared <= SHARED, binary.metadata.shared
+    registers, spills = ptxas_usage(binary.asm["ptx"])
+    assert registers is None or (registers <= 255 and spills == 0), (registers, spills)
