@@ -207,8 +207,9 @@ class Grouping:
         if dims != (len(shape) - 1,) or not sizes.equal(shape[-1], n) or not sizes.equal(sizes.prod(shape[:-1]), rows):
             return Refusal("matmul-reduction", f"a reduction over {_domain_text(domain)} is not along the rows "
                                                f"of the product {_shape(product.shape)}")
-        if not sizes.is_static(n):
-            return Refusal("matmul-rows", f"rows of symbolic length {n} may not fit one tile of {product.name}")
+        if not sizes.is_static(product.symbolic_shape[-1]):
+            return Refusal("matmul-rows", f"rows of symbolic length {sizes.text(product.symbolic_shape[-1])} "
+                                          f"may not fit one tile of {product.name}")
         if n > MATMUL_ROW:
             return Refusal("matmul-rows", f"rows of {n} are too wide for one tile of {product.name} "
                                           f"(at most {MATMUL_ROW})")

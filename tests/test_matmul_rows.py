@@ -203,3 +203,27 @@ def test_row_epilogue_compiles_for_sm90_without_spills(tmp_path, dtype, n, norm)
     assert binary.metadata.shared <= SHARED, binary.metadata.shared
     registers, spills = ptxas_usage(binary.asm["ptx"])
     assert registers is None or (registers <= 255 and spills == 0), (registers, spills)
+
+
+def test_symbolic_rows_fuse_and_a_symbolic_row_length_is_refused():
+    torch.manual_seed(10)
+    lin, ln = nn.Linear(16, 24), nn.LayerNorm(24)
+    fn = lambda x: ln(lin(x))
+    compiled = fusec.compile(fn, dynamic=True)
+    with torch.no_grad():
+        for n in (2, 5, 70):
+            x = torch.randn(n, 16)
+            torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
+    (graph,) = assert_ran(compiled).graphs
+    assert [k.kind for k in graph.plan.kernels] == ["matmul"]
+    torch._dynamo.reset()
+    rows = lambda a, b: torch.softmax(a @ b, -1)
+    compiled = fusec.compile(rows, dynamic=True)
+    with torch.no_grad():
+        for n in (4, 6, 19):
+            a, b = torch.randn(8, n + 3), torch.randn(n + 3, 2 * n + 1)
+            torch.testing.assert_close(compiled(a, b), rows(a, b), rtol=1e-5, atol=1e-5)
+    (graph,) = assert_ran(compiled).graphs
+    assert [k.kind for k in graph.plan.kernels] == ["reduction"]  # the bare matmul: torch's
+    edges = fusec.report_of(compiled).to_dict()["edges"]
+    assert any(e["code"] == "matmul-rows" and "symbolic length" in e["reason"] for e in edges), edges
