@@ -227,3 +227,15 @@ def test_symbolic_rows_fuse_and_a_symbolic_row_length_is_refused():
     assert [k.kind for k in graph.plan.kernels] == ["reduction"]  # the bare matmul: torch's
     edges = fusec.report_of(compiled).to_dict()["edges"]
     assert any(e["code"] == "matmul-rows" and "symbolic length" in e["reason"] for e in edges), edges
+
+
+@torch.no_grad()
+def test_a_gather_of_the_product_is_not_in_its_epilogue():
+    """Cross-entropy reads log_softmax at each row's target: a computed column the tile's
+    accumulator does not hold by position. The row reduction fuses, the gather does not."""
+    torch.manual_seed(11)
+    lin = nn.Linear(16, 40)
+    x, target = torch.randn(12, 16), torch.randint(0, 40, (12,))
+    report = check(lambda x, t: F.cross_entropy(lin(x), t), x, target)
+    edges = report.to_dict()["edges"]
+    assert any(e["code"] == "tile-read" and "computed positions" in e["reason"] for e in edges), edges
