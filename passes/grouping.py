@@ -186,7 +186,7 @@ class Grouping:
                         name not in row_valued and self.reaches(mm.name, name):
                     # (A view of a per-row value is the row rules' to judge: _row_refusal.)
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at another tile")
-                elif node.op in ("gather", "take") and self.reaches(mm.name, name):
+                elif node.op in ("gather", "take", "cat") and self.reaches(mm.name, name):
                     # The epilogue holds the product as the tile's accumulator, not at computed positions.
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at computed positions")
         allowed = {products[0].numel} | ({row_shapes(domain)[1]} if domain else set())

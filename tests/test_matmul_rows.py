@@ -239,3 +239,19 @@ def test_a_gather_of_the_product_is_not_in_its_epilogue():
     report = check(lambda x, t: F.cross_entropy(lin(x), t), x, target)
     edges = report.to_dict()["edges"]
     assert any(e["code"] == "tile-read" and "computed positions" in e["reason"] for e in edges), edges
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_scores_softmax_is_one_kernel(dtype):
+    """Attention written out: (q @ k^T) * scale + mask, softmax over the keys. A batched product's
+    rows are (batch, row) pairs: 600 keys take a 1024-wide tile, so the 70 query rows of each batch
+    are two tiles of 64, the second partial."""
+    torch.manual_seed(12)
+    q, k = torch.randn(2, 70, 8, dtype=dtype), torch.randn(2, 600, 8, dtype=dtype)
+    mask = torch.randn(70, 600, dtype=dtype)
+    fn = lambda q, k, m: torch.softmax(q @ k.transpose(-1, -2) * 0.25 + m, -1)
+    report = check(fn, q, k, mask, kernels=1, externs=0)
+    graph = report.graphs[0]
+    launch = graph.runtime.calls[report.kernels[0].id].launch
+    assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"], launch.grid) == (64, 1024, (4,))
