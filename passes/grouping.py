@@ -166,12 +166,7 @@ class Grouping:
         members = set(self.members[gu]) | set(self.members[gv])
         products = [self.node[m] for m in members if self.node[m].kind is Kind.MATMUL]
         domain = self.wider(self.domain(gu), self.domain(gv))
-        row_valued: set[str] = set()
-        if domain is not None:
-            reason = self._rows_refusal(gu, gv, products, domain)
-            if reason:
-                return reason
-            row_valued = self._reduced_in(self.ordered(members))
+        row_valued = self._reduced_in(self.ordered(members)) if domain else set()
         for name in sorted(members, key=self.position.__getitem__):
             node = self.node[name]
             if node.kind is Kind.MATMUL:
@@ -189,6 +184,10 @@ class Grouping:
                 elif node.op in ("gather", "take", "cat") and self.reaches(mm.name, name):
                     # The epilogue holds the product as the tile's accumulator, not at computed positions.
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at computed positions")
+        if domain is not None:
+            reason = self._rows_refusal(gu, gv, products, domain)
+            if reason:
+                return reason
         allowed = {products[0].numel} | ({row_shapes(domain)[1]} if domain else set())
         for out in self.outputs(members):
             if out.numel not in allowed:
