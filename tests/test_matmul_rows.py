@@ -143,10 +143,24 @@ def _edges(fn, *args):
 
 
 def test_rows_too_wide_are_refused_with_the_reason():
+    torch.manual_seed(13)
     lin, ln = nn.Linear(8, MATMUL_ROW + 1), nn.LayerNorm(MATMUL_ROW + 1)
-    edges = _edges(lambda x: ln(lin(x)), torch.randn(4, 8))
+    with torch.no_grad():
+        report = check(lambda x: ln(lin(x)), torch.randn(4, 8), kernels=2, rtol=1e-4, atol=1e-4)
+    edges = report.to_dict()["edges"]
     refused = [e for e in edges if e["code"] == "matmul-rows"]
     assert refused and all(f"rows of {MATMUL_ROW + 1} are too wide" in e["reason"] for e in refused), edges
+
+
+@torch.no_grad()
+def test_a_row_reduction_after_several_matmuls_is_refused():
+    """Q and K projections share their left operand (one kernel); a softmax of their product
+    would need both accumulators' rows whole: it is a kernel of its own."""
+    torch.manual_seed(14)
+    q, k = nn.Linear(16, 32), nn.Linear(16, 32)
+    report = check(lambda x: torch.softmax(q(x) * k(x), -1), torch.randn(8, 16), kernels=2)
+    edges = report.to_dict()["edges"]
+    assert any(e["code"] == "matmul-reduction" and "several matmuls" in e["reason"] for e in edges), edges
 
 
 def test_reduction_over_another_axis_is_refused():
