@@ -269,3 +269,26 @@ def test_batched_scores_softmax_is_one_kernel(dtype):
     graph = report.graphs[0]
     launch = graph.runtime.calls[report.kernels[0].id].launch
     assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"], launch.grid) == (64, 1024, (4,))
+
+
+def test_backward_layer_norm_gradient_after_the_next_layers_matmul():
+    """Linear -> LayerNorm -> Linear: in the backward, LayerNorm's input gradient reduces the rows
+    of the next layer's input gradient (a matmul), so its row sums can be that matmul's epilogue."""
+    torch.manual_seed(15)
+    up, ln, down = nn.Linear(16, 40), nn.LayerNorm(40), nn.Linear(40, 24)
+    fn = lambda x: down(ln(up(x)))
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    grad = torch.randn(3, 7, 24)
+    fn(x).backward(grad)
+    params = [x, up.weight, up.bias, ln.weight, ln.bias, down.weight, down.bias]
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    compiled = fusec.compile(fn)
+    compiled(x).backward(grad)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-4)
+    report = assert_ran(compiled)
+    backward = next(g for g in report.graphs if g.name.startswith("backward"))
+    rows = [k for k in backward.plan.kernels if k.kind == "matmul" and "tl.reduce(" in k.source]
+    assert rows, backward.plan.kernels
