@@ -25,6 +25,10 @@ _WALKERS = (Kind.SCAN, Kind.SCATTER, Kind.SORT)
 # The widest row a matmul's epilogue reduces in registers: the whole row is one output tile
 # (BLOCK_N = 1024 at most, 16 rows of it: 16K float32 accumulators a program; launch.py).
 MATMUL_ROW = 1024
+# Arithmetic ops such an epilogue may hold over rows wider than half that: a 16 x 1024 tile leaves
+# about 4 registers an element (a forward LayerNorm after a residual, 9 ops, compiles for sm_90
+# unspilled; its backward, 15-17, spills 200-500 bytes; over 512-wide rows it does not).
+MATMUL_ROW_WORK = 12
 # The reductions such an epilogue combines across its tile's columns.
 MATMUL_ROW_OPS = frozenset({"sum", "amax", "amin", "var"})
 
@@ -215,6 +219,11 @@ class Grouping:
         if n > MATMUL_ROW:
             return Refusal("matmul-rows", f"rows of {n} are too wide for one tile of {product.name} "
                                           f"(at most {MATMUL_ROW})")
+        work = sum(self.node[m].kind is Kind.POINTWISE and self.node[m].op != "cast"
+                   for g in (gu, gv) for m in self.members[g])
+        if n > MATMUL_ROW // 2 and work > MATMUL_ROW_WORK:
+            return Refusal("matmul-rows", f"an epilogue of {work} ops over rows of {n} would not fit in registers "
+                                          f"(at most {MATMUL_ROW_WORK} over rows wider than {MATMUL_ROW // 2})")
         for node in self.reductions(gu, gv):
             if node.op not in MATMUL_ROW_OPS:
                 return Refusal("matmul-reduction", f"{node.name} ({node.op}) is not a sum, max, min or variance")
