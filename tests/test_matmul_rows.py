@@ -42,7 +42,7 @@ def test_rows_wider_than_one_tile_of_m_and_not_a_power_of_two():
     graph = report.graphs[0]
     kernel = _matmul_kernel(report)
     launch = graph.runtime.calls[kernel.id].launch
-    assert launch.constants["BLOCK_N"] == 1024 and launch.grid == (100 // launch.constants["BLOCK_M"] + 1,)
+    assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"], launch.grid) == (64, 1024, (2,))
 
 
 @torch.no_grad()
