@@ -24,7 +24,8 @@ from fusec.kernels.launch import (
     split_launches,
     tile_launch,
 )
-from fusec.kernels.matmul import matmul_problem, render_matmul
+from fusec.kernels.matmul import matmul_problem
+from fusec.kernels.matmul_rows import render_matmul_kernel
 from fusec.kernels.pointwise import render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
 from fusec.kernels.reduction_split import SPLIT_PARAM, partial_count, writes_elements
@@ -96,7 +97,7 @@ KINDS: dict[KernelKind, KindRules] = {
             *values, persistent, kernel.reduce_inner, interpret),
         tuple, render_rows=_render_rows),
     KernelKind.MATMUL: KindRules(
-        render_matmul, lambda graph, kernel: matmul_problem(graph, kernel)[:4],
+        render_matmul_kernel, lambda graph, kernel: matmul_problem(graph, kernel)[:4],
         lambda graph, kernel, values, interpret, persistent: matmul_launch(
             *values, *matmul_problem(graph, kernel)[4:], interpret=interpret),
         lambda values: tuple(values[1:])),  # the batch count is in the grid only

@@ -161,11 +161,14 @@ ACCUMULATOR_REGISTERS = 128
 HEAVY_EPILOGUE = 8
 
 
-def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1, epilogue: int = 0, *,
-                  interpret: bool) -> Launch:
+def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1, epilogue: int = 0,
+                  rows: bool = False, *, interpret: bool) -> Launch:
     """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes.
     `accumulators`: the matmuls that share each tile of the left operand (each holds a tile);
-    `epilogue`: the arithmetic ops applied to the tiles before they are stored."""
+    `epilogue`: the arithmetic ops applied to the tiles before they are stored; `rows`: the
+    epilogue reduces whole rows, so a tile spans every column (`row_tiles`)."""
+    if rows:
+        return row_tiles(batch, m, n, k, dtype, interpret)
     if interpret:
         # Every program and every K step costs Python time: few, large tiles.
         block_m, block_n, block_k = (min(_pow2(size, 16), 64) for size in (m, n, k))
@@ -184,6 +187,37 @@ def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: 
         return _matmul_config(batch, m, n, k, (128, block_n, block_k), 8, dtype, accumulators)
     # A smaller problem gets 64x64 tiles so more programs run at once.
     return _matmul_config(batch, m, n, k, (64, 64, block_k), 4, dtype, accumulators)
+
+
+# A whole-row tile's float32 accumulators: 16 rows of the widest row fused (1024, grouping.MATMUL_ROW).
+ROW_TILE = 16 * 1024
+
+
+def row_tiles(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:
+    """Tiles of whole rows for an epilogue that reduces them: BLOCK_N covers N, BLOCK_M takes
+    as many rows as ROW_TILE accumulators allow (16 to 128, fewer while the grid would leave SMs
+    idle), one warp per 1024 of them (4 to 16: 32 to 64 accumulator registers a thread, the rest
+    for the epilogue's few live tiles, x - mean and the result). BLOCK_K shrinks until three K
+    steps of both operand tiles fit in shared memory."""
+    block_n = _pow2(n, 16)
+    if interpret:  # few, large programs
+        block_m = min(_pow2(m, 16), max(16, (1 << 16) // block_n))
+        block_k = min(_pow2(k, 16), 64)
+        return _row_config(batch, m, k, (block_m, block_n, block_k), 1, None)
+    block_m = _fill(batch * m, min(_pow2(m, 16), max(16, ROW_TILE // block_n), 128), 16)
+    block_k = min(_pow2(k, 16), 32 if dtype == "float32" else 64)
+    while block_k > 16 and 3 * (block_m + block_n) * block_k * ITEMSIZE[dtype] > SHARED:
+        block_k //= 2
+    step = (block_m + block_n) * block_k * ITEMSIZE[dtype]
+    stages = max(2, min(3 if dtype == "float32" else 4, SHARED // step))
+    return _row_config(batch, m, k, (block_m, block_n, block_k), max(4, min(16, block_m * block_n // 1024)), stages)
+
+
+def _row_config(batch: int, m: int, k: int, blocks: tuple[int, int, int], warps: int, stages: int | None) -> Launch:
+    block_m, block_n, block_k = blocks
+    constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 1,
+                 "EVEN_K": k % block_k == 0, "DOT_F32": stages is None}
+    return Launch((batch * triton.cdiv(m, block_m),), constants, warps, stages)
 
 
 def _tiles(batch: int, m: int, n: int, block_m: int, block_n: int) -> int:
@@ -218,11 +252,13 @@ def _stages(block_m: int, block_n: int, block_k: int, dtype: str) -> int:
 
 
 def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1,
-                   epilogue: int = 0) -> list[Launch]:
+                   epilogue: int = 0, rows: bool = False) -> list[Launch]:
     """The GPU tile configurations timed once per shape: the size heuristic's choice, then
     128 x 128 (8 warps), square 64 and wide 128 x 64 tiles (4 warps), each clipped to the
-    problem, deduplicated."""
-    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, interpret=False)]
+    problem, deduplicated. Whole-row tiles have the one choice (their width is the row's)."""
+    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret=False)]
+    if rows:
+        return configs
     block_k = configs[0].constants["BLOCK_K"]
     for block_m, block_n, warps in ((128, 128, 8), (64, 64, 4), (128, 64, 4)):
         config = _matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype, accumulators)

@@ -59,6 +59,7 @@ class MatmulProblem(NamedTuple):
     dtype: str  # the operands'
     accumulators: int  # matmuls sharing each tile of the left operand, each with a tile of its own
     epilogue: int  # arithmetic ops after the matmuls (casts aside): registers each output tile needs
+    rows: bool = False  # the epilogue reduces rows: a tile spans every column (matmul_rows.py)
 
 
 def matmul_problem(graph: Graph, kernel: Kernel) -> MatmulProblem:
@@ -66,7 +67,8 @@ def matmul_problem(graph: Graph, kernel: Kernel) -> MatmulProblem:
     a = graph[nodes[0].operands()[0]]
     *batch, m, n = nodes[0].shape
     epilogue = sum(graph[p].kind is Kind.POINTWISE and graph[p].op != "cast" for p in kernel.members)
-    return MatmulProblem((batch[0] if batch else 1), m, n, a.shape[-1], a.dtype, len(nodes), epilogue)
+    rows = any(graph[p].kind is Kind.REDUCTION for p in kernel.members)
+    return MatmulProblem((batch[0] if batch else 1), m, n, a.shape[-1], a.dtype, len(nodes), epilogue, rows)
 
 
 def matmul_sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
@@ -152,16 +154,20 @@ class MatmulRenderer(Renderer):
         self.out.emit("nmask = on < N")
         for name in self.kernel.outputs:
             node = self.graph[name]
-            idx = self.tile
-            if node.shape != self.node.shape:  # a reshape of the product, e.g. [B*S, N] -> [B, S, N]
-                idx = self.reshape_index(self.tile, self.node.shape, node.shape)
-            value = self.value(name, idx)
-            self.out.emit(self.store(node, idx, value, "mmask & nmask", "[BLOCK_M, BLOCK_N]"))
+            idx, mask, shape = self.output_at(node)
+            self.out.emit(self.store(node, idx, self.value(name, idx), mask, shape))
         symbols = size_params(self.graph, self.kernel)
         constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_F32")
         params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
         body = live_lines(self.out.scope.lines, [])
         return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
+
+    def output_at(self, node: Node) -> tuple[Index, str, str]:
+        """Where an output is stored from the tile: its index, mask and block shape."""
+        idx = self.tile
+        if node.shape != self.node.shape:  # a reshape of the product, e.g. [B*S, N] -> [B, S, N]
+            idx = self.reshape_index(self.tile, self.node.shape, node.shape)
+        return idx, "mmask & nmask", "[BLOCK_M, BLOCK_N]"
 
     def _accumulate(self, node: Node) -> None:
         """acc += the K slice of a @ b; a tile loaded once serves every matmul that reads it."""

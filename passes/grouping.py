@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from fusec import sizes
 from fusec.ir import Graph, Kind, Node, domain_width, is_constant, reduction_domain, row_domain
 from fusec.passes.reach import ContractedDag, bounded_descendants, reaches
 from fusec.passes.refusal import Refusal
@@ -31,6 +32,15 @@ _ROW_VIEWS = frozenset({"reshape", "expand", "broadcast_in_dim", "alias"})
 _SPECIAL = (Kind.REDUCTION, Kind.MATMUL, Kind.SCAN, Kind.SCATTER, Kind.SORT)
 # Kinds whose kernels walk their members in a rule of their own (scan order, scatter positions, sorted rows).
 _WALKERS = (Kind.SCAN, Kind.SCATTER, Kind.SORT)
+# The widest row a matmul's epilogue reduces in registers: the whole row is one output tile
+# (BLOCK_N = 1024 at most, 16 rows of it: 16K float32 accumulators a program; launch.py).
+MATMUL_ROW = 1024
+# Arithmetic ops such an epilogue may hold over rows wider than half that: a 16 x 1024 tile leaves
+# about 4 registers an element (a forward LayerNorm after a residual, 9 ops, compiles for sm_90
+# unspilled; its backward, 15-17, spills 200-500 bytes; over 512-wide rows it does not).
+MATMUL_ROW_WORK = 12
+# The reductions such an epilogue combines across its tile's columns.
+MATMUL_ROW_OPS = frozenset({"sum", "amax", "amin", "var"})
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -162,14 +172,15 @@ class Grouping:
     def _matmul_refusal(self, gu: str, gv: str, mu: Node | None, mv: Node | None) -> Refusal | None:
         """A matmul kernel holds its matmuls (several only if they share the left operand
         and shape), views their operands are read through (index math per tile), and an
-        epilogue over the output tile."""
+        epilogue over the output tile: per element, or, when each row of the product fits
+        one tile, reductions along the rows and what is computed from them."""
         if mu and mv and (self.left_operand(mu) != self.left_operand(mv) or mu.shape != mv.shape or
                           self.node[mu.operands()[1]].shape != self.node[mv.operands()[1]].shape):
             return Refusal("matmul-operands", f"matmuls {mu.name} and {mv.name} do not share a left operand and shape")
-        if self.domain(gu) or self.domain(gv):
-            return Refusal("matmul-reduction", "a matmul and a reduction do not share a kernel")
         members = set(self.members[gu]) | set(self.members[gv])
         products = [self.node[m] for m in members if self.node[m].kind is Kind.MATMUL]
+        domain = self.wider(self.domain(gu), self.domain(gv))
+        row_valued = computed_from_rows(self.ordered(members)) if domain else set()
         for name in sorted(members, key=self.position.__getitem__):
             node = self.node[name]
             if node.kind is Kind.MATMUL:
@@ -181,12 +192,51 @@ class Grouping:
                     if node.kind is not Kind.VIEW and node.op != "cast":
                         return Refusal("tile-recompute", f"{name} would be recomputed for every tile of {mm.name}")
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
-                        self.reaches(mm.name, name):
+                        name not in row_valued and self.reaches(mm.name, name):
+                    # (A view of a per-row value is the row rules' to judge: _row_refusal.)
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at another tile")
+                elif node.op in ("gather", "take", "cat") and self.reaches(mm.name, name):
+                    # The epilogue holds the product as the tile's accumulator, not at computed positions.
+                    return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at computed positions")
+        if domain is not None:
+            reason = self._rows_refusal(gu, gv, products, domain)
+            if reason:
+                return reason
+        allowed = {products[0].numel} | ({row_shapes(domain)[1]} if domain else set())
         for out in self.outputs(members):
-            if out.numel != products[0].numel:
+            if out.numel not in allowed:
                 return Refusal("shapes",
                                f"shapes differ: {_shape(out.shape)} vs the product {_shape(products[0].shape)}")
+        return None if domain is None else self._row_refusal(members, domain, False)
+
+    def _rows_refusal(self, gu: str, gv: str, products: list[Node], domain: Domain) -> Refusal | None:
+        """Why the reductions of `domain` cannot run in the epilogue of the matmul `products`:
+        each must reduce whole rows of the one product along its last dim (N), static and at most
+        MATMUL_ROW long, with an op the tile's epilogue combines."""
+        shape, dims = domain
+        if self.totals(self.reductions(gu, gv), domain):
+            return Refusal("matmul-reduction", "a matmul and reductions of different shapes do not share a kernel")
+        if len(products) != 1:
+            return Refusal("matmul-reduction", "a row reduction after several matmuls does not share their kernel")
+        product = products[0]
+        n, rows = product.shape[-1], sizes.prod(product.shape[:-1])
+        if dims != (len(shape) - 1,) or not sizes.equal(shape[-1], n) or not sizes.equal(sizes.prod(shape[:-1]), rows):
+            return Refusal("matmul-reduction", f"a reduction over {_domain_text(domain)} is not along the rows "
+                                               f"of the product {_shape(product.shape)}")
+        if not sizes.is_static(product.symbolic_shape[-1]):
+            return Refusal("matmul-rows", f"rows of symbolic length {sizes.text(product.symbolic_shape[-1])} "
+                                          f"may not fit one tile of {product.name}")
+        if n > MATMUL_ROW:
+            return Refusal("matmul-rows", f"rows of {n} are too wide for one tile of {product.name} "
+                                          f"(at most {MATMUL_ROW})")
+        work = sum(self.node[m].kind is Kind.POINTWISE and self.node[m].op != "cast"
+                   for g in (gu, gv) for m in self.members[g])
+        if n > MATMUL_ROW // 2 and work > MATMUL_ROW_WORK:
+            return Refusal("matmul-rows", f"an epilogue of {work} ops over rows of {n} would not fit in registers "
+                                          f"(at most {MATMUL_ROW_WORK} over rows wider than {MATMUL_ROW // 2})")
+        for node in self.reductions(gu, gv):
+            if node.op not in MATMUL_ROW_OPS:
+                return Refusal("matmul-reduction", f"{node.name} ({node.op}) is not a sum, max, min or variance")
         return None
 
     def _row_refusal(self, members: set[str], domain: Domain, totals: bool) -> Refusal | None:
