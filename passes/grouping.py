@@ -192,8 +192,9 @@ class Grouping:
                     if node.kind is not Kind.VIEW and node.op != "cast":
                         return Refusal("tile-recompute", f"{name} would be recomputed for every tile of {mm.name}")
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
-                        name not in row_valued and self.reaches(mm.name, name):
-                    # (A view of a per-row value is the row rules' to judge: _row_refusal.)
+                        (name not in row_valued or node.op == "permute") and self.reaches(mm.name, name):
+                    # (A view of a per-row value is the row rules' to judge, _row_refusal, but for
+                    # a permute: a reduction kernel reads one at the element's own index, a tile cannot.)
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at another tile")
                 elif node.op in ("gather", "take", "cat") and self.reaches(mm.name, name):
                     # The epilogue holds the product as the tile's accumulator, not at computed positions.

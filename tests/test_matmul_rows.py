@@ -308,3 +308,15 @@ def test_a_long_epilogue_over_wide_rows_is_refused():
     lin, ln = nn.Linear(8, 600), nn.LayerNorm(600)
     edges = _edges(lambda x: F.gelu(ln(lin(x))) * torch.tanh(lin(x)) + 1, torch.randn(4, 8))
     assert any(e["code"] == "matmul-rows" and "would not fit in registers" in e["reason"] for e in edges), edges
+
+
+@torch.no_grad()
+def test_a_permuted_normalised_row_stays_out_of_the_matmul_tile():
+    """A permute after the epilogue's reduction would read the product at another tile."""
+    torch.manual_seed(7)
+    lin, ln = nn.Linear(16, 24), nn.LayerNorm(24)
+    nn.init.normal_(ln.weight), nn.init.normal_(ln.bias)
+    y = torch.randn(2, 24, 5)
+    fn = lambda x, y: ln(lin(x)).permute(0, 2, 1) + y
+    check(fn, torch.randn(2, 5, 16), y)
+    assert any(e["code"] == "tile-read" and "permute" in e["reason"] for e in _edges(fn, torch.randn(2, 5, 16), y))
