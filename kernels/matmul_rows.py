@@ -1,9 +1,10 @@
 """Render a matmul group whose epilogue reduces the product's rows (Linear -> LayerNorm,
 RMSNorm, softmax): each tile holds whole rows, reduced in registers before the tail.
 
-Grouping admits reductions into a matmul kernel only along the product's last dim (N,
-possibly through a reshape such as [B*S, N] -> [B, S, N]), over static rows of at most
-`grouping.MATMUL_ROW`, all of one domain. The launch (`launch.row_tiles`) makes BLOCK_N
+Grouping admits reductions into a matmul kernel only over rows laid out as the product's
+(its last dim N, possibly through a reshape such as [B*S, N] -> [B, S, N]; of the product or
+of another tensor of its shape), over static rows of at most `grouping.MATMUL_ROW`, all of
+one domain, and no permute of what they compute. The launch (`launch.row_tiles`) makes BLOCK_N
 cover N, so the grid has one program per BLOCK_M rows (grid_n = 1) and every row a program
 reduces is complete in its accumulator. A reduction is then a combine across axis 1 of
 its operand over the tile, masked by nmask (a sum adds 0 past N, a max takes -inf there,
@@ -76,8 +77,15 @@ class MatmulRowsRenderer(MatmulRenderer):
         """A per-row output is stored once per row of the tile; the rest as the product's tile."""
         if node.numel == self.node.numel or node.numel != self.rows:
             return super().output_at(node)
-        row = self.linearize(Index(self.tile.dims[:-1]), self.node.shape[:-1])
-        return self.unravel(row, node.shape), "mmask", "[BLOCK_M, 1]"
+        if "orow" not in self.out.roots:
+            # The tile's rows as a column: `om` spans the whole tile (for wide epilogue loads), so a
+            # per-row value stored or loaded at it would be a [BLOCK_M, BLOCK_N] block.
+            self.out.roots["orow"] = "rowmask"
+            self.out.deps["orow"] = frozenset({"orow"})
+            self.out.emit("orow = rm[:, None]")
+            self.out.emit("rowmask = orow < M")
+        row = self.linearize(self._index("orow"), self.node.shape[:-1])
+        return self.unravel(row, node.shape), "rowmask", "[BLOCK_M, 1]"
 
 
 def render_matmul_kernel(graph: Graph, kernel: Kernel, interpret: bool = True) -> Rendered:

@@ -191,10 +191,14 @@ class Grouping:
                     # else would be recomputed for every tile that reads it.
                     if node.kind is not Kind.VIEW and node.op != "cast":
                         return Refusal("tile-recompute", f"{name} would be recomputed for every tile of {mm.name}")
+                elif node.op == "permute" and name in row_valued:
+                    # A reduction kernel reads a permuted row value at the element's own index (its
+                    # frame); a tile holds each row's reductions at its own row only.
+                    return Refusal("tile-read", f"{name} ({node.op}) would read a row's reduction at another "
+                                                f"row of {mm.name}'s tile")
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
-                        (name not in row_valued or node.op == "permute") and self.reaches(mm.name, name):
-                    # (A view of a per-row value is the row rules' to judge, _row_refusal, but for
-                    # a permute: a reduction kernel reads one at the element's own index, a tile cannot.)
+                        name not in row_valued and self.reaches(mm.name, name):
+                    # (A view of a per-row value is the row rules' to judge: _row_refusal.)
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at another tile")
                 elif node.op in ("gather", "take", "cat") and self.reaches(mm.name, name):
                     # The epilogue holds the product as the tile's accumulator, not at computed positions.

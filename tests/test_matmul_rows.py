@@ -320,3 +320,31 @@ def test_a_permuted_normalised_row_stays_out_of_the_matmul_tile():
     fn = lambda x, y: ln(lin(x)).permute(0, 2, 1) + y
     check(fn, torch.randn(2, 5, 16), y)
     assert any(e["code"] == "tile-read" and "permute" in e["reason"] for e in _edges(fn, torch.randn(2, 5, 16), y))
+
+
+@torch.no_grad()
+def test_a_permuted_row_value_beside_the_product_stays_out_of_its_tile():
+    """A LayerNorm of another tensor, transposed, added to the product: the tile holds each row's
+    mean and variance at its own row only, so the permute is refused whatever it reads."""
+    torch.manual_seed(8)
+    lin, ln = nn.Linear(4, 8), nn.LayerNorm(8)
+    nn.init.normal_(ln.weight), nn.init.normal_(ln.bias)
+    check(lambda x, r: lin(x) + ln(r).t(), torch.randn(8, 4), torch.randn(8, 8))
+
+
+@torch.no_grad()
+def test_a_sibling_norm_transposed_keeps_its_own_rows():
+    torch.manual_seed(9)
+    lin, ln1, ln2 = nn.Linear(4, 8), nn.LayerNorm(8), nn.LayerNorm(8)
+    nn.init.normal_(ln2.weight)
+    check(lambda x, r: (ln1(lin(x)), ln2(r).t() * 2), torch.randn(6, 4), torch.randn(6, 8))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shape", [(10, 16), (3, 10, 16)])
+def test_a_per_row_output_that_reads_a_tensor(shape):
+    """A row sum plus a per-row input: stored once per row (at the tile's rows as a column)."""
+    torch.manual_seed(10)
+    lin = nn.Linear(16, 24)
+    report = check(lambda x, b: lin(x).sum(-1) + b, torch.randn(*shape), torch.randn(*shape[:-1]), kernels=1)
+    assert "rowmask" in _matmul_kernel(report).source
