@@ -81,7 +81,10 @@ class _SeedBuffer(threading.local):
     the GIL go while it draws)."""
 
     def __init__(self) -> None:
-        self.value = torch.empty((), dtype=torch.int64)
+        # Not an inference tensor, whatever mode the thread's first draw is made in: later
+        # draws outside torch.inference_mode() write into it.
+        with torch.inference_mode(False):
+            self.value = torch.empty((), dtype=torch.int64, device="cpu")
 
 
 _SEED = _SeedBuffer()
@@ -315,8 +318,14 @@ class Runtime:
         so a launch finds the last one's partials read and its ticket reset."""
         call = self.calls[kernel.id]
         programs = (call.launch_at(at) if at is not None else call.launch).grid[0]
-        # (a CUDA tensor's device has an index, a CPU tensor's none; `device.type` costs 0.4 µs)
-        stream = 0 if device.index is None else torch._C._cuda_getCurrentRawStream(device.index)
+        # (a CUDA tensor's device has an index, a CPU tensor's none; `device.type` costs 0.4 µs;
+        # a graph without tensor inputs runs on `cuda` without one: the current device's stream)
+        if device.index is not None:
+            stream = torch._C._cuda_getCurrentRawStream(device.index)
+        elif device.type == "cuda":
+            stream = torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+        else:
+            stream = 0
         kept = self.tickets.by_kernel
         key = (kernel.id, device, stream, programs)
         found = kept.get(key)

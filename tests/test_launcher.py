@@ -446,6 +446,29 @@ def test_seeds_are_drawn_into_a_buffer_per_thread():
     assert buffers[0] is not _SEED.value
 
 
+def test_a_thread_whose_first_seed_is_drawn_in_inference_mode_draws_outside_it():
+    """Its seed buffer is made outside inference mode: a later draw writes into it."""
+    import threading
+
+    import torch.nn.functional as F
+
+    compiled = fusec.compile(lambda x: F.dropout(x, 0.5, True))
+    errors = []
+
+    def calls():
+        try:
+            with torch.inference_mode():
+                compiled(torch.randn(64))
+            compiled(torch.randn(64))
+        except Exception as error:  # reported to the test's thread
+            errors.append(error)
+
+    worker = threading.Thread(target=calls)
+    worker.start()
+    worker.join()
+    assert errors == []
+
+
 def test_the_launcher_allocates_on_the_current_device_after_one_test():
     compiled = fusec.compile(lambda x: x * 2)
     compiled(torch.randn(4))
