@@ -29,10 +29,13 @@ _OP_CALL = re.compile(r"torch\.ops\.(\w+)\.(\w+)\.(\w+)\(")
 class Replay:
     """Stands for one torch op in a compiled call: records what its calls return while
     `recording`, then returns those results in turn (a compiled call makes its extern calls in
-    the same order every time); an `out=` buffer is left as it is."""
+    the same order every time); an `out=` buffer is left as it is. `allocates`: each replay
+    returns new tensors laid out as the recorded ones, as the op it stands for would allocate
+    them (fusec's functional calls; Inductor's output code allocates its `out=` buffers itself)."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], allocates: bool = False) -> None:
         self.fn = fn
+        self.allocates = allocates
         self.results: list[Any] = []
         self.recording = True
         self.at = 0
@@ -43,7 +46,15 @@ class Replay:
             return self.results[-1]
         result = self.results[self.at]
         self.at = (self.at + 1) % len(self.results)
-        return result
+        return _allocated_like(result) if self.allocates else result
+
+
+def _allocated_like(result: Any) -> Any:
+    if isinstance(result, torch.Tensor):
+        return torch.empty_strided(result.size(), result.stride(), dtype=result.dtype, device=result.device)
+    if isinstance(result, (tuple, list)):
+        return type(result)(_allocated_like(r) for r in result)
+    return result
 
 
 @contextlib.contextmanager
@@ -64,7 +75,7 @@ def replay_fusec_externs(runtimes: list[Any]) -> list[Replay]:
         plan = runtime.plan
         working = {plan.graph[s.node].target for s in plan.externs if does_work(plan, s)}
         for target in sorted(working, key=str):
-            replay = Replay(entry_point(runtime.callables[target]))
+            replay = Replay(entry_point(runtime.callables[target]), allocates=True)
             runtime.callables[target] = replay
             replays.append(replay)
         runtime.launch_directly()

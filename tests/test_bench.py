@@ -253,6 +253,21 @@ def test_a_replay_returns_what_its_recorded_calls_returned_in_turn_and_computes_
     assert ran == [1, 2]
 
 
+def test_a_replay_that_allocates_returns_new_tensors_laid_out_as_the_recorded_ones():
+    """fusec's extern calls allocate their results (Inductor's allocate `out=` buffers in its own
+    code): replayed, they still pay for an allocation."""
+    from fusec.bench.replays import Replay, recorded
+
+    replay = Replay(lambda x: (x.t() * 2, x.sum()), allocates=True)
+    x = torch.randn(3, 5)
+    with recorded([replay]):
+        first = replay(x)
+    again = replay(x)
+    for new, old in zip(again, first, strict=True):
+        assert new is not old and new.data_ptr() != old.data_ptr()
+        assert (new.shape, new.stride(), new.dtype) == (old.shape, old.stride(), old.dtype)
+
+
 def test_fusecs_extern_calls_are_replayed_after_one_recorded_call():
     from fusec.bench.overhead import _stream_stub, stub_launches
     from fusec.bench.replays import recorded, replay_fusec_externs
