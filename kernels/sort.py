@@ -11,8 +11,9 @@ earlier, so equal values keep their order, as eager's stable sort), over every p
 the row ([XBLOCK, RBLOCK, RBLOCK] in registers). Lane p then takes the element whose place is p,
 and its value is read again from the input at that position, so -0.0 and NaN's bits
 come out as they went in.
-Pointwise work behind the sort is computed at the output lanes, and a sum along the
-sorted dim over the first k lanes (topk's weights normalised by their total).
+Pointwise work behind the sort is computed at the output lanes, and a sum, max or min
+along the sorted dim over the first k lanes (topk's weights normalised by their total,
+or a softmax over them).
 """
 
 from __future__ import annotations

@@ -39,8 +39,7 @@ def keyed(dtype: str) -> bool:
 
 def key_type(dtype: str, length: int) -> str:
     """The Triton type of a row's keys: the value's bits above the position's."""
-    position_bits = max(triton.next_power_of_2(length), 1).bit_length() - 1
-    return "tl.int32" if VALUE_BITS[dtype] + position_bits <= 32 else "tl.int64"
+    return "tl.int32" if VALUE_BITS[dtype] + _log(length) <= 32 else "tl.int64"
 
 
 def _float_order(x: str, dtype: str, let: Let) -> str:

@@ -42,6 +42,16 @@ def test_every_dtype_sorts_long_rows_in_eagers_stable_order(dtype, descending):
     check(lambda x: torch.sort(x, stable=True, descending=descending), x, kernels=1, externs=0, **EXACT)
 
 
+@pytest.mark.parametrize("descending", [False, True])
+def test_full_range_int64_sorts_by_both_halves(descending):
+    """Values whose high 32 bits differ (and tie), with the extremes: the second pass decides."""
+    torch.manual_seed(4)
+    high = torch.randint(-3, 3, (2, 400), dtype=torch.int64) << 32
+    x = high + torch.randint(-5, 5, (2, 400), dtype=torch.int64)
+    x[0, :4] = torch.tensor([-(2**63), 2**63 - 1, 2**32, -(2**32)])
+    check(lambda x: torch.sort(x, stable=True, descending=descending), x, kernels=1, externs=0, **EXACT)
+
+
 @pytest.mark.parametrize("length", [129, 4096, MAX_KEYED_ROW])
 def test_lengths_up_to_the_longest_row(length):
     torch.manual_seed(1)
