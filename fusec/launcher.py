@@ -24,13 +24,14 @@ from typing import Any
 import sympy
 import torch
 
-from fusec import sizes
+from fusec import pointers, sizes
 from fusec.ir import Graph, Kind, Ref, iter_refs
 from fusec.kernels.call import FirstLaunch, launch_hooks_set
 from fusec.kernels.scatter import owns_base
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
 from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
+from fusec.pointers import sizes_source as _sizes
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
 from fusec.torch_calls import REINTERPRET, Reinterpreted, entry_point, exact_layouts, folded_views
@@ -398,6 +399,8 @@ def _direct(src: Source, kernel: Kernel, code: StepCode, args: list[str], tests:
         tail = call.tail_for(given)
     except (AttributeError, TypeError):  # a parameter the plan has no value for: its call says so at launch
         return False
+    if LaunchExtra.PARTIALS in kernel.extras:  # found by stream in a dict of the launcher's, not by a call
+        args = pointers.partials_by_stream(args, src.bind(pointers.PartialsByStream(code.final_buffers, kernel), "P"))
     prefix = _ident(kernel.id).upper()
     names = (f"{prefix}_RUN", f"{prefix}_FN", f"{prefix}_META")
     src.names.update(zip(names, (FirstLaunch(call, names, given, src.names), None, None), strict=True))
@@ -434,14 +437,6 @@ def _per_call(src: Source, code: StepCode) -> list[str]:
 def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:
     for line, deeper in stride_check(graph[name], var(name)):
         src.emit(line, indent + deeper)
-
-
-def _sizes(values: tuple | None) -> str:
-    """Source of a tuple of sizes (expressions read the symbols bound at the call's start)."""
-    if values is None:
-        return "None"
-    inner = ", ".join(sizes.source(v, python=True) for v in values)
-    return f"({inner},)" if len(values) == 1 else f"({inner})"
 
 
 def dynamic(kernel: Kernel, exact: tuple) -> bool:

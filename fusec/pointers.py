@@ -13,6 +13,7 @@ checked before the kernel that reads it.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -88,15 +89,41 @@ def stride_check(node: Node, value: str) -> list[tuple[str, int]]:
     if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
         test = f"if not {value}.is_contiguous():"  # is_contiguous ignores dims of size 1 too, and is one cached flag
     elif len(dims) == len(node.shape):
-        test = f"if {value}.stride() != {_sizes(expected)}:"
+        test = f"if {value}.stride() != {sizes_source(expected)}:"
     else:
-        test = f"if ({', '.join(f'{value}.stride({d})' for d in dims)},) != {_sizes(expected)}:"
+        test = f"if ({', '.join(f'{value}.stride({d})' for d in dims)},) != {sizes_source(expected)}:"
     shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
     raised = (f"raise StrideMismatch(f'{node.name} has strides {{tuple({value}.stride())}}, "
               f"the kernel expects {shown}')")
     return [(test, 0), (raised, 1)]
 
 
-def _sizes(values: tuple) -> str:
+def sizes_source(values: tuple | None) -> str:
+    """Source of a tuple of sizes (expressions read the symbols bound at the call's start)."""
+    if values is None:
+        return "None"
     inner = ", ".join(sizes.source(v, python=True) for v in values)
     return f"({inner},)" if len(values) == 1 else f"({inner})"
+
+
+class PartialsByStream(threading.local):
+    """A static kernel's final-reduction partials and ticket as its straight launch finds them:
+    kept per thread by stream (a straight launch is on the device its binaries were bound for, so
+    the stream is the rest of the key), a stream's first launch asking `find(device)` (the
+    runtime's own buffers for the kernel, kept per thread, device, stream and program count).
+    A dict lookup per launch instead of a call of fusec's (0.5 µs)."""
+
+    def __init__(self, find: Callable[[Kernel, torch.device], list[torch.Tensor]], kernel: Kernel) -> None:
+        self.find, self.kernel = find, kernel
+        self.kept: dict[int | None, list[torch.Tensor]] = {}
+
+    def first(self, device: torch.device, stream: int | None) -> list[torch.Tensor]:
+        found = self.kept[stream] = self.find(self.kernel, device)
+        return found
+
+
+def partials_by_stream(args: list[str], kept: str) -> list[str]:
+    """A straight launch's arguments: the partials its call finds (`*FINALS...`) found in `kept`,
+    a `PartialsByStream`, by the launch's stream."""
+    return [f"*({kept}.kept.get(stream) or {kept}.first(device, stream))" if a.startswith("*FINALS") else a
+            for a in args]

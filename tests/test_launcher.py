@@ -388,6 +388,36 @@ def test_a_final_reductions_partials_and_ticket_are_kept_across_calls():
     assert seen[0] == seen[1] == seen[2] and len(seen[0]) == len(kernel.finals) + 1
 
 
+def test_a_straight_launch_finds_its_partials_by_stream_without_a_call():
+    """The launcher's straight launch of a kernel with a final reduction passes the runtime's own
+    partials and ticket, looked up by stream in a dict kept per thread; a stream's first launch asks
+    the runtime once, later calls ask nothing."""
+    import threading
+
+    fn = lambda x, t: F.cross_entropy(x, t)
+    x, t = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    runtime, binary, _ = direct_runtime(fn, x, t)
+    [kernel] = [k for k in runtime.plan.kernels if k.finals]
+    asked = []
+    find = runtime._final_buffers
+    runtime._final_buffers = lambda kernel, device: asked.append(device) or find(kernel, device)
+    runtime.launch_directly()
+    with _stream_stub():
+        for _ in range(3):
+            runtime.run([x, t])
+    assert "K0_RUN(" in runtime.source and ".kept.get(stream) or " in runtime.source
+    assert len(asked) == 1 and len(binary.launches) == 3  # the first launch through its call: bound then
+    expected = find(kernel, x.device)
+    for launch in binary.launches[1:]:  # grid, stream, function, metadata, three hooks, x, t, out, partials
+        assert [id(a) for a in launch[12:12 + len(expected)]] == [id(b) for b in expected]
+    [kept] = [v for k, v in runtime._call.__globals__.items() if k.startswith("P") and hasattr(v, "kept")]
+    other = []
+    worker = threading.Thread(target=lambda: other.append(dict(kept.kept)))
+    worker.start()
+    worker.join()
+    assert other == [{}] and list(kept.kept) == [0]  # per thread, by stream
+
+
 def test_views_of_the_launchers_own_buffers_are_reinterpreted():
     """A chain of views torch would run on a buffer the launcher allocated is one `_reinterpret_tensor`
     call, its layout worked out once: the same sizes, strides and offset as the view ops give."""
