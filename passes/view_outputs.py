@@ -14,7 +14,8 @@ copy of the view.
 
 from __future__ import annotations
 
-from fusec.ir import Graph, Kind, Node, Ref, is_constant
+from fusec.ir import Graph, Kind, Node, Ref, inlined, is_constant
+from fusec.passes.refusal import boundary_refusal
 
 
 def view_outputs(graph: Graph) -> Graph:
@@ -91,7 +92,19 @@ def _rewritten(graph: Graph, moved: dict[str, str]) -> Graph:
             nodes.append(_reading_copies(node.replace(name=copies[node.name], group=None), graph, copies))
     out = Graph(nodes, name=graph.name)
     out.horizontal, out.hints = graph.horizontal, graph.hints
+    _keep_reasons(graph, out, {copy: name for name, copy in copies.items()})
     return out
+
+
+def _keep_reasons(graph: Graph, out: Graph, original: dict[str, str]) -> None:
+    """Every edge between launches keeps why it is not fused (a copy's edges their original's);
+    a new one is a view torch runs."""
+    for src, dst, data in out.nx.edges(data=True):
+        group, other = out[src].group, out[dst].group
+        if (group is not None and group == other) or (other is not None and inlined(out, src)):
+            continue
+        old = graph.nx.edges.get((original.get(src, src), original.get(dst, dst)), {})
+        data["reason"] = old.get("reason") or boundary_refusal(out[src], out[dst])
 
 
 def _reading_copies(node: Node, graph: Graph, copies: dict[str, str]) -> Node:
