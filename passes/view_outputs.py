@@ -4,12 +4,11 @@ A group's members include the views its ops read through (index math). When
 such a view is also read outside the group, the kernel would store it: a
 second copy of its root. Where the root is in memory anyway (a graph input,
 another step's output, a value the same kernel stores for another reader) or
-two or more of the group's views of it cover it (three reshapes of a fused
-QKV product), the
-view is taken out of the group instead, so the kernel stores the root once and
-the launcher makes the view of its buffer (one reinterpretation) or torch runs
-the view op on an input, as eager does. Readers inside the group keep their own
-copy of the view.
+two or more of the group's views of it cover it (three reshapes of a fused QKV
+product), the view is taken out of the group instead: the kernel stores the root
+once, and the launcher makes the view of its buffer (one reinterpretation) or
+torch runs the view op on an input, as eager does, so outputs alias as eager's.
+Readers inside the group keep their own copy of the view.
 """
 
 from __future__ import annotations
