@@ -16,6 +16,7 @@ from fusec.passes.constants import private_constants
 from fusec.passes.fuse import fuse
 from fusec.passes.horizontal import horizontal
 from fusec.passes.verify import verify, verify_change
+from fusec.passes.view_outputs import view_outputs
 
 Pass = Callable[[Graph], Graph]
 
@@ -28,6 +29,8 @@ def pass_list(options: Options) -> list[tuple[str, Pass]]:
     if options.fuse:
         passes.append(("private_constants", private_constants))
     passes.append(("fuse", functools.partial(fuse, fuel=fuel)))
+    if options.fuse:
+        passes.append(("view_outputs", view_outputs))
     if options.fuse and options.horizontal:
         passes.append(("horizontal", horizontal))
     return passes

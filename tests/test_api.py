@@ -155,7 +155,7 @@ def test_dump_writes_graph_after_each_pass(tmp_path):
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["00_capture.dot", "00_capture.txt", "01_cleanup.dot", "01_cleanup.txt",
                      "02_private_constants.dot", "02_private_constants.txt", "03_fuse.dot", "03_fuse.txt",
-                     "04_horizontal.dot", "04_horizontal.txt"]
+                     "04_view_outputs.dot", "04_view_outputs.txt", "05_horizontal.dot", "05_horizontal.txt"]
     assert "[k0]" in (folder / "03_fuse.txt").read_text()
 
 
