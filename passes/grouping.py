@@ -37,8 +37,11 @@ _WALKERS = (Kind.SCAN, Kind.SCATTER, Kind.SORT)
 MATMUL_ROW = 1024
 # Arithmetic ops such an epilogue may hold over rows wider than half that: a 16 x 1024 tile leaves
 # about 4 registers an element (a forward LayerNorm after a residual, 9 ops, compiles for sm_90
-# unspilled; its backward, 15-17, spills 200-500 bytes; over 512-wide rows it does not).
+# unspilled; its backward, 15-17, spills 200-500 bytes; over 512-wide rows it does not) and
+# per-element outputs (each a live tile: LayerNorm's forward stores 2 and compiles unspilled; its
+# backward with 9-10 ops but 3-5 such outputs spilled 64-890 bytes at 1024 wide).
 MATMUL_ROW_WORK = 12
+MATMUL_ROW_TILES = 2
 # The reductions such an epilogue combines across its tile's columns.
 MATMUL_ROW_OPS = frozenset({"sum", "amax", "amin", "var"})
 
@@ -239,6 +242,12 @@ class Grouping:
         if n > MATMUL_ROW // 2 and work > MATMUL_ROW_WORK:
             return Refusal("matmul-rows", f"an epilogue of {work} ops over rows of {n} would not fit in registers "
                                           f"(at most {MATMUL_ROW_WORK} over rows wider than {MATMUL_ROW // 2})")
+        members = set(self.members[gu]) | set(self.members[gv])
+        tiles = sum(out.numel == product.numel for out in self.outputs(members))
+        if n > MATMUL_ROW // 2 and tiles > MATMUL_ROW_TILES:
+            return Refusal("matmul-rows", f"an epilogue storing {tiles} tiles over rows of {n} would not fit in "
+                                          f"registers (at most {MATMUL_ROW_TILES} over rows wider than "
+                                          f"{MATMUL_ROW // 2})")
         for node in self.reductions(gu, gv):
             if node.op not in MATMUL_ROW_OPS:
                 return Refusal("matmul-reduction", f"{node.name} ({node.op}) is not a sum, max, min or variance")

@@ -348,3 +348,15 @@ def test_a_per_row_output_that_reads_a_tensor(shape):
     lin = nn.Linear(16, 24)
     report = check(lambda x, b: lin(x).sum(-1) + b, torch.randn(*shape), torch.randn(*shape[:-1]), kernels=1)
     assert "rowmask" in _matmul_kernel(report).source
+
+
+def test_an_epilogue_storing_many_tiles_of_wide_rows_is_refused():
+    """Each per-element output is a live tile: over rows wider than 512 at most MATMUL_ROW_TILES
+    (a LayerNorm backward storing 3-5 spilled on sm_90)."""
+    lin, ln = nn.Linear(8, 600), nn.LayerNorm(600)
+    def fn(x):
+        y = lin(x)
+        return ln(y), y * 2, torch.exp(y)
+
+    edges = _edges(fn, torch.randn(4, 8))
+    assert any(e["code"] == "matmul-rows" and "storing 3 tiles" in e["reason"] for e in edges), edges
