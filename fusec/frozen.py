@@ -113,6 +113,13 @@ def _computed(gm: torch.fx.GraphModule, constant: set[torch.fx.Node]) -> set[tor
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     constant = set(constant) - {n for n in output.all_input_nodes if n.op != "placeholder" and "val" in n.meta}
     changed = True
+    while changed:  # what reads an output is not constant either (`wt = w.t()` returned, `wt * 2` folded)
+        changed = False
+        for node in list(constant):
+            if any(r not in constant for r in node.all_input_nodes):
+                constant.discard(node)
+                changed = True
+    changed = True
     while changed:
         changed = False
         for node in list(constant):

@@ -95,6 +95,26 @@ def test_batch_norm_without_a_conv_before_it_reads_its_scale_and_shift_folded():
     run_frozen(model, x)
 
 
+def test_a_returned_view_of_a_weight_that_a_fold_reads():
+    """The returned transpose is no constant (each call returns a new view), so neither is what reads it."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(16, 48)
+
+        def forward(self, x):
+            wt = self.l.weight.t()
+            return self.l(x), wt, (wt * 2).sum()
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    x = torch.randn(3, 16)
+    compiled = fusec.compile(model, freeze=True)
+    with torch.no_grad():
+        for got, want in zip(compiled(x), model(x), strict=True):
+            torch.testing.assert_close(got, want)
+
+
 def test_weight_math_is_computed_once():
     # A cast and a transpose of a weight: neither is a kernel of the frozen graph.
     torch.manual_seed(0)
