@@ -78,11 +78,12 @@ def matmul_sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
 
 
 class MatmulRenderer(Renderer):
+    # Operand rows and columns wrap around (`am`, `bn`) and need no mask;
+    # only K is masked while loading, and M and N when storing.
+    ROOTS = {"om": "mmask", "on": "nmask", "ka": "kmask[None, :]", "kb": "kmask[:, None]"}
+
     def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True) -> None:
-        # Operand rows and columns wrap around (`am`, `bn`) and need no mask;
-        # only K is masked while loading, and M and N when storing.
-        roots = {"om": "mmask", "on": "nmask", "ka": "kmask[None, :]", "kb": "kmask[:, None]"}
-        super().__init__(graph, kernel, roots, interpret=interpret)
+        super().__init__(graph, kernel, dict(self.ROOTS), interpret=interpret)
         self.nodes = matmul_nodes(graph, kernel)
         self.node = self.nodes[0]
         self.accumulator = {node.name: f"acc{i}" for i, node in enumerate(self.nodes)}
@@ -144,14 +145,7 @@ class MatmulRenderer(Renderer):
             self.out.bind_root("kb", "k[:, None]", {"kb"})
             for node in self.nodes:
                 self._accumulate(node)
-        # The epilogue's rows and columns span the whole tile: a bias (or a per-row value) then loads
-        # as a tile too, which Triton lays out for 128-bit loads (a [1, BLOCK_N] vector would be read
-        # in the accumulator's layout, two 16-bit values a thread) and the accumulator is converted to
-        # that layout once, as its 128-bit stores need anyway.
-        self.out.emit("om = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])")
-        self.out.emit("on = tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N])")
-        self.out.emit("mmask = om < M")
-        self.out.emit("nmask = on < N")
+        self._epilogue_index()
         for name in self.kernel.outputs:
             node = self.graph[name]
             idx, mask, shape = self.output_at(node)
@@ -161,6 +155,16 @@ class MatmulRenderer(Renderer):
         params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
         body = live_lines(self.out.scope.lines, [])
         return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
+
+    def _epilogue_index(self) -> None:
+        """The epilogue's rows and columns, spanning the whole tile: a bias (or a per-row value) then
+        loads as a tile too, which Triton lays out for 128-bit loads (a [1, BLOCK_N] vector would be
+        read in the accumulator's layout, two 16-bit values a thread) and the accumulator is
+        converted to that layout once, as its 128-bit stores need anyway."""
+        self.out.emit("om = tl.broadcast_to(rm[:, None], [BLOCK_M, BLOCK_N])")
+        self.out.emit("on = tl.broadcast_to(rn[None, :], [BLOCK_M, BLOCK_N])")
+        self.out.emit("mmask = om < M")
+        self.out.emit("nmask = on < N")
 
     def output_at(self, node: Node) -> tuple[Index, str, str]:
         """Where an output is stored from the tile: its index, mask and block shape."""

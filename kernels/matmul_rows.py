@@ -32,6 +32,8 @@ _COMBINES = {"sum": ("sum", lambda dtype: "0"), "amax": ("max", lowest), "amin":
 class MatmulRowsRenderer(MatmulRenderer):
     """A matmul tile spanning whole rows, with reductions along them in its epilogue."""
 
+    ROOTS = {**MatmulRenderer.ROOTS, "orow": "rowmask"}
+
     # The combine across the tile's axis, as a reduction kernel's (NaN kept by max and min).
     _library_reduce = ReductionRenderer._library_reduce
 
@@ -73,17 +75,17 @@ class MatmulRowsRenderer(MatmulRenderer):
         squares = self._library_reduce(self.out.let(f"{deviation} * {deviation}"), "sum", dtype, [1], "[:, None]")
         return self.out.let(f"{squares} / {row_count(self.row_length, node.args[3])}")
 
+    def _epilogue_index(self) -> None:
+        """Also the tile's rows as a column (`orow`): `om` spans the whole tile, so a per-row value
+        stored or loaded at it would be a [BLOCK_M, BLOCK_N] block."""
+        super()._epilogue_index()
+        self.out.emit("orow = rm[:, None]")
+        self.out.emit("rowmask = orow < M")
+
     def output_at(self, node: Node) -> tuple[Index, str, str]:
         """A per-row output is stored once per row of the tile; the rest as the product's tile."""
         if node.numel == self.node.numel or node.numel != self.rows:
             return super().output_at(node)
-        if "orow" not in self.out.roots:
-            # The tile's rows as a column: `om` spans the whole tile (for wide epilogue loads), so a
-            # per-row value stored or loaded at it would be a [BLOCK_M, BLOCK_N] block.
-            self.out.roots["orow"] = "rowmask"
-            self.out.deps["orow"] = frozenset({"orow"})
-            self.out.emit("orow = rm[:, None]")
-            self.out.emit("rowmask = orow < M")
         row = self.linearize(self._index("orow"), self.node.shape[:-1])
         return self.unravel(row, node.shape), "rowmask", "[BLOCK_M, 1]"
 
