@@ -22,9 +22,10 @@ def view_outputs(graph: Graph) -> Graph:
     memory (nor covered by the group's views of it); values are unchanged."""
     moved: dict[str, str] = {}  # grouped view read outside its group -> that group
     for group, members in graph.groups().items():
-        views, roots = _free_views(graph, members)
         names = {m.name for m in members}
-        kept = {m.name for m in graph.escaping(members)} - views | (roots & names)
+        escaping = {m.name for m in graph.escaping(members)}
+        views, roots = _free_views(graph, members, names, escaping)
+        kept = escaping - views | (roots & names)
         if views and kept:  # the kernel still stores something
             moved.update(dict.fromkeys(views, group))
     if not moved:
@@ -45,11 +46,11 @@ def _chain(graph: Graph, view: Node, names: set[str]) -> tuple[list[str], str]:
         chain.append(above.name)
 
 
-def _free_views(graph: Graph, members: list[Node]) -> tuple[set[str], set[str]]:
+def _free_views(graph: Graph, members: list[Node], names: set[str],
+                escaping: set[str]) -> tuple[set[str], set[str]]:
     """The group's views (escaping ones and the grouped views they view) whose root is in memory
-    or covered by them, and those roots."""
-    names = {m.name for m in members}
-    escaping = {m.name for m in graph.escaping(members)}
+    or covered by them, and those roots; `names` are the members' names, `escaping` those read
+    outside the group."""
     by_root: dict[str, dict[str, list[str]]] = {}
     for member in members:
         if member.name in escaping and member.kind is Kind.VIEW:
