@@ -123,7 +123,7 @@ class Builder:
             if src.chance(0.5):
                 self.R = src.choice([65, 100, 130])
             else:
-                self.B, self.C = 1, src.choice([4097, 5000])
+                self.B, self.C = 1, src.choice([8193, 9000])
         elif "large" not in avoid and not zero and src.chance(0.25):  # many blocks, masked tails
             self.p.constructs.add("large")
             self.R, self.C = src.int(16, 64), src.int(17, 160)
