@@ -57,6 +57,15 @@ def test_long_softmax_reads_each_row_twice_with_full_vectors(long_rows):
     assert (row.passes, row.bytes_vs_min) == (2, 1.5)
 
 
+@pytest.mark.parametrize("name", ["softmax", "layer_norm", "residual_layer_norm"])
+def test_rows_of_8192_stay_in_registers_without_spills(tmp_path, name):
+    """The bench's full rows (8192): read once, written once, in one program a row."""
+    [row] = bench_static.static_report([name], torch.bfloat16, "tiny", tmp_path, {"rows": 512, "cols": 8192})
+    assert row.spills == 0 and row.registers <= 64 and row.warps == 16
+    assert (row.load_bits, row.store_bits) == (128, 128)
+    assert (row.passes, row.bytes_vs_min) == (1, 1.0)
+
+
 def test_cross_entropy_reads_the_logits_once(long_rows):
     [row] = long_rows["cross_entropy"]
     assert row.spills == 0 and row.load_bits == 128
