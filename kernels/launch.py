@@ -230,7 +230,10 @@ def _matmul_config(batch: int, m: int, n: int, k: int, blocks: tuple[int, int, i
     in the interpreter, which has no pipeline)."""
     block_m, block_n, block_k = (min(_pow2(size, 16), edge) for size, edge in zip((m, n, k), blocks, strict=True))
     # Several accumulators share the registers one would have: narrower tiles keep them out of local memory.
-    while not interpret and block_n > 32 and block_m * block_n * accumulators > ACCUMULATOR_REGISTERS * 32 * warps:
+    # Past four, each accumulator brings its own operand tile in flight too: half the budget (16
+    # heads sharing a batch-1 row at 16 x 64 spilled 68 bytes on sm_90 with the whole of it).
+    budget = ACCUMULATOR_REGISTERS if accumulators <= 4 else ACCUMULATOR_REGISTERS // 2
+    while not interpret and block_n > 32 and block_m * block_n * accumulators > budget * 32 * warps:
         block_n //= 2
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
                  # K a multiple of the step: the K loop's loads need no mask (a constexpr, as Inductor's).

@@ -124,3 +124,12 @@ def test_batch_one_heads_load_as_wide_as_inductor(tmp_path):
     for row in rows:
         assert row.narrowest_load >= 32 and row.spills in (None, 0), row
     assert max(row.narrowest_load for row in rows if row.kind == "pointwise") == 128  # the concat
+
+
+def test_sixteen_heads_sharing_a_row_do_not_spill(tmp_path):
+    """The full-size bench's 16 heads read one batch-1 row in one kernel: 16 accumulators, each
+    with its operand tile in flight, fit in registers (16 x 64 tiles spilled 68 bytes)."""
+    rows = bench_static.static_report(["mlp_heads"], torch.bfloat16, "tiny", tmp_path,
+                                      {"heads": 16, "width": 512, "hidden": 512, "out": 16})
+    [shared] = [row for row in rows if row.kernel == "k0"]
+    assert shared.kind == "matmul" and shared.spills == 0 and shared.narrowest_load >= 32
