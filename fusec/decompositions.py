@@ -1,7 +1,7 @@
 """The one decomposition table: what AOTAutograd lowers composite ops into.
 
 Ops are decomposed until what is left is either in fusec's primitive set
-(see fusec/lowering.py) or is better run by a library (attention,
+(see fusec/lowering_ops.py) or is better run by a library (attention,
 convolution, matmul), which stay whole.
 """
 

@@ -20,7 +20,7 @@ from fusec.ir import FLOAT_DTYPES, Graph, Kind, Node
 from fusec.kernels.dtypes import compute_dtype
 from fusec.kernels.matmul import MatmulRenderer, render_matmul
 from fusec.kernels.reduction import ReductionRenderer, highest, lowest
-from fusec.kernels.render import Index, Value, row_count
+from fusec.kernels.render import Index, Value
 from fusec.kernels.signature import Rendered
 from fusec.plan import Kernel
 from fusec.sizes import prod
@@ -34,8 +34,10 @@ class MatmulRowsRenderer(MatmulRenderer):
 
     ROOTS = {**MatmulRenderer.ROOTS, "orow": "rowmask"}
 
-    # The combine across the tile's axis, as a reduction kernel's (NaN kept by max and min).
+    # The combine across the tile's axis, as a reduction kernel's (NaN kept by max and min),
+    # and a whole row's variance, as a reduction kernel's row in registers.
     _library_reduce = ReductionRenderer._library_reduce
+    _row_variance = ReductionRenderer._row_variance
 
     def __init__(self, graph: Graph, kernel: Kernel, interpret: bool = True) -> None:
         super().__init__(graph, kernel, interpret)
@@ -60,20 +62,19 @@ class MatmulRowsRenderer(MatmulRenderer):
         x = self.value(src.name, self.output_at(src)[0])
         x = self.to(f"tl.broadcast_to({x.expr}, [BLOCK_M, BLOCK_N])", dtype)
         if node.op == "var":
-            return Value(self._variance(node, x, dtype), dtype)
+            if dtype not in FLOAT_DTYPES:
+                raise ValueError(f"{node.name}: a variance of {dtype}")
+            return Value(self._row_variance(self._lanes(x, "0"), dtype, self.row_length, node.args[3]), dtype)
         kind, identity = _COMBINES[node.op]
-        lanes = self.out.let(f"tl.where(nmask, {x}, {identity(dtype)})")
-        return Value(self._library_reduce(lanes, kind, dtype, [1], "[:, None]"), dtype)
+        return Value(self._across(self._lanes(x, identity(dtype)), kind, dtype), dtype)
 
-    def _variance(self, node: Node, x: str, dtype: str) -> str:
-        """The mean, then the mean of the squared deviations from it (the row is all here)."""
-        if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{node.name}: a variance of {dtype}")
-        total = self._library_reduce(self.out.let(f"tl.where(nmask, {x}, 0)"), "sum", dtype, [1], "[:, None]")
-        mean = self.out.let(f"{total} / {row_count(self.row_length, 0, floor=1)}", "m")
-        deviation = self.out.let(f"tl.where(nmask, {x} - {mean}, 0)")
-        squares = self._library_reduce(self.out.let(f"{deviation} * {deviation}"), "sum", dtype, [1], "[:, None]")
-        return self.out.let(f"{squares} / {row_count(self.row_length, node.args[3])}")
+    def _lanes(self, expr: str, identity: str) -> str:
+        """`expr` over the tile, `identity` past the row's end."""
+        return self.out.let(f"tl.where(nmask, {expr}, {identity})")
+
+    def _across(self, lanes: str, kind: str, dtype: str) -> str:
+        """Reduce the tile along its rows, keeping the rows' axis."""
+        return self._library_reduce(lanes, kind, dtype, [1], "[:, None]")
 
     def _epilogue_index(self) -> None:
         """Also the tile's rows as a column (`orow`): `om` spans the whole tile, so a per-row value

@@ -26,6 +26,7 @@ from fusec.kernels.reduction_split import SPLIT_CONSTANTS, SPLIT_PARAM, SplitRow
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64, row_count
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
+from fusec.sizes import Size
 
 # The library's combine functions, by kind of reduction.
 _LIBRARY = {"sum": "_sum_combine", "max": "_elementwise_max", "min": "_elementwise_min"}
@@ -132,9 +133,7 @@ class ReductionRenderer(RowIndex, SplitRows, Renderer):
             yield
             lanes = self._lanes(self.to(self.value(src, self.row_index()).expr, dtype), "0")
             yield
-            mean = self.out.let(f"{self._across(lanes, 'sum', dtype)} / {row_count(n, 0, floor=1)}", "m")
-            squares = self._lanes(f"(({lanes} - {mean}) * ({lanes} - {mean}))", "0")
-            return Value(self.out.let(f"{self._across(squares, 'sum', dtype)} / {divisor}"), dtype)
+            return Value(self._row_variance(lanes, dtype, n, node.args[3]), dtype)
         mean, m2 = self._accumulator("0", dtype), self._accumulator("0", dtype)
         yield
         # A lane is valid in every chunk before the last: the k-th valid value is chunk k's.
@@ -158,6 +157,13 @@ class ReductionRenderer(RowIndex, SplitRows, Renderer):
             self.partials[node.name] = [row_mean, self._across(spread, "sum", dtype)]
             return Value(row_mean, dtype)
         return Value(self.out.let(f"{self._across(spread, 'sum', dtype)} / {divisor}"), dtype)
+
+    def _row_variance(self, lanes: str, dtype: str, length: Size, correction: float) -> str:
+        """The variance of rows held whole in `lanes` (0 where masked): the mean, then the mean
+        of the squared deviations from it (`_lanes` masks, `_across` reduces along the rows)."""
+        mean = self.out.let(f"{self._across(lanes, 'sum', dtype)} / {row_count(length, 0, floor=1)}", "m")
+        squares = self._lanes(f"(({lanes} - {mean}) * ({lanes} - {mean}))", "0")
+        return self.out.let(f"{self._across(squares, 'sum', dtype)} / {row_count(length, correction)}")
 
     def _online_sum(self, node: Node, peak: str) -> Steps:
         """sum(exp(x - c)), c per row from peak = max(x), in the peak's pass: each lane keeps its

@@ -1,4 +1,4 @@
-"""cleanup: dead code elimination and common subexpression elimination."""
+"""cleanup: dead code elimination, identities (x * 1, x.t().t()) and common subexpression elimination."""
 
 from __future__ import annotations
 
@@ -38,9 +38,28 @@ def _is_identity(node) -> bool:
         not isinstance(node.args[1], Ref | bool) and node.args[1] == 1
 
 
+def _undone_permute(node: Node, out: Graph) -> str | None:
+    """The value a permute reads back in its own order (x.t().t(): the second permute undoes
+    the first), when it has that value's layout, so a reader (the caller too) sees no difference."""
+    if node.op != "permute" or out[node.args[0].name].op != "permute":
+        return None
+    first = out[node.args[0].name]
+    root = out[first.args[0].name]
+    order, undo = first.args[1], node.args[1]
+    if any(order[d] != i for i, d in enumerate(undo)):
+        return None
+    return root.name if _layout(root) == _layout(node) else None
+
+
+def _layout(node: Node) -> tuple:
+    """What a reader sees of a value besides its elements (sizes: their symbolic expressions)."""
+    return node.shape, node.dtype, node.strides, node.sizes
+
+
 def _simplified(graph: Graph) -> Graph:
     """The graph without a multiply or divide by one that only computing ops read (with its
-    operand's shape and dtype), and without a pure node computing what an earlier one did."""
+    operand's shape and dtype), without a permute undoing the one it reads, and without a
+    pure node computing what an earlier one did."""
     out = Graph(name=graph.name)
     out.hints = graph.hints
     alias: dict[str, str] = {}  # a dropped node -> the node its readers read instead
@@ -55,6 +74,10 @@ def _simplified(graph: Graph) -> Graph:
             if (src.symbolic_shape, src.dtype) == (node.symbolic_shape, node.dtype):
                 alias[node.name] = src.name
                 continue
+        root = _undone_permute(node, out)
+        if root is not None:
+            alias[node.name] = root
+            continue
         if node.kind in _CSE_KINDS and node.op != "rand":
             key = (node.op, _exact(node.args), node.kwargs, node.shape, node.dtype, node.strides, node.sizes)
             if key in seen:
@@ -66,6 +89,7 @@ def _simplified(graph: Graph) -> Graph:
 
 
 def cleanup(graph: Graph) -> Graph:
-    """No dead node, no multiply by one and no duplicated pure computation remains; values are unchanged."""
+    """No dead node, no multiply by one, no permute undoing a permute and no duplicated pure computation
+    remains; values and the outputs' layouts are unchanged."""
     # The simplified graph is new and no one else's: its dead nodes go without a copy.
     return _remove_dead(_simplified(graph))

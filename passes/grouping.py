@@ -181,11 +181,13 @@ class Grouping:
                           self.node[mu.operands()[1]].shape != self.node[mv.operands()[1]].shape):
             return Refusal("matmul-operands", f"matmuls {mu.name} and {mv.name} do not share a left operand and shape")
         members = set(self.members[gu]) | set(self.members[gv])
-        products = [self.node[m] for m in members if self.node[m].kind is Kind.MATMUL]
+        ordered = self.ordered(members)
+        outputs = self.outputs(members, ordered)
+        products = [node for node in ordered if node.kind is Kind.MATMUL]
         domain = self.wider(self.domain(gu), self.domain(gv))
-        row_valued = computed_from_rows(self.ordered(members)) if domain else set()
-        for name in sorted(members, key=self.position.__getitem__):
-            node = self.node[name]
+        row_valued = computed_from_rows(ordered) if domain else set()
+        for node in ordered:
+            name = node.name
             if node.kind is Kind.MATMUL:
                 continue
             for mm in products:
@@ -207,20 +209,23 @@ class Grouping:
                     # The epilogue holds the product as the tile's accumulator, not at computed positions.
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at computed positions")
         if domain is not None:
-            reason = self._rows_refusal(gu, gv, products, domain)
+            reason = self._rows_refusal(gu, gv, products, domain, outputs)
             if reason:
                 return reason
         allowed = {products[0].numel} | ({row_shapes(domain)[1]} if domain else set())
-        for out in self.outputs(members):
+        for out in outputs:
             if out.numel not in allowed:
                 return Refusal("shapes",
                                f"shapes differ: {_shape(out.shape)} vs the product {_shape(products[0].shape)}")
-        return None if domain is None else self._row_refusal(members, domain, False)
+        # Outputs per element of the product's rows or per row: as a reduction kernel's, checked above.
+        return None if domain is None else self._row_views_refusal(ordered, row_valued, domain)
 
-    def _rows_refusal(self, gu: str, gv: str, products: list[Node], domain: Domain) -> Refusal | None:
-        """Why the reductions of `domain` cannot run in the epilogue of the matmul `products`:
-        each must reduce whole rows of the one product along its last dim (N), static and at most
-        MATMUL_ROW long, with an op the tile's epilogue combines."""
+    def _rows_refusal(self, gu: str, gv: str, products: list[Node], domain: Domain,
+                      outputs: list[Node]) -> Refusal | None:
+        """Why the reductions of `domain` cannot run in the epilogue of the matmul `products`
+        (`outputs`: the members read outside the two groups): each must reduce whole rows of the
+        one product along its last dim (N), static and at most MATMUL_ROW long, with an op the
+        tile's epilogue combines."""
         shape, dims = domain
         if self.totals(self.reductions(gu, gv), domain):
             return Refusal("matmul-reduction", "a matmul and reductions of different shapes do not share a kernel")
@@ -242,8 +247,7 @@ class Grouping:
         if n > MATMUL_ROW // 2 and work > MATMUL_ROW_WORK:
             return Refusal("matmul-rows", f"an epilogue of {work} ops over rows of {n} would not fit in registers "
                                           f"(at most {MATMUL_ROW_WORK} over rows wider than {MATMUL_ROW // 2})")
-        members = set(self.members[gu]) | set(self.members[gv])
-        tiles = sum(out.numel == product.numel for out in self.outputs(members))
+        tiles = sum(out.numel == product.numel for out in outputs)
         if n > MATMUL_ROW // 2 and tiles > MATMUL_ROW_TILES:
             return Refusal("matmul-rows", f"an epilogue storing {tiles} tiles over rows of {n} would not fit in "
                                           f"registers (at most {MATMUL_ROW_TILES} over rows wider than "
@@ -262,8 +266,13 @@ class Grouping:
             if out.numel not in (per_element, per_row) and not (totals and out.numel == 1):
                 return Refusal("shapes", f"shapes differ: {_shape(out.shape)} is neither an element nor "
                                          f"a row of the reduction over {_domain_text(domain)}")
+        return self._row_views_refusal(ordered, computed_from_rows(ordered), domain)
+
+    def _row_views_refusal(self, ordered: list[Node], row_valued: set[str], domain: Domain) -> Refusal | None:
+        """Why a view or a read among `ordered` (topological) would move the values computed from
+        the rows of `domain` (`row_valued`) to another row."""
         allowed = {domain[0], keepdim_shape(domain), outer_shape(domain)}
-        row_valued = computed_from_rows(ordered)
+        per_element, per_row = row_shapes(domain)
         frames = element_frames(ordered, row_valued, domain, self.node)
         if isinstance(frames, Refusal):
             return frames

@@ -61,8 +61,9 @@ def _free_views(graph: Graph, members: list[Node], names: set[str],
     roots: set[str] = set()
     for root, chains in by_root.items():
         stored = root not in names or root in escaping
-        # Storing the root instead of two or more of its views costs no more bytes.
-        covered = len(chains) > 1 and sum(graph[v].numel for v in chains) >= graph[root].numel
+        # Storing the root instead of two or more of its views costs no more bytes (bytes, not
+        # elements: a view that reads the root as another dtype holds another count of them).
+        covered = len(chains) > 1 and sum(graph[v].nbytes for v in chains) >= graph[root].nbytes
         if stored or covered:
             views.update(name for chain in chains.values() for name in chain)
             roots.add(root)

@@ -8,7 +8,8 @@ from torch import nn
 
 import fusec
 from fusec.examples import TransformerBlock
-from fusec.ir import Graph, Kind
+from fusec.ir import Graph, Kind, Node, Ref
+from fusec.passes.view_outputs import view_outputs
 from tests.eager import check
 from tests.test_training import check_training
 
@@ -99,3 +100,52 @@ def test_transformer_block_stores_no_view_copies_forward_and_backward():
     with torch.no_grad():
         report = check(model, torch.randn(2, 8, 32), rtol=1e-4, atol=1e-5)
     assert not _copied_views(report), _copied_views(report)
+
+
+def scaled_and_its_transpose(x, b):
+    y = x * 2 + b
+    t = y.t()
+    return y, t, (t + 1) * t
+
+
+def test_a_moved_view_read_inside_its_kernel_and_outside_it():
+    args = (torch.randn(8, 8), torch.randn(8))
+    report = check(scaled_and_its_transpose, *args, kernels=1, externs=0)
+    (kernel,) = report.graphs[0].plan.kernels
+    graph = report.graphs[0].plan.graph
+    # The kernel reads the transpose as index math and stores y and the product only.
+    assert any(graph[m].op == "permute" for m in kernel.members)
+    assert len(kernel.outputs) == 2 and kernel.bytes == _nbytes(*args) + 2 * 8 * 8 * 4
+    y, t, _ = fusec.compile(scaled_and_its_transpose)(*args)
+    assert t.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()  # a view of y, as eager's
+
+
+def bits_and_halves(x):
+    y = x * 2  # exact: its bits are eager's
+    return y.view(torch.int32), y[:4], y[4:]
+
+
+def test_a_view_reading_a_value_as_another_dtype_beside_moved_views():
+    args = (torch.randn(8, 16),)
+    report = check(bits_and_halves, *args, kernels=1, externs=0)
+    assert not _copied_views(report), _copied_views(report)
+    (kernel,) = report.graphs[0].plan.kernels
+    assert kernel.bytes == _nbytes(*args) + 2 * 8 * 16 * 4  # y once, its bits once
+
+
+def _grouped(graph: Graph, names: set[str], group: str) -> Graph:
+    return Graph([n.replace(group=group) if n.name in names else n for n in graph], name=graph.name)
+
+
+def test_views_cover_their_root_by_bytes_not_elements():
+    # Two 16-element views reading a float32 [4, 8] value as bytes cover 32 of its 128 bytes:
+    # the kernel stores them (32 bytes) rather than the whole value.
+    x = Node("x", "input", Kind.INPUT, (4, 8), "float32", strides=(8, 1))
+    y = Node("y", "exp", Kind.POINTWISE, (4, 8), "float32", strides=(8, 1), args=(Ref("x"),))
+    views = [Node(name, "reshape", Kind.VIEW, (16,), "int8", strides=(1,), args=(Ref("y"),)) for name in "ab"]
+    out = Node("output", "output", Kind.OUTPUT, (), "bool", args=(Ref("a"), Ref("b")))
+    graph = _grouped(Graph([x, y, *views, out]), {"y", "a", "b"}, "k")
+    assert view_outputs(graph) is graph
+    wide = [n.replace(dtype="float32") if n.name in "ab" else n for n in graph]  # 128 bytes: covered
+    moved = view_outputs(Graph(wide))
+    assert moved["a"].group is None and moved["b"].group is None and moved["y"].group == "k"
