@@ -147,7 +147,7 @@ def _expand(args: tuple, kwargs: dict, val: Any) -> Lowered:
 def _rand(args: tuple, kwargs: dict, val: Any) -> Lowered:
     if not val.dtype.is_floating_point or kwargs.get("generator") is not None:
         return None
-    return ("rand", ())  # the salt that tells random nodes apart is added by to_ir
+    return ("rand", ())  # the salt that tells random nodes apart is added by _Lowering._call
 
 
 def _alias(args: tuple, kwargs: dict, val: Any) -> Lowered:

@@ -128,12 +128,12 @@ class ReductionRenderer(RowIndex, SplitRows, Renderer):
         """A whole row in registers: the mean, then the squared deviations from it. A looped row:
         Welford's update per lane in one pass, the lanes merged exactly (Chan et al.)."""
         n = self.kernel.rnumel
-        divisor = row_count(n, node.args[3])
         if self.kernel.persistent:
             yield
             lanes = self._lanes(self.to(self.value(src, self.row_index()).expr, dtype), "0")
             yield
             return Value(self._row_variance(lanes, dtype, n, node.args[3]), dtype)
+        divisor = row_count(n, node.args[3])
         mean, m2 = self._accumulator("0", dtype), self._accumulator("0", dtype)
         yield
         # A lane is valid in every chunk before the last: the k-th valid value is chunk k's.

@@ -203,7 +203,7 @@ class Grouping:
                                                 f"row of {mm.name}'s tile")
                 elif node.kind is Kind.VIEW and node.op not in ("reshape", "alias") and \
                         name not in row_valued and self.reaches(mm.name, name):
-                    # (A view of a per-row value is the row rules' to judge: _row_refusal.)
+                    # (A view of a per-row value is the row rules' to judge: _row_views_refusal.)
                     return Refusal("tile-read", f"{name} ({node.op}) would read {mm.name} at another tile")
                 elif node.op in ("gather", "take", "cat") and self.reaches(mm.name, name):
                     # The epilogue holds the product as the tile's accumulator, not at computed positions.
