@@ -9,11 +9,12 @@ does the work of many.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import triton
 
 from fusec.ir import ITEMSIZE
+from fusec.kernels.descriptors import MAX_BOX
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,33 @@ HEAVY_EPILOGUE = 8
 
 
 def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1, epilogue: int = 0,
-                  rows: bool = False, *, interpret: bool) -> Launch:
+                  rows: bool = False, descriptors: bool = False, *, interpret: bool) -> Launch:
     """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes.
     `accumulators`: the matmuls that share each tile of the left operand (each holds a tile);
     `epilogue`: the arithmetic ops applied to the tiles before they are stored; `rows`: the
-    epilogue reduces whole rows, so a tile spans every column (`row_tiles`)."""
+    epilogue reduces whole rows, so a tile spans every column (`row_tiles`); `descriptors`: an
+    operand can be read through a TMA descriptor (`with_descriptors`)."""
+    return with_descriptors(_matmul_tiles(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret),
+                            descriptors, interpret)
+
+
+# Triton's interpreter reads descriptors as pointers (checking their rules): fusec reads operands with
+# pointers there unless this is set (tests set it, to run the descriptor path).
+DESCRIPTORS_IN_INTERPRETER = False
+
+
+def with_descriptors(launch: Launch, descriptors: bool, interpret: bool) -> Launch:
+    """The launch with its TMA constexpr: on where an operand can take a descriptor and every box
+    dim fits one (at most 256 elements: a whole-row tile may be wider), on a GPU (the call turns it
+    off for pointers not 16-byte aligned and GPUs before Hopper, kernels/call.py) or in the
+    interpreter when asked."""
+    boxes = (launch.constants[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    on = descriptors and (DESCRIPTORS_IN_INTERPRETER or not interpret) and max(boxes) <= MAX_BOX
+    return replace(launch, constants={**launch.constants, "TMA": on})
+
+
+def _matmul_tiles(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int, epilogue: int,
+                  rows: bool, interpret: bool) -> Launch:
     if rows:
         return row_tiles(batch, m, n, k, dtype, interpret)
     if interpret:
@@ -252,16 +275,17 @@ def _stages(block_m: int, block_n: int, block_k: int, dtype: str) -> int:
 
 
 def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1,
-                   epilogue: int = 0, rows: bool = False) -> list[Launch]:
+                   epilogue: int = 0, rows: bool = False, descriptors: bool = False) -> list[Launch]:
     """The GPU tile configurations timed once per shape: the size heuristic's choice, then
     128 x 128 (8 warps), square 64 and wide 128 x 64 tiles (4 warps), each clipped to the
     problem, deduplicated. Whole-row tiles have the one choice (their width is the row's)."""
-    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret=False)]
+    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, rows, descriptors, interpret=False)]
     if rows:
         return configs
     block_k = configs[0].constants["BLOCK_K"]
     for block_m, block_n, warps in ((128, 128, 8), (64, 64, 4), (128, 64, 4)):
-        config = _matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype, accumulators)
+        config = with_descriptors(_matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype,
+                                                 accumulators), descriptors, False)
         if all((c.constants, c.num_warps) != (config.constants, config.num_warps) for c in configs):
             configs.append(config)
     return configs

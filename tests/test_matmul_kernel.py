@@ -211,7 +211,8 @@ def test_source_shape(tmp_path):
     assert "tl.dot" in source and "tl.where" in source and source.count("tl.store") == 1
     assert "input_precision" not in source  # 16-bit operands take tensor cores as they are
     assert matmul_sizes(b.graph, kernel) == (8, 16, 32)
-    assert matmul_problem(b.graph, kernel) == (4, 8, 16, 32, "bfloat16", 1, 1, False)  # one matmul, relu after it
+    # one matmul, relu after it; both operands contiguous with 64-byte rows: TMA descriptors can read them
+    assert matmul_problem(b.graph, kernel) == (4, 8, 16, 32, "bfloat16", 1, 1, False, True)
 
 
 def test_huge_operands_index_in_int64():
