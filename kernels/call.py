@@ -229,7 +229,7 @@ def entry_of(binary: Any) -> tuple:
     A binary that takes global scratch (a kernel making TMA descriptors) has its entry point
     make sure first that the launching thread has an allocator for it (`use_scratch`)."""
     run = binary.run
-    if getattr(binary.metadata, "global_scratch_size", 0):
+    if getattr(getattr(binary, "metadata", None), "global_scratch_size", 0):
         run = functools.partial(_run_with_scratch, run)
     return run, binary.function, binary.packed_metadata
 

@@ -169,8 +169,8 @@ def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: 
     `epilogue`: the arithmetic ops applied to the tiles before they are stored; `rows`: the
     epilogue reduces whole rows, so a tile spans every column (`row_tiles`); `descriptors`: an
     operand can be read through a TMA descriptor (`with_descriptors`)."""
-    return with_descriptors(_matmul_tiles(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret),
-                            descriptors, interpret)
+    tiles = _matmul_tiles(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret)
+    return persistent(with_descriptors(tiles, descriptors, interpret), batch)
 
 
 # Triton's interpreter reads descriptors as pointers (checking their rules): fusec reads operands with
@@ -186,6 +186,18 @@ def with_descriptors(launch: Launch, descriptors: bool, interpret: bool) -> Laun
     boxes = (launch.constants[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     on = descriptors and (DESCRIPTORS_IN_INTERPRETER or not interpret) and max(boxes) <= MAX_BOX
     return replace(launch, constants={**launch.constants, "TMA": on})
+
+
+def persistent(launch: Launch, batch: int) -> Launch:
+    """A program per SM walking the tiles in the grid's order, for an unbatched matmul whose
+    operands come by TMA and whose tiles fill two waves or more (Triton's persistent matmul,
+    Inductor's persistent TMA template): each program then has two tiles or more, and the loop
+    nest flattened lets the next tile's copies start under this one's epilogue. Fewer tiles: a
+    grid of every tile is as full, and each program has one tile anyway."""
+    tiles = launch.grid[0]
+    if batch != 1 or not launch.constants["TMA"] or tiles < 2 * SMS:
+        return launch
+    return replace(launch, grid=(SMS,), constants={**launch.constants, "PERSISTENT": True})
 
 
 def _matmul_tiles(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int, epilogue: int,
@@ -239,7 +251,7 @@ def row_tiles(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -
 def _row_config(batch: int, m: int, k: int, blocks: tuple[int, int, int], warps: int, stages: int | None) -> Launch:
     block_m, block_n, block_k = blocks
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 1,
-                 "EVEN_K": k % block_k == 0, "DOT_F32": stages is None}
+                 "EVEN_K": k % block_k == 0, "DOT_F32": stages is None, "PERSISTENT": False}
     return Launch((batch * triton.cdiv(m, block_m),), constants, warps, stages)
 
 
@@ -259,7 +271,8 @@ def _matmul_config(batch: int, m: int, n: int, k: int, blocks: tuple[int, int, i
                  # K a multiple of the step: the K loop's loads need no mask (a constexpr, as Inductor's).
                  "EVEN_K": k % block_k == 0,
                  # The interpreter's bfloat16 dot is wrong; a float32 dot of 16-bit operands is exact.
-                 "DOT_F32": interpret}
+                 "DOT_F32": interpret,
+                 "PERSISTENT": False}
     stages = None if interpret else _stages(block_m, block_n * accumulators, block_k, dtype)
     return Launch((_tiles(batch, m, n, block_m, block_n),), constants, warps, stages)
 
@@ -282,6 +295,9 @@ def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str, accumulators:
     configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, rows, descriptors, interpret=False)]
     if rows:
         return configs
+    if configs[0].constants["PERSISTENT"]:  # a grid of every tile is timed too
+        tiles = _tiles(batch, m, n, configs[0].constants["BLOCK_M"], configs[0].constants["BLOCK_N"])
+        configs.append(replace(configs[0], grid=(tiles,), constants={**configs[0].constants, "PERSISTENT": False}))
     block_k = configs[0].constants["BLOCK_K"]
     for block_m, block_n, warps in ((128, 128, 8), (64, 64, 4), (128, 64, 4)):
         config = with_descriptors(_matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype,

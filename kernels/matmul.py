@@ -151,10 +151,38 @@ class MatmulRenderer(Renderer):
 
     # the kernel ----------------------------------------------------------------
     def render(self) -> Rendered:
+        self._make_descriptors()
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        self.out.emit(f"{'first' if self.descriptors else 'pid'} = {pid}")
+        self.out.emit("grid_m = (M + BLOCK_M - 1) // BLOCK_M")
+        self.out.emit("grid_n = (N + BLOCK_N - 1) // BLOCK_N")
+        if self.descriptors:
+            self._persistent_or_not()
+        else:
+            self._output_tile()
+        symbols = size_params(self.graph, self.kernel)
+        constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_F32", "TMA", "PERSISTENT")
+        params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
+        body = live_lines(self.out.scope.lines, [])
+        return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
+
+    def _persistent_or_not(self) -> None:
+        """The tile's code twice: PERSISTENT (a launch of one program per SM, for a matmul of one
+        batch) walks the tiles, with the loop nest flattened so the next tile's copies start under
+        this one's epilogue; else the program's one tile (a loop run once is not compiled away)."""
+        lines = self.out.scope.lines
+        start = len(lines)
+        with self.out.block("for pid in tl.range(first, grid_m * grid_n, tl.num_programs(0), flatten=True):"):
+            self._output_tile()
+        loop = lines[start:]
+        del lines[start:]
+        lines += ["if PERSISTENT:", *("    " + line for line in loop), "else:", "    pid = first", *loop[1:]]
+
+    def _output_tile(self) -> None:
+        """One output tile: its K loop, then its epilogue and stores."""
         self._tile_order()
         for acc in self.accumulator.values():
             self.out.emit(f"{acc} = tl.full([BLOCK_M, BLOCK_N], 0, tl.float32)")
-        self._make_descriptors()
         with self.out.block("for k0 in range(0, K, BLOCK_K):"):
             offsets = "k0 + tl.arange(0, BLOCK_K)"
             self.out.emit(f"k = ({offsets}).to(tl.int64)" if self.wide else f"k = {offsets}")
@@ -173,11 +201,6 @@ class MatmulRenderer(Renderer):
             node = self.graph[name]
             idx, mask, shape = self.output_at(node)
             self.out.emit(self.store(node, idx, self.value(name, idx), mask, shape))
-        symbols = size_params(self.graph, self.kernel)
-        constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_F32", "TMA")
-        params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
-        body = live_lines(self.out.scope.lines, [])
-        return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
 
     def _epilogue_index(self) -> None:
         """The epilogue's rows and columns, spanning the whole tile: a bias (or a per-row value) then
@@ -201,8 +224,8 @@ class MatmulRenderer(Renderer):
         a, b = node.operands()
         dtype = self.graph[a].dtype
         acc = self.accumulator[node.name]
-        x = self._tile(a, self._index("am", "ka"), "[BLOCK_M, BLOCK_K]")
-        y = self._tile(b, self._index("kb", "bn"), "[BLOCK_K, BLOCK_N]")
+        x = self._operand_tile(a, self._index("am", "ka"), "[BLOCK_M, BLOCK_K]")
+        y = self._operand_tile(b, self._index("kb", "bn"), "[BLOCK_K, BLOCK_N]")
         self.out.emit("if DOT_F32:")
         self.out.emit(f"    {acc} = tl.dot({x}.to(tl.float32), {y}.to(tl.float32), {acc})")
         self.out.emit("else:")
@@ -217,7 +240,7 @@ class MatmulRenderer(Renderer):
                 for descriptor, name in self.described.items():
                     self.out.emit(descriptor.make(name, param(descriptor.input)))
 
-    def _tile(self, name: str, idx: Index, shape: str) -> str:
+    def _operand_tile(self, name: str, idx: Index, shape: str) -> str:
         """The operand's tile this K step, read once for every matmul that uses it: through its
         descriptor when TMA is on and it has one, else with pointers."""
         key = (name, idx.dims)
@@ -245,11 +268,7 @@ class MatmulRenderer(Renderer):
         return self.out.let(f"tl.broadcast_to({x}, {shape})", "v")
 
     def _tile_order(self) -> None:
-        """Which tile this program computes, grouped for L2 reuse, and its wrapped row/column offsets."""
-        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
-        self.out.emit(f"pid = {pid}")
-        self.out.emit("grid_m = (M + BLOCK_M - 1) // BLOCK_M")
-        self.out.emit("grid_n = (N + BLOCK_N - 1) // BLOCK_N")
+        """Which tile `pid` is, grouped for L2 reuse, and its wrapped row/column offsets."""
         if self.batched:
             self.out.emit("pid_b = pid // (grid_m * grid_n)")
             self.out.emit("tile = pid % (grid_m * grid_n)")

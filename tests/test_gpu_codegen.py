@@ -207,16 +207,18 @@ def _gelu_gradient(y, r):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("epilogue, tile, stages", [
-    (lambda y, r: y, (256, 128), 4),
-    (lambda y, r: F.gelu(y), (128, 128), 5),
-    (_gelu_gradient, (128, 64), 5),
+@pytest.mark.parametrize("epilogue, tile, stages, persistent", [
+    (lambda y, r: y, (256, 128), 4, False),
+    (lambda y, r: F.gelu(y), (128, 128), 5, True),
+    (_gelu_gradient, (128, 64), 5, True),
 ], ids=["bias", "gelu", "gelu-gradient"])
-def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, stages):
+def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, stages, persistent):
     """Linear 1024 -> 2048 over 4096 rows, bfloat16: a bias add alone takes 256 x 128 tiles in
     4 stages (192 KiB of shared memory, an 8-byte barrier per stage), a GELU after it 128 x 128
     tiles in 5 (160 KiB), a longer epilogue 128 x 64; 8 warps of wgmma, operands copied by TMA
-    (both contiguous, rows of 2 KiB), 128-bit stores, nothing spilled."""
+    (both contiguous, rows of 2 KiB), 128-bit stores, nothing spilled. 512 or 1024 tiles (two
+    waves or more) take a persistent kernel, a program per SM: its output tile goes to its
+    128-bit stores through shared memory of its own (the pipeline's buffers stay live across tiles)."""
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     torch.manual_seed(5)
@@ -227,10 +229,12 @@ def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, st
     assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"]) == tile
     assert (launch.num_warps, launch.num_stages, launch.constants["EVEN_K"], launch.constants["TMA"]) == (
         8, stages, True, True)
+    assert (launch.constants["PERSISTENT"], launch.grid == (132,)) == (persistent, persistent)
     binary = bench_static.compile_sm90(graph, kernel, tmp_path)
     ptx = binary.asm["ptx"]
     assert binary.metadata.num_stages == stages
-    assert binary.metadata.shared == stages * ((tile[0] + tile[1]) * 64 * 2 + 8) <= SHARED_LIMIT
+    staged = tile[0] * tile[1] * 2 if persistent else 0
+    assert binary.metadata.shared == stages * ((tile[0] + tile[1]) * 64 * 2 + 8) + staged <= SHARED_LIMIT
     assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor.2d" in ptx and "cp.async.cg" not in ptx
     assert (bench_static.widest(ptx, "ld"), bench_static.widest(ptx, "st")) == (128, 128)
     assert bench_static.widest(ptx, "ld", min) == 128  # the bias too

@@ -25,17 +25,24 @@ except ImportError:  # pragma: no cover - very old Triton
 LOOSE = {torch.float32: {}, torch.float16: {"atol": 2e-2, "rtol": 2e-2}, torch.bfloat16: {"atol": 5e-2, "rtol": 5e-2}}
 
 
+class _Noted(list):
+    launches: list
+
+
 @pytest.fixture
 def tma(monkeypatch):
     """Descriptors on in the interpreter; the TMA choice of every binary dispatched, in order."""
     monkeypatch.setattr(launch, "DESCRIPTORS_IN_INTERPRETER", True)
-    chosen = []
+    chosen = _Noted()
     choose = call.call_constants
 
-    def noting(*args):
-        constants = choose(*args)
+    def noting(launch, *args):
+        constants = choose(launch, *args)
         chosen.append(constants.get("TMA"))
+        launches.append(launch)
         return constants
+
+    launches = chosen.launches = []
 
     monkeypatch.setattr(call, "call_constants", noting)
     return chosen
@@ -85,7 +92,9 @@ def test_swiglu_reads_the_shared_input_once_per_step(tma):
     torch.manual_seed(3)
     gate, up = nn.Linear(32, 64, bias=False), nn.Linear(32, 64, bias=False)
     source = _source(check(lambda x: F.silu(gate(x)) * up(x), torch.randn(19, 32), kernels=1, externs=0))
-    assert source.count("tl.make_tensor_descriptor") == 3 and source.count(".load([pid_m * BLOCK_M, k0])") == 1
+    # one read of x per K loop (the persistent one and the one-tile one), for both products
+    loops = source.count("for k0 in range(")
+    assert source.count("tl.make_tensor_descriptor") == 3 and source.count(".load([pid_m * BLOCK_M, k0])") == loops
     assert tma == [True]
 
 
@@ -123,6 +132,20 @@ def test_rows_not_a_multiple_of_16_bytes_take_no_descriptor(tma):
     source = _source(check(lambda x: lin(x), torch.randn(13, 70), kernels=1, externs=0))
     assert "tl.make_tensor_descriptor" not in source
     assert tma == [False]
+
+
+@torch.no_grad()
+def test_persistent_programs_walk_every_tile(tma, monkeypatch):
+    """Two programs (as if the GPU had 2 SMs) walking 4 tiles of 64 x 64 (100 x 90, grouped
+    order), and 2 programs walking 5 whole-row tiles of a LayerNorm epilogue."""
+    monkeypatch.setattr(launch, "SMS", 2)
+    torch.manual_seed(8)
+    lin = nn.Linear(40, 90)
+    check(lambda x: F.gelu(lin(x)), torch.randn(100, 40), kernels=1, externs=0)
+    lin = nn.Linear(40, 256)  # 256-row tiles: a TMA box holds 256 rows at most
+    check(lambda x: F.layer_norm(lin(x), (256,)), torch.randn(1100, 40), kernels=1, externs=0)
+    assert [(n.grid, n.constants["PERSISTENT"]) for n in tma.launches] == [((2,), True), ((2,), True)]
+    assert tma == [True, True]
 
 
 def test_scratch_allocator_is_set_in_each_launching_thread(monkeypatch):
