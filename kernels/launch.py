@@ -170,7 +170,7 @@ def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: 
     epilogue reduces whole rows, so a tile spans every column (`row_tiles`); `descriptors`: an
     operand can be read through a TMA descriptor (`with_descriptors`)."""
     tiles = _matmul_tiles(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret)
-    return persistent(with_descriptors(tiles, descriptors, interpret), batch)
+    return persistent(with_descriptors(tiles, descriptors, interpret), batch, dtype, accumulators)
 
 
 # Triton's interpreter reads descriptors as pointers (checking their rules): fusec reads operands with
@@ -188,16 +188,28 @@ def with_descriptors(launch: Launch, descriptors: bool, interpret: bool) -> Laun
     return replace(launch, constants={**launch.constants, "TMA": on})
 
 
-def persistent(launch: Launch, batch: int) -> Launch:
+def persistent(launch: Launch, batch: int, dtype: str, accumulators: int) -> Launch:
     """A program per SM walking the tiles in the grid's order, for an unbatched matmul whose
     operands come by TMA and whose tiles fill two waves or more (Triton's persistent matmul,
     Inductor's persistent TMA template): each program then has two tiles or more, and the loop
     nest flattened lets the next tile's copies start under this one's epilogue. Fewer tiles: a
-    grid of every tile is as full, and each program has one tile anyway."""
+    grid of every tile is as full, and each program has one tile anyway. The pipeline's buffers
+    then stay live across tiles, so the output tiles go to their stores through shared memory
+    of their own (as compiled for sm_90): where that would not fit beside the stages, not persistent."""
     tiles = launch.grid[0]
     if batch != 1 or not launch.constants["TMA"] or tiles < 2 * SMS:
         return launch
+    if launch.num_stages is not None and _persistent_shared(launch, dtype, accumulators) > SHARED:
+        return launch
     return replace(launch, grid=(SMS,), constants={**launch.constants, "PERSISTENT": True})
+
+
+def _persistent_shared(launch: Launch, dtype: str, accumulators: int) -> int:
+    """Shared memory a persistent program takes, at most: its stages of operand tiles, an output
+    tile per accumulator (float32 at the widest), 1 KiB for the stages' barriers."""
+    c = launch.constants
+    step = (c["BLOCK_M"] + c["BLOCK_N"] * accumulators) * c["BLOCK_K"] * ITEMSIZE[dtype]
+    return launch.num_stages * step + c["BLOCK_M"] * c["BLOCK_N"] * accumulators * 4 + 1024
 
 
 def _matmul_tiles(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int, epilogue: int,

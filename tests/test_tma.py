@@ -148,6 +148,23 @@ def test_persistent_programs_walk_every_tile(tma, monkeypatch):
     assert tma == [True, True]
 
 
+def test_persistent_launches_on_a_gpu():
+    """Persistent where the operands take TMA, there is one batch, the tiles fill two waves of 132
+    SMs and an output tile per accumulator fits in shared memory beside the stages; the runtime
+    times the grid of every tile beside it."""
+    gelu = launch.matmul_launch(1, 4096, 4096, 1024, "bfloat16", 1, 6, descriptors=True, interpret=False)
+    assert (gelu.grid, gelu.constants["PERSISTENT"], gelu.num_stages) == ((132,), True, 5)
+    configs = launch.matmul_configs(1, 4096, 4096, 1024, "bfloat16", 1, 6, descriptors=True)
+    assert configs[1] == launch.Launch((1024,), {**gelu.constants, "PERSISTENT": False}, 8, 5)
+    # 128 x 256 tiles in 4 stages take 192 KiB: no room for the output tile's 128 KiB
+    wide = launch.matmul_launch(1, 8192, 8192, 1024, "bfloat16", 1, 1, descriptors=True, interpret=False)
+    assert (wide.constants["BLOCK_N"], wide.grid, wide.constants["PERSISTENT"]) == (256, (2048,), False)
+    for problem in ((1, 4096, 4096, 1024, "bfloat16", 1, 6, False, False),  # pointers only
+                    (2, 4096, 4096, 1024, "bfloat16", 1, 6, False, True),  # two batches
+                    (1, 1024, 4096, 1024, "bfloat16", 1, 6, False, True)):  # 256 tiles: under two waves
+        assert not launch.matmul_launch(*problem, interpret=False).constants["PERSISTENT"], problem
+
+
 def test_scratch_allocator_is_set_in_each_launching_thread(monkeypatch):
     """A binary taking global scratch launched straight from a new thread (whose Triton allocator
     is unset: a context variable per thread) finds fusec's scratch set there; the stand-in for
