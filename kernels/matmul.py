@@ -13,14 +13,16 @@ tiles they share stay in L2 (the Triton tutorial's grouped ordering).
 
 Kernel parameters, in order: the group's inputs then its outputs (as every
 renderer), then the runtime sizes `matmul_sizes` returns (M, N, K), then the
-constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, DOT_F32 and TMA that
+constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, DOT_F32, TMA and PERSISTENT that
 `kernels.launch.matmul_launch` chooses. EVEN_K (K a multiple of BLOCK_K) drops
 the K mask from the loop's loads. DOT_F32 upcasts the operand tiles to
 float32 before the dot: Triton's interpreter computes bfloat16 dots wrongly,
 and 16-bit products are exact in float32, so the result is the tensor-core one.
 TMA reads each operand that can take one (kernels/descriptors.py) through a
 tensor descriptor made once before the K loop; the others, and every operand
-when TMA is off, load with pointers.
+when TMA is off, load with pointers. A kernel with descriptors also has a
+persistent form: with PERSISTENT, a grid of one program per SM walks the tiles
+in the same grouped order (`launch.persistent` says when).
 """
 
 from __future__ import annotations
