@@ -2,7 +2,9 @@
 `ptxas -v`: the widths of its global loads and stores, its registers and spills.
 
 A pipelined loop (a matmul's K loop) reads global memory with asynchronous copies
-into shared memory (`cp.async`), not `ld.global`: they count as loads of their size."""
+into shared memory (`cp.async`), not `ld.global`: they count as loads of their size. A TMA
+copy (`cp.async.bulk.tensor`) moves a whole box of a tensor in 128-byte lines: it counts as a
+full 128-bit vector, the widest load a thread makes."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 H100 = (90, 32)  # compute capability, warp size
 _ACCESS = re.compile(r"\b(ld|st)\.global[\w:.]*?(?:\.v(\d))?\.[bfsu](\d+)\b")
 # cp.async.cg.shared.global [dst], [src], 16, ...: the third operand is the bytes copied.
+_TMA_COPY = re.compile(r"\bcp\.async\.bulk\.tensor\.\dd\.shared[\w:.]*\.global\b")
 _COPY = re.compile(r"\bcp\.async\.c[ag]\.shared\.global[\w:.]*\s*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
 
 
@@ -23,6 +26,7 @@ def widest(ptx: str, op: str, pick: Any = max) -> int:
     bits = [int(n or 1) * int(width) for o, n, width in _ACCESS.findall(ptx) if o == op]
     if op == "ld":
         bits += [8 * int(size, 0) for size in _COPY.findall(ptx)]
+        bits += [128] * len(_TMA_COPY.findall(ptx))
     return pick(bits, default=0)
 
 

@@ -55,16 +55,18 @@ class KernelStats:
     system: str = "fusec"  # or "inductor": TorchInductor's kernel for the same workload
 
 
-def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any]) -> tuple[dict, dict]:
-    """Triton's signature of the kernel as the runtime calls it, and the divisibility hints."""
+def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any],
+              aligned: bool = True) -> tuple[dict, dict]:
+    """Triton's signature of the kernel as the runtime calls it, and the divisibility hints
+    (`aligned` False: for a call whose tensors are not all 16-byte aligned)."""
     types, hints = {}, {}
     plain = iter(_arguments(graph, kernel))
     for i, name in enumerate(fn.arg_names):
         if name in constants:
             types[name] = "constexpr"
             continue
-        types[name], aligned = next(plain)
-        if aligned:
+        types[name], divisible = next(plain)
+        if divisible and (aligned or not types[name].startswith("*")):
             hints[(i,)] = [["tt.divisibility", 16]]
     return types, hints
 
@@ -91,8 +93,11 @@ def gpu_launches(graph: Graph, gpu: Kernel) -> list[Launch]:
     return [static_launch(graph, gpu, interpret=False)] if split is None else [split.first, split.second]
 
 
-def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path, stage: int = 0) -> Any:
-    """The kernel compiled for sm_90 as a GPU launch would compile it (`stage`: which of its launches)."""
+def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path, stage: int = 0, aligned: bool = True,
+                 tma: bool = True) -> Any:
+    """The kernel compiled for sm_90 as a GPU launch would compile it (`stage`: which of its launches):
+    for tensors all 16-byte aligned, or not (`aligned`: then a matmul reads its operands with
+    pointers, as with `tma` False)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.compiler import compile as triton_compile
@@ -101,7 +106,9 @@ def compile_sm90(graph: Graph, kernel: Kernel, cache_dir: Path, stage: int = 0) 
     launch = gpu_launches(graph, gpu)[stage]
     fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=cache_dir)
     constants = {n: v for n, v in launch.constants.items() if n in fn.arg_names}
-    types, hints = signature(graph, gpu, fn, constants)
+    if "TMA" in constants:
+        constants["TMA"] = constants["TMA"] and aligned and tma
+    types, hints = signature(graph, gpu, fn, constants, aligned)
     source = ASTSource(fn, types, constants, attrs=hints)
     # The rest are compile options; a kernel asserting on the device is compiled with debug on, as its JIT asks.
     options = {n: v for n, v in launch.constants.items() if n not in constants}

@@ -14,6 +14,7 @@ dispatch, which is the interpreter's own entry point.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 import triton
+from triton.runtime import _allocation
 
 from fusec.kernels.launch import Launch
 
@@ -112,7 +114,8 @@ class KernelCall:
     def _dispatch(self, args: Sequence[Any]) -> Any:
         """Through Triton's JIT: compiles on first sight of a specialization; returns the binary."""
         launch = self.launch
-        binary = self.fn[launch.grid](*args, *self.sizes, **launch.constants, **launch.options())
+        constants = call_constants(launch, args, self.loaded, self.interpret)
+        binary = self.fn[launch.grid](*args, *self.sizes, **constants, **launch.options())
         if isinstance(binary, _FUTURE):  # compiled in the background (kernels/precompile.py): now done
             binary = binary.result()
         if self.tail is None and not self.interpret:
@@ -192,8 +195,9 @@ class DynamicCall:
         given = (*args[:cut], *choice.sizes)
         try:
             if self.interpret:
+                constants = call_constants(launch, given, self.loaded, True)
                 with _INTERPRETER:
-                    choice.fn[launch.grid](*given, **launch.constants, **launch.options())
+                    choice.fn[launch.grid](*given, **constants, **launch.options())
                 return
             self._launch(choice, given)
         except Exception as exc:  # a Triton compile or launch failure is fusec's bug, not the user's
@@ -208,7 +212,8 @@ class DynamicCall:
         found = self.binaries.get(key)
         if found is None or launch_hooks_set():
             launch = choice.launch
-            binary = choice.fn[launch.grid](*given, **launch.constants, **launch.options())
+            constants = call_constants(launch, given, self.loaded, False)
+            binary = choice.fn[launch.grid](*given, **constants, **launch.options())
             names = list(choice.fn.arg_names)[len(given):]
             self.binaries[key] = (entry_of(binary), tuple(launch.constants[n] for n in names))
             return
@@ -220,8 +225,18 @@ MAX_CHOICES = 256
 
 
 def entry_of(binary: Any) -> tuple:
-    """What a direct launch of a compiled binary needs: its entry point, function and metadata."""
-    return binary.run, binary.function, binary.packed_metadata
+    """What a direct launch of a compiled binary needs: its entry point, function and metadata.
+    A binary that takes global scratch (a kernel making TMA descriptors) has its entry point
+    make sure first that the launching thread has an allocator for it (`use_scratch`)."""
+    run = binary.run
+    if getattr(getattr(binary, "metadata", None), "global_scratch_size", 0):
+        run = functools.partial(_run_with_scratch, run)
+    return run, binary.function, binary.packed_metadata
+
+
+def _run_with_scratch(run: Callable[..., Any], *args: Any) -> None:
+    use_scratch()
+    run(*args)
 
 
 def run_binary(entry: tuple, grid: tuple, device: int | None, args: Sequence[Any], tail: tuple) -> None:
@@ -254,3 +269,61 @@ def int_class(value: int) -> tuple[bool, bool, bool]:
     """What Triton specializes an integer argument on: equal to 1 (a constant), divisible by
     16 (an alignment hint), and fitting 32 bits (its type): one binary per class."""
     return value == 1, value % 16 == 0, -(2**31) <= value < 2**31
+
+
+def call_constants(launch: Launch, args: Sequence[Any], loaded: int, interpret: bool) -> dict:
+    """The constexprs of the binary this call launches: the launch's, with TMA turned off where a
+    descriptor cannot be made (a loaded pointer not 16-byte aligned, a GPU before Hopper). With TMA
+    on, the launching thread gets fusec's scratch allocator for the descriptors (`use_scratch`)."""
+    constants = launch.constants
+    if not constants.get("TMA"):
+        return constants
+    if any(a.data_ptr() % 16 for a in args[:loaded]) or not (interpret or _has_tma(args[0].device.index)):
+        return {**constants, "TMA": False}
+    if not interpret:
+        use_scratch()
+    return constants
+
+
+@functools.cache
+def _has_tma(device: int | None) -> bool:
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+class Scratch:
+    """Triton's global scratch, where programs making TMA descriptors on the device write them:
+    one buffer per device and stream, grown when a launch needs more and never freed. Launches on
+    one stream run in order, so each finds the last one done with it, and a CUDA graph captured
+    with its address keeps a valid one; no allocation per launch."""
+
+    def __init__(self, empty: Callable[[int], torch.Tensor] | None = None,
+                 device: Callable[[], int | None] | None = None) -> None:
+        self.empty = empty or _empty_on_current_device
+        self.device = device or torch.cuda.current_device
+        self.buffers: dict[tuple, torch.Tensor] = {}
+        self.outgrown: list[torch.Tensor] = []  # kept: a captured graph may still address one
+
+    def __call__(self, size: int, alignment: int, stream: int | None) -> torch.Tensor:
+        key = (self.device(), stream)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < size:
+            if buffer is not None:
+                self.outgrown.append(buffer)
+            # torch's blocks start 512-byte aligned; Triton asks for 128 at most
+            buffer = self.buffers[key] = self.empty(max(size, alignment))
+        return buffer
+
+
+def _empty_on_current_device(size: int) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+
+SCRATCH = Scratch()
+
+
+def use_scratch() -> None:
+    """Give this thread fusec's scratch as Triton's allocator unless it has one of its own.
+    Triton keeps the allocator in a context variable, so each thread has its own, and fusec
+    launches from its caller's threads, its compile pool and its parallel loads."""
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(SCRATCH)

@@ -9,11 +9,12 @@ does the work of many.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import triton
 
 from fusec.ir import ITEMSIZE
+from fusec.kernels.descriptors import MAX_BOX
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,57 @@ HEAVY_EPILOGUE = 8
 
 
 def matmul_launch(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1, epilogue: int = 0,
-                  rows: bool = False, *, interpret: bool) -> Launch:
+                  rows: bool = False, descriptors: bool = False, *, interpret: bool) -> Launch:
     """Output tiles of BLOCK_M x BLOCK_N walking K by BLOCK_K; 16 is the smallest tile tl.dot takes.
     `accumulators`: the matmuls that share each tile of the left operand (each holds a tile);
     `epilogue`: the arithmetic ops applied to the tiles before they are stored; `rows`: the
-    epilogue reduces whole rows, so a tile spans every column (`row_tiles`)."""
+    epilogue reduces whole rows, so a tile spans every column (`row_tiles`); `descriptors`: an
+    operand can be read through a TMA descriptor (`with_descriptors`)."""
+    tiles = _matmul_tiles(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret)
+    return persistent(with_descriptors(tiles, descriptors, interpret), batch, dtype, accumulators)
+
+
+# Triton's interpreter reads descriptors as pointers (checking their rules): fusec reads operands with
+# pointers there unless this is set (tests set it, to run the descriptor path).
+DESCRIPTORS_IN_INTERPRETER = False
+
+
+def with_descriptors(launch: Launch, descriptors: bool, interpret: bool) -> Launch:
+    """The launch with its TMA constexpr: on where an operand can take a descriptor and every box
+    dim fits one (at most 256 elements: a whole-row tile may be wider), on a GPU (the call turns it
+    off for pointers not 16-byte aligned and GPUs before Hopper, kernels/call.py) or in the
+    interpreter when asked."""
+    boxes = (launch.constants[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    on = descriptors and (DESCRIPTORS_IN_INTERPRETER or not interpret) and max(boxes) <= MAX_BOX
+    return replace(launch, constants={**launch.constants, "TMA": on})
+
+
+def persistent(launch: Launch, batch: int, dtype: str, accumulators: int) -> Launch:
+    """A program per SM walking the tiles in the grid's order, for an unbatched matmul whose
+    operands come by TMA and whose tiles fill two waves or more (Triton's persistent matmul,
+    Inductor's persistent TMA template): each program then has two tiles or more, and the loop
+    nest flattened lets the next tile's copies start under this one's epilogue. Fewer tiles: a
+    grid of every tile is as full, and each program has one tile anyway. The pipeline's buffers
+    then stay live across tiles, so the output tiles go to their stores through shared memory
+    of their own (as compiled for sm_90): where that would not fit beside the stages, not persistent."""
+    tiles = launch.grid[0]
+    if batch != 1 or not launch.constants["TMA"] or tiles < 2 * SMS:
+        return launch
+    if launch.num_stages is not None and _persistent_shared(launch, dtype, accumulators) > SHARED:
+        return launch
+    return replace(launch, grid=(SMS,), constants={**launch.constants, "PERSISTENT": True})
+
+
+def _persistent_shared(launch: Launch, dtype: str, accumulators: int) -> int:
+    """Shared memory a persistent program takes, at most: its stages of operand tiles, an output
+    tile per accumulator (float32 at the widest), 1 KiB for the stages' barriers."""
+    c = launch.constants
+    step = (c["BLOCK_M"] + c["BLOCK_N"] * accumulators) * c["BLOCK_K"] * ITEMSIZE[dtype]
+    return launch.num_stages * step + c["BLOCK_M"] * c["BLOCK_N"] * accumulators * 4 + 1024
+
+
+def _matmul_tiles(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int, epilogue: int,
+                  rows: bool, interpret: bool) -> Launch:
     if rows:
         return row_tiles(batch, m, n, k, dtype, interpret)
     if interpret:
@@ -216,7 +263,7 @@ def row_tiles(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -
 def _row_config(batch: int, m: int, k: int, blocks: tuple[int, int, int], warps: int, stages: int | None) -> Launch:
     block_m, block_n, block_k = blocks
     constants = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 1,
-                 "EVEN_K": k % block_k == 0, "DOT_F32": stages is None}
+                 "EVEN_K": k % block_k == 0, "DOT_F32": stages is None, "PERSISTENT": False}
     return Launch((batch * triton.cdiv(m, block_m),), constants, warps, stages)
 
 
@@ -239,7 +286,8 @@ def _matmul_config(batch: int, m: int, n: int, k: int, blocks: tuple[int, int, i
                  # K a multiple of the step: the K loop's loads need no mask (a constexpr, as Inductor's).
                  "EVEN_K": k % block_k == 0,
                  # The interpreter's bfloat16 dot is wrong; a float32 dot of 16-bit operands is exact.
-                 "DOT_F32": interpret}
+                 "DOT_F32": interpret,
+                 "PERSISTENT": False}
     stages = None if interpret else _stages(block_m, block_n * accumulators, block_k, dtype)
     return Launch((_tiles(batch, m, n, block_m, block_n),), constants, warps, stages)
 
@@ -255,16 +303,20 @@ def _stages(block_m: int, block_n: int, block_k: int, dtype: str) -> int:
 
 
 def matmul_configs(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int = 1,
-                   epilogue: int = 0, rows: bool = False) -> list[Launch]:
+                   epilogue: int = 0, rows: bool = False, descriptors: bool = False) -> list[Launch]:
     """The GPU tile configurations timed once per shape: the size heuristic's choice, then
     128 x 128 (8 warps), square 64 and wide 128 x 64 tiles (4 warps), each clipped to the
     problem, deduplicated. Whole-row tiles have the one choice (their width is the row's)."""
-    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, rows, interpret=False)]
+    configs = [matmul_launch(batch, m, n, k, dtype, accumulators, epilogue, rows, descriptors, interpret=False)]
     if rows:
         return configs
+    if configs[0].constants["PERSISTENT"]:  # a grid of every tile is timed too
+        tiles = _tiles(batch, m, n, configs[0].constants["BLOCK_M"], configs[0].constants["BLOCK_N"])
+        configs.append(replace(configs[0], grid=(tiles,), constants={**configs[0].constants, "PERSISTENT": False}))
     block_k = configs[0].constants["BLOCK_K"]
     for block_m, block_n, warps in ((128, 128, 8), (64, 64, 4), (128, 64, 4)):
-        config = _matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype, accumulators)
+        config = with_descriptors(_matmul_config(batch, m, n, k, (block_m, block_n, block_k), warps, dtype,
+                                                 accumulators), descriptors, False)
         if all((c.constants, c.num_warps) != (config.constants, config.num_warps) for c in configs):
             configs.append(config)
     return configs

@@ -13,11 +13,16 @@ tiles they share stay in L2 (the Triton tutorial's grouped ordering).
 
 Kernel parameters, in order: the group's inputs then its outputs (as every
 renderer), then the runtime sizes `matmul_sizes` returns (M, N, K), then the
-constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K and DOT_F32 that
+constexprs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, DOT_F32, TMA and PERSISTENT that
 `kernels.launch.matmul_launch` chooses. EVEN_K (K a multiple of BLOCK_K) drops
 the K mask from the loop's loads. DOT_F32 upcasts the operand tiles to
 float32 before the dot: Triton's interpreter computes bfloat16 dots wrongly,
 and 16-bit products are exact in float32, so the result is the tensor-core one.
+TMA reads each operand that can take one (kernels/descriptors.py) through a
+tensor descriptor made once before the K loop; the others, and every operand
+when TMA is off, load with pointers. A kernel with descriptors also has a
+persistent form: with PERSISTENT, a grid of one program per SM walks the tiles
+in the same grouped order (`launch.persistent` says when).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from fusec.ir import Graph, Kind, Node
+from fusec.kernels.descriptors import Descriptor, operand_descriptor
 from fusec.kernels.render import Index, Renderer, Value, live_lines, needs_int64
 from fusec.kernels.signature import Rendered, kernel_name, param, rendered_module, size_params
 from fusec.plan import Kernel
@@ -60,6 +66,7 @@ class MatmulProblem(NamedTuple):
     accumulators: int  # matmuls sharing each tile of the left operand, each with a tile of its own
     epilogue: int  # arithmetic ops after the matmuls (casts aside): registers each output tile needs
     rows: bool = False  # the epilogue reduces rows: a tile spans every column (matmul_rows.py)
+    descriptors: bool = False  # an operand can be read through a TMA descriptor (kernels/descriptors.py)
 
 
 def matmul_problem(graph: Graph, kernel: Kernel) -> MatmulProblem:
@@ -68,7 +75,21 @@ def matmul_problem(graph: Graph, kernel: Kernel) -> MatmulProblem:
     *batch, m, n = nodes[0].shape
     epilogue = sum(graph[p].kind is Kind.POINTWISE and graph[p].op != "cast" for p in kernel.members)
     rows = any(graph[p].kind is Kind.REDUCTION for p in kernel.members)
-    return MatmulProblem((batch[0] if batch else 1), m, n, a.shape[-1], a.dtype, len(nodes), epilogue, rows)
+    described = any(operand_tiles(graph, kernel).values())
+    return MatmulProblem((batch[0] if batch else 1), m, n, a.shape[-1], a.dtype, len(nodes), epilogue, rows,
+                         described)
+
+
+def operand_tiles(graph: Graph, kernel: Kernel) -> dict[tuple[str, tuple[str, ...]], Descriptor | None]:
+    """Each operand tile the K loop reads, (operand, its indices), and the descriptor it can be read through."""
+    nodes = matmul_nodes(graph, kernel)
+    batch = ("pid_b",) if len(nodes[0].shape) == 3 else ()
+    tiles = {}
+    for node in nodes:
+        a, b = node.operands()
+        for name, tile in ((a, (*batch, "am", "ka")), (b, (*batch, "kb", "bn"))):
+            tiles[(name, tile)] = operand_descriptor(graph, kernel, name, tile)
+    return tiles
 
 
 def matmul_sizes(graph: Graph, kernel: Kernel) -> tuple[int, ...]:
@@ -92,6 +113,9 @@ class MatmulRenderer(Renderer):
         self.wide = needs_int64(graph, kernel)
         self.reading_operand: str | None = None  # the operand tile's shape while one is read
         self.scalar_shape = "[1, 1]"
+        self.descriptors = {key: d for key, d in operand_tiles(graph, kernel).items() if d is not None}
+        self.described: dict[Descriptor, str] = {}  # descriptor -> its name in the kernel
+        self.tiles: dict[tuple[str, tuple[str, ...]], str] = {}  # operand tiles read in this K step
 
     def _index(self, *dims: str) -> Index:
         return Index(("pid_b", *dims) if self.batched else dims)
@@ -129,6 +153,35 @@ class MatmulRenderer(Renderer):
 
     # the kernel ----------------------------------------------------------------
     def render(self) -> Rendered:
+        self._make_descriptors()
+        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
+        self.out.emit(f"{'first' if self.descriptors else 'pid'} = {pid}")
+        self.out.emit("grid_m = (M + BLOCK_M - 1) // BLOCK_M")
+        self.out.emit("grid_n = (N + BLOCK_N - 1) // BLOCK_N")
+        if self.descriptors:
+            self._persistent_or_not()
+        else:
+            self._output_tile()
+        symbols = size_params(self.graph, self.kernel)
+        constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_F32", "TMA", "PERSISTENT")
+        params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
+        body = live_lines(self.out.scope.lines, [])
+        return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
+
+    def _persistent_or_not(self) -> None:
+        """The tile's code twice: PERSISTENT (a launch of one program per SM, for a matmul of one
+        batch) walks the tiles, with the loop nest flattened so the next tile's copies start under
+        this one's epilogue; else the program's one tile (a loop run once is not compiled away)."""
+        lines = self.out.scope.lines
+        start = len(lines)
+        with self.out.block("for pid in tl.range(first, grid_m * grid_n, tl.num_programs(0), flatten=True):"):
+            self._output_tile()
+        loop = lines[start:]
+        del lines[start:]
+        lines += ["if PERSISTENT:", *("    " + line for line in loop), "else:", "    pid = first", *loop[1:]]
+
+    def _output_tile(self) -> None:
+        """One output tile: its K loop, then its epilogue and stores."""
         self._tile_order()
         for acc in self.accumulator.values():
             self.out.emit(f"{acc} = tl.full([BLOCK_M, BLOCK_N], 0, tl.float32)")
@@ -150,11 +203,6 @@ class MatmulRenderer(Renderer):
             node = self.graph[name]
             idx, mask, shape = self.output_at(node)
             self.out.emit(self.store(node, idx, self.value(name, idx), mask, shape))
-        symbols = size_params(self.graph, self.kernel)
-        constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_F32")
-        params = [*self.params(), *symbols, "M", "N", "K", *(f"{c}: tl.constexpr" for c in constexprs)]
-        body = live_lines(self.out.scope.lines, [])
-        return rendered_module(kernel_name(self.graph, self.kernel), params, body, [self], self.extras(), symbols)
 
     def _epilogue_index(self) -> None:
         """The epilogue's rows and columns, spanning the whole tile: a bias (or a per-row value) then
@@ -178,28 +226,51 @@ class MatmulRenderer(Renderer):
         a, b = node.operands()
         dtype = self.graph[a].dtype
         acc = self.accumulator[node.name]
-        x = self.operand(a, self._index("am", "ka"), "[BLOCK_M, BLOCK_K]")
-        y = self.operand(b, self._index("kb", "bn"), "[BLOCK_K, BLOCK_N]")
-        # An operand whose K dim is size 1 or stride 0 loads unmasked: zero its K tail
-        # (a padded 0 * inf would otherwise make NaN).
-        if "ka" not in self.out.depends(x):
-            x = f"tl.where({self.out.roots['ka']}, {x}, 0)"
-        if "kb" not in self.out.depends(y):
-            y = f"tl.where({self.out.roots['kb']}, {y}, 0)"
-        # A dim missing from an address leaves the tile narrower than the dot needs.
-        x = self.out.let(f"tl.broadcast_to({x}, [BLOCK_M, BLOCK_K])", "v")
-        y = self.out.let(f"tl.broadcast_to({y}, [BLOCK_K, BLOCK_N])", "v")
+        x = self._operand_tile(a, self._index("am", "ka"), "[BLOCK_M, BLOCK_K]")
+        y = self._operand_tile(b, self._index("kb", "bn"), "[BLOCK_K, BLOCK_N]")
         self.out.emit("if DOT_F32:")
         self.out.emit(f"    {acc} = tl.dot({x}.to(tl.float32), {y}.to(tl.float32), {acc})")
         self.out.emit("else:")
         self.out.emit(f"    {acc} = tl.dot({x}, {y}, {acc}{_PRECISION.get(dtype, '')})")
 
+    def _make_descriptors(self) -> None:
+        """One descriptor per operand that can take one, made before the K loop when TMA is on."""
+        for descriptor in self.descriptors.values():
+            self.described.setdefault(descriptor, f"desc{len(self.described)}")
+        if self.described:
+            with self.out.block("if TMA:"):
+                for descriptor, name in self.described.items():
+                    self.out.emit(descriptor.make(name, param(descriptor.input)))
+
+    def _operand_tile(self, name: str, idx: Index, shape: str) -> str:
+        """The operand's tile this K step, read once for every matmul that uses it: through its
+        descriptor when TMA is on and it has one, else with pointers."""
+        key = (name, idx.dims)
+        if key not in self.tiles:
+            descriptor = self.descriptors.get(key)
+            if descriptor is None:
+                self.tiles[key] = self._pointer_tile(name, idx, shape)
+                return self.tiles[key]
+            tile = self.tiles[key] = self.out.fresh("tile")
+            with self.out.block("if TMA:"):
+                self.out.emit(f"{tile} = {descriptor.load(self.described[descriptor], idx.dims[-2:])}")
+            with self.out.block("else:"):
+                self.out.emit(f"{tile} = {self._pointer_tile(name, idx, shape)}")
+        return self.tiles[key]
+
+    def _pointer_tile(self, name: str, idx: Index, shape: str) -> str:
+        """The operand's tile loaded with pointers, zero past K, broadcast to the dot's `shape`."""
+        x = self.operand(name, idx, shape)
+        root = idx.dims[-1] if idx.dims[-1] == "ka" else idx.dims[-2]
+        # An operand whose K dim is size 1 or stride 0 loads unmasked: zero its K tail
+        # (a padded 0 * inf would otherwise make NaN).
+        if root not in self.out.depends(x):
+            x = f"tl.where({self.out.roots[root]}, {x}, 0)"
+        # A dim missing from an address leaves the tile narrower than the dot needs.
+        return self.out.let(f"tl.broadcast_to({x}, {shape})", "v")
+
     def _tile_order(self) -> None:
-        """Which tile this program computes, grouped for L2 reuse, and its wrapped row/column offsets."""
-        pid = "tl.program_id(0).to(tl.int64)" if self.wide else "tl.program_id(0)"
-        self.out.emit(f"pid = {pid}")
-        self.out.emit("grid_m = (M + BLOCK_M - 1) // BLOCK_M")
-        self.out.emit("grid_n = (N + BLOCK_N - 1) // BLOCK_N")
+        """Which tile `pid` is, grouped for L2 reuse, and its wrapped row/column offsets."""
         if self.batched:
             self.out.emit("pid_b = pid // (grid_m * grid_n)")
             self.out.emit("tile = pid % (grid_m * grid_n)")

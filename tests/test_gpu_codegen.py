@@ -207,16 +207,18 @@ def _gelu_gradient(y, r):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("epilogue, tile, stages", [
-    (lambda y, r: y, (256, 128), 4),
-    (lambda y, r: F.gelu(y), (128, 128), 5),
-    (_gelu_gradient, (128, 64), 5),
+@pytest.mark.parametrize("epilogue, tile, stages, persistent", [
+    (lambda y, r: y, (256, 128), 4, False),
+    (lambda y, r: F.gelu(y), (128, 128), 5, True),
+    (_gelu_gradient, (128, 64), 5, True),
 ], ids=["bias", "gelu", "gelu-gradient"])
-def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, stages):
+def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, stages, persistent):
     """Linear 1024 -> 2048 over 4096 rows, bfloat16: a bias add alone takes 256 x 128 tiles in
-    4 stages (192 KiB of shared memory), a GELU after it 128 x 128 tiles in 5 (160 KiB), a
-    longer epilogue 128 x 64; 8 warps of wgmma, operands copied 16 bytes at a time, 128-bit
-    stores, nothing spilled."""
+    4 stages (192 KiB of shared memory, an 8-byte barrier per stage), a GELU after it 128 x 128
+    tiles in 5 (160 KiB), a longer epilogue 128 x 64; 8 warps of wgmma, operands copied by TMA
+    (both contiguous, rows of 2 KiB), 128-bit stores, nothing spilled. 512 or 1024 tiles (two
+    waves or more) take a persistent kernel, a program per SM: its output tile goes to its
+    128-bit stores through shared memory of its own (the pipeline's buffers stay live across tiles)."""
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     torch.manual_seed(5)
@@ -225,12 +227,15 @@ def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, st
     graph, kernel = _matmul_kernel(lambda x, r: epilogue(lin(x), r), x, r)
     launch = static_launch(graph, kernel, interpret=False)
     assert (launch.constants["BLOCK_M"], launch.constants["BLOCK_N"]) == tile
-    assert (launch.num_warps, launch.num_stages, launch.constants["EVEN_K"]) == (8, stages, True)
+    assert (launch.num_warps, launch.num_stages, launch.constants["EVEN_K"], launch.constants["TMA"]) == (
+        8, stages, True, True)
+    assert (launch.constants["PERSISTENT"], launch.grid == (132,)) == (persistent, persistent)
     binary = bench_static.compile_sm90(graph, kernel, tmp_path)
     ptx = binary.asm["ptx"]
     assert binary.metadata.num_stages == stages
-    assert binary.metadata.shared == stages * (tile[0] + tile[1]) * 64 * 2 <= SHARED_LIMIT
-    assert "wgmma.mma_async" in ptx and "cp.async.cg.shared.global" in ptx
+    staged = tile[0] * tile[1] * 2 if persistent else 0
+    assert binary.metadata.shared == stages * ((tile[0] + tile[1]) * 64 * 2 + 8) + staged <= SHARED_LIMIT
+    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor.2d" in ptx and "cp.async.cg" not in ptx
     assert (bench_static.widest(ptx, "ld"), bench_static.widest(ptx, "st")) == (128, 128)
     assert bench_static.widest(ptx, "ld", min) == 128  # the bias too
     registers, spills = bench_static.ptxas_usage(ptx)
@@ -239,21 +244,24 @@ def test_hopper_matmul_tiles_compile_without_spills(tmp_path, epilogue, tile, st
 
 @pytest.mark.parametrize("k, masked", [(1024, False), (1000, True)])
 def test_even_k_drops_the_k_mask_on_sm90(tmp_path, k, masked):
-    """K a multiple of BLOCK_K: the K loop's operand loads carry no mask once compiled
-    (the all-true mask folds away); otherwise both are masked. The bias is masked by N.
-    Either way the operands are copied 16 bytes at a time through 5 stages: K = 1000 is
-    compared as a number, so Triton knows 8 elements share each mask bit."""
+    """Read with pointers (a call whose tensors are not all 16-byte aligned, a GPU before Hopper):
+    K a multiple of BLOCK_K: the K loop's operand loads carry no mask once compiled (the all-true
+    mask folds away); otherwise both are masked. The bias is masked by N. Either way the operands
+    are copied 16 bytes at a time through 5 stages: K = 1000 is compared as a number, so Triton
+    knows 8 elements share each mask bit. Through TMA descriptors the tail is zero-filled: no mask."""
     if GPUTarget is None:
         pytest.skip("this Triton has no ahead-of-time compile API")
     lin = nn.Linear(k, 512).to(torch.bfloat16)
     graph, kernel = _matmul_kernel(lambda x: torch.relu(lin(x)), torch.randn(512, k, dtype=torch.bfloat16))
     assert static_launch(graph, kernel, interpret=False).constants["EVEN_K"] is not masked
-    binary = bench_static.compile_sm90(graph, kernel, tmp_path)
+    binary = bench_static.compile_sm90(graph, kernel, tmp_path, tma=False)
     assert binary.metadata.shared == 5 * (64 + 64) * 64 * 2  # 64 x 64 tiles (few of them), 5 stages
     assert bench_static.widest(binary.asm["ptx"], "ld") == 128
     loads = re.findall(r"tt\.load %[\w.]+(,)?", binary.asm["ttir"])
     assert len(loads) == 3
     assert sum(bool(comma) for comma in loads) == (3 if masked else 1)
+    ttir = bench_static.compile_sm90(graph, kernel, tmp_path).asm["ttir"]
+    assert ttir.count("tt.descriptor_load") == 2 and len(re.findall(r"tt\.load %[\w.]+,", ttir)) == 1
 
 
 def test_contiguous_dims_are_indexed_as_one_run(tmp_path):

@@ -207,11 +207,15 @@ def test_source_shape(tmp_path):
     result = render_matmul(b.graph, kernel)
     source, fn_name = result.source, result.fn_name
     assert fn_name == "k0_matmul_relu"
-    assert source.count("@triton.jit") == 1 and "for k0 in range(0, K, BLOCK_K):" in source
-    assert "tl.dot" in source and "tl.where" in source and source.count("tl.store") == 1
+    # the tile's code twice: walked by a persistent program, or a program's one tile (its
+    # operands can take TMA descriptors, with which a persistent launch is chosen)
+    assert source.count("@triton.jit") == 1 and source.count("for k0 in range(0, K, BLOCK_K):") == 2
+    assert "tl.dot" in source and "tl.where" in source and source.count("tl.store") == 2
+    assert "if PERSISTENT:" in source
     assert "input_precision" not in source  # 16-bit operands take tensor cores as they are
     assert matmul_sizes(b.graph, kernel) == (8, 16, 32)
-    assert matmul_problem(b.graph, kernel) == (4, 8, 16, 32, "bfloat16", 1, 1, False)  # one matmul, relu after it
+    # one matmul, relu after it; both operands contiguous with 64-byte rows: TMA descriptors can read them
+    assert matmul_problem(b.graph, kernel) == (4, 8, 16, 32, "bfloat16", 1, 1, False, True)
 
 
 def test_huge_operands_index_in_int64():
