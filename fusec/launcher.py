@@ -31,7 +31,6 @@ from fusec.kernels.scatter import owns_base
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
 from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
-from fusec.pointers import sizes_source as _sizes
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
 from fusec.torch_calls import REINTERPRET, Reinterpreted, entry_point, exact_layouts, folded_views
@@ -340,7 +339,8 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         elif node.kind is Kind.SCATTER and owns_base(graph, name):
             emit(f"{var(name)} = {var(node.args[0].name)}  # stores into its base's buffer")
         else:
-            emit(f"{var(name)} = empty_strided({_sizes(node.shape)}, {_sizes(node.strides)}, D_{node.dtype})")
+            layout = f"{sizes.tuple_source(node.shape)}, {sizes.tuple_source(node.strides)}"
+            emit(f"{var(name)} = empty_strided({layout}, D_{node.dtype})")
             if node.kind is Kind.SCATTER:
                 emit(f"{var(name)}.copy_({var(node.args[0].name)})  # its base, another step reads too")
         args.append(var(name))
@@ -354,7 +354,7 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         args.append(f"{src.bind(code.draw_seed, 'SEED')}()")
     exact = code.extents.get(kernel.id)
     if LaunchExtra.PARTIALS in kernel.extras:
-        at = f", {_sizes(exact)}" if exact else ""
+        at = f", {sizes.tuple_source(exact)}" if exact else ""
         args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device{at})")
     args += [f"{var(n)}.item()" for n in kernel.inputs if graph[n].host]  # host scalars, after the extras
     if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from

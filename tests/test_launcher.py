@@ -529,3 +529,14 @@ def test_a_reshape_that_would_copy_is_not_reinterpreted():
     assert reinterpretation(graph, graph["flat"]) is None  # torch copies it: no view of x's memory
     assert reinterpretation(graph, graph["p"]) == ((6, 4), (4, 1), 0)
     assert reinterpretation(graph, graph["s"]) == ((6, 3), (4, 1), 1)
+
+
+def test_partials_kept_by_stream_are_bounded():
+    from fusec.pointers import MAX_KEPT, PartialsByStream
+
+    found = []
+    kept = PartialsByStream(lambda kernel, device: found.append(device) or [torch.zeros(1)], kernel=None)
+    for stream in range(MAX_KEPT + 3):
+        kept.first(torch.device("cpu"), stream)
+    assert len(found) == MAX_KEPT + 3 and 0 < len(kept.kept) <= MAX_KEPT
+    assert list(kept.kept)[-1] == MAX_KEPT + 2  # the stream just asked for is kept
