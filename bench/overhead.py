@@ -19,11 +19,10 @@ size, many calls in a row, timed by the wall clock:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,23 +53,21 @@ class Overhead:
 
 
 class _NoLaunch:
-    """Stands in for a compiled kernel: a launch costs what Triton's C launcher spends on its
-    arguments before the driver's launch: a look at each (here `type`), and a `data_ptr()` call
-    for each tensor (where it is handed an int, it takes the int as the address)."""
+    """Stands in for one kernel's compiled binary: a launch costs what Triton's C launcher spends on
+    its pointers before the driver's launch: a `data_ptr()` call for each tensor (handed an int,
+    the launcher takes it as the address). A kernel's first launch goes through its call, which
+    passes a tensor for every pointer: where those are is read from it."""
 
     function = packed_metadata = None
 
     def __init__(self) -> None:
-        self.tensors: dict[tuple, Callable[[tuple], Iterable[Any]]] = {}  # the arguments' types -> their tensors
+        self.pointers: Callable[[tuple], Any] | None = None  # the pointer arguments out of all
 
     def run(self, *args: Any) -> None:
-        kinds = tuple(map(type, args))
-        take = self.tensors.get(kinds)
-        if take is None:
-            at = [i for i, kind in enumerate(kinds) if issubclass(kind, torch.Tensor)]
-            take = self.tensors[kinds] = (lambda args, at=at: [args[i] for i in at]) if len(at) < 2 \
-                else operator.itemgetter(*at)
-        collections.deque(map(torch.Tensor.data_ptr, take(args)), maxlen=0)
+        if self.pointers is None:
+            at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+            self.pointers = (lambda args, at=at: [args[i] for i in at]) if len(at) < 2 else operator.itemgetter(*at)
+        [a.data_ptr() for a in self.pointers(args) if a.__class__ is not int]
 
 
 class _Always(dict):
@@ -108,8 +105,8 @@ def _as_on_a_gpu(runtime: Any) -> None:
 def stub_launches(runtime: Any) -> None:
     """Make every kernel of `runtime` (a static graph's) launch through the GPU path into a no-op."""
     _as_on_a_gpu(runtime)
-    entry = entry_of(_NoLaunch())
     for call in runtime.calls.values():
+        entry = entry_of(_NoLaunch())
         call.interpret = False
         given = sum(n not in call.launch.constants for n in call.fn.arg_names) - len(call.sizes)
         call.tail = call.tail_for(given)

@@ -35,17 +35,18 @@ def allocator(device: torch.device) -> Callable[..., torch.Tensor]:
     return functools.partial(_empty_strided_on, device)
 
 
-def current_allocator(device_type: str) -> tuple[Callable[[], int | None], Callable[..., torch.Tensor]]:
-    """The index of the current device of a type and torch's allocator on it: a launcher allocates
-    through that allocator when the call's tensors are on the current device, which costs one test
-    per call instead of a lookup (`allocator`, a third of a microsecond); elsewhere it asks `allocator`."""
+def current_allocator(device_type: str) -> tuple[Callable[[], int], Callable[..., torch.Tensor]]:
+    """The index of the current device of a type, as a tensor's `get_device()` gives it, and
+    torch's allocator on it: a launcher allocates through that allocator when the call's tensors
+    are on the current device, which costs one test per call instead of a lookup (`allocator`, a
+    third of a microsecond); elsewhere it asks `allocator`."""
     if device_type == "cuda":
         return torch._C._cuda_getDevice, _empty_strided_cuda
-    return _no_index, _empty_strided_cpu
+    return _cpu_index, _empty_strided_cpu
 
 
-def _no_index() -> None:
-    return None  # a CPU tensor's device index
+def _cpu_index() -> int:
+    return -1  # a CPU tensor's `get_device()`
 
 
 def _empty_strided_on(device: torch.device, size: tuple, stride: tuple, dtype: torch.dtype) -> torch.Tensor:
