@@ -59,21 +59,27 @@ class Overhead:
 
 
 class _NoLaunch:
-    """Stands in for one kernel's compiled binary: a launch costs what Triton's C launcher spends on
-    its pointers before the driver's launch: a `data_ptr()` call for each tensor (handed an int,
-    the launcher takes it as the address). A kernel's first launch goes through its call, which
-    passes a tensor for every pointer: where those are is read from it."""
+    """Stands in for a compiled binary: a launch costs what Triton's C launcher spends on its
+    pointers before the driver's launch: a `data_ptr()` call for each tensor (handed an int, the
+    launcher takes it as the address). Where the tensors are among the arguments is read at the
+    first launch, and again when a launch hands an int where that one had a tensor: a kernel's
+    first launch goes through its call, which passes tensors; the launcher's straight launches
+    after it pass the inputs' addresses."""
 
     function = packed_metadata = None
 
     def __init__(self) -> None:
-        self.pointers: Callable[[tuple], Any] | None = None  # the pointer arguments out of all
+        self.tensors: Callable[[tuple], Any] | None = None  # the tensor arguments out of all
 
     def run(self, *args: Any) -> None:
-        if self.pointers is None:
+        try:
+            for tensor in self.tensors(args):
+                tensor.data_ptr()
+        except (TypeError, AttributeError):  # no launch yet, or an int where a tensor was
             at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-            self.pointers = (lambda args, at=at: [args[i] for i in at]) if len(at) < 2 else operator.itemgetter(*at)
-        [a.data_ptr() for a in self.pointers(args) if a.__class__ is not int]
+            self.tensors = (lambda args, at=at: [args[i] for i in at]) if len(at) < 2 else operator.itemgetter(*at)
+            for tensor in self.tensors(args):
+                tensor.data_ptr()
 
 
 class _Always(dict):
