@@ -5,12 +5,13 @@ call's values is taken once, when the source is written: which buffer each
 step reads, each output's shape, strides and dtype, each kernel's grid, sizes
 and constants (written out in its launch), which stream each step runs on
 and which events it waits for, and when a buffer is dead. What is left per
-call is straight-line code: a stride check per input, an allocation per
+call is straight-line code: a head that reads the device and each input's
+address once (`direct_launch.py`), a stride check per input, an allocation per
 output, a launch per kernel, a torch call per extern op (a chain of views of a
 buffer it allocated: one reinterpretation of that buffer). On a GPU a launch is
 a call of the kernel's compiled binary itself (no Python frame of fusec's in
-between), once its first launch has bound it. The source is readable
-(`Runtime.source`, `fusec inspect --launcher`).
+between), once a call through the kernel's own call has bound it. The source is
+readable (`Runtime.source`, `fusec inspect --launcher`).
 """
 
 from __future__ import annotations
