@@ -566,3 +566,19 @@ def test_partials_kept_by_stream_are_bounded():
         kept.first(torch.device("cpu"), stream)
     assert len(found) == MAX_KEPT + 3 and 0 < len(kept.kept) <= MAX_KEPT
     assert list(kept.kept)[-1] == MAX_KEPT + 2  # the stream just asked for is kept
+
+
+def test_an_input_written_in_place_is_passed_as_itself_and_the_device_read_as_an_int():
+    def step(x, y):
+        x.mul_(2).add_(y)
+
+    compiled = fusec.compile(step)
+    x, y = torch.randn(4, 8), torch.randn(4, 8)
+    expected = x * 2 + y
+    compiled(x, y)
+    torch.testing.assert_close(x, expected)
+    source = fusec.report_of(compiled).graphs[0].runtime.source
+    assert "    # written into inputs: add -> arg0_1\n" in source and " = v_arg0_1  # written into input" not in source
+    assert "(v_arg0_1, v_arg1_1, v_arg0_1)" in source  # x read and written: the same tensor twice
+    assert "    index = v_arg0_1.get_device()  # -1 on a CPU\n" in source and "device =" not in source
+    assert_ran(compiled)
