@@ -20,14 +20,17 @@ size, many calls in a row, timed by the wall clock:
 from __future__ import annotations
 
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch._C._dynamo import guards
 
 import fusec
+from fusec.api import tensors_in
 from fusec.bench.replays import inductor_externs_replayed, inductor_modules, recorded, replay_fusec_externs
 from fusec.bench.workloads import WORKLOADS
 from fusec.kernels.call import entry_of
@@ -49,15 +52,34 @@ class Overhead:
     per_kernel_us: float | None
     torch_compile_call_us: float | None
     eager_call_us: float
+    # What one input tensor costs each compiler's call, in ns (`per_input_ns`), and how many there are
+    inputs: int = 0
+    fusec_input_ns: float | None = None
+    torch_compile_input_ns: float | None = None
 
 
 class _NoLaunch:
-    """Stands in for a compiled kernel: launching it costs nothing."""
+    """Stands in for a compiled binary: a launch costs what Triton's C launcher spends on its
+    pointers before the driver's launch: a `data_ptr()` call for each tensor (handed an int, the
+    launcher takes it as the address). Where the tensors are among the arguments is read at the
+    first launch, and again when a launch hands an int where that one had a tensor: a kernel's
+    first launch goes through its call, which passes tensors; the launcher's straight launches
+    after it pass the inputs' addresses."""
 
     function = packed_metadata = None
 
+    def __init__(self) -> None:
+        self.tensors: Callable[[tuple], Any] | None = None  # the tensor arguments out of all
+
     def run(self, *args: Any) -> None:
-        pass
+        try:
+            for tensor in self.tensors(args):
+                tensor.data_ptr()
+        except (TypeError, AttributeError):  # no launch yet, or an int where a tensor was
+            at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+            self.tensors = (lambda args, at=at: [args[i] for i in at]) if len(at) < 2 else operator.itemgetter(*at)
+            for tensor in self.tensors(args):
+                tensor.data_ptr()
 
 
 class _Always(dict):
@@ -95,8 +117,8 @@ def _as_on_a_gpu(runtime: Any) -> None:
 def stub_launches(runtime: Any) -> None:
     """Make every kernel of `runtime` (a static graph's) launch through the GPU path into a no-op."""
     _as_on_a_gpu(runtime)
-    entry = entry_of(_NoLaunch())
     for call in runtime.calls.values():
+        entry = entry_of(_NoLaunch())
         call.interpret = False
         given = sum(n not in call.launch.constants for n in call.fn.arg_names) - len(call.sizes)
         call.tail = call.tail_for(given)
@@ -150,7 +172,28 @@ def measure(name: str, device: str) -> Overhead | None:
     # but still a call each) and no view torch makes.
     externs = sum(len(r.plan.externs) for r in runtimes)
     per_kernel = launcher / kernels if kernels and (device == "cuda" or not externs) else None
-    return Overhead(name, kernels, externs, call, launcher, per_kernel, torch_compile, eager)
+    tensors = tensors_in(args)
+    ours, theirs = per_input_ns(tensors) if tensors else (None, None)
+    return Overhead(name, kernels, externs, call, launcher, per_kernel, torch_compile, eager,
+                    len(tensors), ours, theirs)
+
+
+def per_input_ns(tensors: list[torch.Tensor]) -> tuple[float, float]:
+    """What each input tensor costs a call, in ns, each compiler's checks written out straight as
+    its generated code writes them: fusec's launcher reads its contiguity flag and its address (which
+    the alignment flag and a straight launch share); torch.compile checks its sizes, strides, dtype
+    and device in Dynamo's guard (`TensorGuards.check`, the C++ check of Dynamo's tensor guards) and
+    its sizes and strides again in Inductor's output code (`assert_size_stride`)."""
+    names = [f"a{i}" for i in range(len(tensors))]
+    ours = "".join(f"    if not {a}.is_contiguous(): raise ValueError\n    p{a} = {a}.data_ptr()\n" for a in names)
+    theirs = "    GUARD.check(*tensors)\n" + "".join(
+        f"    assert_size_stride({a}, {tuple(t.shape)}, {t.stride()}, 'input')\n" for a, t in zip(names, tensors))
+    scope = {"GUARD": guards.TensorGuards(*tensors, dynamic_dims_sizes=[list(t.shape) for t in tensors],
+                                          dynamic_dims_strides=[list(t.stride()) for t in tensors]),
+             "assert_size_stride": guards.assert_size_stride}
+    unpack = f"    {', '.join(names)}, = tensors\n"
+    exec(f"def ours(tensors):\n{unpack}{ours}\ndef theirs(tensors):\n{unpack}{theirs}", scope)
+    return tuple(per_call_us(lambda f=scope[f]: f(tensors), "cpu") * 1e3 / len(tensors) for f in ("ours", "theirs"))
 
 
 @contextlib.contextmanager
@@ -206,12 +249,13 @@ def _fusec_us(fn: Callable[..., Any], args: tuple, device: str) -> tuple[float, 
 def markdown(rows: list[Overhead], device: str) -> str:
     """The overhead table, with how it was measured."""
     head = ("| workload | kernels | extern calls | fusec call µs | launcher µs | per kernel µs "
-            "| torch.compile call µs | eager call µs |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "—" if v is None else f"{v:.1f}"
+            "| torch.compile call µs | eager call µs | per input ns: fusec / torch.compile |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, digits=1: "—" if v is None else f"{v:.{digits}f}"
     for r in rows:
         lines.append(f"| {r.workload} | {r.kernels} | {r.externs} | {fmt(r.fusec_call_us)} | {fmt(r.launcher_us)} "
-                     f"| {fmt(r.per_kernel_us)} | {fmt(r.torch_compile_call_us)} | {fmt(r.eager_call_us)} |")
+                     f"| {fmt(r.per_kernel_us)} | {fmt(r.torch_compile_call_us)} | {fmt(r.eager_call_us)} "
+                     f"| {fmt(r.fusec_input_ns, 0)} / {fmt(r.torch_compile_input_ns, 0)} ({r.inputs}) |")
     how = ("fusec's launches stubbed (no-op binaries); both compilers' extern calls replayed; torch.compile's "
            "own kernels and eager run tiny tensors for real" if device == "cpu" else
            "real launches, host time of a run of calls synchronized once")

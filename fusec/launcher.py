@@ -5,12 +5,13 @@ call's values is taken once, when the source is written: which buffer each
 step reads, each output's shape, strides and dtype, each kernel's grid, sizes
 and constants (written out in its launch), which stream each step runs on
 and which events it waits for, and when a buffer is dead. What is left per
-call is straight-line code: a stride check per input, an allocation per
+call is straight-line code: a head that reads the device and each input's
+address once (`direct_launch.py`), a stride check per input, an allocation per
 output, a launch per kernel, a torch call per extern op (a chain of views of a
 buffer it allocated: one reinterpretation of that buffer). On a GPU a launch is
 a call of the kernel's compiled binary itself (no Python frame of fusec's in
-between), once its first launch has bound it. The source is readable
-(`Runtime.source`, `fusec inspect --launcher`).
+between), once a call through the kernel's own call has bound it. The source is
+readable (`Runtime.source`, `fusec inspect --launcher`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from typing import Any
 import sympy
 import torch
 
-from fusec import pointers, sizes
+from fusec import sizes
+from fusec.direct_launch import bind_line, callee, head, ident, straight
 from fusec.ir import Graph, Kind, Ref, iter_refs
-from fusec.kernels.call import FirstLaunch, launch_hooks_set
 from fusec.kernels.scatter import owns_base
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
-from fusec.pointers import all_aligned, allocator, current_allocator, fresh_buffers, inputs_taken, stride_check
-from fusec.pointers import sizes_source as _sizes
+from fusec.pointers import allocator, fresh_buffers, inputs_taken, stride_check
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
 from fusec.torch_calls import REINTERPRET, Reinterpreted, entry_point, exact_layouts, folded_views
@@ -56,6 +56,9 @@ class Source:
     views: dict[str, Reinterpreted] = field(default_factory=dict)  # views run as one reinterpretation each
     needed: set[str] = field(default_factory=set)  # those some other step or the caller reads
     last_view: dict[str, int] = field(default_factory=dict)  # buffer -> the step writing its last needed view
+    read: set[str] = field(default_factory=set)  # values some step, the result or a store reads
+    unnamed: set[str] = field(default_factory=set)  # values written into an input nothing reads by their name
+    wants_device: bool = False  # whether some line reads the call's `device`
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)
@@ -67,6 +70,9 @@ class Source:
             self.bound[key] = f"{prefix}{next(self.counter)}"
             self.names[self.bound[key]] = value
         return self.bound[key]
+
+    def literal(self, value: Any) -> str:
+        return _literal(self, value)
 
 
 @dataclass
@@ -110,24 +116,33 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     src.emit("def call(inputs):", 0)
     if inputs:
         src.emit(f"{', '.join(var(n) for n in inputs)}, = inputs")
+    at_start = len(src.lines)  # where the per-call head goes, once the steps say what it must read
     for symbol, read in symbol_sources(graph, inputs).items():
         src.emit(f"{sizes.KERNEL_PREFIX}{symbol} = {read}")
-    _device_line(src, graph, inputs, code.device)
-    at_start = len(src.lines)  # where the per-call allocator and alignment flag go, if wanted
     # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
     # `result` (a matmul's library alternative, timed on inputs of its own).
     into_inputs = stores(graph) if result is None else ()
     code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
     checked = _checked_before_stores(src, plan, code, inputs)
     src.views, src.needed, src.last_view = folded_views(plan, exact_layouts(graph, list(code.fresh)))
+    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
+    src.read = _read(plan, returned, [value for value, _ in into_inputs if value not in code.in_place])
     _steps(src, plan, code, streams, checked, written={dst for _, dst in into_inputs})
     for value, dst in into_inputs:
         if value not in code.in_place:
             src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
-    returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
+    src.lines += bind_line(src)
     src.emit(f"return {_literal(src, returned)}")
-    src.lines[at_start:at_start] = _per_call(src, code)
+    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
+    src.lines[at_start:at_start] = head(src, code, None if first is None else var(first))
     return "\n".join(src.lines) + "\n", src.names
+
+
+def _read(plan: Plan, returned: Any, copied: list[str]) -> set[str]:
+    """The values some step reads (a library alternative's too), the call returns, or a store copies."""
+    steps = [*plan.steps, *(part for k in plan.kernels for part in k.library)]
+    return {*(n for step in steps for n in plan.reads(step)), *(r.name for r in iter_refs(returned)),
+            *copied}
 
 
 def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direct: dict[str, str]) -> StepCode:
@@ -170,7 +185,7 @@ def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[
         indent = 1
         if streams:
             for producer in step.waits:
-                src.emit(f"S{step.stream}.wait_event(E_{_ident(producer)})")
+                src.emit(f"S{step.stream}.wait_event(E_{ident(producer)})")
             if step.stream:
                 src.emit(f"with stream_context(S{step.stream}):")
                 indent = 2
@@ -178,8 +193,8 @@ def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[
             src.emit(f"{src.bind(code.step_hook, 'HOOK')}({step.id!r})", indent)
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in recorded:
-            src.emit(f"E_{_ident(step.id)} = S{step.stream}.record_event()")
-        dead = [d for d in dead if d not in handed_on and d not in written  # deleted where taken over
+            src.emit(f"E_{ident(step.id)} = S{step.stream}.record_event()")
+        dead = [d for d in dead if d not in handed_on and d not in written and d not in src.unnamed
                 and (d not in src.views or d in src.needed)]  # a view never written has no name
         for d in [d for d in dead if src.last_view.get(d, i) > i]:  # views of it are written later
             dead.remove(d)
@@ -238,19 +253,6 @@ def _outputs(kernel: Kernel, library: frozenset[str]) -> list[str]:
     if kernel.id in library:
         return [o for s in kernel.library for o in (s.outputs if isinstance(s, Kernel) else (s.node,))]
     return list(kernel.outputs)
-
-
-def _ident(step_id: str) -> str:
-    return step_id.replace("+", "_")
-
-
-def _device_line(src: Source, graph: Graph, inputs: list[str], default: torch.device) -> None:
-    """Outputs go where the first tensor input lives (cuda:1 too), else on the graph's device."""
-    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
-    if first is not None:
-        src.emit(f"device = {var(first)}.device")
-    else:
-        src.emit(f"device = {src.bind(default, 'DEV')}")
 
 
 def _stream_prologue(src: Source, n_streams: int) -> None:
@@ -330,23 +332,11 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         if name not in checked and name not in produced_by_kernel:
             _stride_check(src, graph, name, indent)
             checked.add(name)
-    args = [var(n) for n in kernel.inputs if not graph[n].host]
-    for name in kernel.outputs:
-        node = graph[name]
-        if name in code.in_place:
-            emit(f"{var(name)} = {var(code.in_place[name])}  # written into input {code.in_place[name]}")
-        elif name in code.reuse:
-            emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
-        elif node.kind is Kind.SCATTER and owns_base(graph, name):
-            emit(f"{var(name)} = {var(node.args[0].name)}  # stores into its base's buffer")
-        else:
-            emit(f"{var(name)} = empty_strided({_sizes(node.shape)}, {_sizes(node.strides)}, D_{node.dtype})")
-            if node.kind is Kind.SCATTER:
-                emit(f"{var(name)}.copy_({var(node.args[0].name)})  # its base, another step reads too")
-        args.append(var(name))
+    args = [var(n) for n in kernel.inputs if not graph[n].host] + _outputs_made(src, graph, kernel, code, indent)
     if kernel.numel == 0:
         return
     flag = LaunchExtra.BAD_INDEX in kernel.extras
+    src.wants_device |= flag or LaunchExtra.PARTIALS in kernel.extras
     if flag:
         emit("flag = torch.zeros(1, dtype=D_int32, device=device)")
         args.append("flag")
@@ -354,84 +344,49 @@ def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: 
         args.append(f"{src.bind(code.draw_seed, 'SEED')}()")
     exact = code.extents.get(kernel.id)
     if LaunchExtra.PARTIALS in kernel.extras:
-        at = f", {_sizes(exact)}" if exact else ""
+        at = f", {sizes.tuple_source(exact)}" if exact else ""
         args.append(f"*{src.bind(code.final_buffers, 'FINALS')}({src.bind(kernel, 'KERNEL')}, device{at})")
     args += [f"{var(n)}.item()" for n in kernel.inputs if graph[n].host]  # host scalars, after the extras
     if exact:  # a kernel of a dynamic graph: its symbols, then the extents its launch is chosen from
         args += list(kernel.symbols)
         args += [sizes.source(e, python=True) for e in exact]
-    callee, tests = _callee(src, kernel, code)
-    if code.direct and tests is not None and not flag and _direct(src, kernel, code, args, tests, indent):
+    called, tests = callee(src, kernel, code)
+    if code.direct and tests is not None and not flag and straight(src, kernel, code, args, tests, indent):
         emit("else:")
-        src.emit(f"{callee}({', '.join(args)})", indent + 1)
+        src.emit(f"{called}({', '.join(args)})", indent + 1)
     else:
-        emit(f"{callee}({', '.join(args)})")
+        emit(f"{called}({', '.join(args)})")
     if flag:
         emit(f"{src.bind(code.bounds_error, 'BOUNDS')}({src.bind(kernel, 'KERNEL')}, flag)")
 
 
-def _callee(src: Source, kernel: Kernel, code: StepCode) -> tuple[str, list[str] | None]:
-    """The kernel's call, and the tests that every pointer it takes is 16-byte aligned (the
-    allocator's buffers are, inputs the per-call flag covers, others are tested here): where
-    they hold, its binary for aligned pointers, bound once; else through the key its call
-    computes from every pointer. A kernel of a dynamic graph keys its binary by its sizes too
-    (no tests: None)."""
-    call = _ident(kernel.id)
-    src.names[call] = code.calls[kernel.id]
-    if kernel.id in code.extents:
-        return call, None
-    src.names[f"{call}_aligned"] = getattr(code.calls[kernel.id], "aligned", code.calls[kernel.id])
-    unknown = dict.fromkeys(code.in_place.get(n, n) for n in (*kernel.inputs, *kernel.outputs) if n not in code.fresh)
-    tests = ["aligned"] if any(n in code.vouched for n in unknown) else []
-    others = [var(n) for n in unknown if n not in code.vouched]  # what torch calls returned
-    if others:
-        tests.append(all_aligned(others))
-    return (f"({call}_aligned if {' and '.join(tests)} else {call})" if tests else f"{call}_aligned"), tests
-
-
-def _direct(src: Source, kernel: Kernel, code: StepCode, args: list[str], tests: list[str], indent: int) -> bool:
-    """`if direct and <aligned>:` a launch of the kernel's compiled binary itself, its grid, sizes
-    and constants written out; its first such launch goes through its call (`FirstLaunch`).
-    False, and nothing written, where the call cannot say what the binary takes."""
-    call = code.calls[kernel.id]
-    given = len(args) + len(kernel.finals) * (LaunchExtra.PARTIALS in kernel.extras)  # *FINALS: partials, ticket
-    try:
-        tail = call.tail_for(given)
-    except (AttributeError, TypeError):  # a parameter the plan has no value for: its call says so at launch
-        return False
-    if LaunchExtra.PARTIALS in kernel.extras:  # found by stream in a dict of the launcher's, not by a call
-        args = pointers.partials_by_stream(args, src.bind(pointers.PartialsByStream(code.final_buffers, kernel), "P"))
-    prefix = _ident(kernel.id).upper()
-    names = (f"{prefix}_RUN", f"{prefix}_FN", f"{prefix}_META")
-    src.names.update(zip(names, (FirstLaunch(call, names, given, src.names), None, None), strict=True))
-    if tail is None:  # a launcher written to be read (`launcher_source`): the values are the call's
-        values = [f"*{_ident(kernel.id)}.grid", "stream", *names[1:], "None, None, None", *args,
-                  f"*{_ident(kernel.id)}.tail"]
-    else:
-        values = [*map(str, call.grid), "stream", *names[1:], "None, None, None", *args,
-                  *(_literal(src, v) for v in tail)]
-    src.emit(f"if {' and '.join(['direct', *tests])}:", indent)
-    src.emit(f"{names[0]}({', '.join(values)})", indent + 1)
-    src.direct = True
-    return True
-
-
-def _per_call(src: Source, code: StepCode) -> list[str]:
-    """The allocator for this call's device, whether every input a kernel takes is aligned, and
-    whether kernels launch their binaries straight, on which stream."""
-    lines = []
-    if src.direct:
-        src.names.update(HOOKS=launch_hooks_set, RAW_STREAM=code.raw_stream)
-        same = "is" if code.direct_device is None else "=="
-        lines.append(f"    direct = device.index {same} {code.direct_device!r} and not HOOKS()  # binaries launched "
-                     "straight")
-        lines.append(f"    stream = RAW_STREAM({code.direct_device!r}) if direct else None")
-    if any(name not in code.reuse for name in code.fresh):
-        src.names.update(zip(("HERE", "ALLOC_HERE"), current_allocator(code.device.type), strict=True))
-        lines.append("    empty_strided = ALLOC_HERE if device.index == HERE() else ALLOC(device)")
-    if code.vouched:
-        lines.append(f"    aligned = {all_aligned([var(n) for n in code.vouched])}  # every input a kernel takes")
-    return lines
+def _outputs_made(src: Source, graph: Graph, kernel: Kernel, code: StepCode, indent: int) -> list[str]:
+    """Each output's buffer made ready (allocated, taken over, or the input it is written into):
+    the launch's arguments for them."""
+    emit = lambda line: src.emit(line, indent)
+    unnamed = [name for name in kernel.outputs if name in code.in_place and name not in src.read]
+    if unnamed:  # passed as the inputs they are written into
+        emit(f"# written into inputs: {', '.join(f'{n} -> {code.in_place[n]}' for n in unnamed)}")
+        src.unnamed.update(unnamed)
+    args = []
+    for name in kernel.outputs:
+        node = graph[name]
+        if name in src.unnamed:
+            args.append(var(code.in_place[name]))
+            continue
+        if name in code.in_place:
+            emit(f"{var(name)} = {var(code.in_place[name])}  # written into input {code.in_place[name]}")
+        elif name in code.reuse:
+            emit(f"{var(name)} = {var(code.reuse[name])}; del {var(code.reuse[name])}  # takes over its buffer")
+        elif node.kind is Kind.SCATTER and owns_base(graph, name):
+            emit(f"{var(name)} = {var(node.args[0].name)}  # stores into its base's buffer")
+        else:
+            layout = f"{sizes.tuple_source(node.shape)}, {sizes.tuple_source(node.strides)}"
+            emit(f"{var(name)} = empty_strided({layout}, D_{node.dtype})")
+            if node.kind is Kind.SCATTER:
+                emit(f"{var(name)}.copy_({var(node.args[0].name)})  # its base, another step reads too")
+        args.append(var(name))
+    return args
 
 
 def _stride_check(src: Source, graph: Graph, name: str, indent: int) -> None:

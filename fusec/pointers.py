@@ -35,17 +35,18 @@ def allocator(device: torch.device) -> Callable[..., torch.Tensor]:
     return functools.partial(_empty_strided_on, device)
 
 
-def current_allocator(device_type: str) -> tuple[Callable[[], int | None], Callable[..., torch.Tensor]]:
-    """The index of the current device of a type and torch's allocator on it: a launcher allocates
-    through that allocator when the call's tensors are on the current device, which costs one test
-    per call instead of a lookup (`allocator`, a third of a microsecond); elsewhere it asks `allocator`."""
+def current_allocator(device_type: str) -> tuple[Callable[[], int], Callable[..., torch.Tensor]]:
+    """The index of the current device of a type, as a tensor's `get_device()` gives it, and
+    torch's allocator on it: a launcher allocates through that allocator when the call's tensors
+    are on the current device, which costs one test per call instead of a lookup (`allocator`, a
+    third of a microsecond); elsewhere it asks `allocator`."""
     if device_type == "cuda":
         return torch._C._cuda_getDevice, _empty_strided_cuda
-    return _no_index, _empty_strided_cpu
+    return _cpu_index, _empty_strided_cpu
 
 
-def _no_index() -> None:
-    return None  # a CPU tensor's device index
+def _cpu_index() -> int:
+    return -1  # a CPU tensor's `get_device()`
 
 
 def _empty_strided_on(device: torch.device, size: tuple, stride: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -89,21 +90,13 @@ def stride_check(node: Node, value: str) -> list[tuple[str, int]]:
     if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
         test = f"if not {value}.is_contiguous():"  # is_contiguous ignores dims of size 1 too, and is one cached flag
     elif len(dims) == len(node.shape):
-        test = f"if {value}.stride() != {sizes_source(expected)}:"
+        test = f"if {value}.stride() != {sizes.tuple_source(expected)}:"
     else:
-        test = f"if ({', '.join(f'{value}.stride({d})' for d in dims)},) != {sizes_source(expected)}:"
+        test = f"if ({', '.join(f'{value}.stride({d})' for d in dims)},) != {sizes.tuple_source(expected)}:"
     shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
     raised = (f"raise StrideMismatch(f'{node.name} has strides {{tuple({value}.stride())}}, "
               f"the kernel expects {shown}')")
     return [(test, 0), (raised, 1)]
-
-
-def sizes_source(values: tuple | None) -> str:
-    """Source of a tuple of sizes (expressions read the symbols bound at the call's start)."""
-    if values is None:
-        return "None"
-    inner = ", ".join(sizes.source(v, python=True) for v in values)
-    return f"({inner},)" if len(values) == 1 else f"({inner})"
 
 
 class PartialsByStream(threading.local):
@@ -118,8 +111,15 @@ class PartialsByStream(threading.local):
         self.kept: dict[int | None, list[torch.Tensor]] = {}
 
     def first(self, device: torch.device, stream: int | None) -> list[torch.Tensor]:
+        if len(self.kept) >= MAX_KEPT:  # a thread that launched on many streams: keep memory bounded
+            self.kept.clear()
         found = self.kept[stream] = self.find(self.kernel, device)
         return found
+
+
+# The most buffers a cache of the runtime's keeps (by stream here; by kernel, device, stream and
+# size in `Runtime._final_buffers`) before it starts again.
+MAX_KEPT = 256
 
 
 def partials_by_stream(args: list[str], kept: str) -> list[str]:

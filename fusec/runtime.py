@@ -22,6 +22,7 @@ from fusec.kernels.launch import Launch, matmul_configs
 from fusec.kernels.matmul import matmul_problem
 from fusec.launcher import DTYPES, StepCode, StrideMismatch, dynamic, generate
 from fusec.plan import Extern, Kernel, Plan, does_work
+from fusec.pointers import MAX_KEPT
 from fusec.size_reads import symbolic
 from fusec.split_rows import SplitCall
 from fusec.stores import in_place
@@ -330,15 +331,12 @@ class Runtime:
         key = (kernel.id, device, stream, programs)
         found = kept.get(key)
         if found is None:
-            if len(kept) >= MAX_FINAL_BUFFERS:  # sizes drawn from a wide range: keep memory bounded
+            if len(kept) >= MAX_KEPT:  # sizes drawn from a wide range: keep memory bounded
                 kept.clear()
             graph = self.plan.graph
             found = kept[key] = [*[torch.empty(programs, dtype=DTYPES[compute_dtype(graph[f].dtype)], device=device)
                                    for f in kernel.finals], torch.zeros(1, dtype=torch.int32, device=device)]
         return found
-
-
-MAX_FINAL_BUFFERS = 256
 
 
 class _PerThread(threading.local):

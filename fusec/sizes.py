@@ -127,6 +127,14 @@ def source(value: Size, python: bool = False) -> str:
     return f"({_source(value, python)})"
 
 
+def tuple_source(values: tuple | None) -> str:
+    """Source of a tuple of sizes (expressions read the symbols bound at the call's start)."""
+    if values is None:
+        return "None"
+    inner = ", ".join(source(v, python=True) for v in values)
+    return f"({inner},)" if len(values) == 1 else f"({inner})"
+
+
 def _source(expr: sympy.Expr, python: bool) -> str:
     name = type(expr).__name__
     if expr.is_Symbol:

@@ -7,7 +7,7 @@ key, which costs tens of microseconds of host time per launch. Here, on a
 GPU, that dispatch runs once per device and pointer-alignment pattern (the
 only things that vary between calls of one plan: sizes, dtypes and constants
 are fixed), and later launches call the compiled binary directly; a generated
-launcher calls it itself once `FirstLaunch` has bound it. Triton's
+launcher calls it itself once it has bound it (`fusec/direct_launch.py`). Triton's
 interpreter has no binary: on a CPU every launch goes through the JIT
 dispatch, which is the interpreter's own entry point.
 """
@@ -244,25 +244,6 @@ def run_binary(entry: tuple, grid: tuple, device: int | None, args: Sequence[Any
     `launch_hooks_set` first): the grid, the stream, the binary's handles, the arguments."""
     run, function, metadata = entry
     run(*grid, torch._C._cuda_getCurrentRawStream(device), function, metadata, None, None, None, *args, *tail)
-
-
-class FirstLaunch:
-    """Stands in a generated launcher for a kernel's binary until the launcher first launches it
-    straight: launches through the kernel's call (which compiles or finds the binary), then puts
-    the binary's entry (`entry_of`) into the launcher's globals under `names`, so that later
-    calls launch the binary itself. Takes the arguments a binary's entry point takes."""
-
-    def __init__(self, call: KernelCall, names: tuple[str, str, str], given: int, scope: dict[str, Any]) -> None:
-        self.call, self.names, self.given, self.scope = call, names, given, scope
-
-    def __call__(self, *args: Any) -> None:
-        given = args[9:9 + self.given]  # after the grid, stream, handles and hooks
-        self.call.aligned(*given)
-        entry = self.call.ready.get(given[0].device.index)
-        # Bound only if the launcher's sizes and constants are those the call passed (they are
-        # worked out apart): else every launch keeps going through the call, slower but right.
-        if entry is not None and args[9 + self.given:] == self.call.tail and not launch_hooks_set():
-            self.scope.update(zip(self.names, entry, strict=True))
 
 
 def int_class(value: int) -> tuple[bool, bool, bool]:

@@ -341,3 +341,30 @@ def test_overhead_rows_of_extern_heavy_workloads_compare_both_compilers_hosts():
     assert row.kernels == 1 and row.externs == 2 and row.per_kernel_us is None
     assert 0 < row.launcher_us < row.fusec_call_us and row.torch_compile_call_us is not None
     assert extern_kernels.mm is mm  # torch.compile's extern calls run for real again after the bench
+
+
+def test_a_stubbed_launch_reads_the_address_of_each_tensor_it_is_handed(monkeypatch):
+    from fusec.bench.overhead import _NoLaunch
+
+    asked = []
+    monkeypatch.setattr(torch.Tensor, "data_ptr", lambda t: asked.append(t) or 16)
+    x, out = torch.zeros(4), torch.zeros(4)
+    stub = _NoLaunch()
+    for _ in range(2):  # through the kernel's call: tensors
+        stub.run(1, 1, 1, 0, None, None, None, None, None, x, out, 4, 64)
+    assert asked == [x, out, x, out]
+    asked.clear()
+    for _ in range(2):  # straight from the launcher: the input's address
+        stub.run(1, 1, 1, 0, None, None, None, None, None, 4096, out, 4, 64)
+    assert asked == [out, out]
+
+
+def test_overhead_rows_weigh_an_input_tensor_for_both_compilers():
+    from fusec.bench.overhead import markdown, measure, per_input_ns
+
+    ours, theirs = per_input_ns([torch.randn(4, 4), torch.randn(4)])
+    assert ours > 0 and theirs > 0
+    row = measure("residual_layer_norm", "cpu")
+    assert row.inputs == 4 and row.fusec_input_ns > 0 and row.torch_compile_input_ns > 0
+    assert "| residual_layer_norm |" in markdown([row], "cpu") and f"/ {row.torch_compile_input_ns:.0f} (4) |" in \
+        markdown([row], "cpu")

@@ -71,7 +71,7 @@ def test_a_gpu_graph_keeps_its_cpu_scalars_on_the_host():
     source = launcher_source(plan)
     assert "v_lr_1.item(), v_sub.item()" in source
     assert "v_step_1.copy_(v_add)" in source  # the step count's new value, stored on the host
-    assert "device = v_p_1.device" in source  # outputs go on the GPU, not beside the scalars
+    assert "index = v_p_1.get_device()" in source  # outputs go on the GPU, not beside the scalars
 
 
 def test_torch_adamw_on_gpu_parameters_with_cpu_step_counts_and_lr_is_one_kernel():

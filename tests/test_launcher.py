@@ -10,7 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusec
 from fusec.bench.overhead import _stream_stub, measure, stub_launches
-from fusec.kernels.call import FirstLaunch, KernelCall, entry_of, launch_hooks_set
+from fusec.direct_launch import BIND_TRIES, Binder
+from fusec.kernels.call import KernelCall, entry_of, launch_hooks_set
 from fusec.kernels.launch import Launch
 from fusec.launcher import StrideMismatch
 from fusec.pointers import allocator
@@ -301,13 +302,15 @@ def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass():
         binary.launches.clear()
         runtime.run([x])
     assert log == []  # the second call launched both binaries from the launcher's own code
-    assert "    if direct and aligned:\n        K0_RUN(" in runtime.source
-    assert "    if direct:\n        K1_RUN(" in runtime.source  # k1 reads only a buffer the launcher allocated
+    assert "    if direct and K0_ON and aligned:\n        K0_RUN(" in runtime.source
+    assert "    if direct and K1_ON:\n        K1_RUN(" in runtime.source  # k1 reads only the launcher's buffer
     assert len(binary.launches) == len(through_calls) == 2
     for straight, called in zip(binary.launches, through_calls, strict=True):
-        same = [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in straight]
-        assert same == [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in called]
-    assert binary.launches[0][9] is x  # grid, stream, function, metadata and three hooks, then x
+        same = [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in straight[10:]]
+        assert same == [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in called[10:]]
+    # grid, stream, function, metadata and three hooks, then x: its address, read once per call
+    assert binary.launches[0][9] == x.data_ptr() and through_calls[0][9] is x
+    assert runtime.source.count("x.data_ptr()") == 0 and runtime.source.count("v_arg0_1.data_ptr()") == 1
 
 
 def test_a_misaligned_input_is_not_launched_straight():
@@ -343,18 +346,38 @@ def test_the_launcher_asks_once_per_call_whether_a_profiler_hooks_launches():
     assert sorted(dispatched) == sorted(runtime.calls) and binary.launches == []  # none launched straight
 
 
-def test_first_launch_binds_the_binary_into_the_launchers_globals():
+def test_a_binary_is_bound_after_a_call_launched_it_with_the_launchers_constants():
     fn = FakeJit()
     call = KernelCall(fn, Launch((3,), {"BLOCK": 64}, 4), sizes=(100,), interpret=False, name="k0", loaded=2)
+    other = KernelCall(FakeJit(), Launch((3,), {"BLOCK": 64}, 4), sizes=(100,), interpret=False, name="k1", loaded=2)
     scope = {}
-    first = FirstLaunch(call, ("K0_RUN", "K0_FN", "K0_META"), 2, scope)
+    bind = Binder(scope, None)
+    bind.add(call, ("K0_RUN", "K0_FN", "K0_META", "K0_ON"), (100, 64))
+    bind.add(other, ("K1_RUN", "K1_FN", "K1_META", "K1_ON"), (100, 32))  # not the constants its call passes
+    assert scope == {"K0_RUN": None, "K0_FN": None, "K0_META": None, "K0_ON": False,
+                     "K1_RUN": None, "K1_FN": None, "K1_META": None, "K1_ON": False}
     x, out = torch.zeros(100), torch.empty(100)
+    bind()
+    assert not scope["K0_ON"] and "BOUND" not in scope  # nothing launched yet: nothing to bind
     with _stream_stub():
-        first(3, 1, 1, 0, None, None, None, None, None, x, out, 100, 32)  # not the constants the call passes
-        assert scope == {}  # launched through the call, not bound
-        first(3, 1, 1, 0, None, None, None, None, None, x, out, 100, 64)
-    assert [entry[0] for entry in fn.log] == ["dispatch", "binary"]  # Triton compiled it, then the binary ran
-    assert scope["K0_FN"] == scope["K0_META"] == "handle" and scope["K0_RUN"].__self__.log is fn.log
+        call.aligned(x, out)
+        other.aligned(x, out)
+    bind()
+    assert [entry[0] for entry in fn.log] == ["dispatch"]  # Triton compiled it; binding launched nothing
+    assert scope["K0_ON"] and scope["K0_FN"] == scope["K0_META"] == "handle" and scope["K0_RUN"].__self__.log is fn.log
+    assert not scope["K1_ON"] and scope["BOUND"]  # k1 launches through its call; nothing is left to try
+
+
+def test_a_launcher_stops_trying_to_bind_a_binary_its_calls_never_compile():
+    call = KernelCall(FakeJit(), Launch((3,), {"BLOCK": 64}, 4), sizes=(100,), interpret=False, name="k0", loaded=1)
+    scope = {}
+    bind = Binder(scope, None)
+    bind.add(call, ("K0_RUN", "K0_FN", "K0_META", "K0_ON"), (100, 64))
+    for _ in range(BIND_TRIES - 1):
+        bind()
+    assert "BOUND" not in scope
+    bind()
+    assert scope["BOUND"] and not scope["K0_ON"]
 
 
 def test_a_dynamic_kernel_chooses_its_launch_once_per_extents():
@@ -406,7 +429,9 @@ def test_a_straight_launch_finds_its_partials_by_stream_without_a_call():
         for _ in range(3):
             runtime.run([x, t])
     assert "K0_RUN(" in runtime.source and ".kept.get(stream) or " in runtime.source
-    assert len(asked) == 1 and len(binary.launches) == 3  # the first launch through its call: bound then
+    # the first call launches through the kernel's call, which asks; the second call's straight launch
+    # asks once for its stream; the third asks nothing
+    assert len(asked) == 2 and len(binary.launches) == 3
     expected = find(kernel, x.device)
     for launch in binary.launches[1:]:  # grid, stream, function, metadata, three hooks, x, t, out, partials
         assert [id(a) for a in launch[12:12 + len(expected)]] == [id(b) for b in expected]
@@ -503,9 +528,10 @@ def test_the_launcher_allocates_on_the_current_device_after_one_test():
     compiled = fusec.compile(lambda x: x * 2)
     compiled(torch.randn(4))
     runtime = fusec.report_of(compiled).graphs[0].runtime
-    assert "    empty_strided = ALLOC_HERE if device.index == HERE() else ALLOC(device)\n" in runtime.source
+    assert "    empty_strided = ALLOC_HERE if index == HERE() else ALLOC(v_arg0_1.device)\n" in runtime.source
     names = runtime._call.__globals__
-    assert names["HERE"]() is None and names["ALLOC_HERE"] is allocator(torch.device("cpu"))
+    assert names["HERE"]() == -1 == torch.randn(1).get_device()
+    assert names["ALLOC_HERE"] is allocator(torch.device("cpu"))
 
 
 def test_a_launch_hook_set_as_a_plain_function_is_seen(monkeypatch):
@@ -529,3 +555,30 @@ def test_a_reshape_that_would_copy_is_not_reinterpreted():
     assert reinterpretation(graph, graph["flat"]) is None  # torch copies it: no view of x's memory
     assert reinterpretation(graph, graph["p"]) == ((6, 4), (4, 1), 0)
     assert reinterpretation(graph, graph["s"]) == ((6, 3), (4, 1), 1)
+
+
+def test_partials_kept_by_stream_are_bounded():
+    from fusec.pointers import MAX_KEPT, PartialsByStream
+
+    found = []
+    kept = PartialsByStream(lambda kernel, device: found.append(device) or [torch.zeros(1)], kernel=None)
+    for stream in range(MAX_KEPT + 3):
+        kept.first(torch.device("cpu"), stream)
+    assert len(found) == MAX_KEPT + 3 and 0 < len(kept.kept) <= MAX_KEPT
+    assert list(kept.kept)[-1] == MAX_KEPT + 2  # the stream just asked for is kept
+
+
+def test_an_input_written_in_place_is_passed_as_itself_and_the_device_read_as_an_int():
+    def step(x, y):
+        x.mul_(2).add_(y)
+
+    compiled = fusec.compile(step)
+    x, y = torch.randn(4, 8), torch.randn(4, 8)
+    expected = x * 2 + y
+    compiled(x, y)
+    torch.testing.assert_close(x, expected)
+    source = fusec.report_of(compiled).graphs[0].runtime.source
+    assert "    # written into inputs: add -> arg0_1\n" in source and " = v_arg0_1  # written into input" not in source
+    assert "(v_arg0_1, v_arg1_1, v_arg0_1)" in source  # x read and written: the same tensor twice
+    assert "    index = v_arg0_1.get_device()  # -1 on a CPU\n" in source and "device =" not in source
+    assert_ran(compiled)

@@ -1,0 +1,164 @@
+"""A generated launcher's per-call head and its straight launches of compiled binaries.
+
+The head reads, once per call, what every launch of the call shares: the device its tensors are
+on (an int, `get_device()`), whether kernels launch their binaries straight (on the device the
+binaries were bound for, no profiler hooking Triton's launches), the stream, the allocator, and
+each input's address, which serves twice: its low bits make the alignment flag, and the address
+itself is what a straight launch passes (Triton's launcher takes an int as the address and
+skips its own `data_ptr()` call and driver query for that argument).
+
+A straight launch calls the binary itself with its grid, sizes and constants written out. Its
+first launches go through the kernel's call, which compiles or finds the binary with the
+tensors in hand; after a call, `Binder` puts each binary found into the launcher's globals and
+turns its kernel's straight launch on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fusec import pointers
+from fusec.kernels.call import launch_hooks_set
+from fusec.plan import Kernel, LaunchExtra
+from fusec.pointers import all_aligned, current_allocator
+from fusec.size_reads import var
+
+if TYPE_CHECKING:
+    from fusec.launcher import Source, StepCode
+
+# Calls after which a launcher stops trying to bind binaries its calls never compiled (a kernel
+# whose pointers are never all aligned): its kernels keep launching through their calls.
+BIND_TRIES = 8
+
+
+class Binder:
+    """Binds, after a call of the launcher, each kernel binary its straight launches wait for:
+    the binary its call launched for aligned pointers on the launcher's device, if the sizes and
+    constants the launcher writes out are those the call passed (they are worked out apart;
+    where they differ, the kernel keeps launching through its call, slower but right)."""
+
+    def __init__(self, scope: dict[str, Any], device: int | None) -> None:
+        self.scope, self.device = scope, device
+        self.pending: list[tuple[Any, tuple[str, str, str, str], tuple | None]] = []
+        self.tries = 0
+
+    def add(self, call: Any, names: tuple[str, str, str, str], tail: tuple | None) -> None:
+        """`names`: the globals of the binary's entry point, function and metadata, and the flag
+        that turns its straight launch on."""
+        self.pending.append((call, names, tail))
+        self.scope.update(dict.fromkeys(names[:3]), **{names[3]: False})
+
+    def __call__(self) -> None:
+        self.tries += 1
+        if launch_hooks_set():  # the binaries a hooked launch found are bound by a later call
+            return
+        left = []
+        for call, names, tail in self.pending:
+            entry = call.ready.get(self.device)
+            if entry is None:
+                left.append((call, names, tail))
+            elif call.tail == tail:
+                self.scope.update({**dict(zip(names[:3], entry, strict=True)), names[3]: True})
+        self.pending = left
+        if not left or self.tries >= BIND_TRIES:
+            self.scope["BOUND"] = True
+
+
+def head(src: Source, code: StepCode, first: str | None) -> list[str]:
+    """The call's device index and device, whether kernels launch straight and on which stream,
+    the allocator, and every input a kernel takes: its address and whether all are aligned.
+    `first`: the first tensor input's local (None: the graph has none, its device is `code.device`)."""
+    lines = []
+    if first is None:
+        src.names["DEV"] = code.device
+        index = -1 if code.device.type == "cpu" else code.device.index
+        lines += ["device = DEV", f"index = {index!r}"]
+    else:
+        lines.append(f"index = {first}.get_device()  # -1 on a CPU")
+        if src.wants_device:
+            lines.append(f"device = {first}.device")
+    device = "device" if first is None or src.wants_device else f"{first}.device"
+    if src.direct:
+        src.names.update(HOOKS=launch_hooks_set, RAW_STREAM=code.raw_stream)
+        at = -1 if code.direct_device is None else code.direct_device
+        lines.append(f"direct = index == {at!r} and not HOOKS()  # binaries launched straight")
+        lines.append(f"stream = RAW_STREAM({code.direct_device!r}) if direct else None")
+    if any(name not in code.reuse for name in code.fresh):
+        src.names.update(zip(("HERE", "ALLOC_HERE"), current_allocator(code.device.type), strict=True))
+        lines.append(f"empty_strided = ALLOC_HERE if index == HERE() else ALLOC({device})")
+    if code.vouched and src.direct:
+        lines += [f"{address(n)} = {var(n)}.data_ptr()" for n in code.vouched]
+        lines.append(f"aligned = not (({' | '.join(map(address, code.vouched))}) & 15)  # every input a kernel takes")
+    elif code.vouched:
+        lines.append(f"aligned = {all_aligned([var(n) for n in code.vouched])}  # every input a kernel takes")
+    return ["    " + line for line in lines]
+
+
+def address(name: str) -> str:
+    """The launcher's local holding input `name`'s address."""
+    return f"p_{name}"
+
+
+def callee(src: Source, kernel: Kernel, code: StepCode) -> tuple[str, list[str] | None]:
+    """The kernel's call, and the tests that every pointer it takes is 16-byte aligned (the
+    allocator's buffers are, inputs the per-call flag covers, others are tested here): where
+    they hold, its binary for aligned pointers, bound once; else through the key its call
+    computes from every pointer. A kernel of a dynamic graph keys its binary by its sizes too
+    (no tests: None)."""
+    call = ident(kernel.id)
+    src.names[call] = code.calls[kernel.id]
+    if kernel.id in code.extents:
+        return call, None
+    src.names[f"{call}_aligned"] = getattr(code.calls[kernel.id], "aligned", code.calls[kernel.id])
+    unknown = dict.fromkeys(code.in_place.get(n, n) for n in (*kernel.inputs, *kernel.outputs) if n not in code.fresh)
+    tests = ["aligned"] if any(n in code.vouched for n in unknown) else []
+    others = [var(n) for n in unknown if n not in code.vouched]  # what torch calls returned
+    if others:
+        tests.append(all_aligned(others))
+    return (f"({call}_aligned if {' and '.join(tests)} else {call})" if tests else f"{call}_aligned"), tests
+
+
+def straight(src: Source, kernel: Kernel, code: StepCode, args: list[str], tests: list[str], indent: int) -> bool:
+    """`if direct and <bound> and <aligned>:` a launch of the kernel's compiled binary itself, its
+    grid, sizes and constants written out, the inputs' addresses read at the head. False, and
+    nothing written, where the call cannot say what the binary takes."""
+    call = code.calls[kernel.id]
+    given = len(args) + len(kernel.finals) * (LaunchExtra.PARTIALS in kernel.extras)  # *FINALS: partials, ticket
+    try:
+        tail = call.tail_for(given)
+    except (AttributeError, TypeError):  # a parameter the plan has no value for: its call says so at launch
+        return False
+    if LaunchExtra.PARTIALS in kernel.extras:  # found by stream in a dict of the launcher's, not by a call
+        src.wants_device = True
+        args = pointers.partials_by_stream(args, src.bind(pointers.PartialsByStream(code.final_buffers, kernel), "P"))
+    vouched = {var(n): address(n) for n in code.vouched}
+    args = [vouched.get(a, a) for a in args]
+    prefix = ident(kernel.id).upper()
+    names = (f"{prefix}_RUN", f"{prefix}_FN", f"{prefix}_META", f"{prefix}_ON")
+    _binder(src, code).add(call, names, tail)
+    if tail is None:  # a launcher written to be read (`launcher_source`): the values are the call's
+        values = [f"*{ident(kernel.id)}.grid", "stream", *names[1:3], "None, None, None", *args,
+                  f"*{ident(kernel.id)}.tail"]
+    else:
+        values = [*map(str, call.grid), "stream", *names[1:3], "None, None, None", *args,
+                  *(src.literal(v) for v in tail)]
+    src.emit(f"if {' and '.join(['direct', names[3], *tests])}:", indent)
+    src.emit(f"{names[0]}({', '.join(values)})", indent + 1)
+    src.direct = True
+    return True
+
+
+def bind_line(src: Source) -> list[str]:
+    """The line a launcher ends its calls with until every binary it launches straight is bound."""
+    return ["    if not BOUND:", "        BIND()"] if src.direct else []
+
+
+def _binder(src: Source, code: StepCode) -> Binder:
+    if "BIND" not in src.names:
+        src.names.update(BIND=Binder(src.names, code.direct_device), BOUND=False)
+    return src.names["BIND"]
+
+
+def ident(step_id: str) -> str:
+    """A step's id as a Python name."""
+    return step_id.replace("+", "_")
