@@ -215,7 +215,7 @@ def _persistent_shared(launch: Launch, dtype: str, accumulators: int) -> int:
 def _matmul_tiles(batch: int, m: int, n: int, k: int, dtype: str, accumulators: int, epilogue: int,
                   rows: bool, interpret: bool) -> Launch:
     if rows:
-        return row_tiles(batch, m, n, k, dtype, interpret)
+        return row_tiles(batch, m, n, k, dtype, interpret, epilogue)
     if interpret:
         # Every program and every K step costs Python time: few, large tiles.
         block_m, block_n, block_k = (min(_pow2(size, 16), 64) for size in (m, n, k))
@@ -238,26 +238,31 @@ def _matmul_tiles(batch: int, m: int, n: int, k: int, dtype: str, accumulators: 
 
 # A whole-row tile's float32 accumulators: 16 rows of the widest row fused (1024, grouping.MATMUL_ROW).
 ROW_TILE = 16 * 1024
+# Epilogue ops past which a whole-row tile takes half as many rows: a LayerNorm backward (15-17
+# ops) over 32 rows of 512 spilled 748-804 bytes on sm_90 at 16 warps (128 registers a thread).
+HEAVY_ROW_EPILOGUE = 12
 
 
-def row_tiles(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool) -> Launch:
+def row_tiles(batch: int, m: int, n: int, k: int, dtype: str, interpret: bool, epilogue: int = 0) -> Launch:
     """Tiles of whole rows for an epilogue that reduces them: BLOCK_N covers N, BLOCK_M takes
-    as many rows as ROW_TILE accumulators allow (16 to 128, fewer while the grid would leave SMs
-    idle), one warp per 1024 of them (4 to 16: 32 to 64 accumulator registers a thread, the rest
-    for the epilogue's few live tiles, x - mean and the result). BLOCK_K shrinks until three K
-    steps of both operand tiles fit in shared memory."""
+    as many rows as ROW_TILE accumulators allow (half as many past HEAVY_ROW_EPILOGUE ops; 16 to
+    128, fewer while the grid would leave SMs idle), one warp per 1024 of them (4 to 16: 32 to 64
+    accumulator registers a thread, the rest for the epilogue's live tiles, x - mean and the
+    result). BLOCK_K shrinks until three K steps of both operand tiles fit in shared memory."""
     block_n = _pow2(n, 16)
     if interpret:  # few, large programs
         block_m = min(_pow2(m, 16), max(16, (1 << 16) // block_n))
         block_k = min(_pow2(k, 16), 64)
         return _row_config(batch, m, k, (block_m, block_n, block_k), 1, None)
-    block_m = _fill(batch * m, min(_pow2(m, 16), max(16, ROW_TILE // block_n), 128), 16)
+    tile = ROW_TILE if epilogue <= HEAVY_ROW_EPILOGUE else ROW_TILE // 2
+    block_m = _fill(batch * m, min(_pow2(m, 16), max(16, tile // block_n), 128), 16)
     block_k = min(_pow2(k, 16), 32 if dtype == "float32" else 64)
     while block_k > 16 and 3 * (block_m + block_n) * block_k * ITEMSIZE[dtype] > SHARED:
         block_k //= 2
     step = (block_m + block_n) * block_k * ITEMSIZE[dtype]
     stages = max(2, min(3 if dtype == "float32" else 4, SHARED // step))
-    return _row_config(batch, m, k, (block_m, block_n, block_k), max(4, min(16, block_m * block_n // 1024)), stages)
+    warps = max(4, min(16, block_m * block_n // (1024 if tile == ROW_TILE else 512)))
+    return _row_config(batch, m, k, (block_m, block_n, block_k), warps, stages)
 
 
 def _row_config(batch: int, m: int, k: int, blocks: tuple[int, int, int], warps: int, stages: int | None) -> Launch:

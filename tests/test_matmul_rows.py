@@ -191,18 +191,24 @@ def test_gpu_tiles_cover_the_row_and_fit():
         assert matmul_configs(1, 4096, n, 768, dtype, 1, 10, True) == [launch]
     few = matmul_launch(1, 256, 64, 64, "float32", 1, 10, True, interpret=False)
     assert few.constants["BLOCK_M"] == 16  # 16 programs, not 2, for 256 rows
+    # A LayerNorm backward's 16 ops over 512-wide rows: half the rows a tile, twice the warps.
+    light, heavy = (matmul_launch(1, 8192, 512, 512, "bfloat16", 1, ops, True, interpret=False) for ops in (9, 16))
+    assert (light.constants["BLOCK_M"], light.num_warps) == (32, 16)
+    assert (heavy.constants["BLOCK_M"], heavy.num_warps) == (16, 16)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, n, norm, training", [
-    (torch.bfloat16, 768, "layer_norm", False), (torch.float32, 1024, "layer_norm", False),
-    (torch.float16, 512, "softmax", False), (torch.bfloat16, 96, "rms_norm", False),
-    (torch.bfloat16, 512, "layer_norm", True),
-], ids=["bf16-768-ln", "fp32-1024-ln", "fp16-512-softmax", "bf16-96-rms", "bf16-512-ln-training"])
-def test_row_epilogue_compiles_for_sm90_without_spills(tmp_path, dtype, n, norm, training):
+@pytest.mark.parametrize("dtype, n, norm, training, tokens", [
+    (torch.bfloat16, 768, "layer_norm", False, 4096), (torch.float32, 1024, "layer_norm", False, 4096),
+    (torch.float16, 512, "softmax", False, 4096), (torch.bfloat16, 96, "rms_norm", False, 4096),
+    (torch.bfloat16, 512, "layer_norm", True, 4096), (torch.bfloat16, 512, "layer_norm", True, 8192),
+], ids=["bf16-768-ln", "fp32-1024-ln", "fp16-512-softmax", "bf16-96-rms", "bf16-512-ln-training",
+        "bf16-512-ln-training-8192"])
+def test_row_epilogue_compiles_for_sm90_without_spills(tmp_path, dtype, n, norm, training, tokens):
     """BERT/GPT-2's widths over 4096 rows: whole-row tiles compile for sm_90 within shared memory,
     no register spilled; in training, LayerNorm's input gradient after the next layer's matmul
-    too (over rows wider than 512 its 15 ops are refused: MATMUL_ROW_WORK)."""
+    too (over rows wider than 512 its 15 ops are refused: MATMUL_ROW_WORK; at 512 over 8192
+    rows, enough for 32-row tiles, its tile takes 16: HEAVY_ROW_EPILOGUE)."""
     if not hasattr(pytest.importorskip("triton.backends.compiler"), "GPUTarget"):
         pytest.skip("this Triton has no ahead-of-time compile API")
     from fusec.bench import static as bench_static
@@ -214,7 +220,7 @@ def test_row_epilogue_compiles_for_sm90_without_spills(tmp_path, dtype, n, norm,
     tail = {"layer_norm": ln, "softmax": lambda y: torch.softmax(y, -1), "rms_norm": lambda y: _rms_norm(y, w)}[norm]
     fn = (lambda x: down(tail(lin(x)))) if training else (lambda x: tail(lin(x)))
     torch._dynamo.reset()
-    x = torch.randn(4096, 768, dtype=dtype, requires_grad=training)
+    x = torch.randn(tokens, 768, dtype=dtype, requires_grad=training)
     with torch.set_grad_enabled(training):
         report = fusec.inspect(fn, x, training=training)
     rows = [(g.plan.graph, k) for g in report.graphs for k in g.plan.kernels
