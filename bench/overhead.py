@@ -180,12 +180,13 @@ def measure(name: str, device: str) -> Overhead | None:
 
 def per_input_ns(tensors: list[torch.Tensor]) -> tuple[float, float]:
     """What each input tensor costs a call, in ns, each compiler's checks written out straight as
-    its generated code writes them: fusec's launcher reads its contiguity flag and its address (which
-    the alignment flag and a straight launch share); torch.compile checks its sizes, strides, dtype
-    and device in Dynamo's guard (`TensorGuards.check`, the C++ check of Dynamo's tensor guards) and
-    its sizes and strides again in Inductor's output code (`assert_size_stride`)."""
+    its generated code writes them, after Dynamo's guard, which both calls pass (`TensorGuards.check`,
+    the C++ check of Dynamo's tensor guards: fusec compiles through Dynamo too): fusec's launcher
+    reads its contiguity flag and its address (which the alignment flag and a straight launch
+    share); Inductor's output code checks its sizes and strides again (`assert_size_stride`)."""
     names = [f"a{i}" for i in range(len(tensors))]
-    ours = "".join(f"    if not {a}.is_contiguous(): raise ValueError\n    p{a} = {a}.data_ptr()\n" for a in names)
+    ours = "    GUARD.check(*tensors)\n" + "".join(
+        f"    if not {a}.is_contiguous(): raise ValueError\n    p{a} = {a}.data_ptr()\n" for a in names)
     theirs = "    GUARD.check(*tensors)\n" + "".join(
         f"    assert_size_stride({a}, {tuple(t.shape)}, {t.stride()}, 'input')\n" for a, t in zip(names, tensors))
     scope = {"GUARD": guards.TensorGuards(*tensors, dynamic_dims_sizes=[list(t.shape) for t in tensors],

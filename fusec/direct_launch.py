@@ -110,7 +110,8 @@ def callee(src: Source, kernel: Kernel, code: StepCode) -> tuple[str, list[str] 
     if kernel.id in code.extents:
         return call, None
     src.names[f"{call}_aligned"] = getattr(code.calls[kernel.id], "aligned", code.calls[kernel.id])
-    unknown = dict.fromkeys(code.in_place.get(n, n) for n in (*kernel.inputs, *kernel.outputs) if n not in code.fresh)
+    unknown = dict.fromkeys(code.in_place.get(n, n) for n in (*kernel.inputs, *kernel.outputs)
+                            if n not in code.fresh and n not in code.scalars)
     tests = ["aligned"] if any(n in code.vouched for n in unknown) else []
     others = [var(n) for n in unknown if n not in code.vouched]  # what torch calls returned
     if others:

@@ -96,6 +96,7 @@ class StepCode:
     # kernel id -> its extents as expressions, for kernels of a dynamic graph (sizes chosen per call)
     extents: dict[str, tuple] = field(default_factory=dict)
     fresh: frozenset[str] = frozenset()  # buffers the launcher allocates (the allocator aligns them)
+    scalars: frozenset[str] = frozenset()  # CPU scalars a kernel takes as numbers (`.item()`): no pointer
     vouched: tuple[str, ...] = ()  # the inputs whose alignment the flag `aligned` holds, checked once per call
     # Static kernels launch their compiled binaries straight from the launcher's code, when the
     # call's tensors are on device index `direct_device` (None: a CPU's, the overhead bench's
@@ -154,8 +155,10 @@ def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direc
     reuse = {new: old for new, old in reuse.items() if new not in direct}
     run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
-    return replace(code, reuse=reuse, in_place=direct, fresh=fresh_buffers(run, direct, reuse),
-                   vouched=inputs_taken(static, direct, inputs), direct=code.direct and not streams)
+    scalars = frozenset(n for k in run for n in k.inputs if plan.graph[n].host)
+    return replace(code, reuse=reuse, in_place=direct, fresh=fresh_buffers(run, direct, reuse), scalars=scalars,
+                   vouched=inputs_taken(static, direct, [n for n in inputs if n not in scalars]),
+                   direct=code.direct and not streams)
 
 
 def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list[str]) -> set[str]:

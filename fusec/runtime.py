@@ -348,7 +348,7 @@ class _PerThread(threading.local):
 
 def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], Any]:
     """The generated function, defined from its source (shown in tracebacks as `<fusec launcher>`).
-    `names` become its globals (a kernel's first direct launch writes its binary there)."""
+    `names` become its globals (`direct_launch.Binder` writes the binaries it binds there)."""
     exec(compile(source, "<fusec launcher>", "exec"), names)
     return names["call"]
 

@@ -72,6 +72,10 @@ def test_a_gpu_graph_keeps_its_cpu_scalars_on_the_host():
     assert "v_lr_1.item(), v_sub.item()" in source
     assert "v_step_1.copy_(v_add)" in source  # the step count's new value, stored on the host
     assert "index = v_p_1.get_device()" in source  # outputs go on the GPU, not beside the scalars
+    # Numbers, not pointers: a scalar's address (a 0-dim view may start anywhere) never decides
+    # which binary the kernel launches.
+    assert "v_lr_1.data_ptr()" not in source and "v_sub.data_ptr()" not in source
+    assert "v_p_1.data_ptr()" in source
 
 
 def test_torch_adamw_on_gpu_parameters_with_cpu_step_counts_and_lr_is_one_kernel():

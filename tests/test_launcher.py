@@ -310,7 +310,14 @@ def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass():
         assert same == [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in called[10:]]
     # grid, stream, function, metadata and three hooks, then x: its address, read once per call
     assert binary.launches[0][9] == x.data_ptr() and through_calls[0][9] is x
-    assert runtime.source.count("x.data_ptr()") == 0 and runtime.source.count("v_arg0_1.data_ptr()") == 1
+    assert runtime.source.count(".data_ptr()") == runtime.source.count("v_arg0_1.data_ptr()") == 1
+    # A new input each call: each straight launch passes that call's address.
+    binary.launches.clear()
+    fresh = [torch.randn(4, 8) for _ in range(3)]
+    with _stream_stub():
+        for y in fresh:
+            runtime.run([y])
+    assert log == [] and [launch[9] for launch in binary.launches[::2]] == [y.data_ptr() for y in fresh]
 
 
 def test_a_misaligned_input_is_not_launched_straight():
