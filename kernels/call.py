@@ -274,17 +274,25 @@ def _has_tma(device: int | None) -> bool:
 class Scratch:
     """Triton's global scratch, where programs making TMA descriptors on the device write them:
     one buffer per device and stream, grown when a launch needs more and never freed. Launches on
-    one stream run in order, so each finds the last one done with it, and a CUDA graph captured
-    with its address keeps a valid one; no allocation per launch."""
+    one stream run in order, so each finds the last one done with it; no allocation per launch.
+    A launch captured into a CUDA graph gets a buffer of its own, kept for good: every replay
+    addresses what the capture did, and replays of different graphs (all captured on torch's one
+    capture stream) may run at once on streams of their callers."""
 
     def __init__(self, empty: Callable[[int], torch.Tensor] | None = None,
-                 device: Callable[[], int | None] | None = None) -> None:
+                 device: Callable[[], int | None] | None = None,
+                 capturing: Callable[[], bool] | None = None) -> None:
         self.empty = empty or _empty_on_current_device
         self.device = device or torch.cuda.current_device
+        self.capturing = capturing or _capturing
         self.buffers: dict[tuple, torch.Tensor] = {}
         self.outgrown: list[torch.Tensor] = []  # kept: a captured graph may still address one
+        self.captured: list[torch.Tensor] = []  # one a captured launch: its graph's for good
 
     def __call__(self, size: int, alignment: int, stream: int | None) -> torch.Tensor:
+        if self.capturing():
+            self.captured.append(self.empty(max(size, alignment)))
+            return self.captured[-1]
         key = (self.device(), stream)
         buffer = self.buffers.get(key)
         if buffer is None or buffer.numel() < size:
@@ -293,6 +301,14 @@ class Scratch:
             # torch's blocks start 512-byte aligned; Triton asks for 128 at most
             buffer = self.buffers[key] = self.empty(max(size, alignment))
         return buffer
+
+
+def _capturing() -> bool:
+    """Whether the current stream is recording a CUDA graph (never, in a torch built without CUDA)."""
+    try:
+        return torch.cuda.is_current_stream_capturing()
+    except RuntimeError:
+        return False
 
 
 def _empty_on_current_device(size: int) -> torch.Tensor:

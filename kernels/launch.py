@@ -195,7 +195,10 @@ def persistent(launch: Launch, batch: int, dtype: str, accumulators: int) -> Lau
     nest flattened lets the next tile's copies start under this one's epilogue. Fewer tiles: a
     grid of every tile is as full, and each program has one tile anyway. The pipeline's buffers
     then stay live across tiles, so the output tiles go to their stores through shared memory
-    of their own (as compiled for sm_90): where that would not fit beside the stages, not persistent."""
+    of their own (as compiled for sm_90): where that would not fit beside the stages, not persistent.
+    A call that cannot take descriptors (a pointer not 16-byte aligned, a GPU before Hopper) runs
+    the same grid and loop with the pointer loads (`call_constants` turns TMA off, not PERSISTENT:
+    the grid is written into the launcher; on sm_90 up to 255 registers, unspilled)."""
     tiles = launch.grid[0]
     if batch != 1 or not launch.constants["TMA"] or tiles < 2 * SMS:
         return launch

@@ -209,6 +209,20 @@ def test_scratch_allocator_is_set_in_each_launching_thread(monkeypatch):
     assert call.entry_of(plain)[0] is launcher
 
 
+def test_each_launch_captured_into_a_cuda_graph_gets_scratch_of_its_own():
+    """Replays of two graphs may run at once on two streams, each with the addresses its capture
+    recorded (all captures are on torch's one capture stream): no buffer is shared between
+    captured launches, and each stays alive; launches outside a capture share their stream's."""
+    capturing = [True]
+    scratch = call.Scratch(empty=lambda size: torch.empty(size, dtype=torch.int8), device=lambda: 0,
+                           capturing=lambda: capturing[0])
+    one, two = scratch(512, 128, 7), scratch(512, 128, 7)
+    assert one is not two and scratch.captured == [one, two] and not scratch.buffers
+    capturing[0] = False
+    assert scratch(512, 128, 7) is scratch(256, 128, 7) is scratch.buffers[(0, 7)]
+    assert scratch.captured == [one, two]
+
+
 def _matmul_kernel(fn, *args):
     with torch.no_grad():
         (graph,) = fusec.inspect(fn, *args).graphs
