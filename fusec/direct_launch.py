@@ -15,16 +15,14 @@ turns its kernel's straight launch on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fusec import pointers
 from fusec.kernels.call import launch_hooks_set
+from fusec.launcher_code import Source, StepCode
 from fusec.plan import Kernel, LaunchExtra
 from fusec.pointers import all_aligned, current_allocator
 from fusec.size_reads import var
-
-if TYPE_CHECKING:
-    from fusec.launcher import Source, StepCode
 
 # Calls after which a launcher stops trying to bind binaries its calls never compiled (a kernel
 # whose pointers are never all aligned): its kernels keep launching through their calls.

@@ -16,25 +16,22 @@ readable (`Runtime.source`, `fusec inspect --launcher`).
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import sympy
 import torch
 
 from fusec import sizes
 from fusec.direct_launch import bind_line, callee, head, ident, straight
 from fusec.ir import Graph, Kind, Ref, iter_refs
 from fusec.kernels.scatter import owns_base
+from fusec.launcher_code import Source, StepCode, literal
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
 from fusec.pointers import allocator, fresh_buffers, inputs_taken, stride_check
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
-from fusec.torch_calls import REINTERPRET, Reinterpreted, entry_point, exact_layouts, folded_views
+from fusec.torch_calls import REINTERPRET, entry_point, exact_layouts, folded_views
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
@@ -42,68 +39,6 @@ DTYPES = {name: getattr(torch, name) for name in
 
 class StrideMismatch(Exception):
     """An input arrived with strides other than the ones the kernels were generated for."""
-
-
-@dataclass
-class Source:
-    """Lines of the generated function and the globals they name."""
-
-    lines: list[str] = field(default_factory=list)
-    names: dict[str, Any] = field(default_factory=dict)
-    counter: itertools.count = field(default_factory=itertools.count)
-    bound: dict[tuple[str, int], str] = field(default_factory=dict)  # (prefix, id(value)) -> its name
-    direct: bool = False  # whether some kernel is launched straight (the call then reads `direct`, `stream`)
-    views: dict[str, Reinterpreted] = field(default_factory=dict)  # views run as one reinterpretation each
-    needed: set[str] = field(default_factory=set)  # those some other step or the caller reads
-    last_view: dict[str, int] = field(default_factory=dict)  # buffer -> the step writing its last needed view
-    read: set[str] = field(default_factory=set)  # values some step, the result or a store reads
-    unnamed: set[str] = field(default_factory=set)  # values written into an input nothing reads by their name
-    wants_device: bool = False  # whether some line reads the call's `device`
-
-    def emit(self, line: str, indent: int = 1) -> None:
-        self.lines.append("    " * indent + line)
-
-    def bind(self, value: Any, prefix: str = "C") -> str:
-        """A global name for `value` (the same name for the same object)."""
-        key = (prefix, id(value))  # `names` keeps the value alive, so its id stays its own
-        if key not in self.bound:
-            self.bound[key] = f"{prefix}{next(self.counter)}"
-            self.names[self.bound[key]] = value
-        return self.bound[key]
-
-    def literal(self, value: Any) -> str:
-        return _literal(self, value)
-
-
-@dataclass
-class StepCode:
-    """What the generator needs beyond the plan: kernels' calls, extern callables, choices."""
-
-    calls: dict[str, Callable[..., None]]  # kernel id -> KernelCall
-    callables: dict[str, Callable[..., Any]]  # extern target -> torch callable
-    library: frozenset[str] = frozenset()  # matmul kernels that run as torch's matmul + epilogue
-    draw_seed: Callable[[], int] | None = None
-    bounds_error: Callable[[Kernel, torch.Tensor], None] | None = None
-    final_buffers: Callable[[Kernel, torch.device], list[torch.Tensor]] | None = None
-    # where outputs go when the graph has no tensor input
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    stream_ops: dict[str, Any] = field(default_factory=dict)  # current_stream, SIDE, stream_context, record_stream
-    reuse: dict[str, str] = field(default_factory=dict)  # buffer -> the dead buffer it takes over (memory plan)
-    counts: list[int] | None = None  # what ran: the launcher adds 1 at counts[counted[step id]] per step run
-    counted: dict[str, int] = field(default_factory=dict)
-    step_hook: Callable[[str], None] | None = None  # called with each step's id as it starts (tests)
-    in_place: dict[str, str] = field(default_factory=dict)  # new value -> the input its kernel writes (stores)
-    # kernel id -> its extents as expressions, for kernels of a dynamic graph (sizes chosen per call)
-    extents: dict[str, tuple] = field(default_factory=dict)
-    fresh: frozenset[str] = frozenset()  # buffers the launcher allocates (the allocator aligns them)
-    scalars: frozenset[str] = frozenset()  # CPU scalars a kernel takes as numbers (`.item()`): no pointer
-    vouched: tuple[str, ...] = ()  # the inputs whose alignment the flag `aligned` holds, checked once per call
-    # Static kernels launch their compiled binaries straight from the launcher's code, when the
-    # call's tensors are on device index `direct_device` (None: a CPU's, the overhead bench's
-    # stubbed binaries) and no profiler asked Triton to see launches; one stream only.
-    direct: bool = False
-    direct_device: int | None = None
-    raw_stream: Callable[[int | None], int] | None = None  # the current stream's handle on a device
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -133,7 +68,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
         if value not in code.in_place:
             src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     src.lines += bind_line(src)
-    src.emit(f"return {_literal(src, returned)}")
+    src.emit(f"return {literal(src, returned)}")
     first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
     src.lines[at_start:at_start] = head(src, code, None if first is None else var(first))
     return "\n".join(src.lines) + "\n", src.names
@@ -302,29 +237,9 @@ def _extern(src: Source, graph: Graph, step: Extern, code: StepCode, indent: int
         return
     fn = src.bind(entry_point(code.callables[node.target]), "F")
     args, kwargs = node.torch_call if node.torch_call is not None else (node.args, node.kwargs)
-    parts = [_literal(src, a) for a in args]
-    parts += [f"{k}={_literal(src, v)}" for k, v in dict(kwargs).items()]
+    parts = [literal(src, a) for a in args]
+    parts += [f"{k}={literal(src, v)}" for k, v in dict(kwargs).items()]
     src.emit(f"{var(node.name)} = {fn}({', '.join(parts)})  # {node.target}", indent)
-
-
-def _literal(src: Source, value: Any) -> str:
-    """Source for an argument structure: Refs become locals; other leaves literals or bound globals."""
-    if isinstance(value, Ref):
-        return var(value.name)
-    if isinstance(value, tuple):
-        inner = ", ".join(_literal(src, v) for v in value)
-        return f"({inner},)" if len(value) == 1 else f"({inner})"
-    if isinstance(value, list):
-        return f"[{', '.join(_literal(src, v) for v in value)}]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {_literal(src, v)}" for k, v in value.items()) + "}"
-    if value is None or isinstance(value, (bool, str, int)):
-        return repr(value)
-    if isinstance(value, sympy.Expr):
-        return sizes.source(value, python=True)
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    return src.bind(value)
 
 
 def _kernel(src: Source, graph: Graph, kernel: Kernel, code: StepCode, checked: set[str],
