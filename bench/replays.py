@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch._C._dynamo.guards import _empty_strided_cpu
 
 from fusec.plan import does_work
 from fusec.torch_calls import entry_point
@@ -29,13 +30,13 @@ _OP_CALL = re.compile(r"torch\.ops\.(\w+)\.(\w+)\.(\w+)\(")
 class Replay:
     """Stands for one torch op in a compiled call: records what its calls return while
     `recording`, then returns those results in turn (a compiled call makes its extern calls in
-    the same order every time); an `out=` buffer is left as it is. `allocates`: each replay
-    returns new tensors laid out as the recorded ones, as the op it stands for would allocate
-    them (fusec's functional calls; Inductor's output code allocates its `out=` buffers itself)."""
+    the same order every time). A call given an `out=` buffer gets it back, as it is (the code
+    calling it allocated it); any other call returns new tensors laid out as the recorded ones,
+    as the op it stands for would allocate them, by the allocator torch's ops use (no argument
+    parsing): the same for both compilers' calls."""
 
-    def __init__(self, fn: Callable[..., Any], allocates: bool = False) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
-        self.allocates = allocates
         self.results: list[Any] = []
         self.recording = True
         self.at = 0
@@ -46,11 +47,13 @@ class Replay:
             return self.results[-1]
         result = self.results[self.at]
         self.at = (self.at + 1) % len(self.results)
-        return _allocated_like(result) if self.allocates else result
+        return kwargs["out"] if "out" in kwargs else _allocated_like(result)
 
 
 def _allocated_like(result: Any) -> Any:
     if isinstance(result, torch.Tensor):
+        if result.device.type == "cpu":
+            return _empty_strided_cpu(tuple(result.shape), result.stride(), result.dtype)
         return torch.empty_strided(result.size(), result.stride(), dtype=result.dtype, device=result.device)
     if isinstance(result, (tuple, list)):
         return type(result)(_allocated_like(r) for r in result)
@@ -75,7 +78,7 @@ def replay_fusec_externs(runtimes: list[Any]) -> list[Replay]:
         plan = runtime.plan
         working = {plan.graph[s.node].target for s in plan.externs if does_work(plan, s)}
         for target in sorted(working, key=str):
-            replay = Replay(entry_point(runtime.callables[target]), allocates=True)
+            replay = Replay(entry_point(runtime.callables[target]))
             runtime.callables[target] = replay
             replays.append(replay)
         runtime.launch_directly()

@@ -253,19 +253,21 @@ def test_a_replay_returns_what_its_recorded_calls_returned_in_turn_and_computes_
     assert ran == [1, 2]
 
 
-def test_a_replay_that_allocates_returns_new_tensors_laid_out_as_the_recorded_ones():
-    """fusec's extern calls allocate their results (Inductor's allocate `out=` buffers in its own
-    code): replayed, they still pay for an allocation."""
+def test_a_replay_returns_new_tensors_laid_out_as_the_recorded_ones_or_the_out_buffer_it_is_given():
+    """An op called without `out=` allocates its results, under either compiler: replayed, it still
+    pays for an allocation; an `out=` buffer (Inductor allocates it in its own code) comes back."""
     from fusec.bench.replays import Replay, recorded
 
-    replay = Replay(lambda x: (x.t() * 2, x.sum()), allocates=True)
-    x = torch.randn(3, 5)
+    replay = Replay(lambda x, out=None: (x.t() * 2, x.sum()) if out is None else out.copy_(x))
+    x, buffer = torch.randn(3, 5), torch.empty(3, 5)
     with recorded([replay]):
         first = replay(x)
+        replay(x, out=torch.empty(3, 5))
     again = replay(x)
     for new, old in zip(again, first, strict=True):
         assert new is not old and new.data_ptr() != old.data_ptr()
         assert (new.shape, new.stride(), new.dtype) == (old.shape, old.stride(), old.dtype)
+    assert replay(x, out=buffer) is buffer
 
 
 def test_fusecs_extern_calls_are_replayed_after_one_recorded_call():
