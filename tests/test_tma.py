@@ -270,3 +270,30 @@ def test_descriptor_matmuls_match_eager_on_a_gpu():
     torch.testing.assert_close(results[0], F.gelu(lin(aligned)), atol=5e-2, rtol=5e-2)
     a, b = torch.randn(6, 300, 256, device="cuda"), torch.randn(6, 256, 200, device="cuda")
     torch.testing.assert_close(fusec.compile(lambda a, b: torch.relu(a @ b))(a, b), torch.relu(a @ b))
+
+
+@pytest.mark.cuda
+def test_persistent_descriptor_matmuls_match_eager_on_a_gpu():
+    """On a GPU: a Linear large enough for the persistent grid (4096 x 2048 -> 4096: 256 tiles of
+    128 x 256, two waves or more), through the template, aligned and unaligned (the same grid and
+    loop with pointer loads), and recorded into CUDA graphs: two models replayed at once on two
+    streams, each with its own descriptors' scratch."""
+    torch.manual_seed(8)
+    lins = [nn.Linear(2048, 4096).to("cuda", torch.bfloat16) for _ in range(2)]
+    models = [fusec.compile(lin, matmul="template") for lin in lins]
+    x = torch.randn(4096, 2048, device="cuda", dtype=torch.bfloat16)
+    unaligned = torch.randn(4096 * 2048 + 1, device="cuda", dtype=torch.bfloat16)[1:].view(4096, 2048)
+    for model, lin in zip(models, lins, strict=True):
+        for inp in (x, unaligned):
+            torch.testing.assert_close(model(inp), lin(inp), atol=0.25, rtol=5e-2)
+    graphed = [fusec.compile(lin, matmul="template", cudagraphs=True) for lin in lins]
+    for _ in range(3):  # warm-up calls, then the recording
+        outs = [m(x).clone() for m in graphed]
+    streams = [torch.cuda.Stream() for _ in graphed]
+    for _ in range(5):
+        for stream, model in zip(streams, graphed, strict=True):
+            with torch.cuda.stream(stream):
+                outs[graphed.index(model)] = model(x).clone()
+        torch.cuda.synchronize()
+        for out, lin in zip(outs, lins, strict=True):
+            torch.testing.assert_close(out, lin(x), atol=0.25, rtol=5e-2)
