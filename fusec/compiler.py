@@ -227,7 +227,8 @@ def build_runtime(plan: Plan, interpret: bool, options: Options, callables: dict
     (kernel id -> compiled kernel; with `wait=False`, some may still be compiling)."""
     kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
     runtime = Runtime(plan, kernels, callables, interpret, fallback=fallback, strict=options.strict,
-                      matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=on_broken)
+                      matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=on_broken,
+                      cache_dir=options.cache_dir)
     binaries = {} if interpret else precompile(runtime.calls, runtime.exact, plan.all_kernels(), DTYPES, wait=wait)
     return runtime, binaries
 

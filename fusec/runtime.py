@@ -8,10 +8,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fusec import tuning
 from fusec.cudagraphs import GraphedCall, refusal
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
@@ -129,7 +131,7 @@ class Runtime:
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
                  interpret: bool, fallback: Callable[..., Any], strict: bool = False,
                  matmul: str = "auto", cudagraphs: bool = False,
-                 on_broken: Callable[[str], None] = lambda reason: None) -> None:
+                 on_broken: Callable[[str], None] = lambda reason: None, cache_dir: Path | None = None) -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -148,6 +150,7 @@ class Runtime:
         self.extents = {k.id: extents(graph, k) for k in plan.all_kernels()}
         self.calls = {k.id: _call(graph, k, self.extents[k.id], kernels, interpret) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
+        self.cache_dir = cache_dir  # where matmul choices timed on a GPU are kept (None: not kept)
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
         # Ticket counters per thread (and device and stream): the kernel resets its ticket
@@ -277,7 +280,7 @@ class Runtime:
         if key not in _MATMUL_CHOICE:
             with _MATMUL_TIMING:
                 if key not in _MATMUL_CHOICE:
-                    _MATMUL_CHOICE[key] = self._time_choices(kernel)
+                    _MATMUL_CHOICE[key] = self._kept_or_timed(kernel, key)
         choice = _MATMUL_CHOICE[key]
         if choice == "library":
             return "library"
@@ -286,14 +289,27 @@ class Runtime:
                                            loaded=call.loaded)
         return "template"
 
-    def _time_choices(self, kernel: Kernel) -> Launch | str:
+    def _kept_or_timed(self, kernel: Kernel, key: tuple) -> Launch | str:
+        """The choice this machine timed before for `key` (kept on disk: `tuning.py`), or timed now
+        and kept."""
+        configs = matmul_configs(*matmul_problem(self.plan.graph, kernel))
+        kept_as = tuning.choice_key(*key, configs)
+        kept = None if self.cache_dir is None else tuning.stored(self.cache_dir, kept_as, len(configs))
+        if kept is not None:
+            return kept if kept == "library" else configs[kept]
+        choice = self._time_choices(kernel, configs)
+        if self.cache_dir is not None:
+            tuning.store(self.cache_dir, kept_as, choice if choice == "library" else configs.index(choice))
+        return choice
+
+    def _time_choices(self, kernel: Kernel, configs: list[Launch]) -> Launch | str:
         graph = self.plan.graph
         inputs = [_random_like(graph, name, self.device) for name in kernel.inputs]
         outputs = [torch.empty_strided(graph[o].shape, graph[o].strides, dtype=DTYPES[graph[o].dtype],
                                        device=self.device) for o in kernel.outputs]
         base = self.calls[kernel.id]
         timings: list[tuple[float, Launch | str]] = []
-        for config in matmul_configs(*matmul_problem(graph, kernel)):
+        for config in configs:
             call = KernelCall(base.fn, config, base.sizes, self.interpret, name=kernel.id, loaded=base.loaded)
             try:
                 timings.append((_time_cuda(lambda call=call: call(*inputs, *outputs)), config))

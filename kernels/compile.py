@@ -52,7 +52,7 @@ def source_key(source: str, interpret: bool) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     # A crash mid-write leaves a temp file, never a half kernel that is read back.
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
@@ -65,7 +65,7 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _refusal(cache_dir: Path) -> str | None:
+def cache_refusal(cache_dir: Path) -> str | None:
     """Why kernels must not be written to `cache_dir` (None: they may). Created 0700."""
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def _warn_once(message: str) -> None:
 def _cached_file(cache_dir: Path, name: str, source: str) -> Path | None:
     """The cache file holding `source` (written or rewritten if it does not), or None
     where the cache cannot hold it: the kernel is then compiled from memory only."""
-    why = _refusal(cache_dir)
+    why = cache_refusal(cache_dir)
     if why is not None:
         _warn_once(f"not using the kernel cache {cache_dir}: {why}; compiling kernels in memory")
         return None
@@ -99,7 +99,7 @@ def _cached_file(cache_dir: Path, name: str, source: str) -> Path | None:
     except (OSError, UnicodeError):
         pass  # missing, unreadable or corrupt: written afresh below
     try:
-        _write_atomically(path, source)
+        write_atomically(path, source)
         return path
     except OSError as exc:
         _warn_once(f"cannot write to the kernel cache {cache_dir} ({exc}); compiling kernels in memory")

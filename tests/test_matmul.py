@@ -149,7 +149,9 @@ def test_library_alternative_is_torch_matmul_plus_one_epilogue_kernel():
 
 
 @pytest.mark.parametrize("fastest", ["library", "template"])
-def test_auto_choice_times_configs_and_library_once(monkeypatch, fastest):
+def test_auto_choice_times_configs_and_library_once(monkeypatch, tmp_path, fastest):
+    """Timed once per shape: kept for the process, and on disk for the next one (here: the
+    process's choices forgotten), which reads it back without timing."""
     import fusec.runtime as runtime
 
     timed = []
@@ -167,15 +169,34 @@ def test_auto_choice_times_configs_and_library_once(monkeypatch, fastest):
     lin = nn.Linear(16, 32)
     fn = lambda x: torch.relu(lin(x))
     x = torch.randn(8, 16)
-    with torch.no_grad():
-        compiled = fusec.compile(fn)
+
+    def compiled_auto():
+        torch._dynamo.reset()
+        compiled = fusec.compile(fn, cache_dir=tmp_path)
         compiled(x)  # on a CPU "auto" means the template; ask for the GPU's timing instead
         fusec.report_of(compiled).graphs[0].runtime.matmul = "auto"
+        return compiled
+
+    with torch.no_grad():
+        compiled = compiled_auto()
         for _ in range(2):
             torch.testing.assert_close(compiled(x), fn(x), rtol=1e-4, atol=1e-4)
     assert len(timed) == n_configs + 1  # timed once per shape, then cached
     (choice,) = runtime._MATMUL_CHOICE.values()
     assert (choice == "library") == (fastest == "library")
+    [kept] = (tmp_path / "matmul").glob("*.json")
+    monkeypatch.setattr(runtime, "_MATMUL_CHOICE", {})  # a new process: only the disk remembers
+    with torch.no_grad():
+        again = compiled_auto()
+        torch.testing.assert_close(again(x), fn(x), rtol=1e-4, atol=1e-4)
+    assert len(timed) == n_configs + 1  # read back, not timed
+    (reread,) = runtime._MATMUL_CHOICE.values()
+    assert reread == choice
+    kept.write_text("not json")  # a damaged file is timed again
+    monkeypatch.setattr(runtime, "_MATMUL_CHOICE", {})
+    with torch.no_grad():
+        compiled_auto()(x)
+    assert len(timed) == 2 * (n_configs + 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
