@@ -31,7 +31,10 @@ def choice_key(source: str, sizes: Sequence[Any], device: str, configs: Sequence
 
 
 def stored(cache_dir: Path, key: str, count: int) -> Choice | None:
-    """The choice kept under `key` (a position below `count`, or "library"), or None."""
+    """The choice kept under `key` (a position below `count`, or "library"), or None (also where
+    the directory is one the kernel cache would not use)."""
+    if cache_refusal(cache_dir) is not None:
+        return None
     try:
         choice = json.loads((cache_dir / "matmul" / f"{key}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

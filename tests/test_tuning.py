@@ -27,9 +27,11 @@ def test_a_position_out_of_range_or_not_a_position_is_not_read(tmp_path):
         assert tuning.stored(tmp_path, f"k{i}", 4) is None, text
 
 
-def test_nothing_is_kept_where_others_may_write(tmp_path):
+def test_nothing_is_kept_or_read_where_others_may_write(tmp_path):
     shared = tmp_path / "shared"
-    shared.mkdir()
+    (shared / "matmul").mkdir(parents=True)
     os.chmod(shared, 0o777)
     tuning.store(shared, "k", 1)
-    assert not (shared / "matmul").exists() and tuning.stored(shared, "k", 4) is None
+    assert not (shared / "matmul" / "k.json").exists()
+    (shared / "matmul" / "k.json").write_text("1")  # written by someone else
+    assert tuning.stored(shared, "k", 4) is None
