@@ -22,7 +22,8 @@ class Options:
     fuse: fuse ops into kernels (off: one kernel per op, for bisecting).
     fuel: cap on the number of fusion merges (to bisect a miscompile).
     dump_dir: write the graph after each pass there (FUSEC_DUMP).
-    cache_dir: where generated kernel sources are cached (FUSEC_CACHE_DIR).
+    cache_dir: where generated kernel sources, and matmul choices timed on a GPU, are kept
+      (FUSEC_CACHE_DIR).
     streams: CUDA streams for independent kernels: "auto" (the cost model decides,
       at most 4), a cap N (1: off), or None (no cap: as many as the DAG is wide).
     horizontal: launch independent small pointwise kernels together (combo kernels).
