@@ -33,10 +33,11 @@ def choice_key(source: str, sizes: Sequence[Any], device: str, configs: Sequence
 def stored(cache_dir: Path, key: str, count: int) -> Choice | None:
     """The choice kept under `key` (a position below `count`, or "library"), or None (also where
     the directory is one the kernel cache would not use)."""
-    if cache_refusal(cache_dir) is not None:
+    folder = cache_dir / "matmul"
+    if not folder.is_dir() or cache_refusal(cache_dir) is not None or cache_refusal(folder) is not None:
         return None
     try:
-        choice = json.loads((cache_dir / "matmul" / f"{key}.json").read_text(encoding="utf-8"))
+        choice = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     valid = choice == "library" or (isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < count)

@@ -66,7 +66,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def cache_refusal(cache_dir: Path) -> str | None:
-    """Why kernels must not be written to `cache_dir` (None: they may). Created 0700."""
+    """Why `cache_dir` must not be used for kernels or matmul choices (None: it may). Created 0700."""
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = cache_dir.stat()

@@ -161,7 +161,9 @@ def test_auto_choice_times_configs_and_library_once(monkeypatch, tmp_path, faste
         run()  # every candidate really runs
         timed.append(run)
         library_turn = len(timed) == n_configs + 1
-        return 1e-6 if library_turn == (fastest == "library") else 1e-3 + len(timed) * 1e-6
+        if library_turn:
+            return 1e-6 if fastest == "library" else 1.0
+        return 1e-3 - len(timed) * 1e-6  # the template's last configuration: a position other than 0
 
     monkeypatch.setattr(runtime, "_time_cuda", fake_timer)
     monkeypatch.setattr(runtime, "_device_name", lambda: "test-gpu")
@@ -184,6 +186,10 @@ def test_auto_choice_times_configs_and_library_once(monkeypatch, tmp_path, faste
     assert len(timed) == n_configs + 1  # timed once per shape, then cached
     (choice,) = runtime._MATMUL_CHOICE.values()
     assert (choice == "library") == (fastest == "library")
+    (record,) = fusec.report_of(compiled).graphs
+    (kernel,) = record.plan.kernels
+    configs = runtime.matmul_configs(*runtime.matmul_problem(record.plan.graph, kernel))
+    assert len(configs) == n_configs > 1 and choice == ("library" if fastest == "library" else configs[-1])
     [kept] = (tmp_path / "matmul").glob("*.json")
     monkeypatch.setattr(runtime, "_MATMUL_CHOICE", {})  # a new process: only the disk remembers
     with torch.no_grad():

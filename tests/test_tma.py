@@ -273,27 +273,35 @@ def test_descriptor_matmuls_match_eager_on_a_gpu():
 
 
 @pytest.mark.cuda
+@torch.no_grad()
 def test_persistent_descriptor_matmuls_match_eager_on_a_gpu():
-    """On a GPU: a Linear large enough for the persistent grid (4096 x 2048 -> 4096: 256 tiles of
-    128 x 256, two waves or more), through the template, aligned and unaligned (the same grid and
-    loop with pointer loads), and recorded into CUDA graphs: two models replayed at once on two
-    streams, each with its own descriptors' scratch."""
+    """On a GPU: Linear + GELU large enough for the persistent grid (4096 x 2048 -> 4096 in
+    128 x 128 tiles: 1024 tiles, 132 programs), through the template, aligned and unaligned (the
+    same grid and loop with pointer loads), and recorded into CUDA graphs: two models replayed at
+    once on two streams, each with its own descriptors' scratch."""
     torch.manual_seed(8)
     lins = [nn.Linear(2048, 4096).to("cuda", torch.bfloat16) for _ in range(2)]
-    models = [fusec.compile(lin, matmul="template") for lin in lins]
+    fns = [lambda x, lin=lin: F.gelu(lin(x)) for lin in lins]
     x = torch.randn(4096, 2048, device="cuda", dtype=torch.bfloat16)
     unaligned = torch.randn(4096 * 2048 + 1, device="cuda", dtype=torch.bfloat16)[1:].view(4096, 2048)
-    for model, lin in zip(models, lins, strict=True):
+    for fn in fns:
+        model = fusec.compile(fn, matmul="template")
         for inp in (x, unaligned):
-            torch.testing.assert_close(model(inp), lin(inp), atol=0.25, rtol=5e-2)
-    graphed = [fusec.compile(lin, matmul="template", cudagraphs=True) for lin in lins]
-    for _ in range(3):  # warm-up calls, then the recording
-        outs = [m(x).clone() for m in graphed]
+            torch.testing.assert_close(model(inp), fn(inp), atol=0.25, rtol=5e-2)
+        (record,) = fusec.report_of(model).graphs
+        (kernel,) = record.plan.kernels
+        launch = record.runtime.calls[kernel.id].launch
+        assert launch.constants["TMA"] and launch.constants["PERSISTENT"] and launch.grid == (132,)
+    graphed = [fusec.compile(fn, matmul="template", cudagraphs=True) for fn in fns]
+    outs = [m(x).clone() for m in graphed]  # the first call runs the launcher; the second records
     streams = [torch.cuda.Stream() for _ in graphed]
     for _ in range(5):
-        for stream, model in zip(streams, graphed, strict=True):
+        for i, (stream, model) in enumerate(zip(streams, graphed, strict=True)):
             with torch.cuda.stream(stream):
-                outs[graphed.index(model)] = model(x).clone()
+                outs[i] = model(x).clone()
         torch.cuda.synchronize()
-        for out, lin in zip(outs, lins, strict=True):
-            torch.testing.assert_close(out, lin(x), atol=0.25, rtol=5e-2)
+        for out, fn in zip(outs, fns, strict=True):
+            torch.testing.assert_close(out, fn(x), atol=0.25, rtol=5e-2)
+    for model in graphed:
+        (record,) = fusec.report_of(model).graphs
+        assert record.runtime.cudagraph_refusal is None and record.runtime._call.replays >= 4

@@ -28,10 +28,11 @@ def test_a_position_out_of_range_or_not_a_position_is_not_read(tmp_path):
 
 
 def test_nothing_is_kept_or_read_where_others_may_write(tmp_path):
-    shared = tmp_path / "shared"
-    (shared / "matmul").mkdir(parents=True)
-    os.chmod(shared, 0o777)
-    tuning.store(shared, "k", 1)
-    assert not (shared / "matmul" / "k.json").exists()
-    (shared / "matmul" / "k.json").write_text("1")  # written by someone else
-    assert tuning.stored(shared, "k", 4) is None
+    for writable in ("", "matmul"):  # the cache directory, or its folder of choices
+        shared = tmp_path / f"shared{writable}"
+        (shared / "matmul").mkdir(parents=True)
+        os.chmod(shared / writable, 0o777)
+        tuning.store(shared, "k", 1)
+        assert not (shared / "matmul" / "k.json").exists()
+        (shared / "matmul" / "k.json").write_text("1")  # written by someone else
+        assert tuning.stored(shared, "k", 4) is None
