@@ -84,11 +84,12 @@ def head(src: Source, code: StepCode, first: str | None) -> list[str]:
     if any(name not in code.reuse for name in code.fresh):
         src.names.update(zip(("HERE", "ALLOC_HERE"), current_allocator(code.device.type), strict=True))
         lines.append(f"empty_strided = ALLOC_HERE if index == HERE() else ALLOC({device})")
-    if code.vouched and src.direct:
-        lines += [f"{address(n)} = {var(n)}.data_ptr()" for n in code.vouched]
-        lines.append(f"aligned = not (({' | '.join(map(address, code.vouched))}) & 15)  # every input a kernel takes")
-    elif code.vouched:
-        lines.append(f"aligned = {all_aligned([var(n) for n in code.vouched])}  # every input a kernel takes")
+    if code.vouched:
+        tensors = [var(n) for n in code.vouched]
+        addresses = [address(n) for n in code.vouched] if src.direct else None
+        if addresses:
+            lines += [f"{a} = {t}.data_ptr()" for a, t in zip(addresses, tensors, strict=True)]
+        lines.append(f"aligned = {all_aligned(tensors, addresses)}  # every input a kernel takes")
     return ["    " + line for line in lines]
 
 

@@ -71,11 +71,11 @@ def inputs_taken(kernels: Iterable[Kernel], in_place: dict[str, str], inputs: Se
     return tuple(n for n in inputs if n in taken)
 
 
-def all_aligned(tensors: Sequence[str]) -> str:
+def all_aligned(tensors: Sequence[str], addresses: Sequence[str] | None = None) -> str:
     """Source of a test that the tensors named all start at a multiple of 16 bytes: the low
-    4 bits of their addresses' bitwise or."""
-    addresses = " | ".join(f"{name}.data_ptr()" for name in tensors)
-    return f"not (({addresses}) & 15)" if len(tensors) > 1 else f"not ({addresses} & 15)"
+    4 bits of their addresses' bitwise or (`addresses`: locals already holding them)."""
+    joined = " | ".join(addresses if addresses is not None else [f"{name}.data_ptr()" for name in tensors])
+    return f"not (({joined}) & 15)" if len(tensors) > 1 else f"not ({joined} & 15)"
 
 
 def stride_check(node: Node, value: str) -> list[tuple[str, int]]:
