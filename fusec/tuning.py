@@ -34,7 +34,7 @@ def stored(cache_dir: Path, key: str, count: int) -> Choice | None:
     """The choice kept under `key` (a position below `count`, or "library"), or None (also where
     the directory is one the kernel cache would not use)."""
     folder = cache_dir / "matmul"
-    if not folder.is_dir() or cache_refusal(cache_dir) is not None or cache_refusal(folder) is not None:
+    if not folder.is_dir() or not _usable(folder):
         return None
     try:
         choice = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
@@ -47,7 +47,12 @@ def stored(cache_dir: Path, key: str, count: int) -> Choice | None:
 def store(cache_dir: Path, key: str, choice: Choice) -> None:
     """Keep `choice` under `key`, where the kernel cache may be written (else nothing is kept)."""
     folder = cache_dir / "matmul"
-    if cache_refusal(cache_dir) is not None or cache_refusal(folder) is not None:
+    if not _usable(folder):
         return
     with contextlib.suppress(OSError):  # a choice not kept is timed again by the next process
         write_atomically(folder / f"{key}.json", json.dumps(choice))
+
+
+def _usable(folder: Path) -> bool:
+    """Whether the choices' folder, and the cache directory holding it, may be used (created 0700)."""
+    return cache_refusal(folder.parent) is None and cache_refusal(folder) is None
