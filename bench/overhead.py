@@ -30,11 +30,13 @@ import torch
 from torch._C._dynamo import guards
 
 import fusec
+from fusec import native
 from fusec.api import tensors_in
 from fusec.bench.replays import inductor_externs_replayed, inductor_modules, recorded, replay_fusec_externs
 from fusec.bench.workloads import WORKLOADS
 from fusec.kernels.call import entry_of
 from fusec.kernels.signature import extra_params
+from fusec.options import Options
 from fusec.plan import Kernel, LaunchExtra
 
 # The best of many short runs: on a machine shared with other work, a short run is more likely to
@@ -182,16 +184,24 @@ def per_input_ns(tensors: list[torch.Tensor]) -> tuple[float, float]:
     """What each input tensor costs a call, in ns, each compiler's checks written out straight as
     its generated code writes them, after Dynamo's guard, which both calls pass (`TensorGuards.check`,
     the C++ check of Dynamo's tensor guards: fusec compiles through Dynamo too): fusec's launcher
-    reads its contiguity flag and its address (which the alignment flag and a straight launch
-    share); Inductor's output code checks its sizes and strides again (`assert_size_stride`)."""
+    checks its layout and reads its address (which the alignment flag and a straight launch
+    share), in one call of its C++ head for all of them where that is built (`fusec/native.py`),
+    else a line each; Inductor's output code checks its sizes and strides again (`assert_size_stride`)."""
     names = [f"a{i}" for i in range(len(tensors))]
-    ours = "    GUARD.check(*tensors)\n" + "".join(
-        f"    if not {a}.is_contiguous(): raise ValueError\n    p{a} = {a}.data_ptr()\n" for a in names)
+    head = native.module()
+    if head is not None:
+        read = ", ".join(["index", "aligned", *(f"p{a}" for a in names)])
+        ours = f"    GUARD.check(*tensors)\n    {read} = HEAD(SPEC, {', '.join(names)})\n"
+    else:
+        ours = "    GUARD.check(*tensors)\n" + "".join(
+            f"    if not {a}.is_contiguous(): raise ValueError\n    p{a} = {a}.data_ptr()\n" for a in names)
     theirs = "    GUARD.check(*tensors)\n" + "".join(
         f"    assert_size_stride({a}, {tuple(t.shape)}, {t.stride()}, 'input')\n" for a, t in zip(names, tensors))
     scope = {"GUARD": guards.TensorGuards(*tensors, dynamic_dims_sizes=[list(t.shape) for t in tensors],
                                           dynamic_dims_strides=[list(t.stride()) for t in tensors]),
-             "assert_size_stride": guards.assert_size_stride}
+             "assert_size_stride": guards.assert_size_stride,
+             "HEAD": getattr(head, "head", None),
+             "SPEC": native.spec([(a, t.is_contiguous() or None, True, "") for a, t in zip(names, tensors)])}
     unpack = f"    {', '.join(names)}, = tensors\n"
     exec(f"def ours(tensors):\n{unpack}{ours}\ndef theirs(tensors):\n{unpack}{theirs}", scope)
     return tuple(per_call_us(lambda f=scope[f]: f(tensors), "cpu") * 1e3 / len(tensors) for f in ("ours", "theirs"))
@@ -231,6 +241,9 @@ def _fusec_us(fn: Callable[..., Any], args: tuple, device: str) -> tuple[float, 
     """A whole call of fusec's and its launchers alone; on a CPU its launches stubbed, its extern
     calls replayed, and its launchers generated again to call the binaries themselves, as on a GPU."""
     torch._dynamo.reset()
+    options = Options.from_user(cpu="interpret")
+    if options.native:  # measured with the C++ head a launcher has once it is built (`fusec/native.py`)
+        native.wait(options.cache_dir)
     ours = fusec.compile(fn, cpu="interpret")
     ours(*args)
     runtimes = [g.runtime for g in fusec.report_of(ours).graphs if g.runtime is not None]

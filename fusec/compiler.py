@@ -228,7 +228,7 @@ def build_runtime(plan: Plan, interpret: bool, options: Options, callables: dict
     kernels = load_kernels(plan.all_kernels(), interpret, options.cache_dir)
     runtime = Runtime(plan, kernels, callables, interpret, fallback=fallback, strict=options.strict,
                       matmul=options.matmul, cudagraphs=options.cudagraphs, on_broken=on_broken,
-                      cache_dir=options.cache_dir)
+                      cache_dir=options.cache_dir, native=options.native)
     binaries = {} if interpret else precompile(runtime.calls, runtime.exact, plan.all_kernels(), DTYPES, wait=wait)
     return runtime, binaries
 

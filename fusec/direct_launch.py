@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusec import pointers
+from fusec import native, pointers
 from fusec.kernels.call import launch_hooks_set
 from fusec.launcher_code import Source, StepCode
 from fusec.plan import Kernel, LaunchExtra
@@ -62,20 +62,27 @@ class Binder:
             self.scope["BOUND"] = True
 
 
-def head(src: Source, code: StepCode, first: str | None) -> list[str]:
+def head(src: Source, code: StepCode, first: str | None, at_head: list[tuple[str, Any, bool, str]]) -> list[str]:
     """The call's device index and device, whether kernels launch straight and on which stream,
     the allocator, and every input a kernel takes: its address and whether all are aligned.
-    `first`: the first tensor input's local (None: the graph has none, its device is `code.device`)."""
+    `first`: the first tensor input (None: the graph has none, its device is `code.device`).
+    `at_head`: the C++ head's entries (`native.spec`), which check those inputs' layouts and
+    read the index and addresses in one call; none: Python lines read them."""
     lines = []
     if first is None:
         src.names["DEV"] = code.device
         index = -1 if code.device.type == "cpu" else code.device.index
         lines += ["device = DEV", f"index = {index!r}"]
+    elif at_head:
+        src.names["HEAD"] = code.native.head
+        read = ", ".join(["index", "aligned", *(address(name) for name, _, wants, _ in at_head if wants)])
+        tensors = ", ".join(var(name) for name, *_ in at_head)
+        lines.append(f"{read} = HEAD({src.bind(native.spec(at_head), 'SPEC')}, {tensors})  # layouts checked in C++")
     else:
-        lines.append(f"index = {first}.get_device()  # -1 on a CPU")
-        if src.wants_device:
-            lines.append(f"device = {first}.device")
-    device = "device" if first is None or src.wants_device else f"{first}.device"
+        lines.append(f"index = {var(first)}.get_device()  # -1 on a CPU")
+    if first is not None and src.wants_device:
+        lines.append(f"device = {var(first)}.device")
+    device = "device" if first is None or src.wants_device else f"{var(first)}.device"
     if src.direct:
         src.names.update(HOOKS=launch_hooks_set, RAW_STREAM=code.raw_stream)
         at = -1 if code.direct_device is None else code.direct_device
@@ -84,7 +91,7 @@ def head(src: Source, code: StepCode, first: str | None) -> list[str]:
     if any(name not in code.reuse for name in code.fresh):
         src.names.update(zip(("HERE", "ALLOC_HERE"), current_allocator(code.device.type), strict=True))
         lines.append(f"empty_strided = ALLOC_HERE if index == HERE() else ALLOC({device})")
-    if code.vouched:
+    if code.vouched and not at_head:
         tensors = [var(n) for n in code.vouched]
         addresses = [address(n) for n in code.vouched] if src.direct else None
         if addresses:

@@ -28,17 +28,22 @@ from fusec.kernels.scatter import owns_base
 from fusec.launcher_code import Source, StepCode, literal
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from fusec.plan import Extern, Kernel, KernelKind, LaunchExtra, Plan, Step
-from fusec.pointers import allocator, fresh_buffers, inputs_taken, stride_check
+from fusec.pointers import (
+    NOT_STATIC,
+    StrideMismatch,
+    allocator,
+    expected_strides,
+    fresh_buffers,
+    inputs_taken,
+    native_check,
+    stride_check,
+)
 from fusec.size_reads import symbol_sources, var
 from fusec.stores import in_place, stores
 from fusec.torch_calls import REINTERPRET, entry_point, exact_layouts, folded_views
 
 DTYPES = {name: getattr(torch, name) for name in
           ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64")}
-
-
-class StrideMismatch(Exception):
-    """An input arrived with strides other than the ones the kernels were generated for."""
 
 
 def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None = None,
@@ -59,7 +64,10 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     # `result` (a matmul's library alternative, timed on inputs of its own).
     into_inputs = stores(graph) if result is None else ()
     code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
-    checked = _checked_before_stores(src, plan, code, inputs)
+    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
+    at_head, head_checked = (_checked_at_head(plan, code, inputs, first) if code.native is not None and first
+                             is not None else ([], set()))
+    checked = _checked_before_stores(src, plan, code, inputs, head_checked)
     src.views, src.needed, src.last_view = folded_views(plan, exact_layouts(graph, list(code.fresh)))
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
     src.read = _read(plan, returned, [value for value, _ in into_inputs if value not in code.in_place])
@@ -69,8 +77,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
             src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     src.lines += bind_line(src)
     src.emit(f"return {literal(src, returned)}")
-    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
-    src.lines[at_start:at_start] = head(src, code, None if first is None else var(first))
+    src.lines[at_start:at_start] = head(src, code, first, at_head)
     return "\n".join(src.lines) + "\n", src.names
 
 
@@ -96,10 +103,32 @@ def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direc
                    direct=code.direct and not streams)
 
 
-def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list[str]) -> set[str]:
+def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
+                     first: str) -> tuple[list[tuple[str, Any, bool, str]], set[str]]:
+    """The C++ head's entries (`native.spec`): the first tensor input (the call's device), then
+    every input a kernel takes whose layout it can check, or whose address the flag `aligned`
+    covers, in the call's order; and the inputs whose layout needs no other check."""
+    graph = plan.graph
+    kernels = [p for k in plan.kernels for p in (k, *k.library) if isinstance(p, Kernel)]
+    taken = {n for k in kernels for n in k.inputs} | set(code.in_place.values())
+    entries, checked = [], set()
+    for name in dict.fromkeys([first, *inputs]):
+        check = native_check(graph[name]) if name in taken and not graph[name].host else None
+        if check is NOT_STATIC:  # a symbolic stride: Python lines check it where a kernel first reads it
+            check = None
+        elif name in taken:
+            checked.add(name)
+        if name == first or check is not None or name in code.vouched:
+            shown = expected_strides(graph[name]) if check is not None else ""
+            entries.append((name, check, name in code.vouched, shown))
+    return entries, checked
+
+
+def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list[str], at_head: set[str]) -> set[str]:
     """Where kernels write into inputs, every input's strides checked first: a call that must run
-    through torch instead finds its inputs as they came. The inputs checked."""
-    checked: set[str] = set()
+    through torch instead finds its inputs as they came. The inputs checked (`at_head`: by the
+    C++ head, before any of it)."""
+    checked = set(at_head)
     if code.in_place:
         for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *code.in_place.values()]):
             if name in inputs and name not in checked:

@@ -80,6 +80,7 @@ class StepCode:
     direct: bool = False
     direct_device: int | None = None
     raw_stream: Callable[[int | None], int] | None = None  # the current stream's handle on a device
+    native: Any = None  # the C++ head's module (`native.py`); None: the head is Python lines
 
 
 def literal(src: Source, value: Any) -> str:

@@ -49,6 +49,10 @@ class Options:
       torch.inference_mode()): pointwise ops with a per-channel constant (eval BatchNorm) fold into
       the convolution or matmul before them, and what reads weights only is computed once. A weight
       replaced or written in place after compile is seen at the next call and folded again.
+    native: the generated launcher's per-call head (each input's layout check and address, a
+      call's seed) in C++, built once per machine into cache_dir with the compiler torch's
+      extensions use (FUSEC_NATIVE=0: off). Until it is built, or where it cannot be (no
+      compiler), the head is Python lines computing the same: a few tenths of a µs more per call.
     dynamic: sizes as symbols, as torch.compile's `dynamic=`. None (the default): the first
       call compiles for its shapes, a call with other shapes recompiles once with the dims
       that changed symbolic, and that graph serves every later size; True: symbolic from
@@ -68,6 +72,7 @@ class Options:
     remat: str = "auto"
     dynamic: bool | None = None
     freeze: bool = False
+    native: bool = True
 
     @classmethod
     def from_user(cls, **kwargs: Any) -> Options:
@@ -88,6 +93,8 @@ class Options:
         cache = kwargs.pop("cache_dir", None) or _default_cache_dir()
         if "strict" not in kwargs:
             kwargs["strict"] = os.environ.get("FUSEC_STRICT", "") not in ("", "0")
+        if "native" not in kwargs:
+            kwargs["native"] = os.environ.get("FUSEC_NATIVE", "1") != "0"
         if "cpu" not in kwargs and os.environ.get("FUSEC_CPU"):
             kwargs["cpu"] = os.environ["FUSEC_CPU"]
             if kwargs["cpu"] not in CPU_MODES:
@@ -102,7 +109,7 @@ class Options:
         """Every option's type and range, with a message naming the option and what it accepts."""
         if self.dynamic not in (None, True, False):
             _bad("dynamic", "None (automatic), True or False", self.dynamic)
-        for name in ("fuse", "horizontal", "strict", "cudagraphs", "freeze"):
+        for name in ("fuse", "horizontal", "strict", "cudagraphs", "freeze", "native"):
             if not isinstance(getattr(self, name), bool):
                 _bad(name, "True or False", getattr(self, name))
         if self.matmul not in ("auto", "template", "library"):

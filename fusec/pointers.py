@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch._C._dynamo.guards import _empty_strided_cpu, _empty_strided_cuda
@@ -22,6 +23,10 @@ from torch._C._dynamo.guards import _empty_strided_cpu, _empty_strided_cuda
 from fusec import sizes
 from fusec.ir import Node, contiguous_strides
 from fusec.plan import Kernel
+
+
+class StrideMismatch(Exception):
+    """An input arrived with strides other than the ones the kernels were generated for."""
 
 
 def allocator(device: torch.device) -> Callable[..., torch.Tensor]:
@@ -78,25 +83,58 @@ def all_aligned(tensors: Sequence[str], addresses: Sequence[str] | None = None) 
     return f"not (({joined}) & 15)" if len(tensors) > 1 else f"not ({joined} & 15)"
 
 
+def _checked_dims(node: Node) -> tuple[list[int], tuple] | None:
+    """The dims whose strides address anything (longer than 1; a symbolic dim is at least 2:
+    Dynamo specializes 0 and 1) and the strides expected there; None: nothing to check."""
+    dims = [d for d, s in enumerate(node.shape) if not sizes.is_static(s) or s > 1]
+    if not dims or node.strides is None:
+        return None
+    return dims, tuple(node.strides[d] for d in dims)
+
+
+def _contiguous(node: Node, dims: list[int], expected: tuple) -> bool:
+    return expected == tuple(contiguous_strides(node.shape)[d] for d in dims)
+
+
 def stride_check(node: Node, value: str) -> list[tuple[str, int]]:
     """Source lines (and their indent under the first) raising `StrideMismatch` unless the tensor
     `value` has `node`'s strides. Only the strides of dims longer than 1 address anything: those
     are checked."""
-    # A symbolic dim is at least 2 (Dynamo specializes 0 and 1).
-    dims = [d for d, s in enumerate(node.shape) if not sizes.is_static(s) or s > 1]
-    if not dims or node.strides is None:
+    checked = _checked_dims(node)
+    if checked is None:
         return []
-    expected = tuple(node.strides[d] for d in dims)
-    if expected == tuple(contiguous_strides(node.shape)[d] for d in dims):
+    dims, expected = checked
+    if _contiguous(node, dims, expected):
         test = f"if not {value}.is_contiguous():"  # is_contiguous ignores dims of size 1 too, and is one cached flag
     elif len(dims) == len(node.shape):
         test = f"if {value}.stride() != {sizes.tuple_source(expected)}:"
     else:
         test = f"if ({', '.join(f'{value}.stride({d})' for d in dims)},) != {sizes.tuple_source(expected)}:"
-    shown = "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
     raised = (f"raise StrideMismatch(f'{node.name} has strides {{tuple({value}.stride())}}, "
-              f"the kernel expects {shown}')")
+              f"the kernel expects {expected_strides(node)}')")
     return [(test, 0), (raised, 1)]
+
+
+def expected_strides(node: Node) -> str:
+    """`node`'s strides as the message of a mismatch shows them."""
+    return "(" + ", ".join(map(sizes.text, node.strides)) + ("," if len(node.strides) == 1 else "") + ")"
+
+
+NOT_STATIC = object()  # `native_check`'s answer where only Python can check: a stride is a symbol
+
+
+def native_check(node: Node) -> Any:
+    """What the C++ head checks of input `node` (`native.py`): None (nothing), True (contiguous),
+    a tuple (dim, stride, dim, stride, ...), or `NOT_STATIC` (`stride_check`'s lines check it)."""
+    checked = _checked_dims(node)
+    if checked is None:
+        return None
+    dims, expected = checked
+    if _contiguous(node, dims, expected):
+        return True
+    if not sizes.all_static(expected):
+        return NOT_STATIC
+    return tuple(int(v) for pair in zip(dims, expected, strict=True) for v in pair)
 
 
 class PartialsByStream(threading.local):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fusec import tuning
+from fusec import native, tuning
 from fusec.cudagraphs import GraphedCall, refusal
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
@@ -131,7 +131,8 @@ class Runtime:
     def __init__(self, plan: Plan, kernels: dict[str, Any], callables: dict[str, Callable],
                  interpret: bool, fallback: Callable[..., Any], strict: bool = False,
                  matmul: str = "auto", cudagraphs: bool = False,
-                 on_broken: Callable[[str], None] = lambda reason: None, cache_dir: Path | None = None) -> None:
+                 on_broken: Callable[[str], None] = lambda reason: None, cache_dir: Path | None = None,
+                 native: bool = False) -> None:
         # On the instance, not the class: AOTAutograd wraps the backward with
         # functools.wraps, which copies the instance __dict__ only.
         self._boxed_call = True
@@ -151,6 +152,8 @@ class Runtime:
         self.calls = {k.id: _call(graph, k, self.extents[k.id], kernels, interpret) for k in plan.all_kernels()}
         self._matmul = "template" if matmul == "auto" and interpret else matmul
         self.cache_dir = cache_dir  # where matmul choices timed on a GPU are kept (None: not kept)
+        # The launcher's head in C++ (`native.py`), built in cache_dir; False or no cache_dir: Python lines
+        self.native = native and cache_dir is not None
         self.n_streams = 1 + max((s.stream for s in plan.steps), default=0)
         self.multi_stream = self.n_streams > 1 and not interpret
         # Ticket counters per thread (and device and stream): the kernel resets its ticket
@@ -239,6 +242,12 @@ class Runtime:
         GPU: the overhead bench does so on a CPU, with no-op binaries."""
         self.direct, self._call = True, None
 
+    def native_loaded(self) -> None:
+        """The C++ head has loaded (in the thread that built it): the next call writes the launcher
+        again to use it. A launcher recorded into CUDA graphs keeps its recording."""
+        if not self.cudagraphs:
+            self._call = None
+
     def _build(self) -> Callable[[list[Any]], Any]:
         """Decide each fused matmul's implementation, then generate and define the launcher."""
         library = frozenset(k.id for k in self.plan.kernels if k.library and self._choose(k) == "library")
@@ -257,7 +266,9 @@ class Runtime:
                           "SIDE": [cuda.Stream() for _ in range(self.n_streams - 1)],
                           "record_stream": _record_stream}
         working = frozenset(s.id for s in self.plan.steps if isinstance(s, Extern) and does_work(self.plan, s))
-        return StepCode(calls=self.calls, callables=self.callables, library=library, draw_seed=draw_seed,
+        head = native.start(self.cache_dir, when_loaded=self) if self.native else None
+        return StepCode(calls=self.calls, callables=self.callables, library=library,
+                        draw_seed=draw_seed if head is None else head.seed, native=head,
                         bounds_error=self._bounds_error, final_buffers=self._final_buffers,
                         device=self.device,
                         stream_ops=stream_ops, counts=self.counts.ran,

@@ -13,6 +13,14 @@ os.environ["FUSEC_STRICT"] = "1"
 # CPU graphs run the generated kernels (Triton's interpreter): codegen is tested without a GPU.
 os.environ["FUSEC_CPU"] = "interpret"
 
+from fusec import native
+from fusec.options import Options
+
+# Launchers read their inputs with the C++ head (fusec/native.py), built into the scratch cache now,
+# not part-way through the run: every test runs through the head its users get. Tests of the
+# Python head ask for it (`native=False`).
+native.wait(Options.from_user().cache_dir)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

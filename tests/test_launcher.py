@@ -21,7 +21,7 @@ from tests.eager import assert_ran
 
 def test_launcher_source_is_straight_line_code_of_the_plan():
     fn = lambda x, b: (F.gelu(x + b), (x * b).sum(-1))
-    compiled = fusec.compile(fn)
+    compiled = fusec.compile(fn, native=False)  # the Python head (tests/test_native.py: the C++ one)
     x, b = torch.randn(8, 16), torch.randn(16)
     torch.testing.assert_close(compiled(x, b), fn(x, b))
     source = fusec.report_of(compiled).graphs[0].runtime.source
@@ -136,10 +136,13 @@ def misaligned(shape):
     return view
 
 
-def test_alignment_is_checked_once_per_call_and_the_launchers_own_buffers_are_trusted():
-    compiled = fusec.compile(lambda x: (x * 2).exp(), fuse=False)  # k0 reads the input, k1 only k0's buffer
+@pytest.mark.parametrize("native", [True, False])
+def test_alignment_is_checked_once_per_call_and_the_launchers_own_buffers_are_trusted(native):
+    # k0 reads the input, k1 only k0's buffer
+    compiled = fusec.compile(lambda x: (x * 2).exp(), fuse=False, native=native)
     runtime, log = recorded_paths(compiled, torch.randn(4, 8))
-    assert runtime.source.count("aligned = not (v_arg0_1.data_ptr() & 15)") == 1
+    head = "index, aligned, p_arg0_1 = HEAD(" if native else "aligned = not (v_arg0_1.data_ptr() & 15)"
+    assert runtime.source.count(head) == 1 and runtime.source.count("aligned =") == (not native)
     assert "(k0_aligned if aligned else k0)(v_arg0_1, v_mul)" in runtime.source
     assert "    k1_aligned(v_mul, v_exp)" in runtime.source
     with _stream_stub():
@@ -292,8 +295,9 @@ def direct_runtime(fn, *args, **options):
     return runtime, binary, log
 
 
-def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass():
-    runtime, binary, log = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False)
+@pytest.mark.parametrize("native", [True, False])
+def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass(native):
+    runtime, binary, log = direct_runtime(lambda x: (x * 2).exp(), torch.randn(4, 8), fuse=False, native=native)
     x = torch.randn(4, 8)
     with _stream_stub():
         runtime.run([x])  # each kernel's first launch goes through its call, which finds its binary
@@ -310,7 +314,10 @@ def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass():
         assert same == [(type(a), a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in called[10:]]
     # grid, stream, function, metadata and three hooks, then x: its address, read once per call
     assert binary.launches[0][9] == x.data_ptr() and through_calls[0][9] is x
-    assert runtime.source.count(".data_ptr()") == runtime.source.count("v_arg0_1.data_ptr()") == 1
+    if native:
+        assert ".data_ptr()" not in runtime.source and runtime.source.count("p_arg0_1 = HEAD(") == 1
+    else:
+        assert runtime.source.count(".data_ptr()") == runtime.source.count("v_arg0_1.data_ptr()") == 1
     # A new input each call: each straight launch passes that call's address.
     binary.launches.clear()
     fresh = [torch.randn(4, 8) for _ in range(3)]
@@ -587,5 +594,5 @@ def test_an_input_written_in_place_is_passed_as_itself_and_the_device_read_as_an
     source = fusec.report_of(compiled).graphs[0].runtime.source
     assert "    # written into inputs: add -> arg0_1\n" in source and " = v_arg0_1  # written into input" not in source
     assert "(v_arg0_1, v_arg1_1, v_arg0_1)" in source  # x read and written: the same tensor twice
-    assert "    index = v_arg0_1.get_device()  # -1 on a CPU\n" in source and "device =" not in source
+    assert "    index, aligned, p_arg0_1, p_arg1_1 = HEAD(" in source and "device =" not in source
     assert_ran(compiled)

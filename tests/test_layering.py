@@ -34,7 +34,7 @@ LAYERS = [
                   "fusec.decompositions_masked", "fusec.decompositions_routing", "fusec.lowering_sort",
                   "fusec.partition", "fusec.frontend", "fusec.freezing", "fusec.frozen", "fusec.package",
                   "fusec.graph_source", "fusec.pointers", "fusec.torch_calls", "fusec.split_rows",
-                  "fusec.direct_launch", "fusec.launcher_code", "fusec.tuning"]),
+                  "fusec.direct_launch", "fusec.launcher_code", "fusec.tuning", "fusec.native"]),
     ("api", ["fusec.api", "fusec.exporter", "fusec.export_sizes", "fusec.runner"]),
     # The package's own __init__ (the public names) and `python -m fusec` sit with the tools.
     ("tools", ["fusec.report", "fusec.cli", "fusec.bench", "fusec.examples", "fusec", "fusec.__main__"]),

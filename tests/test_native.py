@@ -1,0 +1,214 @@
+"""The launcher's C++ head (fusec/native.py): built, equal to the Python head, and never required."""
+
+import logging
+import os
+import stat
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fusec
+from fusec import native
+from fusec.launcher import StrideMismatch
+from fusec.options import Options
+from fusec.runtime import draw_seed
+
+HEAD = native.wait(Options.from_user().cache_dir)
+
+
+def test_the_head_builds_on_a_machine_with_a_compiler():
+    assert HEAD is not None, native.refusal()
+    assert native.refusal() is None
+
+
+def _entries(tensors, checks, addresses):
+    return [(f"t{i}", check, wants, "(expected)") for i, (check, wants) in enumerate(zip(checks, addresses))]
+
+
+def _layout(draw, shape):
+    """A tensor of `shape`: contiguous, transposed, sliced or offset into its storage."""
+    base = torch.randn(*shape)
+    kind = draw(st.sampled_from(["contiguous", "transposed", "offset", "sliced"]))
+    if kind == "transposed" and len(shape) >= 2:
+        return torch.randn(*reversed(shape)).permute(*reversed(range(len(shape))))
+    if kind == "offset":
+        return torch.randn(base.numel() + 3)[draw(st.integers(1, 3)):][: base.numel()].view(shape)
+    if kind == "sliced" and shape[-1] > 1:
+        return torch.randn(*shape[:-1], shape[-1] * 2)[..., ::2]
+    return base
+
+
+@st.composite
+def _heads(draw):
+    n = draw(st.integers(1, 6))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    tensors = [_layout(draw, shape) for _ in range(n)]
+    checks = []
+    for t in tensors:
+        kind = draw(st.sampled_from(["none", "contiguous", "strides"]))
+        if kind == "none":
+            checks.append(None)
+        elif kind == "contiguous":
+            checks.append(True)
+        else:  # the strides of a contiguous tensor of the shape, or of this one
+            like = t if draw(st.booleans()) else torch.empty(shape)
+            checks.append(tuple(v for d in range(len(shape)) for v in (d, like.stride(d))))
+    addresses = [draw(st.booleans()) for _ in tensors]
+    return tensors, checks, addresses
+
+
+@settings(max_examples=200, deadline=None)
+@given(_heads())
+def test_the_cpp_head_computes_what_the_python_head_does(case):
+    tensors, checks, addresses = case
+    spec = native.spec(_entries(tensors, checks, addresses))
+    try:
+        expected = native.python_head(spec, *tensors)
+    except StrideMismatch as exc:
+        with pytest.raises(StrideMismatch) as raised:
+            HEAD.head(spec, *tensors)
+        assert str(raised.value) == str(exc)
+        return
+    assert HEAD.head(spec, *tensors) == expected
+    assert HEAD.head(spec, *tensors) == expected  # again, from the addresses it kept
+
+
+def test_the_head_reads_index_alignment_and_addresses():
+    a, b = torch.randn(4, 8), torch.randn(8)
+    spec = native.spec([("a", True, True, ""), ("b", True, True, "")])
+    assert HEAD.head(spec, a, b) == (-1, True, a.data_ptr(), b.data_ptr())
+    odd = torch.randn(9)[1:]  # 4 bytes past an aligned start
+    assert HEAD.head(spec, a, odd) == (-1, False, a.data_ptr(), odd.data_ptr())
+    assert HEAD.head(native.spec([("a", True, False, "")]), a) == (-1, True)  # no address read: aligned
+    assert HEAD.head(spec, a, b) == (-1, True, a.data_ptr(), b.data_ptr())  # a new tensor in a slot
+
+
+def test_an_address_that_repeats_is_the_same_int_object():
+    a = torch.randn(16)
+    spec = native.spec([("a", True, True, "")])
+    first, second = HEAD.head(spec, a)[2], HEAD.head(spec, a)[2]
+    assert first is second and first == a.data_ptr()
+
+
+def test_a_mismatch_raises_the_launchers_error_naming_the_input():
+    x = torch.randn(6, 4).t()
+    spec = native.spec([("arg0_1", True, True, "(6, 1)")])
+    with pytest.raises(StrideMismatch, match=r"arg0_1 has strides \(1, 4\), the kernel expects \(6, 1\)"):
+        HEAD.head(spec, x)
+    strided = native.spec([("arg0_1", (0, 6, 1, 1), True, "(6, 1)")])
+    with pytest.raises(StrideMismatch):
+        HEAD.head(strided, x)
+    assert HEAD.head(native.spec([("arg0_1", (0, 1, 1, 4), True, "(1, 4)")]), x)[2] == x.data_ptr()
+
+
+class Tagged(torch.Tensor):
+    """A subclass whose methods Python may override: the C++ head leaves it to Python."""
+
+
+def test_a_tensor_subclass_goes_through_the_python_head():
+    a = torch.randn(4).as_subclass(Tagged)
+    spec = native.spec([("a", True, True, "")])
+    assert HEAD.head(spec, a) == native.python_head(spec, a)
+    parameter = torch.nn.Parameter(torch.randn(4))
+    assert HEAD.head(spec, parameter) == (-1, True, parameter.data_ptr())
+
+
+def test_a_malformed_spec_is_a_type_error():
+    with pytest.raises(TypeError, match="one spec entry per tensor"):
+        HEAD.head(native.spec([("a", True, True, "")]), torch.randn(2), torch.randn(2))
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**40])
+def test_the_cpp_seed_is_the_python_draw(seed):
+    torch.manual_seed(seed)
+    python = [draw_seed() for _ in range(4)]
+    torch.manual_seed(seed)
+    assert [HEAD.seed() for _ in range(4)] == python
+    assert all(s >> 62 == 1 for s in python)  # bit 62 set, 62 random bits below it
+
+
+def _source(compiled):
+    return fusec.report_of(compiled).graphs[0].runtime.source
+
+
+def test_launchers_check_inputs_in_one_call_and_compute_as_the_python_head():
+    fn = lambda x, w, b: torch.nn.functional.layer_norm(x + 1, (16,), w, b) * 2
+    args = torch.randn(8, 16), torch.randn(16), torch.randn(16)
+    with_head, python = fusec.compile(fn), fusec.compile(fn, native=False)
+    torch.testing.assert_close(with_head(*args), fn(*args))
+    torch.testing.assert_close(python(*args), fn(*args))
+    source = _source(with_head)
+    assert source.count("HEAD(") == 1 and "is_contiguous()" not in source and ".data_ptr()" not in source
+    assert "HEAD(" not in _source(python) and _source(python).count("is_contiguous()") == 3
+
+
+def test_the_seed_of_a_random_kernel_comes_from_the_cpp_head_and_repeats():
+    fn = lambda x: torch.nn.functional.dropout(x, 0.5, training=True) + 1
+    x = torch.randn(64, 64)
+    with_head, python = fusec.compile(fn), fusec.compile(fn, native=False)
+    torch.manual_seed(3)
+    a = with_head(x)
+    torch.manual_seed(3)
+    b = python(x)
+    torch.testing.assert_close(a, b)  # the same draw of torch's generator, so the same mask
+    assert not torch.equal(with_head(x), a)  # a new draw each call
+    assert fusec.report_of(with_head).graphs[0].runtime.source.count("HEAD(") == 1
+
+
+@pytest.mark.fallback_expected
+def test_an_input_laid_out_otherwise_runs_through_torch_with_the_cpp_head(caplog):
+    fn = lambda x: x * 2 + 1
+    compiled = fusec.compile(fn, strict=False)
+    compiled(torch.randn(4, 6))
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+    column_major = torch.randn(6, 4).t()
+    with pytest.raises(StrideMismatch, match=r"arg0_1 has strides \(1, 4\), the kernel expects \(6, 1\)"):
+        runtime.run([column_major])
+    torch.testing.assert_close(runtime([column_major])[0], fn(column_major))
+    assert "running this call through torch" in caplog.text
+
+
+def test_a_launcher_written_before_the_head_loads_is_written_again(monkeypatch):
+    monkeypatch.setattr(native._STATE, "module", None)
+    monkeypatch.setattr(native._STATE, "refusal", "not built yet (test)")
+    fn = lambda x: x.sin() + 1
+    compiled = fusec.compile(fn)
+    x = torch.randn(32)
+    compiled(x)
+    runtime = fusec.report_of(compiled).graphs[0].runtime
+    assert "HEAD(" not in runtime.source
+    monkeypatch.setattr(native._STATE, "module", HEAD)
+    monkeypatch.setattr(native._STATE, "refusal", None)
+    runtime.native_loaded()
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert "HEAD(" in runtime.source
+
+
+def test_a_cache_directory_others_may_write_keeps_the_python_head(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(native, "_STATE", native._State())
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with caplog.at_level(logging.INFO, logger="fusec"):
+        assert native.wait(shared) is None
+    assert "other users may write to it" in native.refusal()
+    assert "launchers read their inputs in Python" in caplog.text
+    assert not (shared / "native").exists() or not any((shared / "native").iterdir())
+    compiled = fusec.compile(lambda x: x * 3, cache_dir=shared)
+    torch.testing.assert_close(compiled(torch.ones(4)), torch.full((4,), 3.0))
+    assert "HEAD(" not in fusec.report_of(compiled).graphs[0].runtime.source
+
+
+def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_STATE", native._State())
+    failing = tmp_path / "bin" / "c++"
+    failing.parent.mkdir()
+    failing.write_text("#!/bin/sh\necho 'no headers here' >&2\nexit 3\n")
+    failing.chmod(failing.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CXX", str(failing))
+    cache = tmp_path / "cache"
+    assert native.wait(cache) is None
+    assert "building it failed" in native.refusal() and "no headers here" in native.refusal()
+    assert not list((cache / "native").glob("*.so"))  # nothing half-built is left to load
