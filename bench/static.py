@@ -74,7 +74,7 @@ def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any],
 def _arguments(graph: Graph, kernel: Kernel) -> list[tuple[str, bool]]:
     """(Triton type, divisible by 16) of each argument the launcher passes a static kernel: its
     buffers (allocations are 16-byte aligned), its launch extras, then its sizes."""
-    args = [("*" + _POINTER[graph[n].dtype], True) for n in kernel.inputs + kernel.outputs]
+    args = [("*" + _POINTER[graph[n].dtype], True) for n in kernel.buffers]
     for extra in kernel.extras:
         if extra is LaunchExtra.SEED:
             args.append(("i64", False))  # a fresh value every call: never specialized on

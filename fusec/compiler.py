@@ -28,9 +28,10 @@ from fusec.options import Options
 from fusec.partition import Partition
 from fusec.passes.cost import H100, DeviceModel
 from fusec.pipeline import run_passes
-from fusec.plan import Kernel, Plan, build_plan
+from fusec.plan import Kernel, KernelKind, Plan, build_plan
 from fusec.runtime import Runtime
 from fusec.size_reads import symbol_sources, symbolic
+from fusec.stores import in_place
 from fusec.streams import StreamDecision, plan_streams
 
 log = logging.getLogger("fusec")
@@ -116,8 +117,24 @@ def rendered(graph: Graph, step: Kernel, interpret: bool) -> Kernel:
 def render_plan(plan: Plan, interpret: bool) -> Plan:
     """The plan with every kernel's Triton source filled in, for the interpreter or a GPU."""
     graph = symbolic(plan.graph)
+    plan = replace(stored_through_inputs(replace(plan, graph=graph)), graph=plan.graph)  # as the launcher decides
     steps = tuple(rendered(graph, s, interpret) if isinstance(s, Kernel) else s for s in plan.steps)
     return replace(plan, steps=steps)
+
+
+def stored_through_inputs(plan: Plan) -> Plan:
+    """Each pointwise kernel (and combo part) that stores a new value into an input it also reads
+    told so (`Kernel.into`): it stores through the input's pointer and takes no second one for the
+    same buffer. An optimizer step's combo kernel takes each parameter and state once, not twice."""
+    direct = in_place(plan)
+    steps = []
+    for step in plan.steps:
+        if isinstance(step, Kernel) and step.kind in (KernelKind.POINTWISE, KernelKind.COMBO):
+            into = tuple((o, direct[o]) for o in step.outputs if o in direct and direct[o] in step.inputs)
+            parts = tuple(replace(p, into=tuple(pair for pair in into if pair[0] in p.outputs)) for p in step.parts)
+            step = replace(step, into=into, parts=parts)
+        steps.append(step)
+    return replace(plan, steps=tuple(steps))
 
 
 def plan_graph(gm: torch.fx.GraphModule, name: str, options: Options) -> tuple[CompiledGraph, dict]:

@@ -63,7 +63,9 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
     # `result` (a matmul's library alternative, timed on inputs of its own).
     into_inputs = stores(graph) if result is None else ()
-    code = _decided(plan, code, streams, inputs, in_place(plan) if result is None else {})
+    # (a kernel rendered to store through an input's pointer writes there, whatever is decided here)
+    direct = {**in_place(plan), **{out: dst for k in plan.kernels for out, dst in k.into}} if result is None else {}
+    code = _decided(plan, code, streams, inputs, direct)
     first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
     at_head, head_checked = (_checked_at_head(plan, code, inputs, first) if code.native is not None and first
                              is not None else ([], set()))
@@ -316,10 +318,12 @@ def _outputs_made(src: Source, graph: Graph, kernel: Kernel, code: StepCode, ind
         emit(f"# written into inputs: {', '.join(f'{n} -> {code.in_place[n]}' for n in unnamed)}")
         src.unnamed.update(unnamed)
     args = []
+    through_input = {out for out, _ in kernel.into}  # stored through an input's pointer, passed once
     for name in kernel.outputs:
         node = graph[name]
         if name in src.unnamed:
-            args.append(var(code.in_place[name]))
+            if name not in through_input:
+                args.append(var(code.in_place[name]))
             continue
         if name in code.in_place:
             emit(f"{var(name)} = {var(code.in_place[name])}  # written into input {code.in_place[name]}")
@@ -332,7 +336,8 @@ def _outputs_made(src: Source, graph: Graph, kernel: Kernel, code: StepCode, ind
             emit(f"{var(name)} = empty_strided({layout}, D_{node.dtype})")
             if node.kind is Kind.SCATTER:
                 emit(f"{var(name)}.copy_({var(node.args[0].name)})  # its base, another step reads too")
-        args.append(var(name))
+        if name not in through_input:
+            args.append(var(name))
     return args
 
 

@@ -71,6 +71,16 @@ class Kernel:
     split: tuple[int, ...] = ()  # its rows cut as rendered (kernels/launch.py's Split, as a tuple); () when whole
     stream: int = 0
     waits: tuple[str, ...] = ()
+    # (output, input): an output stored into the buffer of an input the kernel also reads, whose new
+    # value it is (fusec/stores.py): stored through the input's pointer, so the launch passes it once
+    into: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def buffers(self) -> tuple[str, ...]:
+        """The buffers a launch passes pointers to, in order: the inputs, then the outputs not
+        stored through an input's pointer."""
+        stored = {out for out, _ in self.into}
+        return self.inputs + tuple(o for o in self.outputs if o not in stored)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ def _call(graph: Graph, kernel: Kernel, exact: tuple, kernels: dict[str, Any],
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call. `exact`: its extents."""
     fn = kernels[kernel.id]
-    loaded = _pointers(graph, kernel) + len(kernel.outputs)  # an output may be an input written in place
+    # the pointers a launch passes (an output may be an input written in place, passed again)
+    loaded = _pointers(graph, kernel) + len(kernel.buffers) - len(kernel.inputs)
     if not dynamic(kernel, exact):
         split = split_launch(graph, kernel, interpret, exact)
         if split is not None:

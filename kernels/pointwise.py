@@ -89,10 +89,11 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Render
         body.append(("if" if i == 0 else "elif") + f" pid < end{i}:")
         start = f"(pid - end{i - 1})" if i else "pid"
         body.extend("    " + line for line in renderer.body(start, f"numel{i}"))
-    # The runtime passes the combo's inputs, then its outputs, then the extras.
+    # The runtime passes the combo's inputs, then its outputs (but those stored through an input's
+    # pointer: `Kernel.into`), then the extras.
     extras = tuple(e for e in LaunchExtra if any(e in r.extras() for r in renderers))
     symbols = size_params(graph, kernel)
-    params = tensor_params(graph, kernel.inputs + kernel.outputs) + extra_params(extras, ())
+    params = tensor_params(graph, kernel.buffers) + extra_params(extras, ())
     params += scalar_params(graph, kernel.inputs)
     params += symbols + [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"

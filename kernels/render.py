@@ -373,7 +373,9 @@ class Renderer(IndexedValues):
             addr = f"tl.full({shape}, 0, tl.int32)"
         elif self.out.mask(addr) != mask:
             addr = f"tl.broadcast_to({addr}, {shape})"
-        return f"tl.store({param(node.name)} + {addr}, {self.to(expr, node.dtype)}, mask={mask})"
+        # an output stored into an input the kernel reads goes through that input's pointer
+        target = dict(self.kernel.into).get(node.name, node.name)
+        return f"tl.store({param(target)} + {addr}, {self.to(expr, node.dtype)}, mask={mask})"
 
     def extras(self) -> tuple[LaunchExtra, ...]:
         """What the body needs passed after the buffers (known once the body is rendered)."""
@@ -384,7 +386,7 @@ class Renderer(IndexedValues):
     def params(self) -> list[str]:
         """The buffers' parameters, then the extras'."""
         k = self.kernel
-        return (tensor_params(self.graph, k.inputs + k.outputs) + extra_params(self.extras(), k.finals)
+        return (tensor_params(self.graph, k.buffers) + extra_params(self.extras(), k.finals)
                 + scalar_params(self.graph, k.inputs))
 
 

@@ -593,6 +593,10 @@ def test_an_input_written_in_place_is_passed_as_itself_and_the_device_read_as_an
     torch.testing.assert_close(x, expected)
     source = fusec.report_of(compiled).graphs[0].runtime.source
     assert "    # written into inputs: add -> arg0_1\n" in source and " = v_arg0_1  # written into input" not in source
-    assert "(v_arg0_1, v_arg1_1, v_arg0_1)" in source  # x read and written: the same tensor twice
+    # x read and written: passed once, the kernel storing through the pointer it reads
+    assert "(v_arg0_1, v_arg1_1)" in source
+    (kernel,) = fusec.report_of(compiled).graphs[0].plan.kernels
+    assert kernel.into == (("add", "arg0_1"),) and kernel.params[:2] == ("p_arg0_1", "p_arg1_1")
+    assert "tl.store(p_arg0_1 +" in kernel.source and "p_add" not in kernel.source
     assert "    index, aligned, p_arg0_1, p_arg1_1 = HEAD(" in source and "device =" not in source
     assert_ran(compiled)
