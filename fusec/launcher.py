@@ -97,7 +97,7 @@ def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direc
     # One stream: a kernel's output may take over a dead buffer of the same layout.
     reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(plan.graph.output.operands()))
     reuse = {new: old for new, old in reuse.items() if new not in direct}
-    run = [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
+    run = _run(plan, code)
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
     scalars = frozenset(n for k in run for n in k.inputs if plan.graph[n].host)
     return replace(code, reuse=reuse, in_place=direct, fresh=fresh_buffers(run, direct, reuse), scalars=scalars,
@@ -111,8 +111,7 @@ def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
     every input a kernel takes whose layout it can check, or whose address the flag `aligned`
     covers, in the call's order; and the inputs whose layout needs no other check."""
     graph = plan.graph
-    kernels = [p for k in plan.kernels for p in (k, *k.library) if isinstance(p, Kernel)]
-    taken = {n for k in kernels for n in k.inputs} | set(code.in_place.values())
+    taken = {n for k in _run(plan, code) for n in k.inputs} | set(code.in_place.values())
     entries, checked = [], set()
     for name in dict.fromkeys([first, *inputs]):
         check = native_check(graph[name]) if name in taken and not graph[name].host else None
@@ -124,6 +123,11 @@ def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
             shown = expected_strides(graph[name]) if check is not None else ""
             entries.append((name, check, name in code.vouched, shown))
     return entries, checked
+
+
+def _run(plan: Plan, code: StepCode) -> list[Kernel]:
+    """The kernels a call launches: each matmul's template, or its library alternative's epilogue."""
+    return [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
 
 
 def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list[str], at_head: set[str]) -> set[str]:

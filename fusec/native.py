@@ -6,12 +6,13 @@ is two method calls per input (0.1 µs each); the C++ head does all of them in o
 draws a call's seed from torch's generator without a tensor (`seed`, 0.05 µs against 1.2).
 
 It is compiled with the C++ compiler and headers torch's own extensions use, into the kernel
-cache directory, under a name that hashes the source, torch's and Python's versions and the
-compiler: a new torch builds it again. The build (about 15 s on two cores) runs in a thread of its
-own the first time a launcher is generated; until it is loaded, and wherever it cannot be built
-(no compiler, no Python headers, a cache directory that is not the user's), launchers keep the
-Python head, which computes the same values. When it loads, launchers written before it are
-written again by their next call.
+cache directory, under a name that hashes the source, the compile line, and torch's and Python's
+versions: a new torch builds it again. The build (about 15 s on two cores) starts the first time a
+launcher is written and runs beside the process, in a session of its own, so a script that ends
+first leaves it to finish for the next one; a lock file keeps other processes from building it
+again meanwhile. Until it is loaded, and wherever it cannot be built (no compiler, no Python
+headers, a cache directory that is not the user's), launchers keep the Python head, which computes
+the same values. When it loads, launchers written before it are written again by their next call.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import logging
 import operator
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,7 +89,12 @@ def start(cache_dir: Path, when_loaded: Any = None) -> ModuleType | None:
         if when_loaded is not None:
             _STATE.waiting.append(weakref.ref(when_loaded))
         if _STATE.thread is None:
-            _STATE.thread = threading.Thread(target=_build_and_load, args=(path,), name="fusec-native", daemon=True)
+            try:  # started here, not in the thread: a process that ends at once still leaves it running
+                build = None if path.exists() else _spawn(path)
+            except (OSError, RuntimeError) as exc:
+                return _refuse(f"building it failed: {exc}")
+            _STATE.thread = threading.Thread(target=_build_and_load, args=(path, build), name="fusec-native",
+                                             daemon=True)
             _STATE.thread.start()
         return None
 
@@ -110,7 +117,7 @@ def _target(cache_dir: Path) -> tuple[Path, str | None]:
     if compiler is None:
         return folder, "no C++ compiler found (set CXX, or install g++)"
     text = "\n".join([SOURCE.read_text(encoding="utf-8"), torch.__version__, str(torch.version.git_version),
-                      sys.version, sysconfig.get_config_var("EXT_SUFFIX") or "", compiler])
+                      sys.version, *command(compiler, SOURCE, Path("OUT"))])
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
     return folder / f"{MODULE}_{key}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}", None
 
@@ -126,16 +133,20 @@ def command(compiler: str, source: Path, output: Path) -> list[str]:
     includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
     libraries = cpp_extension.library_paths()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [compiler, "-O2", "-shared", "-fPIC", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w",
+    undefined = ["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []  # Python's symbols
+    return [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w", *undefined,
             *(f"-I{p}" for p in includes), str(source), "-o", str(output),
             *(f"-L{p}" for p in libraries), *(f"-Wl,-rpath,{p}" for p in libraries),
             "-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python"]
 
 
-def _build_and_load(path: Path) -> None:
+def _build_and_load(path: Path, build: _Build | None) -> None:
+    """Wait for the build (ours, or none: another process's), then load it."""
     try:
-        if not path.exists():
-            _build(path)
+        if build is not None:
+            build.finish()
+        elif not path.exists():
+            _wait_for(path, path.with_name(path.name + ".building"))
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         with _STATE.lock:
             _refuse(f"building it failed: {exc}")
@@ -144,29 +155,92 @@ def _build_and_load(path: Path) -> None:
         _load_or_refuse(path)
         waiting, _STATE.waiting = _STATE.waiting, []
     if _STATE.module is not None:
-        for ref in waiting:
-            owner = ref()
-            if owner is not None:
-                owner.native_loaded()
+        _tell(waiting)
 
 
-def _build(path: Path) -> None:
-    """Compile into a temporary file beside `path`, then move it there (another process building
-    at once moves a file as good)."""
+def _tell(waiting: list[weakref.ref]) -> None:
+    """Each launcher owner still alive that the C++ head has loaded."""
+    for ref in waiting:
+        owner = ref()
+        if owner is not None:
+            owner.native_loaded()
+
+
+# Compiles into a temporary file and moves it into place, in a session of its own: a process that
+# exits before the build ends (a short script) leaves it to finish, and the next process loads it.
+_BUILD = ('out=$1; tmp=$2; log=$3; lock=$4; shift 4; '
+          'if "$@" >"$log" 2>&1; then mv -f "$tmp" "$out"; rm -f "$log" "$lock"; '
+          'else rm -f "$tmp" "$lock"; exit 1; fi')
+
+
+class _Build:
+    """A build of `path` this process started (it holds the lock file `lock`)."""
+
+    def __init__(self, path: Path, compiler: str, lock: Path) -> None:
+        self.path, self.compiler, self.lock = path, compiler, lock
+        self.tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        self.log = self.tmp.with_name(self.tmp.name + ".log")
+        self.process = subprocess.Popen(
+            ["sh", "-c", _BUILD, "sh", str(path), str(self.tmp), str(self.log), str(lock),
+             *command(compiler, SOURCE, self.tmp)],
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish(self) -> None:
+        try:
+            returncode = self.process.wait(timeout=BUILD_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            for leftover in (self.tmp, self.log, self.lock):
+                leftover.unlink(missing_ok=True)
+            raise
+        if returncode != 0:
+            try:
+                said = self.log.read_text(errors="replace").strip()[-2000:]
+            finally:
+                self.log.unlink(missing_ok=True)
+            raise RuntimeError(f"{self.compiler} exited with {returncode}: {said}")
+
+
+def _spawn(path: Path) -> _Build | None:
+    """Start building `path` beside this process, or None where another process is building it
+    (a lock file younger than BUILD_SECONDS says one is)."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.tmp")
-    os.close(fd)
+    lock = path.with_name(path.name + ".building")
+    if not _locked(lock):
+        return None
     try:
-        done = subprocess.run(command(compiler, SOURCE, Path(tmp)), capture_output=True, text=True,
-                              timeout=BUILD_SECONDS, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        return _Build(path, compiler, lock)
+    except OSError:
+        lock.unlink(missing_ok=True)
+        raise
+
+
+def _locked(lock: Path) -> bool:
+    """Whether this process may build: it made the lock file (one older than a build may take is
+    a build that died, and is taken over)."""
+    for _ in range(2):
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return True
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime < BUILD_SECONDS:
+                    return False
+                lock.unlink()
+            except FileNotFoundError:
+                pass
+    return False
+
+
+def _wait_for(path: Path, lock: Path) -> None:
+    """Another process is building `path`: wait until it is there, or the build is over."""
+    deadline = time.monotonic() + BUILD_SECONDS
+    while not path.exists() and lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if not path.exists():
+        raise RuntimeError("another process's build of it ended without one")
 
 
 def _load_or_refuse(path: Path) -> None:

@@ -71,56 +71,63 @@ PyObject* python_head(PyObject* spec, PyObject* const* args, Py_ssize_t nargs) {
   return PyObject_Vectorcall(PyTuple_GET_ITEM(spec, 0), args, static_cast<size_t>(nargs), nullptr);
 }
 
-PyObject* head(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs < 2 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != nargs + 2) {
+// The spec's kept addresses (spec[1], a list of int objects, and spec[2], their raw values); false,
+// with a TypeError set, where the spec is not one `native.spec` made for this many tensors.
+bool kept_slots(PyObject* spec, Py_ssize_t nargs, PyObject** kept, uintptr_t** raw) {
+  if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != nargs + 2) {
     PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): one spec entry per tensor");
-    return nullptr;
+    return false;
   }
-  PyObject* spec = args[0];
-  PyObject* kept = PyTuple_GET_ITEM(spec, 1);
-  if (!PyList_CheckExact(kept)) {
-    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): spec[1] is the list of addresses kept");
-    return nullptr;
-  }
-  Py_ssize_t n_addresses = PyList_GET_SIZE(kept);
+  *kept = PyTuple_GET_ITEM(spec, 1);
   PyObject* raw_bytes = PyTuple_GET_ITEM(spec, 2);
-  if (!PyByteArray_CheckExact(raw_bytes) ||
-      PyByteArray_GET_SIZE(raw_bytes) != n_addresses * static_cast<Py_ssize_t>(sizeof(uintptr_t))) {
-    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): spec[2] holds a raw address per slot of spec[1]");
+  if (!PyList_CheckExact(*kept) || !PyByteArray_CheckExact(raw_bytes) ||
+      PyByteArray_GET_SIZE(raw_bytes) != PyList_GET_SIZE(*kept) * static_cast<Py_ssize_t>(sizeof(uintptr_t))) {
+    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): spec[1] and spec[2] are the addresses kept");
+    return false;
+  }
+  *raw = reinterpret_cast<uintptr_t*>(PyByteArray_AS_STRING(raw_bytes));
+  return true;
+}
+
+// Fills `out` (index, aligned, addresses...) from the tensors; throws where Python must decide.
+void read_tensors(PyObject* spec, PyObject* const* args, Py_ssize_t nargs, PyObject* kept, uintptr_t* raw,
+                  PyObject* out) {
+  Py_ssize_t slots = PyList_GET_SIZE(kept), at = 0;
+  uintptr_t any = 0;
+  for (Py_ssize_t i = 1; i < nargs; i++) {
+    PyObject* entry = PyTuple_GET_ITEM(spec, i + 2);
+    if (!plain_tensor(args[i])) throw 0;
+    const at::Tensor& t = THPVariable_Unpack(args[i]);
+    if (i == 1) PyTuple_SET_ITEM(out, 0, PyLong_FromLong(t.get_device()));
+    if (!layout_matches(t, PyTuple_GET_ITEM(entry, 1))) throw 0;
+    if (PyTuple_GET_ITEM(entry, 2) != Py_True) continue;
+    if (at >= slots) throw 0;
+    auto address = reinterpret_cast<uintptr_t>(t.data_ptr());  // as Python's data_ptr(): mutable
+    any |= address;
+    PyTuple_SET_ITEM(out, 2 + at, address_object(kept, raw, at, address));
+    at++;
+  }
+  if (at != slots) throw 0;
+  PyTuple_SET_ITEM(out, 1, PyBool_FromLong((any & 15) == 0));
+}
+
+PyObject* head(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  PyObject* kept = nullptr;
+  uintptr_t* raw = nullptr;
+  if (nargs < 2) {
+    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): a spec and at least one tensor");
     return nullptr;
   }
-  auto* raw = reinterpret_cast<uintptr_t*>(PyByteArray_AS_STRING(raw_bytes));
-  PyObject* out = PyTuple_New(2 + n_addresses);
+  if (!kept_slots(args[0], nargs, &kept, &raw)) return nullptr;
+  PyObject* out = PyTuple_New(2 + PyList_GET_SIZE(kept));
   if (out == nullptr) return nullptr;
-  uintptr_t any = 0;
-  Py_ssize_t at = 2;
   try {
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-      PyObject* obj = args[i];
-      PyObject* entry = PyTuple_GET_ITEM(spec, i + 2);
-      if (!plain_tensor(obj)) throw 0;
-      const at::Tensor& t = THPVariable_Unpack(obj);
-      if (i == 1) PyTuple_SET_ITEM(out, 0, PyLong_FromLong(t.get_device()));
-      if (!layout_matches(t, PyTuple_GET_ITEM(entry, 1))) throw 0;
-      if (PyTuple_GET_ITEM(entry, 2) == Py_True) {
-        auto address = reinterpret_cast<uintptr_t>(t.data_ptr());
-        any |= address;
-        if (at >= 2 + n_addresses) throw 0;
-        PyObject* value = address_object(kept, raw, at - 2, address);
-        PyTuple_SET_ITEM(out, at, value);
-        at++;
-      }
-    }
+    read_tensors(args[0], args, nargs, kept, raw, out);
   } catch (...) {
     Py_DECREF(out);
     PyErr_Clear();
-    return python_head(spec, args, nargs);
+    return python_head(args[0], args, nargs);
   }
-  if (at != 2 + n_addresses) {
-    Py_DECREF(out);
-    return python_head(spec, args, nargs);
-  }
-  PyTuple_SET_ITEM(out, 1, PyBool_FromLong((any & 15) == 0));
   return out;
 }
 

@@ -246,8 +246,9 @@ class Runtime:
     def native_loaded(self) -> None:
         """The C++ head has loaded (in the thread that built it): the next call writes the launcher
         again to use it. A launcher recorded into CUDA graphs keeps its recording."""
-        if not self.cudagraphs:
-            self._call = None
+        if not self.cudagraphs or self.cudagraph_refusal is not None:
+            with self._building:  # after a launcher being written now, not before it is kept
+                self._call = None
 
     def _build(self) -> Callable[[list[Any]], Any]:
         """Decide each fused matmul's implementation, then generate and define the launcher."""
