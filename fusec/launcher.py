@@ -72,11 +72,12 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     checked = _checked_before_stores(src, plan, code, inputs, head_checked)
     src.views, src.needed, src.last_view = folded_views(plan, exact_layouts(graph, list(code.fresh)))
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
-    src.read = _read(plan, returned, [value for value, _ in into_inputs if value not in code.in_place])
+    # A value stored into two inputs is written in place into one at most: the other is copied.
+    copied = [(value, dst) for value, dst in into_inputs if code.in_place.get(value) != dst]
+    src.read = _read(plan, returned, [value for value, _ in copied])
     _steps(src, plan, code, streams, checked, written={dst for _, dst in into_inputs})
-    for value, dst in into_inputs:
-        if value not in code.in_place:
-            src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
+    for value, dst in copied:
+        src.emit(f"{var(dst)}.copy_({var(value)})  # the new value of input {dst}")
     src.lines += bind_line(src)
     src.emit(f"return {literal(src, returned)}")
     src.lines[at_start:at_start] = head(src, code, first, at_head)

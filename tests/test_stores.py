@@ -53,6 +53,16 @@ def test_a_later_read_of_the_old_value_makes_it_a_copy_at_the_end(n):
     assert ".copy_(" in graph.runtime.source
 
 
+def test_a_value_stored_into_two_inputs_updates_both():
+    def f(x, y):
+        t = x + y
+        x.copy_(t)
+        y.copy_(t)
+    graph, direct, _ = _run(f, torch.randn(4, 3), torch.randn(4, 3))
+    assert len(stores(graph.graph)) == 2 and len(direct) == 1  # one written in place, the other copied
+    assert graph.runtime.source.count(".copy_(") == 1
+
+
 def test_reads_of_the_old_value_in_another_kernel_come_first():
     def f(x, w):
         total = (x * w).sum(-1)  # a reduction: a kernel of its own, reading x's old value
