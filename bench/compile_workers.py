@@ -54,13 +54,14 @@ def gpu_calls(graph, kernels, folder) -> dict:
     from fusec.kernels.call import KernelCall
     from fusec.kernels.compile import load_kernel
     from fusec.kernels.kinds import static_launch, static_size_args
+    from fusec.runtime import loaded_pointers
 
     calls = {}
     for kernel in kernels:
         gpu = rendered(graph, kernel, interpret=False)
         fn = load_kernel(gpu.source, gpu.fn_name, interpret=False, cache_dir=folder)
         calls[kernel.id] = KernelCall(fn, static_launch(graph, gpu, interpret=False), static_size_args(graph, gpu),
-                                      interpret=False, loaded=len(gpu.inputs) + len(gpu.outputs), name=kernel.id)
+                                      interpret=False, loaded=loaded_pointers(graph, gpu), name=kernel.id)
     return calls
 
 

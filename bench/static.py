@@ -73,8 +73,8 @@ def signature(graph: Graph, kernel: Kernel, fn: Any, constants: dict[str, Any],
 
 def _arguments(graph: Graph, kernel: Kernel) -> list[tuple[str, bool]]:
     """(Triton type, divisible by 16) of each argument the launcher passes a static kernel: its
-    buffers (allocations are 16-byte aligned), its launch extras, then its sizes."""
-    args = [("*" + _POINTER[graph[n].dtype], True) for n in kernel.buffers]
+    buffers (allocations are 16-byte aligned), its launch extras, its host scalars, then its sizes."""
+    args = [("*" + _POINTER[graph[n].dtype], True) for n in kernel.buffers if not graph[n].host]
     for extra in kernel.extras:
         if extra is LaunchExtra.SEED:
             args.append(("i64", False))  # a fresh value every call: never specialized on
@@ -82,6 +82,8 @@ def _arguments(graph: Graph, kernel: Kernel) -> list[tuple[str, bool]]:
             args.append(("*i32", True))
         else:  # one partial per final reduction, then the ticket
             args += [("*" + _POINTER[compute_dtype(graph[f].dtype)], True) for f in kernel.finals] + [("*i32", True)]
+    # host scalars: values of the type the kernel computes with, never specialized on
+    args += [(_POINTER[compute_dtype(graph[n].dtype)], False) for n in kernel.inputs if graph[n].host]
     if SPLIT_PARAM in kernel.params:
         args.append(("*fp32", True))  # the split row's partials, from the allocator
     return args + [("i32" if -(2**31) <= n < 2**31 else "i64", n % 16 == 0) for n in static_size_args(graph, kernel)]

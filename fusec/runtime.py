@@ -39,8 +39,7 @@ def _call(graph: Graph, kernel: Kernel, exact: tuple, kernels: dict[str, Any],
     """A kernel's call: sizes bound once, or (a size or stride of it depends on a symbol)
     chosen from the extents the launcher passes at each call. `exact`: its extents."""
     fn = kernels[kernel.id]
-    # the pointers a launch passes (an output may be an input written in place, passed again)
-    loaded = _pointers(graph, kernel) + len(kernel.buffers) - len(kernel.inputs)
+    loaded = loaded_pointers(graph, kernel)
     if not dynamic(kernel, exact):
         split = split_launch(graph, kernel, interpret, exact)
         if split is not None:
@@ -57,9 +56,11 @@ def _call(graph: Graph, kernel: Kernel, exact: tuple, kernels: dict[str, Any],
                        loaded=loaded, name=kernel.id)
 
 
-def _pointers(graph: Graph, kernel: Kernel) -> int:
-    """The kernel's inputs passed as pointers (its host scalars are passed as values, after them)."""
-    return sum(not graph[n].host for n in kernel.inputs)
+def loaded_pointers(graph: Graph, kernel: Kernel) -> int:
+    """The pointers a launch passes the kernel, its buffers (host scalars are passed as values, after
+    the extras; an output stored through an input's pointer is not passed again; an output written
+    into an input the kernel does not read is passed as that input)."""
+    return sum(not graph[n].host for n in kernel.buffers)
 
 
 # (kernel source, sizes, GPU) -> the fastest template Launch or "library": timed once per process.

@@ -91,7 +91,10 @@ def _safe(graph: Graph, kernel: Kernel, src: str, dst: str, before: set[str]) ->
     if kernel.kind not in (KernelKind.POINTWISE, KernelKind.COMBO) or graph[dst].numel == 0:
         return False
     part = _part_of(kernel, src)
-    if part.numel != graph[dst].numel:
+    # the elements the part iterates over: its first output's (an expression in a dynamic graph,
+    # where `part.numel` holds the example's count)
+    space = graph[part.outputs[0]].numel
+    if space != graph[dst].numel:
         return False
     downstream = nx.descendants(graph.nx, dst)
     for member in part.members:
@@ -99,7 +102,7 @@ def _safe(graph: Graph, kernel: Kernel, src: str, dst: str, before: set[str]) ->
         # a value computed from dst at another element's index (a view, a gather) would read an
         # element some other program may already have written; an alias reads the same element
         moves = node.kind is Kind.VIEW and node.op != "alias"
-        if member in downstream and (moves or node.op in INDEXING_OPS or node.numel != part.numel):
+        if member in downstream and (moves or node.op in INDEXING_OPS or node.numel != space):
             return False
     others = set(kernel.members) - set(part.members)
     return all(reader in part.members or (reader in before and reader not in others)

@@ -63,6 +63,23 @@ def test_a_value_stored_into_two_inputs_updates_both():
     assert graph.runtime.source.count(".copy_(") == 1
 
 
+def test_a_dynamic_graph_writes_in_place_too():
+    def step(x, m, y):
+        m.mul_(0.9).add_(y)
+        x.add_(m, alpha=-0.1)
+    compiled = fusec.compile(step, dynamic=True)
+    for n in (8, 12, 20):  # sizes the one symbolic graph serves
+        inputs = [torch.randn(n, 3) for _ in range(3)]
+        eager = [t.clone() for t in inputs]
+        step(*eager)
+        compiled(*inputs)
+        for got, expected in zip(inputs, eager, strict=True):
+            torch.testing.assert_close(got, expected)
+    graph = assert_ran(compiled).graphs[-1]
+    (kernel,) = graph.plan.kernels
+    assert len(kernel.into) == 2 and ".copy_(" not in graph.runtime.source  # both stores in place
+
+
 def test_reads_of_the_old_value_in_another_kernel_come_first():
     def f(x, w):
         total = (x * w).sum(-1)  # a reduction: a kernel of its own, reading x's old value
