@@ -141,7 +141,10 @@ def is_dynamic(graph: Graph, kernel: Kernel) -> bool:
 
 
 def size_args(kernel: Kernel, values: tuple) -> tuple:
-    """The size arguments the kernel takes after its tensors and symbols."""
+    """The size arguments the kernel takes after its tensors and symbols (a combo takes the
+    element counts of its parts that are not numbers written into it)."""
+    if kernel.kind is KernelKind.COMBO:
+        return tuple(v for i, v in enumerate(values) if f"numel{i}" in kernel.params)
     return KINDS[kernel.kind].size_args(values)
 
 

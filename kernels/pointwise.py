@@ -3,6 +3,7 @@ or over a 2-D tile where an input is read along another dim than the output is w
 
 from __future__ import annotations
 
+from fusec import sizes
 from fusec.ir import Graph, Node
 from fusec.kernels.render import Index, Renderer, live_lines, needs_int64
 from fusec.kernels.signature import (
@@ -83,6 +84,10 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Render
                  for i, part in enumerate(kernel.parts)]
     wide = any(needs_int64(graph, part) for part in kernel.parts)
     body = ["pid = tl.program_id(0).to(tl.int64)" if wide else "pid = tl.program_id(0)"]
+    # A part's element count that is a number is written into the kernel (a constant, as Inductor
+    # writes a static kernel's xnumel): one argument fewer per part for the launch to pass.
+    counts = [graph[part.outputs[0]].numel for part in kernel.parts]
+    body += [f"numel{i} = {count}" for i, count in enumerate(counts) if sizes.is_static(count)]
     for i in range(len(renderers)):
         body.append(f"end{i} = " + (f"end{i - 1} + " if i else "") + f"(numel{i} + BLOCK - 1) // BLOCK")
     for i, renderer in enumerate(renderers):
@@ -95,6 +100,7 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Render
     symbols = size_params(graph, kernel)
     params = tensor_params(graph, kernel.buffers) + extra_params(extras, ())
     params += scalar_params(graph, kernel.inputs)
-    params += symbols + [f"numel{i}" for i in range(len(renderers))] + ["BLOCK: tl.constexpr"]
+    params += symbols + [f"numel{i}" for i, count in enumerate(counts) if not sizes.is_static(count)]
+    params += ["BLOCK: tl.constexpr"]
     fn_name = f"{kernel.id.split('+')[0]}_combo{len(renderers)}"
     return rendered_module(fn_name, params, body, renderers, extras, symbols)

@@ -160,6 +160,8 @@ def test_independent_kernels_launch_as_one_combo_over_symbolic_sizes():
     report = assert_ran(compiled)
     # Passes decide at values of about 1000 per symbol: the largest part stays a kernel of its own.
     assert len(report.graphs) == 1 and sorted(k.kind for k in report.graphs[0].plan.kernels) == ["combo", "pointwise"]
+    (combo,) = [k for k in report.graphs[0].plan.kernels if k.kind == "combo"]
+    assert [p for p in combo.params if p.startswith("numel")] == ["numel0", "numel1"]  # symbolic: passed per call
 
 
 def test_matmul_with_m_n_and_k_symbolic():

@@ -113,7 +113,11 @@ def test_two_independent_chains_are_two_kernels_or_one_combo_launch():
     x, y = torch.randn(8, 8), torch.randn(4, 4)
     stats = fusec.inspect(fn, x, y, options={"horizontal": False}).stats
     assert stats["kernels"] == 2 and stats["dag_width"] == 2
-    check(fn, x, y, kernels=1)  # horizontal fusion launches both as one combo kernel
+    report = check(fn, x, y, kernels=1)  # horizontal fusion launches both as one combo kernel
+    (combo,) = report.graphs[0].plan.kernels
+    # static parts: their element counts are written into the kernel, not passed at each launch
+    assert "numel0 = 64" in combo.source and "numel1 = 16" in combo.source
+    assert not any(p.startswith("numel") for p in combo.params)
 
 
 def test_unlowerable_op_splits_chain_into_extern():
