@@ -66,7 +66,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     # (a kernel rendered to store through an input's pointer writes there, whatever is decided here)
     direct = {**in_place(plan), **{out: dst for k in plan.kernels for out, dst in k.into}} if result is None else {}
     code = _decided(plan, code, streams, inputs, direct)
-    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host), None)
+    first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host and not _token(graph, n)), None)
     at_head, head_checked = (_checked_at_head(plan, code, inputs, first) if code.native is not None and first
                              is not None else ([], set()))
     checked = _checked_before_stores(src, plan, code, inputs, head_checked)
@@ -126,6 +126,16 @@ def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
     return entries, checked
 
 
+def _token(graph: Graph, name: str) -> bool:
+    """Whether input `name` is an effect token AOTAutograd threads through `with_effects` calls: an
+    empty tensor when traced, None when called, so never the tensor a call's device is read from."""
+    users = graph.users(name)
+    return bool(users) and all(graph[u].target == WITH_EFFECTS and graph[u].args[0] == Ref(name) for u in users)
+
+
+WITH_EFFECTS = "torch.ops.higher_order.with_effects"
+
+
 def _run(plan: Plan, code: StepCode) -> list[Kernel]:
     """The kernels a call launches: each matmul's template, or its library alternative's epilogue."""
     return [p for k in plan.kernels for p in (k.library if k.id in code.library else (k,)) if isinstance(p, Kernel)]
@@ -137,7 +147,7 @@ def _checked_before_stores(src: Source, plan: Plan, code: StepCode, inputs: list
     C++ head, before any of it)."""
     checked = set(at_head)
     if code.in_place:
-        for name in dict.fromkeys([*(i for k in plan.kernels for i in k.inputs), *code.in_place.values()]):
+        for name in dict.fromkeys([*(i for k in _run(plan, code) for i in k.inputs), *code.in_place.values()]):
             if name in inputs and name not in checked:
                 _stride_check(src, plan.graph, name, 1)
                 checked.add(name)

@@ -74,18 +74,21 @@ def refusal() -> str | None:
 
 def start(cache_dir: Path, when_loaded: Any = None) -> ModuleType | None:
     """The C++ head if it is loaded or already built in `cache_dir`; else None, and a build started
-    in a thread of its own. `when_loaded`: an object whose `native_loaded()` is called (from the
-    building thread) once it loads; held weakly."""
+    beside this process (a thread waits for it and loads it). `when_loaded`: an object whose
+    `native_loaded()` is called (from that thread) once it loads; held weakly."""
     with _STATE.lock:
         if _STATE.module is not None or _STATE.refusal is not None:
             return _STATE.module
         path, why = _target(cache_dir)
         if why is not None:
             return _refuse(why)
+        failed = _failed(path)
+        if failed.exists():  # not tried again by every process: once per torch, compiler and source
+            said = failed.read_text(errors="replace").strip()[-2000:]
+            return _refuse(f"an earlier build failed (delete {failed} to try again): {said}")
         if path.exists() and _STATE.thread is None:
             _load_or_refuse(path)
-            if _STATE.module is not None:
-                return _STATE.module
+            return _STATE.module
         if when_loaded is not None:
             _STATE.waiting.append(weakref.ref(when_loaded))
         if _STATE.thread is None:
@@ -168,47 +171,53 @@ def _tell(waiting: list[weakref.ref]) -> None:
 
 # Compiles into a temporary file and moves it into place, in a session of its own: a process that
 # exits before the build ends (a short script) leaves it to finish, and the next process loads it.
-_BUILD = ('out=$1; tmp=$2; log=$3; lock=$4; shift 4; '
+# A failed build leaves what the compiler said in `failed`, which stops later processes trying again.
+_BUILD = ('out=$1; tmp=$2; log=$3; lock=$4; failed=$5; shift 5; '
           'if "$@" >"$log" 2>&1; then mv -f "$tmp" "$out"; rm -f "$log" "$lock"; '
-          'else rm -f "$tmp" "$lock"; exit 1; fi')
+          'else mv -f "$log" "$failed"; rm -f "$tmp" "$lock"; exit 1; fi')
+
+
+def _failed(path: Path) -> Path:
+    return path.with_name(path.name + ".failed")
 
 
 class _Build:
-    """A build of `path` this process started (it holds the lock file `lock`)."""
+    """A build this process started (it holds the lock file `lock`, which names the build's process)."""
 
     def __init__(self, path: Path, compiler: str, lock: Path) -> None:
-        self.path, self.compiler, self.lock = path, compiler, lock
+        self.compiler, self.lock, self.failed = compiler, lock, _failed(path)
         self.tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        self.log = self.tmp.with_name(self.tmp.name + ".log")
         self.process = subprocess.Popen(
-            ["sh", "-c", _BUILD, "sh", str(path), str(self.tmp), str(self.log), str(lock),
+            ["sh", "-c", _BUILD, "sh", str(path), str(self.tmp), str(self.tmp) + ".log", str(lock), str(self.failed),
              *command(compiler, SOURCE, self.tmp)],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lock.write_text(str(self.process.pid))
 
     def finish(self) -> None:
         try:
             returncode = self.process.wait(timeout=BUILD_SECONDS)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            for leftover in (self.tmp, self.log, self.lock):
-                leftover.unlink(missing_ok=True)
+            self.tmp.unlink(missing_ok=True)
+            if _holder(self.lock) == self.process.pid:
+                self.lock.unlink(missing_ok=True)
             raise
         if returncode != 0:
-            try:
-                said = self.log.read_text(errors="replace").strip()[-2000:]
-            finally:
-                self.log.unlink(missing_ok=True)
+            said = self.failed.read_text(errors="replace").strip()[-2000:] if self.failed.exists() else ""
             raise RuntimeError(f"{self.compiler} exited with {returncode}: {said}")
 
 
 def _spawn(path: Path) -> _Build | None:
-    """Start building `path` beside this process, or None where another process is building it
-    (a lock file younger than BUILD_SECONDS says one is)."""
+    """Start building `path` beside this process, or None where it need not be: another process
+    is building it (its lock file names a live process), or has just built it."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found")
     lock = path.with_name(path.name + ".building")
     if not _locked(lock):
+        return None
+    if path.exists():  # built by the holder of a lock taken over just now
+        lock.unlink(missing_ok=True)
         return None
     try:
         return _Build(path, compiler, lock)
@@ -217,27 +226,50 @@ def _spawn(path: Path) -> _Build | None:
         raise
 
 
+def _holder(lock: Path) -> int | None:
+    """The process a lock file names (None: it names none yet, or is gone)."""
+    try:
+        return int(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _held(lock: Path) -> bool:
+    """Whether the lock belongs to a build still going: its process lives, or (a lock made a moment
+    ago names none yet) it is younger than a build may take."""
+    pid = _holder(lock)
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        return time.time() - lock.stat().st_mtime < BUILD_SECONDS
+    except FileNotFoundError:
+        return False
+
+
 def _locked(lock: Path) -> bool:
-    """Whether this process may build: it made the lock file (one older than a build may take is
-    a build that died, and is taken over)."""
+    """Whether this process may build: it made the lock file (one whose build is over without
+    removing it is taken over)."""
     for _ in range(2):
         try:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             return True
         except FileExistsError:
-            try:
-                if time.time() - lock.stat().st_mtime < BUILD_SECONDS:
-                    return False
-                lock.unlink()
-            except FileNotFoundError:
-                pass
+            if _held(lock):
+                return False
+            lock.unlink(missing_ok=True)
     return False
 
 
 def _wait_for(path: Path, lock: Path) -> None:
-    """Another process is building `path`: wait until it is there, or the build is over."""
+    """Another process is building `path`: wait until it is there, or its build is over."""
     deadline = time.monotonic() + BUILD_SECONDS
-    while not path.exists() and lock.exists() and time.monotonic() < deadline:
+    while not path.exists() and lock.exists() and _held(lock) and time.monotonic() < deadline:
         time.sleep(0.25)
     if not path.exists():
         raise RuntimeError("another process's build of it ended without one")

@@ -96,7 +96,7 @@ void read_tensors(PyObject* spec, PyObject* const* args, Py_ssize_t nargs, PyObj
   uintptr_t any = 0;
   for (Py_ssize_t i = 1; i < nargs; i++) {
     PyObject* entry = PyTuple_GET_ITEM(spec, i + 2);
-    if (!plain_tensor(args[i])) throw 0;
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3 || !plain_tensor(args[i])) throw 0;
     const at::Tensor& t = THPVariable_Unpack(args[i]);
     if (i == 1) PyTuple_SET_ITEM(out, 0, PyLong_FromLong(t.get_device()));
     if (!layout_matches(t, PyTuple_GET_ITEM(entry, 1))) throw 0;

@@ -239,7 +239,23 @@ def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch
     cache = tmp_path / "cache"
     assert native.wait(cache) is None
     assert "building it failed" in native.refusal() and "no headers here" in native.refusal()
-    assert not list((cache / "native").iterdir())  # no half-built module, no log, no lock left
+    # no half-built module, no lock left: what the compiler said, which later processes read
+    (failed,) = (cache / "native").iterdir()
+    assert failed.name.endswith(".failed") and "no headers here" in failed.read_text()
+    monkeypatch.setattr(native, "_STATE", native._State())  # the next process: it does not build again
+    assert native.start(cache) is None
+    assert "an earlier build failed" in native.refusal() and str(failed) in native.refusal()
+
+
+def test_a_lock_whose_build_died_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_STATE", native._State())
+    path, _ = native._target(tmp_path)
+    lock = path.with_name(path.name + ".building")
+    gone = subprocess.Popen(["true"])  # a process that has ended: its pid names no build
+    gone.wait()
+    lock.write_text(str(gone.pid))
+    assert not native._held(lock)
+    assert native._locked(lock) and lock.exists()  # taken over: this process may build
 
 
 def test_another_processs_build_is_waited_for_not_repeated(tmp_path, monkeypatch):

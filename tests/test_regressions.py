@@ -236,3 +236,15 @@ def test_dropout_of_one_element(kept):
         assert out.eq(0).all() or torch.allclose(out, kept(x) * 2)  # dropped, or kept and scaled by 1 / (1 - p)
     assert {bool(out.eq(0).all()) for out in outs} == {True, False}  # 16 seeded draws at p = 0.5: both
     assert_ran(compiled)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_an_effect_token_is_not_where_the_device_is_read(native):
+    # linalg.inv checks its input through `with_effects`: AOTAutograd threads an effect token, an empty
+    # tensor when traced and None when called, as the graph's first input. The launcher read the call's
+    # device from it.
+    fn = lambda x: torch.linalg.inv(x) * 2 + 1
+    x = torch.randn(4, 4) + 4 * torch.eye(4)
+    compiled = fusec.compile(fn, native=native)
+    torch.testing.assert_close(compiled(x), fn(x))
+    assert_ran(compiled)

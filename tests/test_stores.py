@@ -80,6 +80,22 @@ def test_a_dynamic_graph_writes_in_place_too():
     assert len(kernel.into) == 2 and ".copy_(" not in graph.runtime.source  # both stores in place
 
 
+def test_a_dynamic_graph_copies_where_another_program_reads_the_old_value():
+    def f(x):
+        y = x.t() * 2  # read at another element: storing into x in the same kernel would race
+        x.add_(1)
+        return y
+    compiled = fusec.compile(f, dynamic=True)
+    for n in (300, 310):  # several programs in the interpreter, one symbolic graph
+        x = torch.randn(n, n)
+        expected_x = x.clone()
+        expected = f(expected_x)
+        torch.testing.assert_close(compiled(x), expected)
+        torch.testing.assert_close(x, expected_x)
+    graph = assert_ran(compiled).graphs[-1]
+    assert not in_place(graph.plan) and ".copy_(" in graph.runtime.source
+
+
 def test_reads_of_the_old_value_in_another_kernel_come_first():
     def f(x, w):
         total = (x * w).sum(-1)  # a reduction: a kernel of its own, reading x's old value
