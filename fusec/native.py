@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import operator
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -82,20 +83,20 @@ def start(cache_dir: Path, when_loaded: Any = None) -> ModuleType | None:
         path, why = _target(cache_dir)
         if why is not None:
             return _refuse(why)
-        failed = _failed(path)
-        if failed.exists():  # not tried again by every process: once per torch, compiler and source
-            said = failed.read_text(errors="replace").strip()[-2000:]
-            return _refuse(f"an earlier build failed (delete {failed} to try again): {said}")
         if path.exists() and _STATE.thread is None:
             _load_or_refuse(path)
             return _STATE.module
+        failed = _failed(path)
+        said = _failure(failed)
+        if said is not None:  # not tried again by every process: once a day per torch, compiler and source
+            return _refuse(f"an earlier build failed (delete {failed} to try again now): {said}", warn=True)
         if when_loaded is not None:
             _STATE.waiting.append(weakref.ref(when_loaded))
         if _STATE.thread is None:
             try:  # started here, not in the thread: a process that ends at once still leaves it running
                 build = None if path.exists() else _spawn(path)
             except (OSError, RuntimeError) as exc:
-                return _refuse(f"building it failed: {exc}")
+                return _refuse(f"building it failed: {exc}", warn=True)
             _STATE.thread = threading.Thread(target=_build_and_load, args=(path, build), name="fusec-native",
                                              daemon=True)
             _STATE.thread.start()
@@ -149,10 +150,10 @@ def _build_and_load(path: Path, build: _Build | None) -> None:
         if build is not None:
             build.finish()
         elif not path.exists():
-            _wait_for(path, path.with_name(path.name + ".building"))
+            _wait_for(path, _lock(path))
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         with _STATE.lock:
-            _refuse(f"building it failed: {exc}")
+            _refuse(f"building it failed: {exc}", warn=True)
         return
     with _STATE.lock:
         _load_or_refuse(path)
@@ -171,49 +172,70 @@ def _tell(waiting: list[weakref.ref]) -> None:
 
 # Compiles into a temporary file and moves it into place, in a session of its own: a process that
 # exits before the build ends (a short script) leaves it to finish, and the next process loads it.
-# A failed build leaves what the compiler said in `failed`, which stops later processes trying again.
-_BUILD = ('out=$1; tmp=$2; log=$3; lock=$4; failed=$5; shift 5; '
-          'if "$@" >"$log" 2>&1; then mv -f "$tmp" "$out"; rm -f "$log" "$lock"; '
-          'else mv -f "$log" "$failed"; rm -f "$tmp" "$lock"; exit 1; fi')
+# It names itself in the lock first (host and pid), and stops a compiler that hangs. A failed build
+# leaves what the compiler said in `failed`, which stops other processes trying again for a while.
+_BUILD = ('out=$1; tmp=$2; log=$3; lock=$4; failed=$5; host=$6; limit=$7; shift 7; echo "$host:$$" >"$lock"; '
+          'if command -v timeout >/dev/null 2>&1; then set -- timeout "$limit" "$@"; fi; '
+          '"$@" >"$log" 2>&1; rc=$?; '
+          'if [ "$rc" -eq 0 ]; then mv -f "$tmp" "$out"; rm -f "$log" "$lock"; '
+          'else mv -f "$log" "$failed"; rm -f "$tmp" "$lock"; exit "$rc"; fi')
+RETRY_SECONDS = 24 * 3600  # a failed build is tried again after this (a compiler killed for memory, a full disk)
+
+
+def _lock(path: Path) -> Path:
+    return path.with_name(path.name + ".building")
 
 
 def _failed(path: Path) -> Path:
     return path.with_name(path.name + ".failed")
 
 
+def _failure(failed: Path) -> str | None:
+    """What a recent failed build said (None: there is none, or it is old enough to try again)."""
+    try:
+        if time.time() - failed.stat().st_mtime >= RETRY_SECONDS:
+            return None
+        return failed.read_text(errors="replace").strip()[-2000:]
+    except OSError:
+        return None
+
+
+def _host() -> str:
+    return platform.node() or "localhost"
+
+
 class _Build:
-    """A build this process started (it holds the lock file `lock`, which names the build's process)."""
+    """A build this process started (it made the lock file, which the build then names itself in)."""
 
     def __init__(self, path: Path, compiler: str, lock: Path) -> None:
         self.compiler, self.lock, self.failed = compiler, lock, _failed(path)
-        self.tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        self.tmp = path.with_name(f"{path.name}.{_host()}.{os.getpid()}.tmp")
         self.process = subprocess.Popen(
             ["sh", "-c", _BUILD, "sh", str(path), str(self.tmp), str(self.tmp) + ".log", str(lock), str(self.failed),
-             *command(compiler, SOURCE, self.tmp)],
+             _host(), str(BUILD_SECONDS), *command(compiler, SOURCE, self.tmp)],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lock.write_text(str(self.process.pid))
 
     def finish(self) -> None:
         try:
-            returncode = self.process.wait(timeout=BUILD_SECONDS)
+            returncode = self.process.wait(timeout=BUILD_SECONDS + 30)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.tmp.unlink(missing_ok=True)
-            if _holder(self.lock) == self.process.pid:
+            if _holder(self.lock) == (_host(), self.process.pid):
                 self.lock.unlink(missing_ok=True)
             raise
         if returncode != 0:
-            said = self.failed.read_text(errors="replace").strip()[-2000:] if self.failed.exists() else ""
+            said = _failure(self.failed) or ""
             raise RuntimeError(f"{self.compiler} exited with {returncode}: {said}")
 
 
 def _spawn(path: Path) -> _Build | None:
     """Start building `path` beside this process, or None where it need not be: another process
-    is building it (its lock file names a live process), or has just built it."""
+    is building it (its lock is held), or has just built it."""
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found")
-    lock = path.with_name(path.name + ".building")
+    lock = _lock(path)
     if not _locked(lock):
         return None
     if path.exists():  # built by the holder of a lock taken over just now
@@ -226,30 +248,33 @@ def _spawn(path: Path) -> _Build | None:
         raise
 
 
-def _holder(lock: Path) -> int | None:
-    """The process a lock file names (None: it names none yet, or is gone)."""
+def _holder(lock: Path) -> tuple[str, int] | None:
+    """The host and process a lock names (None: it names none yet, or is gone)."""
     try:
-        return int(lock.read_text())
+        host, _, pid = lock.read_text().strip().rpartition(":")
+        return host, int(pid)
     except (OSError, ValueError):
         return None
 
 
 def _held(lock: Path) -> bool:
-    """Whether the lock belongs to a build still going: its process lives, or (a lock made a moment
-    ago names none yet) it is younger than a build may take."""
-    pid = _holder(lock)
-    if pid is not None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    """Whether the lock belongs to a build still going: younger than a build may take (the build
+    stops its compiler then), and, where it names a process of this host, that process lives."""
     try:
-        return time.time() - lock.stat().st_mtime < BUILD_SECONDS
+        if time.time() - lock.stat().st_mtime >= BUILD_SECONDS + 60:
+            return False
     except FileNotFoundError:
         return False
+    holder = _holder(lock)
+    if holder is None or holder[0] != _host():  # made a moment ago, or another machine's: its age decides
+        return True
+    try:
+        os.kill(holder[1], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process lives
+    return True
 
 
 def _locked(lock: Path) -> bool:
@@ -268,11 +293,12 @@ def _locked(lock: Path) -> bool:
 
 def _wait_for(path: Path, lock: Path) -> None:
     """Another process is building `path`: wait until it is there, or its build is over."""
-    deadline = time.monotonic() + BUILD_SECONDS
+    deadline = time.monotonic() + BUILD_SECONDS + 60
     while not path.exists() and lock.exists() and _held(lock) and time.monotonic() < deadline:
         time.sleep(0.25)
     if not path.exists():
-        raise RuntimeError("another process's build of it ended without one")
+        said = _failure(_failed(path))
+        raise RuntimeError("another process's build of it ended without one" + (f": {said}" if said else ""))
 
 
 def _load_or_refuse(path: Path) -> None:
@@ -282,15 +308,18 @@ def _load_or_refuse(path: Path) -> None:
         spec.loader.exec_module(loaded)
         loaded.set_tensor_types((torch.Tensor, torch.nn.Parameter))
     except (ImportError, OSError, AttributeError) as exc:
-        _refuse(f"loading {path} failed: {exc}")
+        _refuse(f"loading {path} failed: {exc}", warn=True)
         return
     _STATE.module = loaded
     log.debug("fusec: launchers read their inputs with the C++ head %s", path)
 
 
-def _refuse(why: str) -> None:
+def _refuse(why: str, warn: bool = False) -> None:
+    """Launchers keep the Python head, and say why once: at INFO where nothing is wrong (no compiler),
+    as a warning where a build failed."""
     _STATE.refusal = why
-    log.info("fusec: launchers read their inputs in Python (0.1 µs more per input): %s", why)
+    (log.warning if warn else log.info)("fusec: launchers read their inputs in Python (0.1 µs more per input): %s",
+                                        why)
 
 
 def python_head(spec: tuple, *tensors: torch.Tensor) -> tuple:

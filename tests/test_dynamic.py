@@ -164,6 +164,19 @@ def test_independent_kernels_launch_as_one_combo_over_symbolic_sizes():
     assert [p for p in combo.params if p.startswith("numel")] == ["numel0", "numel1"]  # symbolic: passed per call
 
 
+def test_a_combo_of_static_and_symbolic_parts():
+    # b keeps its size when the others change: after the recompile its part's count is a number written
+    # into the kernel, the others' are passed per call
+    fn = lambda a, b, c: (a.exp() + 1, b.sin() * 2, c.relu() - 1)
+    make = lambda n: (torch.randn(n, 5), torch.randn(18), torch.randn(2 * n, 3))
+    compiled = run_sizes(fn, make, (4, 7, 9))
+    graph = assert_ran(compiled).graphs[-1]
+    combos = [k for k in graph.plan.kernels if k.kind == "combo"]
+    assert combos and any("= 18" in k.source for k in combos)
+    counts = [p for k in combos for p in k.params if p.startswith("numel")]
+    assert counts and len(counts) < sum(len(k.parts) for k in combos)  # some written in, some passed
+
+
 def test_matmul_with_m_n_and_k_symbolic():
     fn = lambda a, b, c: torch.relu(a @ b) + c
     make = lambda n: (torch.randn(n, n + 3), torch.randn(n + 3, 2 * n + 1), torch.randn(2 * n + 1))

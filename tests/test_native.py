@@ -239,30 +239,38 @@ def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch
     cache = tmp_path / "cache"
     assert native.wait(cache) is None
     assert "building it failed" in native.refusal() and "no headers here" in native.refusal()
+    assert "exited with 3" in native.refusal()  # the compiler's own exit status
     # no half-built module, no lock left: what the compiler said, which later processes read
     (failed,) = (cache / "native").iterdir()
     assert failed.name.endswith(".failed") and "no headers here" in failed.read_text()
     monkeypatch.setattr(native, "_STATE", native._State())  # the next process: it does not build again
     assert native.start(cache) is None
     assert "an earlier build failed" in native.refusal() and str(failed) in native.refusal()
+    os.utime(failed, (time.time() - native.RETRY_SECONDS - 1,) * 2)  # a day later it is tried again
+    assert native._failure(failed) is None
 
 
-def test_a_lock_whose_build_died_is_taken_over(tmp_path, monkeypatch):
+def test_a_lock_whose_build_is_over_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "_STATE", native._State())
     path, _ = native._target(tmp_path)
-    lock = path.with_name(path.name + ".building")
-    gone = subprocess.Popen(["true"])  # a process that has ended: its pid names no build
+    lock = native._lock(path)
+    gone = subprocess.Popen(["true"])  # a process of this host that has ended: its lock holds nothing
     gone.wait()
-    lock.write_text(str(gone.pid))
+    lock.write_text(f"{native._host()}:{gone.pid}")
     assert not native._held(lock)
     assert native._locked(lock) and lock.exists()  # taken over: this process may build
+    lock.write_text(f"{native._host()}:{os.getpid()}")  # a live process, but older than any build takes
+    os.utime(lock, (time.time() - native.BUILD_SECONDS - 120,) * 2)
+    assert not native._held(lock)
+    lock.write_text(f"another-host:{gone.pid}")  # another machine's, on a shared cache: its age decides
+    assert native._held(lock)
 
 
 def test_another_processs_build_is_waited_for_not_repeated(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "_STATE", native._State())
     path, why = native._target(tmp_path)
     assert why is None
-    lock = path.with_name(path.name + ".building")
+    lock = native._lock(path)
     lock.touch()  # another process is building it
     assert native._spawn(path) is None
     monkeypatch.setattr(native, "BUILD_SECONDS", 1)
