@@ -31,6 +31,7 @@ import sys
 import sysconfig
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,27 +81,35 @@ def start(cache_dir: Path, when_loaded: Any = None) -> ModuleType | None:
     with _STATE.lock:
         if _STATE.module is not None or _STATE.refusal is not None:
             return _STATE.module
-        path, why = _target(cache_dir)
-        if why is not None:
-            return _refuse(why)
-        if path.exists() and _STATE.thread is None:
-            _load_or_refuse(path)
-            return _STATE.module
-        failed = _failed(path)
-        said = _failure(failed)
-        if said is not None:  # not tried again by every process: once a day per torch, compiler and source
-            return _refuse(f"an earlier build failed (delete {failed} to try again now): {said}", warn=True)
-        if when_loaded is not None:
-            _STATE.waiting.append(weakref.ref(when_loaded))
-        if _STATE.thread is None:
-            try:  # started here, not in the thread: a process that ends at once still leaves it running
-                build = None if path.exists() else _spawn(path)
-            except (OSError, RuntimeError) as exc:
-                return _refuse(f"building it failed: {exc}", warn=True)
-            _STATE.thread = threading.Thread(target=_build_and_load, args=(path, build), name="fusec-native",
-                                             daemon=True)
-            _STATE.thread.start()
-        return None
+        try:
+            return _start(cache_dir, when_loaded)
+        except Exception as exc:  # a speed-up only: whatever goes wrong, launchers keep the Python head
+            return _refuse(f"starting its build failed: {exc!r}", warn=True)
+
+
+def _start(cache_dir: Path, when_loaded: Any) -> ModuleType | None:
+    """`start`'s work, under the state's lock."""
+    path, why = _target(cache_dir)
+    if why is not None:
+        return _refuse(why)
+    if path.exists() and _STATE.thread is None:
+        _load_or_refuse(path)
+        return _STATE.module
+    failed = _failed(path)
+    said = _failure(failed) if _STATE.thread is None else None  # (this process's own build says so itself)
+    if said is not None:  # not tried again by every process: once a day per torch, compiler and source
+        return _refuse(f"an earlier build failed (delete {failed} to try again now): {said}", warn=True)
+    if when_loaded is not None:
+        _STATE.waiting.append(weakref.ref(when_loaded))
+    if _STATE.thread is None:
+        try:  # started here, not in the thread: a process that ends at once still leaves it running
+            build = None if path.exists() else _spawn(path)
+        except (OSError, RuntimeError) as exc:
+            return _refuse(f"building it failed: {exc}", warn=True)
+        _STATE.thread = threading.Thread(target=_build_and_load, args=(path, build), name="fusec-native",
+                                         daemon=True)
+        _STATE.thread.start()
+    return None
 
 
 def wait(cache_dir: Path, timeout: float | None = BUILD_SECONDS) -> ModuleType | None:
@@ -151,7 +160,7 @@ def _build_and_load(path: Path, build: _Build | None) -> None:
             build.finish()
         elif not path.exists():
             _wait_for(path, _lock(path))
-    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+    except Exception as exc:  # a failed build, or anything else: the Python head stays
         with _STATE.lock:
             _refuse(f"building it failed: {exc}", warn=True)
         return
@@ -175,10 +184,11 @@ def _tell(waiting: list[weakref.ref]) -> None:
 # It names itself in the lock first (host and pid), and stops a compiler that hangs. A failed build
 # leaves what the compiler said in `failed`, which stops other processes trying again for a while.
 _BUILD = ('out=$1; tmp=$2; log=$3; lock=$4; failed=$5; host=$6; limit=$7; shift 7; echo "$host:$$" >"$lock"; '
-          'if command -v timeout >/dev/null 2>&1; then set -- timeout "$limit" "$@"; fi; '
+          'if command -v timeout >/dev/null 2>&1; then set -- timeout -k 10 "$limit" "$@"; fi; '
           '"$@" >"$log" 2>&1; rc=$?; '
-          'if [ "$rc" -eq 0 ]; then mv -f "$tmp" "$out"; rm -f "$log" "$lock"; '
-          'else mv -f "$log" "$failed"; rm -f "$tmp" "$lock"; exit "$rc"; fi')
+          'if [ "$rc" -eq 0 ] && mv -f "$tmp" "$out"; then rm -f "$log" "$lock"; exit 0; fi; '
+          'if [ "$rc" -eq 124 ]; then echo "stopped after $limit s" >>"$log"; fi; '
+          '[ "$rc" -eq 0 ] && rc=1; mv -f "$log" "$failed"; rm -f "$tmp" "$lock"; exit "$rc"')
 RETRY_SECONDS = 24 * 3600  # a failed build is tried again after this (a compiler killed for memory, a full disk)
 
 
@@ -209,7 +219,7 @@ class _Build:
 
     def __init__(self, path: Path, compiler: str, lock: Path) -> None:
         self.compiler, self.lock, self.failed = compiler, lock, _failed(path)
-        self.tmp = path.with_name(f"{path.name}.{_host()}.{os.getpid()}.tmp")
+        self.tmp = path.with_name(f"{path.name}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         self.process = subprocess.Popen(
             ["sh", "-c", _BUILD, "sh", str(path), str(self.tmp), str(self.tmp) + ".log", str(lock), str(self.failed),
              _host(), str(BUILD_SECONDS), *command(compiler, SOURCE, self.tmp)],
@@ -220,10 +230,11 @@ class _Build:
             returncode = self.process.wait(timeout=BUILD_SECONDS + 30)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.tmp.unlink(missing_ok=True)
+            for leftover in (self.tmp, Path(f"{self.tmp}.log")):
+                leftover.unlink(missing_ok=True)
             if _holder(self.lock) == (_host(), self.process.pid):
                 self.lock.unlink(missing_ok=True)
-            raise
+            raise RuntimeError(f"{self.compiler} was stopped after {BUILD_SECONDS + 30} s") from None
         if returncode != 0:
             said = _failure(self.failed) or ""
             raise RuntimeError(f"{self.compiler} exited with {returncode}: {said}")
@@ -270,7 +281,7 @@ def _held(lock: Path) -> bool:
         return True
     try:
         os.kill(holder[1], 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or a lock no build wrote
         return False
     except PermissionError:
         pass  # another user's process lives
@@ -307,7 +318,7 @@ def _load_or_refuse(path: Path) -> None:
         loaded = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(loaded)
         loaded.set_tensor_types((torch.Tensor, torch.nn.Parameter))
-    except (ImportError, OSError, AttributeError) as exc:
+    except Exception as exc:  # a module that will not load: the Python head stays
         _refuse(f"loading {path} failed: {exc}", warn=True)
         return
     _STATE.module = loaded

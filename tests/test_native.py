@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -248,6 +249,32 @@ def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch
     assert "an earlier build failed" in native.refusal() and str(failed) in native.refusal()
     os.utime(failed, (time.time() - native.RETRY_SECONDS - 1,) * 2)  # a day later it is tried again
     assert native._failure(failed) is None
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="no `timeout` command to stop a compiler")
+def test_a_compiler_that_hangs_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_STATE", native._State())
+    monkeypatch.setattr(native, "BUILD_SECONDS", 1)
+    hanging = tmp_path / "bin" / "c++"
+    hanging.parent.mkdir()
+    hanging.write_text("#!/bin/sh\nsleep 30\n")
+    hanging.chmod(hanging.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CXX", str(hanging))
+    cache = tmp_path / "cache"
+    started = time.monotonic()
+    assert native.wait(cache) is None
+    assert time.monotonic() - started < 20 and "stopped after 1 s" in native.refusal()
+    (failed,) = (cache / "native").iterdir()  # what it said, nothing half-built, no lock
+    assert failed.name.endswith(".failed")
+
+
+def test_anything_going_wrong_while_starting_the_build_keeps_the_python_head(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_STATE", native._State())
+    monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.cpp")  # an install without the source, say
+    assert native.start(tmp_path / "cache") is None
+    assert "starting its build failed" in native.refusal()
+    compiled = fusec.compile(lambda x: x + 1, cache_dir=tmp_path / "cache")
+    torch.testing.assert_close(compiled(torch.zeros(3)), torch.ones(3))
 
 
 def test_a_lock_whose_build_is_over_is_taken_over(tmp_path, monkeypatch):
