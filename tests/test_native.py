@@ -230,13 +230,18 @@ def test_a_cache_directory_others_may_write_keeps_the_python_head(tmp_path, monk
     assert "HEAD(" not in fusec.report_of(compiled).graphs[0].runtime.source
 
 
-def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch):
+def _compiler(tmp_path, monkeypatch, script):
+    """A fresh process's head state, and `script` as the C++ compiler it would build with."""
     monkeypatch.setattr(native, "_STATE", native._State())
-    failing = tmp_path / "bin" / "c++"
-    failing.parent.mkdir()
-    failing.write_text("#!/bin/sh\necho 'no headers here' >&2\nexit 3\n")
-    failing.chmod(failing.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("CXX", str(failing))
+    compiler = tmp_path / "bin" / "c++"
+    compiler.parent.mkdir()
+    compiler.write_text("#!/bin/sh\n" + script)
+    compiler.chmod(compiler.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CXX", str(compiler))
+
+
+def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch):
+    _compiler(tmp_path, monkeypatch, "echo 'no headers here' >&2\nexit 3\n")
     cache = tmp_path / "cache"
     assert native.wait(cache) is None
     assert "building it failed" in native.refusal() and "no headers here" in native.refusal()
@@ -253,13 +258,8 @@ def test_a_failed_build_says_why_and_keeps_the_python_head(tmp_path, monkeypatch
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="no `timeout` command to stop a compiler")
 def test_a_compiler_that_hangs_is_stopped(tmp_path, monkeypatch):
-    monkeypatch.setattr(native, "_STATE", native._State())
+    _compiler(tmp_path, monkeypatch, "sleep 30\n")
     monkeypatch.setattr(native, "BUILD_SECONDS", 1)
-    hanging = tmp_path / "bin" / "c++"
-    hanging.parent.mkdir()
-    hanging.write_text("#!/bin/sh\nsleep 30\n")
-    hanging.chmod(hanging.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("CXX", str(hanging))
     cache = tmp_path / "cache"
     started = time.monotonic()
     assert native.wait(cache) is None
