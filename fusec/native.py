@@ -89,26 +89,28 @@ def start(cache_dir: Path, when_loaded: Any = None) -> ModuleType | None:
 
 def _start(cache_dir: Path, when_loaded: Any) -> ModuleType | None:
     """`start`'s work, under the state's lock."""
+    if _STATE.thread is not None:  # a build under way: this launcher is told when it loads
+        if when_loaded is not None:
+            _STATE.waiting.append(weakref.ref(when_loaded))
+        return None
     path, why = _target(cache_dir)
     if why is not None:
         return _refuse(why)
-    if path.exists() and _STATE.thread is None:
+    if path.exists():
         _load_or_refuse(path)
         return _STATE.module
     failed = _failed(path)
-    said = _failure(failed) if _STATE.thread is None else None  # (this process's own build says so itself)
+    said = _failure(failed)
     if said is not None:  # not tried again by every process: once a day per torch, compiler and source
         return _refuse(f"an earlier build failed (delete {failed} to try again now): {said}", warn=True)
     if when_loaded is not None:
         _STATE.waiting.append(weakref.ref(when_loaded))
-    if _STATE.thread is None:
-        try:  # started here, not in the thread: a process that ends at once still leaves it running
-            build = None if path.exists() else _spawn(path)
-        except (OSError, RuntimeError) as exc:
-            return _refuse(f"building it failed: {exc}", warn=True)
-        _STATE.thread = threading.Thread(target=_build_and_load, args=(path, build), name="fusec-native",
-                                         daemon=True)
-        _STATE.thread.start()
+    try:  # started here, not in the thread: a process that ends at once still leaves it running
+        build = _spawn(path)
+    except (OSError, RuntimeError) as exc:
+        return _refuse(f"building it failed: {exc}", warn=True)
+    _STATE.thread = threading.Thread(target=_build_and_load, args=(path, build), name="fusec-native", daemon=True)
+    _STATE.thread.start()
     return None
 
 

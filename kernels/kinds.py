@@ -26,7 +26,7 @@ from fusec.kernels.launch import (
 )
 from fusec.kernels.matmul import matmul_problem
 from fusec.kernels.matmul_rows import render_matmul_kernel
-from fusec.kernels.pointwise import render_combo, render_pointwise
+from fusec.kernels.pointwise import combo_extents, render_combo, render_pointwise
 from fusec.kernels.reduction import ReductionRenderer
 from fusec.kernels.reduction_split import SPLIT_PARAM, partial_count, writes_elements
 from fusec.kernels.scan import render_scan, scan_extents, scan_launch
@@ -66,10 +66,6 @@ def _pointwise_launch(graph: Graph, kernel: Kernel, values: tuple, interpret: bo
     return pointwise_launch(values[0], interpret) if len(values) == 1 else tile_launch(*values, interpret)
 
 
-def _parts(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
-    return tuple(graph[p.outputs[0]].numel for p in kernel.parts)
-
-
 def _rows(graph: Graph, kernel: Kernel) -> tuple[Size, ...]:
     shape, dims = row_domain(graph, [graph[m] for m in kernel.members])
     return sizes.prod(s for d, s in enumerate(shape) if d not in dims), sizes.prod(shape[d] for d in dims)
@@ -102,7 +98,7 @@ KINDS: dict[KernelKind, KindRules] = {
             *values, *matmul_problem(graph, kernel)[4:], interpret=interpret),
         lambda values: tuple(values[1:])),  # the batch count is in the grid only
     KernelKind.COMBO: KindRules(
-        render_combo, _parts,
+        render_combo, combo_extents,
         lambda graph, kernel, values, interpret, persistent: combo_launch(list(values), interpret),
         tuple),
     KernelKind.SCAN: KindRules(

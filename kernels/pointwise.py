@@ -77,6 +77,11 @@ def render_pointwise(graph: Graph, kernel: Kernel, interpret: bool = True) -> Re
     return PointwiseRenderer(graph, kernel, interpret=interpret).render()
 
 
+def combo_extents(graph: Graph, kernel: Kernel) -> tuple:
+    """Each part's element count: its first output's (the elements its programs iterate over)."""
+    return tuple(graph[p.outputs[0]].numel for p in kernel.parts)
+
+
 def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Rendered:
     """One launch for independent pointwise kernels: program ids are dealt out part by
     part (ceil(numel_i / BLOCK) each) and each program runs one block of its part."""
@@ -86,7 +91,7 @@ def render_combo(graph: Graph, kernel: Kernel, interpret: bool = True) -> Render
     body = ["pid = tl.program_id(0).to(tl.int64)" if wide else "pid = tl.program_id(0)"]
     # A part's element count that is a number is written into the kernel (a constant, as Inductor
     # writes a static kernel's xnumel): one argument fewer per part for the launch to pass.
-    counts = [graph[part.outputs[0]].numel for part in kernel.parts]
+    counts = combo_extents(graph, kernel)
     body += [f"numel{i} = {count}" for i, count in enumerate(counts) if sizes.is_static(count)]
     for i in range(len(renderers)):
         body.append(f"end{i} = " + (f"end{i - 1} + " if i else "") + f"(numel{i} + BLOCK - 1) // BLOCK")
