@@ -189,8 +189,7 @@ def per_input_ns(tensors: list[torch.Tensor]) -> tuple[float, float]:
     names = [f"a{i}" for i in range(len(tensors))]
     head = native.module()
     if head is not None:
-        read = ", ".join(["index", "aligned", *(f"p{a}" for a in names)])
-        ours = f"    GUARD.check(*tensors)\n    {read} = HEAD(SPEC, {', '.join(names)})\n"
+        ours = "    GUARD.check(*tensors)\n    index, aligned, addresses = HEAD(SPEC, tensors)\n"
     else:
         ours = "    GUARD.check(*tensors)\n" + "".join(
             f"    if not {a}.is_contiguous(): raise ValueError\n    p{a} = {a}.data_ptr()\n" for a in names)
@@ -200,7 +199,8 @@ def per_input_ns(tensors: list[torch.Tensor]) -> tuple[float, float]:
                                           dynamic_dims_strides=[list(t.stride()) for t in tensors]),
              "assert_size_stride": guards.assert_size_stride,
              "HEAD": getattr(head, "head", None),
-             "SPEC": native.spec([(a, t.is_contiguous() or None, True, "") for a, t in zip(names, tensors)])}
+             "SPEC": native.spec([(a, t.is_contiguous() or None, True, "", i)
+                                 for i, (a, t) in enumerate(zip(names, tensors, strict=True))])}
     unpack = f"    {', '.join(names)}, = tensors\n"
     exec(f"def ours(tensors):\n{unpack}{ours}\ndef theirs(tensors):\n{unpack}{theirs}", scope)
     return tuple(per_call_us(lambda f=scope[f]: f(tensors), "cpu") * 1e3 / len(tensors) for f in ("ours", "theirs"))

@@ -60,7 +60,7 @@ def modeled_peak(records: Sequence[Any], saved: int, fused: bool = True) -> int:
     planned = [r for r in records if r.plan is not None and r.fallback is None]
 
     def peak(kind: str) -> int:
-        return max((planned_peak(r.plan) if fused else unfused_peak(r.graph)
+        return max((planned_peak(r.plan, getattr(r.runtime, 'multi_stream', False)) if fused else unfused_peak(r.graph)
                     for r in planned if r.name.startswith(kind)), default=0)
 
     return max(peak("forward"), saved + peak("backward"))

@@ -62,12 +62,12 @@ class Binder:
             self.scope["BOUND"] = True
 
 
-def head(src: Source, code: StepCode, first: str | None, at_head: list[tuple[str, Any, bool, str]]) -> list[str]:
+def head(src: Source, code: StepCode, first: str | None, at_head: list[tuple[str, Any, bool, str, int]]) -> list[str]:
     """The call's device index and device, whether kernels launch straight and on which stream,
     the allocator, and every input a kernel takes: its address and whether all are aligned.
     `first`: the first tensor input (None: the graph has none, its device is `code.device`).
     `at_head`: the C++ head's entries (`native.spec`), which check those inputs' layouts and
-    read the index and addresses in one call; none: Python lines read them."""
+    read the index and addresses (`ADDRESSES`, a tuple) in one call; none: Python lines read them."""
     lines = []
     if first is None:
         src.names["DEV"] = code.device
@@ -75,9 +75,8 @@ def head(src: Source, code: StepCode, first: str | None, at_head: list[tuple[str
         lines += ["device = DEV", f"index = {index!r}"]
     elif at_head:
         src.names["HEAD"] = code.native.head
-        read = ", ".join(["index", "aligned", *(address(name) for name, _, wants, _ in at_head if wants)])
-        tensors = ", ".join(var(name) for name, *_ in at_head)
-        lines.append(f"{read} = HEAD({src.bind(native.spec(at_head), 'SPEC')}, {tensors})  # layouts checked in C++")
+        lines.append(f"index, aligned, {ADDRESSES} = HEAD({src.bind(native.spec(at_head), 'SPEC')}, inputs)"
+                     "  # layouts checked in C++")
     else:
         lines.append(f"index = {var(first)}.get_device()  # -1 on a CPU")
     if first is not None and src.wants_device:
@@ -101,8 +100,42 @@ def head(src: Source, code: StepCode, first: str | None, at_head: list[tuple[str
 
 
 def address(name: str) -> str:
-    """The launcher's local holding input `name`'s address."""
+    """The local the Python head writes input `name`'s address into."""
     return f"p_{name}"
+
+
+ADDRESSES = "addresses"  # the local holding the C++ head's tuple of addresses
+
+# A run of at least this many arguments that are the C++ head's addresses in its order is passed
+# as a slice of its tuple (`*addresses[i:j]`): fewer are read one by one.
+RUN = 4
+
+
+def passed(src: Source, code: StepCode, args: list[str]) -> list[str]:
+    """A straight launch's arguments with each input whose address the head read passed as that
+    address: the Python head's local, or the C++ head's tuple's item, a run of them as a slice."""
+    if src.head_slots is None:
+        vouched = {var(n): address(n) for n in code.vouched}
+        return [vouched.get(a, a) for a in args]
+    slots = {var(n): i for n, i in src.head_slots.items()}
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] not in slots:
+            out.append(args[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(args) and slots.get(args[j]) == slots[args[i]] + (j - i):
+            j += 1
+        first, last = slots[args[i]], slots[args[i]] + (j - i)
+        if j - i < RUN:
+            out += [f"{ADDRESSES}[{s}]" for s in range(first, last)]
+        else:
+            whole = first == 0 and last == len(slots)
+            out.append(f"*{ADDRESSES}" if whole else f"*{ADDRESSES}[{first}:{last}]")
+        i = j
+    return out
 
 
 def callee(src: Source, kernel: Kernel, code: StepCode) -> tuple[str, list[str] | None]:
@@ -138,8 +171,7 @@ def straight(src: Source, kernel: Kernel, code: StepCode, args: list[str], tests
     if LaunchExtra.PARTIALS in kernel.extras:  # found by stream in a dict of the launcher's, not by a call
         src.wants_device = True
         args = pointers.partials_by_stream(args, src.bind(pointers.PartialsByStream(code.final_buffers, kernel), "P"))
-    vouched = {var(n): address(n) for n in code.vouched}
-    args = [vouched.get(a, a) for a in args]
+    args = passed(src, code, args)
     prefix = ident(kernel.id).upper()
     names = (f"{prefix}_RUN", f"{prefix}_FN", f"{prefix}_META", f"{prefix}_ON")
     _binder(src, code).add(call, names, tail)

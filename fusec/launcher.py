@@ -69,6 +69,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host and not _token(graph, n)), None)
     at_head, head_checked = (_checked_at_head(plan, code, inputs, first) if code.native is not None and first
                              is not None else ([], set()))
+    src.head_slots = {name: i for i, name in enumerate(e[0] for e in at_head if e[2])} if at_head else None
     checked = _checked_before_stores(src, plan, code, inputs, head_checked)
     src.views, src.needed, src.last_view = folded_views(plan, exact_layouts(graph, list(code.fresh)))
     returned = graph.output.args if result is None else tuple(Ref(n) for n in result)
@@ -93,10 +94,10 @@ def _read(plan: Plan, returned: Any, copied: list[str]) -> set[str]:
 
 def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direct: dict[str, str]) -> StepCode:
     """`code` with what the plan decides: which new values are written into inputs (`direct`),
-    which buffers take over dead ones (one stream only), which the launcher allocates, which
+    which buffers take over dead ones (on several streams, ones their events order), which the launcher allocates, which
     inputs the alignment flag vouches for, and whether binaries may be launched straight."""
-    # One stream: a kernel's output may take over a dead buffer of the same layout.
-    reuse = {} if streams else plan_reuse(step_buffers(plan, code.library), frozenset(plan.graph.output.operands()))
+    # A kernel's output may take over a dead buffer of the same layout.
+    reuse = plan_reuse(step_buffers(plan, code.library, streams), frozenset(plan.graph.output.operands()))
     reuse = {new: old for new, old in reuse.items() if new not in direct}
     run = _run(plan, code)
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
@@ -107,7 +108,7 @@ def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direc
 
 
 def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
-                     first: str) -> tuple[list[tuple[str, Any, bool, str]], set[str]]:
+                     first: str) -> tuple[list[tuple[str, Any, bool, str, int]], set[str]]:
     """The C++ head's entries (`native.spec`): the first tensor input (the call's device), then
     every input a kernel takes whose layout it can check, or whose address the flag `aligned`
     covers, in the call's order; and the inputs whose layout needs no other check."""
@@ -122,7 +123,7 @@ def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
             checked.add(name)
         if name == first or check is not None or name in code.vouched:
             shown = expected_strides(graph[name]) if check is not None else ""
-            entries.append((name, check, name in code.vouched, shown))
+            entries.append((name, check, name in code.vouched, shown, inputs.index(name)))
     return entries, checked
 
 
@@ -190,29 +191,32 @@ def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[
         _stream_epilogue(src, plan, n_streams)
 
 
-def step_buffers(plan: Plan, library: frozenset[str]) -> list[StepBuffers]:
+def step_buffers(plan: Plan, library: frozenset[str], streams: bool = False) -> list[StepBuffers]:
     """What each step allocates and reads, for the memory plan: a kernel's buffers may be pooled;
-    a torch call's (or a matmul run as torch's matmul and an epilogue) never are."""
+    a torch call's (or a matmul run as torch's matmul and an epilogue) never are. `streams`: on
+    the plan's streams, each step with the steps whose events it waits for; else all on one."""
     graph, out = plan.graph, []
+    at = {step.id: i for i, step in enumerate(plan.steps)}
     for step in plan.steps:
+        order = {"stream": step.stream, "waits": tuple(at[w] for w in step.waits)} if streams else {}
         if isinstance(step, Kernel) and step.id not in library:
             writes = tuple((o, (graph[o].shape, graph[o].strides, graph[o].dtype)) for o in step.outputs)
             # a scatter's buffer is its base's: neither is handed on while the other lives
             pooled = step.numel > 0 and step.kind is not KernelKind.SCATTER
-            out.append(StepBuffers(writes, tuple(step.inputs), pooled=pooled))
+            out.append(StepBuffers(writes, tuple(step.inputs), pooled=pooled, **order))
         elif isinstance(step, Kernel):
             writes = tuple((o, None) for o in _outputs(step, library))
-            out.append(StepBuffers(writes, tuple(step.inputs), pooled=False))
+            out.append(StepBuffers(writes, tuple(step.inputs), pooled=False, **order))
         else:
-            out.append(StepBuffers(((step.node, None),), tuple(plan.reads(step)), pooled=False))
+            out.append(StepBuffers(((step.node, None),), tuple(plan.reads(step)), pooled=False, **order))
     return out
 
 
-def planned_peak(plan: Plan) -> int:
-    """Modeled peak bytes of the buffers the launcher allocates on one stream (graph inputs
-    excluded, and so are the new values written into them), with the memory plan's take-overs:
-    what `stats["peak_bytes"]` reports."""
-    steps = step_buffers(plan, frozenset())
+def planned_peak(plan: Plan, streams: bool = False) -> int:
+    """Modeled peak bytes of the buffers the launcher allocates (graph inputs excluded, and so
+    are the new values written into them), with the memory plan's take-overs, on one stream or
+    (`streams`) on the plan's: what `stats["peak_bytes"]` reports."""
+    steps = step_buffers(plan, frozenset(), streams)
     keep = frozenset(plan.graph.output.operands())
     # A view torch runs shares its operand's memory; a kernel writes a buffer of its own, except a new
     # value it writes straight into its input.

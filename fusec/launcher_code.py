@@ -35,6 +35,8 @@ class Source:
     read: set[str] = field(default_factory=set)  # values some step, the result or a store reads
     unnamed: set[str] = field(default_factory=set)  # values written into an input nothing reads by their name
     wants_device: bool = False  # whether some line reads the call's `device`
+    # input -> its slot in the addresses' tuple the C++ head returns (None: the Python head's `p_` locals)
+    head_slots: dict[str, int] | None = None
 
     def emit(self, line: str, indent: int = 1) -> None:
         self.lines.append("    " * indent + line)

@@ -335,18 +335,19 @@ def _refuse(why: str, warn: bool = False) -> None:
                                         why)
 
 
-def python_head(spec: tuple, *tensors: torch.Tensor) -> tuple:
+def python_head(spec: tuple, inputs: Sequence[Any]) -> tuple:
     """What `native_head.cpp`'s head computes, in Python: where a tensor is one it leaves to Python
     (a subclass, a layout not the expected one), and the reference its tests compare it with."""
     _, _, _, *entries = spec
     addresses = []
-    for tensor, (name, check, wants_address, expected) in zip(tensors, entries, strict=True):
+    for name, check, wants_address, expected, position in entries:
+        tensor = inputs[position]
         if not _matches(tensor, check):
             raise StrideMismatch(f"{name} has strides {tuple(tensor.stride())}, the kernel expects {expected}")
         if wants_address:
             addresses.append(tensor.data_ptr())
     aligned = not (functools.reduce(operator.or_, addresses, 0) & 15)
-    return (tensors[0].get_device(), aligned, *addresses)
+    return inputs[entries[0][4]].get_device(), aligned, tuple(addresses)
 
 
 def _matches(tensor: torch.Tensor, check: Any) -> bool:
@@ -358,9 +359,10 @@ def _matches(tensor: torch.Tensor, check: Any) -> bool:
     return all(dim < tensor.dim() and tensor.stride(dim) == stride for dim, stride in pairs)
 
 
-def spec(entries: Sequence[tuple[str, Any, bool, str]]) -> tuple:
-    """A head's spec: the Python head, a slot per address read (the C++ head keeps there the int it
-    returned last, and its value as 8 raw bytes), and per tensor an entry: its name, its check,
-    whether its address is read, its strides as a mismatch's message shows them."""
+def spec(entries: Sequence[tuple[str, Any, bool, str, int]]) -> tuple:
+    """A head's spec: the Python head, the addresses' tuple the C++ head returned last (in a list of
+    one) and their values as 8 raw bytes each, and per tensor an entry: its name, its check, whether
+    its address is read, its strides as a mismatch's message shows them, its position in the call's
+    inputs (the first entry's tensor gives the call's device index)."""
     slots = sum(bool(e[2]) for e in entries)
-    return (python_head, [None] * slots, bytearray(8 * slots), *entries)
+    return (python_head, [None], bytearray(8 * slots), *entries)

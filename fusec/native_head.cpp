@@ -1,16 +1,17 @@
 // The per-call head of fusec's generated launchers, in C++ (fusec/native.py builds and loads it).
 //
-// head(spec, t0, t1, ...) does in one call what the Python head does in a few lines per input:
-// for each tensor, checks its layout against what the kernels were generated for and reads its
-// address; returns (device index of t0, whether every address read is 16-byte aligned, the
-// addresses...). Anything it does not handle itself (a tensor subclass, a layout that differs, a
-// C++ error) goes to the Python head the spec carries, which either computes the same tuple or
-// raises the launcher's StrideMismatch naming the input: this file never decides an error.
+// head(spec, inputs) does in one call what the Python head does in a few lines per input: for each
+// tensor of the call's `inputs` (a list) it names, checks its layout against what the kernels were
+// generated for and reads its address; returns (device index of the first, whether every address
+// read is 16-byte aligned, the addresses as one tuple). Anything it does not handle itself (a
+// tensor subclass, a layout that differs, inputs not a list, a C++ error) goes to the Python head
+// the spec carries, which either computes the same tuple or raises the launcher's StrideMismatch
+// naming the input: this file never decides an error.
 //
-// spec = (python_head, kept, raw, entry, ...), one entry per tensor: (name, check, address?, expected);
-// kept a list, one slot per address read, of the int objects last returned, and raw a bytearray of
-// their values (address_object).
-// where check is None (not checked), True (contiguous) or a tuple (dim, stride, dim, stride...).
+// spec = (python_head, last, raw, entry, ...), one entry per tensor: (name, check, address?, expected,
+// position in inputs), where check is None (not checked), True (contiguous) or a tuple (dim, stride,
+// dim, stride...). `last` is a one-slot list holding the addresses' tuple returned last, and `raw`
+// a bytearray of their values (addresses).
 //
 // seed() is a call's seed: one draw of torch's default CPU generator under its lock, the value
 // `torch.empty((), dtype=torch.int64).random_()` would hold, with bit 62 set (runtime.draw_seed).
@@ -21,7 +22,9 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 #include <mutex>
 
 namespace {
@@ -49,86 +52,106 @@ bool layout_matches(const at::Tensor& t, PyObject* check) {
   return true;
 }
 
-// The int object for `address`: the one made for this slot at the last call when the address is the
-// same (a parameter's, an optimizer state's and most buffers' addresses repeat from call to call),
-// else a new one, kept. Making a 47-bit int, or reading one back, costs more than the rest of an
-// input's work: the last address is kept as a raw number beside it.
-PyObject* address_object(PyObject* kept, uintptr_t* raw, Py_ssize_t at, uintptr_t address) {
-  PyObject* last = PyList_GET_ITEM(kept, at);
-  if (raw[at] == address && PyLong_CheckExact(last)) {
+// The addresses' tuple: the one returned last when every address is the same (a parameter's, an
+// optimizer state's and most buffers' addresses repeat from call to call), else a new one that
+// keeps the int objects of the addresses that repeat. Making a 47-bit int, or reading one back,
+// costs more than the rest of an input's work: the last addresses are kept as raw numbers beside it.
+PyObject* addresses(PyObject* spec, const std::vector<uintptr_t>& now) {
+  PyObject* kept = PyTuple_GET_ITEM(spec, 1);
+  auto* raw = reinterpret_cast<uintptr_t*>(PyByteArray_AS_STRING(PyTuple_GET_ITEM(spec, 2)));
+  auto slots = static_cast<Py_ssize_t>(now.size());
+  PyObject* last = PyList_GET_ITEM(kept, 0);
+  bool had = PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == slots;
+  if (had && std::equal(now.begin(), now.end(), raw)) {
     Py_INCREF(last);
     return last;
   }
-  PyObject* made = PyLong_FromUnsignedLongLong(address);
+  PyObject* made = PyTuple_New(slots);
   if (made == nullptr) throw 0;
+  for (Py_ssize_t at = 0; at < slots; at++) {
+    PyObject* value;
+    if (had && raw[at] == now[at]) {
+      value = PyTuple_GET_ITEM(last, at);
+      Py_INCREF(value);
+    } else {
+      value = PyLong_FromUnsignedLongLong(now[at]);
+      if (value == nullptr) {
+        Py_DECREF(made);
+        throw 0;
+      }
+    }
+    PyTuple_SET_ITEM(made, at, value);
+  }
+  std::copy(now.begin(), now.end(), raw);
   Py_INCREF(made);
-  PyList_SetItem(kept, at, made);  // steals the reference taken above; lets the last one go
-  raw[at] = address;
+  PyList_SetItem(kept, 0, made);  // steals the reference taken above; lets the last one go
   return made;
 }
 
-PyObject* python_head(PyObject* spec, PyObject* const* args, Py_ssize_t nargs) {
-  return PyObject_Vectorcall(PyTuple_GET_ITEM(spec, 0), args, static_cast<size_t>(nargs), nullptr);
+PyObject* python_head(PyObject* spec, PyObject* inputs) {
+  return PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(spec, 0), spec, inputs, nullptr);
 }
 
-// The spec's kept addresses (spec[1], a list of int objects, and spec[2], their raw values); false,
-// with a TypeError set, where the spec is not one `native.spec` made for this many tensors.
-bool kept_slots(PyObject* spec, Py_ssize_t nargs, PyObject** kept, uintptr_t** raw) {
-  if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != nargs + 2) {
-    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): one spec entry per tensor");
+// Whether the spec is one `native.spec` made (false, with a TypeError set, where not).
+bool well_formed(PyObject* spec) {
+  if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 4) {
+    PyErr_SetString(PyExc_TypeError, "head(spec, inputs): spec has a tensor entry at least");
     return false;
   }
-  *kept = PyTuple_GET_ITEM(spec, 1);
-  PyObject* raw_bytes = PyTuple_GET_ITEM(spec, 2);
-  if (!PyList_CheckExact(*kept) || !PyByteArray_CheckExact(raw_bytes) ||
-      PyByteArray_GET_SIZE(raw_bytes) != PyList_GET_SIZE(*kept) * static_cast<Py_ssize_t>(sizeof(uintptr_t))) {
-    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): spec[1] and spec[2] are the addresses kept");
+  PyObject* kept = PyTuple_GET_ITEM(spec, 1);
+  PyObject* raw = PyTuple_GET_ITEM(spec, 2);
+  if (!PyList_CheckExact(kept) || PyList_GET_SIZE(kept) != 1 || !PyByteArray_CheckExact(raw) ||
+      PyByteArray_GET_SIZE(raw) % static_cast<Py_ssize_t>(sizeof(uintptr_t)) != 0) {
+    PyErr_SetString(PyExc_TypeError, "head(spec, inputs): spec[1] and spec[2] are the addresses kept");
     return false;
   }
-  *raw = reinterpret_cast<uintptr_t*>(PyByteArray_AS_STRING(raw_bytes));
   return true;
 }
 
-// Fills `out` (index, aligned, addresses...) from the tensors; throws where Python must decide.
-void read_tensors(PyObject* spec, PyObject* const* args, Py_ssize_t nargs, PyObject* kept, uintptr_t* raw,
-                  PyObject* out) {
-  Py_ssize_t slots = PyList_GET_SIZE(kept), at = 0;
+// (index, aligned, addresses) from the tensors; throws where Python must decide.
+PyObject* read_tensors(PyObject* spec, PyObject* inputs) {
+  if (!PyList_CheckExact(inputs)) throw 0;
+  Py_ssize_t entries = PyTuple_GET_SIZE(spec), count = PyList_GET_SIZE(inputs);
+  thread_local std::vector<uintptr_t> now;
+  now.clear();
+  long index = -1;
   uintptr_t any = 0;
-  for (Py_ssize_t i = 1; i < nargs; i++) {
-    PyObject* entry = PyTuple_GET_ITEM(spec, i + 2);
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3 || !plain_tensor(args[i])) throw 0;
-    const at::Tensor& t = THPVariable_Unpack(args[i]);
-    if (i == 1) PyTuple_SET_ITEM(out, 0, PyLong_FromLong(t.get_device()));
+  for (Py_ssize_t i = 3; i < entries; i++) {
+    PyObject* entry = PyTuple_GET_ITEM(spec, i);
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 5) throw 0;
+    Py_ssize_t position = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 4));
+    if (position < 0 || position >= count) throw 0;
+    PyObject* arg = PyList_GET_ITEM(inputs, position);
+    if (!plain_tensor(arg)) throw 0;
+    const at::Tensor& t = THPVariable_Unpack(arg);
+    if (i == 3) index = t.get_device();
     if (!layout_matches(t, PyTuple_GET_ITEM(entry, 1))) throw 0;
     if (PyTuple_GET_ITEM(entry, 2) != Py_True) continue;
-    if (at >= slots) throw 0;
     auto address = reinterpret_cast<uintptr_t>(t.data_ptr());  // as Python's data_ptr(): mutable
     any |= address;
-    PyTuple_SET_ITEM(out, 2 + at, address_object(kept, raw, at, address));
-    at++;
+    now.push_back(address);
   }
-  if (at != slots) throw 0;
-  PyTuple_SET_ITEM(out, 1, PyBool_FromLong((any & 15) == 0));
+  if (static_cast<Py_ssize_t>(now.size() * sizeof(uintptr_t)) != PyByteArray_GET_SIZE(PyTuple_GET_ITEM(spec, 2))) {
+    throw 0;
+  }
+  PyObject* read = addresses(spec, now);
+  PyObject* out = Py_BuildValue("(lON)", index, (any & 15) == 0 ? Py_True : Py_False, read);
+  if (out == nullptr) throw 0;
+  return out;
 }
 
 PyObject* head(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  PyObject* kept = nullptr;
-  uintptr_t* raw = nullptr;
-  if (nargs < 2) {
-    PyErr_SetString(PyExc_TypeError, "head(spec, tensors...): a spec and at least one tensor");
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "head(spec, inputs): a spec and the call's inputs");
     return nullptr;
   }
-  if (!kept_slots(args[0], nargs, &kept, &raw)) return nullptr;
-  PyObject* out = PyTuple_New(2 + PyList_GET_SIZE(kept));
-  if (out == nullptr) return nullptr;
+  if (!well_formed(args[0])) return nullptr;
   try {
-    read_tensors(args[0], args, nargs, kept, raw, out);
+    return read_tensors(args[0], args[1]);
   } catch (...) {
-    Py_DECREF(out);
     PyErr_Clear();
-    return python_head(args[0], args, nargs);
+    return python_head(args[0], args[1]);
   }
-  return out;
 }
 
 PyObject* seed(PyObject*, PyObject*) {
@@ -154,7 +177,7 @@ PyObject* set_tensor_types(PyObject*, PyObject* types) {
 
 PyMethodDef methods[] = {
     {"head", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(head)), METH_FASTCALL,
-     "head(spec, *tensors) -> (device index, aligned, addresses...)"},
+     "head(spec, inputs) -> (device index, aligned, addresses)"},
     {"seed", seed, METH_NOARGS, "a call's seed, drawn from torch's default CPU generator"},
     {"set_tensor_types", set_tensor_types, METH_O, "the tensor types head reads without Python"},
     {nullptr, nullptr, 0, nullptr}};

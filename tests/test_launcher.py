@@ -10,10 +10,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusec
 from fusec.bench.overhead import _stream_stub, measure, stub_launches
-from fusec.direct_launch import BIND_TRIES, Binder
+from fusec.direct_launch import BIND_TRIES, Binder, passed
 from fusec.kernels.call import KernelCall, entry_of, launch_hooks_set
 from fusec.kernels.launch import Launch
 from fusec.launcher import StrideMismatch
+from fusec.launcher_code import Source, StepCode
 from fusec.pointers import allocator
 from fusec.torch_calls import BINDINGS, aten, entry_point
 from tests.eager import assert_ran
@@ -141,7 +142,7 @@ def test_alignment_is_checked_once_per_call_and_the_launchers_own_buffers_are_tr
     # k0 reads the input, k1 only k0's buffer
     compiled = fusec.compile(lambda x: (x * 2).exp(), fuse=False, native=native)
     runtime, log = recorded_paths(compiled, torch.randn(4, 8))
-    head = "index, aligned, p_arg0_1 = HEAD(" if native else "aligned = not (v_arg0_1.data_ptr() & 15)"
+    head = "index, aligned, addresses = HEAD(" if native else "aligned = not (v_arg0_1.data_ptr() & 15)"
     assert runtime.source.count(head) == 1 and runtime.source.count("aligned =") == (not native)
     assert "(k0_aligned if aligned else k0)(v_arg0_1, v_mul)" in runtime.source
     assert "    k1_aligned(v_mul, v_exp)" in runtime.source
@@ -315,7 +316,8 @@ def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass(nati
     # grid, stream, function, metadata and three hooks, then x: its address, read once per call
     assert binary.launches[0][9] == x.data_ptr() and through_calls[0][9] is x
     if native:
-        assert ".data_ptr()" not in runtime.source and runtime.source.count("p_arg0_1 = HEAD(") == 1
+        assert ".data_ptr()" not in runtime.source and runtime.source.count("addresses = HEAD(") == 1
+        assert "K0_RUN(1, 1, 1, stream, K0_FN, K0_META, None, None, None, addresses[0]," in runtime.source
     else:
         assert runtime.source.count(".data_ptr()") == runtime.source.count("v_arg0_1.data_ptr()") == 1
     # A new input each call: each straight launch passes that call's address.
@@ -325,6 +327,32 @@ def test_the_launcher_launches_binaries_straight_with_what_their_calls_pass(nati
         for y in fresh:
             runtime.run([y])
     assert log == [] and [launch[9] for launch in binary.launches[::2]] == [y.data_ptr() for y in fresh]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_launch_of_many_inputs_passes_the_heads_addresses_as_one_run(native):
+    fn = lambda a, b, c, d, e: a * b + c * d - e
+    args = [torch.randn(4, 8) for _ in range(5)]
+    runtime, binary, log = direct_runtime(fn, *args, native=native)
+    with _stream_stub():
+        runtime.run(list(args))  # the first launch goes through the kernel's call, which binds its binary
+        binary.launches.clear()
+        log.clear()
+        runtime.run(list(args))
+    assert log == [] and len(binary.launches) == 1
+    # grid, stream, function, metadata and three hooks, then the five inputs' addresses in order
+    assert list(binary.launches[0][9:14]) == [t.data_ptr() for t in args]
+    passed = "*addresses, " if native else "p_arg0_1, p_arg1_1, p_arg2_1, p_arg3_1, p_arg4_1, "
+    assert f"None, None, None, {passed}" in runtime.source
+
+
+def test_runs_of_the_heads_addresses_are_slices_and_the_rest_items():
+    src = Source(head_slots={f"x{i}": i for i in range(8)})
+    args = ["v_x0", "v_x1", "v_buf", "v_x2", "v_x3", "v_x4", "v_x5", "v_x7", "v_x6", "v_x6"]
+    assert passed(src, StepCode(calls={}, callables={}), args) == [
+        "addresses[0]", "addresses[1]", "v_buf", "*addresses[2:6]", "addresses[7]", "addresses[6]", "addresses[6]"]
+    whole = [f"v_x{i}" for i in range(8)]
+    assert passed(src, StepCode(calls={}, callables={}), [*whole, "v_out"]) == ["*addresses", "v_out"]
 
 
 def test_a_misaligned_input_is_not_launched_straight():
@@ -598,5 +626,5 @@ def test_an_input_written_in_place_is_passed_as_itself_and_the_device_read_as_an
     (kernel,) = fusec.report_of(compiled).graphs[0].plan.kernels
     assert kernel.into == (("add", "arg0_1"),) and kernel.params[:2] == ("p_arg0_1", "p_arg1_1")
     assert "tl.store(p_arg0_1 +" in kernel.source and "p_add" not in kernel.source
-    assert "    index, aligned, p_arg0_1, p_arg1_1 = HEAD(" in source and "device =" not in source
+    assert "    index, aligned, addresses = HEAD(" in source and "device =" not in source
     assert_ran(compiled)

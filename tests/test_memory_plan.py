@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import networkx as nx
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import fusec
+from fusec.launcher import planned_peak, step_buffers
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
+from tests.test_stream_runtime import FakeCuda, happens_before, misordered, on_fake_streams
+from tests.test_streams import Heads
 
 
 @st.composite
@@ -57,6 +61,97 @@ def test_taking_over_buffers_never_raises_the_peak(program):
     steps, keep = program
     sizes = {name: 100 for s in steps for name, _ in s.writes}
     assert live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep) <= live_bytes_peak(steps, sizes, {}, keep)
+
+
+@st.composite
+def stream_programs(draw):
+    """Random steps on three streams, each waiting for the event of every earlier step on
+    another stream whose buffer it reads (as the planner orders them), and for a few others."""
+    steps, made, writer = [], [], {}
+    for i in range(draw(st.integers(1, 25))):
+        stream = draw(st.integers(0, 2))
+        reads = tuple(draw(st.lists(st.sampled_from(made), max_size=3, unique=True))) if made else ()
+        extra = draw(st.lists(st.integers(0, i - 1), max_size=2)) if i else []
+        waits = {writer[n] for n in reads if steps[writer[n]].stream != stream} | set(extra)
+        writes = tuple((f"b{i}_{j}", draw(st.sampled_from("xy"))) for j in range(draw(st.integers(0, 2))))
+        steps.append(StepBuffers(writes, reads, pooled=draw(st.booleans()), stream=stream,
+                                 waits=tuple(sorted(w for w in waits if steps[w].stream != stream))))
+        writer.update((name, i) for name, _ in writes)
+        made += [name for name, _ in writes]
+    keep = frozenset(draw(st.lists(st.sampled_from(made), max_size=2))) if made else frozenset()
+    return steps, keep
+
+
+def _ordered(steps):
+    """Step a -> step b where a GPU finishes a before b starts: in order on a stream, through events."""
+    graph = nx.DiGraph()
+    last_on = {}
+    for i, step in enumerate(steps):
+        graph.add_node(i)
+        if step.stream in last_on:
+            graph.add_edge(last_on[step.stream], i)
+        last_on[step.stream] = i
+        graph.add_edges_from((w, i) for w in step.waits)
+    return nx.transitive_closure_dag(graph)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream_programs())
+def test_on_several_streams_a_buffer_is_taken_over_only_after_its_last_use(program):
+    steps, keep = program
+    reuse = plan_reuse(steps, keep)
+    order = _ordered(steps)
+    writer = {name: i for i, s in enumerate(steps) for name, _ in s.writes}
+    for new, old in reuse.items():
+        users = {writer[old], *(i for i, s in enumerate(steps) if old in s.reads)}
+        assert all(order.has_edge(u, writer[new]) for u in users), (new, old, users)
+        assert old not in keep
+    roots = [_root(n, reuse) for n in writer]  # held to the end of the call: taken over once at most
+    assert sorted(reuse.values()) == sorted(set(reuse.values()))
+    assert len(set(roots)) == len(writer) - len(reuse)
+    sizes = {name: 100 for name in writer}
+    assert live_bytes_peak(steps, sizes, reuse, keep) <= live_bytes_peak(steps, sizes, {}, keep)
+
+
+def test_one_stream_takes_over_what_several_streams_take_over_and_more():
+    # a -> b on stream 0, c on stream 1 waits for a: c may take over a's buffer once b has read it
+    # only if it also waits for b; on one stream, always.
+    steps = [StepBuffers((("a", "x"),), (), True), StepBuffers((("b", "x"),), ("a",), True),
+             StepBuffers((("c", "x"),), (), True)]
+    assert plan_reuse(steps, frozenset({"b", "c"})) == {"c": "a"}
+    on_streams = [steps[0], steps[1], StepBuffers((("c", "x"),), (), True, stream=1, waits=(0,))]
+    assert plan_reuse(on_streams, frozenset({"b", "c"})) == {}
+    ordered = [*on_streams[:2], StepBuffers((("c", "x"),), (), True, stream=1, waits=(1,))]
+    assert plan_reuse(ordered, frozenset({"b", "c"})) == {"c": "a"}
+
+
+def test_a_launcher_on_several_streams_takes_over_buffers_its_events_order():
+    torch.manual_seed(0)
+    model, x = Heads().eval(), torch.randn(1, 32)
+    compiled = fusec.compile(model, streams=None)
+    with torch.no_grad():
+        compiled(x)
+        record = fusec.report_of(compiled).graphs[0]
+        runtime, cuda = record.runtime, FakeCuda()
+        on_fake_streams(runtime, cuda, True)
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+    plan = record.plan
+    assert 1 + max(s.stream for s in plan.steps) > 1 and misordered(plan, cuda.trace) == []
+    steps = step_buffers(plan, frozenset(), True)
+    reuse = plan_reuse(steps, frozenset(plan.graph.output.operands()))
+    assert reuse and runtime.source.count("takes over its buffer") == len(reuse)
+    # every step using a buffer taken over ran, on the GPU's order, before the step taking it over
+    ran = {arg: i for i, (what, _, arg) in enumerate(cuda.trace) if what == "run"}
+    order = happens_before(cuda.trace)
+    step_of = {name: plan.steps[i].id for i, s in enumerate(steps) for name, _ in s.writes}
+    for new, old in reuse.items():
+        users = {step_of[old], *(plan.steps[i].id for i, s in enumerate(steps) if old in s.reads)}
+        assert all(nx.has_path(order, ran[u], ran[step_of[new]]) for u in users)
+    sizes = {name: plan.graph[name].nbytes for s in steps for name, _ in s.writes}
+    keep = frozenset(plan.graph.output.operands())
+    assert planned_peak(plan, streams=True) == live_bytes_peak(steps, sizes, reuse, keep)
+    assert planned_peak(plan, streams=True) < live_bytes_peak(steps, sizes, {}, keep)
 
 
 def test_a_chain_of_layers_ping_pongs_between_two_buffers():

@@ -32,8 +32,15 @@ def test_the_head_builds_on_a_machine_with_a_compiler():
     assert native.refusal() is None
 
 
-def _entries(tensors, checks, addresses):
-    return [(f"t{i}", check, wants, "(expected)") for i, (check, wants) in enumerate(zip(checks, addresses))]
+def _entries(tensors, checks, addresses, positions=None):
+    positions = range(len(tensors)) if positions is None else positions
+    return [(f"t{i}", check, wants, "(expected)", at)
+            for i, (check, wants, at) in enumerate(zip(checks, addresses, positions, strict=True))]
+
+
+def _spec(*entries):
+    """A spec of (name, check, address?) entries for tensors given in that order."""
+    return native.spec([(*e, "", at) for at, e in enumerate(entries)])
 
 
 def _layout(draw, shape):
@@ -65,55 +72,71 @@ def _heads(draw):
             like = t if draw(st.booleans()) else torch.empty(shape)
             checks.append(tuple(v for d in range(len(shape)) for v in (d, like.stride(d))))
     addresses = [draw(st.booleans()) for _ in tensors]
-    return tensors, checks, addresses
+    # the call's inputs: the tensors among other values (a host scalar, None), in any order
+    inputs = draw(st.permutations([*tensors, 3, None]))
+    positions = [next(i for i, x in enumerate(inputs) if x is t) for t in tensors]
+    return inputs, _entries(tensors, checks, addresses, positions)
 
 
 @needs_head
 @settings(max_examples=200, deadline=None)
 @given(_heads())
 def test_the_cpp_head_computes_what_the_python_head_does(case):
-    tensors, checks, addresses = case
-    spec = native.spec(_entries(tensors, checks, addresses))
+    inputs, entries = case
+    spec = native.spec(entries)
     try:
-        expected = native.python_head(spec, *tensors)
+        expected = native.python_head(spec, inputs)
     except StrideMismatch as exc:
         with pytest.raises(StrideMismatch) as raised:
-            HEAD.head(spec, *tensors)
+            HEAD.head(spec, inputs)
         assert str(raised.value) == str(exc)
         return
-    assert HEAD.head(spec, *tensors) == expected
-    assert HEAD.head(spec, *tensors) == expected  # again, from the addresses it kept
+    assert HEAD.head(spec, inputs) == expected
+    assert HEAD.head(spec, inputs) == expected  # again, from the addresses it kept
 
 
 @needs_head
 def test_the_head_reads_index_alignment_and_addresses():
     a, b = torch.randn(4, 8), torch.randn(8)
-    spec = native.spec([("a", True, True, ""), ("b", True, True, "")])
-    assert HEAD.head(spec, a, b) == (-1, True, a.data_ptr(), b.data_ptr())
+    spec = _spec(("a", True, True), ("b", True, True))
+    assert HEAD.head(spec, [a, b]) == (-1, True, (a.data_ptr(), b.data_ptr()))
     odd = torch.randn(9)[1:]  # 4 bytes past an aligned start
-    assert HEAD.head(spec, a, odd) == (-1, False, a.data_ptr(), odd.data_ptr())
-    assert HEAD.head(native.spec([("a", True, False, "")]), a) == (-1, True)  # no address read: aligned
-    assert HEAD.head(spec, a, b) == (-1, True, a.data_ptr(), b.data_ptr())  # a new tensor in a slot
+    assert HEAD.head(spec, [a, odd]) == (-1, False, (a.data_ptr(), odd.data_ptr()))
+    assert HEAD.head(_spec(("a", True, False)), [a]) == (-1, True, ())  # no address read: aligned
+    assert HEAD.head(spec, [a, b]) == (-1, True, (a.data_ptr(), b.data_ptr()))  # a new tensor in a slot
 
 
 @needs_head
-def test_an_address_that_repeats_is_the_same_int_object():
-    a = torch.randn(16)
-    spec = native.spec([("a", True, True, "")])
-    first, second = HEAD.head(spec, a)[2], HEAD.head(spec, a)[2]
-    assert first is second and first == a.data_ptr()
+def test_the_head_finds_each_tensor_at_its_position_in_the_inputs():
+    a, b = torch.randn(4), torch.randn(5)
+    spec = native.spec([("b", True, True, "", 2), ("a", True, True, "", 0)])
+    assert HEAD.head(spec, [a, 7, b]) == (-1, True, (b.data_ptr(), a.data_ptr()))
+    assert HEAD.head(spec, (a, 7, b)) == (-1, True, (b.data_ptr(), a.data_ptr()))  # a tuple: Python's head
+    with pytest.raises(IndexError):  # fewer inputs than the spec names: Python's head says so
+        HEAD.head(spec, [a])
+
+
+@needs_head
+def test_addresses_that_repeat_are_the_same_tuple_and_ints():
+    a, b = torch.randn(16), torch.randn(16)
+    spec = _spec(("a", True, True), ("b", True, True))
+    first, second = HEAD.head(spec, [a, b])[2], HEAD.head(spec, [a, b])[2]
+    assert first is second and first == (a.data_ptr(), b.data_ptr())
+    c = torch.randn(16)
+    third = HEAD.head(spec, [a, c])[2]
+    assert third == (a.data_ptr(), c.data_ptr()) and third[0] is first[0]
 
 
 @needs_head
 def test_a_mismatch_raises_the_launchers_error_naming_the_input():
     x = torch.randn(6, 4).t()
-    spec = native.spec([("arg0_1", True, True, "(6, 1)")])
+    spec = native.spec([("arg0_1", True, True, "(6, 1)", 0)])
     with pytest.raises(StrideMismatch, match=r"arg0_1 has strides \(1, 4\), the kernel expects \(6, 1\)"):
-        HEAD.head(spec, x)
-    strided = native.spec([("arg0_1", (0, 6, 1, 1), True, "(6, 1)")])
+        HEAD.head(spec, [x])
+    strided = native.spec([("arg0_1", (0, 6, 1, 1), True, "(6, 1)", 0)])
     with pytest.raises(StrideMismatch):
-        HEAD.head(strided, x)
-    assert HEAD.head(native.spec([("arg0_1", (0, 1, 1, 4), True, "(1, 4)")]), x)[2] == x.data_ptr()
+        HEAD.head(strided, [x])
+    assert HEAD.head(native.spec([("arg0_1", (0, 1, 1, 4), True, "(1, 4)", 0)]), [x])[2] == (x.data_ptr(),)
 
 
 class Tagged(torch.Tensor):
@@ -126,20 +149,22 @@ class Tagged(torch.Tensor):
 @needs_head
 def test_a_tensor_subclass_goes_through_the_python_head():
     a = torch.randn(4).as_subclass(Tagged)
-    spec = native.spec([("a", True, True, "")])
-    assert HEAD.head(spec, a) == (-1, True, 48)  # its own data_ptr, which only Python calls
+    spec = _spec(("a", True, True))
+    assert HEAD.head(spec, [a]) == (-1, True, (48,))  # its own data_ptr, which only Python calls
     parameter = torch.nn.Parameter(torch.randn(4))
-    assert HEAD.head(spec, parameter) == (-1, True, parameter.data_ptr())
+    assert HEAD.head(spec, [parameter]) == (-1, True, (parameter.data_ptr(),))
 
 
 @needs_head
 def test_a_malformed_spec_is_a_type_error():
-    with pytest.raises(TypeError, match="one spec entry per tensor"):
-        HEAD.head(native.spec([("a", True, True, "")]), torch.randn(2), torch.randn(2))
-    with pytest.raises(TypeError, match="at least one tensor"):
+    with pytest.raises(TypeError, match="a spec and the call's inputs"):
+        HEAD.head(_spec(("a", True, True)), [torch.randn(2)], [torch.randn(2)])
+    with pytest.raises(TypeError, match="a spec and the call's inputs"):
         HEAD.head()
     with pytest.raises(TypeError, match="addresses kept"):
-        HEAD.head(("python head", None, None, ("a", True, True, "")), torch.randn(2))
+        HEAD.head(("python head", None, None, ("a", True, True, "", 0)), [torch.randn(2)])
+    with pytest.raises(TypeError, match="a tensor entry at least"):
+        HEAD.head((native.python_head, [None], bytearray()), [torch.randn(2)])
 
 
 @needs_head

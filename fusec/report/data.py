@@ -50,7 +50,7 @@ def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
         "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
         # Graphs run one after another: the largest of their peaks.
         "peak_bytes_unfused": max((unfused_peak(g.graph) for g in planned), default=0),
-        "peak_bytes": max((planned_peak(g.plan) for g in planned), default=0),
+        "peak_bytes": max((planned_peak(g.plan, _on_streams(g)) for g in planned), default=0),
         "streams": max((d.streams for d in decided), default=1),
         "dag_width": max((d.dag_width for d in decided), default=0),
         "cross_stream_waits": sum(d.waits for d in decided),
@@ -247,3 +247,9 @@ def common_module(paths: list[str | None]) -> str | None:
 def is_op(node: dict[str, Any]) -> bool:
     """An op node, as `stats["nodes"]` counts them (inputs, graph constants and the output are not ops)."""
     return node["kind"] not in (Kind.INPUT.value, Kind.OUTPUT.value) and node["op"] != "constant"
+
+
+def _on_streams(graph: Any) -> bool:
+    """Whether the graph's launcher runs its plan on several streams (a GPU's): its buffers are
+    then held to the end of the call."""
+    return bool(getattr(graph.runtime, "multi_stream", False))
