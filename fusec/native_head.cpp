@@ -24,7 +24,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <memory>
 #include <mutex>
 
 namespace {
@@ -56,13 +56,12 @@ bool layout_matches(const at::Tensor& t, PyObject* check) {
 // optimizer state's and most buffers' addresses repeat from call to call), else a new one that
 // keeps the int objects of the addresses that repeat. Making a 47-bit int, or reading one back,
 // costs more than the rest of an input's work: the last addresses are kept as raw numbers beside it.
-PyObject* addresses(PyObject* spec, const std::vector<uintptr_t>& now) {
+PyObject* addresses(PyObject* spec, const uintptr_t* now, Py_ssize_t slots) {
   PyObject* kept = PyTuple_GET_ITEM(spec, 1);
   auto* raw = reinterpret_cast<uintptr_t*>(PyByteArray_AS_STRING(PyTuple_GET_ITEM(spec, 2)));
-  auto slots = static_cast<Py_ssize_t>(now.size());
   PyObject* last = PyList_GET_ITEM(kept, 0);
   bool had = PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == slots;
-  if (had && std::equal(now.begin(), now.end(), raw)) {
+  if (had && std::equal(now, now + slots, raw)) {
     Py_INCREF(last);
     return last;
   }
@@ -82,7 +81,7 @@ PyObject* addresses(PyObject* spec, const std::vector<uintptr_t>& now) {
     }
     PyTuple_SET_ITEM(made, at, value);
   }
-  std::copy(now.begin(), now.end(), raw);
+  std::copy(now, now + slots, raw);
   Py_INCREF(made);
   PyList_SetItem(kept, 0, made);  // steals the reference taken above; lets the last one go
   return made;
@@ -112,8 +111,11 @@ bool well_formed(PyObject* spec) {
 PyObject* read_tensors(PyObject* spec, PyObject* inputs) {
   if (!PyList_CheckExact(inputs)) throw 0;
   Py_ssize_t entries = PyTuple_GET_SIZE(spec), count = PyList_GET_SIZE(inputs);
-  thread_local std::vector<uintptr_t> now;
-  now.clear();
+  Py_ssize_t slots = PyByteArray_GET_SIZE(PyTuple_GET_ITEM(spec, 2)) / static_cast<Py_ssize_t>(sizeof(uintptr_t));
+  uintptr_t on_stack[64];  // most calls' addresses; more on the heap
+  std::unique_ptr<uintptr_t[]> on_heap(slots > 64 ? new uintptr_t[slots] : nullptr);
+  uintptr_t* now = on_heap ? on_heap.get() : on_stack;
+  Py_ssize_t at = 0;
   long index = -1;
   uintptr_t any = 0;
   for (Py_ssize_t i = 3; i < entries; i++) {
@@ -127,16 +129,29 @@ PyObject* read_tensors(PyObject* spec, PyObject* inputs) {
     if (i == 3) index = t.get_device();
     if (!layout_matches(t, PyTuple_GET_ITEM(entry, 1))) throw 0;
     if (PyTuple_GET_ITEM(entry, 2) != Py_True) continue;
+    if (at >= slots) throw 0;
     auto address = reinterpret_cast<uintptr_t>(t.data_ptr());  // as Python's data_ptr(): mutable
     any |= address;
-    now.push_back(address);
+    now[at++] = address;
   }
-  if (static_cast<Py_ssize_t>(now.size() * sizeof(uintptr_t)) != PyByteArray_GET_SIZE(PyTuple_GET_ITEM(spec, 2))) {
+  if (at != slots) throw 0;
+  PyObject* out = PyTuple_New(3);
+  PyObject* device = PyLong_FromLong(index);
+  if (out == nullptr || device == nullptr) {
+    Py_XDECREF(out);
+    Py_XDECREF(device);
     throw 0;
   }
-  PyObject* read = addresses(spec, now);
-  PyObject* out = Py_BuildValue("(lON)", index, (any & 15) == 0 ? Py_True : Py_False, read);
-  if (out == nullptr) throw 0;
+  PyTuple_SET_ITEM(out, 0, device);
+  PyObject* aligned = (any & 15) == 0 ? Py_True : Py_False;
+  Py_INCREF(aligned);
+  PyTuple_SET_ITEM(out, 1, aligned);
+  try {
+    PyTuple_SET_ITEM(out, 2, addresses(spec, now, slots));
+  } catch (...) {
+    Py_DECREF(out);
+    throw;
+  }
   return out;
 }
 
