@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from fusec.api import tensors_in
-from fusec.launcher import planned_peak, unfused_peak
+from fusec.launcher import unfused_peak
+from fusec.report.data import peak_of
 
 MEASURED = "measured: torch.cuda.max_memory_allocated (not yet run on a GPU)"
 MODELED = "modeled: max(forward peak, saved + backward peak)"
@@ -60,7 +61,7 @@ def modeled_peak(records: Sequence[Any], saved: int, fused: bool = True) -> int:
     planned = [r for r in records if r.plan is not None and r.fallback is None]
 
     def peak(kind: str) -> int:
-        return max((planned_peak(r.plan, getattr(r.runtime, 'multi_stream', False)) if fused else unfused_peak(r.graph)
+        return max((peak_of(r) if fused else unfused_peak(r.graph)
                     for r in planned if r.name.startswith(kind)), default=0)
 
     return max(peak("forward"), saved + peak("backward"))

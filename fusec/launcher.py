@@ -63,8 +63,7 @@ def generate(plan: Plan, code: StepCode, streams: bool, inputs: list[str] | None
     # Stores into the graph's inputs belong to the whole graph's launcher, not to one run for
     # `result` (a matmul's library alternative, timed on inputs of its own).
     into_inputs = stores(graph) if result is None else ()
-    # (a kernel rendered to store through an input's pointer writes there, whatever is decided here)
-    direct = {**in_place(plan), **{out: dst for k in plan.kernels for out, dst in k.into}} if result is None else {}
+    direct = written_into_inputs(plan) if result is None else {}
     code = _decided(plan, code, streams, inputs, direct)
     first = next((n for n in inputs if graph[n].dtype in DTYPES and not graph[n].host and not _token(graph, n)), None)
     at_head, head_checked = (_checked_at_head(plan, code, inputs, first) if code.native is not None and first
@@ -96,9 +95,9 @@ def _decided(plan: Plan, code: StepCode, streams: bool, inputs: list[str], direc
     """`code` with what the plan decides: which new values are written into inputs (`direct`),
     which buffers take over dead ones (on several streams, ones their events order), which the launcher allocates, which
     inputs the alignment flag vouches for, and whether binaries may be launched straight."""
-    # A kernel's output may take over a dead buffer of the same layout.
-    reuse = plan_reuse(step_buffers(plan, code.library, streams), frozenset(plan.graph.output.operands()))
-    reuse = {new: old for new, old in reuse.items() if new not in direct}
+    # A kernel's output may take over a dead buffer of the same layout (one written into an input has one).
+    reuse = plan_reuse(step_buffers(plan, code.library, streams, frozenset(direct)),
+                       frozenset(plan.graph.output.operands()))
     run = _run(plan, code)
     static = [k for k in run if k.id not in code.extents]  # a library alternative not chosen takes nothing
     scalars = frozenset(n for k in run for n in k.inputs if plan.graph[n].host)
@@ -115,6 +114,7 @@ def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
     graph = plan.graph
     taken = {n for k in _run(plan, code) for n in k.inputs} | set(code.in_place.values())
     entries, checked = [], set()
+    position = {name: i for i, name in enumerate(inputs)}
     for name in dict.fromkeys([first, *inputs]):
         check = native_check(graph[name]) if name in taken and not graph[name].host else None
         if check is NOT_STATIC:  # a symbolic stride: Python lines check it where a kernel first reads it
@@ -123,7 +123,7 @@ def _checked_at_head(plan: Plan, code: StepCode, inputs: list[str],
             checked.add(name)
         if name == first or check is not None or name in code.vouched:
             shown = expected_strides(graph[name]) if check is not None else ""
-            entries.append((name, check, name in code.vouched, shown, inputs.index(name)))
+            entries.append((name, check, name in code.vouched, shown, position[name]))
     return entries, checked
 
 
@@ -179,28 +179,39 @@ def _steps(src: Source, plan: Plan, code: StepCode, streams: bool, checked: set[
         _step(src, graph, step, code, checked, produced_by_kernel, indent)
         if streams and step.id in recorded:
             src.emit(f"E_{ident(step.id)} = S{step.stream}.record_event()")
+        if streams:  # nothing is freed before the call ends: the allocator would hand a block back
+            continue  # to its own stream while another may still read it (passes/memory.py)
         dead = [d for d in dead if d not in handed_on and d not in written and d not in src.unnamed
                 and (d not in src.views or d in src.needed)]  # a view never written has no name
         for d in [d for d in dead if src.last_view.get(d, i) > i]:  # views of it are written later
             dead.remove(d)
             later.setdefault(src.last_view[d], []).append(d)
         dead += later.pop(i, [])
-        if not streams and dead:
+        if dead:
             src.emit(f"del {', '.join(var(d) for d in dead)}")
     if streams:
         _stream_epilogue(src, plan, n_streams)
 
 
-def step_buffers(plan: Plan, library: frozenset[str], streams: bool = False) -> list[StepBuffers]:
+def written_into_inputs(plan: Plan) -> dict[str, str]:
+    """{new value: the input its kernel writes it into}: decided on the plan (`stores.in_place`), and
+    where a kernel was rendered to store through an input's pointer, there, whatever was decided."""
+    return {**in_place(plan), **{out: dst for k in plan.kernels for out, dst in k.into}}
+
+
+def step_buffers(plan: Plan, library: frozenset[str], streams: bool = False,
+                 into: frozenset[str] = frozenset()) -> list[StepBuffers]:
     """What each step allocates and reads, for the memory plan: a kernel's buffers may be pooled;
-    a torch call's (or a matmul run as torch's matmul and an epilogue) never are. `streams`: on
-    the plan's streams, each step with the steps whose events it waits for; else all on one."""
+    a torch call's (or a matmul run as torch's matmul and an epilogue) never are; a value written
+    into an input (`into`) allocates nothing. `streams`: on the plan's streams, each step with the
+    steps whose events it waits for; else all on one."""
     graph, out = plan.graph, []
     at = {step.id: i for i, step in enumerate(plan.steps)}
     for step in plan.steps:
         order = {"stream": step.stream, "waits": tuple(at[w] for w in step.waits)} if streams else {}
         if isinstance(step, Kernel) and step.id not in library:
-            writes = tuple((o, (graph[o].shape, graph[o].strides, graph[o].dtype)) for o in step.outputs)
+            writes = tuple((o, (graph[o].shape, graph[o].strides, graph[o].dtype)) for o in step.outputs
+                           if o not in into)
             # a scatter's buffer is its base's: neither is handed on while the other lives
             pooled = step.numel > 0 and step.kind is not KernelKind.SCATTER
             out.append(StepBuffers(writes, tuple(step.inputs), pooled=pooled, **order))
@@ -216,11 +227,11 @@ def planned_peak(plan: Plan, streams: bool = False) -> int:
     """Modeled peak bytes of the buffers the launcher allocates (graph inputs excluded, and so
     are the new values written into them), with the memory plan's take-overs, on one stream or
     (`streams`) on the plan's: what `stats["peak_bytes"]` reports."""
-    steps = step_buffers(plan, frozenset(), streams)
+    into = frozenset(written_into_inputs(plan))  # a kernel's new value written straight into its input
+    steps = step_buffers(plan, frozenset(), streams, into)
     keep = frozenset(plan.graph.output.operands())
-    # A view torch runs shares its operand's memory; a kernel writes a buffer of its own, except a new
-    # value it writes straight into its input.
-    aliases = {s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW} | set(in_place(plan))
+    # A view torch runs shares its operand's memory; a kernel writes a buffer of its own.
+    aliases = {s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW}
     sizes = {name: 0 if name in aliases else plan.graph[name].nbytes for step in steps for name, _ in step.writes}
     return live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep)
 

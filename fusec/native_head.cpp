@@ -8,9 +8,9 @@
 // the spec carries, which either computes the same tuple or raises the launcher's StrideMismatch
 // naming the input: this file never decides an error.
 //
-// spec = (python_head, last, raw, entry, ...), one entry per tensor: (name, check, address?, expected,
+// spec = (python_head, kept, raw, entry, ...), one entry per tensor: (name, check, address?, expected,
 // position in inputs), where check is None (not checked), True (contiguous) or a tuple (dim, stride,
-// dim, stride...). `last` is a one-slot list holding the addresses' tuple returned last, and `raw`
+// dim, stride...). `kept` is a one-slot list holding the addresses' tuple returned last, and `raw`
 // a bytearray of their values (addresses).
 //
 // seed() is a call's seed: one draw of torch's default CPU generator under its lock, the value
@@ -65,8 +65,13 @@ PyObject* addresses(PyObject* spec, const uintptr_t* now, Py_ssize_t slots) {
     Py_INCREF(last);
     return last;
   }
+  // A new tuple may start a garbage collection, which runs Python code (a finalizer, another
+  // thread calling this launcher): what was kept is read again after it. Nothing below runs any.
   PyObject* made = PyTuple_New(slots);
   if (made == nullptr) throw 0;
+  raw = reinterpret_cast<uintptr_t*>(PyByteArray_AS_STRING(PyTuple_GET_ITEM(spec, 2)));
+  last = PyList_GET_ITEM(kept, 0);
+  had = PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == slots;
   for (Py_ssize_t at = 0; at < slots; at++) {
     PyObject* value;
     if (had && raw[at] == now[at]) {

@@ -43,7 +43,7 @@ def plan_reuse(steps: Sequence[StepBuffers], keep: frozenset[str] = frozenset())
     every step writing or reading a buffer happens before the step that takes it over, and on
     one stream no step that allocates runs while a dead buffer is held for a later taker."""
     last_read = _last_reads(steps)
-    one_stream = all(step.stream == 0 for step in steps)
+    one_stream = _one_stream(steps)
     clocks = _clocks(steps)
     users: dict[str, list[int]] = {}  # buffer -> the steps writing or reading it
     for i, step in enumerate(steps):
@@ -81,6 +81,10 @@ def plan_reuse(steps: Sequence[StepBuffers], keep: frozenset[str] = frozenset())
     return reuse
 
 
+def _one_stream(steps: Sequence[StepBuffers]) -> bool:
+    return all(step.stream == 0 for step in steps)
+
+
 def _clocks(steps: Sequence[StepBuffers]) -> list[dict[int, int]]:
     """Each step's vector clock: stream -> the last step on it that the step is ordered after
     (or is): the step before it on its stream, and every step whose event it waits for, with
@@ -109,7 +113,7 @@ def live_bytes_peak(steps: Sequence[StepBuffers], sizes: dict[str, int], reuse: 
     (a storage is held from its first holder's write to its last holder's death; on several
     streams, to the end of the call)."""
     last_read = _last_reads(steps)
-    if any(step.stream for step in steps):
+    if not _one_stream(steps):
         keep = keep | {name for step in steps for name, _ in step.writes}
     span: dict[str, list[int]] = {}  # storage -> [first step, last step]
     nbytes: dict[str, int] = {}

@@ -50,7 +50,7 @@ def stats_of(graphs: list[CompiledGraph]) -> dict[str, Any]:
         "bytes_fused": sum(bytes_fused(g.graph) for g in planned),
         # Graphs run one after another: the largest of their peaks.
         "peak_bytes_unfused": max((unfused_peak(g.graph) for g in planned), default=0),
-        "peak_bytes": max((planned_peak(g.plan, _on_streams(g)) for g in planned), default=0),
+        "peak_bytes": max((peak_of(g) for g in planned), default=0),
         "streams": max((d.streams for d in decided), default=1),
         "dag_width": max((d.dag_width for d in decided), default=0),
         "cross_stream_waits": sum(d.waits for d in decided),
@@ -249,7 +249,7 @@ def is_op(node: dict[str, Any]) -> bool:
     return node["kind"] not in (Kind.INPUT.value, Kind.OUTPUT.value) and node["op"] != "constant"
 
 
-def _on_streams(graph: Any) -> bool:
-    """Whether the graph's launcher runs its plan on several streams (a GPU's): its buffers are
-    then held to the end of the call."""
-    return bool(getattr(graph.runtime, "multi_stream", False))
+def peak_of(graph: Any) -> int:
+    """A planned graph's modeled peak bytes, on the streams its launcher runs it on (several on a
+    GPU: its buffers are then held to the end of the call)."""
+    return planned_peak(graph.plan, streams=bool(getattr(graph.runtime, "multi_stream", False)))
