@@ -12,6 +12,12 @@ runs without a graph).
 Outputs are the graph's own buffers: like torch.compile's
 `mode="reduce-overhead"`, a call's outputs are valid until the next call of
 the same compiled graph (clone what must live longer).
+
+A graph that writes new values into its inputs (an optimizer step) is
+recorded too: an input read in place (a parameter, an optimizer state) is
+written where it is; a copied one is written into its copy, which a replay
+then copies back into the caller's tensor. The warm-up before a recording
+writes into scratch copies, so a call's writes happen once.
 """
 
 from __future__ import annotations
@@ -47,8 +53,6 @@ def refusal(plan: Plan, graph_name: str) -> str | None:
     if host:
         # A replay would launch its kernels with the values the recording read (Inductor refuses too).
         return f"it reads CPU scalars ({', '.join(host[:3])}{', ...' if len(host) > 3 else ''}) as kernel arguments"
-    if stores(plan.graph):
-        return "it writes new values into its inputs (an optimizer step): a replay would write into copies of them"
     for step in plan.steps:
         if isinstance(step, Extern) and _in_place(step.target):
             return f"{step.node} ({step.target}) writes into one of its operands in place"
@@ -62,12 +66,23 @@ def _in_place(target: str) -> bool:
     return name.endswith("_") and not name.endswith("__")
 
 
-class GraphedCall:
-    """Runs `launch(inputs)` from a CUDA graph once it has been recorded (see the module docstring)."""
+def written_inputs(plan: Plan) -> frozenset[int]:
+    """The positions, among the graph's inputs, of those it writes new values into."""
+    names = [n.name for n in plan.graph.inputs]
+    return frozenset(names.index(dst) for _, dst in stores(plan.graph))
 
-    def __init__(self, launch: Callable[[list[Any]], Any], name: str, ran: list[int] | None = None) -> None:
+
+class GraphedCall:
+    """Runs `launch(inputs)` from a CUDA graph once it has been recorded (see the module docstring).
+    `written`: the positions of the inputs the launch writes into. `cuda`: torch.cuda's graphs and
+    streams (a test's stand-in records on a CPU), on devices of type `device_type`."""
+
+    def __init__(self, launch: Callable[[list[Any]], Any], name: str, ran: list[int] | None = None,
+                 written: frozenset[int] = frozenset(), cuda: Any = torch.cuda, device_type: str = "cuda") -> None:
         self.launch = launch
         self.name = name
+        self.written = written
+        self.cuda, self.device_type = cuda, device_type
         # The launcher's counts of what ran: a recording runs nothing, a replay runs what it recorded.
         self.ran = ran if ran is not None else []
         self.per_call: list[tuple[int, int]] = []  # (slot of `ran`, what one replay adds), nonzero only
@@ -76,6 +91,7 @@ class GraphedCall:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.first_ptrs: list[int | None] = []
         self.in_place: list[bool] = []  # read where the caller keeps it (address stable)
+        self.places: list[int | None] = []  # each input's address the recording reads
         self.static: list[Any] = []  # what the recording reads: the inputs read in place, copies of the others
         self.spans: list[torch.Tensor | None] = []  # each copy's storage, as one flat tensor
         self.outputs: Any = None
@@ -95,7 +111,14 @@ class GraphedCall:
             if span is not None:  # a copied input (the others are read in place, or not tensors)
                 span.copy_(_span(inputs[i]))
         self._replay()
+        self._copy_back(inputs)
         return self.outputs
+
+    def _copy_back(self, inputs: list[Any]) -> None:
+        """A copied input the replay wrote into: its new value into the caller's tensor."""
+        for i in self.written:
+            if self.spans[i] is not None:
+                _span(inputs[i]).copy_(self.spans[i])
 
     def _replay(self) -> None:
         self.graph.replay()
@@ -104,34 +127,39 @@ class GraphedCall:
             self.ran[i] += n
 
     def _same_places(self, inputs: list[Any]) -> bool:
-        return all(not in_place or _ptr(x) == _ptr(s) for x, s, in_place in zip(inputs, self.static, self.in_place,
-                                                                                  strict=True))
+        """Whether every input read in place is where the recording read it. (Not where the object
+        the recording was given is now: a parameter's `.data` may have been set to a new tensor.)"""
+        return all(not in_place or _ptr(x) == place
+                   for x, place, in_place in zip(inputs, self.places, self.in_place, strict=True))
 
     def _record(self, inputs: list[Any]) -> Any:
         if self.recordings >= MAX_RECORDINGS:
             return self._give_up(inputs, f"inputs read in place moved {MAX_RECORDINGS} times")
-        if any(isinstance(x, torch.Tensor) and not x.is_cuda for x in inputs):
+        if any(isinstance(x, torch.Tensor) and x.device.type != self.device_type for x in inputs):
             return self._give_up(inputs, "an input is not on the GPU")
         self.recordings += 1
         if self.graph is None:
             self.in_place = [_static_address(x) and _ptr(x) == p for x, p in zip(inputs, self.first_ptrs, strict=True)]
         else:  # an input read in place moved: copy it from now on
-            self.in_place = [keep and _ptr(x) == _ptr(s) for x, s, keep in zip(inputs, self.static, self.in_place,
-                                                                               strict=True)]
+            self.in_place = [keep and _ptr(x) == place for x, place, keep in zip(inputs, self.places, self.in_place,
+                                                                                strict=True)]
         copies = [None if keep or not isinstance(x, torch.Tensor) else _static_copy(x)
                   for x, keep in zip(inputs, self.in_place, strict=True)]
         self.spans = [c[1] if c else None for c in copies]
         self.static = [c[0] if c else x for c, x in zip(copies, inputs, strict=True)]
-        graph = torch.cuda.CUDAGraph()
+        self.places = [_ptr(x) for x in self.static]
+        cuda = self.cuda
+        graph = cuda.CUDAGraph()
         try:
-            # Warm-up on a side stream, as torch.cuda.graphs recommends, then record.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.launch(list(self.static))
-            torch.cuda.current_stream().wait_stream(side)
+            # Warm-up on a side stream, as torch.cuda.graphs recommends, then record. The warm-up
+            # writes into scratch copies: the replay after the recording is this call's one write.
+            side = cuda.Stream()
+            side.wait_stream(cuda.current_stream())
+            with cuda.stream(side):
+                self.launch([_static_copy(x)[0] if i in self.written else x for i, x in enumerate(self.static)])
+            cuda.current_stream().wait_stream(side)
             before = list(self.ran)
-            with torch.cuda.graph(graph):
+            with cuda.graph(graph):
                 outputs = self.launch(list(self.static))
             self.per_call = [(i, after - was) for i, (after, was) in enumerate(zip(self.ran, before, strict=True))
                              if after != was]
@@ -140,6 +168,7 @@ class GraphedCall:
             return self._give_up(inputs, f"recording failed: {type(exc).__name__}: {exc}")
         self.graph, self.outputs = graph, outputs
         self._replay()
+        self._copy_back(inputs)
         return outputs
 
     def _give_up(self, inputs: list[Any], reason: str) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fusec import native, tuning
-from fusec.cudagraphs import GraphedCall, refusal
+from fusec.cudagraphs import GraphedCall, refusal, written_inputs
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
@@ -258,7 +258,7 @@ class Runtime:
         self.source, names = generate(replace(self.plan, graph=self.exact), code, streams=self.multi_stream)
         call = compile_source(self.source, names)
         if self.cudagraphs and self.cudagraph_refusal is None:
-            return GraphedCall(call, self.plan.graph.name, self.counts.ran)
+            return GraphedCall(call, self.plan.graph.name, self.counts.ran, written_inputs(self.plan))
         return call
 
     def _step_code(self, library: frozenset[str]) -> StepCode:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 import fusec
-from fusec.cudagraphs import GraphedCall, refusal
+from fusec.cudagraphs import GraphedCall, refusal, written_inputs
 from fusec.options import Options
 
 
@@ -129,3 +131,129 @@ def test_a_graph_that_cannot_be_recorded_still_runs(caplog):
         a, b = compiled(x), compiled(x)
     assert not torch.equal(a, b)  # a new mask every call
     assert "runs without a CUDA graph" in caplog.text and "random numbers" in caplog.text
+
+
+class RecordingCuda:
+    """torch.cuda's graphs and streams for `GraphedCall` on a CPU. A recording runs the launch and
+    then undoes its writes into the inputs it recorded (a GPU records kernels without running
+    them); a replay runs the launch again on those inputs and writes its results into the
+    recorded outputs (a GPU runs the recorded kernels, which write into the same buffers)."""
+
+    def __init__(self) -> None:
+        self.call: GraphedCall | None = None
+        self.recorded = 0
+        self.read: list = []  # what the recording read: the storages its inputs had then
+
+    def CUDAGraph(self) -> _Recording:
+        return _Recording(self)
+
+    def Stream(self) -> _NoStream:
+        return _NoStream()
+
+    def current_stream(self) -> _NoStream:
+        return _NoStream()
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        yield
+
+    @contextlib.contextmanager
+    def graph(self, graph):
+        # a recording reads addresses: a parameter given a new tensor later is not read by a replay
+        self.read = [x.detach() if isinstance(x, torch.Tensor) else x for x in self.call.static]
+        kept = [x.clone() if isinstance(x, torch.Tensor) else None for x in self.call.static]
+        yield
+        for x, was in zip(self.call.static, kept, strict=True):
+            if was is not None:
+                x.copy_(was)
+        self.recorded += 1
+
+
+class _NoStream:
+    def wait_stream(self, other) -> None:
+        pass
+
+
+class _Recording:
+    def __init__(self, cuda: RecordingCuda) -> None:
+        self.cuda = cuda
+
+    def replay(self) -> None:
+        call = self.cuda.call
+        ran = list(call.ran)
+        new = call.launch(list(self.cuda.read))
+        call.ran[:] = ran  # the graphed call counts a replay itself
+        for mine, value in zip(tree_leaves(call.outputs), tree_leaves(new), strict=True):
+            mine.copy_(value)
+
+
+def graphed_on_cpu(compiled, *args) -> tuple[GraphedCall, RecordingCuda]:
+    """`compiled` called once, then its launcher wrapped in a GraphedCall recording on a CPU."""
+    compiled(*args)
+    (record,) = fusec.report_of(compiled).graphs
+    runtime, cuda = record.runtime, RecordingCuda()
+    cuda.call = runtime._call = GraphedCall(runtime._built(), record.name, runtime.counts.ran,
+                                            written_inputs(record.plan), cuda=cuda, device_type="cpu")
+    return runtime._call, cuda
+
+
+def test_replays_read_each_calls_inputs_into_the_same_outputs():
+    torch.manual_seed(0)
+    block = Block(16).eval()
+    compiled = fusec.compile(block)
+    with torch.no_grad():
+        graphed, cuda = graphed_on_cpu(compiled, torch.randn(4, 16))
+        outputs = []
+        for step in range(4):
+            x = torch.randn(4, 16)
+            out = compiled(x)
+            torch.testing.assert_close(out, block(x), rtol=2e-4, atol=2e-4, msg=f"call {step}")
+            outputs.append(out)
+    assert cuda.recorded == graphed.recordings == 1 and graphed.replays == 3
+    # from the recording on, the graph's own buffers: valid until the next call
+    assert len({o.data_ptr() for o in outputs[1:]}) == 1 and outputs[0].data_ptr() != outputs[1].data_ptr()
+    assert sum(graphed.in_place) == sum(1 for _ in block.parameters())  # parameters read where they are
+
+
+def test_a_moved_parameter_is_recorded_again_on_a_cpu():
+    torch.manual_seed(1)
+    block = Block(16).eval()
+    compiled = fusec.compile(block)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        graphed, _ = graphed_on_cpu(compiled, x)
+        for _ in range(3):  # run, recorded, replayed
+            compiled(x)
+        block.up.weight.data = block.up.weight.data * 0.5  # a new tensor at another address
+        torch.testing.assert_close(compiled(x), block(x), rtol=2e-4, atol=2e-4)
+        torch.testing.assert_close(compiled(x), block(x), rtol=2e-4, atol=2e-4)
+    assert graphed.recordings == 2
+
+
+def _sgd(params, grads):
+    for p, g in zip(params, grads, strict=True):
+        p.add_(g, alpha=-0.1)
+
+
+@pytest.mark.parametrize("parameters", [True, False])
+def test_a_step_writing_into_its_inputs_is_recorded_and_writes_once_a_call(parameters):
+    # Parameters are read and written in place; plain tensors are copied in, and their new values
+    # copied back into the caller's tensors after each replay.
+    torch.manual_seed(2)
+    make = (lambda t: nn.Parameter(t, requires_grad=False)) if parameters else (lambda t: t)
+    params = [make(torch.randn(64)) for _ in range(3)]
+    grads = [torch.randn(64) for _ in range(3)]
+    record = _plan(_sgd, [make(p.detach().clone()) for p in params], grads)  # inspect runs the step
+    assert refusal(record.plan, record.name) is None
+    expected = [p.detach().clone() for p in params]
+    compiled = fusec.compile(_sgd)
+    with torch.no_grad():
+        graphed, _ = graphed_on_cpu(compiled, params, grads)
+        _sgd(expected, grads)
+        for _ in range(4):  # the recording call, then replays
+            compiled(params, grads)
+            _sgd(expected, grads)
+    assert graphed.recordings == 1 and graphed.replays == 3 and graphed.given_up is None
+    assert sum(graphed.in_place) == (3 if parameters else 0)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.detach(), e)
