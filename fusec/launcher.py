@@ -231,9 +231,11 @@ def planned_peak(plan: Plan, streams: bool = False) -> int:
     steps = step_buffers(plan, frozenset(), streams, into)
     keep = frozenset(plan.graph.output.operands())
     # A view torch runs shares its operand's memory; a kernel writes a buffer of its own.
-    aliases = {s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW}
+    aliases = [s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW]
     sizes = {name: 0 if name in aliases else plan.graph[name].nbytes for step in steps for name, _ in step.writes}
-    return live_bytes_peak(steps, sizes, plan_reuse(steps, keep), keep)
+    reuse = plan_reuse(steps, keep)
+    steps, keep = _through_views(plan.graph, aliases, steps, keep)
+    return live_bytes_peak(steps, sizes, reuse, keep)
 
 
 def unfused_peak(graph: Graph) -> int:
@@ -243,8 +245,24 @@ def unfused_peak(graph: Graph) -> int:
     for node in graph.op_nodes():
         steps.append(StepBuffers(((node.name, None),), tuple(node.operands()), pooled=False))
         sizes[node.name] = 0 if node.kind is Kind.VIEW else node.nbytes
-    keep = frozenset(graph.output.operands())
+    views = [node.name for node in graph.op_nodes() if node.kind is Kind.VIEW]
+    steps, keep = _through_views(graph, views, steps, frozenset(graph.output.operands()))
     return live_bytes_peak(steps, sizes, {}, keep)
+
+
+def _through_views(graph: Graph, views: list[str], steps: list[StepBuffers],
+                   keep: frozenset[str]) -> tuple[list[StepBuffers], frozenset[str]]:
+    """`steps` and `keep` for a peak: a step reading a view (`views`, in graph order) reads the
+    buffer whose memory the view shares, and an output that is a view keeps that buffer, so
+    the buffer lives as long as its views."""
+    roots: dict[str, str] = {}
+    for name in views:
+        operands = graph[name].operands()
+        if operands:
+            roots[name] = roots.get(operands[0], operands[0])
+    steps = [replace(s, reads=tuple(dict.fromkeys([*s.reads, *(roots[r] for r in s.reads if r in roots)])))
+             for s in steps]
+    return steps, keep | {roots[name] for name in keep if name in roots}
 
 
 def _outputs(kernel: Kernel, library: frozenset[str]) -> list[str]:

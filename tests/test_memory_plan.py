@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fusec
-from fusec.launcher import planned_peak, step_buffers
+from fusec.launcher import planned_peak, step_buffers, unfused_peak
 from fusec.passes.memory import StepBuffers, live_bytes_peak, plan_reuse
 from tests.test_stream_runtime import FakeCuda, happens_before, misordered, on_fake_streams
 
@@ -156,6 +156,19 @@ def test_a_launcher_on_several_streams_takes_over_only_buffers_its_events_order(
     ran = {arg: i for i, (what, _, arg) in enumerate(cuda.trace) if what == "run"}
     order = happens_before(cuda.trace)
     assert all(nx.has_path(order, ran[u], ran[k3]) for u in (k0, k1))
+
+
+def test_a_buffer_lives_as_long_as_its_views_in_the_modeled_peak():
+    # exp's buffer is read only through its transpose, after sin's buffer is made: op by op, exp,
+    # sin and the sum are held at once; fused, one kernel writes the sum alone.
+    fn = lambda x: torch.exp(x).t() + torch.sin(x)
+    record = fusec.inspect(fn, torch.randn(8, 8)).graphs[0]
+    assert [n.op for n in record.graph.op_nodes()] == ["exp", "permute", "sin", "add"]
+    assert unfused_peak(record.graph) == 3 * 256
+    assert planned_peak(record.plan) == 256
+    # a view the graph returns keeps its buffer to the end
+    record = fusec.inspect(lambda x: (torch.exp(x).t(), torch.sin(x) * 2), torch.randn(8, 8)).graphs[0]
+    assert unfused_peak(record.graph) == 3 * 256
 
 
 def test_a_chain_of_layers_ping_pongs_between_two_buffers():
