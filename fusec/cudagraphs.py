@@ -6,8 +6,10 @@ input buffers; later calls copy their inputs into those buffers and replay the
 graph, whatever the number of kernels, extern calls and streams inside.
 A parameter or buffer whose address did not change between the first two
 calls is read in place, not copied; should its address change
-later, the graph is recorded again (a few times at most, then the launcher
-runs without a graph).
+later, the graph is recorded again, copying it from then on (a few times at
+most, then the launcher runs without a graph). The call that records runs
+the launcher once first (the warm-up torch.cuda.graphs asks for): that run is
+the call's, and its outputs are what the call returns.
 
 Outputs are the graph's own buffers: like torch.compile's
 `mode="reduce-overhead"`, a call's outputs are valid until the next call of
@@ -15,9 +17,8 @@ the same compiled graph (clone what must live longer).
 
 A graph that writes new values into its inputs (an optimizer step) is
 recorded too: an input read in place (a parameter, an optimizer state) is
-written where it is; a copied one is written into its copy, which a replay
-then copies back into the caller's tensor. The warm-up before a recording
-writes into scratch copies, so a call's writes happen once.
+written where it is; a copied one is written into its copy, which is then
+copied back into the caller's tensor.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from fusec.plan import Extern, LaunchExtra, Plan
 from fusec.stores import stores
@@ -83,7 +85,8 @@ class GraphedCall:
         self.name = name
         self.written = written
         self.cuda, self.device_type = cuda, device_type
-        # The launcher's counts of what ran: a recording runs nothing, a replay runs what it recorded.
+        # The launcher's counts of what ran: the warm-up before a recording ran this call, the
+        # recording runs nothing, a replay runs what it recorded.
         self.ran = ran if ran is not None else []
         self.per_call: list[tuple[int, int]] = []  # (slot of `ran`, what one replay adds), nonzero only
         self.calls = 0
@@ -115,10 +118,11 @@ class GraphedCall:
         return self.outputs
 
     def _copy_back(self, inputs: list[Any]) -> None:
-        """A copied input the replay wrote into: its new value into the caller's tensor."""
+        """A copied input the call wrote into: its new value into the caller's tensor, element by
+        element (its span may hold another input's elements between its rows)."""
         for i in self.written:
             if self.spans[i] is not None:
-                _span(inputs[i]).copy_(self.spans[i])
+                inputs[i].copy_(self.static[i])
 
     def _replay(self) -> None:
         self.graph.replay()
@@ -149,32 +153,48 @@ class GraphedCall:
         self.static = [c[0] if c else x for c, x in zip(copies, inputs, strict=True)]
         self.places = [_ptr(x) for x in self.static]
         cuda = self.cuda
-        graph = cuda.CUDAGraph()
+        side = cuda.Stream()
+        side.wait_stream(cuda.current_stream())
         try:
-            # Warm-up on a side stream, as torch.cuda.graphs recommends, then record. The warm-up
-            # writes into scratch copies: the replay after the recording is this call's one write.
-            side = cuda.Stream()
-            side.wait_stream(cuda.current_stream())
+            # The warm-up on a side stream, as torch.cuda.graphs recommends, is this call's work: its
+            # one write into the inputs, and the outputs it returns.
             with cuda.stream(side):
-                self.launch([_static_copy(x)[0] if i in self.written else x for i, x in enumerate(self.static)])
-            cuda.current_stream().wait_stream(side)
-            before = list(self.ran)
+                result = self.launch(list(self.static))
+        except Exception as exc:  # before anything was recorded: the launcher's own error
+            return self._give_up(inputs, f"its warm-up failed: {type(exc).__name__}: {exc}")
+        cuda.current_stream().wait_stream(side)
+        _used_on(result, cuda.current_stream())
+        self._copy_back(inputs)
+        graph = cuda.CUDAGraph()
+        before = list(self.ran)
+        try:
             with cuda.graph(graph):
                 outputs = self.launch(list(self.static))
+        except Exception as exc:  # an op that syncs with the host or allocates outside the pool, say
+            self._stop(f"recording failed: {type(exc).__name__}: {exc}")
+            return result
+        finally:  # a recording runs nothing: what one replay runs is counted when it replays
             self.per_call = [(i, after - was) for i, (after, was) in enumerate(zip(self.ran, before, strict=True))
                              if after != was]
             self.ran[:] = before
-        except Exception as exc:  # an op that syncs with the host or allocates outside the pool, say
-            return self._give_up(inputs, f"recording failed: {type(exc).__name__}: {exc}")
         self.graph, self.outputs = graph, outputs
-        self._replay()
-        self._copy_back(inputs)
-        return outputs
+        return result
 
     def _give_up(self, inputs: list[Any], reason: str) -> Any:
+        self._stop(reason)
+        return self.launch(inputs)
+
+    def _stop(self, reason: str) -> None:
         self.given_up, self.graph, self.static, self.outputs = reason, None, [], None
         log.warning("fusec: %s runs without a CUDA graph: %s", self.name, reason)
-        return self.launch(inputs)
+
+
+def _used_on(result: Any, stream: Any) -> None:
+    """The caching allocator told that the caller's stream uses the warm-up's outputs, made on a
+    side stream from torch's pool, which other work may take up once they are freed."""
+    for value in tree_leaves(result):
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(stream)
 
 
 def _static_address(value: Any) -> bool:
