@@ -15,6 +15,10 @@ Outputs are the graph's own buffers: like torch.compile's
 `mode="reduce-overhead"`, a call's outputs are valid until the next call of
 the same compiled graph (clone what must live longer).
 
+A dynamic graph keeps one recording per size it is called with (the values
+of its size symbols, read from the inputs as its launcher reads them), up to
+MAX_SIZES; calls of other sizes run the launcher.
+
 A graph that writes new values into its inputs (an optimizer step) is
 recorded too: an input read in place (a parameter, an optimizer state) is
 written where it is; a copied one is written into its copy, which is then
@@ -30,12 +34,15 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves
 
+from fusec.ir import Graph
 from fusec.plan import Extern, LaunchExtra, Plan
+from fusec.size_reads import symbol_sources, var
 from fusec.stores import stores
 
 log = logging.getLogger("fusec")
 
-MAX_RECORDINGS = 4
+MAX_RECORDINGS = 4  # recordings of one size, made again as inputs read in place move
+MAX_SIZES = 8  # sizes recorded per graph (a dynamic graph's): calls of other sizes run without a graph
 
 
 def refusal(plan: Plan, graph_name: str) -> str | None:
@@ -44,8 +51,6 @@ def refusal(plan: Plan, graph_name: str) -> str | None:
         # A training forward's outputs hold activations its backward reads later: a replay
         # before that backward (gradient accumulation) would overwrite them.
         return "training graphs are not recorded (their saved activations would be overwritten by a replay)"
-    if plan.graph.hints:
-        return f"its sizes are symbols ({', '.join(plan.graph.hints)}): a recording holds the sizes of one call"
     for kernel in plan.all_kernels():
         if LaunchExtra.SEED in kernel.extras:
             return f"{kernel.id} draws random numbers with a seed chosen per call"
@@ -75,19 +80,66 @@ def written_inputs(plan: Plan) -> frozenset[int]:
 
 
 class GraphedCall:
-    """Runs `launch(inputs)` from a CUDA graph once it has been recorded (see the module docstring).
-    `written`: the positions of the inputs the launch writes into. `cuda`: torch.cuda's graphs and
-    streams (a test's stand-in records on a CPU), on devices of type `device_type`."""
+    """Runs `launch(inputs)` from a CUDA graph of the call's sizes once one has been recorded (see
+    the module docstring). `written`: the positions of the inputs the launch writes into. `sizes`:
+    a call's sizes read from its inputs (a dynamic graph's symbols; None: the graph has one size).
+    `cuda`: torch.cuda's graphs and streams (a test's stand-in records on a CPU), on devices of
+    type `device_type`."""
 
     def __init__(self, launch: Callable[[list[Any]], Any], name: str, ran: list[int] | None = None,
-                 written: frozenset[int] = frozenset(), cuda: Any = torch.cuda, device_type: str = "cuda") -> None:
+                 written: frozenset[int] = frozenset(), sizes: Callable[[list[Any]], tuple] | None = None,
+                 cuda: Any = torch.cuda, device_type: str = "cuda") -> None:
         self.launch = launch
         self.name = name
         self.written = written
+        self.sizes = sizes
         self.cuda, self.device_type = cuda, device_type
         # The launcher's counts of what ran: the warm-up before a recording ran this call, the
         # recording runs nothing, a replay runs what it recorded.
         self.ran = ran if ran is not None else []
+        self.by_size: dict[tuple | None, Recorded] = {}
+        self.given_up: str | None = None
+        self.unrecorded = 0  # calls of sizes beyond the MAX_SIZES recorded
+
+    def __call__(self, inputs: list[Any]) -> Any:
+        if self.given_up is not None:
+            return self.launch(inputs)
+        key = None if self.sizes is None else self.sizes(inputs)
+        recorded = self.by_size.get(key)
+        if recorded is None:
+            if len(self.by_size) >= MAX_SIZES:
+                if not self.unrecorded:
+                    log.warning("fusec: %s: calls of sizes other than the %d recorded run without a CUDA graph",
+                                self.name, MAX_SIZES)
+                self.unrecorded += 1
+                return self.launch(inputs)
+            recorded = self.by_size[key] = Recorded(self)
+        return recorded(inputs)
+
+    @property
+    def recordings(self) -> int:
+        return sum(r.recordings for r in self.by_size.values())
+
+    @property
+    def replays(self) -> int:
+        return sum(r.replays for r in self.by_size.values())
+
+    def give_up(self, inputs: list[Any], reason: str) -> Any:
+        self.stop(reason)
+        return self.launch(inputs)
+
+    def stop(self, reason: str) -> None:
+        """No more recordings nor replays: every call runs the launcher."""
+        self.given_up, self.by_size = reason, {}
+        log.warning("fusec: %s runs without a CUDA graph: %s", self.name, reason)
+
+
+class Recorded:
+    """The recording of one size of a GraphedCall's calls: made by its second call of that size,
+    replayed by the later ones."""
+
+    def __init__(self, owner: GraphedCall) -> None:
+        self.owner = owner
         self.per_call: list[tuple[int, int]] = []  # (slot of `ran`, what one replay adds), nonzero only
         self.calls = 0
         self.recordings = 0
@@ -98,37 +150,31 @@ class GraphedCall:
         self.static: list[Any] = []  # what the recording reads: the inputs read in place, copies of the others
         self.spans: list[torch.Tensor | None] = []  # each copy's storage, as one flat tensor
         self.outputs: Any = None
-        self.given_up: str | None = None
         self.replays = 0
 
     def __call__(self, inputs: list[Any]) -> Any:
         self.calls += 1
-        if self.given_up is not None:
-            return self.launch(inputs)
         if self.calls == 1:
             self.first_ptrs = [_ptr(x) for x in inputs]
-            return self.launch(inputs)
+            return self.owner.launch(inputs)
         if self.graph is None or not self._same_places(inputs):
             return self._record(inputs)
         for i, span in enumerate(self.spans):
             if span is not None:  # a copied input (the others are read in place, or not tensors)
                 span.copy_(_span(inputs[i]))
-        self._replay()
+        self.graph.replay()
+        self.replays += 1
+        for i, n in self.per_call:
+            self.owner.ran[i] += n
         self._copy_back(inputs)
         return self.outputs
 
     def _copy_back(self, inputs: list[Any]) -> None:
         """A copied input the call wrote into: its new value into the caller's tensor, element by
         element (its span may hold another input's elements between its rows)."""
-        for i in self.written:
+        for i in self.owner.written:
             if self.spans[i] is not None:
                 inputs[i].copy_(self.static[i])
-
-    def _replay(self) -> None:
-        self.graph.replay()
-        self.replays += 1
-        for i, n in self.per_call:
-            self.ran[i] += n
 
     def _same_places(self, inputs: list[Any]) -> bool:
         """Whether every input read in place is where the recording read it. (Not where the object
@@ -137,10 +183,11 @@ class GraphedCall:
                    for x, place, in_place in zip(inputs, self.places, self.in_place, strict=True))
 
     def _record(self, inputs: list[Any]) -> Any:
+        owner = self.owner
         if self.recordings >= MAX_RECORDINGS:
-            return self._give_up(inputs, f"inputs read in place moved {MAX_RECORDINGS} times")
-        if any(isinstance(x, torch.Tensor) and x.device.type != self.device_type for x in inputs):
-            return self._give_up(inputs, "an input is not on the GPU")
+            return owner.give_up(inputs, f"inputs read in place moved {MAX_RECORDINGS} times")
+        if any(isinstance(x, torch.Tensor) and x.device.type != owner.device_type for x in inputs):
+            return owner.give_up(inputs, "an input is not on the GPU")
         self.recordings += 1
         if self.graph is None:
             self.in_place = [_static_address(x) and _ptr(x) == p for x, p in zip(inputs, self.first_ptrs, strict=True)]
@@ -152,49 +199,56 @@ class GraphedCall:
         self.spans = [c[1] if c else None for c in copies]
         self.static = [c[0] if c else x for c, x in zip(copies, inputs, strict=True)]
         self.places = [_ptr(x) for x in self.static]
-        cuda = self.cuda
+        cuda = owner.cuda
         side = cuda.Stream()
         side.wait_stream(cuda.current_stream())
         try:
             # The warm-up on a side stream, as torch.cuda.graphs recommends, is this call's work: its
             # one write into the inputs, and the outputs it returns.
             with cuda.stream(side):
-                result = self.launch(list(self.static))
+                result = owner.launch(list(self.static))
         except Exception as exc:  # before anything was recorded: the launcher's own error
-            return self._give_up(inputs, f"its warm-up failed: {type(exc).__name__}: {exc}")
+            return owner.give_up(inputs, f"its warm-up failed: {type(exc).__name__}: {exc}")
         cuda.current_stream().wait_stream(side)
-        _used_on(result, cuda.current_stream())
+        for value in tree_leaves(result):  # made on the side stream, read on the caller's
+            record_stream(value, cuda.current_stream())
         self._copy_back(inputs)
+        self.graph = self.outputs = None  # the last recording let go (and its memory) before the next
         graph = cuda.CUDAGraph()
-        before = list(self.ran)
+        before = list(owner.ran)
         try:
             with cuda.graph(graph):
-                outputs = self.launch(list(self.static))
+                outputs = owner.launch(list(self.static))
         except Exception as exc:  # an op that syncs with the host or allocates outside the pool, say
-            self._stop(f"recording failed: {type(exc).__name__}: {exc}")
+            owner.stop(f"recording failed: {type(exc).__name__}: {exc}")
             return result
         finally:  # a recording runs nothing: what one replay runs is counted when it replays
-            self.per_call = [(i, after - was) for i, (after, was) in enumerate(zip(self.ran, before, strict=True))
+            self.per_call = [(i, after - was) for i, (after, was) in enumerate(zip(owner.ran, before, strict=True))
                              if after != was]
-            self.ran[:] = before
+            owner.ran[:] = before
         self.graph, self.outputs = graph, outputs
         return result
 
-    def _give_up(self, inputs: list[Any], reason: str) -> Any:
-        self._stop(reason)
-        return self.launch(inputs)
 
-    def _stop(self, reason: str) -> None:
-        self.given_up, self.graph, self.static, self.outputs = reason, None, [], None
-        log.warning("fusec: %s runs without a CUDA graph: %s", self.name, reason)
+def record_stream(value: Any, stream: Any) -> None:
+    """The caching allocator told that `stream` uses a CUDA tensor made on another: its memory is
+    not handed to other work until what `stream` has queued so far has run."""
+    if isinstance(value, torch.Tensor) and value.is_cuda:
+        value.record_stream(stream)
 
 
-def _used_on(result: Any, stream: Any) -> None:
-    """The caching allocator told that the caller's stream uses the warm-up's outputs, made on a
-    side stream from torch's pool, which other work may take up once they are freed."""
-    for value in tree_leaves(result):
-        if isinstance(value, torch.Tensor) and value.is_cuda:
-            value.record_stream(stream)
+def sizes_of(graph: Graph) -> Callable[[list[Any]], tuple] | None:
+    """A function of a call's inputs giving the values of the graph's size symbols, read as its
+    launcher reads them; None for a graph of one size."""
+    if not graph.hints:
+        return None
+    reads = symbol_sources(graph)
+    names = [n.name for n in graph.inputs]
+    source = (f"def sizes(inputs):\n    {', '.join(var(n) for n in names)}, = inputs\n"
+              f"    return ({', '.join(reads.values())},)\n")
+    scope: dict[str, Any] = {}
+    exec(compile(source, "<fusec sizes>", "exec"), scope)
+    return scope["sizes"]
 
 
 def _static_address(value: Any) -> bool:

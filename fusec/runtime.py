@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fusec import native, tuning
-from fusec.cudagraphs import GraphedCall, refusal, written_inputs
+from fusec.cudagraphs import GraphedCall, record_stream, refusal, sizes_of, written_inputs
 from fusec.device import time_cuda as _time_cuda
 from fusec.ir import Graph
 from fusec.kernels.call import DynamicCall, KernelCall, KernelFailed
@@ -258,7 +258,8 @@ class Runtime:
         self.source, names = generate(replace(self.plan, graph=self.exact), code, streams=self.multi_stream)
         call = compile_source(self.source, names)
         if self.cudagraphs and self.cudagraph_refusal is None:
-            return GraphedCall(call, self.plan.graph.name, self.counts.ran, written_inputs(self.plan))
+            return GraphedCall(call, self.plan.graph.name, self.counts.ran, written_inputs(self.plan),
+                               sizes_of(self.plan.graph))
         return call
 
     def _step_code(self, library: frozenset[str]) -> StepCode:
@@ -267,7 +268,7 @@ class Runtime:
             cuda = self.stream_api
             stream_ops = {"current_stream": cuda.current_stream, "stream_context": cuda.stream,
                           "SIDE": [cuda.Stream() for _ in range(self.n_streams - 1)],
-                          "record_stream": _record_stream}
+                          "record_stream": record_stream}
         working = frozenset(s.id for s in self.plan.steps if isinstance(s, Extern) and does_work(self.plan, s))
         head = native.start(self.cache_dir, when_loaded=self) if self.native else None
         return StepCode(calls=self.calls, callables=self.callables, library=library,
@@ -381,11 +382,6 @@ def compile_source(source: str, names: dict[str, Any]) -> Callable[[list[Any]], 
     `names` become its globals (`direct_launch.Binder` writes the binaries it binds there)."""
     exec(compile(source, "<fusec launcher>", "exec"), names)
     return names["call"]
-
-
-def _record_stream(value: Any, stream: torch.cuda.Stream) -> None:
-    if isinstance(value, torch.Tensor) and value.is_cuda:
-        value.record_stream(stream)
 
 
 def _random_like(graph: Graph, name: str, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 import fusec
-from fusec.cudagraphs import GraphedCall, refusal, written_inputs
+from fusec import cudagraphs
+from fusec.cudagraphs import GraphedCall, refusal, sizes_of, written_inputs
 from fusec.options import Options
 
 
@@ -89,7 +90,8 @@ def test_replays_equal_eager_as_inputs_change():
     # what ran, replays included: once per call (the warm-up before the recording is its call's run,
     # the recording itself runs nothing)
     assert dict(record.runtime.counts.kernels) == {k.id: 6 for k in record.plan.kernels}
-    assert sum(graphed.in_place) == sum(1 for _ in block.parameters())  # parameters are read where they are
+    (recorded,) = graphed.by_size.values()
+    assert sum(recorded.in_place) == sum(1 for _ in block.parameters())  # parameters are read where they are
 
 
 @pytest.mark.cuda
@@ -142,7 +144,6 @@ class RecordingCuda:
     def __init__(self) -> None:
         self.call: GraphedCall | None = None
         self.recorded = 0
-        self.read: list = []  # what the recording read: the storages its inputs had then
 
     def CUDAGraph(self) -> _Recording:
         return _Recording(self)
@@ -159,11 +160,14 @@ class RecordingCuda:
 
     @contextlib.contextmanager
     def graph(self, graph):
+        # the size being recorded: the one whose recording is let go and whose inputs are ready
+        recorded = next(r for r in self.call.by_size.values() if r.graph is None and r.static)
         # a recording reads addresses: a parameter given a new tensor later is not read by a replay
-        self.read = [x.detach() if isinstance(x, torch.Tensor) else x for x in self.call.static]
-        kept = [x.clone() if isinstance(x, torch.Tensor) else None for x in self.call.static]
+        graph.recorded = recorded
+        graph.read = [x.detach() if isinstance(x, torch.Tensor) else x for x in recorded.static]
+        kept = [x.clone() if isinstance(x, torch.Tensor) else None for x in recorded.static]
         yield
-        for x, was in zip(self.call.static, kept, strict=True):
+        for x, was in zip(recorded.static, kept, strict=True):
             if was is not None:
                 x.copy_(was)
         self.recorded += 1
@@ -177,13 +181,15 @@ class _NoStream:
 class _Recording:
     def __init__(self, cuda: RecordingCuda) -> None:
         self.cuda = cuda
+        self.recorded = None  # the size it records (a `Recorded`)
+        self.read: list = []  # what the recording read: the storages its inputs had then
 
     def replay(self) -> None:
         call = self.cuda.call
         ran = list(call.ran)
-        new = call.launch(list(self.cuda.read))
+        new = call.launch(list(self.read))
         call.ran[:] = ran  # the graphed call counts a replay itself
-        for mine, value in zip(tree_leaves(call.outputs), tree_leaves(new), strict=True):
+        for mine, value in zip(tree_leaves(self.recorded.outputs), tree_leaves(new), strict=True):
             mine.copy_(value)
 
 
@@ -193,7 +199,8 @@ def graphed_on_cpu(compiled, *args) -> tuple[GraphedCall, RecordingCuda]:
     (record,) = fusec.report_of(compiled).graphs
     runtime, cuda = record.runtime, RecordingCuda()
     cuda.call = runtime._call = GraphedCall(runtime._built(), record.name, runtime.counts.ran,
-                                            written_inputs(record.plan), cuda=cuda, device_type="cpu")
+                                            written_inputs(record.plan), sizes_of(record.plan.graph), cuda=cuda,
+                                            device_type="cpu")
     return runtime._call, cuda
 
 
@@ -214,7 +221,8 @@ def test_replays_read_each_calls_inputs_into_the_same_outputs():
     assert len({o.data_ptr() for o in outputs[2:]}) == 1 and outputs[1].data_ptr() != outputs[2].data_ptr()
     (record,) = fusec.report_of(compiled).graphs
     assert dict(record.runtime.counts.kernels) == {k.id: 5 for k in record.plan.kernels}  # once a call
-    assert sum(graphed.in_place) == sum(1 for _ in block.parameters())  # parameters read where they are
+    (recorded,) = graphed.by_size.values()
+    assert sum(recorded.in_place) == sum(1 for _ in block.parameters())  # parameters read where they are
 
 
 def test_a_moved_parameter_is_recorded_again_on_a_cpu():
@@ -256,7 +264,8 @@ def test_a_step_writing_into_its_inputs_is_recorded_and_writes_once_a_call(param
             compiled(params, grads)
             _sgd(expected, grads)
     assert graphed.recordings == 1 and graphed.replays == 2 and graphed.given_up is None
-    assert sum(graphed.in_place) == (3 if parameters else 0)
+    (recorded,) = graphed.by_size.values()
+    assert sum(recorded.in_place) == (3 if parameters else 0)
     for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.detach(), e)
 
@@ -278,3 +287,21 @@ def test_views_of_one_tensor_written_apart_are_copied_back_element_by_element():
             step([expected[:, :2], expected[:, 2:]])
     assert graphed.recordings == 1 and graphed.replays == 1 and graphed.given_up is None
     torch.testing.assert_close(matrix, expected)
+
+
+def test_a_dynamic_graph_records_each_size_it_is_called_with_up_to_a_bound(monkeypatch, caplog):
+    monkeypatch.setattr(cudagraphs, "MAX_SIZES", 2)
+    fn = lambda x: torch.tanh(x) * 3 + 1
+    compiled = fusec.compile(fn, dynamic=True)
+    first = torch.randn(4, 16)
+    graphed, cuda = graphed_on_cpu(compiled, first)  # a call of 4 rows before the recordings
+    (record,) = fusec.report_of(compiled).graphs
+    assert record.plan.graph.hints and refusal(record.plan, record.name) is None
+    with caplog.at_level(logging.WARNING, logger="fusec"):
+        for rows in [4, 8, 4, 8, 4, 8, 12, 12]:
+            x = torch.randn(rows, 16)
+            torch.testing.assert_close(compiled(x), fn(x))
+    # 4 and 8 rows: a run, a recording, a replay each; 12 rows: past the bound, runs as usual
+    assert len(graphed.by_size) == 2 and graphed.recordings == cuda.recorded == 2 and graphed.replays == 2
+    assert graphed.unrecorded == 2 and "sizes other than the 2 recorded" in caplog.text
+    assert sorted(sorted(k) for k in graphed.by_size) == [[4, 16], [8, 16]]  # the symbols' values
