@@ -17,7 +17,9 @@ the same compiled graph (clone what must live longer).
 
 A dynamic graph keeps one recording per size it is called with (the values
 of its size symbols, read from the inputs as its launcher reads them), up to
-MAX_SIZES; calls of other sizes run the launcher.
+MAX_SIZES; calls of other sizes run the launcher. Each recording has a memory
+pool of its own (replays of different sizes interleave, which a shared pool
+does not allow) and its own copies of the inputs not read in place.
 
 A graph that writes new values into its inputs (an optimizer step) is
 recorded too: an input read in place (a parameter, an optimizer state) is
@@ -43,6 +45,7 @@ log = logging.getLogger("fusec")
 
 MAX_RECORDINGS = 4  # recordings of one size, made again as inputs read in place move
 MAX_SIZES = 8  # sizes recorded per graph (a dynamic graph's): calls of other sizes run without a graph
+_NONE = object()
 
 
 def refusal(plan: Plan, graph_name: str) -> str | None:
@@ -107,7 +110,7 @@ class GraphedCall:
         key = None if self.sizes is None else self.sizes(inputs)
         recorded = self.by_size.get(key)
         if recorded is None:
-            if len(self.by_size) >= MAX_SIZES:
+            if len(self.by_size) >= MAX_SIZES and not self._room():
                 if not self.unrecorded:
                     log.warning("fusec: %s: calls of sizes other than the %d recorded run without a CUDA graph",
                                 self.name, MAX_SIZES)
@@ -115,6 +118,15 @@ class GraphedCall:
                 return self.launch(inputs)
             recorded = self.by_size[key] = Recorded(self)
         return recorded(inputs)
+
+    def _room(self) -> bool:
+        """Whether a size seen once and never recorded could be forgotten to make room for another
+        (sizes seen once at start-up do not hold the bound against the one that repeats)."""
+        once = next((key for key, r in self.by_size.items() if r.graph is None and not r.recordings), _NONE)
+        if once is _NONE:
+            return False
+        del self.by_size[once]
+        return True
 
     @property
     def recordings(self) -> int:
@@ -129,8 +141,10 @@ class GraphedCall:
         return self.launch(inputs)
 
     def stop(self, reason: str) -> None:
-        """No more recordings nor replays: every call runs the launcher."""
-        self.given_up, self.by_size = reason, {}
+        """No more recordings nor replays: every call runs the launcher (the counts stay)."""
+        self.given_up = reason
+        for recorded in self.by_size.values():
+            recorded.let_go()
         log.warning("fusec: %s runs without a CUDA graph: %s", self.name, reason)
 
 
@@ -169,6 +183,11 @@ class Recorded:
         self._copy_back(inputs)
         return self.outputs
 
+    def let_go(self) -> None:
+        """The recording, its outputs and the copies it reads let go (their memory with them)."""
+        self.graph = self.outputs = None
+        self.static, self.spans = [], []
+
     def _copy_back(self, inputs: list[Any]) -> None:
         """A copied input the call wrote into: its new value into the caller's tensor, element by
         element (its span may hold another input's elements between its rows)."""
@@ -194,6 +213,7 @@ class Recorded:
         else:  # an input read in place moved: copy it from now on
             self.in_place = [keep and _ptr(x) == place for x, place, keep in zip(inputs, self.places, self.in_place,
                                                                                 strict=True)]
+        self.let_go()  # the last recording of this size, before the next is made
         copies = [None if keep or not isinstance(x, torch.Tensor) else _static_copy(x)
                   for x, keep in zip(inputs, self.in_place, strict=True)]
         self.spans = [c[1] if c else None for c in copies]
@@ -207,13 +227,16 @@ class Recorded:
             # one write into the inputs, and the outputs it returns.
             with cuda.stream(side):
                 result = owner.launch(list(self.static))
-        except Exception as exc:  # before anything was recorded: the launcher's own error
-            return owner.give_up(inputs, f"its warm-up failed: {type(exc).__name__}: {exc}")
+        except Exception:
+            # The launcher's own error, raised as a call without a graph raises it: the runtime
+            # decides what runs instead (never the launcher again where it may have written into
+            # inputs). The next call of this size records again.
+            self.let_go()
+            raise
         cuda.current_stream().wait_stream(side)
         for value in tree_leaves(result):  # made on the side stream, read on the caller's
             record_stream(value, cuda.current_stream())
         self._copy_back(inputs)
-        self.graph = self.outputs = None  # the last recording let go (and its memory) before the next
         graph = cuda.CUDAGraph()
         before = list(owner.ran)
         try:

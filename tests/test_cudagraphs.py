@@ -305,3 +305,59 @@ def test_a_dynamic_graph_records_each_size_it_is_called_with_up_to_a_bound(monke
     assert len(graphed.by_size) == 2 and graphed.recordings == cuda.recorded == 2 and graphed.replays == 2
     assert graphed.unrecorded == 2 and "sizes other than the 2 recorded" in caplog.text
     assert sorted(sorted(k) for k in graphed.by_size) == [[4, 16], [8, 16]]  # the symbols' values
+
+
+def _graphed_step(launch, sizes=None):
+    cuda = RecordingCuda()
+    cuda.call = GraphedCall(launch, "step", [], frozenset({0}), sizes, cuda=cuda, device_type="cpu")
+    return cuda.call
+
+
+def test_a_failed_warm_up_raises_as_the_launcher_would_and_writes_once():
+    # The warm-up before a recording is the call's own run: where it fails after writing into an
+    # input, nothing runs it again (the runtime decides what runs instead, as for any launcher error).
+    parameter, failing = nn.Parameter(torch.zeros(4), requires_grad=False), [False]
+
+    def launch(inputs):
+        inputs[0].add_(1)
+        if failing[0]:
+            raise RuntimeError("CUDA out of memory")
+        return (inputs[0] * 2,)
+
+    graphed = _graphed_step(launch)
+    graphed([parameter])  # a run: 1
+    failing[0] = True
+    with pytest.raises(RuntimeError, match="out of memory"):
+        graphed([parameter])  # the recording's warm-up wrote, then failed: 2
+    assert torch.equal(parameter, torch.full((4,), 2.0)) and graphed.given_up is None
+    failing[0] = False
+    graphed([parameter])  # recorded: its warm-up writes 3
+    out = graphed([parameter])  # a replay: 4
+    assert torch.equal(parameter, torch.full((4,), 4.0)) and torch.equal(out[0], torch.full((4,), 8.0))
+    assert graphed.recordings == 2 and graphed.replays == 1
+
+
+def test_sizes_seen_once_make_room_for_one_that_repeats(monkeypatch):
+    monkeypatch.setattr(cudagraphs, "MAX_SIZES", 2)
+    graphed = _graphed_step(lambda inputs: (inputs[0] * 2,), sizes=lambda inputs: (inputs[0].shape[0],))
+    for rows in [4, 8, 16, 16, 16]:
+        out = graphed([torch.ones(rows)])
+        assert torch.equal(out[0], torch.full((rows,), 2.0))
+    assert list(graphed.by_size) == [(8,), (16,)] and graphed.recordings == 1 and graphed.replays == 1
+    for rows in [32, 32, 32]:  # both places taken by a size recorded or seen: 8 is forgotten
+        graphed([torch.ones(rows)])
+    assert sorted(graphed.by_size) == [(16,), (32,)] and graphed.recordings == 2 and graphed.unrecorded == 0
+    graphed([torch.ones(64)])  # no room left: runs without a graph
+    assert graphed.unrecorded == 1
+
+
+def test_giving_up_keeps_the_counts_and_lets_the_recordings_go():
+    graphed = _graphed_step(lambda inputs: (inputs[0] * 2,))
+    x = torch.ones(4)
+    for _ in range(3):
+        graphed([x])
+    (recorded,) = graphed.by_size.values()
+    assert recorded.graph is not None and graphed.replays == 1
+    graphed.stop("a test")
+    assert recorded.graph is None and recorded.static == [] and graphed.replays == 1
+    assert torch.equal(graphed([x])[0], torch.full((4,), 2.0)) and graphed.replays == 1
