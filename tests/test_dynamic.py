@@ -18,7 +18,8 @@ from torch.utils._sympy.functions import FloorDiv, PythonMod
 
 import fusec
 from fusec.cli import main
-from fusec.cudagraphs import refusal
+from fusec.cudagraphs import refusal, sizes_of
+from fusec.ir import SIZE_DTYPE
 from fusec.kernels.call import DynamicCall
 from fusec.plan import does_work
 from fusec.sizes import source as size_source
@@ -349,10 +350,16 @@ def test_bench_dynamic_compiles_once_for_every_length(monkeypatch):
     assert "| fusec dynamic=None | 5 | 2 |" in bench_dynamic.markdown(list(rows.values()), "cpu")
 
 
-def test_a_dynamic_graph_is_not_recorded_into_a_cuda_graph():
+def test_a_dynamic_graph_is_recorded_into_a_cuda_graph_per_size():
     compiled = run_sizes(lambda x: x.exp() * 2, lambda n: (torch.randn(n, 3),), (4, 5), dynamic=True)
     (graph,) = graphs(compiled)
-    assert "sizes are symbols" in refusal(graph.plan, graph.name)
+    assert refusal(graph.plan, graph.name) is None
+    sizes = sizes_of(graph.plan.graph)  # a recording's key: the size symbols' values, read from the inputs
+
+    def inputs(rows):  # the call's inputs as the launcher takes them: sizes as ints, then the tensor
+        return [rows if node.dtype == SIZE_DTYPE else torch.randn(rows, 3) for node in graph.plan.graph.inputs]
+
+    assert sizes(inputs(7)) == sizes(inputs(7)) != sizes(inputs(8))
 
 
 def test_automatic_dynamic_serves_new_python_floats():
