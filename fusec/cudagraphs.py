@@ -162,7 +162,9 @@ class Recorded:
         self.in_place: list[bool] = []  # read where the caller keeps it (address stable)
         self.places: list[int | None] = []  # each input's address the recording reads
         self.static: list[Any] = []  # what the recording reads: the inputs read in place, copies of the others
-        self.spans: list[torch.Tensor | None] = []  # each copy's storage, as one flat tensor
+        # (position, copy) of each input copied (not read in place), and the copy's storage as one
+        # flat tensor where the copy addresses an element twice (an expanded input): copied whole
+        self.copies: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self.outputs: Any = None
         self.replays = 0
 
@@ -173,8 +175,10 @@ class Recorded:
             return self.owner.launch(inputs)
         if self.graph is None or not self._same_places(inputs):
             return self._record(inputs)
-        for i, span in enumerate(self.spans):
-            if span is not None:  # a copied input (the others are read in place, or not tensors)
+        for i, copy, span in self.copies:
+            if span is None:
+                copy.copy_(inputs[i])  # element by element, whatever the caller's layout
+            else:
                 span.copy_(_span(inputs[i]))
         self.graph.replay()
         self.replays += 1
@@ -186,14 +190,14 @@ class Recorded:
     def let_go(self) -> None:
         """The recording, its outputs and the copies it reads let go (their memory with them)."""
         self.graph = self.outputs = None
-        self.static, self.spans = [], []
+        self.static, self.copies = [], []
 
     def _copy_back(self, inputs: list[Any]) -> None:
         """A copied input the call wrote into: its new value into the caller's tensor, element by
         element (its span may hold another input's elements between its rows)."""
-        for i in self.owner.written:
-            if self.spans[i] is not None:
-                inputs[i].copy_(self.static[i])
+        for i, copy, _ in self.copies:
+            if i in self.owner.written:
+                inputs[i].copy_(copy)
 
     def _same_places(self, inputs: list[Any]) -> bool:
         """Whether every input read in place is where the recording read it. (Not where the object
@@ -216,8 +220,9 @@ class Recorded:
         self.let_go()  # the last recording of this size, before the next is made
         copies = [None if keep or not isinstance(x, torch.Tensor) else _static_copy(x)
                   for x, keep in zip(inputs, self.in_place, strict=True)]
-        self.spans = [c[1] if c else None for c in copies]
         self.static = [c[0] if c else x for c, x in zip(copies, inputs, strict=True)]
+        self.copies = [(i, c[0], None if torch._debug_has_internal_overlap(c[0]) == 0 else c[1])
+                       for i, c in enumerate(copies) if c is not None]
         self.places = [_ptr(x) for x in self.static]
         cuda = owner.cuda
         side = cuda.Stream()
@@ -286,7 +291,7 @@ def _ptr(value: Any) -> int | None:
 
 def _span(x: torch.Tensor) -> torch.Tensor:
     """The storage x addresses, from its first element to its last, as one flat tensor: copying
-    it copies x whatever its strides (an expanded input too, which no strided copy can write)."""
+    it copies an expanded input too, which no strided copy can write."""
     extent = 1 + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride(), strict=True)) if x.numel() else 0
     return torch.as_strided(x, (extent,), (1,), x.storage_offset())
 

@@ -165,7 +165,9 @@ class RecordingCuda:
         # a recording reads addresses: a parameter given a new tensor later is not read by a replay
         graph.recorded = recorded
         graph.read = [x.detach() if isinstance(x, torch.Tensor) else x for x in recorded.static]
-        kept = [x.clone() if isinstance(x, torch.Tensor) else None for x in recorded.static]
+        # (an input addressing an element twice, an expanded one, is written by no launch)
+        kept = [x.clone() if isinstance(x, torch.Tensor) and torch._debug_has_internal_overlap(x) == 0 else None
+                for x in recorded.static]
         yield
         for x, was in zip(recorded.static, kept, strict=True):
             if was is not None:
@@ -361,3 +363,18 @@ def test_giving_up_keeps_the_counts_and_lets_the_recordings_go():
     graphed.stop("a test")
     assert recorded.graph is None and recorded.static == [] and graphed.replays == 1
     assert torch.equal(graphed([x])[0], torch.full((4,), 2.0)) and graphed.replays == 1
+
+
+def test_a_replay_reads_each_copied_input_element_by_element_whatever_its_layout():
+    # The recording reads a copy laid out as the first input was; a later call's input laid out
+    # otherwise (a transpose of the same shape) is copied element by element, and an expanded one whole.
+    graphed = _graphed_step(lambda inputs: (inputs[0] + inputs[1],))
+    a, row = torch.randn(4, 4), torch.randn(1, 4)
+    for _ in range(3):
+        graphed([a, row.expand(4, 4)])
+    b = torch.randn(4, 4).t()
+    out = graphed([b, row.expand(4, 4)])
+    assert graphed.replays == 2
+    torch.testing.assert_close(out[0], b + row)
+    (recorded,) = graphed.by_size.values()
+    assert [span is None for _, _, span in recorded.copies] == [True, False]  # the expanded one copied whole
