@@ -135,6 +135,35 @@ def test_a_graph_that_cannot_be_recorded_still_runs(caplog):
     assert "runs without a CUDA graph" in caplog.text and "random numbers" in caplog.text
 
 
+@pytest.mark.cuda
+def test_a_step_writing_into_parameters_is_recorded_on_a_gpu():
+    torch.manual_seed(3)
+    params = [nn.Parameter(torch.randn(1024, device="cuda"), requires_grad=False) for _ in range(4)]
+    grads = [torch.randn(1024, device="cuda") for _ in range(4)]
+    expected = [p.detach().clone() for p in params]
+    compiled = fusec.compile(_sgd, cudagraphs=True)
+    with torch.no_grad():
+        for _ in range(5):  # a run, the recording call (its warm-up is its step), three replays
+            compiled(params, grads)
+            _sgd(expected, grads)
+    torch.cuda.synchronize()
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.detach(), e)
+    graphed = _graphed(compiled)
+    assert graphed.recordings == 1 and graphed.replays == 3
+
+
+@pytest.mark.cuda
+def test_a_dynamic_graph_replays_the_recording_of_each_size_on_a_gpu():
+    fn = lambda x: torch.tanh(x) * 3 + 1
+    compiled = fusec.compile(fn, cudagraphs=True, dynamic=True)
+    for rows in [4, 8, 4, 8, 4, 8]:
+        x = torch.randn(rows, 64, device="cuda")
+        torch.testing.assert_close(compiled(x).clone(), fn(x))
+    graphed = _graphed(compiled)
+    assert graphed.recordings == 2 and graphed.replays == 2
+
+
 class RecordingCuda:
     """torch.cuda's graphs and streams for `GraphedCall` on a CPU. A recording runs the launch and
     then undoes its writes into the inputs it recorded (a GPU records kernels without running
