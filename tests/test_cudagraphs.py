@@ -407,3 +407,26 @@ def test_a_replay_reads_each_copied_input_element_by_element_whatever_its_layout
     torch.testing.assert_close(out[0], b + row)
     (recorded,) = graphed.by_size.values()
     assert [span is None for _, _, span in recorded.copies] == [True, False]  # the expanded one copied whole
+    column = torch.randn(4, 1).expand(4, 4)  # expanded the other way: its span cannot be copied as the row's
+    torch.testing.assert_close(graphed([b, column])[0], b + column)
+    torch.testing.assert_close(graphed([b, torch.ones(4, 4)])[0], b + 1)
+    assert graphed.replays == 2  # both ran the launcher
+
+
+def test_a_capturable_adam_step_has_nothing_that_keeps_it_from_a_recording():
+    # With capturable=True the step counts live beside the parameters (on a GPU: no host scalars);
+    # its writes into parameters and states are recorded, and no torch call of it writes in place.
+    from torch.optim.adam import adam
+
+    def step(params, grads, exp_avgs, exp_avg_sqs, steps):
+        adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=True, capturable=True, lr=1e-3, beta1=0.9,
+             beta2=0.99, eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False, differentiable=False,
+             fused=None, grad_scale=None, found_inf=None, has_complex=False, decoupled_weight_decay=False)
+
+    tensors = lambda make: [make() for _ in range(3)]
+    with torch.no_grad():
+        record = _plan(step, tensors(lambda: torch.randn(16)), tensors(lambda: torch.randn(16)),
+                       tensors(lambda: torch.zeros(16)), tensors(lambda: torch.zeros(16)),
+                       tensors(lambda: torch.tensor(1.0)))
+    assert len(written_inputs(record.plan)) == 12  # parameters, both states, step counts
+    assert refusal(record.plan, record.name) is None
