@@ -231,10 +231,11 @@ def planned_peak(plan: Plan, streams: bool = False) -> int:
     steps = step_buffers(plan, frozenset(), streams, into)
     keep = frozenset(plan.graph.output.operands())
     # A view torch runs shares its operand's memory; a kernel writes a buffer of its own.
-    aliases = [s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW]
+    views = [s.node for s in plan.externs if plan.graph[s.node].kind is Kind.VIEW]
+    aliases = set(views)
     sizes = {name: 0 if name in aliases else plan.graph[name].nbytes for step in steps for name, _ in step.writes}
     reuse = plan_reuse(steps, keep)
-    steps, keep = _through_views(plan.graph, aliases, steps, keep)
+    steps, keep = _through_views(plan.graph, views, steps, keep)
     return live_bytes_peak(steps, sizes, reuse, keep)
 
 
