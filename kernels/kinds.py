@@ -51,7 +51,8 @@ class KindRules:
     extents: Callable[[Graph, Kernel], tuple[Size, ...]]
     # (graph, kernel, extents, interpret, persistent) -> blocks, grid and warps
     launch: Callable[[Graph, Kernel, tuple, bool, bool], Launch]
-    size_args: Callable[[tuple], tuple]  # extents -> the size arguments after the tensors and symbols
+    # (kernel, extents) -> the size arguments after the tensors and symbols
+    size_args: Callable[[Kernel, tuple], tuple]
     # The entry keeping each row in registers, rendered beside the looped one when the row length is a symbol.
     render_rows: Renderer | None = None
 
@@ -80,37 +81,46 @@ def _render_reduction(graph: Graph, kernel: Kernel, interpret: bool, entry_suffi
     return replace(out, split=astuple(split)) if SPLIT_PARAM in out.params else out
 
 
+def _all(kernel: Kernel, values: tuple) -> tuple:
+    return tuple(values)
+
+
+def _combo_counts(kernel: Kernel, values: tuple) -> tuple:
+    """A combo's element counts that are not numbers written into it (`render_combo`)."""
+    return tuple(v for i, v in enumerate(values) if f"numel{i}" in kernel.params)
+
+
 def _render_rows(graph: Graph, kernel: Kernel, interpret: bool) -> Rendered:
     return _render_reduction(graph, replace(kernel, persistent=True), interpret, ROWS_VARIANT)
 
 
 KINDS: dict[KernelKind, KindRules] = {
     KernelKind.POINTWISE: KindRules(
-        render_pointwise, _elements, _pointwise_launch, tuple),
+        render_pointwise, _elements, _pointwise_launch, _all),
     KernelKind.REDUCTION: KindRules(
         _render_reduction, _rows,
         lambda graph, kernel, values, interpret, persistent: reduction_launch(
             *values, persistent, kernel.reduce_inner, interpret),
-        tuple, render_rows=_render_rows),
+        _all, render_rows=_render_rows),
     KernelKind.MATMUL: KindRules(
         render_matmul_kernel, lambda graph, kernel: matmul_problem(graph, kernel)[:4],
         lambda graph, kernel, values, interpret, persistent: matmul_launch(
             *values, *matmul_problem(graph, kernel)[4:], interpret=interpret),
-        lambda values: tuple(values[1:])),  # the batch count is in the grid only
+        lambda kernel, values: tuple(values[1:])),  # the batch count is in the grid only
     KernelKind.COMBO: KindRules(
         render_combo, combo_extents,
         lambda graph, kernel, values, interpret, persistent: combo_launch(list(values), interpret),
-        tuple),
+        _combo_counts),
     KernelKind.SCAN: KindRules(
         render_scan, scan_extents,
         lambda graph, kernel, values, interpret, persistent: scan_launch(*values, interpret),
-        tuple),
-    KernelKind.SCATTER: KindRules(render_scatter, scatter_extents, scatter_launch, tuple),
+        _all),
+    KernelKind.SCATTER: KindRules(render_scatter, scatter_extents, scatter_launch, _all),
     KernelKind.SORT: KindRules(
         render_sort, sort_extents,
         lambda graph, kernel, values, interpret, persistent: sort_launch(
             *values, interpret, sorts_by_key(graph, kernel)),
-        tuple),
+        _all),
 }
 
 
@@ -137,11 +147,8 @@ def is_dynamic(graph: Graph, kernel: Kernel) -> bool:
 
 
 def size_args(kernel: Kernel, values: tuple) -> tuple:
-    """The size arguments the kernel takes after its tensors and symbols (a combo takes the
-    element counts of its parts that are not numbers written into it)."""
-    if kernel.kind is KernelKind.COMBO:
-        return tuple(v for i, v in enumerate(values) if f"numel{i}" in kernel.params)
-    return KINDS[kernel.kind].size_args(values)
+    """The size arguments the kernel takes after its tensors and symbols."""
+    return KINDS[kernel.kind].size_args(kernel, values)
 
 
 def launch_at(graph: Graph, kernel: Kernel, values: tuple[int, ...], interpret: bool,
